@@ -1,0 +1,208 @@
+"""Vision-language backends: what the pipeline asks of a CLIP-like model.
+
+A backend embeds text prompts, whole images and dense per-location image features into one space. The pipeline
+uses only this interface, so the real open_clip backend and the deterministic toy backend (``toy_backend``) are
+interchangeable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import ClipomalyConfig
+from .dense import (DenseVisionEncoder, WindowLayout, native_window, plan_windows, resize_for_layout,
+                    sliding_window_features)
+
+LOG = logging.getLogger(__name__)
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ModelLoadError(RuntimeError):
+    """The model or its weights could not be loaded; the message names the setting to change."""
+
+
+class DenseFeatures:
+    """Dense image features of one frame.
+
+    ``grid``: ``(h, w, D)`` float32 tensor, L2-normalised per location, covering the whole image;
+    ``working_size``: (height, width) in pixels of the resized image the grid was computed on; every map the
+    pipeline derives from the features lives at this resolution before being resized to the input's.
+    """
+
+    def __init__(self, grid: torch.Tensor, working_size: tuple[int, int]):
+        self.grid = grid
+        self.working_size = working_size
+
+
+class VisionLanguageBackend(Protocol):
+    """The interface the pipeline needs from a vision-language model."""
+
+    identity: str
+    """Names the model and weights; text embeddings cached on disk are keyed by it."""
+    device: torch.device
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """``(N, D)`` float32 L2-normalised embeddings of ``prompts``."""
+
+    def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """``(N, D)`` float32 L2-normalised global embeddings of RGB uint8 images of any size."""
+
+    def dense_features(self, image: np.ndarray) -> DenseFeatures:
+        """Dense features of one RGB uint8 ``(H, W, 3)`` image."""
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; otherwise the named device, checked to exist."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ModelLoadError(f"device {requested!r} is not a device name: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {requested!r} asked for, but this machine has no CUDA GPU: set device to "
+                             "cpu or auto")
+    return device
+
+
+def encode_text_truncated(model, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens)`` computed only up to the longest prompt's end-of-text token.
+
+    CLIP's text transformer is causal and pools at the end-of-text token, so the padding after it cannot change
+    the result; prompts of a few words then cost a fraction of the full 77-token context. Models without that
+    structure (other pooling, no causal mask, HF text towers) take the plain path.
+    """
+    structured = (getattr(model, "text_pool_type", None) == "argmax" and getattr(model, "attn_mask", None) is not None
+                  and hasattr(model, "token_embedding") and getattr(model.transformer, "batch_first", False))
+    if not structured:
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return x
+
+
+def _load_open_clip_model(config: ClipomalyConfig, device: torch.device):
+    import open_clip
+
+    precision = "fp16" if device.type == "cuda" else "fp32"
+    model_name = config.model
+    if model_name.startswith("local-dir:"):
+        source, pretrained, load_weights = f"local-dir folder {model_name[10:]}", None, not config.random_weights
+    elif config.checkpoint:
+        path = Path(config.checkpoint).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"checkpoint {path} does not exist: set 'checkpoint' to a local weights file "
+                                 "(or leave it empty to use 'pretrained')")
+        source, pretrained, load_weights = f"checkpoint {path}", str(path), True
+    elif config.random_weights:
+        source, pretrained, load_weights = "RANDOM WEIGHTS", None, False
+    else:
+        source, pretrained, load_weights = f"pretrained tag '{config.pretrained}'", config.pretrained, True
+    if model_name not in open_clip.list_models() and not model_name.startswith(("local-dir:", "hf-hub:")):
+        raise ModelLoadError(f"model {model_name!r} is not an open_clip architecture: set 'model' to one of "
+                             "open_clip.list_models() (for example ViT-B-16) or a 'local-dir:' folder")
+    if config.random_weights:
+        message = (f"clipomaly: {model_name} runs with RANDOM WEIGHTS (random_weights is set). Its output means "
+                   "nothing: use it for smoke tests only.")
+        warnings.warn(message, stacklevel=3)
+        LOG.warning(message)
+        torch.manual_seed(0)  # same random model every time, so cached text embeddings stay valid
+    try:
+        model = open_clip.create_model(model_name, pretrained=pretrained, load_weights=load_weights,
+                                       precision=precision, device=device, require_pretrained=load_weights)
+    except Exception as error:  # open_clip raises many types; all mean "these weights could not be had"
+        hint = ("set 'checkpoint' to a local weights file (offline vehicles), or 'random_weights: true' for a "
+                "smoke test")
+        raise ModelLoadError(f"could not load {model_name} with {source}: {type(error).__name__}: {error}. "
+                             f"Pretrained tags are downloaded by open_clip on first use and need the network "
+                             f"once; otherwise {hint}.") from error
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return model, tokenizer, source
+
+
+class OpenClipBackend:
+    """An open_clip model with training-free dense features (see :mod:`clipomaly_ros.dense`)."""
+
+    def __init__(self, config: ClipomalyConfig):
+        self.device = resolve_device(config.device)
+        self.model, self.tokenizer, self.weights_source = _load_open_clip_model(config, self.device)
+        self.dtype = next(self.model.parameters()).dtype
+        self.encoder = DenseVisionEncoder(self.model.visual, config.dense_method)
+        preprocess = getattr(self.model.visual, "preprocess_cfg", {})
+        self.mean = torch.tensor(preprocess.get("mean", OPENAI_MEAN), device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(preprocess.get("std", OPENAI_STD), device=self.device).view(3, 1, 1)
+        self.window = config.window_size or native_window(self.encoder)
+        patch = self.encoder.patch_size[0]
+        if self.window % patch:
+            raise ModelLoadError(f"window_size {self.window} must be a multiple of the patch size {patch}")
+        self.stride = config.window_stride or self.window // 2
+        self.inference_size = config.inference_size
+        self.window_batch_size = config.window_batch_size
+        weights = config.checkpoint or ("random" if config.random_weights else config.pretrained)
+        self.identity = f"open_clip:{config.model}:{weights}"
+        self.description = f"{config.model} ({self.weights_source}, dense {config.dense_method}) on {self.device}"
+        self._text_lock = threading.Lock()
+
+    @property
+    def mean_colour(self) -> tuple[int, int, int]:
+        """The normalisation mean as an RGB uint8 colour: what a blank pixel looks like to the model."""
+        return tuple(int(round(255 * float(m))) for m in self.mean.flatten())
+
+    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1).float() / 255.0
+        return ((tensor - self.mean) / self.std).to(self.dtype)
+
+    @torch.inference_mode()
+    def encode_text(self, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        chunks = []
+        with self._text_lock:
+            for start in range(0, len(prompts), batch_size):
+                tokens = self.tokenizer(list(prompts[start:start + batch_size])).to(self.device)
+                chunks.append(encode_text_truncated(self.model, tokens).float())
+        return F.normalize(torch.cat(chunks), dim=-1)
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        import cv2
+
+        side = native_window(self.encoder)
+        batch = torch.stack([self._to_tensor(cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA))
+                             for image in images])
+        return F.normalize(self.model.encode_image(batch).float(), dim=-1)
+
+    def layout_for(self, image_size: tuple[int, int]) -> WindowLayout:
+        return plan_windows(image_size, self.inference_size, self.window, self.stride, self.encoder.patch_size[0])
+
+    @torch.inference_mode()
+    def dense_features(self, image: np.ndarray) -> DenseFeatures:
+        layout = self.layout_for(image.shape[:2])
+        resized = self._to_tensor(resize_for_layout(image, layout))
+        grid = sliding_window_features(self.encoder, resized, layout, self.window_batch_size)
+        return DenseFeatures(grid, layout.resized)
+
+
+def create_backend(config: ClipomalyConfig) -> VisionLanguageBackend:
+    """The backend named by ``config.backend``, loaded and ready."""
+    if config.backend == "toy":
+        from .toy_backend import ToyColourBackend
+
+        return ToyColourBackend(inference_size=config.inference_size)
+    return OpenClipBackend(config)

@@ -1,0 +1,188 @@
+"""The ``clipomaly`` command line tool.
+
+Subcommands: ``segment`` (images to maps, overlays and JSON), ``scene`` (write the toy street scene used in the
+README and tests), ``defaults`` (print a parameter file with every setting at its default); more are added by the
+offline-processing tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .config import BACKENDS, ConfigError, default_parameter_file, load_config, split_names
+
+LOG = logging.getLogger("clipomaly")
+
+SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
+
+
+def subcommand(register: Callable[[argparse._SubParsersAction], None]):
+    """Register a function that adds one subparser (with ``set_defaults(run=...)``)."""
+    SUBCOMMANDS[register.__name__] = register
+    return register
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options that choose and configure the pipeline; shared by every subcommand that runs it."""
+    group = parser.add_argument_group("model (override the parameter file)")
+    group.add_argument("--config", type=Path, help="ROS 2 parameter file (default: built-in defaults, the same as "
+                                                   "config/clipomaly.yaml)")
+    group.add_argument("--backend", choices=BACKENDS, help="open_clip (real CLIP) or toy (colour demo model)")
+    group.add_argument("--model", help="open_clip architecture, for example ViT-B-16")
+    weights = group.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", help="open_clip pretrained tag (downloaded on first use)")
+    weights.add_argument("--checkpoint", help="local weights file, for machines without network")
+    weights.add_argument("--random-weights", action="store_true", default=None,
+                         help="random weights: smoke test only, the output means nothing")
+    group.add_argument("--vocab", help="anomaly vocabulary, comma separated: 'tire,deer,mattress'")
+    group.add_argument("--known", help="known classes, comma separated (default: Cityscapes' 19)")
+    group.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--inference-size", type=int, help="short side in pixels of the working resolution")
+
+
+def build_pipeline(args: argparse.Namespace):
+    """A :class:`Clipomaly` from the parameter file and the command line overrides."""
+    from .pipeline import Clipomaly
+
+    config = load_config(
+        args.config, backend=args.backend, model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
+        random_weights=args.random_weights, anomaly_vocabulary=split_names(args.vocab),
+        known_classes=split_names(args.known), device=args.device, inference_size=args.inference_size)
+    return Clipomaly(config, progress=True)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as RGB uint8 ``(H, W, 3)``; raises ``ValueError`` naming the file if it cannot be read."""
+    import cv2
+
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
+    if data is None:
+        raise ValueError(f"{path}: no such file")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image (unknown format or corrupt data)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def write_outputs(out_dir: Path, stem: str, image: np.ndarray, result) -> None:
+    """``<stem>_semantic.png`` (16-bit ids), ``<stem>_score.png`` (16-bit, score x 65535),
+    ``<stem>_overlay.png`` and ``<stem>_anomalies.json``."""
+    import cv2
+
+    from .visualize import render_overlay
+
+    cv2.imwrite(str(out_dir / f"{stem}_semantic.png"), result.semantic)
+    score = np.round(result.anomaly_score * 65535.0).astype(np.uint16)
+    cv2.imwrite(str(out_dir / f"{stem}_score.png"), score)
+    overlay = render_overlay(image, result)
+    cv2.imwrite(str(out_dir / f"{stem}_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    (out_dir / f"{stem}_anomalies.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    pipeline = build_pipeline(args)
+    LOG.info("model: %s", getattr(pipeline.backend, "description", pipeline.backend.identity))
+    failed = []
+    stems: dict[str, int] = {}
+    for path in tqdm(args.images, unit="image", disable=len(args.images) < 2):
+        try:
+            image = read_rgb(path)
+            result = pipeline(image)
+        except ValueError as error:
+            failed.append(str(path))
+            tqdm.write(f"error: {error}", file=sys.stderr)
+            continue
+        stem = path.stem
+        stems[stem] = stems.get(stem, 0) + 1
+        if stems[stem] > 1:  # two inputs with one name must not overwrite each other
+            stem = f"{stem}_{stems[stem]}"
+        write_outputs(args.output, stem, image, result)
+        names = ", ".join(f"{a.name} ({a.score:.2f})" for a in result.anomalies) or "none"
+        tqdm.write(f"{path}: {len(result.anomalies)} anomalies: {names}; {result.timings_ms['total']:.0f} ms")
+    done = len(args.images) - len(failed)
+    print(f"segmented {done} of {len(args.images)} images into {args.output}" +
+          (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+@subcommand
+def segment(subparsers) -> None:
+    parser = subparsers.add_parser("segment", help="segment images and name their anomalies",
+                                   description="For each image write <stem>_semantic.png (16-bit class ids), "
+                                               "<stem>_score.png (16-bit, anomaly score x 65535), "
+                                               "<stem>_overlay.png and <stem>_anomalies.json.")
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
+    add_model_options(parser)
+    parser.set_defaults(run=run_segment)
+
+
+def run_scene(args: argparse.Namespace) -> int:
+    import cv2
+
+    from .toy_backend import render_street_scene
+
+    image, _ = render_street_scene(args.height, args.width, planted=args.object)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(args.output), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise ValueError(f"could not write {args.output}: use a .png or .jpg name in a writable folder")
+    print(f"wrote {args.output} ({args.width}x{args.height}, planted object: {args.object})")
+    return 0
+
+
+@subcommand
+def scene(subparsers) -> None:
+    from .toy_backend import TOY_LEXICON
+
+    parser = subparsers.add_parser("scene", help="write a synthetic street scene with a planted object (for "
+                                                 "trying the toy backend)")
+    parser.add_argument("output", type=Path, metavar="OUT.png")
+    parser.add_argument("--object", default="mattress", choices=sorted(TOY_LEXICON), help="the planted object")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=360)
+    parser.set_defaults(run=run_scene)
+
+
+@subcommand
+def defaults(subparsers) -> None:
+    parser = subparsers.add_parser("defaults", help="print a parameter file with every setting at its default")
+    parser.set_defaults(run=lambda args: print(default_parameter_file(), end="") or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipomaly", description="Find, segment and name road anomalies with "
+                                                                   "CLIP (Clipomaly).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for register in SUBCOMMANDS.values():
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from .backends import ModelLoadError
+    from .vocabulary import VocabularyError
+
+    try:
+        return args.run(args)
+    except (ConfigError, ModelLoadError, VocabularyError, ValueError) as error:
+        print(f"clipomaly: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Settings of the Clipomaly pipeline and node, declared once as data.
+
+Every setting is a :class:`Setting` in :data:`SETTINGS`: its default, type, allowed range or choices, whether it
+can change while running (``live``) and which layer reads it (``core`` for the ROS-free pipeline, ``node`` for the
+ROS node only). The library, the command line tool and the node all read the same ROS 2 parameter file
+(``clipomaly: ros__parameters: ...``), so a setting means the same everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)
+
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a blurry photo of a {}.",
+    "a cropped photo of a {}.",
+    "a photo of a {} on the road.",
+    "a photo of a small {}.",
+    "a photo of a large {}.",
+    "there is a {} in the scene.",
+)
+
+DENSE_METHODS = ("clearclip", "naclip", "sclip", "maskclip", "none")
+BACKENDS = ("open_clip", "toy")
+NODE_NAME = "clipomaly"
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting and what to do."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name, default, meaning and limits.
+
+    ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``str_list`` (the ROS parameter types).
+    ``minimum``/``maximum`` bound numbers (inclusive), ``choices`` bounds strings.
+    """
+
+    name: str
+    default: Any
+    description: str
+    kind: str
+    scope: str = "core"
+    live: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    allow_empty: bool = True
+
+    def validate(self, value: Any) -> Any:
+        """Return ``value`` converted to this setting's type, or raise :class:`ConfigError` saying why not."""
+        name = self.name
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
+            return value
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                else:
+                    raise ConfigError(f"{name} must be an integer, got {value!r}")
+        elif self.kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be finite, got {value!r}")
+        elif self.kind == "str":
+            if not isinstance(value, str):
+                raise ConfigError(f"{name} must be a string, got {value!r}")
+            if self.choices is not None and value not in self.choices:
+                raise ConfigError(f"{name} must be one of {', '.join(self.choices)}; got {value!r}")
+            return value
+        elif self.kind == "str_list":
+            if isinstance(value, str) or not isinstance(value, Iterable):
+                raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+            items = []
+            for item in value:
+                if not isinstance(item, str):
+                    raise ConfigError(f"{name} must be a list of strings; {item!r} is not a string")
+                item = " ".join(item.split())
+                if item and item not in items:
+                    items.append(item)
+            if not items and not self.allow_empty:
+                raise ConfigError(f"{name} is empty: give at least one name")
+            return tuple(items)
+        else:  # pragma: no cover - a programming error in SETTINGS
+            raise AssertionError(f"unknown kind {self.kind}")
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{name} must be >= {self.minimum}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{name} must be <= {self.maximum}, got {value}")
+        return value
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- model -------------------------------------------------------------------------------------------------
+    Setting("backend", "open_clip", "Vision-language backend: open_clip (real CLIP) or toy (deterministic "
+            "colour model for tests and demos).", "str", choices=BACKENDS),
+    Setting("model", "ViT-B-16", "open_clip architecture name (open_clip.list_models()), or a 'local-dir:' "
+            "folder holding open_clip_config.json and weights.", "str"),
+    Setting("pretrained", "openai", "open_clip pretrained tag, downloaded by open_clip on first use (network "
+            "needed once). Ignored when checkpoint is set.", "str"),
+    Setting("checkpoint", "", "Local weights file (.pt/.bin/.safetensors) for offline vehicles; overrides "
+            "pretrained. Empty: use pretrained.", "str"),
+    Setting("random_weights", False, "Random weights: a smoke test only, the output means nothing.", "bool"),
+    Setting("device", "auto", "auto (CUDA when present), cpu, cuda or cuda:N.", "str"),
+    # --- dense features ------------------------------------------------------------------------------------------
+    Setting("dense_method", "clearclip", "Training-free dense CLIP change to the last attention block: "
+            "clearclip (q-q attention), naclip (k-k attention with a neighbourhood prior), sclip (q-q + k-k), "
+            "maskclip (value embedding) or none (unchanged CLIP; for checks only).", "str", choices=DENSE_METHODS),
+    Setting("inference_size", 448, "Short side in pixels that the image is resized to before the sliding "
+            "windows; the resolution of all intermediate maps.", "int", minimum=32, maximum=4096),
+    Setting("window_size", 0, "Sliding-window side in pixels; 0 = the model's native input size.", "int",
+            minimum=0, maximum=4096),
+    Setting("window_stride", 0, "Sliding-window stride in pixels; 0 = half the window.", "int", minimum=0,
+            maximum=4096),
+    Setting("window_batch_size", 8, "Windows sent through the backbone at once.", "int", minimum=1, maximum=256),
+    # --- vocabulary ----------------------------------------------------------------------------------------------
+    Setting("known_classes", CITYSCAPES_CLASSES, "Names of the classes the car knows (Cityscapes' 19 by "
+            "default); pixels that fit none of them are candidates for anomalies.", "str_list", live=True,
+            allow_empty=False),
+    Setting("anomaly_vocabulary", ("tire", "animal", "cardboard box", "rock"), "Extra names always offered "
+            "when naming an anomaly, beside the dictionary's candidates.", "str_list", live=True),
+    Setting("prompt_templates", DEFAULT_TEMPLATES, "Prompt templates, each with one '{}' for the name; the "
+            "text embedding of a name is the mean over templates.", "str_list", allow_empty=False),
+    Setting("dictionary_templates", ("a photo of a {}.",), "Prompt templates for the naming dictionary; fewer "
+            "than for the live vocabulary because thousands of names are encoded (cached on disk).", "str_list",
+            allow_empty=False),
+    Setting("naming_dictionary", "", "Text file with one candidate name per line; empty: the dictionary "
+            "shipped with the package.", "str"),
+    Setting("cache_dir", "", "Folder for the on-disk cache of dictionary text embeddings; empty: "
+            "~/.cache/clipomaly_ros.", "str"),
+    # --- unknown detection ---------------------------------------------------------------------------------------
+    Setting("logit_scale", 50.0, "Multiplier of cosine similarities before the softmax (CLIP uses 100); "
+            "lower gives softer class probabilities and higher entropy.", "float", live=True, minimum=1.0,
+            maximum=1000.0),
+    Setting("uncertainty_threshold", 0.6, "Normalised entropy (0..1) above which a pixel is unknown.", "float",
+            live=True, minimum=0.0, maximum=1.0),
+    Setting("min_region_area", 400, "Smallest anomaly region kept, in pixels of the input image.", "int",
+            live=True, minimum=1),
+    Setting("max_regions", 8, "Most anomaly regions named per frame (largest first).", "int", live=True,
+            minimum=1, maximum=255),
+    Setting("cleanup_radius", 2, "Radius in working pixels of the morphological opening and closing that "
+            "clean the unknown mask; 0 = none.", "int", live=True, minimum=0, maximum=32),
+    # --- naming --------------------------------------------------------------------------------------------------
+    Setting("naming_top_k", 10, "Dictionary names preselected per region by mask-pooled similarity.", "int",
+            live=True, minimum=1, maximum=200),
+    Setting("exclusion_similarity", 0.9, "Dictionary names whose text embedding has at least this cosine "
+            "similarity to a known class are excluded (they mean a known class).", "float", live=True,
+            minimum=0.0, maximum=1.0),
+    Setting("crop_margin", 0.25, "Context added around a region's box before the crop is scored, as a "
+            "fraction of the box size.", "float", live=True, minimum=0.0, maximum=4.0),
+    Setting("crop_background", 0.3, "How much of the background stays visible in a region crop (0 = fully "
+            "replaced by the mean colour, 1 = untouched).", "float", live=True, minimum=0.0, maximum=1.0),
+    Setting("crop_weight", 0.5, "Weight of the crop score against the mask-pooled dense score when naming.",
+            "float", live=True, minimum=0.0, maximum=1.0),
+    Setting("candidates_reported", 5, "Runner-up names reported per anomaly.", "int", live=True, minimum=1,
+            maximum=50),
+)
+
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+CORE_SETTINGS = tuple(s.name for s in SETTINGS if s.scope == "core")
+LIVE_SETTINGS = frozenset(s.name for s in SETTINGS if s.live)
+
+
+def _config_fields():
+    return [(s.name, Any, field(default=s.default)) for s in SETTINGS if s.scope == "core"]
+
+
+_ClipomalyConfigBase = dataclasses.make_dataclass("_ClipomalyConfigBase", _config_fields(), frozen=True)
+
+
+@dataclass(frozen=True)
+class ClipomalyConfig(_ClipomalyConfigBase):
+    """The pipeline's settings (see :data:`SETTINGS` for each one's meaning), validated on construction.
+
+    Build it with keywords, ``ClipomalyConfig(model="ViT-B-32")``, or from a parameter file with
+    :func:`load_config`. ``replace(**changes)`` returns a validated copy.
+    """
+
+    def __post_init__(self):
+        for name in CORE_SETTINGS:
+            object.__setattr__(self, name, SETTINGS_BY_NAME[name].validate(getattr(self, name)))
+        for template in self.prompt_templates + self.dictionary_templates:
+            if template.count("{}") != 1:
+                raise ConfigError(f"prompt_templates: {template!r} must contain exactly one '{{}}' for the name")
+        if self.checkpoint and self.random_weights:
+            raise ConfigError("checkpoint and random_weights are both set: choose one")
+
+    def replace(self, **changes: Any) -> "ClipomalyConfig":
+        unknown = set(changes) - set(CORE_SETTINGS)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: (list(v) if isinstance(v := getattr(self, name), tuple) else v) for name in CORE_SETTINGS}
+
+
+def read_parameter_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
+    """Read the ``ros__parameters`` of ``node_name`` from a ROS 2 parameter file.
+
+    Accepts ``node_name``, ``/node_name``, ``/**`` and namespaced keys ending in ``/node_name``.
+    Raises :class:`ConfigError` for a missing file, bad YAML or unknown setting names.
+    """
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"parameter file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"parameter file {path} is not valid YAML: {error}") from None
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"parameter file {path} must map node names to 'ros__parameters'")
+    parameters: dict[str, Any] = {}
+    for key, section in document.items():
+        key = str(key)
+        if key in ("/**", node_name, f"/{node_name}") or key.endswith(f"/{node_name}"):
+            if not isinstance(section, Mapping) or "ros__parameters" not in section:
+                raise ConfigError(f"{path}: section {key!r} has no 'ros__parameters'")
+            parameters.update(section["ros__parameters"] or {})
+    if not parameters and document:
+        raise ConfigError(f"{path}: no section for node '{node_name}' (expected '{node_name}: ros__parameters:')")
+    unknown = sorted(set(parameters) - set(SETTINGS_BY_NAME) - {"use_sim_time"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS_BY_NAME)}")
+    return parameters
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> ClipomalyConfig:
+    """The pipeline settings from a parameter file (node-only settings are skipped), then ``overrides``.
+
+    ``None`` values in ``overrides`` are ignored, so command line options that were not given change nothing.
+    """
+    values = read_parameter_file(path) if path is not None else {}
+    values = {k: v for k, v in values.items() if k in CORE_SETTINGS}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - set(CORE_SETTINGS)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return ClipomalyConfig(**values)
+
+
+def default_parameter_file() -> str:
+    """The parameter-file text holding every setting at its default, with its description as a comment."""
+    lines = [f"{NODE_NAME}:", "  ros__parameters:"]
+    for setting in SETTINGS:
+        lines.append(f"    # {setting.description}")
+        value = list(setting.default) if isinstance(setting.default, tuple) else setting.default
+        lines.append("    " + yaml.safe_dump({setting.name: value}, default_flow_style=True, width=1000,
+                                             sort_keys=False).strip()[1:-1])
+    return "\n".join(lines) + "\n"
+
+
+def split_names(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``"a, b ,c"`` -> ``("a", "b", "c")``; a sequence is returned as a tuple; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    return tuple(text)

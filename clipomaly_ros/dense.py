@@ -1,0 +1,219 @@
+"""Training-free dense CLIP: per-patch embeddings from an open_clip VisionTransformer.
+
+CLIP's last attention block mixes every patch with global context, so its patch tokens do not describe their own
+location. The training-free methods replace that block (MaskCLIP, SCLIP, ClearCLIP, NACLIP); here the variants
+share one code path that differs only in how attention weights are formed:
+
+============  ==============================================================================================
+clearclip     softmax(q q^T); no residual, no feed-forward
+sclip         softmax(q q^T) + softmax(k k^T); no residual, no feed-forward
+naclip        softmax(k k^T + Gaussian neighbourhood prior); no residual, no feed-forward
+maskclip      identity attention (the value embedding of each patch); no residual, no feed-forward
+none          the unchanged block (pooled output equals ``encode_image``)
+============  ==============================================================================================
+
+Images of any size are covered by sliding windows whose positional embeddings are interpolated when the window
+is not the model's native size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NACLIP_NEIGHBOURHOOD_STD = 5.0  # patches; the neighbourhood prior's Gaussian width
+
+
+def interpolate_positional_embedding(positional_embedding: torch.Tensor, native_grid: tuple[int, int],
+                                     grid: tuple[int, int]) -> torch.Tensor:
+    """Resize a ViT positional embedding ``(1 + gh0*gw0, C)`` to ``(1 + gh*gw, C)`` (bicubic on the grid)."""
+    if tuple(grid) == tuple(native_grid):
+        return positional_embedding
+    class_pos, patch_pos = positional_embedding[:1], positional_embedding[1:]
+    channels = patch_pos.shape[-1]
+    patch_pos = patch_pos.reshape(1, native_grid[0], native_grid[1], channels).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], channels).to(positional_embedding.dtype)
+    return torch.cat([class_pos, patch_pos], dim=0)
+
+
+def _neighbourhood_prior(grid: tuple[int, int], std: float, device, dtype) -> torch.Tensor:
+    """Additive attention prior ``(1 + N, 1 + N)``: a Gaussian of patch distance; zero for the class token."""
+    ys, xs = torch.meshgrid(torch.arange(grid[0], device=device), torch.arange(grid[1], device=device),
+                            indexing="ij")
+    coords = torch.stack([ys.flatten(), xs.flatten()], dim=1).float()
+    distance2 = torch.cdist(coords, coords).pow(2)
+    prior = torch.zeros(1 + coords.shape[0], 1 + coords.shape[0], device=device, dtype=torch.float32)
+    prior[1:, 1:] = -distance2 / (2 * std ** 2)
+    return prior.to(dtype)
+
+
+def dense_last_block(block: nn.Module, x: torch.Tensor, method: str, grid: tuple[int, int]) -> torch.Tensor:
+    """Apply the modified last transformer block to tokens ``x`` ``(B, 1 + N, C)``; returns ``(B, 1 + N, C)``."""
+    attention = getattr(block, "attn", None)
+    if not isinstance(attention, nn.MultiheadAttention):
+        raise NotImplementedError(
+            f"dense_method '{method}' needs a ViT whose blocks use nn.MultiheadAttention (open_clip's default "
+            f"block); this model's last block has {type(attention).__name__}. Use dense_method 'none' or another "
+            "model.")
+    tokens = block.ln_1(x)
+    batch, length, channels = tokens.shape
+    heads = attention.num_heads
+    head_dim = channels // heads
+    q, k, v = F.linear(tokens, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (t.reshape(batch, length, heads, head_dim).transpose(1, 2) for t in (q, k, v))
+    scale = head_dim ** -0.5
+    if method == "maskclip":
+        out = v
+    else:
+        if method == "clearclip":
+            weights = torch.softmax((q @ q.transpose(-2, -1)) * scale, dim=-1)
+        elif method == "sclip":
+            weights = (torch.softmax((q @ q.transpose(-2, -1)) * scale, dim=-1)
+                       + torch.softmax((k @ k.transpose(-2, -1)) * scale, dim=-1))
+        elif method == "naclip":
+            prior = _neighbourhood_prior(grid, NACLIP_NEIGHBOURHOOD_STD, x.device, x.dtype)
+            weights = torch.softmax((k @ k.transpose(-2, -1)) * scale + prior, dim=-1)
+        else:
+            raise ValueError(f"unknown dense method {method!r}")
+        out = weights @ v
+    out = out.transpose(1, 2).reshape(batch, length, channels)
+    return block.ls_1(attention.out_proj(out))
+
+
+class DenseVisionEncoder(nn.Module):
+    """Wraps an open_clip ``VisionTransformer`` to return pooled and per-patch embeddings.
+
+    ``forward(images)`` takes normalised images ``(B, 3, H, W)`` with ``H`` and ``W`` multiples of the patch size
+    and returns ``(pooled (B, D), patches (B, H/p, W/p, D))`` in the joint image-text space (not normalised).
+    """
+
+    def __init__(self, visual: nn.Module, method: str = "clearclip"):
+        super().__init__()
+        for attribute in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post"):
+            if not hasattr(visual, attribute):
+                raise NotImplementedError(
+                    f"dense features need an open_clip VisionTransformer; {type(visual).__name__} has no "
+                    f"'{attribute}'. Choose a ViT model (for example ViT-B-16).")
+        if getattr(visual, "attn_pool", None) is not None:
+            raise NotImplementedError("dense features are not supported for ViTs with attentional pooling (CoCa)")
+        self.visual = visual
+        self.method = method
+        self.patch_size = tuple(visual.patch_size)
+        self.native_grid = tuple(visual.grid_size)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        visual = self.visual
+        x = visual.conv1(images)
+        batch, width, grid_h, grid_w = x.shape
+        x = x.reshape(batch, width, grid_h * grid_w).permute(0, 2, 1)
+        class_token = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(batch, -1, -1)
+        x = torch.cat([class_token, x], dim=1)
+        x = x + interpolate_positional_embedding(visual.positional_embedding, self.native_grid,
+                                                 (grid_h, grid_w)).to(x.dtype)
+        x = visual.ln_pre(x)
+        transformer = visual.transformer
+        batch_first = getattr(transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for block in transformer.resblocks[:-1]:
+            x = block(x)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        last = transformer.resblocks[-1]
+        if self.method == "none":
+            x = last(x) if batch_first else last(x.transpose(0, 1)).transpose(0, 1)
+        else:
+            x = dense_last_block(last, x, self.method, (grid_h, grid_w))
+        pooled, _ = visual._pool(x)
+        patches = visual.ln_post(x[:, 1:])
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+            patches = patches @ visual.proj
+        return pooled, patches.reshape(batch, grid_h, grid_w, -1)
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """Where sliding windows lie on the resized image.
+
+    ``resized`` is the (height, width) in pixels that the input is resized to (multiples of the patch size),
+    ``window`` and ``stride`` are in pixels, ``origins`` are the windows' (top, left) corners.
+    """
+
+    resized: tuple[int, int]
+    window: int
+    stride: int
+    origins: tuple[tuple[int, int], ...]
+
+
+def _starts(length: int, window: int, stride: int) -> list[int]:
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    starts.append(length - window)
+    return starts
+
+
+def plan_windows(image_size: tuple[int, int], short_side: int, window: int, stride: int,
+                 patch: int) -> WindowLayout:
+    """Resize ``image_size`` (height, width) so its short side is about ``short_side`` (rounded to the patch
+    size, and at least one window), then tile it with ``window``-pixel windows every ``stride`` pixels."""
+    height, width = image_size
+    scale = short_side / min(height, width)
+    resized_h = max(window, patch * round(height * scale / patch))
+    resized_w = max(window, patch * round(width * scale / patch))
+    stride = max(patch, patch * (stride // patch))
+    origins = tuple((top, left) for top in _starts(resized_h, window, stride)
+                    for left in _starts(resized_w, window, stride))
+    return WindowLayout((resized_h, resized_w), window, stride, origins)
+
+
+def sliding_window_features(encoder: DenseVisionEncoder, image: torch.Tensor, layout: WindowLayout,
+                            batch_size: int) -> torch.Tensor:
+    """Dense features of a normalised image ``(3, H, W)`` already resized to ``layout.resized``.
+
+    Returns ``(H/p, W/p, D)`` float32, L2-normalised per location; overlapping windows are averaged.
+    """
+    patch = encoder.patch_size[0]
+    grid_h, grid_w = layout.resized[0] // patch, layout.resized[1] // patch
+    window_grid = layout.window // patch
+    total = None
+    counts = torch.zeros(grid_h, grid_w, 1, device=image.device)
+    origins = list(layout.origins)
+    for start in range(0, len(origins), batch_size):
+        chunk = origins[start:start + batch_size]
+        crops = torch.stack([image[:, top:top + layout.window, left:left + layout.window] for top, left in chunk])
+        _, patches = encoder(crops)
+        patches = F.normalize(patches.float(), dim=-1)
+        if total is None:
+            total = torch.zeros(grid_h, grid_w, patches.shape[-1], device=image.device)
+        for (top, left), features in zip(chunk, patches):
+            row, col = top // patch, left // patch
+            total[row:row + window_grid, col:col + window_grid] += features
+            counts[row:row + window_grid, col:col + window_grid] += 1
+    return F.normalize(total / counts.clamp(min=1), dim=-1)
+
+
+def native_window(encoder: DenseVisionEncoder) -> int:
+    """The model's native input side in pixels."""
+    return encoder.native_grid[0] * encoder.patch_size[0]
+
+
+def resize_for_layout(image: np.ndarray, layout: WindowLayout) -> np.ndarray:
+    """Resize an ``(H, W, 3)`` uint8 image to ``layout.resized`` (area filter when shrinking)."""
+    import cv2
+
+    height, width = layout.resized
+    shrinking = height * width < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+__all__ = [
+    "DenseVisionEncoder", "WindowLayout", "plan_windows", "sliding_window_features", "native_window",
+    "interpolate_positional_embedding", "resize_for_layout",
+]

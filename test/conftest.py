@@ -1,0 +1,54 @@
+"""Shared fixtures. No test reaches the network: the model hub is switched off and sockets may only connect to
+this machine."""
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="clipomaly-test-cache-")  # keep the user's cache clean
+
+_connect = socket.socket.connect
+
+
+def _local_only_connect(self, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and not (host.startswith("127.") or host in ("localhost", "::1") or host.startswith("/")):
+        raise RuntimeError(f"test tried to reach the network ({address!r})")
+    return _connect(self, address)
+
+
+socket.socket.connect = _local_only_connect
+
+TEST_DIR = Path(__file__).parent
+TINY_MODEL = "clipomaly-tiny-vit"
+
+
+def register_tiny_model():
+    import open_clip
+
+    open_clip.add_model_config(TEST_DIR / "model_configs")
+    return TINY_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_model_name():
+    return register_tiny_model()
+
+
+@pytest.fixture
+def toy_config(tmp_path):
+    from clipomaly_ros import ClipomalyConfig
+
+    return ClipomalyConfig(backend="toy", inference_size=240, cache_dir=str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def toy_pipeline(toy_config):
+    from clipomaly_ros import Clipomaly
+
+    return Clipomaly(toy_config)

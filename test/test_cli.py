@@ -1,0 +1,59 @@
+import json
+
+import cv2
+import numpy as np
+
+from clipomaly_ros.cli import main
+from clipomaly_ros.toy_backend import render_street_scene
+
+
+def write_scene(path, planted="mattress"):
+    image, truth = render_street_scene(240, 320, planted=planted)
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return truth
+
+
+def test_segment_writes_maps_overlay_and_json(tmp_path, capsys):
+    truth = write_scene(tmp_path / "street.png")
+    out = tmp_path / "out"
+    code = main(["segment", str(tmp_path / "street.png"), "-o", str(out), "--backend", "toy",
+                 "--inference-size", "240", "--vocab", "rock, dog"])
+    assert code == 0
+    semantic = cv2.imread(str(out / "street_semantic.png"), cv2.IMREAD_UNCHANGED)
+    score = cv2.imread(str(out / "street_score.png"), cv2.IMREAD_UNCHANGED)
+    overlay = cv2.imread(str(out / "street_overlay.png"))
+    report = json.loads((out / "street_anomalies.json").read_text())
+    assert semantic.dtype == np.uint16 and score.dtype == np.uint16 and semantic.shape == (240, 320)
+    assert overlay.shape == (240, 320, 3)
+    assert [a["name"] for a in report["anomalies"]] == ["mattress"]
+    mattress_id = report["labels"].index("mattress")
+    assert ((semantic == mattress_id) & truth).sum() / truth.sum() > 0.9
+    assert np.median(score[truth]) > 0.9 * 65535
+    assert {"features", "total"} <= set(report["timings_ms"])
+    assert "mattress" in capsys.readouterr().out
+
+
+def test_unreadable_image_is_reported_and_others_still_processed(tmp_path, capsys):
+    write_scene(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+    code = main(["segment", str(tmp_path / "broken.png"), str(tmp_path / "good.png"), str(tmp_path / "gone.jpg"),
+                 "-o", str(out), "--backend", "toy", "--inference-size", "240"])
+    assert code == 1
+    assert (out / "good_anomalies.json").is_file()
+    assert not (out / "broken_anomalies.json").exists()
+    err = capsys.readouterr().err
+    assert "broken.png: not a readable image" in err and "gone.jpg: no such file" in err
+
+
+def test_configuration_errors_exit_with_a_message(tmp_path, capsys):
+    write_scene(tmp_path / "a.png")
+    code = main(["segment", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--checkpoint",
+                 str(tmp_path / "missing.pt"), "--device", "cpu"])
+    assert code == 2
+    assert "checkpoint" in capsys.readouterr().err
+
+
+def test_scene_command_writes_an_image(tmp_path):
+    assert main(["scene", str(tmp_path / "scene.png"), "--object", "deer", "--width", "200", "--height", "100"]) == 0
+    assert cv2.imread(str(tmp_path / "scene.png")).shape == (100, 200, 3)

@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipomaly_ros.config import (CITYSCAPES_CLASSES, SETTINGS, ClipomalyConfig, ConfigError, default_parameter_file,
+                                  load_config, read_parameter_file)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_parameter_file_holds_every_setting_at_its_default():
+    shipped = read_parameter_file(REPO / "config" / "clipomaly.yaml")
+    assert set(shipped) == {s.name for s in SETTINGS}
+    for setting in SETTINGS:
+        expected = list(setting.default) if isinstance(setting.default, tuple) else setting.default
+        assert shipped[setting.name] == expected, setting.name
+    assert (REPO / "config" / "clipomaly.yaml").read_text() == default_parameter_file()
+
+
+def test_defaults_are_cityscapes_and_vit_b16():
+    config = ClipomalyConfig()
+    assert config.known_classes == CITYSCAPES_CLASSES
+    assert (config.model, config.pretrained, config.dense_method) == ("ViT-B-16", "openai", "clearclip")
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"known_classes": []}, "known_classes is empty"),
+    ({"uncertainty_threshold": 1.5}, "uncertainty_threshold must be <= 1.0"),
+    ({"dense_method": "magic"}, "dense_method must be one of"),
+    ({"inference_size": "big"}, "inference_size must be an integer"),
+    ({"prompt_templates": ["no slot"]}, "exactly one '{}'"),
+    ({"checkpoint": "/x.pt", "random_weights": True}, "choose one"),
+    ({"known_classes": "road"}, "list of strings"),
+])
+def test_invalid_values_name_the_setting(changes, words):
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
+        ClipomalyConfig(**changes)
+
+
+def test_lists_are_cleaned_and_deduplicated():
+    config = ClipomalyConfig(known_classes=["road", "  traffic   light ", "road", ""])
+    assert config.known_classes == ("road", "traffic light")
+
+
+def test_parameter_file_overrides_and_unknown_keys(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"/cams/front/clipomaly": {"ros__parameters": {
+        "model": "ViT-B-32", "known_classes": ["road", "car"], "use_sim_time": False}}}))
+    config = load_config(path, inference_size=320, model=None)
+    assert (config.model, config.known_classes, config.inference_size) == ("ViT-B-32", ("road", "car"), 320)
+    path.write_text(yaml.safe_dump({"clipomaly": {"ros__parameters": {"modle": "x"}}}))
+    with pytest.raises(ConfigError, match="unknown setting.*modle"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    path.write_text(yaml.safe_dump({"other_node": {"ros__parameters": {"a": 1}}}))
+    with pytest.raises(ConfigError, match="no section for node 'clipomaly'"):
+        load_config(path)
+
+
+def test_replace_validates():
+    config = ClipomalyConfig()
+    assert config.replace(max_regions=3).max_regions == 3
+    with pytest.raises(ConfigError):
+        config.replace(max_regions=0)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        config.replace(colour="red")

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+from clipomaly_ros import ClipomalyConfig
+from clipomaly_ros.backends import OpenClipBackend
+from clipomaly_ros.dense import (DenseVisionEncoder, interpolate_positional_embedding, plan_windows,
+                                 sliding_window_features)
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM WEIGHTS")
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_name):
+    return OpenClipBackend(ClipomalyConfig(model=tiny_model_name, random_weights=True, device="cpu",
+                                           inference_size=64))
+
+
+def test_without_dense_change_pooled_output_equals_encode_image(backend):
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        pooled, patches = DenseVisionEncoder(backend.model.visual, "none")(images)
+        reference = backend.model.encode_image(images)
+    torch.testing.assert_close(pooled, reference, rtol=1e-5, atol=1e-5)
+    assert patches.shape == (3, 4, 4, 32)
+
+
+@pytest.mark.parametrize("method", ["clearclip", "naclip", "sclip", "maskclip"])
+def test_dense_methods_change_the_patch_tokens_and_accept_any_grid(backend, method):
+    images = torch.randn(1, 3, 96, 160)
+    with torch.no_grad():
+        _, plain = DenseVisionEncoder(backend.model.visual, "none")(images)
+        _, dense = DenseVisionEncoder(backend.model.visual, method)(images)
+    assert dense.shape == plain.shape == (1, 6, 10, 32)
+    assert torch.isfinite(dense).all()
+    assert not torch.allclose(dense, plain, atol=1e-4)
+
+
+def test_positional_embedding_interpolation_keeps_native_grid_and_resizes_others(backend):
+    visual = backend.model.visual
+    native = interpolate_positional_embedding(visual.positional_embedding, (4, 4), (4, 4))
+    assert native is visual.positional_embedding
+    resized = interpolate_positional_embedding(visual.positional_embedding, (4, 4), (6, 10))
+    assert resized.shape == (1 + 60, visual.positional_embedding.shape[1])
+    torch.testing.assert_close(resized[0], visual.positional_embedding[0])
+
+
+def test_window_plan_covers_the_whole_resized_image():
+    layout = plan_windows((720, 1280), short_side=448, window=224, stride=112, patch=16)
+    height, width = layout.resized
+    assert height % 16 == 0 and width % 16 == 0 and min(height, width) == 448
+    covered = np.zeros(layout.resized, dtype=int)
+    for top, left in layout.origins:
+        assert top % 16 == 0 and left % 16 == 0
+        covered[top:top + 224, left:left + 224] += 1
+    assert covered.min() >= 1 and covered.shape == (448, 800)
+    small = plan_windows((40, 30), short_side=32, window=64, stride=32, patch=16)
+    assert small.resized == (64, 64) and small.origins == ((0, 0),)
+
+
+def test_sliding_windows_average_overlaps_into_one_normalised_grid(backend):
+    layout = plan_windows((100, 170), short_side=64, window=64, stride=32, patch=16)
+    image = torch.randn(3, *layout.resized)
+    with torch.no_grad():
+        grid = sliding_window_features(backend.encoder, image, layout, batch_size=2)
+        single = sliding_window_features(backend.encoder, image, layout, batch_size=64)
+    assert grid.shape == (layout.resized[0] // 16, layout.resized[1] // 16, 32)
+    torch.testing.assert_close(grid.norm(dim=-1), torch.ones(grid.shape[:2]))
+    torch.testing.assert_close(grid, single)  # batching must not change the result
+
+
+def test_dense_features_of_any_input_size(backend):
+    for shape in [(37, 53, 3), (300, 90, 3)]:
+        image = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+        features = backend.dense_features(image)
+        assert features.grid.shape[0] * 16 == features.working_size[0]
+        assert features.grid.shape[1] * 16 == features.working_size[1]
+
+
+def test_truncated_text_encoding_equals_open_clip_encode_text(backend):
+    from clipomaly_ros.backends import encode_text_truncated
+
+    tokens = backend.tokenizer(["a photo of a deer.", "a photo of a very large cardboard box on the road.", "x"])
+    with torch.no_grad():
+        reference = backend.model.encode_text(tokens)
+        truncated = encode_text_truncated(backend.model, tokens)
+    torch.testing.assert_close(truncated, reference, rtol=1e-4, atol=1e-5)

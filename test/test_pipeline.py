@@ -1,0 +1,163 @@
+import threading
+
+import numpy as np
+import pytest
+
+from clipomaly_ros import Clipomaly, ClipomalyConfig, ConfigError
+from clipomaly_ros.backends import ModelLoadError
+from clipomaly_ros.pipeline import InvalidImageError
+from clipomaly_ros.toy_backend import render_street_scene
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+@pytest.mark.parametrize("planted", ["mattress", "tire", "deer"])
+def test_planted_object_is_segmented_and_named(toy_pipeline, planted):
+    image, truth = render_street_scene(240, 320, planted=planted)
+    result = toy_pipeline(image)
+    assert iou(result.anomaly_mask, truth) >= 0.9
+    assert [a.name for a in result.anomalies] == [planted]
+    assert result.labels[: result.known_count] == list(toy_pipeline.config.known_classes)
+    assert result.labels[result.known_count:] == [planted]
+    assert (result.semantic[truth] == result.labels.index(planted)).mean() > 0.9
+
+
+def test_scene_without_object_has_no_anomaly(toy_pipeline):
+    image, _ = render_street_scene(240, 320, planted=None)
+    result = toy_pipeline(image)
+    assert result.anomalies == [] and not result.anomaly_mask.any()
+    assert result.labels == list(toy_pipeline.config.known_classes)
+    assert result.anomaly_score.max() < toy_pipeline.config.uncertainty_threshold
+
+
+def test_adding_the_name_to_the_known_classes_at_run_time_removes_the_anomaly(toy_pipeline):
+    image, truth = render_street_scene(240, 320, planted="mattress")
+    assert toy_pipeline(image).anomalies
+    encoded_before = toy_pipeline.embedder.encoded_names
+    toy_pipeline.set_vocabulary(known_classes=list(toy_pipeline.config.known_classes) + ["mattress"])
+    assert toy_pipeline.embedder.encoded_names == encoded_before + 1  # only the new name was encoded
+    result = toy_pipeline(image)
+    assert result.anomalies == [] and not result.anomaly_mask.any()
+    assert (result.semantic[truth] == result.labels.index("mattress")).mean() > 0.9
+
+
+def test_result_maps_have_the_input_resolution_and_consistent_ids(toy_pipeline):
+    image, truth = render_street_scene(300, 500, planted="tire", planted_box=(60, 200, 140, 260))
+    result = toy_pipeline(image)
+    assert result.semantic.shape == result.anomaly_score.shape == result.instances.shape == (300, 500)
+    assert result.semantic.dtype == np.uint16 and result.instances.dtype == np.uint16
+    assert result.anomaly_score.dtype == np.float32
+    assert 0.0 <= result.anomaly_score.min() and result.anomaly_score.max() <= 1.0
+    assert result.semantic.max() < len(result.labels)
+    assert np.array_equal(result.anomaly_mask, result.instances > 0)
+    assert sorted(np.unique(result.instances[result.instances > 0])) == [a.id for a in result.anomalies]
+    (record,) = result.anomalies
+    ys, xs = np.nonzero(result.instances == record.id)
+    assert record.area == len(xs)
+    assert record.bbox == (xs.min(), ys.min(), xs.max(), ys.max())
+    assert record.centroid == pytest.approx((xs.mean(), ys.mean()))
+    assert record.candidates[0][0] == record.name and 0 < record.score <= 1
+    assert iou(result.anomaly_mask, truth) >= 0.9
+    assert set(result.timings_ms) == {"features", "unknown", "naming", "extension", "output", "total"}
+
+
+def test_anomaly_score_means_the_same_with_and_without_regions(toy_pipeline):
+    image, truth = render_street_scene(240, 320, planted="mattress")
+    before = toy_pipeline(image).anomaly_score
+    toy_pipeline.configure(min_region_area=10**7)  # no region can be kept now
+    after = toy_pipeline(image)
+    assert after.anomalies == []
+    np.testing.assert_array_equal(before, after.anomaly_score)
+    assert np.median(before[truth]) > 0.9 and np.median(before[~truth]) < 0.1
+
+
+def test_region_explained_by_a_known_class_is_not_an_anomaly(toy_config):
+    # threshold 0 makes every pixel "unknown": the whole scene is one region, and naming finds it is best
+    # described by a known class, so it must be rejected rather than reported as an anomaly
+    pipeline = Clipomaly(toy_config.replace(uncertainty_threshold=0.0, logit_scale=1.0))
+    image, _ = render_street_scene(240, 320, planted=None)
+    result = pipeline(image)
+    assert result.anomalies == [] and result.rejected
+
+
+def test_live_settings_are_validated_and_fixed_ones_refused(toy_pipeline):
+    with pytest.raises(ConfigError, match="uncertainty_threshold"):
+        toy_pipeline.configure(uncertainty_threshold=2.0)
+    with pytest.raises(ConfigError, match="cannot change while running"):
+        toy_pipeline.configure(model="ViT-L-14")
+    with pytest.raises(ConfigError, match="known_classes is empty"):
+        toy_pipeline.set_vocabulary(known_classes=[])
+    assert toy_pipeline.config.uncertainty_threshold == ClipomalyConfig().uncertainty_threshold
+    assert len(toy_pipeline.vocabulary.current.known) == 19
+
+
+@pytest.mark.parametrize("image, words", [
+    (np.zeros((10, 10, 3), dtype=np.float32), "uint8"),
+    (np.zeros((10, 10), dtype=np.uint8), r"\(H, W, 3\)"),
+    (np.zeros((10, 10, 4), dtype=np.uint8), "RGB"),
+    (np.zeros((0, 10, 3), dtype=np.uint8), "empty"),
+    ([[1, 2, 3]], "numpy array"),
+])
+def test_bad_images_are_clear_errors(toy_pipeline, image, words):
+    with pytest.raises(InvalidImageError, match=words):
+        toy_pipeline(image)
+
+
+def test_vocabulary_change_while_segmenting(toy_pipeline):
+    image, truth = render_street_scene(240, 320, planted="deer")
+    known = list(toy_pipeline.config.known_classes)
+    failures = []
+
+    def segment():
+        for _ in range(6):
+            result = toy_pipeline(image)
+            if result.semantic.max() >= len(result.labels):
+                failures.append("id outside labels")
+
+    thread = threading.Thread(target=segment)
+    thread.start()
+    for index in range(20):
+        toy_pipeline.set_vocabulary(anomaly_vocabulary=["rock"] if index % 2 else ["dog", "rock"],
+                                    known_classes=known + (["sky"] if index % 2 else []))
+    thread.join()
+    assert failures == []
+
+
+def test_missing_checkpoint_names_the_setting(tmp_path):
+    with pytest.raises(ModelLoadError, match="checkpoint .*does not exist.*'checkpoint'"):
+        Clipomaly(ClipomalyConfig(checkpoint=str(tmp_path / "nope.safetensors"), device="cpu"))
+
+
+def test_unavailable_pretrained_weights_name_the_alternatives(tiny_model_name):
+    # the tiny architecture has no pretrained tag, and HF_HUB_OFFLINE is set: nothing reaches the network
+    with pytest.raises(ModelLoadError, match="checkpoint.*random_weights"):
+        Clipomaly(ClipomalyConfig(model=tiny_model_name, pretrained="openai", device="cpu"))
+    with pytest.raises(ModelLoadError, match="not an open_clip architecture"):
+        Clipomaly(ClipomalyConfig(model="ViT-Imaginary", device="cpu"))
+
+
+def test_random_weights_only_when_asked_and_loudly(tiny_model_name, tmp_path):
+    config = ClipomalyConfig(model=tiny_model_name, random_weights=True, device="cpu", inference_size=64,
+                             cache_dir=str(tmp_path))
+    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+        pipeline = Clipomaly(config)
+    image = np.random.default_rng(1).integers(0, 255, (90, 150, 3), dtype=np.uint8)
+    result = pipeline(image)
+    assert result.semantic.shape == (90, 150)
+    assert result.semantic.max() < len(result.labels)
+    assert np.array_equal(result.anomaly_mask, result.instances > 0)
+
+
+def test_open_clip_checkpoint_file_loads(tiny_model_name, tmp_path):
+    import open_clip
+    import torch
+
+    model = open_clip.create_model(tiny_model_name)
+    path = tmp_path / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    pipeline = Clipomaly(ClipomalyConfig(model=tiny_model_name, checkpoint=str(path), device="cpu",
+                                         inference_size=64, cache_dir=str(tmp_path)))
+    state = pipeline.backend.model.state_dict()
+    torch.testing.assert_close(state["visual.proj"], model.state_dict()["visual.proj"])

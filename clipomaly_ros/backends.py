@@ -50,6 +50,8 @@ class VisionLanguageBackend(Protocol):
     identity: str
     """Names the model and weights; text embeddings cached on disk are keyed by it."""
     device: torch.device
+    embed_dim: int
+    """D, the size of the joint embedding space."""
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """``(N, D)`` float32 L2-normalised embeddings of ``prompts``."""
@@ -145,6 +147,7 @@ class OpenClipBackend:
         self.device = resolve_device(config.device)
         self.model, self.tokenizer, self.weights_source = _load_open_clip_model(config, self.device)
         self.dtype = next(self.model.parameters()).dtype
+        self.embed_dim = int(self.model.visual.output_dim)
         self.encoder = DenseVisionEncoder(self.model.visual, config.dense_method)
         preprocess = getattr(self.model.visual, "preprocess_cfg", {})
         self.mean = torch.tensor(preprocess.get("mean", OPENAI_MEAN), device=self.device).view(3, 1, 1)

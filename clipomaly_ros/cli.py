@@ -153,6 +153,34 @@ def scene(subparsers) -> None:
     parser.set_defaults(run=run_scene)
 
 
+def run_play(args: argparse.Namespace) -> int:
+    from .player import play
+
+    bad = [item for item in args.remap if ":=" not in item]
+    if bad:
+        raise ValueError(f"--remap {bad[0]!r}: write FROM:=TO, for example /camera/image_raw:=/cam1/image")
+    remap = dict(item.split(":=", 1) for item in args.remap)
+    counts = play(args.bag, topics=args.topics, rate=args.rate, loop=args.loop, remap=remap, reliable=args.reliable)
+    print("published " + (", ".join(f"{n} on {t}" for t, n in sorted(counts.items())) or "nothing"))
+    return 0
+
+
+@subcommand
+def play(subparsers) -> None:
+    parser = subparsers.add_parser("play", help="publish a bag's messages with rclpy at their recorded timing",
+                                   description="Replays a rosbag2 (.mcap or .db3) into a running ROS 2 graph where "
+                                               "the ros2 command line is absent. Needs rclpy.")
+    parser.add_argument("bag", type=Path, metavar="BAG", help="rosbag2 folder or its .mcap/.db3 file")
+    parser.add_argument("--topics", nargs="+", metavar="TOPIC", help="only these topics (default: all)")
+    parser.add_argument("--rate", type=float, default=1.0, help="speed factor (default 1: as recorded)")
+    parser.add_argument("--loop", action="store_true", help="start again at the end, until interrupted")
+    parser.add_argument("--reliable", action="store_true", help="publish with reliable QoS (default: best effort, "
+                                                                "as camera drivers publish)")
+    parser.add_argument("--remap", nargs="+", default=[], metavar="FROM:=TO",
+                        help="publish a topic under another name, for example /camera/image_raw:=/cam1/image")
+    parser.set_defaults(run=run_play)
+
+
 @subcommand
 def defaults(subparsers) -> None:
     parser = subparsers.add_parser("defaults", help="print a parameter file with every setting at its default")
@@ -173,11 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     from .backends import ModelLoadError
+    from .bags import BagError
     from .vocabulary import VocabularyError
 
     try:
         return args.run(args)
-    except (ConfigError, ModelLoadError, VocabularyError, ValueError) as error:
+    except (ConfigError, ModelLoadError, VocabularyError, BagError, ValueError) as error:
         print(f"clipomaly: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

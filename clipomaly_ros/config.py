@@ -171,6 +171,17 @@ SETTINGS: tuple[Setting, ...] = (
             "float", live=True, minimum=0.0, maximum=1.0),
     Setting("candidates_reported", 5, "Runner-up names reported per anomaly.", "int", live=True, minimum=1,
             maximum=50),
+    # --- ROS node only -------------------------------------------------------------------------------------------
+    Setting("input_transport", "raw", "raw: subscribe to 'image' (sensor_msgs/Image); compressed: to "
+            "'image/compressed' (sensor_msgs/CompressedImage, jpeg or png).", "str", scope="node",
+            choices=("raw", "compressed")),
+    Setting("input_reliability", "best_effort", "QoS reliability of the image subscription (depth 1): "
+            "best_effort, as camera drivers publish, or reliable.", "str", scope="node",
+            choices=("best_effort", "reliable")),
+    Setting("publish_overlay", True, "Publish 'overlay' (rgb8); it is only drawn while someone subscribes.",
+            "bool", scope="node", live=True),
+    Setting("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", "float", scope="node",
+            minimum=0.1, maximum=60.0),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -34,6 +34,8 @@ TOY_LEXICON: dict[str, tuple[int, int, int]] = {
     # objects that are anomalies for a Cityscapes vocabulary
     "mattress": (255, 255, 255), "tire": (20, 20, 20), "deer": (160, 100, 40), "cardboard box": (200, 140, 90),
     "traffic cone": (255, 120, 0), "rock": (110, 60, 20), "dog": (40, 200, 200),
+    # an object no naming dictionary holds: only a user's anomaly vocabulary can name it
+    "garden gnome": (0, 255, 0),
 }
 
 SPARE_AXES = 16
@@ -54,11 +56,12 @@ class ToyColourBackend:
     ``patch`` is the side in working pixels of one feature cell; ``inference_size`` the working short side.
     """
 
-    identity = "toy:colour-v1"
     description = "toy colour backend (deterministic, no weights) on cpu"
 
     def __init__(self, inference_size: int = 448, patch: int = 4):
         self.device = torch.device("cpu")
+        lexicon = ";".join(f"{name}={rgb}" for name, rgb in TOY_LEXICON.items())
+        self.identity = f"toy:colour:{hashlib.sha256(lexicon.encode()).hexdigest()[:12]}"
         self.palette = torch.from_numpy(_palette())
         self.embed_dim = len(self.palette) + SPARE_AXES
         self.inference_size = inference_size

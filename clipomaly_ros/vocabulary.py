@@ -60,9 +60,7 @@ class TextEmbedder:
             return torch.stack([self._cache[name] for name in names])
 
     def _embed_dim(self) -> int:
-        if not self._cache:
-            self._cache["object"] = self._encode(["object"])[0]
-        return next(iter(self._cache.values())).shape[-1]
+        return int(self.backend.embed_dim)
 
     def embed_many(self, names: Sequence[str], templates: Sequence[str], cache_dir: Path | None,
                    batch_size: int = 256, progress: bool = False) -> torch.Tensor:
@@ -74,8 +72,9 @@ class TextEmbedder:
         if path is not None and path.is_file():
             try:
                 cached = np.load(path)
-                if cached.shape[0] == len(names):
+                if cached.shape == (len(names), self._embed_dim()):
                     return torch.from_numpy(cached).to(self.backend.device)
+                LOG.warning("text-embedding cache %s does not fit this model; encoding again", path)
             except (OSError, ValueError) as error:
                 LOG.warning("ignoring unreadable text-embedding cache %s: %s", path, error)
         chunks = []

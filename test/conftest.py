@@ -3,6 +3,7 @@ this machine."""
 
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)  # where scripts/setup_ros.sh put ROS 2
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="clipomaly-test-cache-")  # keep the user's cache clean
 
 _connect = socket.socket.connect

@@ -1,0 +1,72 @@
+"""Reading rosbag2 recordings (.mcap or .db3) with rosbags, without a ROS runtime."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+from rosbags.highlevel import AnyReader
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+class BagError(ValueError):
+    """A bag that cannot be read, or lacks what was asked for."""
+
+
+def bag_directory(path: str | Path) -> Path:
+    """The rosbag2 folder for ``path`` (the folder itself, or the folder holding a .mcap/.db3 file)."""
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        raise BagError(f"{path}: no such bag (give a rosbag2 folder or its .mcap/.db3 file)")
+    return path
+
+
+@contextmanager
+def open_bag(path: str | Path) -> Iterator[AnyReader]:
+    """``with open_bag(path) as reader:`` an opened ``AnyReader``; a missing, unreadable or truncated bag raises
+    :class:`BagError`."""
+    folder = bag_directory(path)
+    reader = AnyReader([folder], default_typestore=get_typestore(Stores.ROS2_JAZZY))
+    try:
+        reader.open()
+    except Exception as error:  # rosbags raises several types for broken bags
+        raise BagError(f"{folder}: cannot read the bag ({type(error).__name__}: {error}); is it a complete "
+                       "rosbag2 folder with metadata.yaml?") from None
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def typestore_with_vision_msgs():
+    """A Jazzy typestore with the vision_msgs types the node publishes, registered from their .msg text."""
+    store = get_typestore(Stores.ROS2_JAZZY)
+    folder = resources.files("clipomaly_ros").joinpath("data/vision_msgs/msg")
+    types = {}
+    for entry in folder.iterdir():
+        if entry.name.endswith(".msg"):
+            types.update(get_types_from_msg(entry.read_text(), f"vision_msgs/msg/{entry.name[:-4]}"))
+    store.register(types)
+    return store
+
+
+def image_connections(reader: AnyReader, topic: str | None):
+    """The image connections to read: ``topic`` if given (must be an image topic), else the only image topic."""
+    images = [c for c in reader.connections if c.msgtype in IMAGE_TYPES]
+    if topic is not None:
+        chosen = [c for c in images if c.topic == topic]
+        if not chosen:
+            available = ", ".join(f"{c.topic} ({c.msgtype})" for c in images) or "none"
+            raise BagError(f"no image topic '{topic}' in the bag; image topics: {available}")
+        return chosen
+    topics = sorted({c.topic for c in images})
+    if len(topics) != 1:
+        raise BagError(f"the bag has {len(topics)} image topics ({', '.join(topics) or 'none'}): choose one with "
+                       "--image-topic")
+    return [c for c in images if c.topic == topics[0]]

@@ -1,0 +1,76 @@
+"""``clipomaly play``: publish a bag's messages with rclpy at their recorded timing (where rosbag2 is absent).
+
+Messages go out as the recorded CDR bytes, so no message is decoded and re-encoded on the way.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .bags import BagError, open_bag
+
+
+def play(bag: str | Path, topics: Sequence[str] | None = None, rate: float = 1.0, loop: bool = False,
+         remap: dict[str, str] | None = None, wait_for_subscribers: float = 3.0, reliable: bool = False,
+         log=print) -> dict[str, int]:
+    """Publish ``bag`` (all topics, or ``topics``) at ``rate`` x the recorded speed; returns messages per topic.
+
+    Playback starts once every topic has a subscriber, or after ``wait_for_subscribers`` seconds. Messages go out
+    best effort, as camera drivers publish, unless ``reliable``."""
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from .node import ros_type
+
+    if rate <= 0:
+        raise ValueError(f"--rate must be positive, got {rate}")
+    remap = remap or {}
+    published: dict[str, int] = {}
+    with open_bag(bag) as reader:
+        connections = [c for c in reader.connections if not topics or c.topic in topics]
+        missing = set(topics or ()) - {c.topic for c in connections}
+        if missing:
+            raise BagError(f"topics not in the bag: {', '.join(sorted(missing))}")
+        rclpy.init()
+        node = rclpy.create_node("clipomaly_player")
+        try:
+            qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if reliable
+                             else ReliabilityPolicy.BEST_EFFORT)
+            publishers = {}
+            for connection in connections:
+                try:
+                    message_type = ros_type(connection.msgtype)
+                except (ImportError, AttributeError):
+                    log(f"skipping {connection.topic}: message type {connection.msgtype} is not installed")
+                    continue
+                name = remap.get(connection.topic, connection.topic)
+                publishers[connection.id] = (connection.topic, node.create_publisher(message_type, name, qos))
+            # messages sent before a subscriber has matched are lost: wait (bounded) until every topic has one
+            deadline = time.monotonic() + wait_for_subscribers
+            while time.monotonic() < deadline and not all(
+                    publisher.get_subscription_count() for _, publisher in publishers.values()):
+                time.sleep(0.05)
+            lonely = sorted(topic for topic, publisher in publishers.values() if not publisher.get_subscription_count())
+            if lonely:
+                log(f"no subscriber after {wait_for_subscribers:.1f} s for: {', '.join(lonely)}; publishing anyway")
+            time.sleep(0.2)  # matching is seen by the publisher slightly before the subscriber is ready
+            while True:
+                start_wall, start_bag = time.monotonic(), None
+                for connection, timestamp, raw in reader.messages(
+                        connections=[c for c in connections if c.id in publishers]):
+                    start_bag = timestamp if start_bag is None else start_bag
+                    delay = (timestamp - start_bag) / 1e9 / rate - (time.monotonic() - start_wall)
+                    if delay > 0:
+                        time.sleep(delay)
+                    topic, publisher = publishers[connection.id]
+                    publisher.publish(bytes(raw))
+                    published[topic] = published.get(topic, 0) + 1
+                if not loop or not publishers:
+                    break
+            time.sleep(0.2)  # let the last messages leave before the node goes
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown()
+    return published

@@ -1,0 +1,179 @@
+"""Conversions between ROS messages and numpy arrays, without ROS.
+
+They read any object with the message's fields (rclpy messages and rosbags' dataclasses alike) and build
+messages through a :class:`MessageFactory` that holds the message classes of either world. The node and the
+offline tools share them, so the node runs where cv_bridge is absent and an offline bag holds exactly what the
+node would publish.
+
+Supported input encodings: rgb8, bgr8, rgba8, bgra8, mono8, mono16 (either byte order), with any row padding
+in ``step``; compressed images in jpeg or png.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import cv2
+import numpy as np
+
+from .results import SegmentationResult
+
+CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3, "mono16": 1,
+            "16UC1": 1}
+TO_RGB = {"bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB,
+          "mono8": cv2.COLOR_GRAY2RGB, "8UC1": cv2.COLOR_GRAY2RGB}
+
+
+class ImageConversionError(ValueError):
+    """A message that cannot be turned into an image; the message says what was wrong."""
+
+
+def image_msg_to_rgb(msg: Any) -> np.ndarray:
+    """A ``sensor_msgs/Image`` as an RGB uint8 ``(H, W, 3)`` array (a copy; mono16 keeps its top 8 bits)."""
+    encoding = str(msg.encoding)
+    if encoding not in CHANNELS:
+        raise ImageConversionError(f"unsupported image encoding '{encoding}': publish one of "
+                                   f"{', '.join(sorted(CHANNELS))}, or use input_transport: compressed")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ImageConversionError(f"empty image ({width}x{height})")
+    bytes_per_pixel = CHANNELS[encoding] * (2 if encoding in ("mono16", "16UC1") else 1)
+    if step < width * bytes_per_pixel:
+        raise ImageConversionError(f"step {step} is smaller than width x bytes per pixel "
+                                   f"({width} x {bytes_per_pixel}) for {encoding}")
+    data = np.frombuffer(msg.data, dtype=np.uint8) if not isinstance(msg.data, np.ndarray) else msg.data
+    if data.size < step * height:
+        raise ImageConversionError(f"image data has {data.size} bytes, fewer than step x height = "
+                                   f"{step} x {height} = {step * height} (truncated message?)")
+    rows = data[: step * height].reshape(height, step)[:, : width * bytes_per_pixel]
+    if bytes_per_pixel == 2 * CHANNELS[encoding]:
+        dtype = np.dtype(">u2" if msg.is_bigendian else "<u2")
+        grey = (np.ascontiguousarray(rows).view(dtype).reshape(height, width) >> 8).astype(np.uint8)
+        return cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
+    pixels = np.ascontiguousarray(rows).reshape(height, width, CHANNELS[encoding]) if CHANNELS[encoding] > 1 \
+        else np.ascontiguousarray(rows)
+    if encoding in TO_RGB:
+        return cv2.cvtColor(pixels, TO_RGB[encoding])
+    return pixels.copy()
+
+
+def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
+    """A ``sensor_msgs/CompressedImage`` (jpeg or png) as an RGB uint8 ``(H, W, 3)`` array."""
+    form = str(msg.format).lower()
+    if form and not any(kind in form for kind in ("jpeg", "jpg", "png")):
+        raise ImageConversionError(f"unsupported compressed format '{msg.format}': jpeg and png are supported")
+    data = np.frombuffer(msg.data, dtype=np.uint8) if not isinstance(msg.data, np.ndarray) else msg.data
+    if data.size == 0:
+        raise ImageConversionError("compressed image has no data")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageConversionError(f"compressed image ({msg.format or 'no format'}, {data.size} bytes) could not be "
+                                   "decoded: corrupt or truncated data")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@dataclass(frozen=True)
+class ImageFields:
+    """The fields of a ``sensor_msgs/Image`` for an array: ``data`` is the row-major bytes as a uint8 array."""
+
+    height: int
+    width: int
+    encoding: str
+    is_bigendian: int
+    step: int
+    data: np.ndarray
+
+
+OUTPUT_DTYPES = {"mono8": (np.uint8, 1), "mono16": (np.uint16, 1), "32FC1": (np.float32, 1), "rgb8": (np.uint8, 3)}
+
+
+def array_to_image_fields(array: np.ndarray, encoding: str) -> ImageFields:
+    """Image fields for ``array`` ((H, W) or (H, W, 3)) in ``encoding`` (mono8, mono16, 32FC1, rgb8), in the
+    machine's byte order."""
+    dtype, channels = OUTPUT_DTYPES[encoding]
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if array.ndim != (2 if channels == 1 else 3):
+        raise ValueError(f"{encoding} needs a {'(H, W)' if channels == 1 else '(H, W, 3)'} array, got {array.shape}")
+    height, width = array.shape[:2]
+    return ImageFields(height=height, width=width, encoding=encoding, is_bigendian=int(sys.byteorder == "big"),
+                       step=width * channels * array.itemsize, data=array.reshape(-1).view(np.uint8))
+
+
+class MessageFactory:
+    """Builds the node's output messages from classes looked up by ROS type name.
+
+    ``types`` maps names such as ``"sensor_msgs/msg/Image"`` to classes that accept every field as a keyword
+    (rclpy message classes, rosbags dataclasses). ``byte_array`` adapts a uint8 numpy array to what the classes
+    store for ``uint8[]`` (``bytes`` for rclpy, the array itself for rosbags).
+    """
+
+    def __init__(self, types: Callable[[str], Any] | Mapping[str, Any],
+                 byte_array: Callable[[np.ndarray], Any] = lambda a: a):
+        self._types = types
+        self.byte_array = byte_array
+
+    def type(self, name: str) -> Any:
+        return self._types(name) if callable(self._types) else self._types[name]
+
+    def header(self, sec: int, nanosec: int, frame_id: str) -> Any:
+        time = self.type("builtin_interfaces/msg/Time")(sec=int(sec), nanosec=int(nanosec))
+        return self.type("std_msgs/msg/Header")(stamp=time, frame_id=str(frame_id))
+
+    def image(self, header: Any, array: np.ndarray, encoding: str) -> Any:
+        fields = array_to_image_fields(array, encoding)
+        return self.type("sensor_msgs/msg/Image")(
+            header=header, height=fields.height, width=fields.width, encoding=fields.encoding,
+            is_bigendian=fields.is_bigendian, step=fields.step, data=self.byte_array(fields.data))
+
+    def detections(self, header: Any, result: SegmentationResult) -> Any:
+        """``vision_msgs/Detection2DArray``: one detection per anomaly, ``id`` = its instance id."""
+        point2d, pose2d = self.type("vision_msgs/msg/Point2D"), self.type("vision_msgs/msg/Pose2D")
+        box_type, detection_type = self.type("vision_msgs/msg/BoundingBox2D"), self.type("vision_msgs/msg/Detection2D")
+        detections = []
+        for record in result.anomalies:
+            x0, y0, x1, y1 = record.bbox
+            box = box_type(center=pose2d(position=point2d(x=(x0 + x1 + 1) / 2.0, y=(y0 + y1 + 1) / 2.0), theta=0.0),
+                           size_x=float(x1 - x0 + 1), size_y=float(y1 - y0 + 1))
+            hypotheses = [self._hypothesis(record.name, record.score)]
+            hypotheses += [self._hypothesis(name, score) for name, score in record.candidates if name != record.name]
+            detections.append(detection_type(header=header, results=hypotheses, bbox=box, id=str(record.id)))
+        return self.type("vision_msgs/msg/Detection2DArray")(header=header, detections=detections)
+
+    def _hypothesis(self, name: str, score: float) -> Any:
+        point, quaternion = self.type("geometry_msgs/msg/Point"), self.type("geometry_msgs/msg/Quaternion")
+        pose = self.type("geometry_msgs/msg/Pose")(position=point(x=0.0, y=0.0, z=0.0),
+                                                   orientation=quaternion(x=0.0, y=0.0, z=0.0, w=1.0))
+        with_covariance = self.type("geometry_msgs/msg/PoseWithCovariance")(pose=pose,
+                                                                            covariance=np.zeros(36, dtype=np.float64))
+        hypothesis = self.type("vision_msgs/msg/ObjectHypothesis")(class_id=name, score=float(score))
+        return self.type("vision_msgs/msg/ObjectHypothesisWithPose")(hypothesis=hypothesis, pose=with_covariance)
+
+    def label_info(self, header: Any, labels: list[str], threshold: float) -> Any:
+        """``vision_msgs/LabelInfo`` mapping every id of ``semantic`` to its name."""
+        vision_class = self.type("vision_msgs/msg/VisionClass")
+        class_map = [vision_class(class_id=index, class_name=name) for index, name in enumerate(labels)]
+        return self.type("vision_msgs/msg/LabelInfo")(header=header, class_map=class_map, threshold=float(threshold))
+
+    def result_messages(self, header: Any, result: SegmentationResult, threshold: float) -> dict[str, Any]:
+        """Every per-frame output of the node except the overlay, keyed by relative topic name."""
+        return {
+            "anomalies": self.detections(header, result),
+            "semantic": self.image(header, result.semantic, "mono16"),
+            "anomaly_score": self.image(header, result.anomaly_score, "32FC1"),
+            "anomaly_mask": self.image(header, result.anomaly_mask.astype(np.uint8) * 255, "mono8"),
+            "anomaly_instances": self.image(header, result.instances, "mono16"),
+        }
+
+
+OUTPUT_TYPES = {
+    "anomalies": "vision_msgs/msg/Detection2DArray",
+    "semantic": "sensor_msgs/msg/Image",
+    "label_info": "vision_msgs/msg/LabelInfo",
+    "anomaly_score": "sensor_msgs/msg/Image",
+    "anomaly_mask": "sensor_msgs/msg/Image",
+    "anomaly_instances": "sensor_msgs/msg/Image",
+    "overlay": "sensor_msgs/msg/Image",
+}
+"""The node's per-frame output topics (relative names) and their message types."""

@@ -1,0 +1,105 @@
+"""Message conversions, checked on plain objects and on rosbags' message classes (no ROS runtime needed)."""
+
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from clipomaly_ros.bags import typestore_with_vision_msgs
+from clipomaly_ros.results import AnomalyRecord, SegmentationResult
+from clipomaly_ros.ros_io import (ImageConversionError, MessageFactory, array_to_image_fields, compressed_msg_to_rgb,
+                                  image_msg_to_rgb)
+
+RNG = np.random.default_rng(3)
+RGB = RNG.integers(0, 255, (5, 7, 3), dtype=np.uint8)
+
+
+def padded(rows: np.ndarray, padding: int) -> tuple[bytes, int]:
+    """Row-major bytes with ``padding`` junk bytes after every row, and the step."""
+    flat = rows.reshape(rows.shape[0], -1)
+    junk = np.full((flat.shape[0], padding), 0xAB, dtype=np.uint8)
+    return np.hstack([flat.view(np.uint8), junk]).tobytes(), flat.view(np.uint8).shape[1] + padding
+
+
+@pytest.mark.parametrize("encoding, pixels", [
+    ("rgb8", RGB), ("bgr8", RGB[..., ::-1]), ("rgba8", np.dstack([RGB, np.full(RGB.shape[:2], 9, np.uint8)])),
+    ("bgra8", np.dstack([RGB[..., ::-1], np.zeros(RGB.shape[:2], np.uint8)])),
+])
+@pytest.mark.parametrize("padding", [0, 3])
+def test_colour_encodings_with_row_padding(encoding, pixels, padding):
+    data, step = padded(np.ascontiguousarray(pixels), padding)
+    msg = SimpleNamespace(height=5, width=7, encoding=encoding, is_bigendian=0, step=step, data=data)
+    np.testing.assert_array_equal(image_msg_to_rgb(msg), RGB)
+
+
+def test_mono8_and_mono16_in_both_byte_orders():
+    grey = RGB[..., 0]
+    msg = SimpleNamespace(height=5, width=7, encoding="mono8", is_bigendian=0, step=8, data=padded(grey, 1)[0])
+    np.testing.assert_array_equal(image_msg_to_rgb(msg), np.dstack([grey] * 3))
+    wide = grey.astype(np.uint16) * 256 + 17
+    for big in (0, 1):
+        data = wide.astype(">u2" if big else "<u2").tobytes()
+        msg = SimpleNamespace(height=5, width=7, encoding="mono16", is_bigendian=big, step=14, data=data)
+        np.testing.assert_array_equal(image_msg_to_rgb(msg)[..., 1], grey)
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"encoding": "yuv422"}, "unsupported image encoding 'yuv422'"),
+    ({"data": bytes(30)}, "fewer than step x height"),
+    ({"step": 10}, "step 10 is smaller"),
+    ({"height": 0}, "empty image"),
+])
+def test_bad_raw_images_say_what_is_wrong(fields, words):
+    msg = SimpleNamespace(**{**dict(height=5, width=7, encoding="rgb8", is_bigendian=0, step=21,
+                                    data=RGB.tobytes()), **fields})
+    with pytest.raises(ImageConversionError, match=words):
+        image_msg_to_rgb(msg)
+
+
+def test_compressed_png_and_jpeg_and_corrupt_data():
+    ok, png = cv2.imencode(".png", cv2.cvtColor(RGB, cv2.COLOR_RGB2BGR))
+    np.testing.assert_array_equal(compressed_msg_to_rgb(SimpleNamespace(format="png", data=png.tobytes())), RGB)
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(RGB, cv2.COLOR_RGB2BGR))
+    assert compressed_msg_to_rgb(SimpleNamespace(format="rgb8; jpeg compressed bgr8", data=jpeg)).shape == RGB.shape
+    with pytest.raises(ImageConversionError, match="could not be decoded"):
+        compressed_msg_to_rgb(SimpleNamespace(format="jpeg", data=jpeg.tobytes()[:40]))
+    with pytest.raises(ImageConversionError, match="unsupported compressed format"):
+        compressed_msg_to_rgb(SimpleNamespace(format="h264", data=b"x"))
+
+
+def test_output_fields_round_trip():
+    values = RNG.random((4, 6)).astype(np.float32)
+    fields = array_to_image_fields(values, "32FC1")
+    assert (fields.step, fields.encoding) == (24, "32FC1")
+    np.testing.assert_array_equal(fields.data.view(np.float32).reshape(4, 6), values)
+    ids = RNG.integers(0, 60000, (4, 6)).astype(np.uint16)
+    np.testing.assert_array_equal(array_to_image_fields(ids, "mono16").data.view(np.uint16).reshape(4, 6), ids)
+    with pytest.raises(ValueError, match="rgb8 needs"):
+        array_to_image_fields(ids, "rgb8")
+
+
+def test_factory_builds_serialisable_messages_with_rosbags_types():
+    store = typestore_with_vision_msgs()
+    factory = MessageFactory(store.types)
+    instances = np.zeros((6, 8), np.uint16)
+    instances[1:3, 2:5] = 1
+    record = AnomalyRecord(id=1, name="tire", score=0.8, bbox=(2, 1, 4, 2), area=6, centroid=(3.0, 1.5),
+                           candidates=(("tire", 0.8), ("rock", 0.1)))
+    result = SegmentationResult(semantic=np.zeros((6, 8), np.uint16), labels=["road", "tire"],
+                                anomaly_score=np.zeros((6, 8), np.float32), anomaly_mask=instances > 0,
+                                instances=instances, anomalies=[record], known_count=1)
+    header = factory.header(12, 34, "cam")
+    messages = factory.result_messages(header, result, 0.5)
+    detection = messages["anomalies"].detections[0]
+    assert detection.id == "1" and [r.hypothesis.class_id for r in detection.results] == ["tire", "rock"]
+    assert (detection.bbox.size_x, detection.bbox.size_y) == (3.0, 2.0)
+    assert (detection.bbox.center.position.x, detection.bbox.center.position.y) == (3.5, 2.0)
+    for topic, message in messages.items():
+        msgtype = "vision_msgs/msg/Detection2DArray" if topic == "anomalies" else "sensor_msgs/msg/Image"
+        decoded = store.deserialize_cdr(store.serialize_cdr(message, msgtype), msgtype)
+        assert (decoded.header.stamp.sec, decoded.header.frame_id) == (12, "cam")
+    back = image_msg_to_rgb(messages["anomaly_mask"])
+    assert back[1, 2, 0] == 255 and back[0, 0, 0] == 0
+    info = factory.label_info(header, result.labels, 0.5)
+    assert [(c.class_id, c.class_name) for c in info.class_map] == [(0, "road"), (1, "tire")]

@@ -36,8 +36,8 @@ def open_bag(path: str | Path) -> Iterator[AnyReader]:
     try:
         reader.open()
     except Exception as error:  # rosbags raises several types for broken bags
-        raise BagError(f"{folder}: cannot read the bag ({type(error).__name__}: {error}); is it a complete "
-                       "rosbag2 folder with metadata.yaml?") from None
+        raise BagError(f"{folder}: cannot read the bag ({type(error).__name__}: {error}): it is truncated or "
+                       "corrupt, or not a rosbag2 folder with metadata.yaml") from None
     try:
         yield reader
     finally:

@@ -181,6 +181,99 @@ def play(subparsers) -> None:
     parser.set_defaults(run=run_play)
 
 
+def run_replay(args: argparse.Namespace) -> int:
+    from .replay import replay
+
+    pipeline = build_pipeline(args)
+    summary = replay(pipeline, args.bag, args.output, image_topic=args.image_topic, namespace=args.namespace,
+                     storage=args.storage, overlay=not args.no_overlay)
+    print(summary.text())
+    print(f"wrote {args.output}")
+    return 1 if summary.failed else 0
+
+
+@subcommand
+def replay(subparsers) -> None:
+    parser = subparsers.add_parser("replay", help="run the pipeline over a bag and write the node's outputs to a "
+                                                  "new bag (offline, no ROS runtime)")
+    parser.add_argument("bag", type=Path, metavar="IN_BAG", help="rosbag2 folder (.mcap or .db3)")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_BAG", help="new bag folder")
+    parser.add_argument("--image-topic", help="image topic, raw or compressed (default: the bag's only one)")
+    parser.add_argument("--namespace", default="", help="namespace of the output topics (default: none, as a "
+                                                         "node in the root namespace: /anomalies, /semantic, ...)")
+    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    parser.add_argument("--no-overlay", action="store_true", help="leave out the overlay topic")
+    add_model_options(parser)
+    parser.set_defaults(run=run_replay)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, find_samples, format_report
+
+    samples = find_samples(args.dataset, args.limit)
+    pipeline = build_pipeline(args)
+    report = evaluate(pipeline, samples, anomaly_id=args.anomaly_id, ignore_id=args.ignore_id,
+                      known_classes_miou=args.known_classes_miou)
+    report["config"] = {k: v for k, v in pipeline.config.as_dict().items()
+                        if k in ("backend", "model", "pretrained", "checkpoint", "random_weights", "dense_method",
+                                 "inference_size", "uncertainty_threshold", "logit_scale")}
+    print(format_report(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+@subcommand
+def evaluate(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="score the pipeline on images/ and labels/ (pixel and "
+                                                    "component metrics, or known-class mIoU)")
+    parser.add_argument("dataset", type=Path, metavar="DATASET_DIR")
+    parser.add_argument("--anomaly-id", type=int, default=1, help="label value of anomaly pixels (default 1)")
+    parser.add_argument("--ignore-id", type=int, default=255, help="label value of ignored pixels (default 255)")
+    parser.add_argument("--known-classes-miou", action="store_true",
+                        help="labels are trainIds of the known classes (Cityscapes-style): report IoU per class")
+    parser.add_argument("--json", type=Path, help="also write the report as JSON")
+    parser.add_argument("--limit", type=int, help="only the first N images")
+    add_model_options(parser)
+    parser.set_defaults(run=run_evaluate)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .bench import format_bench, run_bench
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size {args.size!r}: write WIDTHxHEIGHT, for example 1280x720") from None
+    if args.frames < 2:
+        raise ValueError("--frames must be at least 2")
+    random_weights = None if (args.checkpoint or args.pretrained) else True
+    config = load_config(args.config, backend=args.backend, model=args.model, pretrained=args.pretrained,
+                         checkpoint=args.checkpoint, random_weights=random_weights, device=args.device,
+                         inference_size=args.inference_size, dense_method=args.dense_method,
+                         anomaly_vocabulary=split_names(args.vocab), known_classes=split_names(args.known))
+    report = run_bench(config, (width, height), args.frames)
+    print(format_bench(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+@subcommand
+def bench(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="measure time per stage, frames per second and memory",
+                                   description="Runs with random weights (cost does not depend on their values) "
+                                               "unless --checkpoint or --pretrained is given.")
+    parser.add_argument("--size", default="1280x720", help="input size WIDTHxHEIGHT (default 1280x720)")
+    parser.add_argument("--frames", type=int, default=5, help="frames to time (default 5)")
+    parser.add_argument("--dense-method", help="clearclip, naclip, sclip, maskclip or none")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    add_model_options(parser)
+    parser.set_defaults(run=run_bench)
+
+
 @subcommand
 def defaults(subparsers) -> None:
     parser = subparsers.add_parser("defaults", help="print a parameter file with every setting at its default")
@@ -202,11 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     from .backends import ModelLoadError
     from .bags import BagError
+    from .metrics import MetricError
     from .vocabulary import VocabularyError
 
     try:
         return args.run(args)
-    except (ConfigError, ModelLoadError, VocabularyError, BagError, ValueError) as error:
+    except (ConfigError, ModelLoadError, VocabularyError, BagError, MetricError, ValueError) as error:
         print(f"clipomaly: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ from .backends import VisionLanguageBackend, create_backend
 from .config import LIVE_SETTINGS, ClipomalyConfig, ConfigError, load_config
 from .naming import RegionName, RegionNamer
 from .results import AnomalyRecord, SegmentationResult
-from .unknown import find_unknown_regions, normalized_entropy, similarity_maps
+from .unknown import ClassStatistics, class_statistics, find_unknown_regions, similarity_maps
 from .vocabulary import TextEmbedder, Vocabulary, VocabularyManager, default_cache_dir, read_name_list
 
 
@@ -122,8 +122,9 @@ class Clipomaly:
 
             working = features.working_size
             known_logits = config.logit_scale * similarity_maps(features.grid, vocabulary.known_embeddings, working)
-            known_probabilities = torch.softmax(known_logits, dim=0)
-            uncertainty = normalized_entropy(known_probabilities).cpu().numpy().astype(np.float32)
+            known = class_statistics(known_logits)
+            del known_logits
+            uncertainty = known.uncertainty.cpu().numpy().astype(np.float32)
             working_per_input = (working[0] * working[1]) / (image.shape[0] * image.shape[1])
             min_area = max(1, math.ceil(config.min_region_area * working_per_input))
             regions = find_unknown_regions(uncertainty, config.uncertainty_threshold, min_area,
@@ -137,7 +138,8 @@ class Clipomaly:
                 reported=config.candidates_reported)
             lap("naming")
 
-            semantic, instances, names, scores = self._extend(features, known_logits, named, min_area, config)
+            semantic, instances, names, scores = self._extend(features, known, len(vocabulary.known), named,
+                                                              min_area, config)
             lap("extension")
 
         result = self._finish(image.shape[:2], semantic, instances, uncertainty, vocabulary, names, scores,
@@ -146,42 +148,47 @@ class Clipomaly:
         timings["total"] = (time.perf_counter() - start) * 1000.0
         return result
 
-    def _extend(self, features, known_logits: torch.Tensor, named: list[RegionName], min_area: int,
+    def _extend(self, features, known: ClassStatistics, known_count: int, named: list[RegionName], min_area: int,
                 config: ClipomalyConfig):
-        """Segment over known + new names. Returns working-resolution ``semantic`` (uint16) and ``instances``
-        (uint16), the new names that kept at least one instance, and each instance's mean name probability."""
-        known_count = known_logits.shape[0]
-        known_semantic = known_logits.argmax(dim=0)
+        """Segment over known + new names. Returns working-resolution ``semantic`` and ``instances`` (uint16),
+        the new names that kept at least one instance, and each instance's mean name probability.
+
+        The known classes' logits are not recomputed: their max, argmax and logsumexp from the unknown stage
+        are combined with the new names' logits."""
+        known_semantic = known.best_class.cpu().numpy()
         new_names: dict[str, torch.Tensor] = {}
         for verdict in named:
             if not verdict.is_known and verdict.name not in new_names:
                 new_names[verdict.name] = verdict.embedding
         if not new_names:
-            semantic = known_semantic.cpu().numpy().astype(np.uint16)
+            semantic = known_semantic.astype(np.uint16)
             return semantic, np.zeros(semantic.shape, dtype=np.uint16), [], []
-        new_embeddings = torch.stack(list(new_names.values()))
-        new_logits = config.logit_scale * similarity_maps(features.grid, new_embeddings, features.working_size)
-        probabilities = torch.softmax(torch.cat([known_logits, new_logits]), dim=0)
-        labels = probabilities.argmax(dim=0)
-        labels_np = labels.cpu().numpy()
-        semantic = known_semantic.cpu().numpy().astype(np.int64)
-        instances = np.zeros(labels_np.shape, dtype=np.uint16)
-        kept_names: list[str] = []
-        scores: list[float] = []
+        new_logits = config.logit_scale * similarity_maps(features.grid, torch.stack(list(new_names.values())),
+                                                          features.working_size)
+        new_best_logit, new_best = new_logits.max(dim=0)
+        on_new_name = (new_best_logit > known.best_logit).cpu().numpy()
+        log_normaliser = torch.logaddexp(known.log_normaliser, torch.logsumexp(new_logits, dim=0))
+        new_best = new_best.cpu().numpy()
         components = []
         for offset, name in enumerate(new_names):
-            component_map, count = ndimage.label(labels_np == known_count + offset, structure=np.ones((3, 3)))
+            component_map, count = ndimage.label(on_new_name & (new_best == offset), structure=np.ones((3, 3)))
+            if count == 0:
+                continue
             areas = np.bincount(component_map.ravel(), minlength=count + 1)
-            for index in np.flatnonzero(areas >= min_area):
-                if index:
-                    components.append((int(areas[index]), name, offset, component_map == index))
+            kept = [index for index in np.flatnonzero(areas >= min_area) if index]
+            if kept:
+                probability = torch.exp(new_logits[offset] - log_normaliser).cpu().numpy()
+                components += [(int(areas[i]), name, component_map == i, probability) for i in kept]
         components.sort(key=lambda c: -c[0])
-        for instance_id, (_, name, offset, mask) in enumerate(components[:65535], start=1):
+        semantic = known_semantic.astype(np.int64)
+        instances = np.zeros(semantic.shape, dtype=np.uint16)
+        kept_names: list[str] = []
+        scores: list[float] = []
+        for instance_id, (_, name, mask, probability) in enumerate(components[:65535], start=1):
             if name not in kept_names:
                 kept_names.append(name)
             semantic[mask] = known_count + kept_names.index(name)
             instances[mask] = instance_id
-            probability = probabilities[known_count + offset].cpu().numpy()
             scores.append(float(probability[mask].mean()))
         return semantic.astype(np.uint16), instances, kept_names, scores
 

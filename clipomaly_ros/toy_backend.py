@@ -58,7 +58,7 @@ class ToyColourBackend:
 
     description = "toy colour backend (deterministic, no weights) on cpu"
 
-    def __init__(self, inference_size: int = 448, patch: int = 4):
+    def __init__(self, inference_size: int = 448, patch: int = 2):
         self.device = torch.device("cpu")
         lexicon = ";".join(f"{name}={rgb}" for name, rgb in TOY_LEXICON.items())
         self.identity = f"toy:colour:{hashlib.sha256(lexicon.encode()).hexdigest()[:12]}"

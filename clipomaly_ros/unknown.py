@@ -41,6 +41,29 @@ def normalized_entropy(probabilities: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class ClassStatistics:
+    """What the rest of the pipeline needs from ``(K, H, W)`` class logits, each ``(H, W)``:
+    ``log_normaliser`` (logsumexp over classes), ``best_logit`` and ``best_class`` (max and argmax) and
+    ``uncertainty`` (normalised entropy of the softmax, in [0, 1])."""
+
+    log_normaliser: torch.Tensor
+    best_logit: torch.Tensor
+    best_class: torch.Tensor
+    uncertainty: torch.Tensor
+
+
+def class_statistics(logits: torch.Tensor) -> ClassStatistics:
+    """Softmax statistics of ``(K, H, W)`` logits in one pass over them (entropy = logsumexp - E[logit])."""
+    log_normaliser = torch.logsumexp(logits, dim=0)
+    expected_logit = (torch.exp(logits - log_normaliser) * logits).sum(dim=0)
+    classes = logits.shape[0]
+    uncertainty = ((log_normaliser - expected_logit) / math.log(classes)).clamp(0.0, 1.0) if classes > 1 \
+        else torch.zeros_like(log_normaliser)
+    best_logit, best_class = logits.max(dim=0)
+    return ClassStatistics(log_normaliser, best_logit, best_class, uncertainty)
+
+
+@dataclass(frozen=True)
 class CandidateRegion:
     """An unknown region at the working resolution: ``mask`` ``(H, W)`` bool, ``area`` in working pixels,
     ``box`` (x_min, y_min, x_max, y_max) inclusive, in working pixels."""

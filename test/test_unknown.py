@@ -45,3 +45,14 @@ def test_cleanup_removes_thin_lines():
     uncertainty[10:30, 30:45] = 1.0   # a blob
     regions = find_unknown_regions(uncertainty, 0.5, min_area=10, max_regions=5, cleanup_radius=1)
     assert len(regions) == 1 and regions[0].box == (30, 10, 44, 29)
+
+
+def test_class_statistics_agree_with_softmax_and_entropy():
+    from clipomaly_ros.unknown import class_statistics
+
+    logits = torch.randn(7, 5, 6) * 10
+    statistics = class_statistics(logits)
+    torch.testing.assert_close(statistics.uncertainty, normalized_entropy(torch.softmax(logits, dim=0)),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(statistics.log_normaliser, torch.logsumexp(logits, dim=0))
+    assert torch.equal(statistics.best_class, logits.argmax(dim=0))

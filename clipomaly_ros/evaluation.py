@@ -1,0 +1,118 @@
+"""``clipomaly evaluate``: score the pipeline on a folder of images and labels."""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import ComponentScores, ConfusionMatrix, PixelScores
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass(frozen=True)
+class Sample:
+    stem: str
+    image: Path
+    label: Path
+
+
+def find_samples(dataset: Path, limit: int | None = None) -> list[Sample]:
+    """Pairs of ``images/<stem>.*`` and ``labels/<stem>.png``, sorted by stem (numerically where stems are
+    numbers); raises ``ValueError`` when the layout is wrong."""
+    images_dir, labels_dir = dataset / "images", dataset / "labels"
+    if not images_dir.is_dir() or not labels_dir.is_dir():
+        raise ValueError(f"{dataset}: expected the folders images/ and labels/ (matching file stems)")
+    labels = {p.stem: p for p in labels_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    samples, unlabeled = [], []
+    for image in images_dir.iterdir():
+        if image.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if image.stem in labels:
+            samples.append(Sample(image.stem, image, labels[image.stem]))
+        else:
+            unlabeled.append(image.name)
+    if unlabeled:
+        raise ValueError(f"{dataset}: no label for {', '.join(sorted(unlabeled)[:5])}"
+                         + (" ..." if len(unlabeled) > 5 else ""))
+    if not samples:
+        raise ValueError(f"{dataset}: no images found in images/")
+    samples.sort(key=lambda s: (0, int(s.stem), "") if s.stem.isdigit() else (1, 0, s.stem))
+    return samples[:limit] if limit else samples
+
+
+def read_label(path: Path) -> np.ndarray:
+    import cv2
+
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise ValueError(f"{path}: not a readable label image")
+    return label if label.ndim == 2 else label[..., 0]
+
+
+def evaluate(pipeline, samples: list[Sample], anomaly_id: int = 1, ignore_id: int = 255,
+             known_classes_miou: bool = False, progress: bool = True) -> dict:
+    """Run ``pipeline`` on every sample and return the metrics as a JSON-ready dict."""
+    import cv2
+    from tqdm import tqdm
+
+    from .cli import read_rgb
+
+    pixels, components = PixelScores(), ComponentScores()
+    confusion = ConfusionMatrix(len(pipeline.config.known_classes)) if known_classes_miou else None
+    names: collections.Counter = collections.Counter()
+    times = []
+    for sample in tqdm(samples, desc="evaluating", unit="image", disable=not progress):
+        image, label = read_rgb(sample.image), read_label(sample.label)
+        result = pipeline(image)
+        times.append(result.timings_ms["total"])
+        if label.shape != image.shape[:2]:
+            label = cv2.resize(label, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+        void = label == ignore_id
+        if confusion is not None:
+            confusion.add(result.semantic, label, ignore_id)
+        else:
+            is_anomaly = label == anomaly_id
+            pixels.add(result.anomaly_score, is_anomaly, ~void)
+            components.add(result.anomaly_mask, is_anomaly, void)
+        names.update(record.name for record in result.anomalies)
+    report = {"images": len(samples), "mean_ms_per_image": float(np.mean(times)),
+              "anomaly_names": dict(names.most_common())}
+    if confusion is not None:
+        iou = confusion.iou()
+        report["known_class_iou"] = {name: (None if math.isnan(v) else float(v))
+                                     for name, v in zip(pipeline.config.known_classes, iou)}
+        report["miou"] = float(np.nanmean(iou)) if not np.isnan(iou).all() else None
+    else:
+        report["pixel"] = pixels.summary()
+        report["component"] = components.summary()
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A plain-text table of ``report``."""
+    lines = [f"images: {report['images']}   mean time per image: {report['mean_ms_per_image']:.0f} ms"]
+    if "pixel" in report:
+        p, c = report["pixel"], report["component"]
+        lines += ["", f"{'metric':<28}{'value':>10}", "-" * 38,
+                  f"{'AUPRC (average precision)':<28}{100 * p['auprc']:>9.2f}%",
+                  f"{'FPR at 95% TPR':<28}{100 * p['fpr_at_95_tpr']:>9.2f}%",
+                  f"{'AUROC':<28}{100 * p['auroc']:>9.2f}%",
+                  f"{'mean sIoU (components)':<28}{100 * c['mean_siou']:>9.2f}%",
+                  f"{'mean PPV (components)':<28}{100 * c['mean_ppv']:>9.2f}%",
+                  f"{'mean F1 (components)':<28}{100 * c['mean_f1']:>9.2f}%",
+                  f"anomaly pixels {p['anomaly_pixels']}, normal pixels {p['normal_pixels']}, "
+                  f"truth components {c['truth_components']}, predicted components {c['predicted_components']}"]
+    if "known_class_iou" in report:
+        lines += ["", f"{'class':<16}{'IoU':>8}", "-" * 24]
+        lines += [f"{name:<16}{'-' if v is None else f'{100 * v:.1f}%':>8}" for name, v in
+                  report["known_class_iou"].items()]
+        miou = report["miou"]
+        lines.append(f"{'mIoU':<16}{'-' if miou is None else f'{100 * miou:.1f}%':>8}")
+    names = report["anomaly_names"]
+    lines += ["", "names given: " + (", ".join(f"{n} x{c}" for n, c in names.items()) or "none")]
+    return "\n".join(lines)

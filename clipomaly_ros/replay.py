@@ -1,0 +1,104 @@
+"""``clipomaly replay``: run the pipeline over a recorded drive and write the node's outputs into a new bag.
+
+Offline and without a ROS runtime (rosbags). The output bag holds the input image topic, copied byte for byte,
+and every per-frame output topic of the node under ``namespace`` with the node's message types, stamped with the
+input headers and recorded at the input messages' times, so Foxglove or ``ros2 bag play`` show them together.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .bags import BagError, image_connections, open_bag, typestore_with_vision_msgs
+from .ros_io import OUTPUT_TYPES, ImageConversionError, MessageFactory, compressed_msg_to_rgb, image_msg_to_rgb
+from .visualize import render_overlay
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did: frame counts, per-frame milliseconds of the pipeline, and failures by reason."""
+
+    read: int = 0
+    processed: int = 0
+    failed: int = 0
+    milliseconds: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        times = np.asarray(self.milliseconds) if self.milliseconds else np.zeros(1)
+        return (f"frames read {self.read}, processed {self.processed}, failed {self.failed}; "
+                f"pipeline ms per frame: mean {times.mean():.1f}, p95 {np.percentile(times, 95):.1f}")
+
+
+def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str | None = None,
+           namespace: str = "", storage: str = "mcap", overlay: bool = True, progress: bool = True,
+           log=lambda message: print(message, file=sys.stderr)) -> ReplaySummary:
+    """Segment every frame of ``image_topic`` in ``in_bag`` and write ``out_bag`` (see the module docstring)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from tqdm import tqdm
+
+    out_bag = Path(out_bag)
+    if out_bag.exists():
+        raise BagError(f"{out_bag} exists already: choose a new output path")
+    if storage not in ("mcap", "sqlite3"):
+        raise ValueError(f"storage must be mcap or sqlite3, got {storage!r}")
+    store = typestore_with_vision_msgs()
+    factory = MessageFactory(store.types)
+    prefix = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    topics = {name: f"{prefix}/{name}" for name in OUTPUT_TYPES if overlay or name != "overlay"}
+    summary = ReplaySummary()
+    threshold = pipeline.config.uncertainty_threshold
+    with open_bag(in_bag) as reader:
+        connections = image_connections(reader, image_topic)
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        with Writer(out_bag, version=9, storage_plugin=plugin) as writer:
+            copies = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=store) for c in connections}
+            outputs = {name: writer.add_connection(topic, OUTPUT_TYPES[name], typestore=store)
+                       for name, topic in topics.items()}
+            published_labels = None
+            total = sum(c.msgcount for c in connections)
+            for connection, timestamp, raw in tqdm(_guarded(reader.messages(connections=connections), in_bag),
+                                                   total=total, unit="frame", desc="replaying",
+                                                   disable=not progress):
+                summary.read += 1
+                writer.write(copies[connection.id], timestamp, bytes(raw))
+                try:
+                    message = reader.deserialize(raw, connection.msgtype)
+                    decode = compressed_msg_to_rgb if connection.msgtype.endswith("CompressedImage") \
+                        else image_msg_to_rgb
+                    image = decode(message)
+                except (ImageConversionError, ValueError, IndexError, AssertionError, TypeError) as error:
+                    summary.failed += 1
+                    reason = f"frame {summary.read} at {timestamp} ns on {connection.topic}: {error}"
+                    summary.failures.append(reason)
+                    log(f"skipped {reason}")
+                    continue
+                result = pipeline(image)
+                summary.processed += 1
+                summary.milliseconds.append(result.timings_ms["total"])
+                header = message.header
+                messages = factory.result_messages(header, result, threshold)
+                if result.labels != published_labels:
+                    messages["label_info"] = factory.label_info(header, result.labels, threshold)
+                    published_labels = list(result.labels)
+                if overlay:
+                    messages["overlay"] = factory.image(header, render_overlay(image, result), "rgb8")
+                for name, output in messages.items():
+                    writer.write(outputs[name], timestamp, store.serialize_cdr(output, OUTPUT_TYPES[name]))
+    return summary
+
+
+def _guarded(messages, bag):
+    """``messages`` with a storage failure midway (a truncated or corrupt file) turned into :class:`BagError`."""
+    count = 0
+    try:
+        for item in messages:
+            count += 1
+            yield item
+    except Exception as error:  # rosbags, sqlite3 and mcap raise many types for damaged files
+        raise BagError(f"{bag}: reading failed after {count} messages ({type(error).__name__}: {error}); "
+                       "the bag is truncated or corrupt") from None

@@ -47,15 +47,27 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--inference-size", type=int, help="short side in pixels of the working resolution")
 
 
+def config_from_args(args: argparse.Namespace, **extra):
+    """The settings from the parameter file, then the model options given on the command line, then ``extra``."""
+    overrides = dict(backend=args.backend, model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
+                     random_weights=args.random_weights, anomaly_vocabulary=split_names(args.vocab),
+                     known_classes=split_names(args.known), device=args.device, inference_size=args.inference_size)
+    overrides.update(extra)
+    return load_config(args.config, **overrides)
+
+
 def build_pipeline(args: argparse.Namespace):
     """A :class:`Clipomaly` from the parameter file and the command line overrides."""
     from .pipeline import Clipomaly
 
-    config = load_config(
-        args.config, backend=args.backend, model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
-        random_weights=args.random_weights, anomaly_vocabulary=split_names(args.vocab),
-        known_classes=split_names(args.known), device=args.device, inference_size=args.inference_size)
-    return Clipomaly(config, progress=True)
+    return Clipomaly(config_from_args(args), progress=True)
+
+
+def write_json(path: Path | None, report: dict) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {path}")
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -218,10 +230,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                         if k in ("backend", "model", "pretrained", "checkpoint", "random_weights", "dense_method",
                                  "inference_size", "uncertainty_threshold", "logit_scale")}
     print(format_report(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, report)
     return 0
 
 
@@ -250,14 +259,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.frames < 2:
         raise ValueError("--frames must be at least 2")
     random_weights = None if (args.checkpoint or args.pretrained) else True
-    config = load_config(args.config, backend=args.backend, model=args.model, pretrained=args.pretrained,
-                         checkpoint=args.checkpoint, random_weights=random_weights, device=args.device,
-                         inference_size=args.inference_size, dense_method=args.dense_method,
-                         anomaly_vocabulary=split_names(args.vocab), known_classes=split_names(args.known))
+    config = config_from_args(args, random_weights=random_weights, dense_method=args.dense_method)
     report = run_bench(config, (width, height), args.frames)
     print(format_bench(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.json, report)
     return 0
 
 

@@ -33,7 +33,7 @@ def play(bag: str | Path, topics: Sequence[str] | None = None, rate: float = 1.0
         missing = set(topics or ()) - {c.topic for c in connections}
         if missing:
             raise BagError(f"topics not in the bag: {', '.join(sorted(missing))}")
-        rclpy.init()
+        rclpy.init(args=[])  # not sys.argv: the command line's own arguments are no ROS arguments
         node = rclpy.create_node("clipomaly_player")
         try:
             qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if reliable

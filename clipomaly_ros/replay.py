@@ -29,9 +29,11 @@ class ReplaySummary:
     failures: list[str] = field(default_factory=list)
 
     def text(self) -> str:
-        times = np.asarray(self.milliseconds) if self.milliseconds else np.zeros(1)
-        return (f"frames read {self.read}, processed {self.processed}, failed {self.failed}; "
-                f"pipeline ms per frame: mean {times.mean():.1f}, p95 {np.percentile(times, 95):.1f}")
+        counts = f"frames read {self.read}, processed {self.processed}, failed {self.failed}"
+        if not self.milliseconds:
+            return counts + "; no frame was processed"
+        times = np.asarray(self.milliseconds)
+        return f"{counts}; pipeline ms per frame: mean {times.mean():.1f}, p95 {np.percentile(times, 95):.1f}"
 
 
 def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str | None = None,
@@ -59,7 +61,9 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
             copies = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=store) for c in connections}
             outputs = {name: writer.add_connection(topic, OUTPUT_TYPES[name], typestore=store)
                        for name, topic in topics.items()}
-            published_labels = None
+            diagnostics_connection = writer.add_connection("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray",
+                                                           typestore=store)
+            published_labels, last_diagnostics = None, None
             total = sum(c.msgcount for c in connections)
             for connection, timestamp, raw in tqdm(_guarded(reader.messages(connections=connections), in_bag),
                                                    total=total, unit="frame", desc="replaying",
@@ -89,7 +93,26 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
                     messages["overlay"] = factory.image(header, render_overlay(image, result), "rgb8")
                 for name, output in messages.items():
                     writer.write(outputs[name], timestamp, store.serialize_cdr(output, OUTPUT_TYPES[name]))
+                if last_diagnostics is None or timestamp - last_diagnostics >= DIAGNOSTICS_PERIOD_NS:
+                    diagnostics = _diagnostics(store, header, summary, f"{prefix}/clipomaly")
+                    writer.write(diagnostics_connection, timestamp,
+                                 store.serialize_cdr(diagnostics, "diagnostic_msgs/msg/DiagnosticArray"))
+                    last_diagnostics = timestamp
     return summary
+
+
+DIAGNOSTICS_PERIOD_NS = 1_000_000_000  # one status a second of recorded time, as the node publishes
+
+
+def _diagnostics(store, header, summary: ReplaySummary, name: str):
+    """A ``DiagnosticArray`` with the replay's counters so far, like the node's /diagnostics."""
+    types = store.types
+    values = {"frames read": summary.read, "frames processed": summary.processed, "bad inputs": summary.failed,
+              "processing ms": f"{np.mean(summary.milliseconds):.1f}"}
+    status = types["diagnostic_msgs/msg/DiagnosticStatus"](
+        level=0, name=f"{name}: pipeline", message="replay", hardware_id="offline",
+        values=[types["diagnostic_msgs/msg/KeyValue"](key=k, value=str(v)) for k, v in values.items()])
+    return types["diagnostic_msgs/msg/DiagnosticArray"](header=header, status=[status])
 
 
 def _guarded(messages, bag):

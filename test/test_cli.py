@@ -57,3 +57,21 @@ def test_configuration_errors_exit_with_a_message(tmp_path, capsys):
 def test_scene_command_writes_an_image(tmp_path):
     assert main(["scene", str(tmp_path / "scene.png"), "--object", "deer", "--width", "200", "--height", "100"]) == 0
     assert cv2.imread(str(tmp_path / "scene.png")).shape == (100, 200, 3)
+
+
+def test_bench_reports_stages_backbone_ratio_and_memory(tmp_path, tiny_model_name, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", tiny_model_name, "--device", "cpu", "--size", "200x120", "--frames", "2",
+                 "--inference-size", "64", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {"features", "unknown", "naming", "extension", "total", "messages", "backbone"} <= set(report["stage_ms"])
+    assert report["backbone_ms"] > 0 and report["pipeline_over_backbone"] > 0
+    assert report["windows"] >= 1 and report["vocabulary_change_10_names_ms"] > 0
+    assert report["resident_mb_last"] > 0
+    text = capsys.readouterr().out
+    assert "pipeline / backbone" in text and "RANDOM" in text
+
+
+def test_bench_rejects_a_bad_size(capsys):
+    assert main(["bench", "--backend", "toy", "--size", "big"]) == 2
+    assert "WIDTHxHEIGHT" in capsys.readouterr().err

@@ -32,6 +32,7 @@ def test_replay_writes_every_output_topic_with_input_stamps(tmp_path, capsys):
         for name in ("anomalies", "semantic", "anomaly_score", "anomaly_mask", "anomaly_instances", "overlay"):
             assert topics[f"/cam/{name}"][1] == 4, name
         assert topics["/cam/label_info"][0] == "vision_msgs/msg/LabelInfo"
+        assert topics["/diagnostics"][0] == "diagnostic_msgs/msg/DiagnosticArray"
         by_topic = {}
         for connection, timestamp, raw in reader.messages():
             message = reader.deserialize(raw, connection.msgtype)

@@ -52,6 +52,8 @@ class VisionLanguageBackend(Protocol):
     device: torch.device
     embed_dim: int
     """D, the size of the joint embedding space."""
+    mean_colour: tuple[int, int, int]
+    """RGB uint8 colour that normalises to zero: what region crops fade their background towards."""
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """``(N, D)`` float32 L2-normalised embeddings of ``prompts``."""

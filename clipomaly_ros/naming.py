@@ -81,7 +81,7 @@ class RegionNamer:
                      reported: int) -> list[RegionName]:
         if not regions:
             return []
-        fill = tuple(getattr(self.backend, "mean_colour", (123, 117, 104)))
+        fill = tuple(self.backend.mean_colour)
         crops = [region_crop(image, region, working_size, crop_margin, crop_background, fill) for region in regions]
         crop_embeddings = self.backend.encode_images(crops).to(features.device)
         known = set(vocabulary.known)

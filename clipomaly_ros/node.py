@@ -27,8 +27,10 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import SetBool
@@ -122,7 +124,7 @@ class ClipomalyNode(Node):
         for setting in SETTINGS:
             default = list(setting.default) if isinstance(setting.default, tuple) else setting.default
             self.declare_parameter(setting.name, default, descriptor_for(setting))
-        values = {s.name: self.get_parameter(s.name).value for s in SETTINGS}
+        values = {s.name: self._initial_value(s) for s in SETTINGS}
         for name, value in values.items():
             SETTINGS_BY_NAME[name].validate(value)  # raises ConfigError naming the parameter
         self.publish_overlay = values["publish_overlay"]
@@ -171,6 +173,17 @@ class ClipomalyNode(Node):
                                f"{values['input_reliability']})")
 
     # start-up ------------------------------------------------------------------------------------------------
+    def _initial_value(self, setting: Setting):
+        try:
+            return self.get_parameter(setting.name).value
+        except ParameterUninitializedException:
+            # rcl reads "[]" in a parameter file as a value without a type
+            if setting.kind == "str_list":
+                self.set_parameters([Parameter(setting.name, Parameter.Type.STRING_ARRAY, [])])
+                return []
+            raise ConfigError(f"parameter {setting.name} has no value: set it, or remove it from the parameter file "
+                              "to get its default") from None
+
     def _warm_up(self) -> None:
         started = time.perf_counter()
         self.pipeline(np.full((480, 640, 3), 128, dtype=np.uint8))

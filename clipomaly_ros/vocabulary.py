@@ -56,11 +56,8 @@ class TextEmbedder:
                     self._cache[name] = embedding
                 self.encoded_names += len(missing)
             if not names:
-                return torch.zeros(0, self._embed_dim(), device=self.backend.device)
+                return torch.zeros(0, self.backend.embed_dim, device=self.backend.device)
             return torch.stack([self._cache[name] for name in names])
-
-    def _embed_dim(self) -> int:
-        return int(self.backend.embed_dim)
 
     def embed_many(self, names: Sequence[str], templates: Sequence[str], cache_dir: Path | None,
                    batch_size: int = 256, progress: bool = False) -> torch.Tensor:
@@ -72,7 +69,7 @@ class TextEmbedder:
         if path is not None and path.is_file():
             try:
                 cached = np.load(path)
-                if cached.shape == (len(names), self._embed_dim()):
+                if cached.shape == (len(names), self.backend.embed_dim):
                     return torch.from_numpy(cached).to(self.backend.device)
                 LOG.warning("text-embedding cache %s does not fit this model; encoding again", path)
             except (OSError, ValueError) as error:
@@ -85,7 +82,7 @@ class TextEmbedder:
             starts = tqdm(starts, desc="encoding naming dictionary", unit="batch")
         for start in starts:
             chunks.append(self._encode(names[start:start + batch_size], templates))
-        embeddings = torch.cat(chunks) if chunks else torch.zeros(0, self._embed_dim())
+        embeddings = torch.cat(chunks) if chunks else torch.zeros(0, self.backend.embed_dim)
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ PARAMS = """/**/clipomaly:
     backend: toy
     inference_size: 240
     diagnostics_period: 0.3
-    anomaly_vocabulary: [rock]
+    anomaly_vocabulary: []
 """
 CAMERAS = {"/itest_raw": "raw", "/itest_jpeg": "compressed"}
 
@@ -359,6 +359,16 @@ def test_overlay_is_published_to_subscribers(ros):
     assert wait_for(lambda: [m for m in listener.get("overlay") if stamp_ns(m.header) == stamp_base(10)], 10)
     overlay = [m for m in listener.get("overlay") if stamp_ns(m.header) == stamp_base(10)][0]
     assert overlay.encoding == "rgb8" and image_msg_to_rgb(overlay).shape == image.shape
+
+
+def test_node_with_an_invalid_parameter_file_exits_with_the_reason(tmp_path):
+    params = tmp_path / "bad.yaml"
+    params.write_text("/**/clipomaly:\n  ros__parameters:\n    backend: toy\n    known_classes: []\n")
+    completed = subprocess.run([sys.executable, "-m", "clipomaly_ros.node", "--ros-args", "--params-file",
+                                str(params), "-r", "__ns:=/itest_bad"], env={**os.environ, **ROS_ENV},
+                               capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 1
+    assert "known_classes is empty" in completed.stderr + completed.stdout
 
 
 def test_launch_file():

@@ -144,7 +144,7 @@ class ClipomalyNode(Node):
         self.label_info_publisher = self.create_publisher(ros_type(OUTPUT_TYPES["label_info"]), "label_info",
                                                           latched)
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._published_labels: list[str] | None = None
+        self._published_labels: tuple | None = None
         self._labels_lock = threading.Lock()
 
         self.counters = Counters()
@@ -271,10 +271,13 @@ class ClipomalyNode(Node):
 
     def _publish(self, header, image: np.ndarray, result) -> None:
         threshold = self.pipeline.config.uncertainty_threshold
+        # republished when an id's name changes, and when the vocabulary changed (a name moved between known
+        # classes and anomalies even if the list reads the same)
+        labels = (tuple(result.labels), result.known_count)
         with self._labels_lock:
-            if result.labels != self._published_labels:
+            if labels != self._published_labels:
                 self.label_info_publisher.publish(self.factory.label_info(header, result.labels, threshold))
-                self._published_labels = list(result.labels)
+                self._published_labels = labels
         for topic, message in self.factory.result_messages(header, result, threshold).items():
             self.outputs[topic].publish(message)
         overlay = self.outputs["overlay"]

@@ -86,9 +86,9 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
                 summary.milliseconds.append(result.timings_ms["total"])
                 header = message.header
                 messages = factory.result_messages(header, result, threshold)
-                if result.labels != published_labels:
+                if (tuple(result.labels), result.known_count) != published_labels:
                     messages["label_info"] = factory.label_info(header, result.labels, threshold)
-                    published_labels = list(result.labels)
+                    published_labels = (tuple(result.labels), result.known_count)
                 if overlay:
                     messages["overlay"] = factory.image(header, render_overlay(image, result), "rgb8")
                 for name, output in messages.items():

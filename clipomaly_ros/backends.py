@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Protocol, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -186,8 +187,6 @@ class OpenClipBackend:
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        import cv2
-
         side = native_window(self.encoder)
         batch = torch.stack([self._to_tensor(cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA))
                              for image in images])

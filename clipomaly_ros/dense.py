@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -206,8 +207,6 @@ def native_window(encoder: DenseVisionEncoder) -> int:
 
 def resize_for_layout(image: np.ndarray, layout: WindowLayout) -> np.ndarray:
     """Resize an ``(H, W, 3)`` uint8 image to ``layout.resized`` (area filter when shrinking)."""
-    import cv2
-
     height, width = layout.resized
     shrinking = height * width < image.shape[0] * image.shape[1]
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)

@@ -139,7 +139,9 @@ class ClipomalyNode(Node):
         # heartbeat, and a shorter history would already have let the sample go by then
         self.outputs = {topic: self.create_publisher(ros_type(type_name), topic, 10 if topic == "anomalies" else 5)
                         for topic, type_name in OUTPUT_TYPES.items() if topic != "label_info"}
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        # transient local so late subscribers get the mapping; more than one kept so that a label_info lost on
+        # the wire can still be re-sent after the next frame changed the mapping again
+        latched = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
         self.label_info_publisher = self.create_publisher(ros_type(OUTPUT_TYPES["label_info"]), "label_info",
                                                           latched)

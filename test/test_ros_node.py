@@ -339,12 +339,11 @@ def test_burst_of_frames_is_dropped_not_queued(ros):
         late.append(stamp_base(7) + 100 + len(late))
         publish_frame(publishers["/itest_raw"], image, late[-1])
         wait_for(lambda: outputs_for(listener, late[-1])["anomalies"], 0.3)
-    answered_after = time.monotonic() - sent
     assert any(outputs_for(listener, s)["anomalies"] for s in late), "the node stopped answering after a burst"
     processed = [s for s in stamps if outputs_for(listener, s)["anomalies"]]
     assert len(processed) < len(stamps) / 2
-    processing_s = float(listener.diagnostics()["processing ms"]) / 1000.0
-    assert answered_after < len(stamps) * processing_s / 2  # far sooner than working through a queue
+    time.sleep(1.0)  # a queue would go on emitting burst frames after answering the late one
+    assert [s for s in stamps if outputs_for(listener, s)["anomalies"]] == processed
 
     assert wait_for(lambda: all_accounted_for()[0], 3), all_accounted_for()[1]
     after = counters()

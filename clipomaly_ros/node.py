@@ -38,7 +38,7 @@ from std_srvs.srv import SetBool
 from .backends import ModelLoadError
 from .config import NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError, Setting
 from .pipeline import Clipomaly
-from .ros_io import OUTPUT_TYPES, ImageConversionError, MessageFactory, compressed_msg_to_rgb, image_msg_to_rgb
+from .ros_io import DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory
 from .visualize import render_overlay
 from .vocabulary import VocabularyError
 
@@ -161,10 +161,10 @@ class ClipomalyNode(Node):
         if values["input_transport"] == "compressed":
             self.subscription = self.create_subscription(CompressedImage, "image/compressed", self._on_image,
                                                          image_qos)
-            self._decode = compressed_msg_to_rgb
+            self._decode = DECODERS["sensor_msgs/msg/CompressedImage"]
         else:
             self.subscription = self.create_subscription(Image, "image", self._on_image, image_qos)
-            self._decode = image_msg_to_rgb
+            self._decode = DECODERS["sensor_msgs/msg/Image"]
         self.enable_service = self.create_service(SetBool, "~/enable", self._on_enable)
         self.diagnostics_timer = self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)

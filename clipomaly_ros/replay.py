@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .bags import BagError, image_connections, open_bag, typestore_with_vision_msgs
-from .ros_io import OUTPUT_TYPES, ImageConversionError, MessageFactory, compressed_msg_to_rgb, image_msg_to_rgb
+from .ros_io import DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory
 from .visualize import render_overlay
 
 
@@ -72,9 +72,7 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
                 writer.write(copies[connection.id], timestamp, bytes(raw))
                 try:
                     message = reader.deserialize(raw, connection.msgtype)
-                    decode = compressed_msg_to_rgb if connection.msgtype.endswith("CompressedImage") \
-                        else image_msg_to_rgb
-                    image = decode(message)
+                    image = DECODERS[connection.msgtype](message)
                 except (ImageConversionError, ValueError, IndexError, AssertionError, TypeError) as error:
                     summary.failed += 1
                     reason = f"frame {summary.read} at {timestamp} ns on {connection.topic}: {error}"

@@ -74,6 +74,13 @@ def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+DECODERS: dict[str, Callable[[Any], np.ndarray]] = {
+    "sensor_msgs/msg/Image": image_msg_to_rgb,
+    "sensor_msgs/msg/CompressedImage": compressed_msg_to_rgb,
+}
+"""The RGB decoder for each input message type, shared by the node and the offline tools."""
+
+
 @dataclass(frozen=True)
 class ImageFields:
     """The fields of a ``sensor_msgs/Image`` for an array: ``data`` is the row-major bytes as a uint8 array."""

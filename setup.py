@@ -35,8 +35,8 @@ setup(
     zip_safe=True,
     entry_points={
         "console_scripts": [
-            "clipomaly = clipomaly_ros.cli:main",
-            "clipomaly_node = clipomaly_ros.node:main",
+            "clipomaly = clipomaly_ros.tools.cli:main",
+            "clipomaly_node = clipomaly_ros.ros.node:main",
         ],
     },
 )

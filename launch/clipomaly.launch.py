@@ -18,7 +18,7 @@ from launch_ros.actions import Node
 
 
 def _node(context):
-    from clipomaly_ros.config import read_parameter_file
+    from clipomaly_ros.core.config import read_parameter_file
 
     params_file = LaunchConfiguration("params_file").perform(context)
     compressed = LaunchConfiguration("compressed").perform(context).lower() in ("true", "1", "yes")

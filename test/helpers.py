@@ -9,7 +9,7 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from clipomaly_ros.toy_backend import render_street_scene
+from clipomaly_ros.core.scenes import render_street_scene
 
 STORE = get_typestore(Stores.ROS2_JAZZY)
 FIRST_STAMP_NS = 1_700_000_000_000_000_000

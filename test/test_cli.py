@@ -3,8 +3,8 @@ import json
 import cv2
 import numpy as np
 
-from clipomaly_ros.cli import main
-from clipomaly_ros.toy_backend import render_street_scene
+from clipomaly_ros.tools.cli import main
+from clipomaly_ros.core.scenes import render_street_scene
 
 
 def write_scene(path, planted="mattress"):

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from clipomaly_ros import ClipomalyConfig
-from clipomaly_ros.backends import OpenClipBackend
-from clipomaly_ros.dense import (DenseVisionEncoder, interpolate_positional_embedding, plan_windows,
+from clipomaly_ros.core.open_clip_backend import OpenClipBackend
+from clipomaly_ros.core.dense import (DenseVisionEncoder, interpolate_positional_embedding, plan_windows,
                                  sliding_window_features)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM WEIGHTS")
@@ -78,7 +78,7 @@ def test_dense_features_of_any_input_size(backend):
 
 
 def test_truncated_text_encoding_equals_open_clip_encode_text(backend):
-    from clipomaly_ros.backends import encode_text_truncated
+    from clipomaly_ros.core.open_clip_backend import encode_text_truncated
 
     tokens = backend.tokenizer(["a photo of a deer.", "a photo of a very large cardboard box on the road.", "x"])
     with torch.no_grad():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from clipomaly_ros.metrics import ComponentScores, ConfusionMatrix, MetricError, PixelScores
+from clipomaly_ros.tools.metrics import ComponentScores, ConfusionMatrix, MetricError, PixelScores
 
 
 def quantised(scores):

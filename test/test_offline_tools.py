@@ -10,10 +10,11 @@ from mcap.reader import make_reader
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from clipomaly_ros.bags import typestore_with_vision_msgs
-from clipomaly_ros.cli import main
-from clipomaly_ros.ros_io import image_msg_to_rgb
-from clipomaly_ros.toy_backend import TOY_LEXICON, render_street_scene
+from clipomaly_ros.ros.bags import typestore_with_vision_msgs
+from clipomaly_ros.tools.cli import main
+from clipomaly_ros.ros.messages import image_msg_to_rgb
+from clipomaly_ros.core.scenes import render_street_scene
+from clipomaly_ros.core.toy_backend import TOY_LEXICON
 
 from helpers import FIRST_STAMP_NS, STORE, image_message, toy_frames, write_image_bag
 

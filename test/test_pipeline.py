@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from clipomaly_ros import Clipomaly, ClipomalyConfig, ConfigError
-from clipomaly_ros.backends import ModelLoadError
-from clipomaly_ros.pipeline import InvalidImageError
-from clipomaly_ros.toy_backend import render_street_scene
+from clipomaly_ros.core.backend import ModelLoadError
+from clipomaly_ros.core.images import InvalidImageError
+from clipomaly_ros.core.scenes import render_street_scene
 
 
 def iou(a, b):

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from clipomaly_ros.bags import typestore_with_vision_msgs
-from clipomaly_ros.results import AnomalyRecord, SegmentationResult
-from clipomaly_ros.ros_io import (ImageConversionError, MessageFactory, array_to_image_fields, compressed_msg_to_rgb,
+from clipomaly_ros.ros.bags import typestore_with_vision_msgs
+from clipomaly_ros.core.results import AnomalyRecord, SegmentationResult
+from clipomaly_ros.ros.messages import (ImageConversionError, MessageFactory, array_to_image_fields, compressed_msg_to_rgb,
                                   image_msg_to_rgb)
 
 RNG = np.random.default_rng(3)

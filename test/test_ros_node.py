@@ -26,7 +26,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
-from clipomaly_ros.ros_io import image_msg_to_rgb  # noqa: E402
+from clipomaly_ros.ros.messages import image_msg_to_rgb  # noqa: E402
 
 from helpers import toy_frames, write_image_bag  # noqa: E402
 
@@ -113,7 +113,7 @@ def nodes(tmp_path_factory):
     for namespace, transport in CAMERAS.items():
         log = open(folder / f"{namespace.strip('/')}.log", "w")
         processes[namespace] = (subprocess.Popen(
-            [sys.executable, "-m", "clipomaly_ros.node", "--ros-args", "--params-file", str(params),
+            [sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file", str(params),
              "-p", f"input_transport:={transport}", "-r", f"__ns:={namespace}"],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ROS_ENV}), folder / log.name)
     yield processes
@@ -210,7 +210,7 @@ def test_replayed_bag_gives_consistent_outputs_per_frame(ros, tmp_path):
     frames = toy_frames(6)
     stamps = write_image_bag(tmp_path / "bag", [f[0] for f in frames], topic="/itest_raw/image",
                              period_ns=400_000_000)
-    player = subprocess.run([sys.executable, "-m", "clipomaly_ros.cli", "play", str(tmp_path / "bag")],
+    player = subprocess.run([sys.executable, "-m", "clipomaly_ros.tools.cli", "play", str(tmp_path / "bag")],
                             env={**os.environ, **ROS_ENV}, capture_output=True, text=True, timeout=60)
     assert player.returncode == 0, player.stderr
     assert "published 6 on /itest_raw/image" in player.stdout
@@ -391,7 +391,7 @@ def test_overlay_is_published_to_subscribers(ros):
 def test_node_with_an_invalid_parameter_file_exits_with_the_reason(tmp_path):
     params = tmp_path / "bad.yaml"
     params.write_text("/**/clipomaly:\n  ros__parameters:\n    backend: toy\n    known_classes: []\n")
-    completed = subprocess.run([sys.executable, "-m", "clipomaly_ros.node", "--ros-args", "--params-file",
+    completed = subprocess.run([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file",
                                 str(params), "-r", "__ns:=/itest_bad"], env={**os.environ, **ROS_ENV},
                                capture_output=True, text=True, timeout=60)
     assert completed.returncode == 1

@@ -22,31 +22,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .backends import VisionLanguageBackend, create_backend
+from .backend import VisionLanguageBackend
 from .config import LIVE_SETTINGS, ClipomalyConfig, ConfigError, load_config
+from .factory import create_backend
+from .images import check_image
 from .naming import RegionName, RegionNamer
 from .results import AnomalyRecord, SegmentationResult
 from .unknown import ClassStatistics, class_statistics, find_unknown_regions, similarity_maps
 from .vocabulary import TextEmbedder, Vocabulary, VocabularyManager, default_cache_dir, read_name_list
-
-
-class InvalidImageError(ValueError):
-    """The image is not an RGB uint8 (H, W, 3) array with H, W > 0."""
-
-
-def check_image(image: Any) -> np.ndarray:
-    """Return ``image`` if it is an RGB uint8 ``(H, W, 3)`` array, else raise :class:`InvalidImageError`."""
-    if not isinstance(image, np.ndarray):
-        raise InvalidImageError(f"expected a numpy array (H, W, 3) uint8 RGB image, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise InvalidImageError(f"expected a uint8 RGB image, got dtype {image.dtype}: convert it, for example "
-                                "with (image * 255).clip(0, 255).astype(np.uint8) for floats in [0, 1]")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidImageError(f"expected an (H, W, 3) RGB image, got shape {image.shape}: convert grey or "
-                                "RGBA images to RGB first")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise InvalidImageError(f"the image is empty (shape {image.shape})")
-    return image
 
 
 class Clipomaly:

@@ -60,7 +60,7 @@ def evaluate(pipeline, samples: list[Sample], anomaly_id: int = 1, ignore_id: in
     import cv2
     from tqdm import tqdm
 
-    from .cli import read_rgb
+    from ..core.images import read_rgb
 
     pixels, components = PixelScores(), ComponentScores()
     confusion = ConfusionMatrix(len(pipeline.config.known_classes)) if known_classes_miou else None

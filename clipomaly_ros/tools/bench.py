@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import torch
 
-from .config import ClipomalyConfig
-from .dense import resize_for_layout
-from .toy_backend import render_street_scene
+from ..core.config import ClipomalyConfig
+from ..core.dense import resize_for_layout
+from ..core.scenes import render_street_scene
 
 NEW_NAMES = ("lost luggage", "fallen ladder", "loose tarp", "stray goat", "broken pallet", "spilled gravel",
              "lost hubcap", "dropped helmet", "runaway trolley", "abandoned sofa")
@@ -55,10 +55,10 @@ def backbone_runner(backend, image: np.ndarray):
 
 def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, log=print) -> dict:
     """Measure the pipeline on a ``size`` = (width, height) street scene over ``frames`` frames."""
-    from .pipeline import Clipomaly
-    from .ros_io import MessageFactory
-    from .bags import typestore_with_vision_msgs
-    from .visualize import render_overlay
+    from ..core.pipeline import Clipomaly
+    from ..ros.messages import MessageFactory
+    from ..ros.bags import typestore_with_vision_msgs
+    from ..core.overlay import render_overlay
 
     width, height = size
     image, _ = render_street_scene(360, 640, planted="mattress")
@@ -99,7 +99,7 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, log=p
         resident.append(_resident_mb())
 
     # text: the known classes from scratch (no cache), then a live change of 10 new names
-    from .vocabulary import TextEmbedder
+    from ..core.vocabulary import TextEmbedder
 
     start = time.perf_counter()
     TextEmbedder(pipeline.backend, config.prompt_templates).embed(list(config.known_classes))

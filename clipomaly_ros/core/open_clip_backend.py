@@ -1,8 +1,7 @@
-"""Vision-language backends: what the pipeline asks of a CLIP-like model.
+"""The real backend: an open_clip CLIP model with training-free dense features (:mod:`.dense`).
 
-A backend embeds text prompts, whole images and dense per-location image features into one space. The pipeline
-uses only this interface, so the real open_clip backend and the deterministic toy backend (``toy_backend``) are
-interchangeable.
+Weights come from an open_clip pretrained tag, a local checkpoint file or a ``local-dir:`` folder; CUDA and fp16
+are used when present. Load errors name the setting to change.
 """
 
 from __future__ import annotations
@@ -11,13 +10,14 @@ import logging
 import threading
 import warnings
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .backend import DenseFeatures, ModelLoadError, resolve_device
 from .config import ClipomalyConfig
 from .dense import (DenseVisionEncoder, WindowLayout, native_window, plan_windows, resize_for_layout,
                     sliding_window_features)
@@ -26,58 +26,6 @@ LOG = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class ModelLoadError(RuntimeError):
-    """The model or its weights could not be loaded; the message names the setting to change."""
-
-
-class DenseFeatures:
-    """Dense image features of one frame.
-
-    ``grid``: ``(h, w, D)`` float32 tensor, L2-normalised per location, covering the whole image;
-    ``working_size``: (height, width) in pixels of the resized image the grid was computed on; every map the
-    pipeline derives from the features lives at this resolution before being resized to the input's.
-    """
-
-    def __init__(self, grid: torch.Tensor, working_size: tuple[int, int]):
-        self.grid = grid
-        self.working_size = working_size
-
-
-class VisionLanguageBackend(Protocol):
-    """The interface the pipeline needs from a vision-language model."""
-
-    identity: str
-    """Names the model and weights; text embeddings cached on disk are keyed by it."""
-    device: torch.device
-    embed_dim: int
-    """D, the size of the joint embedding space."""
-    mean_colour: tuple[int, int, int]
-    """RGB uint8 colour that normalises to zero: what region crops fade their background towards."""
-
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """``(N, D)`` float32 L2-normalised embeddings of ``prompts``."""
-
-    def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """``(N, D)`` float32 L2-normalised global embeddings of RGB uint8 images of any size."""
-
-    def dense_features(self, image: np.ndarray) -> DenseFeatures:
-        """Dense features of one RGB uint8 ``(H, W, 3)`` image."""
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; otherwise the named device, checked to exist."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise ModelLoadError(f"device {requested!r} is not a device name: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {requested!r} asked for, but this machine has no CUDA GPU: set device to "
-                             "cpu or auto")
-    return device
 
 
 def encode_text_truncated(model, tokens: torch.Tensor) -> torch.Tensor:
@@ -201,12 +149,3 @@ class OpenClipBackend:
         resized = self._to_tensor(resize_for_layout(image, layout))
         grid = sliding_window_features(self.encoder, resized, layout, self.window_batch_size)
         return DenseFeatures(grid, layout.resized)
-
-
-def create_backend(config: ClipomalyConfig) -> VisionLanguageBackend:
-    """The backend named by ``config.backend``, loaded and ready."""
-    if config.backend == "toy":
-        from .toy_backend import ToyColourBackend
-
-        return ToyColourBackend(inference_size=config.inference_size)
-    return OpenClipBackend(config)

@@ -35,12 +35,12 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import SetBool
 
-from .backends import ModelLoadError
-from .config import NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError, Setting
-from .pipeline import Clipomaly
-from .ros_io import DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory
-from .visualize import render_overlay
-from .vocabulary import VocabularyError
+from ..core.backend import ModelLoadError
+from ..core.config import NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError, Setting
+from ..core.pipeline import Clipomaly
+from .messages import DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory
+from ..core.overlay import render_overlay
+from ..core.vocabulary import VocabularyError
 
 PARAMETER_TYPES = {
     "str": ParameterType.PARAMETER_STRING, "int": ParameterType.PARAMETER_INTEGER,
@@ -117,7 +117,7 @@ class Counters:
 
 
 class ClipomalyNode(Node):
-    """Runs :class:`~clipomaly_ros.pipeline.Clipomaly` on a camera stream (see the module docstring)."""
+    """Runs :class:`~clipomaly_ros.core.pipeline.Clipomaly` on a camera stream (see the module docstring)."""
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import cv2
 import numpy as np
 
-from .results import SegmentationResult
+from ..core.results import SegmentationResult
 
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3, "mono16": 1,
             "16UC1": 1}

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bags import BagError, image_connections, open_bag, typestore_with_vision_msgs
-from .ros_io import DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory
-from .visualize import render_overlay
+from ..ros.bags import BagError, image_connections, open_bag, typestore_with_vision_msgs
+from ..ros.messages import DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory
+from ..core.overlay import render_overlay
 
 
 @dataclass

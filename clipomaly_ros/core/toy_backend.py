@@ -6,7 +6,7 @@ matches that name; a name outside the lexicon embeds on a spare axis chosen from
 pixel. Synonyms share a colour ("car" and "automobile"), as they would share meaning in CLIP.
 
 It runs in milliseconds on a CPU and proves the pipeline's logic end to end (tests, demos, ROS integration)
-without CLIP weights. :func:`render_street_scene` draws a street-like test scene in these colours.
+without CLIP weights. :mod:`.scenes` draws street scenes in these colours.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backends import DenseFeatures
+from .backend import DenseFeatures
 
 TOY_LEXICON: dict[str, tuple[int, int, int]] = {
     # the 19 Cityscapes classes
@@ -117,30 +117,3 @@ class ToyColourBackend:
         embeddings = self._pixel_embeddings(image).permute(2, 0, 1)[None]
         grid = F.avg_pool2d(embeddings, self.patch)[0].permute(1, 2, 0)
         return DenseFeatures(F.normalize(grid + 1e-6, dim=-1), working)
-
-
-def render_street_scene(height: int = 240, width: int = 320, planted: str | None = "mattress",
-                        planted_box: tuple[int, int, int, int] | None = None,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A street-like RGB scene in toy-lexicon colours, with an optional planted object.
-
-    Returns ``(image (H, W, 3) uint8, planted_mask (H, W) bool)``. ``planted_box`` is (x0, y0, x1, y1) in pixels;
-    by default the object stands on the road in the lower middle. Mild pixel noise keeps it from being trivial.
-    """
-    colour = {name: np.array(rgb, dtype=np.float32) for name, rgb in TOY_LEXICON.items()}
-    image = np.zeros((height, width, 3), dtype=np.float32)
-    horizon = int(height * 0.45)
-    image[:horizon] = colour["sky"]
-    image[int(height * 0.15):horizon, : width // 3] = colour["building"]
-    image[int(height * 0.2):horizon, 2 * width // 3:] = colour["vegetation"]
-    image[horizon:] = colour["road"]
-    image[horizon:, : width // 8] = colour["sidewalk"]
-    image[horizon:, -width // 8:] = colour["sidewalk"]
-    image[int(height * 0.5):int(height * 0.7), int(width * 0.7):int(width * 0.85)] = colour["car"]
-    mask = np.zeros((height, width), dtype=bool)
-    if planted is not None:
-        x0, y0, x1, y1 = planted_box or (int(width * 0.4), int(height * 0.62), int(width * 0.6), int(height * 0.85))
-        mask[y0:y1, x0:x1] = True
-        image[mask] = colour[planted]
-    noise = np.random.default_rng(seed).normal(0.0, 4.0, image.shape)
-    return np.clip(image + noise, 0, 255).astype(np.uint8), mask

@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .config import BACKENDS, ConfigError, default_parameter_file, load_config, split_names
+from ..core.config import BACKENDS, ConfigError, default_parameter_file, load_config, split_names
+from ..core.images import read_rgb
 
 LOG = logging.getLogger("clipomaly")
 
@@ -58,7 +59,7 @@ def config_from_args(args: argparse.Namespace, **extra):
 
 def build_pipeline(args: argparse.Namespace):
     """A :class:`Clipomaly` from the parameter file and the command line overrides."""
-    from .pipeline import Clipomaly
+    from ..core.pipeline import Clipomaly
 
     return Clipomaly(config_from_args(args), progress=True)
 
@@ -70,25 +71,12 @@ def write_json(path: Path | None, report: dict) -> None:
         print(f"wrote {path}")
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 ``(H, W, 3)``; raises ``ValueError`` naming the file if it cannot be read."""
-    import cv2
-
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
-    if data is None:
-        raise ValueError(f"{path}: no such file")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: not a readable image (unknown format or corrupt data)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def write_outputs(out_dir: Path, stem: str, image: np.ndarray, result) -> None:
     """``<stem>_semantic.png`` (16-bit ids), ``<stem>_score.png`` (16-bit, score x 65535),
     ``<stem>_overlay.png`` and ``<stem>_anomalies.json``."""
     import cv2
 
-    from .visualize import render_overlay
+    from ..core.overlay import render_overlay
 
     cv2.imwrite(str(out_dir / f"{stem}_semantic.png"), result.semantic)
     score = np.round(result.anomaly_score * 65535.0).astype(np.uint16)
@@ -142,7 +130,7 @@ def segment(subparsers) -> None:
 def run_scene(args: argparse.Namespace) -> int:
     import cv2
 
-    from .toy_backend import render_street_scene
+    from ..core.scenes import render_street_scene
 
     image, _ = render_street_scene(args.height, args.width, planted=args.object)
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +142,7 @@ def run_scene(args: argparse.Namespace) -> int:
 
 @subcommand
 def scene(subparsers) -> None:
-    from .toy_backend import TOY_LEXICON
+    from ..core.toy_backend import TOY_LEXICON
 
     parser = subparsers.add_parser("scene", help="write a synthetic street scene with a planted object (for "
                                                  "trying the toy backend)")
@@ -166,7 +154,7 @@ def scene(subparsers) -> None:
 
 
 def run_play(args: argparse.Namespace) -> int:
-    from .player import play
+    from ..ros.player import play
 
     bad = [item for item in args.remap if ":=" not in item]
     if bad:
@@ -298,10 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    from .backends import ModelLoadError
-    from .bags import BagError
+    from ..core.backend import ModelLoadError
+    from ..ros.bags import BagError
     from .metrics import MetricError
-    from .vocabulary import VocabularyError
+    from ..core.vocabulary import VocabularyError
 
     try:
         return args.run(args)

@@ -1,0 +1,17 @@
+"""Builds the backend that the settings name."""
+
+from __future__ import annotations
+
+from .backend import VisionLanguageBackend
+from .config import ClipomalyConfig
+
+
+def create_backend(config: ClipomalyConfig) -> VisionLanguageBackend:
+    """The backend named by ``config.backend``, loaded and ready."""
+    if config.backend == "toy":
+        from .toy_backend import ToyColourBackend
+
+        return ToyColourBackend(inference_size=config.inference_size)
+    from .open_clip_backend import OpenClipBackend
+
+    return OpenClipBackend(config)

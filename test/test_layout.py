@@ -1,0 +1,104 @@
+"""The package's layers: core <- ros <- tools, imports flowing one way and no import cycles."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE_DIR = Path(__file__).parent.parent / "clipomaly_ros"
+LAYERS = ("core", "ros", "tools")  # each may import only the ones before it
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_imports() -> dict[str, set[str]]:
+    """Every module of the package -> the package modules it imports anywhere (top level or inside functions)."""
+    modules = {module_name(path): path for path in PACKAGE_DIR.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    source = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    source = node.module or ""
+                candidates = [source] + [f"{source}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            else:
+                continue
+            targets |= {c for c in candidates if c in modules and c != name}
+        graph[name] = targets
+    return graph
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_imports_flow_from_tools_to_ros_to_core_only():
+    graph = package_imports()
+    assert {"clipomaly_ros.core.pipeline", "clipomaly_ros.ros.node", "clipomaly_ros.tools.cli"} <= set(graph)
+    upward = [(module, target) for module, targets in graph.items() for target in targets
+              if layer_of(module) is not None and layer_of(target) is not None and layer_of(target) > layer_of(module)]
+    assert upward == [], f"a lower layer imports a higher one: {upward}"
+
+
+def test_no_import_cycles():
+    graph = package_imports()
+    # the package root re-exports the core's public names; edges into a package's own __init__ are not cycles
+    graph = {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in graph.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(module):
+        state[module] = 1
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(target):] + [target]))
+            if target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+
+
+def test_importing_the_whole_core_pulls_in_neither_rclpy_nor_rosbags():
+    code = ("import pkgutil, sys, importlib, clipomaly_ros.core as core; "
+            "[importlib.import_module(f'clipomaly_ros.core.{m.name}') for m in pkgutil.iter_modules(core.__path__)]; "
+            "from clipomaly_ros import Clipomaly, load_config; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rosbags', 'mcap')))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
+
+
+def test_offline_tools_and_message_conversions_import_without_a_ros_runtime():
+    code = ("import sys; sys.modules.update({m: None for m in ('rclpy', 'sensor_msgs', 'vision_msgs', "
+            "'std_msgs', 'diagnostic_msgs', 'std_srvs')}); "
+            "import clipomaly_ros.tools.cli, clipomaly_ros.tools.replay, clipomaly_ros.tools.evaluation, "
+            "clipomaly_ros.tools.bench, clipomaly_ros.ros.messages, clipomaly_ros.ros.bags; print('ok')")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert completed.stdout.strip() == "ok", completed.stderr
+
+
+def test_console_scripts_point_at_existing_functions():
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e for e in entry_points(group="console_scripts") if e.value.startswith("clipomaly_ros.")}
+    assert set(scripts) == {"clipomaly", "clipomaly_node"}
+    assert callable(scripts["clipomaly"].load())
+    assert scripts["clipomaly_node"].value == "clipomaly_ros.ros.node:main"

@@ -1,4 +1,5 @@
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
@@ -8,7 +9,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     description="Open-vocabulary road anomaly segmentation and naming with CLIP (Clipomaly) as a ROS 2 node",
-    long_description=open("README.md").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
@@ -30,6 +31,8 @@ setup(
         "tqdm>=4.60",
         "rosbags>=0.10",
         "mcap>=1.1",
+        "matplotlib>=3.7",
+        "pillow>=9",
     ],
     extras_require={"test": ["pytest>=7", "scikit-learn>=1.3"]},
     zip_safe=True,

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Provision real ROS 2 Jazzy (rclpy with Fast DDS) into ./.venv from PyPI, and build vision_msgs into it from the
 # field-only .msg files in clipomaly_ros/data/vision_msgs/msg (their type hashes then equal upstream's).
-# Needs cmake, g++ and ninja on the machine. Idempotent: a second run only checks.
+# Needs g++ on the machine (cmake and ninja come from PyPI when missing). Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=$PWD/.venv
 PY=$VENV/bin/python
 [ -x "$PY" ] || { echo "run scripts/setup.sh first (no .venv)" >&2; exit 1; }
-for tool in cmake g++ ninja; do
-    command -v "$tool" >/dev/null || { echo "setup_ros.sh needs $tool: apt-get install cmake g++ ninja-build" >&2; exit 1; }
+command -v g++ >/dev/null || { echo "setup_ros.sh needs a C++ compiler: apt-get install g++" >&2; exit 1; }
+export PATH=$VENV/bin:$PATH
+for tool in cmake ninja; do  # PyPI has both when the machine lacks them
+    command -v "$tool" >/dev/null || "$VENV/bin/pip" install --quiet --disable-pip-version-check "$tool"
 done
 
 "$VENV/bin/pip" install --quiet --disable-pip-version-check \

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,11 +11,12 @@ from mcap.reader import make_reader
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from clipomaly_ros.ros.bags import typestore_with_vision_msgs
-from clipomaly_ros.tools.cli import main
-from clipomaly_ros.ros.messages import image_msg_to_rgb
+from clipomaly_ros.core.overlay import class_colour
 from clipomaly_ros.core.scenes import render_street_scene
 from clipomaly_ros.core.toy_backend import TOY_LEXICON
+from clipomaly_ros.ros.bags import typestore_with_vision_msgs
+from clipomaly_ros.ros.messages import image_msg_to_rgb
+from clipomaly_ros.tools.cli import main
 
 from helpers import FIRST_STAMP_NS, STORE, image_message, toy_frames, write_image_bag
 
@@ -30,7 +32,8 @@ def test_replay_writes_every_output_topic_with_input_stamps(tmp_path, capsys):
     with AnyReader([tmp_path / "out"], default_typestore=store) as reader:
         topics = {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}
         assert topics["/camera/image_raw"] == ("sensor_msgs/msg/Image", 4)
-        for name in ("anomalies", "semantic", "anomaly_score", "anomaly_mask", "anomaly_instances", "overlay"):
+        for name in ("anomalies", "semantic", "anomaly_score", "anomaly_mask", "anomaly_instances", "overlay",
+                     "semantic_color"):
             assert topics[f"/cam/{name}"][1] == 4, name
         assert topics["/cam/label_info"][0] == "vision_msgs/msg/LabelInfo"
         assert topics["/diagnostics"][0] == "diagnostic_msgs/msg/DiagnosticArray"
@@ -48,6 +51,9 @@ def test_replay_writes_every_output_topic_with_input_stamps(tmp_path, capsys):
         ids = np.unique(instances.data.view(np.uint16))
         assert sorted(int(d.id) for d in detections.detections) == [int(i) for i in ids if i]
     assert image_msg_to_rgb(by_topic["/cam/overlay"][0]).shape == frames[0][0].shape
+    # semantic_color paints each pixel in its class colour: the planted object's pixels in its name's colour
+    colours = image_msg_to_rgb(by_topic["/cam/semantic_color"][0])
+    assert (colours[frames[0][2]] == class_colour(frames[0][1])).all(axis=1).mean() > 0.95
     with open(next((tmp_path / "out").glob("*.mcap")), "rb") as stream:
         channels = {channel.topic for _, channel, _ in make_reader(stream).iter_messages()}
     assert "/cam/anomalies" in channels and "/camera/image_raw" in channels
@@ -130,6 +136,19 @@ def test_evaluate_scores_a_toy_data_set(tmp_path, capsys):
     assert "AUPRC" in capsys.readouterr().out
     assert main(["evaluate", str(tmp_path / "set"), "--limit", "1", "--json", str(tmp_path / "one.json")] + TOY) == 0
     assert json.loads((tmp_path / "one.json").read_text())["images"] == 1
+
+
+def test_evaluate_plots_the_precision_recall_curve_and_score_histograms(tmp_path, capsys):
+    make_dataset(tmp_path / "set")
+    plots = tmp_path / "plots"
+    assert main(["evaluate", str(tmp_path / "set"), "--plots", str(plots), "--json", str(tmp_path / "r.json")]
+                + TOY) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert sorted(Path(p).name for p in report["plots"]) == ["precision_recall.png", "score_histogram.png"]
+    for name in ("precision_recall.png", "score_histogram.png"):
+        picture = cv2.imread(str(plots / name))
+        assert picture is not None and picture.shape[0] > 300 and picture.std() > 10, name
+    assert "precision_recall.png" in capsys.readouterr().out
 
 
 def test_evaluate_without_anomaly_pixels_says_so(tmp_path, capsys):

@@ -78,7 +78,7 @@ def synthetic_drive(seconds: float = 4.0, rate_hz: float = 10.0, height: int = 3
     """A drive towards two objects the Cityscapes classes do not cover, ``rate_hz`` frames a second.
 
     A mattress lies ahead on the road from 0.5 s on and grows as the car approaches it; a tyre rolls across the
-    road from left to right from 1.5 s on. Deterministic: the same arguments give the same frames.
+    road in front of it, from left to right, from 1.5 s on. Deterministic: the same arguments give the same frames.
     """
     frames = []
     period_ns = round(1e9 / rate_hz)
@@ -87,15 +87,15 @@ def synthetic_drive(seconds: float = 4.0, rate_hz: float = 10.0, height: int = 3
         objects: list[tuple[str, Box]] = []
         if t >= 0.5:
             approach = min(1.0, (t - 0.5) / max(seconds - 0.5, 1e-6))
-            half_w, box_h = width * (0.06 + 0.08 * approach), height * (0.06 + 0.10 * approach)
-            bottom = height * (0.60 + 0.30 * approach)
+            half_w, box_h = width * (0.06 + 0.08 * approach), height * (0.05 + 0.08 * approach)
+            bottom = height * (0.58 + 0.18 * approach)
             objects.append(("mattress", (int(width * 0.42 - half_w), int(bottom - box_h), int(width * 0.42 + half_w),
                                          int(bottom))))
         if t >= 1.5:
             progress = (t - 1.5) / max(seconds - 1.5, 1e-6)
-            side = int(height * 0.13)
+            side = int(height * 0.12)
             left = int(width * 0.12 + progress * width * 0.70)
-            top = int(height * 0.70)
+            top = int(height * 0.84)
             objects.append(("tire", (left, top, left + side, top + side)))
         image, masks = render_street(height, width, objects, seed=index)
         frames.append(DriveFrame(image, start_ns + index * period_ns, {n: m for n, m in masks.items() if m.any()}))

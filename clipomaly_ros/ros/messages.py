@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import cv2
 import numpy as np
 
+from ..core.overlay import colour_semantic, render_overlay
 from ..core.results import SegmentationResult
 
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3, "mono16": 1,
@@ -164,7 +165,8 @@ class MessageFactory:
         return self.type("vision_msgs/msg/LabelInfo")(header=header, class_map=class_map, threshold=float(threshold))
 
     def result_messages(self, header: Any, result: SegmentationResult, threshold: float) -> dict[str, Any]:
-        """Every per-frame output of the node except the overlay, keyed by relative topic name."""
+        """Every per-frame output of the node except the pictures (:data:`ON_DEMAND_OUTPUTS`), keyed by relative
+        topic name."""
         return {
             "anomalies": self.detections(header, result),
             "semantic": self.image(header, result.semantic, "mono16"),
@@ -182,5 +184,16 @@ OUTPUT_TYPES = {
     "anomaly_mask": "sensor_msgs/msg/Image",
     "anomaly_instances": "sensor_msgs/msg/Image",
     "overlay": "sensor_msgs/msg/Image",
+    "semantic_color": "sensor_msgs/msg/Image",
 }
 """The node's per-frame output topics (relative names) and their message types."""
+
+ON_DEMAND_OUTPUTS = ("overlay", "semantic_color")
+"""Pictures for people (rgb8), drawn only for a subscriber (the node) or when asked for (replay)."""
+
+
+def picture_messages(factory: MessageFactory, header: Any, image: np.ndarray, result: SegmentationResult,
+                     wanted) -> dict[str, Any]:
+    """The rgb8 ``overlay`` and ``semantic_color`` messages named in ``wanted``."""
+    draw = {"overlay": lambda: render_overlay(image, result), "semantic_color": lambda: colour_semantic(result)}
+    return {name: factory.image(header, draw[name](), "rgb8") for name in ON_DEMAND_OUTPUTS if name in wanted}

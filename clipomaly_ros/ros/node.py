@@ -6,7 +6,8 @@ Topics (relative to the node's namespace):
   (sensor_msgs/CompressedImage); depth 1, reliability from ``input_reliability``;
 - out, stamped with the input's header and at its resolution: ``anomalies`` (vision_msgs/Detection2DArray),
   ``semantic`` (mono16) with ``label_info`` (vision_msgs/LabelInfo, transient local), ``anomaly_score`` (32FC1),
-  ``anomaly_mask`` (mono8), ``anomaly_instances`` (mono16), ``overlay`` (rgb8, while subscribed);
+  ``anomaly_mask`` (mono8), ``anomaly_instances`` (mono16), ``overlay`` and ``semantic_color`` (rgb8, drawn only
+  while subscribed);
 - ``/diagnostics`` (diagnostic_msgs/DiagnosticArray) every ``diagnostics_period`` seconds;
 - service ``~/enable`` (std_srvs/SetBool) pauses and resumes processing with the model kept loaded.
 
@@ -38,8 +39,8 @@ from std_srvs.srv import SetBool
 from ..core.backend import ModelLoadError
 from ..core.config import NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError, Setting
 from ..core.pipeline import Clipomaly
-from .messages import DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory
-from ..core.overlay import render_overlay
+from .messages import (DECODERS, ON_DEMAND_OUTPUTS, OUTPUT_TYPES, ImageConversionError, MessageFactory,
+                       picture_messages)
 from ..core.vocabulary import VocabularyError
 
 PARAMETER_TYPES = {
@@ -282,9 +283,10 @@ class ClipomalyNode(Node):
                 self._published_labels = labels
         for topic, message in self.factory.result_messages(header, result, threshold).items():
             self.outputs[topic].publish(message)
-        overlay = self.outputs["overlay"]
-        if self.publish_overlay and overlay.get_subscription_count() > 0:
-            overlay.publish(self.factory.image(header, render_overlay(image, result), "rgb8"))
+        wanted = [name for name in ON_DEMAND_OUTPUTS if self.outputs[name].get_subscription_count() > 0
+                  and (self.publish_overlay or name != "overlay")]
+        for topic, message in picture_messages(self.factory, header, image, result, wanted).items():
+            self.outputs[topic].publish(message)
 
     def _publish_diagnostics(self) -> None:
         counters = self.counters

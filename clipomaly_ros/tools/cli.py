@@ -153,6 +153,45 @@ def scene(subparsers) -> None:
     parser.set_defaults(run=run_scene)
 
 
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    if args.seconds <= 0 or args.rate <= 0:
+        raise ValueError("--seconds and --rate must be positive")
+    model = {name: value for name, value in (("model", args.model), ("pretrained", args.pretrained),
+                                             ("checkpoint", args.checkpoint), ("device", args.device),
+                                             ("inference_size", args.inference_size)) if value is not None}
+    if args.pretrained or args.checkpoint:
+        model["backend"] = "open_clip"
+    summary = run_demo(args.output, seconds=args.seconds, rate_hz=args.rate, model_parameters=model)
+    found = ", ".join(f"{name} in {count} frames" for name, count in sorted(summary.anomalies_by_name.items()))
+    print(f"\npublished {summary.published} frames; the node answered {summary.answered} (only the newest frame is "
+          f"processed, so frames that arrive while one is being segmented are dropped); anomalies: {found or 'none'}")
+    print("wrote " + ", ".join(str(path) for path in summary.files))
+    return 0 if summary.answered else 1
+
+
+@subcommand
+def demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="run the ROS 2 node on a synthetic drive over local DDS and print its anomalies",
+        description="Generates a few seconds of street scenes with a mattress and a tyre, publishes them at camera "
+                    "rate into a real clipomaly_node process (toy backend unless --pretrained or --checkpoint "
+                    "is given), prints each processed frame's anomalies as a planner sees them and writes an "
+                    "overlay GIF. Needs ROS 2 (scripts/setup_ros.sh).")
+    parser.add_argument("-o", "--output", type=Path, default=Path("demo_out"), metavar="OUT_DIR",
+                        help="folder for drive.gif, anomalies.jsonl and node.log (default: demo_out)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of the drive (default 4)")
+    parser.add_argument("--rate", type=float, default=10.0, help="camera frame rate in Hz (default 10)")
+    parser.add_argument("--model", help="open_clip architecture for real weights (default ViT-B-16)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", help="open_clip pretrained tag: real CLIP instead of the toy backend")
+    weights.add_argument("--checkpoint", help="local weights file: real CLIP instead of the toy backend")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--inference-size", type=int, help="short side of the working resolution (default 240)")
+    parser.set_defaults(run=run_demo)
+
+
 def run_play(args: argparse.Namespace) -> int:
     from ..ros.player import play
 
@@ -202,7 +241,8 @@ def replay(subparsers) -> None:
     parser.add_argument("--namespace", default="", help="namespace of the output topics (default: none, as a "
                                                          "node in the root namespace: /anomalies, /semantic, ...)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
-    parser.add_argument("--no-overlay", action="store_true", help="leave out the overlay topic")
+    parser.add_argument("--no-overlay", action="store_true", help="leave out the pictures (overlay, "
+                                                                    "semantic_color)")
     add_model_options(parser)
     parser.set_defaults(run=run_replay)
 
@@ -213,7 +253,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     samples = find_samples(args.dataset, args.limit)
     pipeline = build_pipeline(args)
     report = evaluate(pipeline, samples, anomaly_id=args.anomaly_id, ignore_id=args.ignore_id,
-                      known_classes_miou=args.known_classes_miou)
+                      known_classes_miou=args.known_classes_miou, plots=args.plots)
     report["config"] = {k: v for k, v in pipeline.config.as_dict().items()
                         if k in ("backend", "model", "pretrained", "checkpoint", "random_weights", "dense_method",
                                  "inference_size", "uncertainty_threshold", "logit_scale")}
@@ -232,6 +272,8 @@ def evaluate(subparsers) -> None:
     parser.add_argument("--known-classes-miou", action="store_true",
                         help="labels are trainIds of the known classes (Cityscapes-style): report IoU per class")
     parser.add_argument("--json", type=Path, help="also write the report as JSON")
+    parser.add_argument("--plots", type=Path, metavar="DIR", help="write precision_recall.png and "
+                                                                  "score_histogram.png (anomaly mode) into DIR")
     parser.add_argument("--limit", type=int, help="only the first N images")
     add_model_options(parser)
     parser.set_defaults(run=run_evaluate)
@@ -287,13 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     from ..core.backend import ModelLoadError
-    from ..ros.bags import BagError
-    from .metrics import MetricError
     from ..core.vocabulary import VocabularyError
+    from ..ros.bags import BagError
+    from .demo import DemoError
+    from .metrics import MetricError
 
     try:
         return args.run(args)
-    except (ConfigError, ModelLoadError, VocabularyError, BagError, MetricError, ValueError) as error:
+    except (ConfigError, ModelLoadError, VocabularyError, BagError, MetricError, DemoError, ValueError) as error:
         print(f"clipomaly: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -55,8 +55,10 @@ def read_label(path: Path) -> np.ndarray:
 
 
 def evaluate(pipeline, samples: list[Sample], anomaly_id: int = 1, ignore_id: int = 255,
-             known_classes_miou: bool = False, progress: bool = True) -> dict:
-    """Run ``pipeline`` on every sample and return the metrics as a JSON-ready dict."""
+             known_classes_miou: bool = False, progress: bool = True, plots: Path | None = None) -> dict:
+    """Run ``pipeline`` on every sample and return the metrics as a JSON-ready dict.
+
+    ``plots``: a folder for the precision-recall curve and the score histograms (anomaly mode only)."""
     import cv2
     from tqdm import tqdm
 
@@ -90,6 +92,11 @@ def evaluate(pipeline, samples: list[Sample], anomaly_id: int = 1, ignore_id: in
     else:
         report["pixel"] = pixels.summary()
         report["component"] = components.summary()
+        if plots is not None:
+            from .plots import write_pixel_plots
+
+            written = write_pixel_plots(pixels, plots, title=samples[0].image.parent.parent.name)
+            report["plots"] = [str(path) for path in written]
     return report
 
 
@@ -113,6 +120,8 @@ def format_report(report: dict) -> str:
                   report["known_class_iou"].items()]
         miou = report["miou"]
         lines.append(f"{'mIoU':<16}{'-' if miou is None else f'{100 * miou:.1f}%':>8}")
+    if report.get("plots"):
+        lines.append("plots: " + ", ".join(report["plots"]))
     names = report["anomaly_names"]
     lines += ["", "names given: " + (", ".join(f"{n} x{c}" for n, c in names.items()) or "none")]
     return "\n".join(lines)

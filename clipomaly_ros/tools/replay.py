@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..ros.bags import BagError, image_connections, open_bag, typestore_with_vision_msgs
-from ..ros.messages import DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory
-from ..core.overlay import render_overlay
+from ..ros.messages import (DECODERS, ON_DEMAND_OUTPUTS, OUTPUT_TYPES, ImageConversionError, MessageFactory,
+                            picture_messages)
 
 
 @dataclass
@@ -51,7 +51,7 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
     store = typestore_with_vision_msgs()
     factory = MessageFactory(store.types)
     prefix = "/" + namespace.strip("/") if namespace.strip("/") else ""
-    topics = {name: f"{prefix}/{name}" for name in OUTPUT_TYPES if overlay or name != "overlay"}
+    topics = {name: f"{prefix}/{name}" for name in OUTPUT_TYPES if overlay or name not in ON_DEMAND_OUTPUTS}
     summary = ReplaySummary()
     threshold = pipeline.config.uncertainty_threshold
     with open_bag(in_bag) as reader:
@@ -88,7 +88,7 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
                     messages["label_info"] = factory.label_info(header, result.labels, threshold)
                     published_labels = (tuple(result.labels), result.known_count)
                 if overlay:
-                    messages["overlay"] = factory.image(header, render_overlay(image, result), "rgb8")
+                    messages.update(picture_messages(factory, header, image, result, ON_DEMAND_OUTPUTS))
                 for name, output in messages.items():
                     writer.write(outputs[name], timestamp, store.serialize_cdr(output, OUTPUT_TYPES[name]))
                 if last_diagnostics is None or timestamp - last_diagnostics >= DIAGNOSTICS_PERIOD_NS:

@@ -1,0 +1,31 @@
+# Two commands on a fresh machine (Python 3.11, no ROS, no GPU); each sets up only what is missing:
+#   make demo   the ROS 2 node on a synthetic drive: prints its anomalies, writes demo_out/drive.gif
+#   make test   the whole test suite (what CI runs)
+# Real weights for the demo: make demo DEMO_ARGS="--checkpoint /opt/models/vit_b16.safetensors"
+PYTHON ?= python3.11
+VENV := .venv
+CORE_READY := $(VENV)/.core-ready
+ROS_READY := $(VENV)/.ros-ready
+DEMO_ARGS ?=
+TEST_ARGS ?=
+
+.PHONY: demo test setup
+.DEFAULT_GOAL := demo
+
+demo: $(ROS_READY)
+	$(VENV)/bin/clipomaly demo $(DEMO_ARGS)
+
+test: $(ROS_READY)
+	$(VENV)/bin/python -m pytest -q test $(TEST_ARGS)
+
+setup: $(ROS_READY)
+
+# The stamps are newer than the files that describe the set-up, so a second run starts at once; editing one of
+# those files runs its step again.
+$(CORE_READY): setup.py scripts/setup.sh
+	PYTHON=$(PYTHON) bash scripts/setup.sh
+	touch $@
+
+$(ROS_READY): $(CORE_READY) scripts/setup_ros.sh
+	bash scripts/setup_ros.sh
+	touch $@

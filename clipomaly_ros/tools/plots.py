@@ -1,0 +1,62 @@
+"""Pictures of an evaluation: the precision-recall curve and the anomaly-score histograms of anomaly and normal
+pixels, as anomaly-segmentation papers show them (PNG, matplotlib without a display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import SCORE_BINS, PixelScores
+
+HISTOGRAM_BINS = 100
+
+
+def write_pixel_plots(pixels: PixelScores, out_dir: Path, title: str = "") -> list[Path]:
+    """Write ``precision_recall.png`` and ``score_histogram.png`` into ``out_dir``; returns their paths.
+
+    Raises :class:`~.metrics.MetricError` when the set lacks anomaly or normal pixels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    true_positives, _, precision = pixels.curves()
+    recall = true_positives / true_positives[-1]
+    summary = pixels.summary()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    figure, axes = plt.subplots(figsize=(5, 4.5), dpi=120)
+    axes.plot(np.concatenate([[0.0], recall]), np.concatenate([[precision[0]], precision]), color="tab:blue")
+    base_rate = summary["anomaly_pixels"] / (summary["anomaly_pixels"] + summary["normal_pixels"])
+    axes.axhline(base_rate, color="grey", linestyle="--", linewidth=1, label=f"chance ({100 * base_rate:.1f} %)")
+    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+             title=f"{title + ': ' if title else ''}AUPRC {100 * summary['auprc']:.1f} %, "
+                   f"FPR95 {100 * summary['fpr_at_95_tpr']:.1f} %")
+    axes.legend(loc="upper right")
+    axes.grid(alpha=0.3)
+    curve = out_dir / "precision_recall.png"
+    figure.tight_layout()
+    figure.savefig(curve)
+    plt.close(figure)
+
+    # the 16-bit histograms, summed into coarser bins and normalised so both classes show whatever their sizes
+    group = SCORE_BINS // HISTOGRAM_BINS
+    edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    figure, axes = plt.subplots(figsize=(5, 4.5), dpi=120)
+    for counts, label, colour in ((pixels.negative, "normal pixels", "tab:green"),
+                                  (pixels.positive, "anomaly pixels", "tab:red")):
+        coarse = counts[: group * HISTOGRAM_BINS].reshape(HISTOGRAM_BINS, group).sum(axis=1)
+        coarse[-1] += counts[group * HISTOGRAM_BINS:].sum()
+        axes.stairs(coarse / max(1, coarse.sum()), edges, fill=True, alpha=0.45, color=colour,
+                    label=f"{label} ({int(counts.sum()):,})")
+    axes.set(xlabel="anomaly score (normalised entropy)", ylabel="fraction of pixels", xlim=(0, 1),
+             title=f"{title + ': ' if title else ''}AUROC {100 * summary['auroc']:.1f} %")
+    axes.legend(loc="upper center")
+    axes.grid(alpha=0.3)
+    histogram = out_dir / "score_histogram.png"
+    figure.tight_layout()
+    figure.savefig(histogram)
+    plt.close(figure)
+    return [curve, histogram]

@@ -14,7 +14,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(exclude=["test", "test.*"]),
-    package_data={PACKAGE: ["data/*.txt", "data/vision_msgs/msg/*.msg"]},
+    package_data={PACKAGE: ["data/*.txt", "data/vision_msgs/msg/*.msg", "data/model_configs/*.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

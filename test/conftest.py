@@ -31,9 +31,9 @@ TINY_MODEL = "clipomaly-tiny-vit"
 
 
 def register_tiny_model():
-    import open_clip
+    from clipomaly_ros.core.open_clip_backend import register_bundled_models
 
-    open_clip.add_model_config(TEST_DIR / "model_configs")
+    register_bundled_models()
     return TINY_MODEL
 
 

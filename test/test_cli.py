@@ -2,6 +2,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 from clipomaly_ros.tools.cli import main
 from clipomaly_ros.core.scenes import render_street_scene
@@ -59,17 +60,21 @@ def test_scene_command_writes_an_image(tmp_path):
     assert cv2.imread(str(tmp_path / "scene.png")).shape == (100, 200, 3)
 
 
-def test_bench_reports_stages_backbone_ratio_and_memory(tmp_path, tiny_model_name, capsys):
+def test_bench_reports_stages_host_share_node_cost_cameras_and_memory(tmp_path, tiny_model_name, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--model", tiny_model_name, "--device", "cpu", "--size", "200x120", "--frames", "2",
-                 "--inference-size", "64", "--json", str(out)]) == 0
+                 "--inference-size", "64", "--cameras", "3", "--soak-frames", "6", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert {"features", "unknown", "naming", "extension", "total", "messages", "backbone"} <= set(report["stage_ms"])
-    assert report["backbone_ms"] > 0 and report["pipeline_over_backbone"] > 0
+    stages = report["stage_ms"]
+    assert {"features", "unknown", "naming", "extension", "total", "backbone", "host"} <= set(stages)
+    assert 0 < stages["backbone"] < stages["total"]
+    assert report["host_ms_outside_backbone"] == pytest.approx(stages["host"])
+    assert set(report["node_publish_ms"]) == {"anomalies only", "every image output"}
+    assert set(report["fps"]) == {"1 camera", "3 cameras"} and all(v > 0 for v in report["fps"].values())
+    assert report["memory"]["frames"] == 6 and report["memory"]["resident_mb_last"] > 0
     assert report["windows"] >= 1 and report["vocabulary_change_10_names_ms"] > 0
-    assert report["resident_mb_last"] > 0
     text = capsys.readouterr().out
-    assert "pipeline / backbone" in text and "RANDOM" in text
+    assert "host time outside the backbone" in text and "3 cameras" in text and "RANDOM" in text
 
 
 def test_bench_rejects_a_bad_size(capsys):

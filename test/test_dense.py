@@ -58,15 +58,41 @@ def test_window_plan_covers_the_whole_resized_image():
     assert small.resized == (64, 64) and small.origins == ((0, 0),)
 
 
-def test_sliding_windows_average_overlaps_into_one_normalised_grid(backend):
+def per_window_reference(encoder, image, layout):
+    """The straightforward way: embed and run every window on its own, average overlaps, renormalise."""
+    patch = layout.patch
+    total = torch.zeros(*layout.grid, encoder.visual.output_dim)
+    counts = torch.zeros(*layout.grid, 1)
+    g = layout.window // patch
+    for top, left in layout.origins:
+        _, patches = encoder(image[None, :, top:top + layout.window, left:left + layout.window])
+        total[top // patch:top // patch + g, left // patch:left // patch + g] += torch.nn.functional.normalize(
+            patches[0], dim=-1)
+        counts[top // patch:top // patch + g, left // patch:left // patch + g] += 1
+    return torch.nn.functional.normalize(total / counts, dim=-1)
+
+
+def test_sliding_windows_equal_embedding_every_window_alone_and_average_overlaps(backend):
     layout = plan_windows((100, 170), short_side=64, window=64, stride=32, patch=16)
     image = torch.randn(3, *layout.resized)
     with torch.no_grad():
-        grid = sliding_window_features(backend.encoder, image, layout, batch_size=2)
-        single = sliding_window_features(backend.encoder, image, layout, batch_size=64)
+        (grid,) = sliding_window_features(backend.encoder, [image], [layout], batch_size=2)
+        (single,) = sliding_window_features(backend.encoder, [image], [layout], batch_size=0)
+        reference = per_window_reference(backend.encoder, image, layout)
     assert grid.shape == (layout.resized[0] // 16, layout.resized[1] // 16, 32)
     torch.testing.assert_close(grid.norm(dim=-1), torch.ones(grid.shape[:2]))
     torch.testing.assert_close(grid, single)  # batching must not change the result
+    torch.testing.assert_close(grid, reference, rtol=1e-4, atol=1e-5)  # one patch embedding for all windows
+
+
+def test_images_of_different_sizes_share_one_backbone_pass(backend):
+    images = [np.random.default_rng(i).integers(0, 255, shape, dtype=np.uint8)
+              for i, shape in enumerate([(64, 96, 3), (80, 64, 3), (64, 96, 3)])]
+    batched = backend.dense_features_batch(images)
+    for image, features in zip(images, batched):
+        alone = backend.dense_features(image)
+        assert features.working_size == alone.working_size
+        torch.testing.assert_close(features.grid, alone.grid, rtol=1e-4, atol=1e-5)
 
 
 def test_dense_features_of_any_input_size(backend):

@@ -24,13 +24,13 @@ def test_mask_pooled_embedding_is_the_normalised_mean_under_the_mask():
 def test_region_crop_is_square_keeps_the_object_and_fades_the_background():
     image = np.full((100, 200, 3), 50, np.uint8)
     image[40:60, 90:110] = 250
-    mask = np.zeros((50, 100), bool)  # working resolution: half the input
+    mask = np.zeros((50, 100), bool)  # a map at half the input's resolution
     mask[20:30, 45:55] = True
-    crop = region_crop(image, region_from_mask(mask), (50, 100), margin=1.0, background=0.0, fill=(0, 0, 0))
+    crop = region_crop(image, region_from_mask(mask), margin=1.0, background=0.0, fill=(0, 0, 0))
     assert crop.shape[0] == crop.shape[1] == 40
     assert (crop == 250).all(axis=-1).sum() == 400      # the whole object, untouched
     assert (crop == 0).all(axis=-1).sum() == 1600 - 400  # background replaced by the fill colour
-    half = region_crop(image, region_from_mask(mask), (50, 100), margin=1.0, background=0.5, fill=(0, 0, 0))
+    half = region_crop(image, region_from_mask(mask), margin=1.0, background=0.5, fill=(0, 0, 0))
     assert half[0, 0, 0] == 25
 
 
@@ -44,7 +44,7 @@ def test_regions_are_named_and_known_looking_regions_rejected(tmp_path):
     road = np.zeros((240, 320), bool)
     road[200:230, 20:60] = True
     named = RegionNamer(backend).name_regions(
-        image, features.grid, features.working_size, [region_from_mask(planted), region_from_mask(road)],
+        image, features.grid, [region_from_mask(planted), region_from_mask(road)],
         vocabulary, top_k=2, logit_scale=50.0, crop_margin=0.25, crop_background=0.3, crop_weight=0.5, reported=3)
     gnome, asphalt = named
     assert (gnome.name, gnome.is_known) == ("garden gnome", False) and gnome.score > 0.9

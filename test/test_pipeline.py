@@ -60,7 +60,7 @@ def test_result_maps_have_the_input_resolution_and_consistent_ids(toy_pipeline):
     assert record.centroid == pytest.approx((xs.mean(), ys.mean()))
     assert record.candidates[0][0] == record.name and 0 < record.score <= 1
     assert iou(result.anomaly_mask, truth) >= 0.9
-    assert set(result.timings_ms) == {"features", "unknown", "naming", "extension", "output", "total"}
+    assert set(result.timings_ms) == {"features", "unknown", "naming", "extension", "output", "backbone", "total"}
 
 
 def test_anomaly_score_means_the_same_with_and_without_regions(toy_pipeline):
@@ -161,3 +161,121 @@ def test_open_clip_checkpoint_file_loads(tiny_model_name, tmp_path):
                                          inference_size=64, cache_dir=str(tmp_path)))
     state = pipeline.backend.model.state_dict()
     torch.testing.assert_close(state["visual.proj"], model.state_dict()["visual.proj"])
+
+
+# --- device-side, coarse region finding against the straightforward full-resolution algorithm -------------------
+
+def reference_anomaly_mask(pipeline, image):
+    """The algorithm done the plain way, every map at the working resolution and scipy on the host: similarity
+    maps, entropy, threshold, opening and closing, components, naming, then each new name's components where it
+    beats every known class, resized to the input with nearest neighbours."""
+    import math
+
+    import cv2
+    import torch
+    from scipy import ndimage
+
+    from clipomaly_ros.core.unknown import CandidateRegion, class_statistics, similarity_maps
+
+    config, vocabulary = pipeline.config, pipeline.vocabulary.current
+    features = pipeline.backend.dense_features(image)
+    working = features.working_size
+    known = class_statistics(config.logit_scale * similarity_maps(features.grid, vocabulary.known_embeddings,
+                                                                  working))
+    per_input = working[0] * working[1] / (image.shape[0] * image.shape[1])
+    min_area = max(1, math.ceil(config.min_region_area * per_input))
+    mask = known.uncertainty.numpy() > config.uncertainty_threshold
+    disk = np.hypot(*np.ogrid[-2:3, -2:3]) <= config.cleanup_radius
+    mask = ndimage.binary_closing(ndimage.binary_opening(mask, disk), disk)
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    areas = np.bincount(labels.ravel())
+    regions = []
+    for index in sorted(range(1, count + 1), key=lambda i: -areas[i])[:config.max_regions]:
+        if areas[index] >= min_area:
+            ys, xs = np.nonzero(labels == index)
+            regions.append(CandidateRegion(labels == index, int(areas[index]), (xs.min(), ys.min(), xs.max(),
+                                                                                ys.max())))
+    named = pipeline.namer.name_regions(image, features.grid, regions, vocabulary, top_k=config.naming_top_k,
+                                        logit_scale=config.logit_scale, crop_margin=config.crop_margin,
+                                        crop_background=config.crop_background, crop_weight=config.crop_weight,
+                                        reported=1)
+    names = {v.name: v.embedding for v in named if not v.is_known}
+    anomaly = np.zeros(working, bool)
+    if names:
+        new = config.logit_scale * similarity_maps(features.grid, torch.stack(list(names.values())), working)
+        best, which = new.max(dim=0)
+        wins = (best > known.best_logit).numpy()
+        for offset in range(len(names)):
+            components, count = ndimage.label(wins & (which.numpy() == offset), structure=np.ones((3, 3)))
+            sizes = np.bincount(components.ravel())
+            anomaly |= np.isin(components, [i for i in range(1, count + 1) if sizes[i] >= min_area])
+    return cv2.resize(anomaly.astype(np.uint8), image.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+
+
+def end_to_end_scenes():
+    from clipomaly_ros.core.scenes import synthetic_drive
+
+    scenes = [render_street_scene(240, 320, planted=name)[0] for name in ("mattress", "tire", "deer")]
+    scenes += [frame.image for frame in synthetic_drive(seconds=4.0)[10::12]]
+    return scenes
+
+
+def test_device_side_coarse_regions_give_the_anomalies_of_the_full_resolution_algorithm(toy_pipeline):
+    for image in end_to_end_scenes():
+        reference = reference_anomaly_mask(toy_pipeline, image)
+        result = toy_pipeline(image)
+        assert reference.any()
+        assert iou(result.anomaly_mask, reference) >= 0.95
+
+
+def test_max_regions_and_min_region_area_hold_for_the_final_instances(toy_config):
+    from clipomaly_ros.core.scenes import render_street
+
+    objects = []
+    names = ["mattress", "tire", "deer", "cardboard box", "traffic cone", "dog"]
+    rng = np.random.default_rng(3)
+    for index in range(24):  # many small odd objects, some far below the minimum area
+        side = int(rng.integers(6, 30))
+        x, y = int(rng.integers(40, 560)), int(rng.integers(180, 330))
+        objects.append((names[index % len(names)], (x, y, x + side, y + side)))
+    image, _ = render_street(360, 640, objects, seed=1)
+    pipeline = Clipomaly(toy_config.replace(max_regions=4, min_region_area=300))
+    result = pipeline(image)
+    assert 1 <= len(result.anomalies) <= 4
+    assert all(record.area >= 300 for record in result.anomalies)
+    assert sorted(np.unique(result.instances[result.instances > 0])) == [a.id for a in result.anomalies]
+    unlimited = Clipomaly(toy_config.replace(max_regions=255, min_region_area=1))(image)
+    assert len(unlimited.anomalies) > 4  # the limits, not the scene, kept the first result small
+
+
+def test_records_need_no_full_resolution_map(toy_pipeline):
+    image, truth = render_street_scene(240, 320, planted="deer")
+    result = toy_pipeline(image)
+    assert [a.name for a in result.anomalies] == ["deer"] and result.anomalies[0].area > 1000
+    assert result.computed_maps == []  # nothing at full resolution was made for the records
+    assert result.anomaly_mask[truth].mean() > 0.9
+    assert "instances" in result.computed_maps and "semantic" not in result.computed_maps
+    assert result.semantic.shape == truth.shape and "semantic" in result.computed_maps
+
+
+def test_a_batch_of_frames_gives_what_each_frame_gives_alone(toy_pipeline):
+    images = [render_street_scene(240, 320, planted=name)[0] for name in ("mattress", None, "tire")]
+    images.append(render_street_scene(180, 300, planted="deer")[0])
+    batched = toy_pipeline.segment_batch(images)
+    for image, result in zip(images, batched):
+        alone = toy_pipeline(image)
+        assert [(a.name, a.bbox, a.area) for a in result.anomalies] == [(a.name, a.bbox, a.area)
+                                                                         for a in alone.anomalies]
+        assert np.array_equal(result.semantic, alone.semantic)
+
+
+def test_sampling_pixels_equals_resampling_the_whole_map():
+    import torch
+
+    from clipomaly_ros.core.maps import sample_points
+    from clipomaly_ros.core.unknown import resample
+
+    grid = torch.randn(5, 7, 11)
+    full = resample(grid, (45, 100))
+    ys, xs = torch.randint(0, 45, (300,)), torch.randint(0, 100, (300,))
+    torch.testing.assert_close(sample_points(grid, (45, 100), ys, xs), full[:, ys, xs], rtol=1e-5, atol=1e-5)

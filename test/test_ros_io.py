@@ -90,7 +90,7 @@ def test_factory_builds_serialisable_messages_with_rosbags_types():
                                 anomaly_score=np.zeros((6, 8), np.float32), anomaly_mask=instances > 0,
                                 instances=instances, anomalies=[record], known_count=1)
     header = factory.header(12, 34, "cam")
-    messages = factory.result_messages(header, result, 0.5)
+    messages = factory.result_messages(header, result)
     detection = messages["anomalies"].detections[0]
     assert detection.id == "1" and [r.hypothesis.class_id for r in detection.results] == ["tire", "rock"]
     assert (detection.bbox.size_x, detection.bbox.size_y) == (3.0, 2.0)

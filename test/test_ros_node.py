@@ -409,3 +409,113 @@ def test_launch_file():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert isinstance(module.generate_launch_description(), LaunchDescription)
+
+
+# --- one node, two cameras, lazy outputs ---------------------------------------------------------------------
+
+MULTI = "/itest_multi"
+
+
+@pytest.fixture(scope="module")
+def multi_camera_node(ros, tmp_path_factory):
+    node, _, _ = ros
+    folder = tmp_path_factory.mktemp("multi")
+    params = folder / "params.yaml"
+    params.write_text(PARAMS + "    cameras: [front, rear]\n")
+    log = folder / "node.log"
+    with open(log, "w") as stream:
+        process = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file",
+                                    str(params), "-r", f"__ns:={MULTI}"], stdout=stream, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **ROS_ENV})
+    kept: dict[str, list] = {}
+    lock = threading.Lock()
+
+    def keeper(key):
+        def keep(message):
+            with lock:
+                kept.setdefault(key, []).append(message)
+        return keep
+
+    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    for camera in ("front", "rear"):  # only the records: no image output has a subscriber yet
+        node.create_subscription(Detection2DArray, f"{MULTI}/{camera}/anomalies", keeper(f"{camera}/anomalies"),
+                                 reliable)
+    node.create_subscription(DiagnosticArray, "/diagnostics", keeper("diagnostics"), reliable)
+    camera_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+    publishers = {camera: node.create_publisher(Image, f"{MULTI}/{camera}/image", camera_qos)
+                  for camera in ("front", "rear")}
+    ready = wait_for(lambda: all(p.get_subscription_count() for p in publishers.values())
+                     and all(node.count_publishers(f"{MULTI}/{c}/anomalies") for c in ("front", "rear")), 90)
+    assert process.poll() is None and ready, log.read_text()
+    time.sleep(0.5)
+
+    def received(key):
+        with lock:
+            return list(kept.get(key, []))
+
+    def diagnostics(camera):
+        statuses = [s for array in received("diagnostics") for s in array.status
+                    if s.name == f"{MULTI}/clipomaly: camera {camera}"]
+        return {kv.key: kv.value for kv in statuses[-1].values} if statuses else {}
+
+    yield node, publishers, received, diagnostics, keeper
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def test_two_cameras_in_one_node_keep_their_frames_stamps_and_outputs_apart(multi_camera_node):
+    node, publishers, received, diagnostics, _ = multi_camera_node
+    scenes = {"front": toy_frames(1, planted=("mattress",))[0][0], "rear": toy_frames(1, planted=("deer",))[0][0]}
+    stamps = {"front": stamp_base(20), "rear": stamp_base(20) + 7}
+    for camera in ("front", "rear"):  # back to back: both wait together and share one backbone pass
+        publish_frame(publishers[camera], scenes[camera], stamps[camera])
+
+    def answer(camera, stamp):
+        return [m for m in received(f"{camera}/anomalies") if stamp_ns(m.header) == stamp]
+
+    assert wait_for(lambda: answer("front", stamps["front"]) and answer("rear", stamps["rear"]), 15)
+    names = {camera: [d.results[0].hypothesis.class_id for d in answer(camera, stamps[camera])[0].detections]
+             for camera in ("front", "rear")}
+    assert names == {"front": ["mattress"], "rear": ["deer"]}
+    assert not answer("front", stamps["rear"]) and not answer("rear", stamps["front"])
+
+    # a bad frame on one camera touches neither the other camera's output nor its counters
+    assert wait_for(lambda: diagnostics("front") and diagnostics("rear"), 5)
+    front_before, rear_before = diagnostics("front"), diagnostics("rear")
+    truncated = Image(header=_header(stamp_base(21)), height=240, width=320, encoding="rgb8", step=960,
+                      data=bytes(100))
+    publishers["rear"].publish(truncated)
+    publish_frame(publishers["front"], scenes["front"], stamp_base(21) + 1)
+    assert wait_for(lambda: answer("front", stamp_base(21) + 1), 10)
+    assert wait_for(lambda: int(diagnostics("rear")["bad inputs"]) == int(rear_before["bad inputs"]) + 1, 5)
+    assert int(diagnostics("front")["bad inputs"]) == int(front_before["bad inputs"])
+    assert not answer("rear", stamp_base(21))
+    for camera in ("front", "rear"):
+        values = diagnostics(camera)
+        assert {"processed fps", "processing ms p95", "input to output latency ms p95", "frames dropped"} <= set(values)
+
+
+def test_an_image_output_without_subscribers_is_never_computed(multi_camera_node):
+    node, publishers, received, diagnostics, keeper = multi_camera_node
+    image = toy_frames(1, planted=("tire",))[0][0]
+    publish_frame(publishers["front"], image, stamp_base(22))
+    assert wait_for(lambda: [m for m in received("front/anomalies") if stamp_ns(m.header) == stamp_base(22)], 10)
+    assert wait_for(lambda: int(diagnostics("front").get("frames processed", 0)) >= 2, 5)
+    values = diagnostics("front")
+    assert values["frames with full-resolution maps"] == "0"  # records only: no map was made
+    assert "published semantic" not in values and int(values["published anomalies"]) >= 2
+
+    node.create_subscription(Image, f"{MULTI}/front/semantic", keeper("front/semantic"),
+                             QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    assert wait_for(lambda: node.count_subscribers(f"{MULTI}/front/semantic") > 0, 5)
+    time.sleep(0.5)
+    publish_frame(publishers["front"], image, stamp_base(22) + 1)
+    assert wait_for(lambda: [m for m in received("front/semantic") if stamp_ns(m.header) == stamp_base(22) + 1],
+                    10)
+    assert wait_for(lambda: int(diagnostics("front").get("frames with full-resolution maps", 0)) >= 1, 5)
+    values = diagnostics("front")
+    assert int(values["published semantic"]) >= 1 and "published anomaly_score" not in values
+    assert "published semantic" not in diagnostics("rear")

@@ -7,7 +7,9 @@ backend (:mod:`.toy_backend`) are interchangeable; :func:`.factory.create_backen
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import time
+from contextlib import contextmanager
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +22,8 @@ class ModelLoadError(RuntimeError):
 class DenseFeatures:
     """Dense image features of one frame.
 
-    ``grid``: ``(h, w, D)`` float32 tensor, L2-normalised per location, covering the whole image;
+    ``grid``: ``(h, w, D)`` float32 tensor on the backend's device, L2-normalised per location, covering the whole
+    image;
     ``working_size``: (height, width) in pixels of the resized image the grid was computed on; every map the
     pipeline derives from the features lives at this resolution before being resized to the input's.
     """
@@ -28,6 +31,36 @@ class DenseFeatures:
     def __init__(self, grid: torch.Tensor, working_size: tuple[int, int]):
         self.grid = grid
         self.working_size = working_size
+
+
+class BackboneClock:
+    """Milliseconds spent in the vision transformer, accumulated until :meth:`take`.
+
+    With ``synchronize`` set (the bench does), CUDA is synchronised around each pass so that the figure is the
+    device's time; otherwise nothing waits for the device and the figure is only the host's share.
+    """
+
+    def __init__(self):
+        self.synchronize = False
+        self._elapsed_ms = 0.0
+
+    @contextmanager
+    def measure(self, device: torch.device) -> Iterator[None]:
+        wait = self.synchronize and device.type == "cuda"
+        if wait:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if wait:
+                torch.cuda.synchronize(device)
+            self._elapsed_ms += (time.perf_counter() - start) * 1000.0
+
+    def take(self) -> float:
+        """The milliseconds accumulated since the last call."""
+        elapsed, self._elapsed_ms = self._elapsed_ms, 0.0
+        return elapsed
 
 
 class VisionLanguageBackend(Protocol):
@@ -40,6 +73,8 @@ class VisionLanguageBackend(Protocol):
     """D, the size of the joint embedding space."""
     mean_colour: tuple[int, int, int]
     """RGB uint8 colour that normalises to zero: what region crops fade their background towards."""
+    crop_size: int | None
+    """Side in pixels that region crops are resized to before :meth:`encode_images` (the model's input)."""
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """``(N, D)`` float32 L2-normalised embeddings of ``prompts``."""
@@ -47,8 +82,15 @@ class VisionLanguageBackend(Protocol):
     def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """``(N, D)`` float32 L2-normalised global embeddings of RGB uint8 images of any size."""
 
+    clock: BackboneClock | None
+    """Time spent in the vision transformer (None for a backend without one)."""
+
     def dense_features(self, image: np.ndarray) -> DenseFeatures:
         """Dense features of one RGB uint8 ``(H, W, 3)`` image."""
+
+    def dense_features_batch(self, images: Sequence[np.ndarray]) -> list[DenseFeatures]:
+        """Dense features of several RGB uint8 images (sizes may differ), in as few backbone passes as
+        possible."""
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -59,6 +60,8 @@ class Setting:
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
     allow_empty: bool = True
+    item_pattern: str | None = None
+    """For ``str_list``: a regular expression every item must match in full."""
 
     def validate(self, value: Any) -> Any:
         """Return ``value`` converted to this setting's type, or raise :class:`ConfigError` saying why not."""
@@ -93,6 +96,8 @@ class Setting:
                 if not isinstance(item, str):
                     raise ConfigError(f"{name} must be a list of strings; {item!r} is not a string")
                 item = " ".join(item.split())
+                if self.item_pattern is not None and not re.fullmatch(self.item_pattern, item):
+                    raise ConfigError(f"{name}: {item!r} is not allowed ({self.description})")
                 if item and item not in items:
                     items.append(item)
             if not items and not self.allow_empty:
@@ -129,7 +134,9 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0, maximum=4096),
     Setting("window_stride", 0, "Sliding-window stride in pixels; 0 = half the window.", "int", minimum=0,
             maximum=4096),
-    Setting("window_batch_size", 8, "Windows sent through the backbone at once.", "int", minimum=1, maximum=256),
+    Setting("window_batch_size", 0, "Most windows sent through the backbone at once (all windows of every "
+            "waiting frame share one pass); 0 = no limit. Lower it only when GPU memory runs out.", "int",
+            minimum=0, maximum=4096),
     # --- vocabulary ----------------------------------------------------------------------------------------------
     Setting("known_classes", CITYSCAPES_CLASSES, "Names of the classes the car knows (Cityscapes' 19 by "
             "default); pixels that fit none of them are candidates for anomalies.", "str_list", live=True,
@@ -178,6 +185,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("input_reliability", "best_effort", "QoS reliability of the image subscription (depth 1): "
             "best_effort, as camera drivers publish, or reliable.", "str", scope="node",
             choices=("best_effort", "reliable")),
+    Setting("cameras", (), "Cameras served by this node with one model, as topic namespaces relative to the "
+            "node's: ['front', 'rear'] reads front/image and publishes front/anomalies, ... Frames waiting from "
+            "several cameras share one backbone pass. Empty: one camera on 'image'. Names are ROS name tokens "
+            "(letters, digits, '_', '/' between tokens).", "str_list", scope="node",
+            item_pattern=r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*"),
     Setting("publish_overlay", True, "Publish 'overlay' (rgb8); it is only drawn while someone subscribes.",
             "bool", scope="node", live=True),
     Setting("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", "float", scope="node",

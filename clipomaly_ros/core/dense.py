@@ -13,11 +13,13 @@ none          the unchanged block (pooled output equals ``encode_image``)
 ============  ==============================================================================================
 
 Images of any size are covered by sliding windows whose positional embeddings are interpolated when the window
-is not the model's native size.
+is not the model's native size. The patch embedding runs once over the whole image and the windows are cut from
+it, which equals embedding every window on its own because windows are aligned to the patch grid.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -107,9 +109,16 @@ class DenseVisionEncoder(nn.Module):
         self.patch_size = tuple(visual.patch_size)
         self.native_grid = tuple(visual.grid_size)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings ``(B, C, H/p, W/p)`` of normalised images ``(B, 3, H, W)``.
+
+        The embedding is a stride-p convolution, so windows aligned to the patch grid can share one embedding of
+        the whole image (see :func:`sliding_window_features`)."""
+        return self.visual.conv1(images)
+
+    def forward_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformer on patch embeddings ``(B, C, gh, gw)``: ``(pooled (B, D), patches (B, gh, gw, D))``."""
         visual = self.visual
-        x = visual.conv1(images)
         batch, width, grid_h, grid_w = x.shape
         x = x.reshape(batch, width, grid_h * grid_w).permute(0, 2, 1)
         class_token = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(batch, -1, -1)
@@ -137,19 +146,44 @@ class DenseVisionEncoder(nn.Module):
             patches = patches @ visual.proj
         return pooled, patches.reshape(batch, grid_h, grid_w, -1)
 
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_patches(self.embed_patches(images))
+
 
 @dataclass(frozen=True)
 class WindowLayout:
     """Where sliding windows lie on the resized image.
 
-    ``resized`` is the (height, width) in pixels that the input is resized to (multiples of the patch size),
-    ``window`` and ``stride`` are in pixels, ``origins`` are the windows' (top, left) corners.
+    ``resized`` is the (height, width) in pixels that the input is resized to (multiples of ``patch``),
+    ``window`` and ``stride`` are in pixels, ``origins`` are the windows' (top, left) corners, all multiples of
+    ``patch`` pixels.
     """
 
     resized: tuple[int, int]
     window: int
     stride: int
     origins: tuple[tuple[int, int], ...]
+    patch: int = 16
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, columns) of patches covering the resized image."""
+        return self.resized[0] // self.patch, self.resized[1] // self.patch
+
+    @functools.cached_property
+    def token_index(self) -> torch.Tensor:
+        """``(windows, g*g)`` int64: for every window, the flat grid index of each of its ``g x g`` patches."""
+        g = self.window // self.patch
+        columns = self.grid[1]
+        offsets = (torch.arange(g)[:, None] * columns + torch.arange(g)[None, :]).flatten()
+        starts = torch.tensor([(top // self.patch) * columns + left // self.patch for top, left in self.origins])
+        return starts[:, None] + offsets[None, :]
+
+    @functools.cached_property
+    def coverage(self) -> torch.Tensor:
+        """``(rows * columns, 1)`` float32: how many windows cover each patch (at least 1)."""
+        counts = torch.bincount(self.token_index.flatten(), minlength=self.grid[0] * self.grid[1])
+        return counts.float().clamp(min=1)[:, None]
 
 
 def _starts(length: int, window: int, stride: int) -> list[int]:
@@ -160,10 +194,13 @@ def _starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+@functools.lru_cache(maxsize=64)
 def plan_windows(image_size: tuple[int, int], short_side: int, window: int, stride: int,
                  patch: int) -> WindowLayout:
     """Resize ``image_size`` (height, width) so its short side is about ``short_side`` (rounded to the patch
-    size, and at least one window), then tile it with ``window``-pixel windows every ``stride`` pixels."""
+    size, and at least one window), then tile it with ``window``-pixel windows every ``stride`` pixels.
+
+    Cached: a camera's frames share one layout and its index tensors."""
     height, width = image_size
     scale = short_side / min(height, width)
     resized_h = max(window, patch * round(height * scale / patch))
@@ -171,33 +208,45 @@ def plan_windows(image_size: tuple[int, int], short_side: int, window: int, stri
     stride = max(patch, patch * (stride // patch))
     origins = tuple((top, left) for top in _starts(resized_h, window, stride)
                     for left in _starts(resized_w, window, stride))
-    return WindowLayout((resized_h, resized_w), window, stride, origins)
+    return WindowLayout((resized_h, resized_w), window, stride, origins, patch)
 
 
-def sliding_window_features(encoder: DenseVisionEncoder, image: torch.Tensor, layout: WindowLayout,
-                            batch_size: int) -> torch.Tensor:
-    """Dense features of a normalised image ``(3, H, W)`` already resized to ``layout.resized``.
+def window_tokens(patch_embeddings: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+    """The patch embeddings ``(C, rows, columns)`` of a whole image cut into its windows: ``(windows, C, g, g)``,
+    one gather, no loop over windows."""
+    channels = patch_embeddings.shape[0]
+    g = layout.window // layout.patch
+    rows = patch_embeddings.reshape(channels, -1).T  # (rows * columns, C)
+    index = layout.token_index.to(rows.device)
+    return rows[index].reshape(len(layout.origins), g, g, channels).permute(0, 3, 1, 2)
 
-    Returns ``(H/p, W/p, D)`` float32, L2-normalised per location; overlapping windows are averaged.
+
+def fuse_windows(patches: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+    """Per-window patch features ``(windows, g, g, D)`` averaged where windows overlap: ``(rows, columns, D)``
+    float32, L2-normalised per location."""
+    patches = F.normalize(patches.float(), dim=-1)
+    depth = patches.shape[-1]
+    index = layout.token_index.to(patches.device).flatten()
+    total = torch.zeros(layout.grid[0] * layout.grid[1], depth, device=patches.device)
+    total.index_add_(0, index, patches.reshape(-1, depth))
+    total /= layout.coverage.to(patches.device)
+    return F.normalize(total, dim=-1).reshape(*layout.grid, depth)
+
+
+def sliding_window_features(encoder: DenseVisionEncoder, images: list[torch.Tensor],
+                            layouts: list[WindowLayout], batch_size: int = 0) -> list[torch.Tensor]:
+    """Dense features of normalised images ``(3, H, W)``, each already resized to its layout's ``resized``.
+
+    The patch embedding runs once per image; the windows of all images then go through the transformer
+    together, ``batch_size`` at a time (0: all in one batch). Returns one ``(H/p, W/p, D)`` float32 grid per
+    image, L2-normalised per location.
     """
-    patch = encoder.patch_size[0]
-    grid_h, grid_w = layout.resized[0] // patch, layout.resized[1] // patch
-    window_grid = layout.window // patch
-    total = None
-    counts = torch.zeros(grid_h, grid_w, 1, device=image.device)
-    origins = list(layout.origins)
-    for start in range(0, len(origins), batch_size):
-        chunk = origins[start:start + batch_size]
-        crops = torch.stack([image[:, top:top + layout.window, left:left + layout.window] for top, left in chunk])
-        _, patches = encoder(crops)
-        patches = F.normalize(patches.float(), dim=-1)
-        if total is None:
-            total = torch.zeros(grid_h, grid_w, patches.shape[-1], device=image.device)
-        for (top, left), features in zip(chunk, patches):
-            row, col = top // patch, left // patch
-            total[row:row + window_grid, col:col + window_grid] += features
-            counts[row:row + window_grid, col:col + window_grid] += 1
-    return F.normalize(total / counts.clamp(min=1), dim=-1)
+    windows = torch.cat([window_tokens(encoder.embed_patches(image[None])[0], layout)
+                         for image, layout in zip(images, layouts)])
+    chunks = windows.split(batch_size) if batch_size else (windows,)
+    patches = torch.cat([encoder.forward_patches(chunk)[1] for chunk in chunks])
+    counts = [len(layout.origins) for layout in layouts]
+    return [fuse_windows(part, layout) for part, layout in zip(patches.split(counts), layouts)]
 
 
 def native_window(encoder: DenseVisionEncoder) -> int:

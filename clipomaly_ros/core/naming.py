@@ -36,37 +36,56 @@ class RegionName:
 
 
 def mask_pooled_embedding(features: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
-    """Mean of the ``(h, w, D)`` features under a working-resolution ``(H, W)`` mask, normalised: ``(D,)``."""
+    """Mean of the ``(h, w, D)`` features under an ``(H, W)`` mask of any resolution, normalised: ``(D,)``."""
     grid_h, grid_w = features.shape[:2]
     weights = cv2.resize(mask.astype(np.float32), (grid_w, grid_h), interpolation=cv2.INTER_AREA)
     if weights.sum() <= 0:
         weights = (weights == weights.max()).astype(np.float32)
     weights_t = torch.from_numpy(weights).to(features.device)
-    pooled = (features * weights_t[..., None]).sum(dim=(0, 1))
+    pooled = (features.float() * weights_t[..., None]).sum(dim=(0, 1))
     return F.normalize(pooled, dim=-1)
 
 
-def region_crop(image: np.ndarray, region: CandidateRegion, working_size: tuple[int, int], margin: float,
-                background: float, fill: tuple[int, int, int]) -> np.ndarray:
+def resize_square(image: np.ndarray, side: int) -> np.ndarray:
+    """An RGB uint8 image resized to ``side`` x ``side``: antialiased bilinear when shrinking, bicubic when
+    enlarging, close to CLIP's own preprocessing (area and nearest filters would alias or blur)."""
+    if side * side >= image.shape[0] * image.shape[1]:
+        return cv2.resize(image, (side, side), interpolation=cv2.INTER_CUBIC)
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    return F.interpolate(tensor, size=(side, side), mode="bilinear", antialias=True)[0].permute(1, 2, 0).numpy()
+
+
+def region_crop(image: np.ndarray, region: CandidateRegion, margin: float, background: float,
+                fill: tuple[int, int, int], side: int | None = None) -> np.ndarray:
     """A square RGB crop of ``image`` around ``region`` with the background faded towards ``fill``.
 
-    ``margin`` widens the box by that fraction of its size; ``background`` is how much of the original background
-    remains (0: ``fill`` only). ``working_size`` is the resolution of ``region``.
+    ``region`` may be on a map of any resolution (its cells are scaled to the image); ``margin`` widens the box
+    by that fraction of its size; ``background`` is how much of the original background remains (0: ``fill``
+    only). With ``side`` the crop is resized to ``side`` x ``side`` pixels first (:func:`resize_square`), so its
+    cost does not grow with the region.
     """
     height, width = image.shape[:2]
-    scale_y, scale_x = height / working_size[0], width / working_size[1]
+    region_h, region_w = region.mask.shape
+    scale_y, scale_x = height / region_h, width / region_w
     x0, y0, x1, y1 = region.box
     centre_x, centre_y = (x0 + x1 + 1) / 2 * scale_x, (y0 + y1 + 1) / 2 * scale_y
-    side = max((x1 - x0 + 1) * scale_x, (y1 - y0 + 1) * scale_y) * (1 + margin)
-    side = min(side, max(height, width))
-    left = int(np.clip(round(centre_x - side / 2), 0, max(0, width - side)))
-    top = int(np.clip(round(centre_y - side / 2), 0, max(0, height - side)))
-    right, bottom = min(width, left + int(round(side))), min(height, top + int(round(side)))
-    crop = image[top:bottom, left:right].astype(np.float32)
-    mask = cv2.resize(region.mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
-    keep = mask[top:bottom, left:right, None].astype(np.float32)
-    faded = background * crop + (1 - background) * np.asarray(fill, dtype=np.float32)
-    return np.clip(keep * crop + (1 - keep) * faded, 0, 255).astype(np.uint8)
+    extent = max((x1 - x0 + 1) * scale_x, (y1 - y0 + 1) * scale_y) * (1 + margin)
+    extent = min(extent, max(height, width))
+    left = int(np.clip(round(centre_x - extent / 2), 0, max(0, width - extent)))
+    top = int(np.clip(round(centre_y - extent / 2), 0, max(0, height - extent)))
+    right, bottom = min(width, left + int(round(extent))), min(height, top + int(round(extent)))
+    crop = image[top:bottom, left:right]
+    if side is not None and crop.shape[:2] != (side, side):
+        crop = resize_square(crop, side)
+    # nearest-neighbour lookup of the region's cells for the crop's pixels only
+    rows = np.minimum(((top + (np.arange(crop.shape[0]) + 0.5) * (bottom - top) / crop.shape[0]) / scale_y)
+                      .astype(int), region_h - 1)
+    cols = np.minimum(((left + (np.arange(crop.shape[1]) + 0.5) * (right - left) / crop.shape[1]) / scale_x)
+                      .astype(int), region_w - 1)
+    keep = region.mask[rows[:, None], cols[None, :]]
+    faded = cv2.addWeighted(crop, background, np.full_like(crop, fill), 1.0 - background, 0.0)
+    np.copyto(faded, crop, where=keep[..., None])
+    return faded
 
 
 class RegionNamer:
@@ -75,14 +94,15 @@ class RegionNamer:
     def __init__(self, backend):
         self.backend = backend
 
-    def name_regions(self, image: np.ndarray, features: torch.Tensor, working_size: tuple[int, int],
-                     regions: list[CandidateRegion], vocabulary: Vocabulary, *, top_k: int, logit_scale: float,
+    def name_regions(self, image: np.ndarray, features: torch.Tensor, regions: list[CandidateRegion],
+                     vocabulary: Vocabulary, *, top_k: int, logit_scale: float,
                      crop_margin: float, crop_background: float, crop_weight: float,
                      reported: int) -> list[RegionName]:
         if not regions:
             return []
         fill = tuple(self.backend.mean_colour)
-        crops = [region_crop(image, region, working_size, crop_margin, crop_background, fill) for region in regions]
+        side = getattr(self.backend, "crop_size", None)
+        crops = [region_crop(image, region, crop_margin, crop_background, fill, side) for region in regions]
         crop_embeddings = self.backend.encode_images(crops).to(features.device)
         known = set(vocabulary.known)
         results = []

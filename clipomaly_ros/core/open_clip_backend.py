@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
@@ -17,10 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backend import DenseFeatures, ModelLoadError, resolve_device
+from .backend import BackboneClock, DenseFeatures, ModelLoadError, resolve_device
 from .config import ClipomalyConfig
-from .dense import (DenseVisionEncoder, WindowLayout, native_window, plan_windows, resize_for_layout,
-                    sliding_window_features)
+from .dense import DenseVisionEncoder, WindowLayout, native_window, plan_windows, sliding_window_features
 
 LOG = logging.getLogger(__name__)
 
@@ -51,9 +51,22 @@ def encode_text_truncated(model, tokens: torch.Tensor) -> torch.Tensor:
     return x
 
 
+BUNDLED_MODELS = ("clipomaly-tiny-vit",)
+"""Architectures shipped with the package (``data/model_configs``): a tiny ViT for smoke tests and memory soaks;
+it has no pretrained weights."""
+
+
+def register_bundled_models() -> None:
+    """Make the package's own architecture configs known to open_clip (idempotent)."""
+    import open_clip
+
+    open_clip.add_model_config(Path(str(resources.files("clipomaly_ros").joinpath("data/model_configs"))))
+
+
 def _load_open_clip_model(config: ClipomalyConfig, device: torch.device):
     import open_clip
 
+    register_bundled_models()
     precision = "fp16" if device.type == "cuda" else "fp32"
     model_name = config.model
     if model_name.startswith("local-dir:"):
@@ -114,15 +127,39 @@ class OpenClipBackend:
         self.identity = f"open_clip:{config.model}:{weights}"
         self.description = f"{config.model} ({self.weights_source}, dense {config.dense_method}) on {self.device}"
         self._text_lock = threading.Lock()
+        self.clock = BackboneClock()
+        self.crop_size = native_window(self.encoder)
+        self._mean_255 = (255.0 * self.mean).flatten().cpu()
+        self._inverse_std_255 = (1.0 / (255.0 * self.std)).flatten().cpu()
+        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}  # (slot, H, W, 3) -> reused upload buffer
 
     @property
     def mean_colour(self) -> tuple[int, int, int]:
         """The normalisation mean as an RGB uint8 colour: what a blank pixel looks like to the model."""
         return tuple(int(round(255 * float(m))) for m in self.mean.flatten())
 
-    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1).float() / 255.0
-        return ((tensor - self.mean) / self.std).to(self.dtype)
+    def _to_tensor(self, image: np.ndarray, size: tuple[int, int] | None = None, slot: int = 0) -> torch.Tensor:
+        """An RGB uint8 ``(H, W, 3)`` image on the device, resized to ``size`` (height, width) and normalised:
+        ``(3, h, w)`` in the model's dtype.
+
+        On CUDA the uint8 pixels go up through a reused pinned buffer without blocking and are resized on the
+        GPU (``slot`` tells images of one batch apart: each has its own buffer); on the CPU OpenCV resizes."""
+        if self.device.type == "cuda":
+            key = (slot, *image.shape)
+            pinned = self._pinned.get(key)
+            if pinned is None:
+                pinned = self._pinned[key] = torch.empty(image.shape, dtype=torch.uint8).pin_memory()
+            pinned.numpy()[...] = image
+            tensor = pinned.to(self.device, non_blocking=True).permute(2, 0, 1)[None].float()
+            if size is not None and tuple(size) != image.shape[:2]:
+                tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+            return ((tensor[0] / 255.0 - self.mean) / self.std).to(self.dtype)
+        if size is not None and tuple(size) != image.shape[:2]:
+            # bilinear, as the published dense-CLIP pipelines resize (mmseg's Resize); an order faster than area
+            image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        # normalised in place while the channels are innermost: one pass, no temporary
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).float()
+        return tensor.sub_(self._mean_255).mul_(self._inverse_std_255).permute(2, 0, 1).to(self.dtype)
 
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -136,16 +173,22 @@ class OpenClipBackend:
     @torch.inference_mode()
     def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         side = native_window(self.encoder)
-        batch = torch.stack([self._to_tensor(cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA))
-                             for image in images])
-        return F.normalize(self.model.encode_image(batch).float(), dim=-1)
+        batch = torch.stack([self._to_tensor(image, (side, side)) for image in images])
+        with self.clock.measure(self.device):
+            embeddings = self.model.encode_image(batch)
+        return F.normalize(embeddings.float(), dim=-1)
 
     def layout_for(self, image_size: tuple[int, int]) -> WindowLayout:
         return plan_windows(image_size, self.inference_size, self.window, self.stride, self.encoder.patch_size[0])
 
-    @torch.inference_mode()
     def dense_features(self, image: np.ndarray) -> DenseFeatures:
-        layout = self.layout_for(image.shape[:2])
-        resized = self._to_tensor(resize_for_layout(image, layout))
-        grid = sliding_window_features(self.encoder, resized, layout, self.window_batch_size)
-        return DenseFeatures(grid, layout.resized)
+        return self.dense_features_batch([image])[0]
+
+    @torch.inference_mode()
+    def dense_features_batch(self, images: Sequence[np.ndarray]) -> list[DenseFeatures]:
+        layouts = [self.layout_for(image.shape[:2]) for image in images]
+        tensors = [self._to_tensor(image, layout.resized, slot)
+                   for slot, (image, layout) in enumerate(zip(images, layouts))]
+        with self.clock.measure(self.device):
+            grids = sliding_window_features(self.encoder, tensors, layouts, self.window_batch_size)
+        return [DenseFeatures(grid, layout.resized) for grid, layout in zip(grids, layouts)]

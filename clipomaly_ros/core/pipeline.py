@@ -2,11 +2,18 @@
 
 Stages (each timed in ``SegmentationResult.timings_ms``):
 
-1. ``features``: dense image features, computed once per frame and reused by every later stage;
-2. ``unknown``: known-class probabilities, normalised entropy, candidate regions (:mod:`.unknown`);
+1. ``features``: dense image features on the patch grid, computed once per frame (one backbone pass for a
+   batch of frames) and reused by every later stage;
+2. ``unknown``: known-class logits on the grid, their statistics on a coarse map, candidate regions
+   (:mod:`.unknown`);
 3. ``naming``: a name for each region (:mod:`.naming`);
-4. ``extension``: segmentation over known + new names; pixels on a new name form the anomaly instances;
-5. ``output``: maps resized to the input resolution, anomaly records.
+4. ``extension``: segmentation over known + new names; pixels on a new name form the anomaly instances,
+   refined at the input resolution inside their boxes (:mod:`.extension`);
+5. ``output``: the anomaly records; the full-resolution maps are made only when read (:mod:`.maps`).
+
+``timings_ms`` also holds ``backbone``, the milliseconds spent inside the vision transformer (dense pass and
+naming crops), so the host's share is ``total - backbone``. Every per-frame map stays a tensor on the model's
+device until a consumer reads it.
 """
 
 from __future__ import annotations
@@ -17,18 +24,18 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 import torch
-from scipy import ndimage
 
 from .backend import VisionLanguageBackend
 from .config import LIVE_SETTINGS, ClipomalyConfig, ConfigError, load_config
 from .factory import create_backend
 from .images import check_image
-from .naming import RegionName, RegionNamer
+from .extension import extend
+from .maps import FrameMaps
+from .naming import RegionNamer
 from .results import AnomalyRecord, SegmentationResult
-from .unknown import ClassStatistics, class_statistics, find_unknown_regions, similarity_maps
+from .unknown import class_logits, class_statistics, coarse_size, find_unknown_regions, resample
 from .vocabulary import TextEmbedder, Vocabulary, VocabularyManager, default_cache_dir, read_name_list
 
 
@@ -88,10 +95,33 @@ class Clipomaly:
     # inference -------------------------------------------------------------------------------------------------
     def __call__(self, image: np.ndarray) -> SegmentationResult:
         """Segment one RGB uint8 ``(H, W, 3)`` image; see :class:`SegmentationResult` for the outputs."""
-        image = check_image(image)
+        return self.segment_batch([image])[0]
+
+    def segment_batch(self, images: Sequence[np.ndarray]) -> list[SegmentationResult]:
+        """Segment several RGB uint8 images (one per camera; sizes may differ) with one backbone pass over all
+        their windows. Each result's ``timings_ms['features']`` is the shared pass's time."""
+        images = [check_image(image) for image in images]
         config, vocabulary = self.config, self.vocabulary.current
-        timings: dict[str, float] = {}
-        start = clock = time.perf_counter()
+        clock = getattr(self.backend, "clock", None)
+        if clock is not None:
+            clock.take()
+        with torch.inference_mode():
+            start = time.perf_counter()
+            features = self.backend.dense_features_batch(images)
+            features_ms = (time.perf_counter() - start) * 1000.0
+            features_backbone_ms = clock.take() if clock is not None else 0.0
+            results = []
+            for image, frame_features in zip(images, features):
+                timings = {"features": features_ms}
+                result = self._segment(image, frame_features, config, vocabulary, timings)
+                timings["backbone"] = features_backbone_ms + (clock.take() if clock is not None else 0.0)
+                timings["total"] = (time.perf_counter() - start) * 1000.0
+                results.append(result)
+        return results
+
+    def _segment(self, image: np.ndarray, features, config: ClipomalyConfig, vocabulary: Vocabulary,
+                 timings: dict[str, float]) -> SegmentationResult:
+        clock = time.perf_counter()
 
         def lap(stage: str) -> None:
             nonlocal clock
@@ -99,117 +129,45 @@ class Clipomaly:
             timings[stage] = (now - clock) * 1000.0
             clock = now
 
-        with torch.inference_mode():
-            features = self.backend.dense_features(image)
-            lap("features")
+        output_size = image.shape[:2]
+        grid = features.grid
+        known_logits = class_logits(grid, vocabulary.known_embeddings, config.logit_scale)
+        working_cell = features.working_size[0] / grid.shape[0]
+        coarse = coarse_size(features.working_size, round(working_cell))
+        known_coarse = class_statistics(resample(known_logits, coarse))
+        cells_per_pixel = coarse[0] * coarse[1] / (output_size[0] * output_size[1])
+        cell_side = features.working_size[0] / coarse[0]
+        regions = find_unknown_regions(known_coarse.uncertainty, config.uncertainty_threshold,
+                                       max(1, math.floor(config.min_region_area * cells_per_pixel)),
+                                       config.max_regions, math.floor(config.cleanup_radius / cell_side + 0.5))
+        lap("unknown")
 
-            working = features.working_size
-            known_logits = config.logit_scale * similarity_maps(features.grid, vocabulary.known_embeddings, working)
-            known = class_statistics(known_logits)
-            del known_logits
-            uncertainty = known.uncertainty.cpu().numpy().astype(np.float32)
-            working_per_input = (working[0] * working[1]) / (image.shape[0] * image.shape[1])
-            min_area = max(1, math.ceil(config.min_region_area * working_per_input))
-            regions = find_unknown_regions(uncertainty, config.uncertainty_threshold, min_area,
-                                           config.max_regions, config.cleanup_radius)
-            lap("unknown")
+        named = self.namer.name_regions(
+            image, grid, regions, vocabulary, top_k=config.naming_top_k, logit_scale=config.logit_scale,
+            crop_margin=config.crop_margin, crop_background=config.crop_background, crop_weight=config.crop_weight,
+            reported=config.candidates_reported)
+        lap("naming")
 
-            named = self.namer.name_regions(
-                image, features.grid, working, regions, vocabulary, top_k=config.naming_top_k,
-                logit_scale=config.logit_scale, crop_margin=config.crop_margin,
-                crop_background=config.crop_background, crop_weight=config.crop_weight,
-                reported=config.candidates_reported)
-            lap("naming")
-
-            semantic, instances, names, scores = self._extend(features, known, len(vocabulary.known), named,
-                                                              min_area, config)
-            lap("extension")
-
-        result = self._finish(image.shape[:2], semantic, instances, uncertainty, vocabulary, names, scores,
-                              named, timings)
-        lap("output")
-        timings["total"] = (time.perf_counter() - start) * 1000.0
-        return result
-
-    def _extend(self, features, known: ClassStatistics, known_count: int, named: list[RegionName], min_area: int,
-                config: ClipomalyConfig):
-        """Segment over known + new names. Returns working-resolution ``semantic`` and ``instances`` (uint16),
-        the new names that kept at least one instance, and each instance's mean name probability.
-
-        The known classes' logits are not recomputed: their max, argmax and logsumexp from the unknown stage
-        are combined with the new names' logits."""
-        known_semantic = known.best_class.cpu().numpy()
         new_names: dict[str, torch.Tensor] = {}
         for verdict in named:
             if not verdict.is_known and verdict.name not in new_names:
                 new_names[verdict.name] = verdict.embedding
-        if not new_names:
-            semantic = known_semantic.astype(np.uint16)
-            return semantic, np.zeros(semantic.shape, dtype=np.uint16), [], []
-        new_logits = config.logit_scale * similarity_maps(features.grid, torch.stack(list(new_names.values())),
-                                                          features.working_size)
-        new_best_logit, new_best = new_logits.max(dim=0)
-        on_new_name = (new_best_logit > known.best_logit).cpu().numpy()
-        log_normaliser = torch.logaddexp(known.log_normaliser, torch.logsumexp(new_logits, dim=0))
-        new_best = new_best.cpu().numpy()
-        components = []
-        for offset, name in enumerate(new_names):
-            component_map, count = ndimage.label(on_new_name & (new_best == offset), structure=np.ones((3, 3)))
-            if count == 0:
-                continue
-            areas = np.bincount(component_map.ravel(), minlength=count + 1)
-            kept = [index for index in np.flatnonzero(areas >= min_area) if index]
-            if kept:
-                probability = torch.exp(new_logits[offset] - log_normaliser).cpu().numpy()
-                components += [(int(areas[i]), name, component_map == i, probability) for i in kept]
-        components.sort(key=lambda c: -c[0])
-        semantic = known_semantic.astype(np.int64)
-        instances = np.zeros(semantic.shape, dtype=np.uint16)
-        kept_names: list[str] = []
-        scores: list[float] = []
-        for instance_id, (_, name, mask, probability) in enumerate(components[:65535], start=1):
-            if name not in kept_names:
-                kept_names.append(name)
-            semantic[mask] = known_count + kept_names.index(name)
-            instances[mask] = instance_id
-            scores.append(float(probability[mask].mean()))
-        return semantic.astype(np.uint16), instances, kept_names, scores
+        embeddings = torch.stack(list(new_names.values())) if new_names else None
+        instances, kept_names = extend(grid, known_logits, known_coarse, list(new_names), embeddings, output_size,
+                                       config.logit_scale, len(vocabulary.known), config.min_region_area,
+                                       config.max_regions)
+        lap("extension")
 
-    @staticmethod
-    def _finish(input_size, semantic, instances, uncertainty, vocabulary: Vocabulary, names, scores,
-                named: list[RegionName], timings) -> SegmentationResult:
-        height, width = input_size
-        if semantic.shape != (height, width):
-            semantic = cv2.resize(semantic, (width, height), interpolation=cv2.INTER_NEAREST)
-            instances = cv2.resize(instances, (width, height), interpolation=cv2.INTER_NEAREST)
-            uncertainty = np.clip(cv2.resize(uncertainty, (width, height), interpolation=cv2.INTER_LINEAR), 0, 1)
-        known_count = len(vocabulary.known)
-        candidates_of = {}
+        candidates_of: dict[str, tuple] = {}
         for verdict in named:
             candidates_of.setdefault(verdict.name, verdict.candidates)
-        records = []
-        areas = np.bincount(instances.ravel(), minlength=len(scores) + 1)
-        present = [i for i in range(1, len(scores) + 1) if areas[i] > 0]
-        # an instance can vanish when the working maps are shrunk to a small input; ids stay consecutive
-        relabel = np.zeros(len(scores) + 1, dtype=np.uint16)
-        relabel[present] = np.arange(1, len(present) + 1)
-        instances = relabel[instances]
-        slices = ndimage.find_objects(instances.astype(np.int32))
-        ys, xs = np.indices(instances.shape, sparse=True)
-        for new_id, old_id in enumerate(present, start=1):
-            rows, cols = slices[new_id - 1]
-            mask = instances[rows, cols] == new_id
-            area = int(mask.sum())
-            centroid_y = float((ys[rows] * mask).sum() / area)
-            centroid_x = float((xs[:, cols] * mask).sum() / area)
-            label = int(np.bincount(semantic[rows, cols][mask]).argmax())
-            name = names[label - known_count] if label >= known_count else names[0]
-            records.append(AnomalyRecord(
-                id=new_id, name=name, score=scores[old_id - 1], bbox=(cols.start, rows.start, cols.stop - 1,
-                                                                       rows.stop - 1),
-                area=area, centroid=(centroid_x, centroid_y), candidates=candidates_of.get(name, ())))
-        return SegmentationResult(
-            semantic=semantic.astype(np.uint16), labels=list(vocabulary.known) + list(names),
-            anomaly_score=uncertainty.astype(np.float32), anomaly_mask=instances > 0,
-            instances=instances.astype(np.uint16), anomalies=records, known_count=known_count,
-            rejected=[verdict.name for verdict in named if verdict.is_known], timings_ms=timings)
+        records = [AnomalyRecord(id=instance.mask.id, name=instance.name, score=instance.score, bbox=instance.bbox,
+                                 area=instance.area, centroid=instance.centroid,
+                                 candidates=candidates_of.get(instance.name, ()))
+                   for instance in instances]
+        result = SegmentationResult(
+            labels=list(vocabulary.known) + kept_names, anomalies=records, known_count=len(vocabulary.known),
+            rejected=[verdict.name for verdict in named if verdict.is_known], timings_ms=timings,
+            maps=FrameMaps(known_logits, output_size, [instance.mask for instance in instances]))
+        lap("output")
+        return result

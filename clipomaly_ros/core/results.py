@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from .maps import FrameMaps
 
 
 @dataclass(frozen=True)
@@ -34,37 +36,97 @@ class AnomalyRecord:
         return record
 
 
-@dataclass
+MAP_NAMES = ("semantic", "anomaly_score", "anomaly_mask", "instances")
+
+
 class SegmentationResult:
     """Everything the pipeline says about one frame, at the input resolution (H x W).
 
-    - ``semantic``: ``(H, W)`` uint16 ids indexing ``labels``;
+    Always at hand, computed with the frame:
+
+    - ``anomalies``: one :class:`AnomalyRecord` per instance, ordered by id;
     - ``labels``: known classes first, then the names given to anomalies in this frame;
+    - ``known_count``: how many leading ``labels`` are known classes;
+    - ``rejected``: names of unknown regions whose best name was a known class (explained, not anomalies);
+    - ``timings_ms``: milliseconds per stage; ``image_size``: (H, W).
+
+    Made on the model's device the first time they are read (a consumer that wants only the records pays for
+    none of them), then kept, as numpy arrays:
+
+    - ``semantic``: ``(H, W)`` uint16 ids indexing ``labels``;
     - ``anomaly_score``: ``(H, W)`` float32 in [0, 1]: the normalised entropy of the known-class probabilities
       (0 = one known class certain, 1 = no known class preferred). It does not depend on whether a region was
       found, so it ranks pixels consistently across a dataset;
     - ``anomaly_mask``: ``(H, W)`` bool, pixels that landed on a new name;
-    - ``instances``: ``(H, W)`` uint16 anomaly instance ids, 0 = none;
-    - ``anomalies``: one :class:`AnomalyRecord` per instance, ordered by id;
-    - ``known_count``: how many leading ``labels`` are known classes;
-    - ``rejected``: names of unknown regions whose best name was a known class (explained, not anomalies);
-    - ``timings_ms``: milliseconds per stage.
+    - ``instances``: ``(H, W)`` uint16 anomaly instance ids, 0 = none.
+
+    ``computed_maps`` says which maps have been made. A result can also be built from ready arrays (tests, tools).
     """
 
-    semantic: np.ndarray
-    labels: list[str]
-    anomaly_score: np.ndarray
-    anomaly_mask: np.ndarray
-    instances: np.ndarray
-    anomalies: list[AnomalyRecord]
-    known_count: int
-    rejected: list[str] = field(default_factory=list)
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    def __init__(self, *, labels: list[str], anomalies: list[AnomalyRecord], known_count: int,
+                 rejected: list[str] | None = None, timings_ms: dict[str, float] | None = None,
+                 maps: FrameMaps | None = None, semantic: np.ndarray | None = None,
+                 anomaly_score: np.ndarray | None = None, anomaly_mask: np.ndarray | None = None,
+                 instances: np.ndarray | None = None):
+        self.labels = labels
+        self.anomalies = anomalies
+        self.known_count = known_count
+        self.rejected = rejected if rejected is not None else []
+        self.timings_ms = timings_ms if timings_ms is not None else {}
+        self._source = maps
+        given = {"semantic": semantic, "anomaly_score": anomaly_score, "anomaly_mask": anomaly_mask,
+                 "instances": instances}
+        self._arrays = {name: array for name, array in given.items() if array is not None}
+        if maps is None and not {"semantic", "anomaly_score", "instances"} <= set(self._arrays):
+            raise ValueError("give either maps or the arrays semantic, anomaly_score and instances")
+        if maps is not None:
+            self.image_size = maps.output_size
+        else:
+            self.image_size = tuple(self._arrays["semantic"].shape[:2])
+
+    def _map(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            if name == "anomaly_mask":
+                self._arrays[name] = self.instances > 0
+            else:
+                tensor = self._source.get(name)
+                dtype = np.float32 if name == "anomaly_score" else np.uint16
+                self._arrays[name] = tensor.cpu().numpy().astype(dtype, copy=False)
+        return self._arrays[name]
+
+    @property
+    def semantic(self) -> np.ndarray:
+        return self._map("semantic")
+
+    @property
+    def anomaly_score(self) -> np.ndarray:
+        return self._map("anomaly_score")
+
+    @property
+    def anomaly_mask(self) -> np.ndarray:
+        return self._map("anomaly_mask")
+
+    @property
+    def instances(self) -> np.ndarray:
+        return self._map("instances")
+
+    @property
+    def device(self):
+        """The torch device the maps are made on (CPU for a result built from arrays)."""
+        import torch
+
+        return self._source.known_logits.device if self._source is not None else torch.device("cpu")
+
+    @property
+    def computed_maps(self) -> list[str]:
+        """The maps made so far (as numpy arrays or on the device)."""
+        made = set(self._arrays) | set(self._source.computed if self._source is not None else ())
+        return sorted(made)
 
     def summary(self) -> dict:
         """JSON-ready description: labels, anomalies, timings (the maps are left out)."""
         return {
-            "image_size": {"height": int(self.semantic.shape[0]), "width": int(self.semantic.shape[1])},
+            "image_size": {"height": int(self.image_size[0]), "width": int(self.image_size[1])},
             "labels": list(self.labels),
             "known_count": self.known_count,
             "anomalies": [record.to_dict() for record in self.anomalies],

@@ -105,6 +105,12 @@ class ToyColourBackend:
         rows = [self._pixel_embeddings(image).reshape(-1, self.embed_dim).mean(0) for image in images]
         return F.normalize(torch.stack(rows), dim=-1)
 
+    clock = None  # no vision transformer
+    crop_size = 64  # the colour of a region does not need more pixels
+
+    def dense_features_batch(self, images: Sequence[np.ndarray]) -> list[DenseFeatures]:
+        return [self.dense_features(image) for image in images]
+
     def dense_features(self, image: np.ndarray) -> DenseFeatures:
         import cv2
 

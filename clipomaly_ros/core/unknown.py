@@ -1,10 +1,13 @@
 """Unknown detection: where do the known classes fail to explain the image?
 
-Per pixel, cosine similarities to the known classes' text embeddings are scaled by ``logit_scale`` and turned
+Per location, cosine similarities to the known classes' text embeddings are scaled by ``logit_scale`` and turned
 into class probabilities with a softmax; their entropy divided by ``log(K)`` is the uncertainty in [0, 1]
-(0: one class certain, 1: all equally likely). Uncertain pixels, cleaned by a morphological opening and closing,
-split into connected components; components below a minimum area are dropped and at most ``max_regions`` of
-the largest are kept.
+(0: one class certain, 1: all equally likely).
+
+Regions are found where that is cheap: on a coarse map (a few thousand cells, :func:`coarse_size`) the uncertain
+cells are thresholded and cleaned on the device (an opening and a closing by max-pooling), and only that small
+mask goes to the host for connected components. Components below a minimum area are dropped and at most
+``max_regions`` of the largest are kept.
 """
 
 from __future__ import annotations
@@ -17,18 +20,38 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+COARSE_CELL = 8
+"""Side in working pixels of a coarse cell for a ViT-B/16 (half a patch); smaller patches give smaller cells."""
+CONNECTIVITY = np.ones((3, 3), dtype=bool)
+
+
+def coarse_size(working_size: tuple[int, int], patch: int) -> tuple[int, int]:
+    """(rows, columns) of the coarse map for a working resolution: cells of ``max(4, min(8, patch / 2))`` working
+    pixels, so a 1280x720 frame at 448 working pixels gives 56 x 100 cells."""
+    cell = max(4, min(COARSE_CELL, patch // 2))
+    return max(1, math.ceil(working_size[0] / cell)), max(1, math.ceil(working_size[1] / cell))
+
+
+def class_logits(features: torch.Tensor, text_embeddings: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """``logit_scale`` x cosine similarity of every ``(h, w, D)`` feature to every ``(K, D)`` text embedding:
+    ``(K, h, w)`` float32 on the features' device."""
+    return logit_scale * torch.einsum("hwd,kd->khw", features.float(), text_embeddings.to(features.device).float())
+
 
 def similarity_maps(features: torch.Tensor, text_embeddings: torch.Tensor,
-                    working_size: tuple[int, int]) -> torch.Tensor:
-    """Cosine similarity of every location to every text embedding, at the working resolution.
+                    size: tuple[int, int]) -> torch.Tensor:
+    """Cosine similarity of every location to every text embedding, bilinearly resampled to ``size``.
 
-    ``features``: ``(h, w, D)`` normalised; ``text_embeddings``: ``(K, D)`` normalised.
-    Returns ``(K, H, W)`` float32 (bilinear upsampling of the ``(K, h, w)`` grid).
+    ``features``: ``(h, w, D)`` normalised; ``text_embeddings``: ``(K, D)`` normalised. Returns ``(K, H, W)``.
     """
-    grid = torch.einsum("hwd,kd->khw", features, text_embeddings.to(features.dtype))
-    if grid.shape[1:] == tuple(working_size):
-        return grid
-    return F.interpolate(grid[None], size=working_size, mode="bilinear", align_corners=False)[0]
+    return resample(class_logits(features, text_embeddings, 1.0), size)
+
+
+def resample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(C, h, w)`` maps bilinearly resampled to ``size`` (height, width): ``(C, H, W)``."""
+    if maps.shape[1:] == tuple(size):
+        return maps
+    return F.interpolate(maps[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
 
 
 def normalized_entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -65,38 +88,53 @@ def class_statistics(logits: torch.Tensor) -> ClassStatistics:
 
 @dataclass(frozen=True)
 class CandidateRegion:
-    """An unknown region at the working resolution: ``mask`` ``(H, W)`` bool, ``area`` in working pixels,
-    ``box`` (x_min, y_min, x_max, y_max) inclusive, in working pixels."""
+    """An unknown region on a map of some resolution (the coarse map in the pipeline): ``mask`` ``(h, w)`` bool,
+    ``area`` in cells of that map, ``box`` (x_min, y_min, x_max, y_max) inclusive, in cells."""
 
     mask: np.ndarray
     area: int
     box: tuple[int, int, int, int]
 
 
-def _disk(radius: int) -> np.ndarray:
-    y, x = np.ogrid[-radius:radius + 1, -radius:radius + 1]
-    return x * x + y * y <= radius * radius
+def clean_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Opening then closing of an ``(h, w)`` bool mask with a ``(2r+1)``-square, on the mask's device."""
+    if radius <= 0:
+        return mask
+    size = 2 * radius + 1
+
+    def dilate(m):
+        return F.max_pool2d(m[None, None].float(), size, stride=1, padding=radius)[0, 0] > 0
+
+    def erode(m):
+        return ~dilate(~m)
+
+    return erode(dilate(dilate(erode(mask))))
 
 
-def find_unknown_regions(uncertainty: np.ndarray, threshold: float, min_area: int, max_regions: int,
-                         cleanup_radius: int) -> list[CandidateRegion]:
-    """Connected regions of ``uncertainty > threshold`` (``(H, W)`` float), largest first.
-
-    ``min_area`` is in pixels of ``uncertainty``; ``cleanup_radius`` 0 skips the opening and closing.
-    """
-    mask = uncertainty > threshold
-    if cleanup_radius > 0 and mask.any():
-        structure = _disk(cleanup_radius)
-        mask = ndimage.binary_closing(ndimage.binary_opening(mask, structure), structure)
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+def connected_regions(mask: np.ndarray, min_area: int, max_regions: int) -> list[CandidateRegion]:
+    """8-connected components of an ``(h, w)`` bool mask with at least ``min_area`` cells, largest first, at most
+    ``max_regions``."""
+    labels, count = ndimage.label(mask, structure=CONNECTIVITY)
     if count == 0:
         return []
     areas = np.bincount(labels.ravel(), minlength=count + 1)
     order = [index for index in np.argsort(-areas[1:], kind="stable") + 1 if areas[index] >= min_area]
-    regions = []
     slices = ndimage.find_objects(labels)
+    regions = []
     for index in order[:max_regions]:
         rows, cols = slices[index - 1]
         regions.append(CandidateRegion(mask=labels == index, area=int(areas[index]),
                                        box=(cols.start, rows.start, cols.stop - 1, rows.stop - 1)))
     return regions
+
+
+def find_unknown_regions(uncertainty: torch.Tensor | np.ndarray, threshold: float, min_area: int,
+                         max_regions: int, cleanup_radius: int) -> list[CandidateRegion]:
+    """Connected regions of ``uncertainty > threshold`` (``(h, w)``, tensor or array), largest first.
+
+    ``min_area`` is in cells of ``uncertainty``; ``cleanup_radius`` (cells) 0 skips the opening and closing.
+    Thresholding and clean-up run on the tensor's device; only the bool mask goes to the host.
+    """
+    uncertainty = torch.as_tensor(uncertainty)
+    mask = clean_mask(uncertainty > threshold, cleanup_radius)
+    return connected_regions(mask.cpu().numpy(), min_area, max_regions)

@@ -11,6 +11,7 @@ in ``step``; compressed images in jpeg or png.
 
 from __future__ import annotations
 
+import array as pyarray
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -114,13 +115,16 @@ class MessageFactory:
 
     ``types`` maps names such as ``"sensor_msgs/msg/Image"`` to classes that accept every field as a keyword
     (rclpy message classes, rosbags dataclasses). ``byte_array`` adapts a uint8 numpy array to what the classes
-    store for ``uint8[]`` (``bytes`` for rclpy, the array itself for rosbags).
+    store for ``uint8[]`` (:func:`uint8_array` for rclpy, the array itself for rosbags); ``image_options`` are
+    extra keywords for the Image class (rclpy: ``check_fields=True``, which keeps an ``array.array`` as it is
+    instead of copying it again).
     """
 
     def __init__(self, types: Callable[[str], Any] | Mapping[str, Any],
-                 byte_array: Callable[[np.ndarray], Any] = lambda a: a):
+                 byte_array: Callable[[np.ndarray], Any] = lambda a: a, image_options: Mapping[str, Any] = {}):
         self._types = types
         self.byte_array = byte_array
+        self.image_options = dict(image_options)
 
     def type(self, name: str) -> Any:
         return self._types(name) if callable(self._types) else self._types[name]
@@ -133,7 +137,8 @@ class MessageFactory:
         fields = array_to_image_fields(array, encoding)
         return self.type("sensor_msgs/msg/Image")(
             header=header, height=fields.height, width=fields.width, encoding=fields.encoding,
-            is_bigendian=fields.is_bigendian, step=fields.step, data=self.byte_array(fields.data))
+            is_bigendian=fields.is_bigendian, step=fields.step, data=self.byte_array(fields.data),
+            **self.image_options)
 
     def detections(self, header: Any, result: SegmentationResult) -> Any:
         """``vision_msgs/Detection2DArray``: one detection per anomaly, ``id`` = its instance id."""
@@ -164,16 +169,27 @@ class MessageFactory:
         class_map = [vision_class(class_id=index, class_name=name) for index, name in enumerate(labels)]
         return self.type("vision_msgs/msg/LabelInfo")(header=header, class_map=class_map, threshold=float(threshold))
 
-    def result_messages(self, header: Any, result: SegmentationResult, threshold: float) -> dict[str, Any]:
-        """Every per-frame output of the node except the pictures (:data:`ON_DEMAND_OUTPUTS`), keyed by relative
-        topic name."""
-        return {
-            "anomalies": self.detections(header, result),
-            "semantic": self.image(header, result.semantic, "mono16"),
-            "anomaly_score": self.image(header, result.anomaly_score, "32FC1"),
-            "anomaly_mask": self.image(header, result.anomaly_mask.astype(np.uint8) * 255, "mono8"),
-            "anomaly_instances": self.image(header, result.instances, "mono16"),
+    def result_messages(self, header: Any, result: SegmentationResult,
+                        wanted=("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances")) -> dict[str, Any]:
+        """``anomalies`` and the image outputs named in ``wanted`` (the pictures excepted, see
+        :func:`picture_messages`), keyed by relative topic name. Maps not wanted are never computed."""
+        build = {
+            "semantic": lambda: self.image(header, result.semantic, "mono16"),
+            "anomaly_score": lambda: self.image(header, result.anomaly_score, "32FC1"),
+            "anomaly_mask": lambda: self.image(header, result.anomaly_mask.view(np.uint8) * np.uint8(255), "mono8"),
+            "anomaly_instances": lambda: self.image(header, result.instances, "mono16"),
         }
+        messages = {"anomalies": self.detections(header, result)}
+        messages.update({name: make() for name, make in build.items() if name in wanted})
+        return messages
+
+
+def uint8_array(array: np.ndarray) -> pyarray.array:
+    """The bytes of a contiguous numpy array as the ``array.array('B')`` that rclpy keeps for ``uint8[]``: the
+    one copy message building makes."""
+    data = pyarray.array("B")
+    data.frombytes(memoryview(array).cast("B"))
+    return data
 
 
 OUTPUT_TYPES = {

@@ -1,12 +1,19 @@
-"""``clipomaly bench``: what each stage costs on this machine.
+"""``clipomaly bench``: what each stage costs on this machine, in one run on the same frames.
 
-Random weights by default: the cost of a forward pass does not depend on the weights' values. The floor no
-pipeline can beat is the bare backbone (open_clip's unchanged ``visual`` forward) on the same sliding windows; the
-report gives the pipeline's time over that floor, measured in the same run.
+Random weights by default: the cost of a forward pass does not depend on the weights' values. Reported:
+
+- the median milliseconds of every pipeline stage, the time spent inside the vision transformer (``backbone``:
+  patch embedding, blocks, projection, for the dense pass and the naming crops), and the host's share of a frame
+  outside it (``total - backbone``);
+- the node's conversion and publish cost per frame with only ``anomalies`` subscribed and with every image output
+  subscribed (real rclpy publishers when ROS 2 is installed, else message building and CDR serialisation);
+- end-to-end frames per second for 1 camera and for ``cameras`` cameras batched through one model;
+- resident memory after the first and the last frame of a long run with a small model (``soak_frames``).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import resource
 import time
@@ -17,11 +24,11 @@ import numpy as np
 import torch
 
 from ..core.config import ClipomalyConfig
-from ..core.dense import resize_for_layout
 from ..core.scenes import render_street_scene
 
 NEW_NAMES = ("lost luggage", "fallen ladder", "loose tarp", "stray goat", "broken pallet", "spilled gravel",
              "lost hubcap", "dropped helmet", "runaway trolley", "abandoned sofa")
+SOAK_MODEL = "clipomaly-tiny-vit"
 
 
 def _resident_mb() -> float:
@@ -34,72 +41,140 @@ def _synchronize(device) -> None:
         torch.cuda.synchronize()
 
 
-def backbone_runner(backend, image: np.ndarray):
-    """A function timing one unchanged ``visual`` forward over the pipeline's windows for ``image`` (ms)."""
-    layout = backend.layout_for(image.shape[:2])
-    tensor = backend._to_tensor(resize_for_layout(image, layout))
-    windows = torch.stack([tensor[:, top:top + layout.window, left:left + layout.window]
-                           for top, left in layout.origins])
+def street_frame(size: tuple[int, int], planted: str = "mattress") -> np.ndarray:
+    """The synthetic street scene at ``size`` = (width, height)."""
+    image, _ = render_street_scene(360, 640, planted=planted)
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
 
-    @torch.inference_mode()
-    def run() -> float:
-        _synchronize(backend.device)
+
+class NodeOutputs:
+    """The node's per-camera publishing (:class:`~clipomaly_ros.ros.camera.CameraStream`) on real rclpy
+    publishers, with image subscribers switched on or off; ``None`` where ROS 2 is not installed."""
+
+    def __init__(self):
+        import rclpy
+
+        from ..ros.camera import IMAGE_OUTPUTS, CameraStream
+        from ..ros.messages import OUTPUT_TYPES, MessageFactory, uint8_array
+        from ..ros.node import ros_type
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(args=[], context=self.context)
+        self.node = rclpy.create_node("clipomaly_bench", context=self.context)
+        self.listener = rclpy.create_node("clipomaly_bench_listener", context=self.context)
+        publishers = {topic: self.node.create_publisher(ros_type(kind), f"bench/{topic}", 5)
+                      for topic, kind in OUTPUT_TYPES.items()}
+        factory = MessageFactory(ros_type, byte_array=uint8_array, image_options={"check_fields": True})
+        self.camera = CameraStream("bench", publishers, factory)
+        self.header = factory.header(1, 0, "camera")
+        self._kinds = {topic: ros_type(OUTPUT_TYPES[topic]) for topic in IMAGE_OUTPUTS}
+        self._subscriptions = []
+
+    def subscribe_images(self, on: bool) -> None:
+        for subscription in self._subscriptions:
+            self.listener.destroy_subscription(subscription)
+        self._subscriptions = [self.listener.create_subscription(kind, f"bench/{topic}", lambda _: None, 5)
+                               for topic, kind in self._kinds.items()] if on else []
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and len(self.camera.wanted_outputs(True)) != len(self._subscriptions):
+            time.sleep(0.05)
+
+    def publish_ms(self, image: np.ndarray, result) -> float:
         start = time.perf_counter()
-        for chunk in windows.split(backend.window_batch_size):
-            backend.model.visual(chunk)
-        _synchronize(backend.device)
+        self.camera.publish(self.header, image, result, 0.5, True)
         return (time.perf_counter() - start) * 1000.0
 
-    return run
+    def close(self) -> None:
+        self.listener.destroy_node()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
 
 
-def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, log=print) -> dict:
+@functools.lru_cache(maxsize=1)
+def _offline_store():
+    from ..ros.bags import typestore_with_vision_msgs
+
+    return typestore_with_vision_msgs()
+
+
+def _offline_publish_ms(image, result, all_outputs: bool) -> float:
+    """Message building and CDR serialisation with rosbags, where rclpy is absent."""
+    from ..ros.camera import IMAGE_OUTPUTS
+    from ..ros.messages import OUTPUT_TYPES, MessageFactory, picture_messages
+
+    store = _offline_store()
+    factory = MessageFactory(store.types)
+    header = factory.header(1, 0, "camera")
+    wanted = IMAGE_OUTPUTS if all_outputs else ()
+    start = time.perf_counter()
+    messages = factory.result_messages(header, result, wanted)
+    messages.update(picture_messages(factory, header, image, result, wanted))
+    for topic, message in messages.items():
+        store.serialize_cdr(message, OUTPUT_TYPES[topic])
+    return (time.perf_counter() - start) * 1000.0
+
+
+def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, cameras: int = 4,
+              soak_frames: int = 1000, log=print) -> dict:
     """Measure the pipeline on a ``size`` = (width, height) street scene over ``frames`` frames."""
     from ..core.pipeline import Clipomaly
-    from ..ros.messages import MessageFactory
-    from ..ros.bags import typestore_with_vision_msgs
-    from ..core.overlay import render_overlay
+    from ..core.vocabulary import TextEmbedder
 
-    width, height = size
-    image, _ = render_street_scene(360, 640, planted="mattress")
-    image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    image = street_frame(size)
     started = time.perf_counter()
     pipeline = Clipomaly(config)
     load_s = time.perf_counter() - started
     device = getattr(pipeline.backend, "device", torch.device("cpu"))
+    clock = getattr(pipeline.backend, "clock", None)
+    if clock is not None:
+        clock.synchronize = True  # the device's time, not only the host's share of launching it
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     pipeline(image)  # warm-up
-    store = typestore_with_vision_msgs()
-    factory = MessageFactory(store.types)
-    header = factory.header(1, 0, "camera")
+    try:
+        node = NodeOutputs()
+    except ImportError:
+        node = None
+        log("ROS 2 (rclpy) is not installed: node-side cost is message building and CDR serialisation only")
+
     stages: dict[str, list[float]] = {}
-    resident = []
-    # the backbone is timed between the frames, so both see the same machine state (clock, other load)
-    backbone = backbone_runner(pipeline.backend, image) if hasattr(pipeline.backend, "model") else None
-    if backbone is not None:
-        backbone()
     for _ in range(frames):
-        if backbone is not None:
-            stages.setdefault("backbone", []).append(backbone())
         _synchronize(device)
         result = pipeline(image)
         _synchronize(device)
         for stage, ms in result.timings_ms.items():
             stages.setdefault(stage, []).append(ms)
-        start = time.perf_counter()
-        messages = factory.result_messages(header, result, config.uncertainty_threshold)
-        for name, message in messages.items():
-            store.serialize_cdr(message, message.__msgtype__)
-        stages.setdefault("messages", []).append((time.perf_counter() - start) * 1000.0)
-        start = time.perf_counter()
-        render_overlay(image, result)
-        stages.setdefault("overlay", []).append((time.perf_counter() - start) * 1000.0)
-        gc.collect()
-        resident.append(_resident_mb())
+        stages.setdefault("host", []).append(result.timings_ms["total"] - result.timings_ms["backbone"])
+    # node-side cost: fresh results each time, so a map that is not wanted is never computed
+    publish = {"anomalies only": [], "every image output": []}
+    for label, images_on in (("anomalies only", False), ("every image output", True)):
+        if node is not None:
+            node.subscribe_images(images_on)
+        for _ in range(max(2, min(frames, 5))):
+            result = pipeline(image)
+            publish[label].append(node.publish_ms(image, result) if node is not None
+                                  else _offline_publish_ms(image, result, images_on))
+    if node is not None:
+        node.subscribe_images(False)
 
-    # text: the known classes from scratch (no cache), then a live change of 10 new names
-    from ..core.vocabulary import TextEmbedder
+    # end to end: one camera, then several cameras through one model (their frames batched)
+    end_to_end = {}
+    for count in sorted({1, cameras}):
+        times = []
+        for _ in range(max(2, min(frames, 3))):
+            start = time.perf_counter()
+            results = pipeline.segment_batch([image] * count)
+            for result in results:
+                if node is not None:
+                    node.publish_ms(image, result)
+                else:
+                    _offline_publish_ms(image, result, False)
+            _synchronize(device)
+            times.append(time.perf_counter() - start)
+        end_to_end[count] = count / median(times)
+    if node is not None:
+        node.close()
 
     start = time.perf_counter()
     TextEmbedder(pipeline.backend, config.prompt_templates).embed(list(config.known_classes))
@@ -110,47 +185,77 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, log=p
 
     report = {
         "device": str(device), "backend": getattr(pipeline.backend, "description", config.backend),
-        "size": f"{width}x{height}", "frames": frames, "model_load_s": round(load_s, 2),
+        "size": f"{size[0]}x{size[1]}", "frames": frames, "model_load_s": round(load_s, 2),
         "stage_ms": {stage: round(median(values), 2) for stage, values in stages.items()},
-        "fps": round(1000.0 / median(stages["total"]), 3),
+        "host_ms_outside_backbone": round(median(stages["host"]), 2),
+        "node_publish_ms": {label: round(median(values), 2) for label, values in publish.items()},
+        "node_publish_with": "rclpy" if node is not None else "rosbags CDR (no ROS runtime)",
+        "fps": {f"{count} camera{'s' if count > 1 else ''}": round(fps, 3) for count, fps in end_to_end.items()},
         "text_known_classes_ms": round(known_text_ms, 1),
         "vocabulary_change_10_names_ms": round(vocabulary_change_ms, 1),
-        "resident_mb_first": round(resident[0], 1), "resident_mb_last": round(resident[-1], 1),
-        "resident_mb_growth_per_frame": round((resident[-1] - resident[0]) / max(1, frames - 1), 3),
-        "peak_resident_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    if torch.device(device).type == "cuda":
-        report["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    if backbone is not None:
+    if clock is not None:
         layout = pipeline.backend.layout_for(image.shape[:2])
-        backbone_ms = median(stages["backbone"])
         report["windows"] = len(layout.origins)
         report["working_size"] = f"{layout.resized[1]}x{layout.resized[0]}"
-        report["backbone_ms"] = round(backbone_ms, 2)
-        report["pipeline_over_backbone"] = round(median(stages["total"]) / backbone_ms, 3)
-        report["features_over_backbone"] = round(median(stages["features"]) / backbone_ms, 3)
+        report["backbone_ms"] = report["stage_ms"]["backbone"]
+    if torch.device(device).type == "cuda":
+        report["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    del pipeline
+    if soak_frames:
+        report["memory"] = soak(config, size, soak_frames, log)
+    report["peak_resident_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return report
+
+
+def soak(config: ClipomalyConfig, size: tuple[int, int], frames: int, log=print) -> dict:
+    """Resident memory after frame 1 and after frame ``frames`` of a small model (the bundled tiny ViT, or the
+    toy backend when that is the configured one), every map and message built each frame."""
+    from tqdm import tqdm
+
+    from ..core.pipeline import Clipomaly
+
+    small = config if config.backend == "toy" else config.replace(model=SOAK_MODEL, random_weights=True,
+                                                                   checkpoint="")
+    pipeline = Clipomaly(small)
+    scenes = [street_frame(size, planted) for planted in ("mattress", "tire", "deer", None)]
+    resident = []
+    for index in tqdm(range(frames), desc=f"memory soak ({small.model if small.backend != 'toy' else 'toy'})",
+                      unit="frame", leave=False):
+        image = scenes[index % len(scenes)]
+        result = pipeline(image)
+        _offline_publish_ms(image, result, True)
+        if index == 0 or index == frames - 1:
+            gc.collect()
+            resident.append(_resident_mb())
+    return {"model": "toy" if small.backend == "toy" else SOAK_MODEL, "frames": frames,
+            "resident_mb_first": round(resident[0], 1), "resident_mb_last": round(resident[-1], 1),
+            "growth_mb": round(resident[-1] - resident[0], 1)}
 
 
 def format_bench(report: dict) -> str:
     lines = [f"clipomaly bench: {report['backend']}; {report['size']} input"
              + (f", working {report['working_size']}, {report['windows']} windows" if "windows" in report else "")
-             + f"; median of {report['frames']} frames", "", f"{'stage':<34}{'ms':>10}", "-" * 44]
+             + f"; median of {report['frames']} frames", "", f"{'stage':<44}{'ms':>10}", "-" * 54]
     names = {"features": "dense image features", "unknown": "unknown detection", "naming": "naming",
-             "extension": "final segmentation (extension)", "output": "results at input resolution",
-             "total": "pipeline total", "messages": "message conversion (+CDR)", "overlay": "overlay drawing"}
+             "extension": "final segmentation (extension)", "output": "results (records; maps are lazy)",
+             "total": "pipeline total", "backbone": "  of which inside the vision transformer"}
     for stage, label in names.items():
         if stage in report["stage_ms"]:
-            lines.append(f"{label:<34}{report['stage_ms'][stage]:>10.1f}")
-    lines.append(f"{'text: known classes, uncached':<34}{report['text_known_classes_ms']:>10.1f}")
-    lines.append(f"{'live vocabulary change, 10 names':<34}{report['vocabulary_change_10_names_ms']:>10.1f}")
-    if "backbone_ms" in report:
-        lines += [f"{'bare backbone, same windows':<34}{report['backbone_ms']:>10.1f}", "",
-                  f"pipeline / backbone: {report['pipeline_over_backbone']:.3f}   "
-                  f"dense features / backbone: {report['features_over_backbone']:.3f}"]
-    lines += [f"end to end: {report['fps']:.3f} frames/s",
-              f"memory: resident {report['resident_mb_first']:.0f} MB after the first frame, "
-              f"{report['resident_mb_last']:.0f} MB after the last ({report['resident_mb_growth_per_frame']:+.2f} "
-              f"MB/frame); peak {report['peak_resident_mb']:.0f} MB"
-              + (f"; GPU peak {report['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in report else "")]
+            lines.append(f"{label:<44}{report['stage_ms'][stage]:>10.1f}")
+    lines.append(f"{'host time outside the backbone':<44}{report['host_ms_outside_backbone']:>10.1f}")
+    for label, ms in report["node_publish_ms"].items():
+        lines.append(f"{'node conversion + publish, ' + label:<44}{ms:>10.1f}")
+    lines.append(f"{'text: known classes, uncached':<44}{report['text_known_classes_ms']:>10.1f}")
+    lines.append(f"{'live vocabulary change, 10 names':<44}{report['vocabulary_change_10_names_ms']:>10.1f}")
+    lines += ["", f"node cost measured with {report['node_publish_with']}",
+              "end to end (pipeline + anomalies published): "
+              + ", ".join(f"{label}: {fps:.3f} frames/s" for label, fps in report["fps"].items())]
+    if "memory" in report:
+        memory = report["memory"]
+        lines.append(f"memory ({memory['model']}, {memory['frames']} frames): resident {memory['resident_mb_first']:.0f} "
+                     f"MB after frame 1, {memory['resident_mb_last']:.0f} MB after frame {memory['frames']} "
+                     f"({memory['growth_mb']:+.1f} MB)")
+    lines.append(f"peak resident {report['peak_resident_mb']:.0f} MB"
+                 + (f"; GPU peak {report['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in report else ""))
     return "\n".join(lines)

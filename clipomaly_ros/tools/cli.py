@@ -290,7 +290,9 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ValueError("--frames must be at least 2")
     random_weights = None if (args.checkpoint or args.pretrained) else True
     config = config_from_args(args, random_weights=random_weights, dense_method=args.dense_method)
-    report = run_bench(config, (width, height), args.frames)
+    if args.cameras < 1 or args.soak_frames < 0:
+        raise ValueError("--cameras must be at least 1 and --soak-frames at least 0")
+    report = run_bench(config, (width, height), args.frames, cameras=args.cameras, soak_frames=args.soak_frames)
     print(format_bench(report))
     write_json(args.json, report)
     return 0
@@ -304,6 +306,10 @@ def bench(subparsers) -> None:
     parser.add_argument("--size", default="1280x720", help="input size WIDTHxHEIGHT (default 1280x720)")
     parser.add_argument("--frames", type=int, default=5, help="frames to time (default 5)")
     parser.add_argument("--dense-method", help="clearclip, naclip, sclip, maskclip or none")
+    parser.add_argument("--cameras", type=int, default=4, help="cameras batched through one model for the "
+                                                              "multi-camera rate (default 4)")
+    parser.add_argument("--soak-frames", type=int, default=1000, help="frames of the memory soak with a small "
+                                                                      "model (default 1000; 0 skips it)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     add_model_options(parser)
     parser.set_defaults(run=run_bench)
@@ -328,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if not args.verbose:  # libraries (open_clip) say only what went wrong; our own loggers say what they do
+        logging.getLogger().handlers[0].addFilter(
+            lambda record: record.levelno >= logging.WARNING or record.name.startswith("clipomaly"))
     from ..core.backend import ModelLoadError
     from ..core.vocabulary import VocabularyError
     from ..ros.bags import BagError

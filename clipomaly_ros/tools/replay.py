@@ -83,7 +83,7 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
                 summary.processed += 1
                 summary.milliseconds.append(result.timings_ms["total"])
                 header = message.header
-                messages = factory.result_messages(header, result, threshold)
+                messages = factory.result_messages(header, result)
                 if (tuple(result.labels), result.known_count) != published_labels:
                     messages["label_info"] = factory.label_info(header, result.labels, threshold)
                     published_labels = (tuple(result.labels), result.known_count)

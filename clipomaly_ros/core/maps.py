@@ -1,0 +1,99 @@
+"""A frame's maps at the output resolution, computed on the device from patch-grid logits, and only when asked for.
+
+The pipeline decides everything it can on the patch grid and on a coarse map; full-resolution pixels are touched
+only along each anomaly's edge (:func:`sample_points`), and the whole-image maps (``semantic``,
+``anomaly_score``, ``instances``) are made by :class:`FrameMaps` the first time a consumer asks for them. Both
+paths resample the grid logits bilinearly as ``F.interpolate(..., mode="bilinear", align_corners=False)`` does.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from .unknown import class_statistics, resample
+
+Box = tuple[int, int, int, int]
+"""(y0, y1, x0, x1) in output pixels, half-open."""
+
+
+def sample_points(grid_maps: torch.Tensor, output_size: tuple[int, int], ys: torch.Tensor,
+                  xs: torch.Tensor) -> torch.Tensor:
+    """``(C, h, w)`` maps bilinearly resampled to ``output_size`` (H, W), but only at the pixels (``ys``,
+    ``xs``) (int tensors of P coordinates): ``(C, P)``. Costs what those pixels cost, not what the image's do."""
+    _, height, width = grid_maps.shape
+
+    def source(coordinates, out_length, in_length):
+        position = ((coordinates.float() + 0.5) * (in_length / out_length) - 0.5).clamp(min=0.0)
+        lower = position.floor().long().clamp(max=in_length - 1)
+        return lower, (lower + 1).clamp(max=in_length - 1), position - lower
+
+    top, bottom, down = source(ys.to(grid_maps.device), output_size[0], height)
+    left, right, across = source(xs.to(grid_maps.device), output_size[1], width)
+    return ((grid_maps[:, top, left] * (1 - across) + grid_maps[:, top, right] * across) * (1 - down)
+            + (grid_maps[:, bottom, left] * (1 - across) + grid_maps[:, bottom, right] * across) * down)
+
+
+@dataclass(frozen=True)
+class InstanceMask:
+    """One anomaly instance at the output resolution: ``id`` (its value in the instance map), ``label`` (its
+    index into the frame's labels), ``box`` (y0, y1, x0, x1) and ``mask`` ``(y1 - y0, x1 - x0)`` bool on the
+    device."""
+
+    id: int
+    label: int
+    box: Box
+    mask: torch.Tensor
+
+
+class FrameMaps:
+    """The whole-image maps of one frame, each made on the device on first request and kept.
+
+    ``known_logits``: ``(K, h, w)`` grid logits of the known classes; ``output_size``: (H, W) in pixels;
+    ``instances``: the anomaly instances, which overwrite the known classes in ``semantic``. Thread-safe.
+    """
+
+    def __init__(self, known_logits: torch.Tensor, output_size: tuple[int, int], instances: list[InstanceMask]):
+        self.known_logits = known_logits
+        self.output_size = tuple(output_size)
+        self.instance_masks = instances
+        self._maps: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> torch.Tensor:
+        """``semantic`` ``(H, W)`` int32 label ids, ``anomaly_score`` ``(H, W)`` float32 in [0, 1], or
+        ``instances`` ``(H, W)`` int32 instance ids (0 = none), on the device."""
+        with self._lock:
+            if name not in self._maps:
+                if name in ("semantic", "anomaly_score"):
+                    self._known_maps()
+                elif name == "instances":
+                    self._maps["instances"] = self._instance_map()
+                else:
+                    raise KeyError(f"no map named {name!r}: semantic, anomaly_score or instances")
+            return self._maps[name]
+
+    @property
+    def computed(self) -> list[str]:
+        """The maps made so far."""
+        with self._lock:
+            return sorted(self._maps)
+
+    def _known_maps(self) -> None:
+        # one full-resolution pass gives both maps; the (K, H, W) logits are freed right after
+        statistics = class_statistics(resample(self.known_logits, self.output_size))
+        semantic = statistics.best_class.int()
+        for instance in self.instance_masks:
+            y0, y1, x0, x1 = instance.box
+            semantic[y0:y1, x0:x1][instance.mask] = instance.label
+        self._maps.setdefault("semantic", semantic)
+        self._maps.setdefault("anomaly_score", statistics.uncertainty.float())
+
+    def _instance_map(self) -> torch.Tensor:
+        instances = torch.zeros(self.output_size, dtype=torch.int32, device=self.known_logits.device)
+        for instance in self.instance_masks:
+            y0, y1, x0, x1 = instance.box
+            instances[y0:y1, x0:x1][instance.mask] = instance.id
+        return instances

@@ -1,0 +1,164 @@
+"""One camera served by the node: its input, its newest waiting frame, its counters and its outputs.
+
+Needs rclpy only through the publishers and subscription the node hands in; the logic here (which outputs to
+build, what to count) is plain Python.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .messages import ON_DEMAND_OUTPUTS, ImageConversionError, MessageFactory, picture_messages
+
+IMAGE_OUTPUTS = ("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances") + ON_DEMAND_OUTPUTS
+"""Outputs that are images: each is computed and published only while it has a subscriber."""
+
+
+@dataclass
+class CameraCounters:
+    """What happened to one camera's frames. ``received`` always equals ``processed + dropped + bad_inputs +
+    failed + skipped_paused`` plus the frame (at most one) waiting or in work. Guarded by the camera's lock."""
+
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    bad_inputs: int = 0
+    failed: int = 0
+    skipped_paused: int = 0
+    frames_with_maps: int = 0
+    published: collections.Counter = field(default_factory=collections.Counter)
+    processing_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
+    latency_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
+    processed_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
+
+
+def mean_and_p95(values) -> tuple[float, float]:
+    if not values:
+        return 0.0, 0.0
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(np.percentile(array, 95))
+
+
+class CameraStream:
+    """One camera: ``name`` ("" for a node serving a single camera), the ``prefix`` of its topics ("" or
+    ``name + "/"``), ``publishers`` (relative output topic -> publisher, ``label_info`` included) and its
+    counters. ``publish`` sends one frame's outputs, building only those that have subscribers."""
+
+    def __init__(self, name: str, publishers: dict[str, Any], factory: MessageFactory):
+        self.name = name
+        self.prefix = f"{name}/" if name else ""
+        self.publishers = publishers
+        self.factory = factory
+        self.counters = CameraCounters()
+        self.lock = threading.Lock()
+        self._published_labels: tuple | None = None
+
+    def wanted_outputs(self, overlay_allowed: bool) -> list[str]:
+        """The image outputs that someone subscribes to now."""
+        return [name for name in IMAGE_OUTPUTS if self.publishers[name].get_subscription_count() > 0
+                and (overlay_allowed or name != "overlay")]
+
+    def publish(self, header: Any, image: np.ndarray, result, threshold: float, overlay_allowed: bool) -> None:
+        """``anomalies`` (always), ``label_info`` (when the mapping changed) and the wanted image outputs."""
+        wanted = self.wanted_outputs(overlay_allowed)
+        # republished when an id's name changes, and when the vocabulary changed (a name moved between known
+        # classes and anomalies even if the list reads the same)
+        labels = (tuple(result.labels), result.known_count)
+        messages = self.factory.result_messages(header, result, wanted)
+        messages.update(picture_messages(self.factory, header, image, result, wanted))
+        if labels != self._published_labels:
+            messages["label_info"] = self.factory.label_info(header, result.labels, threshold)
+            self._published_labels = labels
+        for topic, message in messages.items():
+            self.publishers[topic].publish(message)
+        with self.lock:
+            self.counters.published.update(list(messages))
+            if result.computed_maps:
+                self.counters.frames_with_maps += 1
+
+    def count(self, what: str, amount: int = 1) -> None:
+        with self.lock:
+            setattr(self.counters, what, getattr(self.counters, what) + amount)
+
+    def record_processed(self, processing_ms: float, latency_ms: float) -> None:
+        with self.lock:
+            counters = self.counters
+            counters.processed += 1
+            counters.processing_ms.append(processing_ms)
+            counters.latency_ms.append(latency_ms)
+            counters.processed_times.append(time.monotonic())
+
+    def report(self) -> dict[str, Any]:
+        """The camera's figures for /diagnostics: counters, rate over the last 5 s, and mean and p95 of the
+        processing time and of the input-to-output latency (ms)."""
+        with self.lock:
+            counters = self.counters
+            now = time.monotonic()
+            recent = [t for t in counters.processed_times if now - t <= 5.0]
+            fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+            processing, processing_p95 = mean_and_p95(counters.processing_ms)
+            latency, latency_p95 = mean_and_p95(counters.latency_ms)
+            report = {
+                "frames received": counters.received, "frames processed": counters.processed,
+                "frames dropped": counters.dropped, "bad inputs": counters.bad_inputs,
+                "failed frames": counters.failed, "frames skipped while paused": counters.skipped_paused,
+                "processed fps": f"{fps:.2f}", "processing ms": f"{processing:.1f}",
+                "processing ms p95": f"{processing_p95:.1f}", "input to output latency ms": f"{latency:.1f}",
+                "input to output latency ms p95": f"{latency_p95:.1f}",
+                "frames with full-resolution maps": counters.frames_with_maps,
+            }
+            report.update({f"published {topic}": count for topic, count in sorted(counters.published.items())})
+            return report
+
+
+class LatestFrames:
+    """One slot per camera holding its newest waiting frame; the worker takes every waiting frame at once, so
+    frames of several cameras go through the backbone together."""
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._items: dict[str, Any] = {}
+        self._closed = False
+
+    def put(self, camera: str, item) -> bool:
+        """Store ``item`` for ``camera``; True when it replaced a frame that was still waiting."""
+        with self._condition:
+            replaced = camera in self._items
+            self._items[camera] = item
+            self._condition.notify()
+            return replaced
+
+    def take_all(self, timeout: float) -> dict[str, Any]:
+        """Every waiting frame by camera (empty after ``timeout`` seconds without one, or when closed)."""
+        with self._condition:
+            if not self._items and not self._closed:
+                self._condition.wait(timeout)
+            items, self._items = self._items, {}
+            return items
+
+    def clear(self) -> list[str]:
+        """Drop every waiting frame; returns the cameras that had one."""
+        with self._condition:
+            cameras, self._items = list(self._items), {}
+            return cameras
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+
+def decode_frame(decode: Callable[[Any], np.ndarray], message: Any) -> np.ndarray:
+    """``decode(message)``; any failure of the decoder is a bad input, raised as :class:`ImageConversionError`."""
+    try:
+        return decode(message)
+    except ImageConversionError:
+        raise
+    except Exception as error:  # a decoder must not take the node down, whatever the bytes hold
+        raise ImageConversionError(f"{type(error).__name__}: {error}") from error

@@ -1,25 +1,34 @@
-from glob import glob
+import os
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = "clipomaly_ros"
+# colcon may run this file from another folder (--symlink-install does): every path is found from here
+HERE = Path(__file__).resolve().parent
+
+
+def files(pattern: str) -> list[str]:
+    """The package's files matching ``pattern``, as paths relative to the working directory."""
+    return sorted(os.path.relpath(path) for path in HERE.glob(pattern))
+
 
 setup(
     name=PACKAGE,
     version="0.1.0",
     description="Open-vocabulary road anomaly segmentation and naming with CLIP (Clipomaly) as a ROS 2 node",
-    long_description=(Path(__file__).parent / "README.md").read_text(),
+    long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(exclude=["test", "test.*"]),
+    packages=find_packages(where=os.path.relpath(HERE), exclude=["test", "test.*"]),
     package_data={PACKAGE: ["data/*.txt", "data/vision_msgs/msg/*.msg", "data/model_configs/*.json"]},
     data_files=[
-        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
-        (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
-        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        ("share/ament_index/resource_index/packages", files(f"resource/{PACKAGE}")),
+        (f"share/{PACKAGE}", files("package.xml")),
+        (f"share/{PACKAGE}/config", files("config/*.yaml")),
+        (f"share/{PACKAGE}/launch", files("launch/*.launch.py")),
+        (f"share/{PACKAGE}/foxglove", files("foxglove/*.json")),
     ],
     install_requires=[
         "numpy>=1.24",

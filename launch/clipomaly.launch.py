@@ -2,43 +2,54 @@
 
     ros2 launch clipomaly_ros clipomaly.launch.py namespace:=front image_topic:=/front/camera/image_raw
 
-Arguments: namespace, image_topic (remapped onto the node's 'image' input; with compressed:=true onto
-'image/compressed'), compressed, params_file (default: the package's config/clipomaly.yaml), use_sim_time.
-The parameter file's 'clipomaly' section is passed to the node whatever its namespace, so one file serves every
-camera.
+Arguments: namespace; image_topic (the camera's base topic, remapped onto the node's 'image'; with compressed
+input the node reads <image_topic>/compressed, as image_transport does); compressed and use_sim_time (override
+the parameter file only when given); params_file (default: the package's config/clipomaly.yaml). The node gets
+the parameter-file section ROS would give it: its full name (/front/clipomaly), else matching wildcards
+(/**/clipomaly), else the plain 'clipomaly' key; the log says which. The decisions are plain functions in
+clipomaly_ros.ros.launch_logic.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 
 def _node(context):
-    from clipomaly_ros.core.config import read_parameter_file
+    from clipomaly_ros.ros.launch_logic import image_remappings, node_parameters
 
-    params_file = LaunchConfiguration("params_file").perform(context)
-    compressed = LaunchConfiguration("compressed").perform(context).lower() in ("true", "1", "yes")
-    image_topic = LaunchConfiguration("image_topic").perform(context)
-    parameters = read_parameter_file(params_file)
-    parameters["input_transport"] = "compressed" if compressed else "raw"
-    parameters["use_sim_time"] = LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1")
-    remappings = [("image/compressed" if compressed else "image", image_topic)] if image_topic else []
-    return [Node(package="clipomaly_ros", executable="clipomaly_node", name="clipomaly",
-                 namespace=LaunchConfiguration("namespace"), parameters=[parameters], remappings=remappings,
-                 output="screen")]
+    def argument(name):
+        return LaunchConfiguration(name).perform(context)
+
+    namespace = argument("namespace")
+    params_file = argument("params_file")
+    parameters, sections = node_parameters(params_file, namespace,
+                                           {name: argument(name) for name in ("compressed", "use_sim_time")})
+    transport = parameters.get("input_transport", "raw")
+    remappings = image_remappings(argument("image_topic"), transport)
+    return [
+        LogInfo(msg=f"clipomaly in '{namespace or '/'}': parameters from {params_file} section(s) "
+                    f"{', '.join(sections) or '(none)'}; input {transport}"
+                    + (f" from {remappings[0][1]}" if remappings else "")),
+        Node(package="clipomaly_ros", executable="clipomaly_node", name="clipomaly", namespace=namespace,
+             parameters=[parameters], remappings=remappings, output="screen"),
+    ]
 
 
 def generate_launch_description():
     default_params = os.path.join(get_package_share_directory("clipomaly_ros"), "config", "clipomaly.yaml")
     return LaunchDescription([
         DeclareLaunchArgument("namespace", default_value="", description="namespace of this camera's node"),
-        DeclareLaunchArgument("image_topic", default_value="", description="camera topic to remap onto 'image'"),
-        DeclareLaunchArgument("compressed", default_value="false", description="subscribe to CompressedImage"),
+        DeclareLaunchArgument("image_topic", default_value="",
+                              description="the camera's base image topic (compressed input adds /compressed)"),
+        DeclareLaunchArgument("compressed", default_value="",
+                              description="true: CompressedImage input; empty: as the parameter file says"),
         DeclareLaunchArgument("params_file", default_value=default_params, description="ROS 2 parameter file"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (bag replay)"),
+        DeclareLaunchArgument("use_sim_time", default_value="",
+                              description="true: use /clock (bag replay); empty: as the parameter file says"),
         OpaqueFunction(function=_node),
     ])

@@ -52,3 +52,65 @@ def write_image_bag(path: Path, images, topic: str = "/camera/image_raw", period
             writer.write(connection, stamp, STORE.serialize_cdr(message, msgtype))
             stamps.append(stamp)
     return stamps
+
+
+def malformed_images(count: int, seed: int = 0):
+    """``count`` malformed camera messages of many kinds, as (kind, message fields): raw ``Image`` fields or
+    compressed ``CompressedImage`` fields (``format``, ``data``). Each kind is a way real fuzzing broke nodes."""
+    import struct
+    import zlib
+
+    rng = np.random.default_rng(seed)
+    good = render_street_scene(48, 64, planted="tire", seed=seed)[0]
+    ok, jpeg = cv2.imencode(".jpg", good)
+    ok, png = cv2.imencode(".png", good)
+    jpeg, png = jpeg.tobytes(), png.tobytes()
+
+    def png_bomb(width, height):
+        ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+        return b"\x89PNG\r\n\x1a\n" + chunk + bytes(32)
+
+    def jpeg_bomb(width, height):
+        at = jpeg.index(b"\xff\xc0") + 5
+        return jpeg[:at] + struct.pack(">HH", height, width) + jpeg[at + 4:]
+
+    raw = {
+        "truncated data": lambda: dict(height=48, width=64, encoding="rgb8", step=192,
+                                       data=good.tobytes()[: int(rng.integers(0, 9000))]),
+        "wrong step": lambda: dict(height=48, width=64, encoding="rgb8", step=int(rng.integers(1, 191)),
+                                   data=good.tobytes()),
+        "zero size": lambda: dict(height=0, width=int(rng.integers(0, 64)), encoding="rgb8", step=0, data=b""),
+        "absurd size": lambda: dict(height=int(rng.integers(2**16, 2**31)), width=int(rng.integers(2**16, 2**31)),
+                                    encoding="rgb8", step=3 * 2**16, data=bytes(64)),
+        "unsupported encoding": lambda: dict(height=48, width=64, encoding=str(rng.choice(["yuv422", "bayer_rggb8",
+                                                                                          "32FC1", "nv21"])),
+                                             step=128, data=bytes(48 * 128)),
+        "misspelled encoding": lambda: dict(height=48, width=64, encoding=str(rng.choice(["RGB8", "rgb 8", "rbg8",
+                                                                                         "bgr", ""])),
+                                            step=192, data=good.tobytes()),
+        "big-endian mono16": lambda: dict(height=48, width=64, encoding="mono16", is_bigendian=1, step=128,
+                                          data=rng.integers(0, 255, 48 * 128, dtype=np.uint8).tobytes()),
+        "junk bytes": lambda: dict(height=int(rng.integers(1, 64)), width=int(rng.integers(1, 64)),
+                                   encoding="rgb8", step=int(rng.integers(0, 300)),
+                                   data=rng.integers(0, 255, int(rng.integers(0, 500)), dtype=np.uint8).tobytes()),
+    }
+    compressed = {
+        "junk jpeg": lambda: dict(format="jpeg", data=rng.integers(0, 255, int(rng.integers(1, 2000)),
+                                                                   dtype=np.uint8).tobytes()),
+        "truncated jpeg": lambda: dict(format="jpeg", data=jpeg[: int(rng.integers(1, len(jpeg) - 1))]),
+        "truncated png": lambda: dict(format="png", data=png[: int(rng.integers(1, len(png) - 1))]),
+        "flipped bytes jpeg": lambda: dict(format="jpeg", data=bytes(b ^ 0xFF if rng.random() < 0.02 else b
+                                                                     for b in jpeg)),
+        "size-bomb png": lambda: dict(format="png", data=png_bomb(int(rng.integers(5000, 100000)),
+                                                                  int(rng.integers(5000, 100000)))),
+        "size-bomb jpeg": lambda: dict(format="jpeg", data=jpeg_bomb(65000, 65000)),
+        "unsupported format": lambda: dict(format=str(rng.choice(["h264", "tiff", "gif"])), data=jpeg),
+        "empty": lambda: dict(format="jpeg", data=b""),
+    }
+    messages = []
+    for index in range(count):
+        table = raw if index % 2 == 0 else compressed
+        kind = list(table)[(index // 2) % len(table)]
+        messages.append((kind, table[kind]()))
+    return messages

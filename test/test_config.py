@@ -26,7 +26,8 @@ def test_defaults_are_cityscapes_and_vit_b16():
 
 @pytest.mark.parametrize("changes, words", [
     ({"known_classes": []}, "known_classes is empty"),
-    ({"uncertainty_threshold": 1.5}, "uncertainty_threshold must be <= 1.0"),
+    ({"uncertainty_threshold": 1.5}, "uncertainty_threshold = 1.5 is out of range: it must be between 0.0 and 1.0"),
+    ({"max_regions": 0}, "max_regions = 0 is out of range: it must be between 1 and 255"),
     ({"dense_method": "magic"}, "dense_method must be one of"),
     ({"inference_size": "big"}, "inference_size must be an integer"),
     ({"prompt_templates": ["no slot"]}, "exactly one '{}'"),
@@ -38,16 +39,23 @@ def test_invalid_values_name_the_setting(changes, words):
         ClipomalyConfig(**changes)
 
 
-def test_lists_are_cleaned_and_deduplicated():
-    config = ClipomalyConfig(known_classes=["road", "  traffic   light ", "road", ""])
-    assert config.known_classes == ("road", "traffic light")
+@pytest.mark.parametrize("names, words", [
+    (["", "tire"], "anomaly_vocabulary: item 1 is empty"),
+    (["tire", "rock", "tire"], "'tire' is listed twice"),
+    (["traffic  cone"], "repeated spaces; write 'traffic cone'"),
+    ([" tire"], "leading"),
+])
+def test_empty_duplicate_or_untidy_names_are_rejected_with_the_reason(names, words):
+    with pytest.raises(ConfigError, match=words):
+        ClipomalyConfig(anomaly_vocabulary=names)
+    assert ClipomalyConfig(anomaly_vocabulary=["tire", "traffic cone"]).anomaly_vocabulary == ("tire", "traffic cone")
 
 
 def test_parameter_file_overrides_and_unknown_keys(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"/cams/front/clipomaly": {"ros__parameters": {
         "model": "ViT-B-32", "known_classes": ["road", "car"], "use_sim_time": False}}}))
-    config = load_config(path, inference_size=320, model=None)
+    config = load_config(path, inference_size=320, model=None, namespace="/cams/front")
     assert (config.model, config.known_classes, config.inference_size) == ("ViT-B-32", ("road", "car"), 320)
     path.write_text(yaml.safe_dump({"clipomaly": {"ros__parameters": {"modle": "x"}}}))
     with pytest.raises(ConfigError, match="unknown setting.*modle"):
@@ -55,7 +63,7 @@ def test_parameter_file_overrides_and_unknown_keys(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     path.write_text(yaml.safe_dump({"other_node": {"ros__parameters": {"a": 1}}}))
-    with pytest.raises(ConfigError, match="no section for node 'clipomaly'"):
+    with pytest.raises(ConfigError, match="no section for node /clipomaly"):
         load_config(path)
 
 

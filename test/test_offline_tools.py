@@ -74,7 +74,7 @@ def test_replay_of_compressed_sqlite_bag_counts_a_bad_frame_and_goes_on(tmp_path
     captured = capsys.readouterr()
     assert code == 1
     assert "frames read 3, processed 2, failed 1" in captured.out
-    assert "could not be decoded" in captured.err
+    assert "corrupt or truncated data" in captured.err
     with AnyReader([tmp_path / "out"], default_typestore=typestore_with_vision_msgs()) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
     assert counts["/cam/image/compressed"] == 3 and counts["/anomalies"] == 2
@@ -178,3 +178,30 @@ def test_evaluate_rejects_a_wrong_layout(tmp_path, capsys):
     (tmp_path / "set" / "images").mkdir(parents=True)
     assert main(["evaluate", str(tmp_path / "set")] + TOY) == 2
     assert "images/ and labels/" in capsys.readouterr().err
+
+
+def test_evaluate_never_writes_nan_and_says_when_nothing_was_predicted(tmp_path, capsys):
+    make_dataset(tmp_path / "set", planted=("mattress",))
+    # a known class named like the planted object: the pipeline finds no anomaly at all
+    assert main(["evaluate", str(tmp_path / "set"), "--json", str(tmp_path / "r.json"),
+                 "--known", "road,sidewalk,building,vegetation,sky,car,mattress"] + TOY) == 0
+
+    def no_nan(constant):
+        raise AssertionError(f"{constant} in JSON")
+
+    report = json.loads((tmp_path / "r.json").read_text(), parse_constant=no_nan)
+    assert report["component"]["predicted_components"] == 0 and report["component"]["mean_ppv"] is None
+    assert "no predicted components" in capsys.readouterr().out
+
+
+def test_clear_errors_for_a_folder_given_as_an_image_an_empty_bag_and_play_arguments(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    assert main(["segment", str(tmp_path / "images"), "-o", str(tmp_path / "out")] + TOY) == 1
+    assert "is a folder: give image files" in capsys.readouterr().err
+    (tmp_path / "empty_bag").mkdir()
+    assert main(["replay", str(tmp_path / "empty_bag"), "-o", str(tmp_path / "o")] + TOY) == 2
+    assert "is not a rosbag2 recording: it has no metadata.yaml (it is empty)" in capsys.readouterr().err
+    from clipomaly_ros.tools.cli import build_parser
+
+    args = build_parser().parse_args(["play", "--topics", "/a,/b", "--topics", "/c", "my_bag"])
+    assert args.topics == ["/a", "/b", "/c"] and str(args.bag) == "my_bag"

@@ -120,9 +120,39 @@ def test_vocabulary_change_while_segmenting(toy_pipeline):
     thread.start()
     for index in range(20):
         toy_pipeline.set_vocabulary(anomaly_vocabulary=["rock"] if index % 2 else ["dog", "rock"],
-                                    known_classes=known + (["sky"] if index % 2 else []))
+                                    known_classes=known + (["curb"] if index % 2 else []))
     thread.join()
     assert failures == []
+
+
+def test_a_corrupt_checkpoint_says_the_file_is_not_weights(tmp_path, tiny_model_name):
+    junk = tmp_path / "weights.pt"
+    junk.write_bytes(b"\x00not a checkpoint" * 100)
+    with pytest.raises(ModelLoadError, match="weights.pt could not be read as weights"):
+        Clipomaly(ClipomalyConfig(model=tiny_model_name, checkpoint=str(junk), device="cpu"))
+    import torch
+
+    listing = tmp_path / "listing.pt"
+    torch.save([1, 2, 3], listing)
+    with pytest.raises(ModelLoadError, match="listing.pt could not be read as weights"):
+        Clipomaly(ClipomalyConfig(model=tiny_model_name, checkpoint=str(listing), device="cpu"))
+
+
+@pytest.mark.filterwarnings("ignore:.*RANDOM WEIGHTS")
+def test_text_embeddings_are_keyed_by_the_weights_content(tmp_path, tiny_model_name):
+    import torch
+
+    from clipomaly_ros.core.open_clip_backend import OpenClipBackend
+
+    random_model = OpenClipBackend(ClipomalyConfig(model=tiny_model_name, random_weights=True, device="cpu"))
+    path = tmp_path / "weights.pt"
+    torch.save(random_model.model.state_dict(), path)
+    first = OpenClipBackend(ClipomalyConfig(model=tiny_model_name, checkpoint=str(path), device="cpu")).identity
+    state = random_model.model.state_dict()
+    state["logit_scale"] = state["logit_scale"] + 1.0  # other weights, same size, same path
+    torch.save(state, path)
+    second = OpenClipBackend(ClipomalyConfig(model=tiny_model_name, checkpoint=str(path), device="cpu")).identity
+    assert first != second and str(path.name) in first
 
 
 def test_missing_checkpoint_names_the_setting(tmp_path):
@@ -132,8 +162,12 @@ def test_missing_checkpoint_names_the_setting(tmp_path):
 
 def test_unavailable_pretrained_weights_name_the_alternatives(tiny_model_name):
     # the tiny architecture has no pretrained tag, and HF_HUB_OFFLINE is set: nothing reaches the network
-    with pytest.raises(ModelLoadError, match="checkpoint.*random_weights"):
+    with pytest.raises(ModelLoadError, match="no pretrained tag 'openai'.*--checkpoint.*--random-weights"):
         Clipomaly(ClipomalyConfig(model=tiny_model_name, pretrained="openai", device="cpu"))
+    # the default weights, not cached, no model hub: one message with the way out, at once
+    with pytest.raises(ModelLoadError, match="not in the local cache.*--checkpoint PATH.*--backend toy.*"
+                                             "--random-weights"):
+        Clipomaly(ClipomalyConfig(model="ViT-B-32", pretrained="openai", device="cpu"))
     with pytest.raises(ModelLoadError, match="not an open_clip architecture"):
         Clipomaly(ClipomalyConfig(model="ViT-Imaginary", device="cpu"))
 

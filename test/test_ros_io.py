@@ -48,7 +48,7 @@ def test_mono8_and_mono16_in_both_byte_orders():
     ({"encoding": "yuv422"}, "unsupported image encoding 'yuv422'"),
     ({"data": bytes(30)}, "fewer than step x height"),
     ({"step": 10}, "step 10 is smaller"),
-    ({"height": 0}, "empty image"),
+    ({"height": 0}, "image is empty"),
 ])
 def test_bad_raw_images_say_what_is_wrong(fields, words):
     msg = SimpleNamespace(**{**dict(height=5, width=7, encoding="rgb8", is_bigendian=0, step=21,
@@ -62,8 +62,10 @@ def test_compressed_png_and_jpeg_and_corrupt_data():
     np.testing.assert_array_equal(compressed_msg_to_rgb(SimpleNamespace(format="png", data=png.tobytes())), RGB)
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(RGB, cv2.COLOR_RGB2BGR))
     assert compressed_msg_to_rgb(SimpleNamespace(format="rgb8; jpeg compressed bgr8", data=jpeg)).shape == RGB.shape
-    with pytest.raises(ImageConversionError, match="could not be decoded"):
+    with pytest.raises(ImageConversionError, match="corrupt or truncated data"):
         compressed_msg_to_rgb(SimpleNamespace(format="jpeg", data=jpeg.tobytes()[:40]))
+    with pytest.raises(ImageConversionError, match="could not be decoded"):  # header intact, data cut short
+        compressed_msg_to_rgb(SimpleNamespace(format="jpeg", data=jpeg.tobytes()[:len(jpeg) // 2]))
     with pytest.raises(ImageConversionError, match="unsupported compressed format"):
         compressed_msg_to_rgb(SimpleNamespace(format="h264", data=b"x"))
 
@@ -103,3 +105,65 @@ def test_factory_builds_serialisable_messages_with_rosbags_types():
     assert back[1, 2, 0] == 255 and back[0, 0, 0] == 0
     info = factory.label_info(header, result.labels, 0.5)
     assert [(c.class_id, c.class_name) for c in info.class_map] == [(0, "road"), (1, "tire")]
+
+
+def png_header_declaring(width, height):
+    """The first bytes of a PNG whose header declares ``width`` x ``height``: a decompression bomb's shape."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 64
+
+
+def test_declared_sizes_are_read_without_decoding():
+    from clipomaly_ros.ros.messages import compressed_image_size
+
+    image = np.zeros((37, 53, 3), np.uint8)
+    for extension, options in ((".png", []), (".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])):
+        assert compressed_image_size(cv2.imencode(extension, image, options)[1].tobytes()) == (53, 37)
+    assert compressed_image_size(png_header_declaring(100_000, 90_000)) == (100_000, 90_000)
+    assert compressed_image_size(b"\xff\xd8 broken") is None and compressed_image_size(b"GIF89a") is None
+
+
+def test_images_larger_than_the_limit_are_rejected_before_any_allocation():
+    bomb = SimpleNamespace(format="png", data=png_header_declaring(100_000, 90_000))
+    with pytest.raises(ImageConversionError, match="9,000,000,000 pixels, more than max_input_pixels"):
+        compressed_msg_to_rgb(bomb)
+    # a raw header claiming a huge image with only a few bytes: the size check comes first
+    huge = SimpleNamespace(height=2**20, width=2**20, encoding="rgb8", is_bigendian=0, step=3 * 2**20, data=b"x")
+    with pytest.raises(ImageConversionError, match="more than max_input_pixels"):
+        image_msg_to_rgb(huge)
+    small = SimpleNamespace(height=5, width=7, encoding="rgb8", is_bigendian=0, step=21, data=RGB.tobytes())
+    with pytest.raises(ImageConversionError, match="35 pixels, more than max_input_pixels \\(34\\)"):
+        image_msg_to_rgb(small, max_pixels=34)
+    assert image_msg_to_rgb(small, max_pixels=35).shape == (5, 7, 3)
+
+
+def test_any_decoder_failure_is_a_bad_input():
+    from clipomaly_ros.ros.camera import decode_frame
+
+    def broken(message, max_pixels):
+        raise IndexError("deep inside a decoder")
+
+    with pytest.raises(ImageConversionError, match="IndexError: deep inside a decoder"):
+        decode_frame(broken, object(), 100)
+
+
+def test_the_watchdog_reports_frames_waiting_without_progress():
+    from clipomaly_ros.ros.camera import Watchdog
+
+    now = [100.0]
+    watchdog = Watchdog(timeout=5.0, clock=lambda: now[0])
+    assert watchdog.stalled_for() is None
+    watchdog.frame_waiting()
+    now[0] += 4.0
+    watchdog.frame_waiting()  # later frames do not restart the wait
+    assert watchdog.stalled_for() is None
+    now[0] += 2.0
+    assert watchdog.stalled_for() == pytest.approx(6.0)
+    watchdog.progress()
+    assert watchdog.stalled_for() is None
+    now[0] += 60.0  # no frames, no stall: an idle camera is not an error
+    assert watchdog.stalled_for() is None

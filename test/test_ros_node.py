@@ -519,3 +519,97 @@ def test_an_image_output_without_subscribers_is_never_computed(multi_camera_node
     values = diagnostics("front")
     assert int(values["published semantic"]) >= 1 and "published anomaly_score" not in values
     assert "published semantic" not in diagnostics("rear")
+
+
+# --- hardening ---------------------------------------------------------------------------------------------------
+
+def test_a_thousand_malformed_messages_never_stop_the_node(ros, nodes):
+    from helpers import malformed_images
+
+    node, listeners, publishers = ros
+    counter_names = ("frames received", "frames processed", "frames dropped", "bad inputs", "failed frames",
+                     "frames skipped while paused")
+
+    def counters(namespace):
+        values = listeners[namespace].diagnostics()
+        return {name: int(values[name]) for name in counter_names}
+
+    before = {namespace: counters(namespace) for namespace in CAMERAS}
+    sent = {"/itest_raw": 0, "/itest_jpeg": 0}
+    for index, (kind, fields) in enumerate(malformed_images(1200, seed=5)):
+        header = _header(stamp_base(30) + index)
+        if "format" in fields:
+            publishers["/itest_jpeg"].publish(CompressedImage(header=header, **fields))
+            sent["/itest_jpeg"] += 1
+        else:
+            publishers["/itest_raw"].publish(Image(header=header, is_bigendian=fields.pop("is_bigendian", 0),
+                                                   **fields))
+            sent["/itest_raw"] += 1
+        time.sleep(0.002)
+    assert sum(sent.values()) >= 1000
+    image = toy_frames(1, planted=("deer",))[0][0]
+    for namespace, compressed in (("/itest_raw", False), ("/itest_jpeg", True)):
+        process, log = nodes[namespace]
+        assert process.poll() is None, Path(log).read_text()[-3000:]
+        # best effort may lose one frame: send the good frame until it is answered
+        good = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(outputs_for(listeners[namespace], s)["anomalies"]
+                                                      for s in good):
+            good.append(stamp_base(31) + len(good))
+            publish_frame(publishers[namespace], image, good[-1], compressed=compressed)
+            wait_for(lambda: outputs_for(listeners[namespace], good[-1])["anomalies"], 1.0)
+        answers = [m for s in good for m in outputs_for(listeners[namespace], s)["anomalies"]]
+        assert answers and [d.results[0].hypothesis.class_id for d in answers[0].detections] == ["deer"]
+
+        def balanced():
+            now = counters(namespace)
+            return now["frames received"] == sum(now[name] for name in counter_names[1:]), now
+
+        assert wait_for(lambda: balanced()[0], 5), balanced()[1]
+        after = counters(namespace)
+        received = after["frames received"] - before[namespace]["frames received"]
+        rejected = after["bad inputs"] - before[namespace]["bad inputs"]
+        assert received >= 100 and rejected >= 50, (namespace, received, rejected)
+        assert listeners[namespace].diagnostics()["inference thread restarts"] == "0"
+
+
+def test_an_out_of_range_parameter_at_start_up_is_one_fatal_line_and_exit_code_1(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_text(PARAMS)
+    completed = subprocess.run([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file",
+                                str(params), "-p", "uncertainty_threshold:=1.7", "-r", "__ns:=/itest_range"],
+                               env={**os.environ, **ROS_ENV}, capture_output=True, text=True, timeout=60)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 1, output
+    fatal = [line for line in output.splitlines() if "FATAL" in line]
+    assert len(fatal) == 1, output
+    assert "itest_range.clipomaly" in fatal[0]  # the node's full name, namespace included
+    assert "uncertainty_threshold = 1.7 is out of range: it must be between 0.0 and 1.0" in fatal[0]
+    assert "Traceback" not in output
+
+
+def test_a_node_reading_a_topic_of_another_type_says_so(ros, tmp_path):
+    node, _, _ = ros
+    raw_on_the_named_topic = node.create_publisher(Image, "/itest_warn/cam/image_raw", 1)
+    params = tmp_path / "p.yaml"
+    params.write_text(PARAMS)
+    process = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file",
+                                str(params), "-p", "input_transport:=compressed", "-r", "__ns:=/itest_warn",
+                                "-r", "image/compressed:=/itest_warn/cam/image_raw"],
+                               env={**os.environ, **ROS_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            lines.append(line)
+            if "carries sensor_msgs/msg/Image" in line or not line:
+                break
+        assert any("/itest_warn/cam/image_raw carries sensor_msgs/msg/Image" in line and "input_transport" in line
+                   for line in lines), "".join(lines)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+        node.destroy_publisher(raw_on_the_named_topic)

@@ -95,21 +95,32 @@ class Setting:
             for item in value:
                 if not isinstance(item, str):
                     raise ConfigError(f"{name} must be a list of strings; {item!r} is not a string")
-                item = " ".join(item.split())
+                if not item.strip():
+                    raise ConfigError(f"{name}: item {len(items) + 1} is empty; remove it")
+                if item != " ".join(item.split()):
+                    raise ConfigError(f"{name}: {item!r} has leading, trailing or repeated spaces; write "
+                                      f"{' '.join(item.split())!r}")
                 if self.item_pattern is not None and not re.fullmatch(self.item_pattern, item):
                     raise ConfigError(f"{name}: {item!r} is not allowed ({self.description})")
-                if item and item not in items:
-                    items.append(item)
+                if item in items:
+                    raise ConfigError(f"{name}: {item!r} is listed twice; list each name once")
+                items.append(item)
             if not items and not self.allow_empty:
                 raise ConfigError(f"{name} is empty: give at least one name")
             return tuple(items)
         else:  # pragma: no cover - a programming error in SETTINGS
             raise AssertionError(f"unknown kind {self.kind}")
-        if self.minimum is not None and value < self.minimum:
-            raise ConfigError(f"{name} must be >= {self.minimum}, got {value}")
-        if self.maximum is not None and value > self.maximum:
-            raise ConfigError(f"{name} must be <= {self.maximum}, got {value}")
+        too_small = self.minimum is not None and value < self.minimum
+        too_large = self.maximum is not None and value > self.maximum
+        if too_small or too_large:
+            raise ConfigError(f"{name} = {value} is out of range: it must be {self.range_text()}")
         return value
+
+    def range_text(self) -> str:
+        """``between 0.0 and 1.0``, ``at least 1`` or ``at most 4``."""
+        if self.minimum is not None and self.maximum is not None:
+            return f"between {self.minimum} and {self.maximum}"
+        return f"at least {self.minimum}" if self.minimum is not None else f"at most {self.maximum}"
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -190,6 +201,13 @@ SETTINGS: tuple[Setting, ...] = (
             "several cameras share one backbone pass. Empty: one camera on 'image'. Names are ROS name tokens "
             "(letters, digits, '_', '/' between tokens).", "str_list", scope="node",
             item_pattern=r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*"),
+    Setting("max_input_pixels", 16_000_000, "Largest input image accepted, in pixels (width x height, from the "
+            "message header or the compressed stream's own header, checked before decoding); larger ones are "
+            "bad inputs. The default leaves room for 4K.", "int", scope="node", minimum=1, maximum=2**31 - 1),
+    Setting("stall_timeout", 10.0, "Seconds that frames may wait without one being processed before "
+            "/diagnostics reports ERROR (the inference thread is restarted if it has ended). Set it above the "
+            "slowest frame time of the model on this machine.", "float", scope="node", minimum=0.5,
+            maximum=3600.0),
     Setting("publish_overlay", True, "Publish 'overlay' (rgb8); it is only drawn while someone subscribes.",
             "bool", scope="node", live=True),
     Setting("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", "float", scope="node",
@@ -235,42 +253,96 @@ class ClipomalyConfig(_ClipomalyConfigBase):
         return {name: (list(v) if isinstance(v := getattr(self, name), tuple) else v) for name in CORE_SETTINGS}
 
 
-def read_parameter_file(path: str | Path, node_name: str = NODE_NAME) -> dict[str, Any]:
-    """Read the ``ros__parameters`` of ``node_name`` from a ROS 2 parameter file.
+ROS_STANDARD_PARAMETERS = ("use_sim_time", "start_type_description_service")
+"""Parameters every ROS 2 node has; a parameter file (``ros2 param dump`` writes them) may hold them."""
 
-    Accepts ``node_name``, ``/node_name``, ``/**`` and namespaced keys ending in ``/node_name``.
-    Raises :class:`ConfigError` for a missing file, bad YAML or unknown setting names.
+
+def is_ros_standard_parameter(name: str) -> bool:
+    return name in ROS_STANDARD_PARAMETERS or name.startswith("qos_overrides.")
+
+
+def node_fqn(node_name: str, namespace: str = "/") -> str:
+    """``/front/clipomaly`` for node ``clipomaly`` in namespace ``front`` (or ``/front``)."""
+    namespace = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    return f"{namespace}/{node_name}"
+
+
+def _key_pattern(key: str) -> re.Pattern:
+    """A parameter-file key as rcl reads it: ``*`` is one name token, ``/**`` any number of them."""
+    key = key if key.startswith("/") else "/" + key
+    pattern = re.escape(key).replace(r"/\*\*", "(/[^/]+)*").replace(r"\*", "[^/]+")
+    return re.compile(pattern + "$")
+
+
+def select_section(document: Mapping, node_name: str = NODE_NAME,
+                   namespace: str = "/") -> tuple[list[str], dict[str, Any]]:
+    """The ``ros__parameters`` for node ``node_name`` in ``namespace``, chosen as ROS does, and the keys used.
+
+    The section whose key is the node's full name (``/front/clipomaly``) wins; else the wildcard sections that
+    match it (``/**/clipomaly``, ``/*/clipomaly``, ``/**``), merged in file order; else the plain ``clipomaly``
+    key, which the launch file hands to a node in any namespace. Sections for other nodes are ignored.
+    """
+    fqn = node_fqn(node_name, namespace)
+    exact, wildcard, plain = [], [], []
+    for key in map(str, document):
+        if ("/" + key.lstrip("/")) == fqn:
+            exact.append(key)
+        elif "*" in key and _key_pattern(key).match(fqn):
+            wildcard.append(key)
+        elif key.lstrip("/") == node_name:
+            plain.append(key)
+    chosen = exact or wildcard or plain
+    parameters: dict[str, Any] = {}
+    for key in chosen:
+        section = document[key]
+        if not isinstance(section, Mapping) or "ros__parameters" not in section:
+            raise ConfigError(f"section {key!r} has no 'ros__parameters'")
+        parameters.update(section["ros__parameters"] or {})
+    return chosen, parameters
+
+
+def read_parameter_file(path: str | Path, node_name: str = NODE_NAME, namespace: str = "/",
+                        sections: list | None = None) -> dict[str, Any]:
+    """Read the ``ros__parameters`` of ``node_name`` in ``namespace`` from a ROS 2 parameter file
+    (:func:`select_section`); the keys used are appended to ``sections`` when given.
+
+    Standard ROS parameters (``use_sim_time``, ``qos_overrides.*``, ...) pass through. Raises
+    :class:`ConfigError` for a missing file, bad YAML, no matching section or unknown setting names.
     """
     path = Path(path)
     try:
         document = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"parameter file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"parameter file {path} is a folder: give a .yaml file") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"parameter file {path} is not valid YAML: {error}") from None
     if not isinstance(document, Mapping):
         raise ConfigError(f"parameter file {path} must map node names to 'ros__parameters'")
-    parameters: dict[str, Any] = {}
-    for key, section in document.items():
-        key = str(key)
-        if key in ("/**", node_name, f"/{node_name}") or key.endswith(f"/{node_name}"):
-            if not isinstance(section, Mapping) or "ros__parameters" not in section:
-                raise ConfigError(f"{path}: section {key!r} has no 'ros__parameters'")
-            parameters.update(section["ros__parameters"] or {})
-    if not parameters and document:
-        raise ConfigError(f"{path}: no section for node '{node_name}' (expected '{node_name}: ros__parameters:')")
-    unknown = sorted(set(parameters) - set(SETTINGS_BY_NAME) - {"use_sim_time"})
+    try:
+        chosen, parameters = select_section(document, node_name, namespace)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    if not chosen and document:
+        raise ConfigError(f"{path}: no section for node {node_fqn(node_name, namespace)} (expected "
+                          f"'{node_name}:', '/**/{node_name}:' or '{node_fqn(node_name, namespace)}:' with "
+                          "'ros__parameters:')")
+    if sections is not None:
+        sections.extend(chosen)
+    unknown = sorted(name for name in set(parameters) - set(SETTINGS_BY_NAME) if not is_ros_standard_parameter(name))
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS_BY_NAME)}")
     return parameters
 
 
-def load_config(path: str | Path | None = None, **overrides: Any) -> ClipomalyConfig:
+def load_config(path: str | Path | None = None, namespace: str = "/", **overrides: Any) -> ClipomalyConfig:
     """The pipeline settings from a parameter file (node-only settings are skipped), then ``overrides``.
 
+    The file's section is the one a node ``clipomaly`` in ``namespace`` would get (:func:`select_section`).
     ``None`` values in ``overrides`` are ignored, so command line options that were not given change nothing.
     """
-    values = read_parameter_file(path) if path is not None else {}
+    values = read_parameter_file(path, NODE_NAME, namespace) if path is not None else {}
     values = {k: v for k, v in values.items() if k in CORE_SETTINGS}
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(values) - set(CORE_SETTINGS)

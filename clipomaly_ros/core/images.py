@@ -31,9 +31,11 @@ def check_image(image: Any) -> np.ndarray:
 def read_rgb(path: str | Path) -> np.ndarray:
     """An image file as RGB uint8 ``(H, W, 3)``; raises ``ValueError`` naming the file if it cannot be read."""
     path = Path(path)
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
-    if data is None:
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give image files, for example {path}/*.png")
+    if not path.is_file():
         raise ValueError(f"{path}: no such file")
+    data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"{path}: not a readable image (unknown format or corrupt data)")

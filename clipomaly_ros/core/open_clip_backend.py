@@ -6,7 +6,10 @@ are used when present. Load errors name the setting to change.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import socket
 import threading
 import warnings
 from importlib import resources
@@ -63,12 +66,70 @@ def register_bundled_models() -> None:
     open_clip.add_model_config(Path(str(resources.files("clipomaly_ros").joinpath("data/model_configs"))))
 
 
+WEIGHTS_HINT = ("give a local weights file with --checkpoint PATH ('checkpoint:' in the parameter file), or run "
+                "without weights: --backend toy (the demo model) or --random-weights (a smoke test)")
+
+
+def pretrained_is_cached(model_name: str, tag: str) -> bool:
+    """Whether open_clip would find the weights of ``tag`` for ``model_name`` without downloading them."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model_name, tag)
+    if cfg.get("file"):
+        return Path(cfg["file"]).is_file()
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(cfg["hf_hub"])
+        names = [filename or "open_clip_pytorch_model.bin", "open_clip_model.safetensors"]
+        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+    url = cfg.get("url", "")
+    return bool(url) and (Path.home() / ".cache" / "clip" / os.path.basename(url)).is_file()
+
+
+def model_hub_reachable(timeout: float = 2.0) -> bool:
+    """A quick look for the model hub: ``False`` at once when HF_HUB_OFFLINE is set, else a TCP connection
+    attempt of at most ``timeout`` seconds (instead of a minute of download retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except Exception:  # noqa: BLE001 - DNS, refusal, timeout, a sandbox: all mean "not reachable"
+        return False
+
+
+def checkpoint_fingerprint(path: Path, head_bytes: int = 4 * 2**20) -> str:
+    """Size, modification time and a hash of the first megabytes of a weights file: cached text embeddings
+    are keyed by it, so a new file at the same path does not reuse the old file's embeddings."""
+    stat = path.stat()
+    with open(path, "rb") as stream:
+        digest = hashlib.sha256(stream.read(head_bytes)).hexdigest()[:16]
+    return f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}:{digest}"
+
+
+def _weights_error(model_name: str, source: str, error: Exception) -> ModelLoadError:
+    text = f"{type(error).__name__}: {error}"
+    if source.startswith("checkpoint"):
+        if any(marker in text for marker in ("state_dict", "Missing key", "Unexpected key", "size mismatch")):
+            return ModelLoadError(f"{source} holds weights for another architecture than {model_name} "
+                                  f"({text.splitlines()[0][:300]}): set 'model' to the architecture the weights "
+                                  "were trained with")
+        return ModelLoadError(f"{source} could not be read as weights ({text.splitlines()[0][:200]}): it must be "
+                              "an open_clip or PyTorch state dict (.pt, .bin) or a .safetensors file")
+    return ModelLoadError(f"could not load {model_name} with {source}: {text.splitlines()[0][:300]}. "
+                          f"{WEIGHTS_HINT}")
+
+
 def _load_open_clip_model(config: ClipomalyConfig, device: torch.device):
     import open_clip
 
     register_bundled_models()
     precision = "fp16" if device.type == "cuda" else "fp32"
     model_name = config.model
+    if model_name not in open_clip.list_models() and not model_name.startswith(("local-dir:", "hf-hub:")):
+        raise ModelLoadError(f"model {model_name!r} is not an open_clip architecture: set 'model' to one of "
+                             "open_clip.list_models() (for example ViT-B-16) or a 'local-dir:' folder")
     if model_name.startswith("local-dir:"):
         source, pretrained, load_weights = f"local-dir folder {model_name[10:]}", None, not config.random_weights
     elif config.checkpoint:
@@ -81,9 +142,13 @@ def _load_open_clip_model(config: ClipomalyConfig, device: torch.device):
         source, pretrained, load_weights = "RANDOM WEIGHTS", None, False
     else:
         source, pretrained, load_weights = f"pretrained tag '{config.pretrained}'", config.pretrained, True
-    if model_name not in open_clip.list_models() and not model_name.startswith(("local-dir:", "hf-hub:")):
-        raise ModelLoadError(f"model {model_name!r} is not an open_clip architecture: set 'model' to one of "
-                             "open_clip.list_models() (for example ViT-B-16) or a 'local-dir:' folder")
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        if config.pretrained not in tags:
+            raise ModelLoadError(f"open_clip has no pretrained tag {config.pretrained!r} for {model_name}; its tags: "
+                                 f"{', '.join(tags) or 'none'}. Otherwise {WEIGHTS_HINT}")
+        if not pretrained_is_cached(model_name, config.pretrained) and not model_hub_reachable():
+            raise ModelLoadError(f"the {model_name} weights '{config.pretrained}' are not in the local cache and the "
+                                 f"model hub cannot be reached (no network): {WEIGHTS_HINT}")
     if config.random_weights:
         message = (f"clipomaly: {model_name} runs with RANDOM WEIGHTS (random_weights is set). Its output means "
                    "nothing: use it for smoke tests only.")
@@ -93,12 +158,8 @@ def _load_open_clip_model(config: ClipomalyConfig, device: torch.device):
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained, load_weights=load_weights,
                                        precision=precision, device=device, require_pretrained=load_weights)
-    except Exception as error:  # open_clip raises many types; all mean "these weights could not be had"
-        hint = ("set 'checkpoint' to a local weights file (offline vehicles), or 'random_weights: true' for a "
-                "smoke test")
-        raise ModelLoadError(f"could not load {model_name} with {source}: {type(error).__name__}: {error}. "
-                             f"Pretrained tags are downloaded by open_clip on first use and need the network "
-                             f"once; otherwise {hint}.") from error
+    except Exception as error:  # open_clip raises many types; each means "these weights could not be had"
+        raise _weights_error(model_name, source, error) from error
     model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     return model, tokenizer, source
@@ -123,7 +184,8 @@ class OpenClipBackend:
         self.stride = config.window_stride or self.window // 2
         self.inference_size = config.inference_size
         self.window_batch_size = config.window_batch_size
-        weights = config.checkpoint or ("random" if config.random_weights else config.pretrained)
+        weights = (checkpoint_fingerprint(Path(config.checkpoint).expanduser()) if config.checkpoint
+                   else "random" if config.random_weights else config.pretrained)
         self.identity = f"open_clip:{config.model}:{weights}"
         self.description = f"{config.model} ({self.weights_source}, dense {config.dense_method}) on {self.device}"
         self._text_lock = threading.Lock()

@@ -24,6 +24,11 @@ def bag_directory(path: str | Path) -> Path:
         path = path.parent
     if not path.is_dir():
         raise BagError(f"{path}: no such bag (give a rosbag2 folder or its .mcap/.db3 file)")
+    if not (path / "metadata.yaml").is_file():
+        found = sorted(p.name for p in path.iterdir())[:5]
+        raise BagError(f"{path} is not a rosbag2 recording: it has no metadata.yaml ("
+                       + (f"it holds {', '.join(found)}" if found else "it is empty")
+                       + "); give the folder that ros2 bag record wrote")
     return path
 
 

@@ -154,11 +154,40 @@ class LatestFrames:
             self._condition.notify_all()
 
 
-def decode_frame(decode: Callable[[Any], np.ndarray], message: Any) -> np.ndarray:
-    """``decode(message)``; any failure of the decoder is a bad input, raised as :class:`ImageConversionError`."""
+def decode_frame(decode: Callable[..., np.ndarray], message: Any, max_pixels: int) -> np.ndarray:
+    """``decode(message, max_pixels)``; any failure of the decoder is a bad input, raised as
+    :class:`ImageConversionError`."""
     try:
-        return decode(message)
+        return decode(message, max_pixels)
     except ImageConversionError:
         raise
     except Exception as error:  # a decoder must not take the node down, whatever the bytes hold
         raise ImageConversionError(f"{type(error).__name__}: {error}") from error
+
+
+class Watchdog:
+    """Notices when frames wait but none gets processed: ``frame_waiting`` when one arrives, ``progress`` when
+    one is done (processed, rejected or failed); ``stalled_for`` says how long frames have waited without
+    progress, once that exceeds ``timeout`` seconds."""
+
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic):
+        self.timeout = timeout
+        self._clock = clock
+        self._waiting_since: float | None = None
+        self._lock = threading.Lock()
+
+    def frame_waiting(self) -> None:
+        with self._lock:
+            if self._waiting_since is None:
+                self._waiting_since = self._clock()
+
+    def progress(self) -> None:
+        with self._lock:
+            self._waiting_since = None
+
+    def stalled_for(self) -> float | None:
+        with self._lock:
+            if self._waiting_since is None:
+                return None
+            waited = self._clock() - self._waiting_since
+            return waited if waited > self.timeout else None

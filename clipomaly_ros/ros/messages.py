@@ -32,15 +32,29 @@ class ImageConversionError(ValueError):
     """A message that cannot be turned into an image; the message says what was wrong."""
 
 
-def image_msg_to_rgb(msg: Any) -> np.ndarray:
-    """A ``sensor_msgs/Image`` as an RGB uint8 ``(H, W, 3)`` array (a copy; mono16 keeps its top 8 bits)."""
+DEFAULT_MAX_PIXELS = 16_000_000
+"""Largest input accepted by default, in pixels: room for 4K (3840 x 2160 = 8.3 MP) and more."""
+
+
+def _check_size(width: int, height: int, max_pixels: int, what: str) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageConversionError(f"{what} is empty ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageConversionError(f"{what} is {width}x{height} = {width * height:,} pixels, more than "
+                                   f"max_input_pixels ({max_pixels:,}): a corrupt header or a decompression bomb; "
+                                   "raise max_input_pixels if the camera really sends such images")
+
+
+def image_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A ``sensor_msgs/Image`` as an RGB uint8 ``(H, W, 3)`` array (a copy; mono16 keeps its top 8 bits).
+
+    The header's size is checked against ``max_pixels`` before anything is allocated."""
     encoding = str(msg.encoding)
     if encoding not in CHANNELS:
         raise ImageConversionError(f"unsupported image encoding '{encoding}': publish one of "
                                    f"{', '.join(sorted(CHANNELS))}, or use input_transport: compressed")
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height == 0 or width == 0:
-        raise ImageConversionError(f"empty image ({width}x{height})")
+    _check_size(width, height, max_pixels, "image")
     bytes_per_pixel = CHANNELS[encoding] * (2 if encoding in ("mono16", "16UC1") else 1)
     if step < width * bytes_per_pixel:
         raise ImageConversionError(f"step {step} is smaller than width x bytes per pixel "
@@ -61,14 +75,58 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     return pixels.copy()
 
 
-def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
-    """A ``sensor_msgs/CompressedImage`` (jpeg or png) as an RGB uint8 ``(H, W, 3)`` array."""
+JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+"""Start-of-frame markers (baseline, progressive, lossless, ...); C4, C8 and CC are other segments."""
+
+
+def compressed_image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(width, height) declared by a PNG's IHDR or a JPEG's frame header, read without decoding; ``None``
+    when the bytes are neither (or the header is missing)."""
+    data = bytes(data[:65536]) if isinstance(data, np.ndarray) else bytes(data[:65536])
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(data) >= 24 and data[12:16] == b"IHDR":
+            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return None
+    if data[:2] != b"\xff\xd8":
+        return None
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        if marker in JPEG_FRAME_MARKERS:
+            if position + 9 > len(data):
+                return None
+            return (int.from_bytes(data[position + 7:position + 9], "big"),
+                    int.from_bytes(data[position + 5:position + 7], "big"))
+        if marker == 0xDA or length < 2:  # scan data before any frame header: not a valid stream
+            return None
+        position += 2 + length
+    return None
+
+
+def compressed_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A ``sensor_msgs/CompressedImage`` (jpeg or png) as an RGB uint8 ``(H, W, 3)`` array.
+
+    The size the stream declares is checked against ``max_pixels`` before it is decoded."""
     form = str(msg.format).lower()
     if form and not any(kind in form for kind in ("jpeg", "jpg", "png")):
         raise ImageConversionError(f"unsupported compressed format '{msg.format}': jpeg and png are supported")
     data = np.frombuffer(msg.data, dtype=np.uint8) if not isinstance(msg.data, np.ndarray) else msg.data
     if data.size == 0:
         raise ImageConversionError("compressed image has no data")
+    size = compressed_image_size(data)
+    if size is None:
+        raise ImageConversionError(f"compressed image ({msg.format or 'no format'}, {data.size} bytes) is not a "
+                                   "jpeg or png stream with a readable header: corrupt or truncated data")
+    _check_size(*size, max_pixels, f"compressed image ({msg.format or 'no format'})")
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise ImageConversionError(f"compressed image ({msg.format or 'no format'}, {data.size} bytes) could not be "
@@ -76,11 +134,12 @@ def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-DECODERS: dict[str, Callable[[Any], np.ndarray]] = {
+DECODERS: dict[str, Callable[..., np.ndarray]] = {
     "sensor_msgs/msg/Image": image_msg_to_rgb,
     "sensor_msgs/msg/CompressedImage": compressed_msg_to_rgb,
 }
-"""The RGB decoder for each input message type, shared by the node and the offline tools."""
+"""The RGB decoder for each input message type (``decoder(msg, max_pixels)``), shared by the node and the
+offline tools."""
 
 
 @dataclass(frozen=True)

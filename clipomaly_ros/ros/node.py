@@ -32,7 +32,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
-from rclpy.exceptions import ParameterUninitializedException
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -43,7 +43,7 @@ from std_srvs.srv import SetBool
 from ..core.backend import ModelLoadError
 from ..core.config import NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError, Setting
 from ..core.pipeline import Clipomaly
-from .camera import CameraStream, LatestFrames, decode_frame
+from .camera import CameraStream, LatestFrames, Watchdog, decode_frame
 from .messages import DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory, uint8_array
 from ..core.vocabulary import VocabularyError
 
@@ -77,13 +77,29 @@ def descriptor_for(setting: Setting) -> ParameterDescriptor:
     return descriptor
 
 
+class StartupError(RuntimeError):
+    """The node could not start; it has logged the reason as FATAL, and the process exits with status 1."""
+
+
 class ClipomalyNode(Node):
     """Runs :class:`~clipomaly_ros.core.pipeline.Clipomaly` on one or more camera streams (see the module
     docstring)."""
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
+        try:
+            self._start()
+        except (ConfigError, ModelLoadError, VocabularyError, ParameterException) as error:
+            # under the node's own logger, so the line names the node with its namespace
+            self.get_logger().fatal(f"cannot start: {error}")
+            raise StartupError(str(error)) from None
+
+    def _start(self) -> None:
+        overrides = getattr(self, "_parameter_overrides", {})
         for setting in SETTINGS:
+            given = overrides.get(setting.name)
+            if given is not None and given.type_ != Parameter.Type.NOT_SET:
+                setting.validate(given.value)  # before rclpy's own range check, which would not say the range
             default = list(setting.default) if isinstance(setting.default, tuple) else setting.default
             if default == [] and setting.kind == "str_list":
                 default = Parameter.Type.STRING_ARRAY  # rclpy would type an empty list as a byte array
@@ -92,6 +108,8 @@ class ClipomalyNode(Node):
         for name, value in values.items():
             values[name] = SETTINGS_BY_NAME[name].validate(value)  # raises ConfigError naming the parameter
         self.publish_overlay = values["publish_overlay"]
+        self.max_input_pixels = values["max_input_pixels"]
+        self.stall_timeout = values["stall_timeout"]
         config = ClipomalyConfig(**{s.name: values[s.name] for s in SETTINGS if s.scope == "core"})
         self.get_logger().info("loading the toy backend ..." if config.backend == "toy" else
                                f"loading {config.model} ({config.checkpoint or config.pretrained}) ...")
@@ -102,11 +120,14 @@ class ClipomalyNode(Node):
         self.enabled = True
         self.frames = LatestFrames()
         self._last_reported: dict[str, tuple[int, int]] = {}
+        self.watchdog = Watchdog(self.stall_timeout)
+        self.worker_restarts = 0
         self._warm_up()
 
         reliability = (ReliabilityPolicy.BEST_EFFORT if values["input_reliability"] == "best_effort"
                        else ReliabilityPolicy.RELIABLE)
         compressed = values["input_transport"] == "compressed"
+        self.input_type = CompressedImage if compressed else Image
         self._decode = DECODERS["sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"]
         self.cameras: dict[str, CameraStream] = {}
         self.subscriptions_by_camera = {}
@@ -115,14 +136,15 @@ class ClipomalyNode(Node):
             self.cameras[name] = camera
             topic = f"{camera.prefix}image/compressed" if compressed else f"{camera.prefix}image"
             self.subscriptions_by_camera[name] = self.create_subscription(
-                CompressedImage if compressed else Image, topic,
-                lambda msg, camera=camera: self._on_image(camera, msg), QoSProfile(depth=1, reliability=reliability))
+                self.input_type, topic, lambda msg, camera=camera: self._on_image(camera, msg),
+                QoSProfile(depth=1, reliability=reliability))
         self.enable_service = self.create_service(SetBool, "~/enable", self._on_enable)
         self.diagnostics_timer = self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
+        self._warned_topics: set[str] = set()
+        self.topic_check_timer = self.create_timer(2.0, self._check_input_topics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._running = True
-        self.worker = threading.Thread(target=self._work, name="clipomaly-inference", daemon=True)
-        self.worker.start()
+        self.worker = self._start_worker()
         topics = ", ".join(s.topic_name for s in self.subscriptions_by_camera.values())
         self.get_logger().info(f"listening on {topics} ({values['input_transport']}, {values['input_reliability']})")
 
@@ -168,6 +190,7 @@ class ClipomalyNode(Node):
         if not self.enabled:
             camera.count("skipped_paused")
             return
+        self.watchdog.frame_waiting()
         if self.frames.put(camera.name, (msg, time.perf_counter())):
             camera.count("dropped")
 
@@ -176,6 +199,7 @@ class ClipomalyNode(Node):
         if not request.data:
             for name in self.frames.clear():
                 self.cameras[name].count("skipped_paused")
+            self.watchdog.progress()
         response.success = True
         response.message = "processing resumed" if request.data else "processing paused (model stays loaded)"
         self.get_logger().info(response.message)
@@ -204,20 +228,35 @@ class ClipomalyNode(Node):
         return SetParametersResult(successful=True)
 
     # inference -----------------------------------------------------------------------------------------------
+    def _start_worker(self) -> threading.Thread:
+        worker = threading.Thread(target=self._work, name="clipomaly-inference", daemon=True)
+        worker.start()
+        return worker
+
     def _work(self) -> None:
         while self._running:
             waiting = self.frames.take_all(timeout=0.2)
-            frames = []
-            for name, (msg, received) in waiting.items():
-                camera = self.cameras[name]
-                try:
-                    frames.append((camera, msg, received, decode_frame(self._decode, msg)))
-                except ImageConversionError as error:
-                    camera.count("bad_inputs")
-                    self.get_logger().warning(f"{camera.name or 'image'}: skipped a bad input image: {error}",
-                                              throttle_duration_sec=5.0)
-            if frames:
-                self._process(frames)
+            try:
+                self._work_on(waiting)
+            except Exception as error:  # a bug here must cost one batch, never the thread
+                for name in waiting:
+                    self.cameras[name].count("failed")
+                self.get_logger().error(f"processing failed: {type(error).__name__}: {error}",
+                                        throttle_duration_sec=5.0)
+
+    def _work_on(self, waiting: dict) -> None:
+        frames = []
+        for name, (msg, received) in waiting.items():
+            camera = self.cameras[name]
+            try:
+                frames.append((camera, msg, received, decode_frame(self._decode, msg, self.max_input_pixels)))
+            except ImageConversionError as error:
+                camera.count("bad_inputs")
+                self.watchdog.progress()
+                self.get_logger().warning(f"{camera.name or 'image'}: skipped a bad input image: {error}",
+                                          throttle_duration_sec=5.0)
+        if frames:
+            self._process(frames)
 
     def _process(self, frames: list) -> None:
         """Segment the frames of several cameras in one batch and publish each camera's outputs. When the batch
@@ -231,6 +270,7 @@ class ClipomalyNode(Node):
                 return
             camera = frames[0][0]
             camera.count("failed")
+            self.watchdog.progress()
             self.get_logger().error(f"{camera.name or 'image'}: segmentation failed: "
                                     f"{traceback.format_exc(limit=1).strip().splitlines()[-1]}",
                                     throttle_duration_sec=5.0)
@@ -241,15 +281,35 @@ class ClipomalyNode(Node):
                 camera.publish(msg.header, image, result, threshold, self.publish_overlay)
             except Exception as error:  # the node must outlive any one frame
                 camera.count("failed")
+                self.watchdog.progress()
                 self.get_logger().error(f"{camera.name or 'image'}: publishing failed: {type(error).__name__}: "
                                         f"{error}", throttle_duration_sec=5.0)
                 continue
             camera.record_processed(result.timings_ms["total"], 1000.0 * (time.perf_counter() - received))
+            self.watchdog.progress()
+
+    def _check_worker(self) -> str | None:
+        """The watchdog's verdict: None when all is well, else why /diagnostics must say ERROR."""
+        if self._running and not self.worker.is_alive():
+            self.worker_restarts += 1
+            self.get_logger().error("the inference thread ended; restarting it")
+            self.worker = self._start_worker()
+            self.watchdog.progress()
+            return "the inference thread had ended and was restarted"
+        stalled = self.watchdog.stalled_for()
+        if stalled is not None:
+            message = (f"frames are waiting but none was processed for {stalled:.1f} s (stall_timeout "
+                       f"{self.stall_timeout:g} s)")
+            self.get_logger().error(message, throttle_duration_sec=5.0)
+            return message
+        return None
 
     def _publish_diagnostics(self) -> None:
+        problem = self._check_worker()
         vocabulary = self.pipeline.vocabulary.current
         common = {"known classes": len(vocabulary.known), "anomaly vocabulary": len(vocabulary.anomaly),
-                  "dictionary names": len(vocabulary.dictionary), "device": self.device, "enabled": self.enabled}
+                  "dictionary names": len(vocabulary.dictionary), "device": self.device, "enabled": self.enabled,
+                  "inference thread restarts": self.worker_restarts}
         statuses = []
         for name, camera in self.cameras.items():
             values = {**camera.report(), **common}
@@ -258,7 +318,9 @@ class ClipomalyNode(Node):
                                       hardware_id=self.device,
                                       values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
             last = self._last_reported.get(name, (0, 0))
-            if problems != last:
+            if problem is not None:
+                status.level, status.message = DiagnosticStatus.ERROR, problem
+            elif problems != last:
                 status.level = DiagnosticStatus.WARN
                 status.message = (f"{problems[0] - last[0]} bad inputs, {problems[1] - last[1]} failed frames since "
                                   "the last report")
@@ -271,10 +333,25 @@ class ClipomalyNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(array)
 
+    def _check_input_topics(self) -> None:
+        """Warn once per topic when an input topic exists with another message type (a compressed stream on the
+        raw topic, say): then no data would ever arrive."""
+        expected = "sensor_msgs/msg/CompressedImage" if self.input_type is CompressedImage else "sensor_msgs/msg/Image"
+        types = dict(self.get_topic_names_and_types())
+        for subscription in self.subscriptions_by_camera.values():
+            topic = subscription.topic_name
+            found = [kind for kind in types.get(topic, []) if kind != expected]
+            if found and topic not in self._warned_topics:
+                self._warned_topics.add(topic)
+                self.get_logger().warning(
+                    f"{topic} carries {', '.join(found)}, but this node reads {expected} there: check "
+                    "input_transport (compressed input reads <image>/compressed) and the image_topic remapping")
+
     def destroy_node(self):
         self._running = False
-        self.frames.close()
-        if self.worker.is_alive():
+        if hasattr(self, "frames"):
+            self.frames.close()
+        if hasattr(self, "worker") and self.worker.is_alive():
             self.worker.join(timeout=5.0)
         return super().destroy_node()
 
@@ -285,9 +362,8 @@ def main(args=None) -> int:
     try:
         node = ClipomalyNode()
         rclpy.spin(node)
-    except (ConfigError, ModelLoadError, VocabularyError) as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {error}")
-        return 1
+    except StartupError:
+        return 1  # the node has logged the reason as FATAL
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -210,7 +210,8 @@ def play(subparsers) -> None:
                                    description="Replays a rosbag2 (.mcap or .db3) into a running ROS 2 graph where "
                                                "the ros2 command line is absent. Needs rclpy.")
     parser.add_argument("bag", type=Path, metavar="BAG", help="rosbag2 folder or its .mcap/.db3 file")
-    parser.add_argument("--topics", nargs="+", metavar="TOPIC", help="only these topics (default: all)")
+    parser.add_argument("--topics", type=split_names, action="extend", metavar="TOPIC[,TOPIC]",
+                        help="only these topics, comma separated or --topics repeated (default: all)")
     parser.add_argument("--rate", type=float, default=1.0, help="speed factor (default 1: as recorded)")
     parser.add_argument("--loop", action="store_true", help="start again at the end, until interrupted")
     parser.add_argument("--reliable", action="store_true", help="publish with reliable QoS (default: best effort, "

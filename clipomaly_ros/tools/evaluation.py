@@ -109,8 +109,8 @@ def format_report(report: dict) -> str:
                   f"{'AUPRC (average precision)':<28}{100 * p['auprc']:>9.2f}%",
                   f"{'FPR at 95% TPR':<28}{100 * p['fpr_at_95_tpr']:>9.2f}%",
                   f"{'AUROC':<28}{100 * p['auroc']:>9.2f}%",
-                  f"{'mean sIoU (components)':<28}{100 * c['mean_siou']:>9.2f}%",
-                  f"{'mean PPV (components)':<28}{100 * c['mean_ppv']:>9.2f}%",
+                  f"{'mean sIoU (components)':<28}{_percent(c['mean_siou'], 'no truth components'):>10}",
+                  f"{'mean PPV (components)':<28}{_percent(c['mean_ppv'], 'no predicted components'):>10}",
                   f"{'mean F1 (components)':<28}{100 * c['mean_f1']:>9.2f}%",
                   f"anomaly pixels {p['anomaly_pixels']}, normal pixels {p['normal_pixels']}, "
                   f"truth components {c['truth_components']}, predicted components {c['predicted_components']}"]
@@ -125,3 +125,7 @@ def format_report(report: dict) -> str:
     names = report["anomaly_names"]
     lines += ["", "names given: " + (", ".join(f"{n} x{c}" for n, c in names.items()) or "none")]
     return "\n".join(lines)
+
+
+def _percent(value: float | None, missing: str) -> str:
+    return missing if value is None else f"{100 * value:.2f}%"

@@ -87,7 +87,9 @@ class ComponentScores:
             truth_union = np.isin(truth_components, touching[touching > 0])
             self.ppv.append(float((component & truth_union).sum() / component.sum()))
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | None]:
+        """Mean sIoU (None without ground-truth components), mean PPV (None without predicted components),
+        mean F1 and the component counts."""
         siou, ppv = np.asarray(self.siou), np.asarray(self.ppv)
         f1 = []
         for threshold in F1_THRESHOLDS:
@@ -96,8 +98,9 @@ class ComponentScores:
             false_positive = int((ppv <= threshold).sum())
             denominator = 2 * true_positive + false_negative + false_positive
             f1.append(2 * true_positive / denominator if denominator else 0.0)
-        return {"mean_siou": float(siou.mean()) if len(siou) else float("nan"),
-                "mean_ppv": float(ppv.mean()) if len(ppv) else float("nan"),
+        # None, not NaN, where there is nothing to average: strict JSON parsers reject NaN
+        return {"mean_siou": float(siou.mean()) if len(siou) else None,
+                "mean_ppv": float(ppv.mean()) if len(ppv) else None,
                 "mean_f1": float(np.mean(f1)), "truth_components": len(siou), "predicted_components": len(ppv)}
 
 

@@ -1,0 +1,51 @@
+"""What ``launch/clipomaly.launch.py`` decides, as plain functions (launch and launch_ros are not needed to test
+them): which parameter-file section a node gets, when a launch argument overrides the file, and how the image
+topic is remapped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..core.config import NODE_NAME, read_parameter_file
+
+
+def parse_bool(text: str, argument: str) -> bool:
+    """A launch argument's ``true``/``false`` (also 1/0, yes/no); anything else is an error naming it."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"launch argument {argument}:={text!r} must be true or false")
+
+
+def node_parameters(params_file: str | Path, namespace: str, arguments: Mapping[str, str],
+                    node_name: str = NODE_NAME) -> tuple[dict[str, Any], list[str]]:
+    """The parameters for the node in ``namespace`` and the parameter-file keys they came from.
+
+    The section is chosen as ROS does (:func:`~clipomaly_ros.core.config.select_section`). Launch arguments
+    ``compressed`` and ``use_sim_time`` override the file only when given (a non-empty value); an empty one
+    leaves the file's value, or the node's default, alone.
+    """
+    sections: list[str] = []
+    parameters = read_parameter_file(params_file, node_name, namespace, sections)
+    compressed = arguments.get("compressed", "")
+    if compressed:
+        parameters["input_transport"] = "compressed" if parse_bool(compressed, "compressed") else "raw"
+    use_sim_time = arguments.get("use_sim_time", "")
+    if use_sim_time:
+        parameters["use_sim_time"] = parse_bool(use_sim_time, "use_sim_time")
+    return parameters, sections
+
+
+def image_remappings(image_topic: str, transport: str) -> list[tuple[str, str]]:
+    """Remappings for the node's input, following image_transport: ``image_topic`` is the base topic, so with
+    compressed input the node reads ``<image_topic>/compressed``."""
+    if not image_topic:
+        return []
+    base = image_topic.rstrip("/")
+    if base.endswith("/compressed"):
+        raise ValueError(f"image_topic:={image_topic} names the compressed topic; give its base topic "
+                         f"{base[:-len('/compressed')]} (the node adds /compressed, as image_transport does)")
+    return [("image/compressed", f"{base}/compressed")] if transport == "compressed" else [("image", base)]

@@ -1,0 +1,79 @@
+"""The launch file's decisions as plain functions: parameter-file sections, argument overrides, remappings."""
+
+import pytest
+import yaml
+
+from clipomaly_ros.core.config import ConfigError, read_parameter_file, select_section
+from clipomaly_ros.ros.launch_logic import image_remappings, node_parameters
+
+SEVERAL_CAMERAS = {
+    "/front/clipomaly": {"ros__parameters": {"uncertainty_threshold": 0.7, "input_transport": "compressed"}},
+    "/rear/clipomaly": {"ros__parameters": {"uncertainty_threshold": 0.4}},
+    "/**/clipomaly": {"ros__parameters": {"max_regions": 3}},
+    "clipomaly": {"ros__parameters": {"max_regions": 5}},
+    "/other/node": {"ros__parameters": {"unrelated": 1}},
+}
+
+# what `ros2 param dump /front/clipomaly` writes: the node's own parameters and the standard ones of every node
+DUMPED = {"/front/clipomaly": {"ros__parameters": {
+    "backend": "toy", "uncertainty_threshold": 0.6, "use_sim_time": False, "start_type_description_service": True,
+    "qos_overrides./parameter_events.publisher.depth": 1000,
+    "qos_overrides./parameter_events.publisher.reliability": "reliable"}}}
+
+
+def write(tmp_path, document, name="params.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_the_node_gets_its_own_section_not_another_cameras():
+    assert select_section(SEVERAL_CAMERAS, "clipomaly", "/rear") == (["/rear/clipomaly"],
+                                                                      {"uncertainty_threshold": 0.4})
+    assert select_section(SEVERAL_CAMERAS, "clipomaly", "front")[1]["uncertainty_threshold"] == 0.7
+
+
+def test_wildcards_come_next_then_the_plain_key():
+    assert select_section(SEVERAL_CAMERAS, "clipomaly", "/side") == (["/**/clipomaly"], {"max_regions": 3})
+    plain = {k: v for k, v in SEVERAL_CAMERAS.items() if "*" not in k}
+    assert select_section(plain, "clipomaly", "/side") == (["clipomaly"], {"max_regions": 5})
+    one_level = {"/*/clipomaly": {"ros__parameters": {"max_regions": 2}}}
+    assert select_section(one_level, "clipomaly", "/a")[1] == {"max_regions": 2}
+    assert select_section(one_level, "clipomaly", "/a/b") == ([], {})  # '*' is one name token
+    everything = {"/**": {"ros__parameters": {"max_regions": 4}}}
+    assert select_section(everything, "clipomaly", "/a/b")[1] == {"max_regions": 4}
+
+
+def test_a_file_with_only_other_cameras_sections_is_an_error_not_a_merge(tmp_path):
+    path = write(tmp_path, {k: v for k, v in SEVERAL_CAMERAS.items() if k.startswith(("/front", "/rear"))})
+    with pytest.raises(ConfigError, match="no section for node /side/clipomaly"):
+        read_parameter_file(path, "clipomaly", "/side")
+
+
+def test_a_dumped_parameter_file_is_accepted_with_its_standard_ros_parameters(tmp_path):
+    path = write(tmp_path, DUMPED)
+    parameters, sections = node_parameters(path, "/front", {})
+    assert sections == ["/front/clipomaly"]
+    assert parameters["start_type_description_service"] is True and parameters["use_sim_time"] is False
+    assert parameters["qos_overrides./parameter_events.publisher.depth"] == 1000
+    misspelled = write(tmp_path, {"clipomaly": {"ros__parameters": {"uncertainty_treshold": 0.5}}}, "bad.yaml")
+    with pytest.raises(ConfigError, match="unknown setting.*uncertainty_treshold"):
+        node_parameters(misspelled, "/", {})
+
+
+def test_launch_arguments_override_the_file_only_when_given(tmp_path):
+    path = write(tmp_path, SEVERAL_CAMERAS)
+    kept, _ = node_parameters(path, "/front", {"compressed": "", "use_sim_time": ""})
+    assert kept["input_transport"] == "compressed" and "use_sim_time" not in kept
+    overridden, _ = node_parameters(path, "/front", {"compressed": "false", "use_sim_time": "true"})
+    assert overridden["input_transport"] == "raw" and overridden["use_sim_time"] is True
+    with pytest.raises(ValueError, match="compressed"):
+        node_parameters(path, "/front", {"compressed": "maybe"})
+
+
+def test_the_image_topic_is_a_base_topic_as_in_image_transport():
+    assert image_remappings("/cam/image_raw", "raw") == [("image", "/cam/image_raw")]
+    assert image_remappings("/cam/image_raw", "compressed") == [("image/compressed", "/cam/image_raw/compressed")]
+    assert image_remappings("", "compressed") == []
+    with pytest.raises(ValueError, match="base topic /cam/image_raw"):
+        image_remappings("/cam/image_raw/compressed", "compressed")

@@ -613,3 +613,20 @@ def test_a_node_reading_a_topic_of_another_type_says_so(ros, tmp_path):
         process.send_signal(signal.SIGINT)
         process.wait(timeout=10)
         node.destroy_publisher(raw_on_the_named_topic)
+
+
+def test_an_rclpy_image_message_keeps_the_one_copy_it_was_built_from():
+    from clipomaly_ros.ros.messages import MessageFactory, uint8_array
+    from clipomaly_ros.ros.node import ros_type
+
+    made = []
+
+    def counting_copy(array):
+        made.append(uint8_array(array))
+        return made[-1]
+
+    factory = MessageFactory(ros_type, byte_array=counting_copy, data_by_reference=True)
+    semantic = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    message = factory.image(factory.header(1, 2, "cam"), semantic, "mono16")
+    assert len(made) == 1 and message.data is made[0]  # the message holds that buffer, no second copy
+    assert np.array_equal(np.frombuffer(bytes(message.data), np.uint16).reshape(3, 4), semantic)

@@ -174,16 +174,16 @@ class MessageFactory:
 
     ``types`` maps names such as ``"sensor_msgs/msg/Image"`` to classes that accept every field as a keyword
     (rclpy message classes, rosbags dataclasses). ``byte_array`` adapts a uint8 numpy array to what the classes
-    store for ``uint8[]`` (:func:`uint8_array` for rclpy, the array itself for rosbags); ``image_options`` are
-    extra keywords for the Image class (rclpy: ``check_fields=True``, which keeps an ``array.array`` as it is
-    instead of copying it again).
+    store for ``uint8[]`` (:func:`uint8_array` for rclpy, the array itself for rosbags). With
+    ``data_by_reference`` (rclpy) an image's ``data`` is assigned after construction with field checks on, the
+    one way rclpy keeps an ``array.array`` as it is instead of copying it again.
     """
 
     def __init__(self, types: Callable[[str], Any] | Mapping[str, Any],
-                 byte_array: Callable[[np.ndarray], Any] = lambda a: a, image_options: Mapping[str, Any] = {}):
+                 byte_array: Callable[[np.ndarray], Any] = lambda a: a, data_by_reference: bool = False):
         self._types = types
         self.byte_array = byte_array
-        self.image_options = dict(image_options)
+        self.data_by_reference = data_by_reference
 
     def type(self, name: str) -> Any:
         return self._types(name) if callable(self._types) else self._types[name]
@@ -194,10 +194,14 @@ class MessageFactory:
 
     def image(self, header: Any, array: np.ndarray, encoding: str) -> Any:
         fields = array_to_image_fields(array, encoding)
-        return self.type("sensor_msgs/msg/Image")(
-            header=header, height=fields.height, width=fields.width, encoding=fields.encoding,
-            is_bigendian=fields.is_bigendian, step=fields.step, data=self.byte_array(fields.data),
-            **self.image_options)
+        image_type = self.type("sensor_msgs/msg/Image")
+        values = dict(header=header, height=fields.height, width=fields.width, encoding=fields.encoding,
+                      is_bigendian=fields.is_bigendian, step=fields.step)
+        if not self.data_by_reference:
+            return image_type(**values, data=self.byte_array(fields.data))
+        message = image_type(**values, check_fields=True)
+        message.data = self.byte_array(fields.data)
+        return message
 
     def detections(self, header: Any, result: SegmentationResult) -> Any:
         """``vision_msgs/Detection2DArray``: one detection per anomaly, ``id`` = its instance id."""

@@ -114,7 +114,7 @@ class ClipomalyNode(Node):
         self.get_logger().info("loading the toy backend ..." if config.backend == "toy" else
                                f"loading {config.model} ({config.checkpoint or config.pretrained}) ...")
         self.pipeline = Clipomaly(config)
-        self.factory = MessageFactory(ros_type, byte_array=uint8_array, image_options={"check_fields": True})
+        self.factory = MessageFactory(ros_type, byte_array=uint8_array, data_by_reference=True)
         self.device = str(getattr(self.pipeline.backend, "device", "cpu"))
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.enabled = True

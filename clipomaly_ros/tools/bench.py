@@ -65,7 +65,7 @@ class NodeOutputs:
         self.listener = rclpy.create_node("clipomaly_bench_listener", context=self.context)
         publishers = {topic: self.node.create_publisher(ros_type(kind), f"bench/{topic}", 5)
                       for topic, kind in OUTPUT_TYPES.items()}
-        factory = MessageFactory(ros_type, byte_array=uint8_array, image_options={"check_fields": True})
+        factory = MessageFactory(ros_type, byte_array=uint8_array, data_by_reference=True)
         self.camera = CameraStream("bench", publishers, factory)
         self.header = factory.header(1, 0, "camera")
         self._kinds = {topic: ros_type(OUTPUT_TYPES[topic]) for topic in IMAGE_OUTPUTS}

@@ -21,7 +21,8 @@ def test_shipped_parameter_file_holds_every_setting_at_its_default():
 def test_defaults_are_cityscapes_and_vit_b16():
     config = ClipomalyConfig()
     assert config.known_classes == CITYSCAPES_CLASSES
-    assert (config.model, config.pretrained, config.dense_method) == ("ViT-B-16", "openai", "clearclip")
+    assert (config.model, config.pretrained, config.dense_method) == ("ViT-B-16", "openai", "scclip")
+    assert (config.inference_size, config.window_size, config.window_stride) == (560, 0, 0)  # 224 every 112
 
 
 @pytest.mark.parametrize("changes, words", [

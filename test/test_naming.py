@@ -37,7 +37,7 @@ def test_region_crop_is_square_keeps_the_object_and_fades_the_background():
 def test_regions_are_named_and_known_looking_regions_rejected(tmp_path):
     backend = ToyColourBackend(inference_size=240)
     manager = VocabularyManager(TextEmbedder(backend, ("a photo of a {}.",)), ["mattress", "tire", "automobile"],
-                                ["a photo of a {}."], 0.9, tmp_path)
+                                0.9, tmp_path)
     vocabulary = manager.set(["road", "car", "sky"], ["garden gnome"])
     image, planted = render_street_scene(240, 320, planted="garden gnome")
     features = backend.dense_features(image)

@@ -205,3 +205,25 @@ def test_clear_errors_for_a_folder_given_as_an_image_an_empty_bag_and_play_argum
 
     args = build_parser().parse_args(["play", "--topics", "/a,/b", "--topics", "/c", "my_bag"])
     assert args.topics == ["/a", "/b", "/c"] and str(args.bag) == "my_bag"
+
+
+def test_known_classes_miou_reads_the_cityscapes_layout(tmp_path, capsys):
+    names = ["road", "sidewalk", "building", "vegetation", "sky", "car"]
+    for split, city, index in (("val", "lindau", 0), ("val", "munster", 1)):
+        image, _ = render_street_scene(240, 320, planted=None, seed=index)
+        label = np.full(image.shape[:2], 255, np.uint8)
+        for class_id, name in enumerate(names):  # trainIds of the known classes, from the colours drawn
+            label[(np.abs(image.astype(int) - TOY_LEXICON[name]).sum(-1) < 40)] = class_id
+        stem = f"{city}_000000_00001{index}"
+        (tmp_path / "cs" / "leftImg8bit" / split / city).mkdir(parents=True)
+        (tmp_path / "cs" / "gtFine" / split / city).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "cs" / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png"),
+                    cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(tmp_path / "cs" / "gtFine" / split / city / f"{stem}_gtFine_labelTrainIds.png"), label)
+    assert main(["evaluate", str(tmp_path / "cs"), "--known-classes-miou", "--known", ",".join(names),
+                 "--json", str(tmp_path / "m.json")] + TOY) == 0
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["images"] == 2 and report["miou"] > 0.9
+    (tmp_path / "cs" / "gtFine" / "val" / "munster" / "munster_000000_000011_gtFine_labelTrainIds.png").unlink()
+    assert main(["evaluate", str(tmp_path / "cs"), "--known-classes-miou"] + TOY) == 2
+    assert "no *_gtFine_labelTrainIds.png for munster_000000_000011_leftImg8bit.png" in capsys.readouterr().err

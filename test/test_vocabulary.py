@@ -60,7 +60,7 @@ def test_dictionary_embeddings_are_cached_on_disk(tmp_path):
 
 def test_names_meaning_a_known_class_are_excluded_from_the_dictionary(tmp_path):
     manager = VocabularyManager(TextEmbedder(ToyColourBackend(), TEMPLATES),
-                                ["automobile", "tree", "mattress", "road", "tire"], ["a photo of a {}."], 0.9, tmp_path)
+                                ["automobile", "tree", "mattress", "road", "tire"], 0.9, tmp_path)
     vocabulary = manager.set(["road", "car", "vegetation"], ["deer"])
     assert set(vocabulary.excluded) == {"automobile", "tree", "road"}
     assert vocabulary.dictionary == ("mattress", "tire")
@@ -71,8 +71,7 @@ def test_names_meaning_a_known_class_are_excluded_from_the_dictionary(tmp_path):
 
 
 def test_vocabulary_changes_while_another_thread_reads(tmp_path):
-    manager = VocabularyManager(TextEmbedder(ToyColourBackend(), TEMPLATES), ["mattress", "tire"],
-                                ["a photo of a {}."], 0.9, tmp_path)
+    manager = VocabularyManager(TextEmbedder(ToyColourBackend(), TEMPLATES), ["mattress", "tire"], 0.9, tmp_path)
     manager.set(["road"], [])
     errors = []
 
@@ -88,3 +87,11 @@ def test_vocabulary_changes_while_another_thread_reads(tmp_path):
         manager.set(["road", "car", "sky"][: 1 + index % 3], ["deer"] if index % 2 else [])
     thread.join()
     assert errors == []
+
+
+def test_dictionary_names_get_the_same_template_ensemble_as_the_known_classes(tmp_path):
+    embedder = TextEmbedder(ToyColourBackend(), TEMPLATES)
+    manager = VocabularyManager(embedder, ["mattress", "tire"], 0.9, tmp_path)
+    vocabulary = manager.set(["road"], [])
+    # a dictionary name embeds exactly as the same name would as a known class: one ensemble, one softmax
+    torch.testing.assert_close(vocabulary.dictionary_embeddings, embedder.embed(["mattress", "tire"]))

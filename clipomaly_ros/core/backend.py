@@ -22,15 +22,18 @@ class ModelLoadError(RuntimeError):
 class DenseFeatures:
     """Dense image features of one frame.
 
-    ``grid``: ``(h, w, D)`` float32 tensor on the backend's device, L2-normalised per location, covering the whole
-    image;
+    ``grid``: ``(h, w, D)`` float32 tensor on the backend's device covering the whole image, a unit vector per
+    location or the mean of several (overlapping windows), so that its dot product with a text embedding is a
+    cosine similarity or the mean of several;
     ``working_size``: (height, width) in pixels of the resized image the grid was computed on; every map the
-    pipeline derives from the features lives at this resolution before being resized to the input's.
+    pipeline derives from the features lives at this resolution before being resized to the input's;
+    ``image``: ``(3, H, W)`` the normalised image at the working resolution (for mask refinement), or None.
     """
 
-    def __init__(self, grid: torch.Tensor, working_size: tuple[int, int]):
+    def __init__(self, grid: torch.Tensor, working_size: tuple[int, int], image: torch.Tensor | None = None):
         self.grid = grid
         self.working_size = working_size
+        self.image = image
 
 
 class BackboneClock:

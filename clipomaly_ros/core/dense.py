@@ -1,20 +1,14 @@
 """Training-free dense CLIP: per-patch embeddings from an open_clip VisionTransformer.
 
 CLIP's last attention block mixes every patch with global context, so its patch tokens do not describe their own
-location. The training-free methods replace that block (MaskCLIP, SCLIP, ClearCLIP, NACLIP); here the variants
-share one code path that differs only in how attention weights are formed:
+location. The training-free methods change the end of the network (:mod:`.dense_methods` says how each does it).
 
-============  ==============================================================================================
-clearclip     softmax(q q^T); no residual, no feed-forward
-sclip         softmax(q q^T) + softmax(k k^T); no residual, no feed-forward
-naclip        softmax(k k^T + Gaussian neighbourhood prior); no residual, no feed-forward
-maskclip      identity attention (the value embedding of each patch); no residual, no feed-forward
-none          the unchanged block (pooled output equals ``encode_image``)
-============  ==============================================================================================
-
-Images of any size are covered by sliding windows whose positional embeddings are interpolated when the window
-is not the model's native size. The patch embedding runs once over the whole image and the windows are cut from
-it, which equals embedding every window on its own because windows are aligned to the patch grid.
+Images of any size are covered by sliding windows (all windows of all frames in one batch) whose positional
+embeddings are resized as the official code does when the window is not the model's native size. The patch
+embedding runs once over the whole image and the windows are cut from it, which equals embedding every window on
+its own because windows are aligned to the patch grid. Overlapping windows are fused by averaging their
+normalised patch features without normalising again, which averages the windows' cosine similarities (and so
+their class logits): a location covered by several identical windows scores exactly as it would under one.
 """
 
 from __future__ import annotations
@@ -28,65 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NACLIP_NEIGHBOURHOOD_STD = 5.0  # patches; the neighbourhood prior's Gaussian width
-
-
-def interpolate_positional_embedding(positional_embedding: torch.Tensor, native_grid: tuple[int, int],
-                                     grid: tuple[int, int]) -> torch.Tensor:
-    """Resize a ViT positional embedding ``(1 + gh0*gw0, C)`` to ``(1 + gh*gw, C)`` (bicubic on the grid)."""
-    if tuple(grid) == tuple(native_grid):
-        return positional_embedding
-    class_pos, patch_pos = positional_embedding[:1], positional_embedding[1:]
-    channels = patch_pos.shape[-1]
-    patch_pos = patch_pos.reshape(1, native_grid[0], native_grid[1], channels).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
-    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], channels).to(positional_embedding.dtype)
-    return torch.cat([class_pos, patch_pos], dim=0)
-
-
-def _neighbourhood_prior(grid: tuple[int, int], std: float, device, dtype) -> torch.Tensor:
-    """Additive attention prior ``(1 + N, 1 + N)``: a Gaussian of patch distance; zero for the class token."""
-    ys, xs = torch.meshgrid(torch.arange(grid[0], device=device), torch.arange(grid[1], device=device),
-                            indexing="ij")
-    coords = torch.stack([ys.flatten(), xs.flatten()], dim=1).float()
-    distance2 = torch.cdist(coords, coords).pow(2)
-    prior = torch.zeros(1 + coords.shape[0], 1 + coords.shape[0], device=device, dtype=torch.float32)
-    prior[1:, 1:] = -distance2 / (2 * std ** 2)
-    return prior.to(dtype)
-
-
-def dense_last_block(block: nn.Module, x: torch.Tensor, method: str, grid: tuple[int, int]) -> torch.Tensor:
-    """Apply the modified last transformer block to tokens ``x`` ``(B, 1 + N, C)``; returns ``(B, 1 + N, C)``."""
-    attention = getattr(block, "attn", None)
-    if not isinstance(attention, nn.MultiheadAttention):
-        raise NotImplementedError(
-            f"dense_method '{method}' needs a ViT whose blocks use nn.MultiheadAttention (open_clip's default "
-            f"block); this model's last block has {type(attention).__name__}. Use dense_method 'none' or another "
-            "model.")
-    tokens = block.ln_1(x)
-    batch, length, channels = tokens.shape
-    heads = attention.num_heads
-    head_dim = channels // heads
-    q, k, v = F.linear(tokens, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
-    q, k, v = (t.reshape(batch, length, heads, head_dim).transpose(1, 2) for t in (q, k, v))
-    scale = head_dim ** -0.5
-    if method == "maskclip":
-        out = v
-    else:
-        if method == "clearclip":
-            weights = torch.softmax((q @ q.transpose(-2, -1)) * scale, dim=-1)
-        elif method == "sclip":
-            weights = (torch.softmax((q @ q.transpose(-2, -1)) * scale, dim=-1)
-                       + torch.softmax((k @ k.transpose(-2, -1)) * scale, dim=-1))
-        elif method == "naclip":
-            prior = _neighbourhood_prior(grid, NACLIP_NEIGHBOURHOOD_STD, x.device, x.dtype)
-            weights = torch.softmax((k @ k.transpose(-2, -1)) * scale + prior, dim=-1)
-        else:
-            raise ValueError(f"unknown dense method {method!r}")
-        out = weights @ v
-    out = out.transpose(1, 2).reshape(batch, length, channels)
-    return block.ls_1(attention.out_proj(out))
-
+from .dense_methods import interpolate_positional_embedding, last_block, scclip_tail
 
 class DenseVisionEncoder(nn.Module):
     """Wraps an open_clip ``VisionTransformer`` to return pooled and per-patch embeddings.
@@ -104,6 +40,8 @@ class DenseVisionEncoder(nn.Module):
                     f"'{attribute}'. Choose a ViT model (for example ViT-B-16).")
         if getattr(visual, "attn_pool", None) is not None:
             raise NotImplementedError("dense features are not supported for ViTs with attentional pooling (CoCa)")
+        if not getattr(visual.transformer, "batch_first", True):
+            raise NotImplementedError("dense features need open_clip's batch-first transformer (open_clip >= 2.24)")
         self.visual = visual
         self.method = method
         self.patch_size = tuple(visual.patch_size)
@@ -126,21 +64,16 @@ class DenseVisionEncoder(nn.Module):
         x = x + interpolate_positional_embedding(visual.positional_embedding, self.native_grid,
                                                  (grid_h, grid_w)).to(x.dtype)
         x = visual.ln_pre(x)
-        transformer = visual.transformer
-        batch_first = getattr(transformer, "batch_first", True)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        for block in transformer.resblocks[:-1]:
-            x = block(x)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        last = transformer.resblocks[-1]
-        if self.method == "none":
-            x = last(x) if batch_first else last(x.transpose(0, 1)).transpose(0, 1)
+        blocks = visual.transformer.resblocks
+        if self.method == "scclip":
+            patches = visual.ln_post(scclip_tail(blocks, x, (grid_h, grid_w)))
+            pooled = patches.mean(dim=1)
         else:
-            x = dense_last_block(last, x, self.method, (grid_h, grid_w))
-        pooled, _ = visual._pool(x)
-        patches = visual.ln_post(x[:, 1:])
+            for block in blocks[:-1]:
+                x = block(x)
+            x = last_block(blocks[-1], x, self.method, (grid_h, grid_w))
+            pooled, _ = visual._pool(x)
+            patches = visual.ln_post(x[:, 1:])
         if visual.proj is not None:
             pooled = pooled @ visual.proj
             patches = patches @ visual.proj
@@ -222,15 +155,16 @@ def window_tokens(patch_embeddings: torch.Tensor, layout: WindowLayout) -> torch
 
 
 def fuse_windows(patches: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
-    """Per-window patch features ``(windows, g, g, D)`` averaged where windows overlap: ``(rows, columns, D)``
-    float32, L2-normalised per location."""
+    """Per-window patch features ``(windows, g, g, D)``, each normalised, averaged where windows overlap:
+    ``(rows, columns, D)`` float32. Not normalised again: its dot product with a text embedding is the mean of the
+    windows' cosine similarities."""
     patches = F.normalize(patches.float(), dim=-1)
     depth = patches.shape[-1]
     index = layout.token_index.to(patches.device).flatten()
     total = torch.zeros(layout.grid[0] * layout.grid[1], depth, device=patches.device)
     total.index_add_(0, index, patches.reshape(-1, depth))
     total /= layout.coverage.to(patches.device)
-    return F.normalize(total, dim=-1).reshape(*layout.grid, depth)
+    return total.reshape(*layout.grid, depth)
 
 
 def sliding_window_features(encoder: DenseVisionEncoder, images: list[torch.Tensor],
@@ -239,7 +173,7 @@ def sliding_window_features(encoder: DenseVisionEncoder, images: list[torch.Tens
 
     The patch embedding runs once per image; the windows of all images then go through the transformer
     together, ``batch_size`` at a time (0: all in one batch). Returns one ``(H/p, W/p, D)`` float32 grid per
-    image, L2-normalised per location.
+    image (see :func:`fuse_windows`).
     """
     windows = torch.cat([window_tokens(encoder.embed_patches(image[None])[0], layout)
                          for image, layout in zip(images, layouts)])
@@ -263,5 +197,5 @@ def resize_for_layout(image: np.ndarray, layout: WindowLayout) -> np.ndarray:
 
 __all__ = [
     "DenseVisionEncoder", "WindowLayout", "plan_windows", "sliding_window_features", "native_window",
-    "interpolate_positional_embedding", "resize_for_layout",
+    "resize_for_layout",
 ]

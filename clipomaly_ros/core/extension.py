@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,18 +61,22 @@ def footprints(components: list[tuple[int, np.ndarray]], shape: tuple[int, int])
 
 def extend(features: torch.Tensor, known_logits: torch.Tensor, known_coarse: ClassStatistics,
            new_names: list[str], new_embeddings: torch.Tensor, output_size: tuple[int, int], logit_scale: float,
-           known_count: int, min_area: int, max_regions: int) -> tuple[list[Instance], list[str]]:
+           known_count: int, min_area: int, max_regions: int,
+           refine: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[list[Instance], list[str]]:
     """The anomaly instances of one frame, largest first (ids 1, 2, ...), and the new names that kept one.
 
     ``features``: ``(h, w, D)`` grid features; ``known_logits``: ``(K, h, w)`` their known-class logits;
     ``known_coarse``: the known classes' statistics on the coarse map; ``new_embeddings``: ``(N, D)`` for
-    ``new_names``; ``min_area`` in output pixels.
+    ``new_names``; ``min_area`` in output pixels; ``refine``: what was done to ``known_logits`` (PAMR), done to the
+    new names' logits too.
     """
     if not new_names:
         return [], []
     coarse = tuple(known_coarse.best_logit.shape)
     height, width = output_size
     new_logits = class_logits(features, new_embeddings, logit_scale)
+    if refine is not None:
+        new_logits = refine(new_logits)
     new_coarse = resample(new_logits, coarse)
     best_new_logit, best_new = new_coarse.max(dim=0)
     new_wins = (best_new_logit > known_coarse.best_logit).cpu().numpy()

@@ -253,4 +253,4 @@ class OpenClipBackend:
                    for slot, (image, layout) in enumerate(zip(images, layouts))]
         with self.clock.measure(self.device):
             grids = sliding_window_features(self.encoder, tensors, layouts, self.window_batch_size)
-        return [DenseFeatures(grid, layout.resized) for grid, layout in zip(grids, layouts)]
+        return [DenseFeatures(grid, layout.resized, tensor) for grid, layout, tensor in zip(grids, layouts, tensors)]

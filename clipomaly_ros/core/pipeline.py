@@ -34,6 +34,7 @@ from .images import check_image
 from .extension import extend
 from .maps import FrameMaps
 from .naming import RegionNamer
+from .pamr import PixelAdaptiveRefinement
 from .results import AnomalyRecord, SegmentationResult
 from .unknown import class_logits, class_statistics, coarse_size, find_unknown_regions, resample
 from .vocabulary import TextEmbedder, Vocabulary, VocabularyManager, default_cache_dir, read_name_list
@@ -58,7 +59,7 @@ class Clipomaly:
         self.embedder = TextEmbedder(self.backend, self.config.prompt_templates)
         cache_dir = Path(self.config.cache_dir).expanduser() if self.config.cache_dir else default_cache_dir()
         self.vocabulary = VocabularyManager(self.embedder, read_name_list(self.config.naming_dictionary or None),
-                                            self.config.dictionary_templates, self.config.exclusion_similarity,
+                                            self.config.exclusion_similarity,
                                             cache_dir, progress=progress)
         self.vocabulary.set(self.config.known_classes, self.config.anomaly_vocabulary)
         self.namer = RegionNamer(self.backend)
@@ -131,8 +132,13 @@ class Clipomaly:
 
         output_size = image.shape[:2]
         grid = features.grid
+        refine = None
+        if config.pamr_steps and features.image is not None:
+            refine = PixelAdaptiveRefinement(features.image, config.pamr_steps).refine
         known_logits = class_logits(grid, vocabulary.known_embeddings, config.logit_scale)
-        working_cell = features.working_size[0] / grid.shape[0]
+        if refine is not None:
+            known_logits = refine(known_logits)
+        working_cell = features.working_size[0] / grid.shape[0]  # the patch, in working pixels
         coarse = coarse_size(features.working_size, round(working_cell))
         known_coarse = class_statistics(resample(known_logits, coarse))
         cells_per_pixel = coarse[0] * coarse[1] / (output_size[0] * output_size[1])
@@ -155,7 +161,7 @@ class Clipomaly:
         embeddings = torch.stack(list(new_names.values())) if new_names else None
         instances, kept_names = extend(grid, known_logits, known_coarse, list(new_names), embeddings, output_size,
                                        config.logit_scale, len(vocabulary.known), config.min_region_area,
-                                       config.max_regions)
+                                       config.max_regions, refine)
         lap("extension")
 
         candidates_of: dict[str, tuple] = {}

@@ -122,4 +122,5 @@ class ToyColourBackend:
             image = cv2.resize(image, (working[1], working[0]), interpolation=cv2.INTER_AREA)
         embeddings = self._pixel_embeddings(image).permute(2, 0, 1)[None]
         grid = F.avg_pool2d(embeddings, self.patch)[0].permute(1, 2, 0)
-        return DenseFeatures(F.normalize(grid + 1e-6, dim=-1), working)
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        return DenseFeatures(F.normalize(grid + 1e-6, dim=-1), working, pixels)

@@ -140,12 +140,13 @@ class VocabularyManager:
     cheap and safe while another thread segments with the previous snapshot.
     """
 
-    def __init__(self, embedder: TextEmbedder, dictionary_names: Sequence[str], dictionary_templates: Sequence[str],
-                 exclusion_similarity: float, cache_dir: Path | None, progress: bool = False):
+    def __init__(self, embedder: TextEmbedder, dictionary_names: Sequence[str], exclusion_similarity: float,
+                 cache_dir: Path | None, progress: bool = False):
         self.embedder = embedder
         self.exclusion_similarity = exclusion_similarity
         self._dictionary_names = tuple(dictionary_names)
-        self._dictionary_embeddings = embedder.embed_many(self._dictionary_names, dictionary_templates, cache_dir,
+        # the dictionary's names compete with the known classes in one softmax: the same template ensemble
+        self._dictionary_embeddings = embedder.embed_many(self._dictionary_names, embedder.templates, cache_dir,
                                                           progress=progress)
         self._lock = threading.Lock()
         self._current: Vocabulary | None = None

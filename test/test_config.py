@@ -22,7 +22,8 @@ def test_defaults_are_cityscapes_and_vit_b16():
     config = ClipomalyConfig()
     assert config.known_classes == CITYSCAPES_CLASSES
     assert (config.model, config.pretrained, config.dense_method) == ("ViT-B-16", "openai", "scclip")
-    assert (config.inference_size, config.window_size, config.window_stride) == (560, 0, 0)  # 224 every 112
+    assert (config.inference_size, config.window_size, config.window_stride) == (0, 0, 0)  # official: 224 every 112
+    assert config.working_short_side == 560 and config.replace(dense_method="clearclip").working_short_side == 448
 
 
 @pytest.mark.parametrize("changes, words", [

@@ -34,6 +34,9 @@ DEFAULT_TEMPLATES = (
 )
 
 DENSE_METHODS = ("scclip", "naclip", "sclip", "clearclip", "maskclip", "none")
+OFFICIAL_SHORT_SIDE = {"scclip": 560, "naclip": 560, "sclip": 560, "clearclip": 448, "maskclip": 560, "none": 560}
+"""Short side of the official Cityscapes evaluation of each method (ViT-B/16, 224-pixel windows every 112); no
+official sliding-window setting was found for maskclip, which gets SCLIP's."""
 BACKENDS = ("open_clip", "toy")
 NODE_NAME = "clipomaly"
 
@@ -140,9 +143,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(SC-CLIP, the best published Cityscapes mIoU of these), naclip (k-k attention with a Gaussian "
             "neighbourhood), sclip (q-q + k-k attention), clearclip (q-q attention), maskclip (value embedding) or "
             "none (unchanged CLIP; for checks only).", "str", choices=DENSE_METHODS),
-    Setting("inference_size", 560, "Short side in pixels that the image is resized to before the sliding "
-            "windows (560, with 224-pixel windows every 112 pixels, is the official Cityscapes setting of "
-            "SC-CLIP, NACLIP, SCLIP and ClearCLIP).", "int", minimum=32, maximum=4096),
+    Setting("inference_size", 0, "Short side in pixels that the image is resized to before the sliding windows; "
+            "0 = the dense method's official Cityscapes setting (560 for scclip, naclip and sclip, 448 for "
+            "clearclip; 224-pixel windows every 112 pixels).", "int", minimum=0, maximum=4096),
     Setting("window_size", 0, "Sliding-window side in pixels; 0 = the model's native input size.", "int",
             minimum=0, maximum=4096),
     Setting("window_stride", 0, "Sliding-window stride in pixels; 0 = half the window.", "int", minimum=0,
@@ -247,6 +250,11 @@ class ClipomalyConfig(_ClipomalyConfigBase):
                 raise ConfigError(f"prompt_templates: {template!r} must contain exactly one '{{}}' for the name")
         if self.checkpoint and self.random_weights:
             raise ConfigError("checkpoint and random_weights are both set: choose one")
+
+    @property
+    def working_short_side(self) -> int:
+        """``inference_size``, or the dense method's official Cityscapes short side when it is 0."""
+        return self.inference_size or OFFICIAL_SHORT_SIDE[self.dense_method]
 
     def replace(self, **changes: Any) -> "ClipomalyConfig":
         unknown = set(changes) - set(CORE_SETTINGS)

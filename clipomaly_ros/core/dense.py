@@ -156,15 +156,16 @@ def window_tokens(patch_embeddings: torch.Tensor, layout: WindowLayout) -> torch
 
 def fuse_windows(patches: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
     """Per-window patch features ``(windows, g, g, D)``, each normalised, averaged where windows overlap:
-    ``(rows, columns, D)`` float32. Not normalised again: its dot product with a text embedding is the mean of the
+    ``(rows, columns, D)`` in the features' dtype (summed in float32). Not normalised again: its dot product with a text embedding is the mean of the
     windows' cosine similarities."""
+    dtype = patches.dtype
     patches = F.normalize(patches.float(), dim=-1)
     depth = patches.shape[-1]
     index = layout.token_index.to(patches.device).flatten()
     total = torch.zeros(layout.grid[0] * layout.grid[1], depth, device=patches.device)
     total.index_add_(0, index, patches.reshape(-1, depth))
     total /= layout.coverage.to(patches.device)
-    return total.reshape(*layout.grid, depth)
+    return total.reshape(*layout.grid, depth).to(dtype)  # fp16 where the model runs fp16
 
 
 def sliding_window_features(encoder: DenseVisionEncoder, images: list[torch.Tensor],
@@ -172,7 +173,7 @@ def sliding_window_features(encoder: DenseVisionEncoder, images: list[torch.Tens
     """Dense features of normalised images ``(3, H, W)``, each already resized to its layout's ``resized``.
 
     The patch embedding runs once per image; the windows of all images then go through the transformer
-    together, ``batch_size`` at a time (0: all in one batch). Returns one ``(H/p, W/p, D)`` float32 grid per
+    together, ``batch_size`` at a time (0: all in one batch). Returns one ``(H/p, W/p, D)`` grid per
     image (see :func:`fuse_windows`).
     """
     windows = torch.cat([window_tokens(encoder.embed_patches(image[None])[0], layout)

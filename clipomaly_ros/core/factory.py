@@ -11,7 +11,7 @@ def create_backend(config: ClipomalyConfig) -> VisionLanguageBackend:
     if config.backend == "toy":
         from .toy_backend import ToyColourBackend
 
-        return ToyColourBackend(inference_size=config.inference_size)
+        return ToyColourBackend(inference_size=config.working_short_side)
     from .open_clip_backend import OpenClipBackend
 
     return OpenClipBackend(config)

@@ -182,7 +182,7 @@ class OpenClipBackend:
         if self.window % patch:
             raise ModelLoadError(f"window_size {self.window} must be a multiple of the patch size {patch}")
         self.stride = config.window_stride or self.window // 2
-        self.inference_size = config.inference_size
+        self.inference_size = config.working_short_side
         self.window_batch_size = config.window_batch_size
         weights = (checkpoint_fingerprint(Path(config.checkpoint).expanduser()) if config.checkpoint
                    else "random" if config.random_weights else config.pretrained)

@@ -128,3 +128,11 @@ def test_truncated_text_encoding_equals_open_clip_encode_text(backend):
         reference = backend.model.encode_text(tokens)
         truncated = encode_text_truncated(backend.model, tokens)
     torch.testing.assert_close(truncated, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_the_folded_normalisation_embeds_pixels_as_the_model_embeds_normalised_images(backend):
+    pixels = torch.randint(0, 256, (1, 3, 64, 96)).float()
+    normalised = (pixels / 255.0 - backend.mean) / backend.std
+    with torch.no_grad():
+        torch.testing.assert_close(backend.encoder.embed_pixels(pixels), backend.encoder.embed_patches(normalised),
+                                   rtol=1e-4, atol=1e-4)

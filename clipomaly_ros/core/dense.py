@@ -54,6 +54,22 @@ class DenseVisionEncoder(nn.Module):
         the whole image (see :func:`sliding_window_features`)."""
         return self.visual.conv1(images)
 
+    def normalise_pixels(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Fold the input normalisation ((x / 255 - mean) / std, per RGB channel) into a copy of the patch
+        embedding, so :meth:`embed_pixels` takes 0..255 pixels and no pass over the image normalises them."""
+        weight = self.visual.conv1.weight.float()
+        scale = (1.0 / (255.0 * std.float().flatten().to(weight.device)))[None, :, None, None]
+        shift = (mean.float().flatten().to(weight.device) / std.float().flatten().to(weight.device))
+        self._pixel_weight = (weight * scale).to(self.visual.conv1.weight.dtype)
+        self._pixel_bias = (-(weight * shift[None, :, None, None]).sum(dim=(1, 2, 3))).to(weight.dtype)
+
+    def embed_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`embed_patches` of images given as 0..255 pixels ``(B, 3, H, W)`` (see
+        :meth:`normalise_pixels`)."""
+        stride = self.visual.conv1.stride
+        return F.conv2d(images.to(self._pixel_weight.dtype), self._pixel_weight,
+                        self._pixel_bias.to(self._pixel_weight.dtype), stride=stride)
+
     def forward_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The transformer on patch embeddings ``(B, C, gh, gw)``: ``(pooled (B, D), patches (B, gh, gw, D))``."""
         visual = self.visual
@@ -169,15 +185,18 @@ def fuse_windows(patches: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
 
 
 def sliding_window_features(encoder: DenseVisionEncoder, images: list[torch.Tensor],
-                            layouts: list[WindowLayout], batch_size: int = 0) -> list[torch.Tensor]:
-    """Dense features of normalised images ``(3, H, W)``, each already resized to its layout's ``resized``.
+                            layouts: list[WindowLayout], batch_size: int = 0,
+                            pixels: bool = False) -> list[torch.Tensor]:
+    """Dense features of normalised images ``(3, H, W)`` (or 0..255 ``pixels`` for an encoder told its
+    normalisation, :meth:`DenseVisionEncoder.normalise_pixels`), each already resized to its layout's
+    ``resized``.
 
     The patch embedding runs once per image; the windows of all images then go through the transformer
     together, ``batch_size`` at a time (0: all in one batch). Returns one ``(H/p, W/p, D)`` grid per
     image (see :func:`fuse_windows`).
     """
-    windows = torch.cat([window_tokens(encoder.embed_patches(image[None])[0], layout)
-                         for image, layout in zip(images, layouts)])
+    embed = encoder.embed_pixels if pixels else encoder.embed_patches
+    windows = torch.cat([window_tokens(embed(image[None])[0], layout) for image, layout in zip(images, layouts)])
     chunks = windows.split(batch_size) if batch_size else (windows,)
     patches = torch.cat([encoder.forward_patches(chunk)[1] for chunk in chunks])
     counts = [len(layout.origins) for layout in layouts]

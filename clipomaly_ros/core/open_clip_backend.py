@@ -191,8 +191,7 @@ class OpenClipBackend:
         self._text_lock = threading.Lock()
         self.clock = BackboneClock()
         self.crop_size = native_window(self.encoder)
-        self._mean_255 = (255.0 * self.mean).flatten().cpu()
-        self._inverse_std_255 = (1.0 / (255.0 * self.std)).flatten().cpu()
+        self.encoder.normalise_pixels(self.mean, self.std)
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}  # (slot, H, W, 3) -> reused upload buffer
 
     @property
@@ -200,12 +199,14 @@ class OpenClipBackend:
         """The normalisation mean as an RGB uint8 colour: what a blank pixel looks like to the model."""
         return tuple(int(round(255 * float(m))) for m in self.mean.flatten())
 
-    def _to_tensor(self, image: np.ndarray, size: tuple[int, int] | None = None, slot: int = 0) -> torch.Tensor:
-        """An RGB uint8 ``(H, W, 3)`` image on the device, resized to ``size`` (height, width) and normalised:
-        ``(3, h, w)`` in the model's dtype.
+    def _pixels(self, image: np.ndarray, size: tuple[int, int] | None = None, slot: int = 0) -> torch.Tensor:
+        """An RGB uint8 ``(H, W, 3)`` image on the device, resized to ``size`` (height, width): ``(3, h, w)``
+        float 0..255.
 
         On CUDA the uint8 pixels go up through a reused pinned buffer without blocking and are resized on the
-        GPU (``slot`` tells images of one batch apart: each has its own buffer); on the CPU OpenCV resizes."""
+        GPU (``slot`` tells images of one batch apart: each has its own buffer); on the CPU OpenCV resizes,
+        bilinear as the published dense-CLIP pipelines do (mmseg's Resize)."""
+        resize = size is not None and tuple(size) != image.shape[:2]
         if self.device.type == "cuda":
             key = (slot, *image.shape)
             pinned = self._pinned.get(key)
@@ -213,15 +214,16 @@ class OpenClipBackend:
                 pinned = self._pinned[key] = torch.empty(image.shape, dtype=torch.uint8).pin_memory()
             pinned.numpy()[...] = image
             tensor = pinned.to(self.device, non_blocking=True).permute(2, 0, 1)[None].float()
-            if size is not None and tuple(size) != image.shape[:2]:
+            if resize:
                 tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
-            return ((tensor[0] / 255.0 - self.mean) / self.std).to(self.dtype)
-        if size is not None and tuple(size) != image.shape[:2]:
-            # bilinear, as the published dense-CLIP pipelines resize (mmseg's Resize); an order faster than area
+            return tensor[0]
+        if resize:
             image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-        # normalised in place while the channels are innermost: one pass, no temporary
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).float()
-        return tensor.sub_(self._mean_255).mul_(self._inverse_std_255).permute(2, 0, 1).to(self.dtype)
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+
+    def _to_tensor(self, image: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """:meth:`_pixels`, normalised as the model expects, in its dtype."""
+        return ((self._pixels(image, size) / 255.0 - self.mean) / self.std).to(self.dtype)
 
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -249,8 +251,9 @@ class OpenClipBackend:
     @torch.inference_mode()
     def dense_features_batch(self, images: Sequence[np.ndarray]) -> list[DenseFeatures]:
         layouts = [self.layout_for(image.shape[:2]) for image in images]
-        tensors = [self._to_tensor(image, layout.resized, slot)
+        # raw pixels: the normalisation is folded into the patch embedding, no pass over the image for it
+        tensors = [self._pixels(image, layout.resized, slot)
                    for slot, (image, layout) in enumerate(zip(images, layouts))]
         with self.clock.measure(self.device):
-            grids = sliding_window_features(self.encoder, tensors, layouts, self.window_batch_size)
+            grids = sliding_window_features(self.encoder, tensors, layouts, self.window_batch_size, pixels=True)
         return [DenseFeatures(grid, layout.resized, tensor) for grid, layout, tensor in zip(grids, layouts, tensors)]

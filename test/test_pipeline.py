@@ -313,3 +313,12 @@ def test_sampling_pixels_equals_resampling_the_whole_map():
     full = resample(grid, (45, 100))
     ys, xs = torch.randint(0, 45, (300,)), torch.randint(0, 100, (300,))
     torch.testing.assert_close(sample_points(grid, (45, 100), ys, xs), full[:, ys, xs], rtol=1e-5, atol=1e-5)
+
+
+def test_every_frame_of_the_synthetic_drive_finds_what_is_in_view(toy_config):
+    from clipomaly_ros.core.scenes import synthetic_drive
+
+    pipeline = Clipomaly(toy_config)
+    for frame in synthetic_drive(seconds=4.0)[::2]:  # small and far objects included: no flicker
+        in_view = {name for name, mask in frame.objects.items() if mask.sum() >= toy_config.min_region_area}
+        assert {a.name for a in pipeline(frame.image).anomalies} == in_view, frame.stamp_ns

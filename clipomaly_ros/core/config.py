@@ -181,8 +181,10 @@ SETTINGS: tuple[Setting, ...] = (
             live=True, minimum=1),
     Setting("max_regions", 8, "Most anomaly regions named per frame (largest first).", "int", live=True,
             minimum=1, maximum=255),
-    Setting("cleanup_radius", 2, "Radius in working pixels of the morphological opening and closing that "
-            "clean the unknown mask; 0 = none.", "int", live=True, minimum=0, maximum=32),
+    Setting("cleanup_radius", 2, "Radius in working pixels of the opening and closing that clean the unknown "
+            "mask; they run on the coarse map in whole cells (8 working pixels for a ViT-B/16), so a radius below "
+            "one cell leaves the clean-up to the coarse map's own smoothing; 0 = none.", "int", live=True,
+            minimum=0, maximum=32),
     # --- naming --------------------------------------------------------------------------------------------------
     Setting("naming_top_k", 10, "Dictionary names preselected per region by mask-pooled similarity.", "int",
             live=True, minimum=1, maximum=200),

@@ -145,7 +145,7 @@ class Clipomaly:
         cell_side = features.working_size[0] / coarse[0]
         regions = find_unknown_regions(known_coarse.uncertainty, config.uncertainty_threshold,
                                        max(1, math.floor(config.min_region_area * cells_per_pixel)),
-                                       config.max_regions, math.floor(config.cleanup_radius / cell_side + 0.5))
+                                       config.max_regions, math.floor(config.cleanup_radius / cell_side))
         lap("unknown")
 
         named = self.namer.name_regions(

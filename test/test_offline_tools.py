@@ -1,12 +1,10 @@
 """clipomaly replay and clipomaly evaluate, end to end on generated bags and data sets (toy backend)."""
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 from mcap.reader import make_reader
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer

@@ -16,13 +16,12 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .dense_methods import interpolate_positional_embedding, last_block, scclip_tail
+
 
 class DenseVisionEncoder(nn.Module):
     """Wraps an open_clip ``VisionTransformer`` to return pooled and per-patch embeddings.
@@ -172,8 +171,8 @@ def window_tokens(patch_embeddings: torch.Tensor, layout: WindowLayout) -> torch
 
 def fuse_windows(patches: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
     """Per-window patch features ``(windows, g, g, D)``, each normalised, averaged where windows overlap:
-    ``(rows, columns, D)`` in the features' dtype (summed in float32). Not normalised again: its dot product with a text embedding is the mean of the
-    windows' cosine similarities."""
+    ``(rows, columns, D)`` in the features' dtype (summed in float32). Not normalised again: its dot product with a
+    text embedding is the mean of the windows' cosine similarities."""
     dtype = patches.dtype
     patches = F.normalize(patches.float(), dim=-1)
     depth = patches.shape[-1]
@@ -208,14 +207,5 @@ def native_window(encoder: DenseVisionEncoder) -> int:
     return encoder.native_grid[0] * encoder.patch_size[0]
 
 
-def resize_for_layout(image: np.ndarray, layout: WindowLayout) -> np.ndarray:
-    """Resize an ``(H, W, 3)`` uint8 image to ``layout.resized`` (area filter when shrinking)."""
-    height, width = layout.resized
-    shrinking = height * width < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-
-
-__all__ = [
-    "DenseVisionEncoder", "WindowLayout", "plan_windows", "sliding_window_features", "native_window",
-    "resize_for_layout",
-]
+__all__ = ["DenseVisionEncoder", "WindowLayout", "plan_windows", "sliding_window_features", "native_window",
+           "window_tokens", "fuse_windows"]

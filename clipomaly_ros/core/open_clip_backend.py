@@ -54,13 +54,9 @@ def encode_text_truncated(model, tokens: torch.Tensor) -> torch.Tensor:
     return x
 
 
-BUNDLED_MODELS = ("clipomaly-tiny-vit",)
-"""Architectures shipped with the package (``data/model_configs``): a tiny ViT for smoke tests and memory soaks;
-it has no pretrained weights."""
-
-
 def register_bundled_models() -> None:
-    """Make the package's own architecture configs known to open_clip (idempotent)."""
+    """Make the package's own architecture configs (``data/model_configs``: ``clipomaly-tiny-vit``, a tiny ViT
+    without pretrained weights for smoke tests and memory soaks) known to open_clip (idempotent)."""
     import open_clip
 
     open_clip.add_model_config(Path(str(resources.files("clipomaly_ros").joinpath("data/model_configs"))))

@@ -36,9 +36,6 @@ class AnomalyRecord:
         return record
 
 
-MAP_NAMES = ("semantic", "anomaly_score", "anomaly_mask", "instances")
-
-
 class SegmentationResult:
     """Everything the pipeline says about one frame, at the input resolution (H x W).
 

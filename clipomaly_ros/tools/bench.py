@@ -253,9 +253,9 @@ def format_bench(report: dict) -> str:
               + ", ".join(f"{label}: {fps:.3f} frames/s" for label, fps in report["fps"].items())]
     if "memory" in report:
         memory = report["memory"]
-        lines.append(f"memory ({memory['model']}, {memory['frames']} frames): resident {memory['resident_mb_first']:.0f} "
-                     f"MB after frame 1, {memory['resident_mb_last']:.0f} MB after frame {memory['frames']} "
-                     f"({memory['growth_mb']:+.1f} MB)")
+        lines.append(f"memory ({memory['model']}, {memory['frames']} frames): resident "
+                     f"{memory['resident_mb_first']:.0f} MB after frame 1, {memory['resident_mb_last']:.0f} MB "
+                     f"after frame {memory['frames']} ({memory['growth_mb']:+.1f} MB)")
     lines.append(f"peak resident {report['peak_resident_mb']:.0f} MB"
                  + (f"; GPU peak {report['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in report else ""))
     return "\n".join(lines)

@@ -136,3 +136,12 @@ def test_the_folded_normalisation_embeds_pixels_as_the_model_embeds_normalised_i
     with torch.no_grad():
         torch.testing.assert_close(backend.encoder.embed_pixels(pixels), backend.encoder.embed_patches(normalised),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_region_crops_are_embedded_as_clip_embeds_images(backend):
+    crops = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(3)]
+    batch = torch.stack([(torch.from_numpy(c).permute(2, 0, 1).float() / 255.0 - backend.mean) / backend.std
+                         for c in crops])
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(backend.model.encode_image(batch), dim=-1)
+    torch.testing.assert_close(backend.encode_images(crops), expected, rtol=1e-4, atol=1e-5)

@@ -82,10 +82,9 @@ def region_crop(image: np.ndarray, region: CandidateRegion, margin: float, backg
                       .astype(int), region_h - 1)
     cols = np.minimum(((left + (np.arange(crop.shape[1]) + 0.5) * (right - left) / crop.shape[1]) / scale_x)
                       .astype(int), region_w - 1)
-    keep = region.mask[rows[:, None], cols[None, :]]
+    keep = region.mask[np.ix_(rows, cols)].astype(np.uint8)
     faded = cv2.addWeighted(crop, background, np.full_like(crop, fill), 1.0 - background, 0.0)
-    np.copyto(faded, crop, where=keep[..., None])
-    return faded
+    return cv2.copyTo(crop, keep, faded)
 
 
 class RegionNamer:

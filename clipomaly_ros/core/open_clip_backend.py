@@ -188,6 +188,8 @@ class OpenClipBackend:
         self.clock = BackboneClock()
         self.crop_size = native_window(self.encoder)
         self.encoder.normalise_pixels(self.mean, self.std)
+        self.image_encoder = DenseVisionEncoder(self.model.visual, "none")  # whole-image embeddings (crops)
+        self.image_encoder.normalise_pixels(self.mean, self.std)
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}  # (slot, H, W, 3) -> reused upload buffer
 
     @property
@@ -217,10 +219,6 @@ class OpenClipBackend:
             image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
 
-    def _to_tensor(self, image: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """:meth:`_pixels`, normalised as the model expects, in its dtype."""
-        return ((self._pixels(image, size) / 255.0 - self.mean) / self.std).to(self.dtype)
-
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         chunks = []
@@ -233,9 +231,10 @@ class OpenClipBackend:
     @torch.inference_mode()
     def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         side = native_window(self.encoder)
-        batch = torch.stack([self._to_tensor(image, (side, side)) for image in images])
+        batch = torch.stack([self._pixels(image, (side, side)) for image in images])
         with self.clock.measure(self.device):
-            embeddings = self.model.encode_image(batch)
+            # CLIP's own image embedding (the unchanged network), on 0..255 pixels like the dense pass
+            embeddings, _ = self.image_encoder.forward_patches(self.image_encoder.embed_pixels(batch))
         return F.normalize(embeddings.float(), dim=-1)
 
     def layout_for(self, image_size: tuple[int, int]) -> WindowLayout:

@@ -84,16 +84,16 @@ class FrameMaps:
     def _known_maps(self) -> None:
         # one full-resolution pass gives both maps; the (K, H, W) logits are freed right after
         statistics = class_statistics(resample(self.known_logits, self.output_size))
-        semantic = statistics.best_class.int()
-        for instance in self.instance_masks:
-            y0, y1, x0, x1 = instance.box
-            semantic[y0:y1, x0:x1][instance.mask] = instance.label
-        self._maps.setdefault("semantic", semantic)
+        self._maps.setdefault("semantic", self._paste(statistics.best_class.int(), "label"))
         self._maps.setdefault("anomaly_score", statistics.uncertainty.float())
 
     def _instance_map(self) -> torch.Tensor:
-        instances = torch.zeros(self.output_size, dtype=torch.int32, device=self.known_logits.device)
+        blank = torch.zeros(self.output_size, dtype=torch.int32, device=self.known_logits.device)
+        return self._paste(blank, "id")
+
+    def _paste(self, target: torch.Tensor, value: str) -> torch.Tensor:
+        """``target`` with every instance's pixels set to its ``label`` or ``id``."""
         for instance in self.instance_masks:
             y0, y1, x0, x1 = instance.box
-            instances[y0:y1, x0:x1][instance.mask] = instance.id
-        return instances
+            target[y0:y1, x0:x1][instance.mask] = getattr(instance, value)
+        return target

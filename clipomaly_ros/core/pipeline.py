@@ -29,9 +29,9 @@ import torch
 
 from .backend import VisionLanguageBackend
 from .config import LIVE_SETTINGS, ClipomalyConfig, ConfigError, load_config
+from .extension import extend
 from .factory import create_backend
 from .images import check_image
-from .extension import extend
 from .maps import FrameMaps
 from .naming import RegionNamer
 from .pamr import PixelAdaptiveRefinement

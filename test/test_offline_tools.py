@@ -21,10 +21,19 @@ from helpers import FIRST_STAMP_NS, STORE, image_message, toy_frames, write_imag
 TOY = ["--backend", "toy", "--inference-size", "240"]
 
 
+def every_frame_params(folder: Path) -> list[str]:
+    """Options for a parameter file that publishes unconfirmed tracks too, so each frame's anomalies are output
+    (the frames of these tests change objects every frame)."""
+    path = folder / "every_frame.yaml"
+    path.write_text("clipomaly:\n  ros__parameters:\n    publish_unconfirmed: true\n")
+    return ["--config", str(path)]
+
+
 def test_replay_writes_every_output_topic_with_input_stamps(tmp_path, capsys):
     frames = toy_frames(4)
     stamps = write_image_bag(tmp_path / "in", [f[0] for f in frames], topic="/camera/image_raw")
-    assert main(["replay", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--namespace", "cam"] + TOY) == 0
+    assert main(["replay", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--namespace", "cam"] + TOY
+                + every_frame_params(tmp_path)) == 0
     assert "frames read 4, processed 4, failed 0" in capsys.readouterr().out
     store = typestore_with_vision_msgs()
     with AnyReader([tmp_path / "out"], default_typestore=store) as reader:
@@ -46,8 +55,8 @@ def test_replay_writes_every_output_topic_with_input_stamps(tmp_path, capsys):
     for (image, planted, _), detections, instances in zip(frames, by_topic["/cam/anomalies"],
                                                           by_topic["/cam/anomaly_instances"]):
         assert [d.results[0].hypothesis.class_id for d in detections.detections] == ([planted] if planted else [])
-        ids = np.unique(instances.data.view(np.uint16))
-        assert sorted(int(d.id) for d in detections.detections) == [int(i) for i in ids if i]
+        values = np.unique(instances.data.view(np.uint16))  # value k: the k-th detection
+        assert [int(v) for v in values if v] == list(range(1, len(detections.detections) + 1))
     assert image_msg_to_rgb(by_topic["/cam/overlay"][0]).shape == frames[0][0].shape
     # semantic_color paints each pixel in its class colour: the planted object's pixels in its name's colour
     colours = image_msg_to_rgb(by_topic["/cam/semantic_color"][0])

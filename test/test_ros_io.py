@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from clipomaly_ros.ros.bags import typestore_with_vision_msgs
+from clipomaly_ros.core.geometry import GroundEstimate
+from clipomaly_ros.core.planning import PlannerFrame
 from clipomaly_ros.core.results import AnomalyRecord, SegmentationResult
-from clipomaly_ros.ros.messages import (ImageConversionError, MessageFactory, array_to_image_fields, compressed_msg_to_rgb,
+from clipomaly_ros.ros.messages import (OUTPUT_TYPES, ImageConversionError, MessageFactory, published_instances, array_to_image_fields, compressed_msg_to_rgb,
                                   image_msg_to_rgb)
 
 RNG = np.random.default_rng(3)
@@ -86,25 +88,48 @@ def test_factory_builds_serialisable_messages_with_rosbags_types():
     factory = MessageFactory(store.types)
     instances = np.zeros((6, 8), np.uint16)
     instances[1:3, 2:5] = 1
-    record = AnomalyRecord(id=1, name="tire", score=0.8, bbox=(2, 1, 4, 2), area=6, centroid=(3.0, 1.5),
-                           candidates=(("tire", 0.8), ("rock", 0.1)))
-    result = SegmentationResult(semantic=np.zeros((6, 8), np.uint16), labels=["road", "tire"],
+    instances[4:6, 6:8] = 2
+    ground = GroundEstimate(x=12.0, y=-1.0, z=0.0, distance=12.04, width=0.8, height=0.5)
+    tire = AnomalyRecord(id=1, name="tire", score=0.8, bbox=(2, 1, 4, 2), area=6, centroid=(3.0, 1.5),
+                         candidates=(("tire", 0.8), ("rock", 0.1)), on_road=True, road_fraction=0.9,
+                         ground=ground, track_id=7, track_name="tire", track_score=0.7, confirmed=True)
+    blob = AnomalyRecord(id=2, name="rock", score=0.6, bbox=(6, 4, 7, 5), area=4, centroid=(6.5, 4.5),
+                         candidates=(), on_road=False, track_id=9, track_name="rock", track_score=0.6,
+                         confirmed=False)
+    result = SegmentationResult(semantic=np.zeros((6, 8), np.uint16), labels=["road", "tire", "rock"],
                                 anomaly_score=np.zeros((6, 8), np.float32), anomaly_mask=instances > 0,
-                                instances=instances, anomalies=[record], known_count=1)
+                                instances=instances, anomalies=[tire, blob], known_count=1)
     header = factory.header(12, 34, "cam")
-    messages = factory.result_messages(header, result)
-    detection = messages["anomalies"].detections[0]
-    assert detection.id == "1" and [r.hypothesis.class_id for r in detection.results] == ["tire", "rock"]
+    frame = PlannerFrame(records=[tire, blob], published=[tire], base_frame="base_link", no_3d_reason=None)
+    messages = factory.result_messages(header, result, frame)
+    (detection,) = messages["anomalies"].detections  # the unconfirmed track is not published
+    assert detection.id == "7" and [r.hypothesis.class_id for r in detection.results] == ["tire", "rock"]
+    assert detection.results[0].hypothesis.score == pytest.approx(0.7)  # the track's smoothed score
     assert (detection.bbox.size_x, detection.bbox.size_y) == (3.0, 2.0)
     assert (detection.bbox.center.position.x, detection.bbox.center.position.y) == (3.5, 2.0)
+    assert [d.id for d in messages["anomalies_on_road"].detections] == ["7"]
+    (located,) = messages["anomalies_3d"].detections
+    assert located.id == "7" and messages["anomalies_3d"].header.frame_id == "base_link"
+    assert messages["anomalies_3d"].header.stamp.sec == 12
+    assert located.bbox.center.position.z == pytest.approx(0.25) and located.bbox.size.y == pytest.approx(0.8)
+    markers = messages["anomaly_markers"].markers
+    assert markers[0].action == 3 and [(m.ns, m.id) for m in markers[1:]] == [("anomalies", 7), ("anomaly_labels", 7)]
+    assert "tire" in markers[2].text and "12.0 m" in markers[2].text
+    # the join: pixel value k belongs to the k-th published detection; unpublished anomalies are 0
+    published = image_msg_to_rgb(messages["anomaly_instances"])
+    assert published[1, 2, 0] == 0 and published[4, 6, 0] == 0  # mono16 value 1 reads 0 in the top 8 bits
+    assert np.array_equal(published_instances(result, frame.published), (instances == 1).astype(np.uint16))
     for topic, message in messages.items():
-        msgtype = "vision_msgs/msg/Detection2DArray" if topic == "anomalies" else "sensor_msgs/msg/Image"
+        msgtype = OUTPUT_TYPES[topic]
         decoded = store.deserialize_cdr(store.serialize_cdr(message, msgtype), msgtype)
-        assert (decoded.header.stamp.sec, decoded.header.frame_id) == (12, "cam")
+        header_of = decoded.markers[0].header if topic == "anomaly_markers" else decoded.header
+        assert header_of.stamp.sec == 12
     back = image_msg_to_rgb(messages["anomaly_mask"])
     assert back[1, 2, 0] == 255 and back[0, 0, 0] == 0
     info = factory.label_info(header, result.labels, 0.5)
-    assert [(c.class_id, c.class_name) for c in info.class_map] == [(0, "road"), (1, "tire")]
+    assert [(c.class_id, c.class_name) for c in info.class_map] == [(0, "road"), (1, "tire"), (2, "rock")]
+    without_camera = factory.result_messages(header, result, PlannerFrame([tire], [tire], "base_link", "no info"))
+    assert "anomalies_3d" not in without_camera and "anomaly_markers" not in without_camera
 
 
 def png_header_declaring(width, height):

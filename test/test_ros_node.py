@@ -43,6 +43,7 @@ PARAMS = """/**/clipomaly:
     inference_size: 240
     diagnostics_period: 0.3
     anomaly_vocabulary: []
+    publish_unconfirmed: true
 """
 CAMERAS = {"/itest_raw": "raw", "/itest_jpeg": "compressed"}
 
@@ -234,12 +235,13 @@ def test_replayed_bag_gives_consistent_outputs_per_frame(ros, tmp_path):
         assert (semantic.encoding, instances.encoding) == ("mono16", "mono16")
         assert outputs["anomaly_score"][0].encoding == "32FC1" and outputs["anomaly_mask"][0].encoding == "mono8"
         instance_map = np.frombuffer(bytes(instances.data), dtype=np.uint16).reshape(image.shape[:2])
-        ids = sorted(int(d.id) for d in outputs["anomalies"][0].detections)
-        assert ids == sorted(int(v) for v in np.unique(instance_map) if v)
-        names = [d.results[0].hypothesis.class_id for d in outputs["anomalies"][0].detections]
+        detections = outputs["anomalies"][0].detections
+        # the documented join: pixel value k of anomaly_instances belongs to detections[k - 1]
+        assert sorted(int(v) for v in np.unique(instance_map) if v) == list(range(1, len(detections) + 1))
+        names = [d.results[0].hypothesis.class_id for d in detections]
         assert names == ([planted] if planted else [])
-        for detection in outputs["anomalies"][0].detections:
-            ys, xs = np.nonzero(instance_map == int(detection.id))
+        for position, detection in enumerate(detections, start=1):
+            ys, xs = np.nonzero(instance_map == position)
             assert detection.bbox.size_x == xs.max() - xs.min() + 1
             assert abs(detection.bbox.center.position.x - (xs.min() + xs.max() + 1) / 2) < 1e-6
         ids_in_semantic = np.unique(np.frombuffer(bytes(semantic.data), dtype=np.uint16))

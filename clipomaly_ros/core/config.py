@@ -64,7 +64,7 @@ class Setting:
     choices: tuple[str, ...] | None = None
     allow_empty: bool = True
     item_pattern: str | None = None
-    """For ``str_list``: a regular expression every item must match in full."""
+    """For ``str`` and ``str_list``: a regular expression the value (every item) must match in full."""
 
     def validate(self, value: Any) -> Any:
         """Return ``value`` converted to this setting's type, or raise :class:`ConfigError` saying why not."""
@@ -90,6 +90,8 @@ class Setting:
                 raise ConfigError(f"{name} must be a string, got {value!r}")
             if self.choices is not None and value not in self.choices:
                 raise ConfigError(f"{name} must be one of {', '.join(self.choices)}; got {value!r}")
+            if self.item_pattern is not None and not re.fullmatch(self.item_pattern, value):
+                raise ConfigError(f"{name}: {value!r} is not allowed ({self.description})")
             return value
         elif self.kind == "str_list":
             if isinstance(value, str) or not isinstance(value, Iterable):
@@ -199,6 +201,36 @@ SETTINGS: tuple[Setting, ...] = (
             "float", live=True, minimum=0.0, maximum=1.0),
     Setting("candidates_reported", 5, "Runner-up names reported per anomaly.", "int", live=True, minimum=1,
             maximum=50),
+    # --- planner outputs: on the road, tracks, ground geometry -----------------------------------------------------
+    Setting("drivable_classes", ("road",), "Known classes a vehicle drives on. An anomaly is on the road when at "
+            "least on_road_fraction of a band beside and under it is segmented as one of them. Empty: no on-road "
+            "estimate.", "str_list", live=True),
+    Setting("on_road_fraction", 0.5, "Share of the band around an anomaly that must be drivable for on_road.",
+            "float", live=True, minimum=0.0, maximum=1.0),
+    Setting("road_band", 0.5, "Width of the band beside and under an anomaly that on_road looks at, as a "
+            "fraction of the mean of its box's width and height (at least 4 pixels).", "float", live=True,
+            minimum=0.05, maximum=5.0),
+    Setting("track_min_hits", 3, "Frames an anomaly track must be seen in before it is confirmed.", "int",
+            live=True, minimum=1, maximum=1000),
+    Setting("track_max_misses", 5, "Frames in a row a track may go unseen before it ends (an anomaly hidden for "
+            "at most this many frames keeps its id).", "int", live=True, minimum=0, maximum=1000),
+    Setting("publish_unconfirmed", False, "Publish anomalies whose track is not confirmed yet (seen in fewer "
+            "than track_min_hits frames); false keeps one-frame flicker from the planner.", "bool", live=True),
+    Setting("base_frame", "base_link", "Vehicle frame of the 3D outputs (x forward, y left, z up); the camera "
+            "mounting below is given in it.", "str", live=True, item_pattern=r"[A-Za-z_][A-Za-z0-9_/]*"),
+    Setting("camera_x", 0.0, "Camera position in base_frame, forward (m).", "float", live=True),
+    Setting("camera_y", 0.0, "Camera position in base_frame, left (m).", "float", live=True),
+    Setting("camera_z", 1.5, "Camera position in base_frame, up (m).", "float", live=True),
+    Setting("camera_roll", 0.0, "Camera roll about its forward axis (rad).", "float", live=True,
+            minimum=-math.pi, maximum=math.pi),
+    Setting("camera_pitch", 0.0, "Camera pitch (rad); positive looks down.", "float", live=True,
+            minimum=-math.pi / 2, maximum=math.pi / 2),
+    Setting("camera_yaw", 0.0, "Camera yaw (rad); positive looks left.", "float", live=True, minimum=-math.pi,
+            maximum=math.pi),
+    Setting("ground_z", 0.0, "Height of the flat ground in base_frame (m): 0 for base_footprint, minus the "
+            "origin's height above the ground for base_link.", "float", live=True),
+    Setting("max_ground_distance", 150.0, "Ground contacts farther than this (m) count as none: the anomaly gets "
+            "no 3D estimate.", "float", live=True, minimum=1.0, maximum=10000.0),
     # --- ROS node only -------------------------------------------------------------------------------------------
     Setting("input_transport", "raw", "raw: subscribe to 'image' (sensor_msgs/Image); compressed: to "
             "'image/compressed' (sensor_msgs/CompressedImage, jpeg or png).", "str", scope="node",
@@ -250,6 +282,10 @@ class ClipomalyConfig(_ClipomalyConfigBase):
         for template in self.prompt_templates:
             if template.count("{}") != 1:
                 raise ConfigError(f"prompt_templates: {template!r} must contain exactly one '{{}}' for the name")
+        missing = [name for name in self.drivable_classes if name not in self.known_classes]
+        if missing:
+            raise ConfigError(f"drivable_classes: {', '.join(map(repr, missing))} not among known_classes; list "
+                              "known classes only, or leave drivable_classes empty for no on-road estimate")
         if self.checkpoint and self.random_weights:
             raise ConfigError("checkpoint and random_weights are both set: choose one")
 

@@ -8,6 +8,7 @@ paths resample the grid logits bilinearly as ``F.interpolate(..., mode="bilinear
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -97,3 +98,34 @@ class FrameMaps:
             y0, y1, x0, x1 = instance.box
             target[y0:y1, x0:x1][instance.mask] = getattr(instance, value)
         return target
+
+
+ROAD_BAND_MIN_PIXELS = 4
+ROAD_BAND_MAX_SAMPLES = 4096
+"""The band is sampled on a regular lattice of at most this many pixels: the fraction, not every pixel, matters."""
+
+
+def road_fraction(known_logits: torch.Tensor, output_size: tuple[int, int], instance: InstanceMask,
+                  drivable: list[int], band: float) -> float:
+    """The share (0..1) of the band beside and under ``instance`` whose best known class is one of ``drivable``
+    (indices into the known classes), from the ``(K, h, w)`` grid ``known_logits``.
+
+    The band spans the instance's lower half and ``band`` times the mean of its box's sides (at least
+    :data:`ROAD_BAND_MIN_PIXELS`) to its left, right and below, minus its own pixels."""
+    height, width = output_size
+    y0, y1, x0, x1 = instance.box
+    margin = max(ROAD_BAND_MIN_PIXELS, round(band * ((y1 - y0) + (x1 - x0)) / 2))
+    top, bottom = (y0 + y1) // 2, min(height, y1 + margin)
+    left, right = max(0, x0 - margin), min(width, x1 + margin)
+    step = max(1, math.ceil(math.sqrt((bottom - top) * (right - left) / ROAD_BAND_MAX_SAMPLES)))
+    device = known_logits.device
+    ys, xs = torch.meshgrid(torch.arange(top, bottom, step, device=device),
+                            torch.arange(left, right, step, device=device), indexing="ij")
+    inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+    own = torch.zeros_like(inside)
+    own[inside] = instance.mask.to(device)[ys[inside] - y0, xs[inside] - x0]
+    ys, xs = ys[~own], xs[~own]
+    if ys.numel() == 0:
+        return 0.0
+    best = sample_points(known_logits, output_size, ys, xs).argmax(dim=0)
+    return float(torch.isin(best, torch.tensor(drivable, device=device)).float().mean())

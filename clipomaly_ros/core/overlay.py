@@ -59,8 +59,17 @@ def render_overlay(image: np.ndarray, result: SegmentationResult, alpha: float =
 
 
 def anomaly_label(record) -> str:
-    """The text drawn next to an anomaly: its name and score."""
-    return f"{record.name} {record.score:.2f}"
+    """The text drawn next to an anomaly: ``#track`` when tracked (``?`` while unconfirmed), its (voted) name and
+    score, ``off road`` when it lies beside the road, and its distance when it was placed on the ground."""
+    name, score = record.label
+    parts = [f"{name} {score:.2f}"]
+    if record.track_id is not None:
+        parts.insert(0, f"#{record.track_id}{'' if record.confirmed else '?'}")
+    if record.on_road is False:
+        parts.append("off road")
+    if record.ground is not None:
+        parts.append(f"{record.ground.distance:.1f} m")
+    return " ".join(parts)
 
 
 def label_position(text_size: tuple[int, int], baseline: int, bbox: tuple[int, int, int, int],

@@ -32,7 +32,7 @@ from .config import LIVE_SETTINGS, ClipomalyConfig, ConfigError, load_config
 from .extension import extend
 from .factory import create_backend
 from .images import check_image
-from .maps import FrameMaps
+from .maps import FrameMaps, road_fraction
 from .naming import RegionNamer
 from .pamr import PixelAdaptiveRefinement
 from .results import AnomalyRecord, SegmentationResult
@@ -92,6 +92,11 @@ class Clipomaly:
                 self.vocabulary.set(config.known_classes, config.anomaly_vocabulary, config.exclusion_similarity)
             self.config = config
         return config
+
+    def name_embeddings(self, names: Sequence[str]) -> np.ndarray:
+        """``(N, D)`` float32 unit text embeddings of ``names`` with the prompt ensemble, cached per name (what
+        :class:`~.tracking.AnomalyTracker` compares names with)."""
+        return self.embedder.embed(list(names)).float().cpu().numpy()
 
     # inference -------------------------------------------------------------------------------------------------
     def __call__(self, image: np.ndarray) -> SegmentationResult:
@@ -167,10 +172,15 @@ class Clipomaly:
         candidates_of: dict[str, tuple] = {}
         for verdict in named:
             candidates_of.setdefault(verdict.name, verdict.candidates)
-        records = [AnomalyRecord(id=instance.mask.id, name=instance.name, score=instance.score, bbox=instance.bbox,
-                                 area=instance.area, centroid=instance.centroid,
-                                 candidates=candidates_of.get(instance.name, ()))
-                   for instance in instances]
+        drivable = [vocabulary.known.index(name) for name in config.drivable_classes if name in vocabulary.known]
+        records = []
+        for instance in instances:
+            fraction = (road_fraction(known_logits, output_size, instance.mask, drivable, config.road_band)
+                        if drivable else None)
+            records.append(AnomalyRecord(
+                id=instance.mask.id, name=instance.name, score=instance.score, bbox=instance.bbox,
+                area=instance.area, centroid=instance.centroid, candidates=candidates_of.get(instance.name, ()),
+                road_fraction=fraction, on_road=None if fraction is None else fraction >= config.on_road_fraction))
         result = SegmentationResult(
             labels=list(vocabulary.known) + kept_names, anomalies=records, known_count=len(vocabulary.known),
             rejected=[verdict.name for verdict in named if verdict.is_known], timings_ms=timings,

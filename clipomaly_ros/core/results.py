@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .geometry import GroundEstimate
 from .maps import FrameMaps
 
 
@@ -17,6 +18,15 @@ class AnomalyRecord:
     the mean probability of that name over the region's pixels (0..1); ``bbox`` (x_min, y_min, x_max, y_max),
     inclusive, in input pixels; ``area`` in input pixels; ``centroid`` (x, y) in input pixels; ``candidates``
     the best names from the naming stage with their probabilities, best first.
+
+    ``road_fraction``: the share (0..1) of a band beside and under the instance that the segmentation calls a
+    drivable class, and ``on_road`` whether it reaches ``on_road_fraction`` (both ``None`` without drivable
+    classes). ``ground``: where it stands in the vehicle frame (:class:`~.geometry.GroundEstimate`), when a
+    calibrated camera saw its ground contact.
+
+    Set by :class:`~.tracking.AnomalyTracker` (``None`` before): ``track_id`` (stable over frames, never reused
+    in a run), ``track_name`` (voted over the track's frames), ``track_score`` (smoothed), ``track_hits`` (frames
+    seen), ``track_age`` (frames since the track began) and ``confirmed``.
     """
 
     id: int
@@ -26,6 +36,22 @@ class AnomalyRecord:
     area: int
     centroid: tuple[float, float]
     candidates: tuple[tuple[str, float], ...]
+    road_fraction: float | None = None
+    on_road: bool | None = None
+    ground: GroundEstimate | None = None
+    track_id: int | None = None
+    track_name: str | None = None
+    track_score: float | None = None
+    track_hits: int | None = None
+    track_age: int | None = None
+    confirmed: bool | None = None
+
+    @property
+    def label(self) -> tuple[str, float]:
+        """The name and score to show and publish: the track's when tracked, else this frame's."""
+        if self.track_name is not None:
+            return self.track_name, self.track_score
+        return self.name, self.score
 
     def to_dict(self) -> dict:
         record = asdict(self)
@@ -33,6 +59,10 @@ class AnomalyRecord:
         record["centroid"] = [round(c, 2) for c in self.centroid]
         record["candidates"] = [{"name": n, "score": round(s, 4)} for n, s in self.candidates]
         record["score"] = round(self.score, 4)
+        record["ground"] = self.ground.to_dict() if self.ground is not None else None
+        for key in ("road_fraction", "track_score"):
+            if record[key] is not None:
+                record[key] = round(record[key], 4)
         return record
 
 
@@ -106,6 +136,20 @@ class SegmentationResult:
     @property
     def instances(self) -> np.ndarray:
         return self._map("instances")
+
+    def instance_mask(self, instance_id: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
+        """Instance ``instance_id``'s box (y0, y1, x0, x1), half-open in pixels, and its ``(y1 - y0, x1 - x0)``
+        bool pixels, without making the whole-image maps."""
+        if self._source is not None:
+            for instance in self._source.instance_masks:
+                if instance.id == instance_id:
+                    return instance.box, instance.mask.cpu().numpy()
+            raise KeyError(f"no anomaly instance {instance_id}")
+        ys, xs = np.nonzero(self.instances == instance_id)
+        if ys.size == 0:
+            raise KeyError(f"no anomaly instance {instance_id}")
+        box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
+        return box, self.instances[box[0]:box[1], box[2]:box[3]] == instance_id
 
     @property
     def device(self):

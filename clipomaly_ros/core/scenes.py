@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from .toy_backend import TOY_LEXICON
@@ -100,3 +101,57 @@ def synthetic_drive(seconds: float = 4.0, rate_hz: float = 10.0, height: int = 3
         image, masks = render_street(height, width, objects, seed=index)
         frames.append(DriveFrame(image, start_ns + index * period_ns, {n: m for n, m in masks.items() if m.any()}))
     return frames
+
+
+@dataclass(frozen=True)
+class StandingObject:
+    """An upright box standing on the ground, seen by :func:`render_perspective_street`: ``name`` (a toy-lexicon
+    colour), the middle of its front at ``x`` ahead and ``y`` to the left (metres, ``base_frame``), its
+    ``width`` and ``height`` (m)."""
+
+    name: str
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+def render_perspective_street(camera, mounting, objects: Sequence[StandingObject] = (), road_half_width: float = 3.5,
+                              sidewalk_width: float = 2.5, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A flat street seen through ``camera`` (:class:`~.geometry.CameraModel`) mounted at ``mounting``
+    (:class:`~.geometry.CameraMounting`), with ``objects`` standing on it: road within ``road_half_width`` of
+    the line y = 0, sidewalks beside it, terrain beyond, sky above the horizon.
+
+    Returns ``(image (H, W, 3) uint8, {name: (H, W) bool mask of its visible pixels})``; objects nearer the
+    camera hide those behind them.
+    """
+    colour = {name: np.array(rgb, dtype=np.float32) for name, rgb in TOY_LEXICON.items()}
+    height, width = camera.height, camera.width
+    columns, rows = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    rays = camera.rays(np.stack([columns.ravel(), rows.ravel()], axis=1)) @ mounting.optical_rotation.T
+    drop = mounting.ground_z - mounting.z
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reach = np.where(rays[:, 2] < -1e-6, drop / rays[:, 2], np.inf)
+    lateral = np.abs(mounting.y + rays[:, 1] * np.where(np.isfinite(reach), reach, 0.0)).reshape(height, width)
+    image = np.empty((height, width, 3), dtype=np.float32)
+    image[:] = colour["sky"]
+    ground = np.isfinite(reach).reshape(height, width)
+    image[ground] = colour["terrain"]
+    image[ground & (lateral < road_half_width + sidewalk_width)] = colour["sidewalk"]
+    image[ground & (lateral < road_half_width)] = colour["road"]
+    from .geometry import project  # the generator shares the projection the estimates invert
+
+    masks: dict[str, np.ndarray] = {}
+    for item in sorted(objects, key=lambda o: -o.x):  # far to near: nearer objects paint over farther ones
+        corners = np.array([[item.x, item.y + side * item.width / 2, mounting.ground_z + up * item.height]
+                            for side, up in ((1, 0), (-1, 0), (-1, 1), (1, 1))])
+        polygon = np.round(project(camera, mounting, corners) * 16).astype(np.int32)  # 4 bits of sub-pixel
+        mask = np.zeros((height, width), dtype=np.uint8)
+        cv2.fillConvexPoly(mask, polygon, 1, lineType=cv2.LINE_8, shift=4)
+        mask = mask.astype(bool)
+        for other in masks.values():
+            other &= ~mask
+        masks[item.name] = mask
+        image[mask] = colour[item.name]
+    noise = np.random.default_rng(seed).normal(0.0, 4.0, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8), masks

@@ -75,3 +75,24 @@ def image_connections(reader: AnyReader, topic: str | None):
         raise BagError(f"the bag has {len(topics)} image topics ({', '.join(topics) or 'none'}): choose one with "
                        "--image-topic")
     return [c for c in images if c.topic == topics[0]]
+
+
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+
+
+def camera_info_topic_for(image_topic: str) -> str:
+    """The camera_info topic next to an image topic, as image_transport names it: ``/cam/image_raw`` and
+    ``/cam/image_raw/compressed`` -> ``/cam/camera_info``."""
+    topic = image_topic.removesuffix("/compressed")
+    return topic.rsplit("/", 1)[0] + "/camera_info"
+
+
+def camera_info_connections(reader: AnyReader, image_topic: str, topic: str | None = None):
+    """``(connections, topic)``: the camera_info connections for ``image_topic`` (``topic`` if given, which must
+    then be in the bag, else the image topic's sibling, which may be absent: then no connections)."""
+    wanted = topic or camera_info_topic_for(image_topic)
+    found = [c for c in reader.connections if c.topic == wanted and c.msgtype == CAMERA_INFO_TYPE]
+    if topic is not None and not found:
+        available = ", ".join(sorted({c.topic for c in reader.connections if c.msgtype == CAMERA_INFO_TYPE}))
+        raise BagError(f"no camera_info topic '{topic}' in the bag; camera_info topics: {available or 'none'}")
+    return found, wanted

@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..core.config import ClipomalyConfig
+from ..core.planning import AnomalyFollower
 from .messages import ON_DEMAND_OUTPUTS, ImageConversionError, MessageFactory, picture_messages
 
 IMAGE_OUTPUTS = ("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances") + ON_DEMAND_OUTPUTS
@@ -47,14 +49,16 @@ def mean_and_p95(values) -> tuple[float, float]:
 
 class CameraStream:
     """One camera: ``name`` ("" for a node serving a single camera), the ``prefix`` of its topics ("" or
-    ``name + "/"``), ``publishers`` (relative output topic -> publisher, ``label_info`` included) and its
-    counters. ``publish`` sends one frame's outputs, building only those that have subscribers."""
+    ``name + "/"``), ``publishers`` (relative output topic -> publisher, ``label_info`` included), its
+    ``follower`` (tracks and ground geometry, fed its camera_info) and its counters. ``publish`` sends one frame's
+    outputs, building only those that have subscribers."""
 
-    def __init__(self, name: str, publishers: dict[str, Any], factory: MessageFactory):
+    def __init__(self, name: str, publishers: dict[str, Any], factory: MessageFactory, follower: AnomalyFollower):
         self.name = name
         self.prefix = f"{name}/" if name else ""
         self.publishers = publishers
         self.factory = factory
+        self.follower = follower
         self.counters = CameraCounters()
         self.lock = threading.Lock()
         self._published_labels: tuple | None = None
@@ -64,16 +68,18 @@ class CameraStream:
         return [name for name in IMAGE_OUTPUTS if self.publishers[name].get_subscription_count() > 0
                 and (overlay_allowed or name != "overlay")]
 
-    def publish(self, header: Any, image: np.ndarray, result, threshold: float, overlay_allowed: bool) -> None:
-        """``anomalies`` (always), ``label_info`` (when the mapping changed) and the wanted image outputs."""
+    def publish(self, header: Any, image: np.ndarray, result, config: ClipomalyConfig, overlay_allowed: bool) -> None:
+        """Track the frame's anomalies, then publish ``anomalies`` and ``anomalies_on_road`` (always), the 3D
+        outputs (with a calibration), ``label_info`` (when the mapping changed) and the wanted image outputs."""
+        frame = self.follower.update(result, header.stamp.sec * 1_000_000_000 + header.stamp.nanosec, config)
         wanted = self.wanted_outputs(overlay_allowed)
         # republished when an id's name changes, and when the vocabulary changed (a name moved between known
         # classes and anomalies even if the list reads the same)
         labels = (tuple(result.labels), result.known_count)
-        messages = self.factory.result_messages(header, result, wanted)
+        messages = self.factory.result_messages(header, result, frame, wanted)
         messages.update(picture_messages(self.factory, header, image, result, wanted))
         if labels != self._published_labels:
-            messages["label_info"] = self.factory.label_info(header, result.labels, threshold)
+            messages["label_info"] = self.factory.label_info(header, result.labels, config.uncertainty_threshold)
             self._published_labels = labels
         for topic, message in messages.items():
             self.publishers[topic].publish(message)
@@ -114,7 +120,16 @@ class CameraStream:
                 "frames with full-resolution maps": counters.frames_with_maps,
             }
             report.update({f"published {topic}": count for topic, count in sorted(counters.published.items())})
-            return report
+        follower = self.follower
+        report.update({
+            "3d output": "on" if follower.no_3d_reason is None else f"off: {follower.no_3d_reason}",
+            "anomalies located on the ground": follower.counters.located,
+            "anomalies without ground contact": follower.counters.without_ground_contact,
+            "frames without calibration": follower.counters.frames_without_calibration,
+            "live tracks": len(follower.tracker.tracks),
+            "track restarts (stamps went back)": follower.tracker.restarts,
+        })
+        return report
 
 
 class LatestFrames:

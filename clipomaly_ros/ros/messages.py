@@ -19,8 +19,9 @@ from typing import Any, Callable, Mapping
 import cv2
 import numpy as np
 
-from ..core.overlay import colour_semantic, render_overlay
-from ..core.results import SegmentationResult
+from ..core.overlay import class_colour, colour_semantic, render_overlay
+from ..core.planning import PlannerFrame
+from ..core.results import AnomalyRecord, SegmentationResult
 
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3, "mono16": 1,
             "16UC1": 1}
@@ -203,19 +204,81 @@ class MessageFactory:
         message.data = self.byte_array(fields.data)
         return message
 
-    def detections(self, header: Any, result: SegmentationResult) -> Any:
-        """``vision_msgs/Detection2DArray``: one detection per anomaly, ``id`` = its instance id."""
+    def detections(self, header: Any, records: list[AnomalyRecord]) -> Any:
+        """``vision_msgs/Detection2DArray``: one detection per record, ``id`` = its track id (its instance id when
+        untracked); the first hypothesis is the (voted) name, the others the frame's runner-up candidates."""
         point2d, pose2d = self.type("vision_msgs/msg/Point2D"), self.type("vision_msgs/msg/Pose2D")
         box_type, detection_type = self.type("vision_msgs/msg/BoundingBox2D"), self.type("vision_msgs/msg/Detection2D")
         detections = []
-        for record in result.anomalies:
+        for record in records:
             x0, y0, x1, y1 = record.bbox
             box = box_type(center=pose2d(position=point2d(x=(x0 + x1 + 1) / 2.0, y=(y0 + y1 + 1) / 2.0), theta=0.0),
                            size_x=float(x1 - x0 + 1), size_y=float(y1 - y0 + 1))
-            hypotheses = [self._hypothesis(record.name, record.score)]
-            hypotheses += [self._hypothesis(name, score) for name, score in record.candidates if name != record.name]
-            detections.append(detection_type(header=header, results=hypotheses, bbox=box, id=str(record.id)))
+            detections.append(detection_type(header=header, results=self._hypotheses(record), bbox=box,
+                                             id=detection_id(record)))
         return self.type("vision_msgs/msg/Detection2DArray")(header=header, detections=detections)
+
+    def _hypotheses(self, record: AnomalyRecord) -> list:
+        name, score = record.label
+        return [self._hypothesis(name, score)] + [self._hypothesis(n, s) for n, s in record.candidates if n != name]
+
+    def detections_3d(self, header: Any, records: list[AnomalyRecord]) -> Any:
+        """``vision_msgs/Detection3DArray`` in ``header.frame_id`` (the base frame): one detection per record with
+        a ground estimate, ``id`` as in the 2D detections. The box stands on the ground with its front at the
+        estimate; its depth cannot be seen by one camera and is :data:`ASSUMED_DEPTH_M`."""
+        detection_type = self.type("vision_msgs/msg/Detection3D")
+        detections = [detection_type(header=header, results=self._hypotheses(record), bbox=self._box_3d(record),
+                                     id=detection_id(record)) for record in records if record.ground is not None]
+        return self.type("vision_msgs/msg/Detection3DArray")(header=header, detections=detections)
+
+    def _box_3d(self, record: AnomalyRecord) -> Any:
+        ground = record.ground
+        direction = np.array([ground.x, ground.y]) / max(ground.distance, 1e-9)
+        centre = np.array([ground.x, ground.y]) + direction * ASSUMED_DEPTH_M / 2
+        vector = self.type("geometry_msgs/msg/Vector3")
+        return self.type("vision_msgs/msg/BoundingBox3D")(
+            center=self._pose(centre[0], centre[1], ground.z + ground.height / 2),
+            size=vector(x=ASSUMED_DEPTH_M, y=float(ground.width), z=float(ground.height)))
+
+    def _pose(self, x: float, y: float, z: float) -> Any:
+        point, quaternion = self.type("geometry_msgs/msg/Point"), self.type("geometry_msgs/msg/Quaternion")
+        return self.type("geometry_msgs/msg/Pose")(position=point(x=float(x), y=float(y), z=float(z)),
+                                                   orientation=quaternion(x=0.0, y=0.0, z=0.0, w=1.0))
+
+    def markers(self, header: Any, records: list[AnomalyRecord]) -> Any:
+        """``visualization_msgs/MarkerArray``: a DELETEALL, then per located record a box (namespace
+        ``anomalies``) and its label (``anomaly_labels``), both with the track id as marker id."""
+        markers = [self._marker(header, "anomalies", 0, DELETEALL, self._pose(0, 0, 0), (0.0, 0.0, 0.0),
+                                (0, 0, 0), "")]
+        for record in records:
+            if record.ground is None:
+                continue
+            box = self._box_3d(record)
+            name, score = record.label
+            colour = class_colour(name)
+            marker_id = record.track_id if record.track_id is not None else record.id
+            markers.append(self._marker(header, "anomalies", marker_id, CUBE, box.center,
+                                        (box.size.x, box.size.y, box.size.z), colour, "", alpha=0.6))
+            above = self._pose(box.center.position.x, box.center.position.y,
+                               record.ground.z + record.ground.height + 0.4)
+            markers.append(self._marker(header, "anomaly_labels", marker_id, TEXT_VIEW_FACING, above, (0.0, 0.0, 0.5),
+                                        (255, 255, 255), f"#{marker_id} {name} {score:.2f} {record.ground.distance:.1f} m"))
+        return self.type("visualization_msgs/msg/MarkerArray")(markers=markers)
+
+    def _marker(self, header: Any, namespace: str, marker_id: int, kind: int, pose: Any, scale: tuple, colour: tuple,
+                text: str, alpha: float = 1.0) -> Any:
+        vector, rgba = self.type("geometry_msgs/msg/Vector3"), self.type("std_msgs/msg/ColorRGBA")
+        empty = self.byte_array(np.zeros(0, dtype=np.uint8))
+        return self.type("visualization_msgs/msg/Marker")(
+            header=header, ns=namespace, id=int(marker_id), type=kind, action=DELETEALL if kind == DELETEALL else 0,
+            pose=pose, scale=vector(x=float(scale[0]), y=float(scale[1]), z=float(scale[2])),
+            color=rgba(r=colour[0] / 255.0, g=colour[1] / 255.0, b=colour[2] / 255.0, a=float(alpha)),
+            lifetime=self.type("builtin_interfaces/msg/Duration")(sec=0, nanosec=0), frame_locked=False, points=[],
+            colors=[], texture_resource="",
+            texture=self.type("sensor_msgs/msg/CompressedImage")(header=header, format="", data=empty),
+            uv_coordinates=[], text=text, mesh_resource="",
+            mesh_file=self.type("visualization_msgs/msg/MeshFile")(filename="", data=empty),
+            mesh_use_embedded_materials=False)
 
     def _hypothesis(self, name: str, score: float) -> Any:
         point, quaternion = self.type("geometry_msgs/msg/Point"), self.type("geometry_msgs/msg/Quaternion")
@@ -232,19 +295,46 @@ class MessageFactory:
         class_map = [vision_class(class_id=index, class_name=name) for index, name in enumerate(labels)]
         return self.type("vision_msgs/msg/LabelInfo")(header=header, class_map=class_map, threshold=float(threshold))
 
-    def result_messages(self, header: Any, result: SegmentationResult,
+    def result_messages(self, header: Any, result: SegmentationResult, frame: PlannerFrame,
                         wanted=("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances")) -> dict[str, Any]:
-        """``anomalies`` and the image outputs named in ``wanted`` (the pictures excepted, see
-        :func:`picture_messages`), keyed by relative topic name. Maps not wanted are never computed."""
+        """The per-frame messages but the pictures (:func:`picture_messages`) and ``label_info``, keyed by
+        relative topic name: ``anomalies`` and ``anomalies_on_road`` always, ``anomalies_3d`` and
+        ``anomaly_markers`` (stamped like ``header``, in ``frame.base_frame``) when the camera is calibrated, and
+        the image outputs named in ``wanted``. Maps not wanted are never computed."""
         build = {
             "semantic": lambda: self.image(header, result.semantic, "mono16"),
             "anomaly_score": lambda: self.image(header, result.anomaly_score, "32FC1"),
             "anomaly_mask": lambda: self.image(header, result.anomaly_mask.view(np.uint8) * np.uint8(255), "mono8"),
-            "anomaly_instances": lambda: self.image(header, result.instances, "mono16"),
+            "anomaly_instances": lambda: self.image(header, published_instances(result, frame.published), "mono16"),
         }
-        messages = {"anomalies": self.detections(header, result)}
+        messages = {"anomalies": self.detections(header, frame.published),
+                    "anomalies_on_road": self.detections(header, [r for r in frame.published if r.on_road])}
+        if frame.no_3d_reason is None:
+            base_header = self.type("std_msgs/msg/Header")(stamp=header.stamp, frame_id=frame.base_frame)
+            messages["anomalies_3d"] = self.detections_3d(base_header, frame.published)
+            messages["anomaly_markers"] = self.markers(base_header, frame.published)
         messages.update({name: make() for name, make in build.items() if name in wanted})
         return messages
+
+
+ASSUMED_DEPTH_M = 0.5
+"""Depth (along the line of sight) given to an anomaly's 3D box: one camera sees its front, not how deep it is."""
+CUBE, TEXT_VIEW_FACING, DELETEALL = 1, 9, 3  # visualization_msgs/Marker constants
+
+
+def detection_id(record: AnomalyRecord) -> str:
+    """A detection's ``id``: the record's track id, or its instance id when it is not tracked."""
+    return str(record.track_id if record.track_id is not None else record.id)
+
+
+def published_instances(result: SegmentationResult, published: list[AnomalyRecord]) -> np.ndarray:
+    """The ``anomaly_instances`` image: ``(H, W)`` uint16 where pixel value k (k >= 1) belongs to
+    ``published[k - 1]``, the k-th detection of ``anomalies`` with the same stamp, and 0 to everything else
+    (anomalies not published included)."""
+    lookup = np.zeros(max((r.id for r in result.anomalies), default=0) + 1, dtype=np.uint16)
+    for position, record in enumerate(published, start=1):
+        lookup[record.id] = position
+    return lookup[result.instances]
 
 
 def uint8_array(array: np.ndarray) -> pyarray.array:
@@ -257,6 +347,9 @@ def uint8_array(array: np.ndarray) -> pyarray.array:
 
 OUTPUT_TYPES = {
     "anomalies": "vision_msgs/msg/Detection2DArray",
+    "anomalies_on_road": "vision_msgs/msg/Detection2DArray",
+    "anomalies_3d": "vision_msgs/msg/Detection3DArray",
+    "anomaly_markers": "visualization_msgs/msg/MarkerArray",
     "semantic": "sensor_msgs/msg/Image",
     "label_info": "vision_msgs/msg/LabelInfo",
     "anomaly_score": "sensor_msgs/msg/Image",

@@ -4,10 +4,16 @@ Topics (relative to the node's namespace):
 
 - in: ``image`` (sensor_msgs/Image) or, with ``input_transport: compressed``, ``image/compressed``
   (sensor_msgs/CompressedImage); depth 1, reliability from ``input_reliability``;
-- out, stamped with the input's header and at its resolution: ``anomalies`` (vision_msgs/Detection2DArray) and
-  ``label_info`` (vision_msgs/LabelInfo, transient local) always; the images ``semantic`` (mono16),
-  ``anomaly_score`` (32FC1), ``anomaly_mask`` (mono8), ``anomaly_instances`` (mono16), ``overlay`` and
-  ``semantic_color`` (rgb8) are computed and published only while they have subscribers;
+- in: ``camera_info`` (sensor_msgs/CameraInfo, best effort, the newest kept): intrinsics and distortion for the
+  3D outputs; the camera's mounting in ``base_frame`` comes from the ``camera_*`` parameters;
+- out, stamped with the input's header and at its resolution: ``anomalies`` and ``anomalies_on_road``
+  (vision_msgs/Detection2DArray; ``id`` = track id; only confirmed tracks unless ``publish_unconfirmed``) and
+  ``label_info`` (vision_msgs/LabelInfo, transient local) always; with a camera_info, ``anomalies_3d``
+  (vision_msgs/Detection3DArray) and ``anomaly_markers`` (visualization_msgs/MarkerArray), stamped with the image
+  and in ``base_frame``; the images ``semantic`` (mono16),
+  ``anomaly_score`` (32FC1), ``anomaly_mask`` (mono8), ``anomaly_instances`` (mono16: pixel value k belongs to
+  the k-th detection of ``anomalies`` with the same stamp), ``overlay`` and ``semantic_color`` (rgb8) are
+  computed and published only while they have subscribers;
 - ``/diagnostics`` (diagnostic_msgs/DiagnosticArray) every ``diagnostics_period`` seconds, one status per camera;
 - service ``~/enable`` (std_srvs/SetBool) pauses and resumes processing with the model kept loaded.
 
@@ -37,12 +43,13 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool
 
 from ..core.backend import ModelLoadError
 from ..core.config import NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError, Setting
 from ..core.pipeline import Clipomaly
+from ..core.planning import AnomalyFollower
 from .camera import CameraStream, LatestFrames, Watchdog, decode_frame
 from .messages import DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory, uint8_array
 from ..core.vocabulary import VocabularyError
@@ -131,9 +138,16 @@ class ClipomalyNode(Node):
         self._decode = DECODERS["sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"]
         self.cameras: dict[str, CameraStream] = {}
         self.subscriptions_by_camera = {}
+        self.camera_info_subscriptions = {}
         for name in values["cameras"] or ("",):
-            camera = CameraStream(name, self._create_outputs(f"{name}/" if name else ""), self.factory)
+            prefix = f"{name}/" if name else ""
+            info_topic = self.resolve_topic_name(f"{prefix}camera_info")
+            camera = CameraStream(name, self._create_outputs(prefix), self.factory,
+                                  AnomalyFollower(self.pipeline.name_embeddings, info_topic))
             self.cameras[name] = camera
+            self.camera_info_subscriptions[name] = self.create_subscription(
+                CameraInfo, info_topic, camera.follower.set_camera_info,
+                QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
             topic = f"{camera.prefix}image/compressed" if compressed else f"{camera.prefix}image"
             self.subscriptions_by_camera[name] = self.create_subscription(
                 self.input_type, topic, lambda msg, camera=camera: self._on_image(camera, msg),
@@ -277,10 +291,10 @@ class ClipomalyNode(Node):
                                     f"{traceback.format_exc(limit=1).strip().splitlines()[-1]}",
                                     throttle_duration_sec=5.0)
             return
-        threshold = self.pipeline.config.uncertainty_threshold
+        config = self.pipeline.config
         for (camera, msg, received, image), result in zip(frames, results):
             try:
-                camera.publish(msg.header, image, result, threshold, self.publish_overlay)
+                camera.publish(msg.header, image, result, config, self.publish_overlay)
             except Exception as error:  # the node must outlive any one frame
                 camera.count("failed")
                 self.get_logger().error(f"{camera.name or 'image'}: publishing failed: {type(error).__name__}: "
@@ -327,6 +341,8 @@ class ClipomalyNode(Node):
             else:
                 status.level = DiagnosticStatus.OK
                 status.message = "processing" if self.enabled else "paused"
+            if camera.follower.no_3d_reason is not None and problem is None:
+                status.message += f"; no 3D output: {camera.follower.no_3d_reason}"
             self._last_reported[name] = problems
             statuses.append(status)
         array = DiagnosticArray(status=statuses)

@@ -8,6 +8,10 @@ Random weights by default: the cost of a forward pass does not depend on the wei
 - the node's conversion and publish cost per frame with only ``anomalies`` subscribed and with every image output
   subscribed (real rclpy publishers when ROS 2 is installed, else message building and CDR serialisation);
 - end-to-end frames per second for 1 camera and for ``cameras`` cameras batched through one model;
+- the planner step per frame (ground placement and tracking of the frame's anomalies), and the tracker alone
+  with ``max_regions`` anomalies a frame;
+- distance and lateral errors of the ground estimates at 5 to 40 m, on perspective street scenes segmented by the
+  toy backend (the geometry's accuracy, whatever model is benchmarked);
 - resident memory after the first and the last frame of a long run with a small model (``soak_frames``).
 """
 
@@ -24,7 +28,11 @@ import numpy as np
 import torch
 
 from ..core.config import ClipomalyConfig
-from ..core.scenes import render_street_scene
+from ..core.geometry import CameraModel, CameraMounting
+from ..core.planning import AnomalyFollower
+from ..core.results import AnomalyRecord
+from ..core.scenes import StandingObject, render_perspective_street, render_street_scene
+from ..core.tracking import AnomalyTracker
 
 NEW_NAMES = ("lost luggage", "fallen ladder", "loose tarp", "stray goat", "broken pallet", "spilled gravel",
              "lost hubcap", "dropped helmet", "runaway trolley", "abandoned sofa")
@@ -51,7 +59,7 @@ class NodeOutputs:
     """The node's per-camera publishing (:class:`~clipomaly_ros.ros.camera.CameraStream`) on real rclpy
     publishers, with image subscribers switched on or off; ``None`` where ROS 2 is not installed."""
 
-    def __init__(self):
+    def __init__(self, pipeline):
         import rclpy
 
         from ..ros.camera import IMAGE_OUTPUTS, CameraStream
@@ -66,8 +74,10 @@ class NodeOutputs:
         publishers = {topic: self.node.create_publisher(ros_type(kind), f"bench/{topic}", 5)
                       for topic, kind in OUTPUT_TYPES.items()}
         factory = MessageFactory(ros_type, byte_array=uint8_array, data_by_reference=True)
-        self.camera = CameraStream("bench", publishers, factory)
-        self.header = factory.header(1, 0, "camera")
+        self.camera = CameraStream("bench", publishers, factory, calibrated_follower(pipeline))
+        self.config = pipeline.config
+        self.factory = factory
+        self.frames = 0
         self._kinds = {topic: ros_type(OUTPUT_TYPES[topic]) for topic in IMAGE_OUTPUTS}
         self._subscriptions = []
 
@@ -81,8 +91,10 @@ class NodeOutputs:
             time.sleep(0.05)
 
     def publish_ms(self, image: np.ndarray, result) -> float:
+        self.frames += 1
+        header = self.factory.header(1 + self.frames // 10, (self.frames % 10) * 100_000_000, "camera")
         start = time.perf_counter()
-        self.camera.publish(self.header, image, result, 0.5, True)
+        self.camera.publish(header, image, result, self.config, True)
         return (time.perf_counter() - start) * 1000.0
 
     def close(self) -> None:
@@ -98,17 +110,28 @@ def _offline_store():
     return typestore_with_vision_msgs()
 
 
-def _offline_publish_ms(image, result, all_outputs: bool) -> float:
+def calibrated_follower(pipeline) -> AnomalyFollower:
+    """A follower whose camera looks ahead from 1.5 m (focal length the image width), so the 3D outputs are
+    built as on a vehicle."""
+    follower = AnomalyFollower(pipeline.name_embeddings)
+    follower.set_camera_info(CameraModel(1280, 720, np.array([[1280.0, 0, 640], [0, 1280, 360], [0, 0, 1]]),
+                                         np.zeros(5)))
+    return follower
+
+
+def _offline_publish_ms(image, result, all_outputs: bool, follower: AnomalyFollower, config,
+                        stamp_ns: int) -> float:
     """Message building and CDR serialisation with rosbags, where rclpy is absent."""
     from ..ros.camera import IMAGE_OUTPUTS
     from ..ros.messages import OUTPUT_TYPES, MessageFactory, picture_messages
 
     store = _offline_store()
     factory = MessageFactory(store.types)
-    header = factory.header(1, 0, "camera")
+    header = factory.header(stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000, "camera")
     wanted = IMAGE_OUTPUTS if all_outputs else ()
     start = time.perf_counter()
-    messages = factory.result_messages(header, result, wanted)
+    frame = follower.update(result, stamp_ns, config)
+    messages = factory.result_messages(header, result, frame, wanted)
     messages.update(picture_messages(factory, header, image, result, wanted))
     for topic, message in messages.items():
         store.serialize_cdr(message, OUTPUT_TYPES[topic])
@@ -116,7 +139,7 @@ def _offline_publish_ms(image, result, all_outputs: bool) -> float:
 
 
 def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, cameras: int = 4,
-              soak_frames: int = 1000, log=print) -> dict:
+              soak_frames: int = 1000, geometry: bool = True, log=print) -> dict:
     """Measure the pipeline on a ``size`` = (width, height) street scene over ``frames`` frames."""
     from ..core.pipeline import Clipomaly
     from ..core.vocabulary import TextEmbedder
@@ -132,8 +155,15 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     pipeline(image)  # warm-up
+    follower = calibrated_follower(pipeline)
+    frame_index = iter(range(10**9))
+
+    def offline_publish_ms(result, all_outputs: bool) -> float:
+        return _offline_publish_ms(image, result, all_outputs, follower, pipeline.config,
+                                   next(frame_index) * 100_000_000)
+
     try:
-        node = NodeOutputs()
+        node = NodeOutputs(pipeline)
     except ImportError:
         node = None
         log("ROS 2 (rclpy) is not installed: node-side cost is message building and CDR serialisation only")
@@ -154,7 +184,7 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
         for _ in range(max(2, min(frames, 5))):
             result = pipeline(image)
             publish[label].append(node.publish_ms(image, result) if node is not None
-                                  else _offline_publish_ms(image, result, images_on))
+                                  else offline_publish_ms(result, images_on))
     if node is not None:
         node.subscribe_images(False)
 
@@ -169,12 +199,20 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
                 if node is not None:
                     node.publish_ms(image, result)
                 else:
-                    _offline_publish_ms(image, result, False)
+                    offline_publish_ms(result, False)
             _synchronize(device)
             times.append(time.perf_counter() - start)
         end_to_end[count] = count / median(times)
     if node is not None:
         node.close()
+
+    planner_ms = []
+    planner = calibrated_follower(pipeline)
+    for index in range(max(3, min(frames, 10))):
+        result = pipeline(image)
+        start = time.perf_counter()
+        planner.update(result, index * 100_000_000, pipeline.config)
+        planner_ms.append((time.perf_counter() - start) * 1000.0)
 
     start = time.perf_counter()
     TextEmbedder(pipeline.backend, config.prompt_templates).embed(list(config.known_classes))
@@ -193,6 +231,8 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
         "fps": {f"{count} camera{'s' if count > 1 else ''}": round(fps, 3) for count, fps in end_to_end.items()},
         "text_known_classes_ms": round(known_text_ms, 1),
         "vocabulary_change_10_names_ms": round(vocabulary_change_ms, 1),
+        "planner_ms": round(median(planner_ms), 3),
+        "tracker_ms": tracker_cost(pipeline, config.max_regions),
     }
     if clock is not None:
         layout = pipeline.backend.layout_for(image.shape[:2])
@@ -202,6 +242,8 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
     if torch.device(device).type == "cuda":
         report["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     del pipeline
+    if geometry:
+        report["ground_errors"] = ground_errors(log)
     if soak_frames:
         report["memory"] = soak(config, size, soak_frames, log)
     report["peak_resident_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -218,19 +260,75 @@ def soak(config: ClipomalyConfig, size: tuple[int, int], frames: int, log=print)
     small = config if config.backend == "toy" else config.replace(model=SOAK_MODEL, random_weights=True,
                                                                    checkpoint="")
     pipeline = Clipomaly(small)
+    follower = calibrated_follower(pipeline)
     scenes = [street_frame(size, planted) for planted in ("mattress", "tire", "deer", None)]
     resident = []
     for index in tqdm(range(frames), desc=f"memory soak ({small.model if small.backend != 'toy' else 'toy'})",
                       unit="frame", leave=False):
         image = scenes[index % len(scenes)]
         result = pipeline(image)
-        _offline_publish_ms(image, result, True)
+        _offline_publish_ms(image, result, True, follower, small, index * 100_000_000)
         if index == 0 or index == frames - 1:
             gc.collect()
             resident.append(_resident_mb())
     return {"model": "toy" if small.backend == "toy" else SOAK_MODEL, "frames": frames,
             "resident_mb_first": round(resident[0], 1), "resident_mb_last": round(resident[-1], 1),
             "growth_mb": round(resident[-1] - resident[0], 1)}
+
+
+def tracker_cost(pipeline, anomalies: int, frames: int = 200) -> float:
+    """Median milliseconds of one :meth:`AnomalyTracker.update` with ``anomalies`` moving anomalies a frame (as
+    many live tracks), names compared by the pipeline's text embeddings."""
+    tracker = AnomalyTracker(name_embedding=pipeline.name_embeddings)
+    names = ("mattress", "tire", "deer", "rock", "dog", "cardboard box", "traffic cone", "garden gnome")
+    rng = np.random.default_rng(0)
+    positions = rng.uniform(0, 1200, size=(anomalies, 2))
+    times = []
+    for index in range(frames):
+        positions += rng.normal(0, 3, size=positions.shape)
+        records = [AnomalyRecord(id=k + 1, name=names[k % len(names)], score=0.8,
+                                 bbox=(int(x), int(y), int(x) + 60, int(y) + 40), area=2400,
+                                 centroid=(x + 30, y + 20), candidates=((names[k % len(names)], 0.8),))
+                   for k, (x, y) in enumerate(positions)]
+        start = time.perf_counter()
+        tracker.update(records, index * 100_000_000)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return round(median(times[1:]), 3)
+
+
+GROUND_RANGES = (5.0, 10.0, 20.0, 30.0, 40.0)
+
+
+def ground_errors(log=print) -> dict:
+    """Distance and lateral errors of the ground estimates for a 1.8 x 0.6 m object at 5 to 40 m, 0.8 m left
+    and 1.5 m right of the lane's middle, on 1280x720 perspective scenes (camera 1.5 m up, pitched 2 degrees
+    down, focal length 1000 px) segmented by the toy backend."""
+    from ..core.pipeline import Clipomaly
+
+    config = ClipomalyConfig(backend="toy", camera_z=1.5, camera_pitch=np.radians(2.0), track_min_hits=1)
+    pipeline = Clipomaly(config)
+    camera = CameraModel(1280, 720, np.array([[1000.0, 0, 640], [0, 1000, 360], [0, 0, 1]]), np.zeros(5))
+    mounting = CameraMounting.from_config(config)
+    errors = {}
+    for distance in GROUND_RANGES:
+        worst_distance, worst_lateral = 0.0, 0.0
+        for lateral in (0.8, -1.5):
+            image, _ = render_perspective_street(camera, mounting, [StandingObject("mattress", distance, lateral,
+                                                                                   1.8, 0.6)])
+            follower = AnomalyFollower()
+            follower.set_camera_info(camera)
+            frame = follower.update(pipeline(image), 0, config)
+            located = [record.ground for record in frame.records if record.ground is not None]
+            if not located:
+                log(f"ground check: nothing located at {distance} m")
+                worst_distance = float("inf")
+                continue
+            truth = float(np.hypot(distance, lateral))
+            worst_distance = max(worst_distance, abs(located[0].distance - truth) / truth)
+            worst_lateral = max(worst_lateral, abs(located[0].y - lateral))
+        errors[f"{distance:g} m"] = {"distance_error_pct": round(100 * worst_distance, 2),
+                                     "lateral_error_m": round(worst_lateral, 3)}
+    return errors
 
 
 def format_bench(report: dict) -> str:
@@ -248,9 +346,15 @@ def format_bench(report: dict) -> str:
         lines.append(f"{'node conversion + publish, ' + label:<44}{ms:>10.1f}")
     lines.append(f"{'text: known classes, uncached':<44}{report['text_known_classes_ms']:>10.1f}")
     lines.append(f"{'live vocabulary change, 10 names':<44}{report['vocabulary_change_10_names_ms']:>10.1f}")
+    lines.append(f"{'planner step (3D + tracks) of this frame':<44}{report['planner_ms']:>10.2f}")
+    lines.append(f"{'tracker alone, max_regions anomalies':<44}{report['tracker_ms']:>10.2f}")
     lines += ["", f"node cost measured with {report['node_publish_with']}",
               "end to end (pipeline + anomalies published): "
               + ", ".join(f"{label}: {fps:.3f} frames/s" for label, fps in report["fps"].items())]
+    if "ground_errors" in report:
+        lines.append("ground estimates (toy backend, worst of two lateral positions): " + "; ".join(
+            f"{rng}: distance {e['distance_error_pct']:.1f} %, lateral {e['lateral_error_m']:.2f} m"
+            for rng, e in report["ground_errors"].items()))
     if "memory" in report:
         memory = report["memory"]
         lines.append(f"memory ({memory['model']}, {memory['frames']} frames): resident "

@@ -30,6 +30,13 @@ def subcommand(register: Callable[[argparse._SubParsersAction], None]):
     return register
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Options that choose and configure the pipeline; shared by every subcommand that runs it."""
     group = parser.add_argument_group("model (override the parameter file)")
@@ -89,12 +96,19 @@ def write_outputs(out_dir: Path, stem: str, image: np.ndarray, result) -> None:
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..core.overlay import anomaly_label
+
     args.output.mkdir(parents=True, exist_ok=True)
     pipeline = build_pipeline(args)
     LOG.info("model: %s", getattr(pipeline.backend, "description", pipeline.backend.identity))
     failed = []
     stems: dict[str, int] = {}
-    for path in tqdm(args.images, unit="image", disable=len(args.images) < 2):
+    follower = None
+    if args.sequence_rate is not None:
+        from ..core.planning import AnomalyFollower
+
+        follower = AnomalyFollower(pipeline.name_embeddings)
+    for index, path in enumerate(tqdm(args.images, unit="image", disable=len(args.images) < 2)):
         try:
             image = read_rgb(path)
             result = pipeline(image)
@@ -102,12 +116,14 @@ def run_segment(args: argparse.Namespace) -> int:
             failed.append(str(path))
             tqdm.write(f"error: {error}", file=sys.stderr)
             continue
+        if follower is not None:  # a failed image still takes its place in time
+            follower.update(result, round(index * 1e9 / args.sequence_rate), pipeline.config)
         stem = path.stem
         stems[stem] = stems.get(stem, 0) + 1
         if stems[stem] > 1:  # two inputs with one name must not overwrite each other
             stem = f"{stem}_{stems[stem]}"
         write_outputs(args.output, stem, image, result)
-        names = ", ".join(f"{a.name} ({a.score:.2f})" for a in result.anomalies) or "none"
+        names = ", ".join(anomaly_label(a) for a in result.anomalies) or "none"
         tqdm.write(f"{path}: {len(result.anomalies)} anomalies: {names}; {result.timings_ms['total']:.0f} ms")
     done = len(args.images) - len(failed)
     print(f"segmented {done} of {len(args.images)} images into {args.output}" +
@@ -123,6 +139,9 @@ def segment(subparsers) -> None:
                                                "<stem>_overlay.png and <stem>_anomalies.json.")
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
+    parser.add_argument("--sequence-rate", type=positive_float, metavar="HZ",
+                        help="the images, in the order given, are frames of one camera at HZ: track their anomalies "
+                             "(track ids in the JSON and overlays)")
     add_model_options(parser)
     parser.set_defaults(run=run_segment)
 
@@ -226,7 +245,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
     pipeline = build_pipeline(args)
     summary = replay(pipeline, args.bag, args.output, image_topic=args.image_topic, namespace=args.namespace,
-                     storage=args.storage, overlay=not args.no_overlay)
+                     storage=args.storage, overlay=not args.no_overlay, camera_info_topic=args.camera_info_topic)
     print(summary.text())
     print(f"wrote {args.output}")
     return 1 if summary.failed else 0
@@ -239,6 +258,8 @@ def replay(subparsers) -> None:
     parser.add_argument("bag", type=Path, metavar="IN_BAG", help="rosbag2 folder (.mcap or .db3)")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_BAG", help="new bag folder")
     parser.add_argument("--image-topic", help="image topic, raw or compressed (default: the bag's only one)")
+    parser.add_argument("--camera-info-topic", help="the camera's sensor_msgs/CameraInfo, for the 3D outputs "
+                                                    "(default: the image topic's sibling camera_info, if recorded)")
     parser.add_argument("--namespace", default="", help="namespace of the output topics (default: none, as a "
                                                          "node in the root namespace: /anomalies, /semantic, ...)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
@@ -293,7 +314,8 @@ def run_bench(args: argparse.Namespace) -> int:
     config = config_from_args(args, random_weights=random_weights, dense_method=args.dense_method)
     if args.cameras < 1 or args.soak_frames < 0:
         raise ValueError("--cameras must be at least 1 and --soak-frames at least 0")
-    report = run_bench(config, (width, height), args.frames, cameras=args.cameras, soak_frames=args.soak_frames)
+    report = run_bench(config, (width, height), args.frames, cameras=args.cameras, soak_frames=args.soak_frames,
+                       geometry=not args.no_ground_check)
     print(format_bench(report))
     write_json(args.json, report)
     return 0
@@ -309,6 +331,8 @@ def bench(subparsers) -> None:
     parser.add_argument("--dense-method", help="clearclip, naclip, sclip, maskclip or none")
     parser.add_argument("--cameras", type=int, default=4, help="cameras batched through one model for the "
                                                               "multi-camera rate (default 4)")
+    parser.add_argument("--no-ground-check", action="store_true", help="skip the ground-estimate accuracy check "
+                                                                         "(10 toy frames at 1280x720)")
     parser.add_argument("--soak-frames", type=int, default=1000, help="frames of the memory soak with a small "
                                                                       "model (default 1000; 0 skips it)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")

@@ -1,8 +1,12 @@
 """``clipomaly replay``: run the pipeline over a recorded drive and write the node's outputs into a new bag.
 
-Offline and without a ROS runtime (rosbags). The output bag holds the input image topic, copied byte for byte,
-and every per-frame output topic of the node under ``namespace`` with the node's message types, stamped with the
-input headers and recorded at the input messages' times, so Foxglove or ``ros2 bag play`` show them together.
+Offline and without a ROS runtime (rosbags). The output bag holds the input image topic (and its camera_info),
+copied byte for byte, and every per-frame output topic of the node under ``namespace`` with the node's message
+types, stamped with the input headers and recorded at the input messages' times, so Foxglove or ``ros2 bag play``
+show them together. Tracks follow the images' header stamps, as in the node, so a replay gives the tracks the
+node would give if it processed every frame. The 3D outputs need the camera's ``camera_info`` in the bag (by
+default the image topic's sibling, ``/camera/image_raw`` -> ``/camera/camera_info``); without it they are left
+out and the bag's /diagnostics says why.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ros.bags import BagError, image_connections, open_bag, typestore_with_vision_msgs
+from ..core.planning import AnomalyFollower
+from ..ros.bags import BagError, camera_info_connections, image_connections, open_bag, typestore_with_vision_msgs
 from ..ros.messages import (DECODERS, ON_DEMAND_OUTPUTS, OUTPUT_TYPES, ImageConversionError, MessageFactory,
                             picture_messages)
 
@@ -27,19 +32,27 @@ class ReplaySummary:
     failed: int = 0
     milliseconds: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    tracks: int = 0
+    located: int = 0
+    without_ground_contact: int = 0
+    no_3d_reason: str | None = None
 
     def text(self) -> str:
         counts = f"frames read {self.read}, processed {self.processed}, failed {self.failed}"
         if not self.milliseconds:
             return counts + "; no frame was processed"
         times = np.asarray(self.milliseconds)
-        return f"{counts}; pipeline ms per frame: mean {times.mean():.1f}, p95 {np.percentile(times, 95):.1f}"
+        three_d = (f"3D: {self.located} anomalies located, {self.without_ground_contact} without ground contact"
+                   if self.no_3d_reason is None else f"no 3D output: {self.no_3d_reason}")
+        return (f"{counts}; pipeline ms per frame: mean {times.mean():.1f}, p95 {np.percentile(times, 95):.1f}; "
+                f"{self.tracks} tracks; {three_d}")
 
 
 def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str | None = None,
            namespace: str = "", storage: str = "mcap", overlay: bool = True, progress: bool = True,
-           log=lambda message: print(message, file=sys.stderr)) -> ReplaySummary:
-    """Segment every frame of ``image_topic`` in ``in_bag`` and write ``out_bag`` (see the module docstring)."""
+           log=lambda message: print(message, file=sys.stderr), camera_info_topic: str | None = None) -> ReplaySummary:
+    """Segment every frame of ``image_topic`` in ``in_bag`` and write ``out_bag`` (see the module docstring);
+    ``camera_info_topic`` overrides the image topic's sibling ``camera_info``."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from tqdm import tqdm
 
@@ -56,20 +69,26 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
     threshold = pipeline.config.uncertainty_threshold
     with open_bag(in_bag) as reader:
         connections = image_connections(reader, image_topic)
+        info_connections, info_topic = camera_info_connections(reader, connections[0].topic, camera_info_topic)
+        follower = AnomalyFollower(pipeline.name_embeddings, info_topic)
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         with Writer(out_bag, version=9, storage_plugin=plugin) as writer:
-            copies = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=store) for c in connections}
+            copies = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=store)
+                      for c in connections + info_connections}
             outputs = {name: writer.add_connection(topic, OUTPUT_TYPES[name], typestore=store)
                        for name, topic in topics.items()}
             diagnostics_connection = writer.add_connection("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray",
                                                            typestore=store)
             published_labels, last_diagnostics = None, None
             total = sum(c.msgcount for c in connections)
-            for connection, timestamp, raw in tqdm(_guarded(reader.messages(connections=connections), in_bag),
-                                                   total=total, unit="frame", desc="replaying",
-                                                   disable=not progress):
-                summary.read += 1
+            messages = reader.messages(connections=connections + info_connections)
+            for connection, timestamp, raw in tqdm(_guarded(messages, in_bag), total=total, unit="frame",
+                                                   desc="replaying", disable=not progress):
                 writer.write(copies[connection.id], timestamp, bytes(raw))
+                if connection in info_connections:
+                    follower.set_camera_info(reader.deserialize(raw, connection.msgtype))
+                    continue
+                summary.read += 1
                 try:
                     message = reader.deserialize(raw, connection.msgtype)
                     image = DECODERS[connection.msgtype](message)
@@ -83,14 +102,20 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
                 summary.processed += 1
                 summary.milliseconds.append(result.timings_ms["total"])
                 header = message.header
-                messages = factory.result_messages(header, result)
+                frame = follower.update(result, header.stamp.sec * 1_000_000_000 + header.stamp.nanosec,
+                                        pipeline.config)
+                outputs_of_frame = factory.result_messages(header, result, frame)
                 if (tuple(result.labels), result.known_count) != published_labels:
-                    messages["label_info"] = factory.label_info(header, result.labels, threshold)
+                    outputs_of_frame["label_info"] = factory.label_info(header, result.labels, threshold)
                     published_labels = (tuple(result.labels), result.known_count)
                 if overlay:
-                    messages.update(picture_messages(factory, header, image, result, ON_DEMAND_OUTPUTS))
-                for name, output in messages.items():
+                    outputs_of_frame.update(picture_messages(factory, header, image, result, ON_DEMAND_OUTPUTS))
+                for name, output in outputs_of_frame.items():
                     writer.write(outputs[name], timestamp, store.serialize_cdr(output, OUTPUT_TYPES[name]))
+                summary.tracks = follower.tracker.issued
+                summary.located = follower.counters.located
+                summary.without_ground_contact = follower.counters.without_ground_contact
+                summary.no_3d_reason = follower.no_3d_reason
                 if last_diagnostics is None or timestamp - last_diagnostics >= DIAGNOSTICS_PERIOD_NS:
                     diagnostics = _diagnostics(store, header, summary, f"{prefix}/clipomaly")
                     writer.write(diagnostics_connection, timestamp,
@@ -106,9 +131,13 @@ def _diagnostics(store, header, summary: ReplaySummary, name: str):
     """A ``DiagnosticArray`` with the replay's counters so far, like the node's /diagnostics."""
     types = store.types
     values = {"frames read": summary.read, "frames processed": summary.processed, "bad inputs": summary.failed,
-              "processing ms": f"{np.mean(summary.milliseconds):.1f}"}
+              "processing ms": f"{np.mean(summary.milliseconds):.1f}", "tracks": summary.tracks,
+              "3d output": "on" if summary.no_3d_reason is None else f"off: {summary.no_3d_reason}",
+              "anomalies located on the ground": summary.located,
+              "anomalies without ground contact": summary.without_ground_contact}
+    message = "replay" if summary.no_3d_reason is None else f"replay; no 3D output: {summary.no_3d_reason}"
     status = types["diagnostic_msgs/msg/DiagnosticStatus"](
-        level=0, name=f"{name}: pipeline", message="replay", hardware_id="offline",
+        level=0, name=f"{name}: pipeline", message=message, hardware_id="offline",
         values=[types["diagnostic_msgs/msg/KeyValue"](key=k, value=str(v)) for k, v in values.items()])
     return types["diagnostic_msgs/msg/DiagnosticArray"](header=header, status=[status])
 

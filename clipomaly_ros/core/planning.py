@@ -1,0 +1,106 @@
+"""What a planner needs from one camera's frames: anomalies placed on the ground, tracked, filtered.
+
+:class:`AnomalyFollower` is the one stateful step after the pipeline, one per camera, shared by the node and the
+offline tools: ``result -> follower.update(result, stamp_ns, config) -> PlannerFrame -> messages``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .config import ClipomalyConfig
+from .geometry import CalibrationError, CameraModel, CameraMounting, GroundLocator
+from .results import AnomalyRecord, SegmentationResult
+from .tracking import AnomalyTracker, NameEmbedding
+
+
+@dataclass(frozen=True)
+class PlannerFrame:
+    """One frame's anomalies for a planner.
+
+    ``records``: every anomaly of the frame with its track, ``on_road`` and ``ground`` (the result's
+    ``anomalies`` are replaced by them); ``published``: those a planner gets (confirmed tracks, or all with
+    ``publish_unconfirmed``), in instance order; ``base_frame``: the frame of the ground estimates;
+    ``no_3d_reason``: why no 3D estimate was possible for this frame (``None`` when the camera was calibrated).
+    """
+
+    records: list[AnomalyRecord]
+    published: list[AnomalyRecord]
+    base_frame: str
+    no_3d_reason: str | None
+
+    @property
+    def located(self) -> list[AnomalyRecord]:
+        """The published anomalies that have a ground estimate."""
+        return [record for record in self.published if record.ground is not None]
+
+
+@dataclass
+class FollowerCounters:
+    """``frames``: frames followed; ``frames_without_calibration``: of those, frames without a usable
+    camera_info; ``located``: anomalies placed on the ground; ``without_ground_contact``: anomalies of calibrated
+    frames that got no estimate (their contact lies above the horizon or beyond max_ground_distance)."""
+
+    frames: int = 0
+    frames_without_calibration: int = 0
+    located: int = 0
+    without_ground_contact: int = 0
+
+
+class AnomalyFollower:
+    """Tracks one camera's anomalies and, once its calibration is known (:meth:`set_camera_info`), places them on
+    the ground. ``name_embedding`` lets the tracker compare names by meaning (see :class:`AnomalyTracker`);
+    ``camera_info_source`` names where the calibration comes from, for the messages that say it is missing."""
+
+    def __init__(self, name_embedding: NameEmbedding | None = None, camera_info_source: str = "camera_info"):
+        self.tracker = AnomalyTracker(name_embedding=name_embedding)
+        self.camera: CameraModel | None = None
+        self.calibration_problem: str | None = f"no camera_info received on {camera_info_source}"
+        self.no_3d_reason: str | None = self.calibration_problem
+        """Why the latest frame (or, before any frame, the latest calibration) gave no 3D output; None if it did."""
+        self.counters = FollowerCounters()
+
+    def set_camera_info(self, info) -> None:
+        """Keep the newest calibration (a ``sensor_msgs/CameraInfo`` or a :class:`CameraModel`); an unusable one
+        is remembered as the reason why there is no 3D output."""
+        try:
+            self.camera = info if isinstance(info, CameraModel) else CameraModel.from_camera_info(info)
+            self.calibration_problem = None
+        except (CalibrationError, ValueError, TypeError) as error:
+            self.camera = None
+            self.calibration_problem = f"unusable camera_info: {error}"
+        if self.counters.frames == 0:
+            self.no_3d_reason = self.calibration_problem
+
+    def update(self, result: SegmentationResult, stamp_ns: int, config: ClipomalyConfig) -> PlannerFrame:
+        """Place, track and filter ``result``'s anomalies (taken at ``stamp_ns``, ns) with the settings in
+        ``config``; the result's ``anomalies`` become the followed records."""
+        self.counters.frames += 1
+        records, problem = self._locate(result, config)
+        self.no_3d_reason = problem
+        if problem is not None:
+            self.counters.frames_without_calibration += 1
+        self.tracker.min_hits, self.tracker.max_misses = config.track_min_hits, config.track_max_misses
+        records = self.tracker.update(records, stamp_ns)
+        result.anomalies = records
+        published = [r for r in records if r.confirmed or config.publish_unconfirmed]
+        return PlannerFrame(records, published, config.base_frame, problem)
+
+    def _locate(self, result: SegmentationResult, config: ClipomalyConfig) -> tuple[list[AnomalyRecord], str | None]:
+        if self.camera is None:
+            return list(result.anomalies), self.calibration_problem
+        try:
+            camera = self.camera.for_image(result.image_size[1], result.image_size[0])
+        except CalibrationError as error:
+            return list(result.anomalies), str(error)
+        locator = GroundLocator(camera, CameraMounting.from_config(config), config.max_ground_distance)
+        records = []
+        for record in result.anomalies:
+            ground = locator.locate(*result.instance_mask(record.id))
+            if ground is None:
+                self.counters.without_ground_contact += 1
+            else:
+                self.counters.located += 1
+            records.append(dataclasses.replace(record, ground=ground))
+        return records, None

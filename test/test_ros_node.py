@@ -632,3 +632,57 @@ def test_an_rclpy_image_message_keeps_the_one_copy_it_was_built_from():
     message = factory.image(factory.header(1, 2, "cam"), semantic, "mono16")
     assert len(made) == 1 and message.data is made[0]  # the message holds that buffer, no second copy
     assert np.array_equal(np.frombuffer(bytes(message.data), np.uint16).reshape(3, 4), semantic)
+
+
+def test_3d_detections_and_markers_follow_camera_info_with_image_stamps_and_track_ids(ros):
+    from sensor_msgs.msg import CameraInfo
+    from vision_msgs.msg import Detection3DArray
+    from visualization_msgs.msg import MarkerArray
+
+    from clipomaly_ros.core.geometry import CameraModel, CameraMounting
+    from clipomaly_ros.core.scenes import StandingObject, render_perspective_street
+
+    node, listeners, publishers = ros
+    listener = listeners["/itest_raw"]
+    assert wait_for(lambda: listener.diagnostics().get("3d output", "").startswith("off: no camera_info received on "
+                                                                                    "/itest_raw/camera_info"), 5)
+    kept = {"3d": [], "markers": []}
+    node.create_subscription(Detection3DArray, "/itest_raw/anomalies_3d", kept["3d"].append, 10)
+    node.create_subscription(MarkerArray, "/itest_raw/anomaly_markers", kept["markers"].append, 10)
+    info_publisher = node.create_publisher(CameraInfo, "/itest_raw/camera_info", 1)
+    camera = CameraModel(480, 270, np.array([[400.0, 0, 240], [0, 400, 135], [0, 0, 1]]), np.zeros(5))
+    info = CameraInfo(width=480, height=270, distortion_model="plumb_bob", d=[0.0] * 5, k=camera.k.ravel().tolist())
+    assert wait_for(lambda: info_publisher.get_subscription_count() > 0, 10)
+    assert wait_for(lambda: node.count_publishers("/itest_raw/anomalies_3d") > 0, 10)
+    info_publisher.publish(info)
+    time.sleep(0.5)
+    listener.clear()
+    stamps = [stamp_base(20) + index * 100_000_000 for index in range(6)]
+    for index, stamp in enumerate(stamps):  # the node's mounting: 1.5 m up, level (the parameter defaults)
+        image, _ = render_perspective_street(camera, CameraMounting(), [StandingObject("mattress", 12.0 - 0.5 * index,
+                                                                                      -0.5, 1.8, 0.6)], seed=index)
+        for _ in range(3):  # best effort, as cameras publish: a frame lost on the wire is sent again
+            info_publisher.publish(info)
+            publish_frame(publishers["/itest_raw"], image, stamp)
+            if wait_for(lambda: outputs_for(listener, stamp)["anomalies"], 5):
+                break
+        assert outputs_for(listener, stamp)["anomalies"], listener.diagnostics()
+    assert wait_for(lambda: len(kept["3d"]) >= len(stamps) and len(kept["markers"]) >= len(stamps), 10)
+    by_stamp = {stamp_ns(m.header): m for m in kept["3d"]}
+    assert set(stamps) <= set(by_stamp)
+    for index, stamp in enumerate(stamps):
+        flat = outputs_for(listener, stamp)["anomalies"][0]
+        three_d = by_stamp[stamp]
+        assert three_d.header.frame_id == "base_link"
+        assert [d.id for d in three_d.detections] == [d.id for d in flat.detections] != []
+        (located,) = three_d.detections
+        assert abs(located.bbox.center.position.y + 0.5) < 0.3
+        front = located.bbox.center.position.x - located.bbox.size.x / 2
+        assert abs(front - (12.0 - 0.5 * index)) < 0.05 * (12.0 - 0.5 * index)
+    assert len({d.id for m in kept["3d"] for d in m.detections}) == 1  # one mattress, one track id
+    markers = [m for m in kept["markers"] if m.markers and stamp_ns(m.markers[0].header) in stamps]
+    assert markers and all(m.markers[0].action == 3 and m.markers[0].header.frame_id == "base_link" for m in markers)
+    track_id = int(by_stamp[stamps[-1]].detections[0].id)
+    assert {(k.ns, k.id) for k in markers[-1].markers[1:]} == {("anomalies", track_id), ("anomaly_labels", track_id)}
+    assert wait_for(lambda: listener.diagnostics().get("3d output") == "on", 5), listener.diagnostics()
+    assert int(listener.diagnostics()["anomalies located on the ground"]) >= len(stamps)

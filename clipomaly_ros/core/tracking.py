@@ -3,9 +3,10 @@
 Each frame's anomaly records are matched to the live tracks by an optimal assignment
 (``scipy.optimize.linear_sum_assignment``) over a cost that adds how badly the boxes fit (one minus the overlap of
 the detection's box with the track's box moved along its velocity, plus their centres' distance in box
-diagonals) and how different the names are (one minus the cosine similarity of the names' text embeddings);
-pairs costing :data:`MAX_COST` or more are never matched. Time comes from the frames' stamps only, never from the wall clock, so a recording replayed at any rate gives the
-same tracks.
+diagonals) and how different the names are (one minus the cosine similarity of the track's accumulated name
+votes and the detection's candidate names, each weighted by probability, in text-embedding space);
+pairs beyond :data:`GATE` or :data:`NAME_GATE` are never matched. Time comes from the frames' stamps only, never from the
+wall clock, so a recording replayed at any rate gives the same tracks.
 
 A track is confirmed once it was seen in ``min_hits`` frames and ends after ``max_misses`` frames in a row without
 a match; ids are never reused during a run. The name of a track is the one with the most accumulated candidate
@@ -31,9 +32,9 @@ GATE = 1.5
 """Largest centre distance, in predicted-box diagonals, at which a detection may still continue a track."""
 NAME_WEIGHT = 1.0
 """Weight of the name dissimilarity (0..1) against the box cost (0..1 + distance in diagonals)."""
-MAX_COST = 1.0
-"""A detection continues a track only below this total cost: two unrelated names (dissimilarity 1) never do, however
-well their boxes fit, and a name close in meaning (a synonym the naming flips to) does when the boxes fit."""
+NAME_GATE = 0.5
+"""A detection continues a track only when their name dissimilarity is below this: unrelated names (dissimilarity
+near 1) never do, however well the boxes fit; a name close in meaning (a synonym the naming flips to) does."""
 SCORE_SMOOTHING = 0.5
 """Weight of the newest frame's score in a track's exponential average."""
 VELOCITY_SMOOTHING = 0.5
@@ -98,7 +99,7 @@ class AnomalyTracker:
     >>> records = tracker.update(result.anomalies, stamp_ns)   # the same records, with track fields set
 
     ``min_hits`` and ``max_misses`` may be changed between frames. ``name_embedding`` maps names to unit text
-    embeddings; without it two names are alike only when equal.
+    embeddings; without it two names are alike only when equal (the candidate lists can still overlap).
     """
 
     def __init__(self, min_hits: int = 3, max_misses: int = 5, name_embedding: NameEmbedding | None = None):
@@ -113,13 +114,21 @@ class AnomalyTracker:
         """How often the stamps went backwards (a looped bag, a reset clock) and the tracks were ended."""
 
     def _name_costs(self, tracks: list[Track], records: Sequence[AnomalyRecord]) -> np.ndarray:
-        track_names = [track.name for track in tracks]
-        record_names = [record.name for record in records]
-        if self.name_embedding is None:
-            return np.array([[0.0 if a == b else 1.0 for b in record_names] for a in track_names]).reshape(
-                len(tracks), len(records))
-        embeddings = np.asarray(self.name_embedding(track_names + record_names), dtype=np.float64)
-        similarity = embeddings[: len(tracks)] @ embeddings[len(tracks):].T
+        """``(T, N)`` one minus the cosine similarity of each track's accumulated votes and each record's
+        candidate probabilities, both as probability-weighted sums of the names' embeddings (one axis per name
+        without ``name_embedding``)."""
+        weights = [track.votes for track in tracks] + [dict(record.candidates or ((record.name, record.score),))
+                                                       for record in records]
+        names = sorted({name for votes in weights for name in votes})
+        index = {name: position for position, name in enumerate(names)}
+        mass = np.zeros((len(weights), len(names)))
+        for row, votes in enumerate(weights):
+            for name, weight in votes.items():
+                mass[row, index[name]] = weight
+        if self.name_embedding is not None:
+            mass = mass @ np.asarray(self.name_embedding(names), dtype=np.float64)
+        mass /= np.maximum(np.linalg.norm(mass, axis=1, keepdims=True), 1e-12)
+        similarity = mass[: len(tracks)] @ mass[len(tracks):].T
         return np.clip(1.0 - similarity, 0.0, 1.0)
 
     def update(self, records: Sequence[AnomalyRecord], stamp_ns: int) -> list[AnomalyRecord]:
@@ -132,9 +141,10 @@ class AnomalyTracker:
         matches: dict[int, Track] = {}
         if self.tracks and records:
             predicted = np.stack([track.predicted_box(stamp_ns) for track in self.tracks])
-            costs = box_costs(predicted, np.stack([box_of(r) for r in records]))
-            costs = costs + NAME_WEIGHT * self._name_costs(self.tracks, records)
-            finite = costs < MAX_COST
+            names = self._name_costs(self.tracks, records)
+            costs = np.where(names < NAME_GATE, box_costs(predicted, np.stack([box_of(r) for r in records]))
+                             + NAME_WEIGHT * names, np.inf)
+            finite = np.isfinite(costs)
             rows, columns = linear_sum_assignment(np.where(finite, costs, 1e9))
             matches = {column: self.tracks[row] for row, column in zip(rows, columns) if finite[row, column]}
         for track in self.tracks:

@@ -3,7 +3,8 @@
     ros2 launch clipomaly_ros clipomaly.launch.py namespace:=front image_topic:=/front/camera/image_raw
 
 Arguments: namespace; image_topic (the camera's base topic, remapped onto the node's 'image'; with compressed
-input the node reads <image_topic>/compressed, as image_transport does); compressed and use_sim_time (override
+input the node reads <image_topic>/compressed, as image_transport does); camera_info_topic (the calibration,
+default: image_topic's sibling camera_info); compressed and use_sim_time (override
 the parameter file only when given); params_file (default: the package's config/clipomaly.yaml). The node gets
 the parameter-file section ROS would give it: its full name (/front/clipomaly), else matching wildcards
 (/**/clipomaly), else the plain 'clipomaly' key; the log says which. The decisions are plain functions in
@@ -30,11 +31,11 @@ def _node(context):
     parameters, sections = node_parameters(params_file, namespace,
                                            {name: argument(name) for name in ("compressed", "use_sim_time")})
     transport = parameters.get("input_transport", "raw")
-    remappings = image_remappings(argument("image_topic"), transport)
+    remappings = image_remappings(argument("image_topic"), transport, argument("camera_info_topic"))
     return [
         LogInfo(msg=f"clipomaly in '{namespace or '/'}': parameters from {params_file} section(s) "
                     f"{', '.join(sections) or '(none)'}; input {transport}"
-                    + (f" from {remappings[0][1]}" if remappings else "")),
+                    + "".join(f"; {inside} from {outside}" for inside, outside in remappings)),
         Node(package="clipomaly_ros", executable="clipomaly_node", name="clipomaly", namespace=namespace,
              parameters=[parameters], remappings=remappings, output="screen"),
     ]
@@ -46,6 +47,8 @@ def generate_launch_description():
         DeclareLaunchArgument("namespace", default_value="", description="namespace of this camera's node"),
         DeclareLaunchArgument("image_topic", default_value="",
                               description="the camera's base image topic (compressed input adds /compressed)"),
+        DeclareLaunchArgument("camera_info_topic", default_value="",
+                              description="the camera's CameraInfo topic (default: image_topic's sibling camera_info)"),
         DeclareLaunchArgument("compressed", default_value="",
                               description="true: CompressedImage input; empty: as the parameter file says"),
         DeclareLaunchArgument("params_file", default_value=default_params, description="ROS 2 parameter file"),

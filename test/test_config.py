@@ -76,3 +76,15 @@ def test_replace_validates():
         config.replace(max_regions=0)
     with pytest.raises(ConfigError, match="unknown setting"):
         config.replace(colour="red")
+
+
+def test_per_camera_mountings_read_as_ros_flattens_them(tmp_path):
+    path = tmp_path / "cameras.yaml"
+    path.write_text("clipomaly:\n  ros__parameters:\n    cameras: [front, rear]\n    camera_z: 1.4\n"
+                    "    front:\n      camera_z: 2.5\n      camera_pitch: 0.1\n")
+    parameters = read_parameter_file(path)
+    assert parameters["front.camera_z"] == 2.5 and parameters["front.camera_pitch"] == 0.1
+    assert load_config(path).camera_z == 1.4  # the library reads the plain mounting
+    path.write_text("clipomaly:\n  ros__parameters:\n    front:\n      camera_height: 2.5\n")
+    with pytest.raises(ConfigError, match="unknown setting.*front.camera_height"):
+        read_parameter_file(path)

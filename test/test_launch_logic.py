@@ -72,8 +72,13 @@ def test_launch_arguments_override_the_file_only_when_given(tmp_path):
 
 
 def test_the_image_topic_is_a_base_topic_as_in_image_transport():
-    assert image_remappings("/cam/image_raw", "raw") == [("image", "/cam/image_raw")]
-    assert image_remappings("/cam/image_raw", "compressed") == [("image/compressed", "/cam/image_raw/compressed")]
+    assert image_remappings("/cam/image_raw", "raw") == [("image", "/cam/image_raw"),
+                                                         ("camera_info", "/cam/camera_info")]
+    assert image_remappings("/cam/image_raw", "compressed") == [("image/compressed", "/cam/image_raw/compressed"),
+                                                                ("camera_info", "/cam/camera_info")]
+    assert image_remappings("/cam/image_raw", "raw", "/calib/info") == [("image", "/cam/image_raw"),
+                                                                        ("camera_info", "/calib/info")]
     assert image_remappings("", "compressed") == []
+    assert image_remappings("", "raw", "/calib/info") == [("camera_info", "/calib/info")]
     with pytest.raises(ValueError, match="base topic /cam/image_raw"):
         image_remappings("/cam/image_raw/compressed", "compressed")

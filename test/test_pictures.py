@@ -92,7 +92,7 @@ def test_foxglove_layout_shows_the_nodes_topics():
     topics = set()
     for config in panels.values():
         topic = config.get("imageMode", {}).get("imageTopic") or config.get("topicPath") or config.get("topicToRender")
-        topics.add(topic.split(".")[0])
+        topics |= {topic.split(".")[0]} if topic else set(config["topics"])  # a 3D panel lists its topics
     outputs = {f"/{name}" for name in OUTPUT_TYPES}
-    assert {"/overlay", "/semantic_color", "/anomaly_score", "/anomalies", "/diagnostics"} <= topics
+    assert {"/overlay", "/semantic_color", "/anomaly_score", "/anomalies", "/anomaly_markers", "/diagnostics"} <= topics
     assert topics - outputs == {"/camera/image_raw", "/diagnostics"}

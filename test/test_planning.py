@@ -298,3 +298,17 @@ def test_track_settings_apply_live(street_pipeline):
     later = [fresh.update(street_pipeline(image), stamp, street_pipeline.config.replace(track_min_hits=5))
              .records[0].confirmed for image, stamp, _ in sequence]
     assert later == [False, False, False, False, True, True]
+
+
+def test_the_overlay_label_says_track_road_and_distance():
+    from clipomaly_ros.core.geometry import GroundEstimate
+    from clipomaly_ros.core.overlay import anomaly_label
+
+    plain = record(1, "mattress", 0, 0)
+    assert anomaly_label(plain) == "mattress 0.90"
+    import dataclasses
+
+    tracked = dataclasses.replace(plain, track_id=3, track_name="mattress", track_score=0.8, confirmed=False,
+                                  on_road=False, ground=GroundEstimate(12.0, 2.9, 0.0, 12.34, 1.8, 0.6))
+    assert anomaly_label(tracked) == "#3? mattress 0.80 off road 12.3 m"
+    assert anomaly_label(dataclasses.replace(tracked, confirmed=True, on_road=True)) == "#3 mattress 0.80 12.3 m"

@@ -423,7 +423,7 @@ def multi_camera_node(ros, tmp_path_factory):
     node, _, _ = ros
     folder = tmp_path_factory.mktemp("multi")
     params = folder / "params.yaml"
-    params.write_text(PARAMS + "    cameras: [front, rear]\n")
+    params.write_text(PARAMS + "    cameras: [front, rear]\n    front:\n      camera_z: 2.5\n")
     log = folder / "node.log"
     with open(log, "w") as stream:
         process = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file",
@@ -521,6 +521,43 @@ def test_an_image_output_without_subscribers_is_never_computed(multi_camera_node
     values = diagnostics("front")
     assert int(values["published semantic"]) >= 1 and "published anomaly_score" not in values
     assert "published semantic" not in diagnostics("rear")
+
+
+def test_each_camera_of_a_node_has_its_own_mounting_and_it_changes_live(multi_camera_node):
+    from sensor_msgs.msg import CameraInfo
+    from vision_msgs.msg import Detection3DArray
+
+    from clipomaly_ros.core.geometry import CameraModel, CameraMounting
+    from clipomaly_ros.core.scenes import StandingObject, render_perspective_street
+
+    node, publishers, received, diagnostics, keeper = multi_camera_node
+    camera = CameraModel(480, 270, np.array([[400.0, 0, 240], [0, 400, 135], [0, 0, 1]]), np.zeros(5))
+    info = CameraInfo(width=480, height=270, distortion_model="plumb_bob", d=[0.0] * 5, k=camera.k.ravel().tolist())
+    infos = {name: node.create_publisher(CameraInfo, f"{MULTI}/{name}/camera_info", 1) for name in ("front", "rear")}
+    for name in ("front", "rear"):
+        node.create_subscription(Detection3DArray, f"{MULTI}/{name}/anomalies_3d", keeper(f"{name}/3d"), 10)
+    assert wait_for(lambda: all(p.get_subscription_count() for p in infos.values())
+                    and all(node.count_publishers(f"{MULTI}/{n}/anomalies_3d") for n in ("front", "rear")), 10)
+    time.sleep(0.5)
+
+    def front_distance(name, height, stamp):
+        image, _ = render_perspective_street(camera, CameraMounting(z=height), [StandingObject("mattress", 10.0, 0.0,
+                                                                                              1.8, 0.6)])
+        for _ in range(3):
+            infos[name].publish(info)
+            publish_frame(publishers[name], image, stamp)
+            if wait_for(lambda: [m for m in received(f"{name}/3d") if stamp_ns(m.header) == stamp], 5):
+                break
+        (answer,) = [m for m in received(f"{name}/3d") if stamp_ns(m.header) == stamp]
+        (detection,) = answer.detections
+        return detection.bbox.center.position.x - detection.bbox.size.x / 2
+
+    # front is mounted 2.5 m up by its own parameter, rear at the plain camera_z (1.5 m)
+    assert abs(front_distance("front", 2.5, stamp_base(23)) - 10.0) < 0.5
+    assert abs(front_distance("rear", 1.5, stamp_base(23) + 1) - 10.0) < 0.5
+    assert set_parameter(node, MULTI, "front.camera_z", 1.5).successful
+    assert abs(front_distance("front", 1.5, stamp_base(24)) - 10.0) < 0.5
+    assert not set_parameter(node, MULTI, "front.camera_pitch", 3.0).successful  # out of range, with the reason
 
 
 # --- hardening ---------------------------------------------------------------------------------------------------
@@ -657,7 +694,7 @@ def test_3d_detections_and_markers_follow_camera_info_with_image_stamps_and_trac
     info_publisher.publish(info)
     time.sleep(0.5)
     listener.clear()
-    stamps = [stamp_base(20) + index * 100_000_000 for index in range(6)]
+    stamps = [stamp_base(30) + index * 100_000_000 for index in range(6)]
     for index, stamp in enumerate(stamps):  # the node's mounting: 1.5 m up, level (the parameter defaults)
         image, _ = render_perspective_street(camera, CameraMounting(), [StandingObject("mattress", 12.0 - 0.5 * index,
                                                                                       -0.5, 1.8, 0.6)], seed=index)

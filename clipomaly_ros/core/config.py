@@ -257,6 +257,30 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+MOUNTING_SETTINGS = ("camera_x", "camera_y", "camera_z", "camera_roll", "camera_pitch", "camera_yaw")
+"""The settings a node serving several cameras takes per camera, as ``<camera>.camera_x`` (in a parameter file, a
+mapping under the camera's name); a camera without them uses the plain ones."""
+
+
+def per_camera_setting(name: str) -> tuple[str, Setting] | None:
+    """``("front", <camera_x>)`` for ``front.camera_x`` (``front/left.camera_x`` for a nested camera name), else
+    None."""
+    camera, _, setting = name.rpartition(".")
+    if camera and setting in MOUNTING_SETTINGS:
+        return camera, SETTINGS_BY_NAME[setting]
+    return None
+
+
+def flatten_parameters(parameters: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested parameter mappings joined with dots, as rcl reads a parameter file: ``{front: {camera_x: 1}}`` ->
+    ``{"front.camera_x": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in parameters.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_parameters(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 CORE_SETTINGS = tuple(s.name for s in SETTINGS if s.scope == "core")
 LIVE_SETTINGS = frozenset(s.name for s in SETTINGS if s.live)
 
@@ -348,7 +372,7 @@ def select_section(document: Mapping, node_name: str = NODE_NAME,
         section = document[key]
         if not isinstance(section, Mapping) or "ros__parameters" not in section:
             raise ConfigError(f"section {key!r} has no 'ros__parameters'")
-        parameters.update(section["ros__parameters"] or {})
+        parameters.update(flatten_parameters(section["ros__parameters"] or {}))
     return chosen, parameters
 
 
@@ -357,7 +381,8 @@ def read_parameter_file(path: str | Path, node_name: str = NODE_NAME, namespace:
     """Read the ``ros__parameters`` of ``node_name`` in ``namespace`` from a ROS 2 parameter file
     (:func:`select_section`); the keys used are appended to ``sections`` when given.
 
-    Standard ROS parameters (``use_sim_time``, ``qos_overrides.*``, ...) pass through. Raises
+    Standard ROS parameters (``use_sim_time``, ``qos_overrides.*``, ...) and per-camera mountings
+    (``front.camera_x``, see :data:`MOUNTING_SETTINGS`) pass through. Raises
     :class:`ConfigError` for a missing file, bad YAML, no matching section or unknown setting names.
     """
     path = Path(path)
@@ -381,7 +406,8 @@ def read_parameter_file(path: str | Path, node_name: str = NODE_NAME, namespace:
                           "'ros__parameters:')")
     if sections is not None:
         sections.extend(chosen)
-    unknown = sorted(name for name in set(parameters) - set(SETTINGS_BY_NAME) if not is_ros_standard_parameter(name))
+    unknown = sorted(name for name in set(parameters) - set(SETTINGS_BY_NAME)
+                     if not is_ros_standard_parameter(name) and per_camera_setting(name) is None)
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS_BY_NAME)}")
     return parameters

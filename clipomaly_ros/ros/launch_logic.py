@@ -1,6 +1,6 @@
 """What ``launch/clipomaly.launch.py`` decides, as plain functions (launch and launch_ros are not needed to test
 them): which parameter-file section a node gets, when a launch argument overrides the file, and how the image
-topic is remapped."""
+and camera_info topics are remapped."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.config import NODE_NAME, read_parameter_file
+from .bags import camera_info_topic_for
 
 
 def parse_bool(text: str, argument: str) -> bool:
@@ -39,13 +40,16 @@ def node_parameters(params_file: str | Path, namespace: str, arguments: Mapping[
     return parameters, sections
 
 
-def image_remappings(image_topic: str, transport: str) -> list[tuple[str, str]]:
-    """Remappings for the node's input, following image_transport: ``image_topic`` is the base topic, so with
-    compressed input the node reads ``<image_topic>/compressed``."""
+def image_remappings(image_topic: str, transport: str, camera_info_topic: str = "") -> list[tuple[str, str]]:
+    """Remappings for the node's inputs, following image_transport: ``image_topic`` is the base topic, so with
+    compressed input the node reads ``<image_topic>/compressed``, and the calibration is its sibling
+    ``camera_info`` (``/cam/image_raw`` -> ``/cam/camera_info``) unless ``camera_info_topic`` names another."""
+    remappings = [("camera_info", camera_info_topic)] if camera_info_topic else []
     if not image_topic:
-        return []
+        return remappings
     base = image_topic.rstrip("/")
     if base.endswith("/compressed"):
         raise ValueError(f"image_topic:={image_topic} names the compressed topic; give its base topic "
                          f"{base[:-len('/compressed')]} (the node adds /compressed, as image_transport does)")
-    return [("image/compressed", f"{base}/compressed")] if transport == "compressed" else [("image", base)]
+    image = [("image/compressed", f"{base}/compressed")] if transport == "compressed" else [("image", base)]
+    return image + (remappings or [("camera_info", camera_info_topic_for(base))])

@@ -47,7 +47,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool
 
 from ..core.backend import ModelLoadError
-from ..core.config import NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError, Setting
+from ..core.config import (NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError, Setting,
+                           per_camera_setting)
 from ..core.pipeline import Clipomaly
 from ..core.planning import AnomalyFollower
 from .camera import CameraStream, LatestFrames, Watchdog, decode_frame
@@ -68,8 +69,8 @@ def ros_type(name: str) -> Any:
     return getattr(importlib.import_module(f"{package}.{kind}"), type_name)
 
 
-def descriptor_for(setting: Setting) -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(name=setting.name, type=PARAMETER_TYPES[setting.kind],
+def descriptor_for(setting: Setting, name: str | None = None) -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(name=name or setting.name, type=PARAMETER_TYPES[setting.kind],
                                      description=setting.description, read_only=not setting.live)
     if setting.choices:
         descriptor.additional_constraints = f"one of: {', '.join(setting.choices)}"
@@ -136,6 +137,7 @@ class ClipomalyNode(Node):
         compressed = values["input_transport"] == "compressed"
         self.input_type = CompressedImage if compressed else Image
         self._decode = DECODERS["sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"]
+        self.mountings = self._declare_mountings(overrides, values["cameras"])
         self.cameras: dict[str, CameraStream] = {}
         self.subscriptions_by_camera = {}
         self.camera_info_subscriptions = {}
@@ -173,6 +175,23 @@ class ClipomalyNode(Node):
                 return []
             raise ConfigError(f"parameter {setting.name} has no value: set it, or remove it from the parameter file "
                               "to get its default") from None
+
+    def _declare_mountings(self, overrides: dict, cameras: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        """The per-camera mountings given at start (``front.camera_x``, ...), declared and validated; a camera
+        without them uses the plain ``camera_*`` parameters."""
+        mountings: dict[str, dict[str, float]] = {}
+        for name in sorted(overrides):
+            found = per_camera_setting(name)
+            if found is None:
+                continue
+            camera, setting = found
+            if camera not in cameras:
+                raise ConfigError(f"parameter {name} is for camera '{camera}', which is not in cameras "
+                                  f"({', '.join(cameras) or 'empty'})")
+            value = setting.validate(overrides[name].value)
+            self.declare_parameter(name, value, descriptor_for(setting, name))
+            mountings.setdefault(camera, {})[setting.name] = value
+        return mountings
 
     def _create_outputs(self, prefix: str) -> dict:
         # reliable, with room for a few frames: a lost fragment is re-sent only after the writer's next
@@ -220,15 +239,20 @@ class ClipomalyNode(Node):
         return response
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        changes = {}
+        changes, mountings = {}, {}
         for parameter in parameters:
-            setting = SETTINGS_BY_NAME.get(parameter.name)
+            per_camera = per_camera_setting(parameter.name)
+            setting = per_camera[1] if per_camera else SETTINGS_BY_NAME.get(parameter.name)
             if setting is None:
                 continue
             try:
-                changes[parameter.name] = setting.validate(parameter.value)
+                value = setting.validate(parameter.value)
             except ConfigError as error:
                 return SetParametersResult(successful=False, reason=str(error))
+            if per_camera:
+                mountings.setdefault(per_camera[0], {})[setting.name] = value
+            else:
+                changes[parameter.name] = value
         core = {name: value for name, value in changes.items() if SETTINGS_BY_NAME[name].scope == "core"}
         try:
             if core:
@@ -237,6 +261,8 @@ class ClipomalyNode(Node):
             return SetParametersResult(successful=False, reason=str(error))
         if "publish_overlay" in changes:
             self.publish_overlay = changes["publish_overlay"]
+        for camera, values in mountings.items():
+            self.mountings[camera] = {**self.mountings[camera], **values}
         if core:
             self.get_logger().info(f"applied {', '.join(sorted(core))}; the next frame uses them")
         return SetParametersResult(successful=True)
@@ -294,7 +320,9 @@ class ClipomalyNode(Node):
         config = self.pipeline.config
         for (camera, msg, received, image), result in zip(frames, results):
             try:
-                camera.publish(msg.header, image, result, config, self.publish_overlay)
+                mounting = self.mountings.get(camera.name)
+                camera.publish(msg.header, image, result, config.replace(**mounting) if mounting else config,
+                               self.publish_overlay)
             except Exception as error:  # the node must outlive any one frame
                 camera.count("failed")
                 self.get_logger().error(f"{camera.name or 'image'}: publishing failed: {type(error).__name__}: "

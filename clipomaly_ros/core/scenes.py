@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from .toy_backend import TOY_LEXICON
@@ -139,16 +138,16 @@ def render_perspective_street(camera, mounting, objects: Sequence[StandingObject
     image[ground] = colour["terrain"]
     image[ground & (lateral < road_half_width + sidewalk_width)] = colour["sidewalk"]
     image[ground & (lateral < road_half_width)] = colour["road"]
-    from .geometry import project  # the generator shares the projection the estimates invert
-
+    origin = np.array([mounting.x, mounting.y, mounting.z])
     masks: dict[str, np.ndarray] = {}
     for item in sorted(objects, key=lambda o: -o.x):  # far to near: nearer objects paint over farther ones
-        corners = np.array([[item.x, item.y + side * item.width / 2, mounting.ground_z + up * item.height]
-                            for side, up in ((1, 0), (-1, 0), (-1, 1), (1, 1))])
-        polygon = np.round(project(camera, mounting, corners) * 16).astype(np.int32)  # 4 bits of sub-pixel
-        mask = np.zeros((height, width), dtype=np.uint8)
-        cv2.fillConvexPoly(mask, polygon, 1, lineType=cv2.LINE_8, shift=4)
-        mask = mask.astype(bool)
+        # a pixel shows the object when the ray through its centre meets the object's upright front face
+        with np.errstate(divide="ignore", invalid="ignore"):
+            along = np.where(rays[:, 0] > 1e-9, (item.x - origin[0]) / rays[:, 0], -1.0)
+        hit = origin + rays * along[:, None]
+        mask = ((along > 0) & (np.abs(hit[:, 1] - item.y) <= item.width / 2)
+                & (hit[:, 2] >= mounting.ground_z) & (hit[:, 2] <= mounting.ground_z + item.height))
+        mask = mask.reshape(height, width)
         for other in masks.values():
             other &= ~mask
         masks[item.name] = mask

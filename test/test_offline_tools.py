@@ -216,7 +216,7 @@ def test_clear_errors_for_a_folder_given_as_an_image_an_empty_bag_and_play_argum
 
 def test_known_classes_miou_reads_the_cityscapes_layout(tmp_path, capsys):
     names = ["road", "sidewalk", "building", "vegetation", "sky", "car"]
-    for split, city, index in (("val", "lindau", 0), ("val", "munster", 1)):
+    for split, city, index in (("val", "lindau", 0), ("val", "munster", 1), ("train", "aachen", 2)):
         image, _ = render_street_scene(240, 320, planted=None, seed=index)
         label = np.full(image.shape[:2], 255, np.uint8)
         for class_id, name in enumerate(names):  # trainIds of the known classes, from the colours drawn
@@ -230,7 +230,10 @@ def test_known_classes_miou_reads_the_cityscapes_layout(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "cs"), "--known-classes-miou", "--known", ",".join(names),
                  "--json", str(tmp_path / "m.json")] + TOY) == 0
     report = json.loads((tmp_path / "m.json").read_text())
-    assert report["images"] == 2 and report["miou"] > 0.9
+    assert report["images"] == 3 and report["miou"] > 0.9
+    assert main(["evaluate", str(tmp_path / "cs" / "leftImg8bit" / "val"), "--known-classes-miou", "--known",
+                 ",".join(names), "--json", str(tmp_path / "v.json")] + TOY) == 0  # one split
+    assert json.loads((tmp_path / "v.json").read_text())["images"] == 2
     (tmp_path / "cs" / "gtFine" / "val" / "munster" / "munster_000000_000011_gtFine_labelTrainIds.png").unlink()
     assert main(["evaluate", str(tmp_path / "cs"), "--known-classes-miou"] + TOY) == 2
     assert "no *_gtFine_labelTrainIds.png for munster_000000_000011_leftImg8bit.png" in capsys.readouterr().err

@@ -628,6 +628,42 @@ def test_an_out_of_range_parameter_at_start_up_is_one_fatal_line_and_exit_code_1
     assert "Traceback" not in output
 
 
+def test_a_node_runs_fine_tuned_weights_and_says_what_they_are(tmp_path, tiny_model_name):
+    from clipomaly_ros.core.config import ClipomalyConfig
+    from clipomaly_ros.core.scenes import write_street_dataset
+    from clipomaly_ros.tools.finetune import FinetuneSettings, finetune
+
+    write_street_dataset(tmp_path / "data", 4)
+    weights = tmp_path / "tuned.pt"
+    finetune(ClipomalyConfig(model=tiny_model_name, random_weights=True, inference_size=128, device="cpu"),
+             FinetuneSettings(tmp_path / "data", weights, val=tmp_path / "data", steps=2, batch_size=2, workers=0),
+             progress=False)
+    params = tmp_path / "p.yaml"
+    params.write_text(f"/**/clipomaly:\n  ros__parameters:\n    model: {tiny_model_name}\n    checkpoint: {weights}\n"
+                      "    inference_size: 128\n    device: cpu\n")
+    command = [sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file", str(params), "-r",
+               "__ns:=/itest_tuned"]
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not any("ready:" in line for line in lines):
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=10)
+    output = "".join(lines)
+    assert f"checkpoint {weights}: fine-tuned from {tiny_model_name} (random weights) with dense method scclip for 19 "\
+           "known classes, 2 steps on" in output, output
+    assert "validation mIoU" in output and "ready:" in output
+    completed = subprocess.run(command + ["-p", "known_classes:=[road, car]", "-p", "drivable_classes:=[road]"],
+                               env=environment, capture_output=True, text=True, timeout=90)
+    assert completed.returncode == 1
+    fatal = [line for line in (completed.stdout + completed.stderr).splitlines() if "FATAL" in line]
+    assert len(fatal) == 1 and "was fine-tuned for the known classes" in fatal[0], completed.stderr
+
+
 def test_a_node_reading_a_topic_of_another_type_says_so(ros, tmp_path):
     node, _, _ = ros
     raw_on_the_named_topic = node.create_publisher(Image, "/itest_warn/cam/image_raw", 1)

@@ -53,9 +53,11 @@ class DenseVisionEncoder(nn.Module):
         the whole image (see :func:`sliding_window_features`)."""
         return self.visual.conv1(images)
 
+    @torch.no_grad()
     def normalise_pixels(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Fold the input normalisation ((x / 255 - mean) / std, per RGB channel) into a copy of the patch
-        embedding, so :meth:`embed_pixels` takes 0..255 pixels and no pass over the image normalises them."""
+        embedding, so :meth:`embed_pixels` takes 0..255 pixels and no pass over the image normalises them (a
+        constant copy: the patch embedding is never trained)."""
         weight = self.visual.conv1.weight.float()
         scale = (1.0 / (255.0 * std.float().flatten().to(weight.device)))[None, :, None, None]
         shift = (mean.float().flatten().to(weight.device) / std.float().flatten().to(weight.device))

@@ -117,11 +117,11 @@ def _weights_error(model_name: str, source: str, error: Exception) -> ModelLoadE
                           f"{WEIGHTS_HINT}")
 
 
-def _load_open_clip_model(config: ClipomalyConfig, device: torch.device):
+def _load_open_clip_model(config: ClipomalyConfig, device: torch.device, precision: str | None = None):
     import open_clip
 
     register_bundled_models()
-    precision = "fp16" if device.type == "cuda" else "fp32"
+    precision = precision or ("fp16" if device.type == "cuda" else "fp32")
     model_name = config.model
     if model_name not in open_clip.list_models() and not model_name.startswith(("local-dir:", "hf-hub:")):
         raise ModelLoadError(f"model {model_name!r} is not an open_clip architecture: set 'model' to one of "
@@ -162,11 +162,14 @@ def _load_open_clip_model(config: ClipomalyConfig, device: torch.device):
 
 
 class OpenClipBackend:
-    """An open_clip model with training-free dense features (see :mod:`clipomaly_ros.dense`)."""
+    """An open_clip model with training-free dense features (see :mod:`clipomaly_ros.dense`).
 
-    def __init__(self, config: ClipomalyConfig):
+    ``precision``: open_clip's weight precision; by default fp16 on CUDA and fp32 on the CPU (training asks for
+    fp32 and uses autocast instead)."""
+
+    def __init__(self, config: ClipomalyConfig, precision: str | None = None):
         self.device = resolve_device(config.device)
-        self.model, self.tokenizer, self.weights_source = _load_open_clip_model(config, self.device)
+        self.model, self.tokenizer, self.weights_source = _load_open_clip_model(config, self.device, precision)
         self.dtype = next(self.model.parameters()).dtype
         self.embed_dim = int(self.model.visual.output_dim)
         self.encoder = DenseVisionEncoder(self.model.visual, config.dense_method)

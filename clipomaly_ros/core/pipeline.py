@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .adaptation import check_sidecar, read_sidecar
 from .backend import VisionLanguageBackend
 from .config import LIVE_SETTINGS, ClipomalyConfig, ConfigError, load_config
 from .extension import extend
@@ -55,6 +56,9 @@ class Clipomaly:
     def __init__(self, config: ClipomalyConfig | None = None, backend: VisionLanguageBackend | None = None,
                  progress: bool = False):
         self.config = config if config is not None else ClipomalyConfig()
+        self.finetuned = read_sidecar(self.config.checkpoint) if self.config.checkpoint else None
+        """The sidecar of fine-tuned weights (see :mod:`.adaptation`), None for other weights."""
+        check_sidecar(self.config, self.finetuned)
         self.backend = backend if backend is not None else create_backend(self.config)
         self.embedder = TextEmbedder(self.backend, self.config.prompt_templates)
         cache_dir = Path(self.config.cache_dir).expanduser() if self.config.cache_dir else default_cache_dir()
@@ -88,6 +92,7 @@ class Clipomaly:
                               "configuration")
         with self._settings_lock:
             config = self.config.replace(**changes)
+            check_sidecar(config, self.finetuned)
             if {"known_classes", "anomaly_vocabulary", "exclusion_similarity"} & set(changes):
                 self.vocabulary.set(config.known_classes, config.anomaly_vocabulary, config.exclusion_similarity)
             self.config = config

@@ -154,3 +154,73 @@ def render_perspective_street(camera, mounting, objects: Sequence[StandingObject
         image[mask] = colour[item.name]
     noise = np.random.default_rng(seed).normal(0.0, 4.0, image.shape)
     return np.clip(image + noise, 0, 255).astype(np.uint8), masks
+
+
+def labelled_street_scene(height: int = 128, width: int = 256, seed: int = 0, planted: str | Sequence[str] | None = None,
+                          planted_labels: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A street scene with a random layout and its pixel labels, for fine-tuning and its tests.
+
+    Sky, buildings, vegetation, road, sidewalks, terrain, cars, poles and people in toy-lexicon colours (lighting
+    and noise vary per scene). Returns ``(image (H, W, 3) uint8, labels (H, W) uint8)`` with labels the Cityscapes
+    trainIds (the index in :data:`~.config.CITYSCAPES_CLASSES`). A ``planted`` object (one name, or names to pick
+    one from at random) is labelled 255 (ignored: it is not a known class), or ``planted_labels[name]``.
+    """
+    from .config import CITYSCAPES_CLASSES
+
+    rng = np.random.default_rng(seed)
+    labels = np.full((height, width), CITYSCAPES_CLASSES.index("sky"), dtype=np.uint8)
+
+    if planted is not None and not isinstance(planted, str):
+        planted = str(rng.choice(list(planted)))
+    ids = {name: index for index, name in enumerate(CITYSCAPES_CLASSES)}
+    if planted is not None:
+        ids[planted] = (planted_labels or {}).get(planted, 255)
+
+    def paint(name: str, y0: float, y1: float, x0: float, x1: float) -> None:
+        labels[max(0, int(y0)):max(0, int(y1)), max(0, int(x0)):max(0, int(x1))] = ids[name]
+
+    horizon = rng.uniform(0.35, 0.55) * height
+    for _ in range(rng.integers(1, 4)):
+        left = rng.uniform(-0.1, 0.9) * width
+        paint(str(rng.choice(["building", "vegetation"])), rng.uniform(0.05, 0.3) * height, horizon, left,
+              left + rng.uniform(0.15, 0.45) * width)
+    paint("terrain", horizon, height, 0, width)
+    road_left, road_right = rng.uniform(0.1, 0.35) * width, rng.uniform(0.65, 0.9) * width
+    paint("sidewalk", horizon, height, road_left - rng.uniform(0.05, 0.15) * width,
+          road_right + rng.uniform(0.05, 0.15) * width)
+    paint("road", horizon, height, road_left, road_right)
+    for _ in range(rng.integers(0, 3)):
+        x = rng.uniform(0, 0.9) * width
+        paint("pole", rng.uniform(0.1, 0.3) * height, horizon + rng.uniform(0.05, 0.2) * height, x,
+              x + max(2, 0.015 * width))
+    for name, size in (("car", 0.22), ("person", 0.06)):
+        for _ in range(rng.integers(0, 3)):
+            top = rng.uniform(horizon, 0.8 * height)
+            left = rng.uniform(0, 0.85) * width
+            paint(name, top, top + size * height * (1.5 if name == "person" else 0.7), left, left + size * width)
+    if planted is not None:
+        top, left = rng.uniform(0.6, 0.8) * height, rng.uniform(0.35, 0.55) * width
+        paint(planted, top, top + 0.12 * height, left, left + 0.12 * width)
+    colours = {ids[name]: TOY_LEXICON[name] for name in ids}
+    palette = np.zeros((256, 3), dtype=np.float32)
+    for label, rgb in colours.items():
+        palette[label] = rgb
+    image = palette[labels] * rng.uniform(0.85, 1.15) + rng.normal(0.0, 6.0, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+def write_street_dataset(folder, count: int, height: int = 128, width: int = 256, seed: int = 0,
+                         planted: str | Sequence[str] | None = None, planted_labels: dict[str, int] | None = None) -> None:
+    """``count`` :func:`labelled_street_scene` samples as ``folder/images/<i>.png`` and ``folder/labels/<i>.png``
+    (the layout ``clipomaly finetune`` and ``clipomaly evaluate --known-classes-miou`` read)."""
+    from pathlib import Path
+
+    import cv2
+
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        image, labels = labelled_street_scene(height, width, seed * 100_003 + index, planted, planted_labels)
+        cv2.imwrite(str(folder / "images" / f"{index}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(folder / "labels" / f"{index}.png"), labels)

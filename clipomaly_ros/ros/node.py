@@ -46,6 +46,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool
 
+from ..core.adaptation import describe_sidecar
 from ..core.backend import ModelLoadError
 from ..core.config import (NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError, Setting,
                            per_camera_setting)
@@ -122,6 +123,12 @@ class ClipomalyNode(Node):
         self.get_logger().info("loading the toy backend ..." if config.backend == "toy" else
                                f"loading {config.model} ({config.checkpoint or config.pretrained}) ...")
         self.pipeline = Clipomaly(config)
+        if self.pipeline.finetuned is not None:
+            self.get_logger().info(f"checkpoint {config.checkpoint}: {describe_sidecar(self.pipeline.finetuned)}")
+            if self.pipeline.finetuned.get("dense_method") != config.dense_method:
+                self.get_logger().warning(f"the checkpoint was fine-tuned with dense_method "
+                                          f"{self.pipeline.finetuned.get('dense_method')} but this node runs "
+                                          f"{config.dense_method}: its accuracy is the trained method's only with it")
         self.factory = MessageFactory(ros_type, byte_array=uint8_array, data_by_reference=True)
         self.device = str(getattr(self.pipeline.backend, "device", "cpu"))
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)

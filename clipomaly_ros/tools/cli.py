@@ -172,6 +172,83 @@ def scene(subparsers) -> None:
     parser.set_defaults(run=run_scene)
 
 
+def run_dataset(args: argparse.Namespace) -> int:
+    from ..core.scenes import write_street_dataset
+
+    if args.count < 1 or args.width < 16 or args.height < 16:
+        raise ValueError("--count must be at least 1 and --width/--height at least 16")
+    write_street_dataset(args.output, args.count, args.height, args.width, args.seed, args.object)
+    print(f"wrote {args.count} labelled street scenes ({args.width}x{args.height}) to {args.output}/images and "
+          f"{args.output}/labels (Cityscapes trainIds{'; the planted ' + args.object + ' is 255' if args.object else ''})")
+    return 0
+
+
+@subcommand
+def dataset(subparsers) -> None:
+    from ..core.toy_backend import TOY_LEXICON
+
+    parser = subparsers.add_parser("dataset", help="write synthetic street scenes with pixel labels (images/ + "
+                                                   "labels/, for trying finetune and evaluate)")
+    parser.add_argument("output", type=Path, metavar="OUT_DIR")
+    parser.add_argument("--count", type=int, default=64)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0, help="another seed gives other scenes (held-out sets)")
+    parser.add_argument("--object", choices=sorted(TOY_LEXICON), help="plant this object in each scene (label 255)")
+    parser.set_defaults(run=run_dataset)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneSettings, finetune
+
+    config = config_from_args(args)
+    settings = FinetuneSettings(
+        data=args.data, output=args.output, val=args.val, steps=args.steps, batch_size=args.batch_size,
+        accumulate=args.accumulate, crop=args.crop, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
+        rank=args.rank, val_every=args.val_every, val_limit=args.val_limit, save_every=args.save_every,
+        stop_after=args.stop_after, workers=args.workers, seed=args.seed, resume=args.resume)
+    report = finetune(config, settings)
+    if report.start_val_miou is not None:
+        print(f"validation mIoU: {100 * report.start_val_miou:.1f} % before, {100 * report.final_val_miou:.1f} % "
+              "after")
+    print(f"{report.images_per_second:.1f} training images/s; "
+          + ("finished" if report.finished else f"stopped at step {report.history[-1]['step']} (--resume "
+             f"{args.output} continues)"))
+    print("wrote " + ", ".join(str(path) for path in report.files))
+    return 0
+
+
+@subcommand
+def finetune(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "finetune", help="fine-tune CLIP's image encoder for segmentation on the known classes (text tower "
+                         "frozen: the open vocabulary stays)",
+        description="Train low-rank adapters on the query and value projections of the image encoder with the "
+                    "pipeline's dense features against the known classes' text embeddings. DATA: images/ + "
+                    "labels/ (trainIds of known_classes, 255 ignored) or Cityscapes' leftImg8bit/ + gtFine/. "
+                    "Writes OUT.pt (open_clip weights), OUT.json (sidecar), OUT.csv and OUT.png.")
+    parser.add_argument("data", type=Path, metavar="DATA")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.pt")
+    parser.add_argument("--val", type=Path, metavar="DATA", help="held-out data for the validation mIoU")
+    parser.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
+    parser.add_argument("--batch-size", type=int, default=8, help="crops per micro-batch (default 8)")
+    parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per step (gradient accumulation)")
+    parser.add_argument("--crop", type=int, default=0, help="crop side in pixels (default: the model's window)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of AdamW (default 5e-4)")
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--warmup", type=int, help="warm-up steps (default 5 %% of --steps)")
+    parser.add_argument("--rank", type=int, default=16, help="rank of the query and value adapters (default 16)")
+    parser.add_argument("--val-every", type=int, default=0, help="steps between validations (default: a fifth)")
+    parser.add_argument("--val-limit", type=int, default=0, help="validate on the first N images only")
+    parser.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (default: a fifth)")
+    parser.add_argument("--stop-after", type=int, default=0, help="end this run after step N (resume later)")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", type=Path, metavar="OUT.pt", help="continue the run saved in this file")
+    add_model_options(parser)
+    parser.set_defaults(run=run_finetune)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 

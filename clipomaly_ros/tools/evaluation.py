@@ -4,86 +4,12 @@ from __future__ import annotations
 
 import collections
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..core.datasets import Sample, find_samples, read_label  # noqa: F401 - find_samples is this tool's too
 from .metrics import ComponentScores, ConfusionMatrix, PixelScores
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-@dataclass(frozen=True)
-class Sample:
-    stem: str
-    image: Path
-    label: Path
-
-
-CITYSCAPES_IMAGE = "_leftImg8bit"
-CITYSCAPES_LABEL = "_gtFine_labelTrainIds"
-
-
-def cityscapes_samples(dataset: Path) -> list[Sample]:
-    """Cityscapes' own layout: ``leftImg8bit/<split>/<city>/<name>_leftImg8bit.png`` with
-    ``gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png`` (trainIds, 255 ignored), every split found under
-    ``dataset`` (point it at a split folder's parent, or give the split in the path)."""
-    images = {p.relative_to(dataset / "leftImg8bit").with_name(p.name[: -len(CITYSCAPES_IMAGE + p.suffix)]): p
-              for p in (dataset / "leftImg8bit").rglob(f"*{CITYSCAPES_IMAGE}.png")}
-    samples, unlabeled = [], []
-    for key, image in sorted(images.items()):
-        label = dataset / "gtFine" / key.parent / f"{key.name}{CITYSCAPES_LABEL}.png"
-        if label.is_file():
-            samples.append(Sample(str(key), image, label))
-        else:
-            unlabeled.append(image.name)
-    if unlabeled:
-        raise ValueError(f"{dataset}: no *{CITYSCAPES_LABEL}.png for {', '.join(unlabeled[:5])}"
-                         + (" ..." if len(unlabeled) > 5 else "")
-                         + " (create them with cityscapesscripts' createTrainIdLabelImgs)")
-    return samples
-
-
-def find_samples(dataset: Path, limit: int | None = None) -> list[Sample]:
-    """Pairs of ``images/<stem>.*`` and ``labels/<stem>.png``, sorted by stem (numerically where stems are
-    numbers), or Cityscapes' ``leftImg8bit/`` + ``gtFine/`` layout (:func:`cityscapes_samples`); raises
-    ``ValueError`` when the layout is wrong."""
-    if (dataset / "leftImg8bit").is_dir() and (dataset / "gtFine").is_dir():
-        samples = cityscapes_samples(dataset)
-        if not samples:
-            raise ValueError(f"{dataset}: no *{CITYSCAPES_IMAGE}.png images under leftImg8bit/")
-        return samples[:limit] if limit else samples
-    images_dir, labels_dir = dataset / "images", dataset / "labels"
-    if not images_dir.is_dir() or not labels_dir.is_dir():
-        raise ValueError(f"{dataset}: expected the folders images/ and labels/ (matching file stems), or "
-                         "Cityscapes' leftImg8bit/ and gtFine/")
-    labels = {p.stem: p for p in labels_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    samples, unlabeled = [], []
-    for image in images_dir.iterdir():
-        if image.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if image.stem in labels:
-            samples.append(Sample(image.stem, image, labels[image.stem]))
-        else:
-            unlabeled.append(image.name)
-    if unlabeled:
-        raise ValueError(f"{dataset}: no label for {', '.join(sorted(unlabeled)[:5])}"
-                         + (" ..." if len(unlabeled) > 5 else ""))
-    if not samples:
-        raise ValueError(f"{dataset}: no images found in images/")
-    samples.sort(key=lambda s: (0, int(s.stem), "") if s.stem.isdigit() else (1, 0, s.stem))
-    return samples[:limit] if limit else samples
-
-
-def read_label(path: Path) -> np.ndarray:
-    import cv2
-
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise ValueError(f"{path}: not a readable label image")
-    return label if label.ndim == 2 else label[..., 0]
-
 
 def evaluate(pipeline, samples: list[Sample], anomaly_id: int = 1, ignore_id: int = 255,
              known_classes_miou: bool = False, progress: bool = True, plots: Path | None = None) -> dict:

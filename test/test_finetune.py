@@ -1,0 +1,145 @@
+"""`clipomaly finetune`: a short CPU run on generated street scenes with a small random-weight ViT."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clipomaly_ros.core.config import CITYSCAPES_CLASSES, ClipomalyConfig, ConfigError
+from clipomaly_ros.core.scenes import labelled_street_scene, write_street_dataset
+from clipomaly_ros.tools.cli import main
+from clipomaly_ros.tools.finetune import FinetuneError, FinetuneSettings, finetune
+
+TINY = dict(model="clipomaly-tiny-vit", inference_size=128, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory, tiny_model_name):
+    root = tmp_path_factory.mktemp("scenes")
+    write_street_dataset(root / "train", 48, seed=1)
+    write_street_dataset(root / "val", 12, seed=2)  # other seeds: held-out layouts
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(scenes):
+    output = scenes / "out" / "tiny.pt"
+    report = finetune(ClipomalyConfig(random_weights=True, **TINY),
+                      FinetuneSettings(scenes / "train", output, val=scenes / "val", steps=300, lr=1e-2, rank=32,
+                                       workers=0), progress=False)
+    return report, output
+
+
+def test_a_short_cpu_run_raises_the_held_out_miou_far_above_its_start(trained):
+    report, output = trained
+    assert report.start_val_miou < 0.1  # random weights: chance level
+    assert report.final_val_miou > report.start_val_miou + 0.3, (report.start_val_miou, report.final_val_miou)
+    rows = list(csv.DictReader(open(output.with_suffix(".csv"))))
+    assert [int(r["step"]) for r in rows] == list(range(301))
+    losses = [float(r["loss"]) for r in rows[1:]]
+    assert np.mean(losses[-30:]) < 0.6 * np.mean(losses[:30])
+    assert sum(1 for r in rows if r["val_miou"]) == 6  # before training and every 60 steps
+    assert output.with_suffix(".png").stat().st_size > 10_000
+    sidecar = json.loads(output.with_suffix(".json").read_text())
+    assert sidecar["known_classes"] == list(CITYSCAPES_CLASSES) and sidecar["dense_method"] == "scclip"
+    assert sidecar["base_model"] == "clipomaly-tiny-vit" and sidecar["base_weights"] == "random weights"
+    assert sidecar["final_val_miou"] == pytest.approx(report.final_val_miou)
+    assert sidecar["training"]["steps"] == 300 and sidecar["adapters"]["rank"] == 32
+
+
+def test_the_weights_load_in_open_clip_and_clipomaly_with_the_text_tower_unchanged(trained):
+    import open_clip
+
+    from clipomaly_ros.core.pipeline import Clipomaly
+
+    _, output = trained
+    loaded = open_clip.create_model("clipomaly-tiny-vit", pretrained=str(output))  # plain open_clip
+    original = Clipomaly(ClipomalyConfig(random_weights=True, **TINY)).backend.model
+    before, after = original.state_dict(), loaded.state_dict()
+    assert set(before) == set(after)
+    text_keys = [k for k in before if not k.startswith("visual.")]
+    assert text_keys and all(torch.equal(before[k], after[k]) for k in text_keys)  # bit for bit
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all(k.endswith("attn.in_proj_weight") for k in changed)  # only q and v moved
+    for key in changed:
+        width = before[key].shape[1]
+        assert torch.equal(before[key][width:2 * width], after[key][width:2 * width])  # keys untouched
+
+    pipeline = Clipomaly(ClipomalyConfig(checkpoint=str(output), anomaly_vocabulary=("mattress",), **TINY))
+    assert pipeline.finetuned["final_val_miou"] > 0.3
+    names = ["mattress", "road", "lost luggage"]
+    # new names land where they did before fine-tuning (equal up to the batch's float summation order)
+    assert torch.allclose(pipeline.embedder.embed(names), Clipomaly(ClipomalyConfig(random_weights=True, **TINY))
+                          .embedder.embed(names), atol=1e-6)
+    image, labels = labelled_street_scene(128, 256, seed=77, planted="mattress")
+    result = pipeline(image)
+    known = labels < len(CITYSCAPES_CLASSES)
+    assert (result.semantic[known] == labels[known]).mean() > 0.5  # it segments the known classes
+    assert all(record.name in pipeline.vocabulary.current.dictionary + ("mattress",) for record in result.anomalies)
+
+    with pytest.raises(ConfigError, match="fine-tuned for the known classes"):
+        Clipomaly(ClipomalyConfig(checkpoint=str(output), known_classes=("road", "car"), **TINY))
+    with pytest.raises(ConfigError, match="fine-tuned for the known classes"):
+        pipeline.set_vocabulary(known_classes=["road", "sidewalk"])
+    assert pipeline.config.known_classes == CITYSCAPES_CLASSES  # the old vocabulary stays
+
+
+def test_an_interrupted_run_resumes_with_the_same_loss_curve(scenes, tmp_path, capsys):
+    common = ["--model", "clipomaly-tiny-vit", "--random-weights", "--inference-size", "128", "--device", "cpu",
+              "--steps", "8", "--batch-size", "4", "--lr", "5e-3", "--save-every", "100"]
+    assert main(["finetune", str(scenes / "train"), "-o", str(tmp_path / "whole.pt"), "--workers", "0"]
+                + common) == 0
+    assert main(["finetune", str(scenes / "train"), "-o", str(tmp_path / "split.pt"), "--stop-after", "3",
+                 "--workers", "2"] + common) == 0
+    assert "stopped at step 3 (--resume" in capsys.readouterr().out
+    assert main(["finetune", str(scenes / "train"), "-o", str(tmp_path / "split.pt"), "--resume",
+                 str(tmp_path / "split.pt"), "--workers", "0"] + common) == 0
+
+    def losses(name):
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(open(tmp_path / f"{name}.csv"))]
+
+    assert [step for step, _ in losses("split")] == list(range(1, 9))
+    assert losses("split") == losses("whole")  # the same crops, optimiser and schedule after the resume
+    whole = torch.load(tmp_path / "whole.pt", weights_only=True)["state_dict"]
+    split = torch.load(tmp_path / "split.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_bad_training_data_and_settings_get_clear_errors(scenes, tmp_path):
+    import cv2
+
+    config = ClipomalyConfig(random_weights=True, **TINY)
+
+    def attempt(data, **settings):
+        with pytest.raises((FinetuneError, ValueError)) as caught:
+            finetune(config, FinetuneSettings(data, tmp_path / "x.pt", workers=0, steps=1, **settings),
+                     progress=False)
+        return str(caught.value)
+
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    (tmp_path / "empty" / "labels").mkdir()
+    assert "no images found" in attempt(tmp_path / "empty")
+    assert "no such folder" in attempt(tmp_path / "missing")
+    write_street_dataset(tmp_path / "orphan", 3)
+    (tmp_path / "orphan" / "images" / "1.png").unlink()
+    assert "no image for the labels 1" in attempt(tmp_path / "orphan")
+    write_street_dataset(tmp_path / "ids", 3)
+    label = cv2.imread(str(tmp_path / "ids" / "labels" / "2.png"), cv2.IMREAD_UNCHANGED)
+    label[:4, :4] = 33
+    cv2.imwrite(str(tmp_path / "ids" / "labels" / "2.png"), label)
+    message = attempt(tmp_path / "ids")
+    assert "2.png (33)" in message and "0..18" in message and "labelTrainIds" in message
+    write_street_dataset(tmp_path / "sizes", 2)
+    cv2.imwrite(str(tmp_path / "sizes" / "labels" / "0.png"), np.zeros((10, 10), np.uint8))
+    assert "another size than their image" in attempt(tmp_path / "sizes")
+    assert "must be a multiple of the model's patch size 16" in attempt(scenes / "train", crop=40)
+    with pytest.raises(FinetuneError, match="--steps must be at least 1"):
+        FinetuneSettings(scenes / "train", tmp_path / "x.pt", steps=0)
+    with pytest.raises(FinetuneError, match="not the toy backend"):
+        finetune(ClipomalyConfig(backend="toy"), FinetuneSettings(scenes / "train", tmp_path / "x.pt"))
+    torch.save({"state_dict": {}}, tmp_path / "plain.pt")
+    assert "no training state" in attempt(scenes / "train", resume=tmp_path / "plain.pt")

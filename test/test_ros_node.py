@@ -643,6 +643,7 @@ def test_a_node_runs_fine_tuned_weights_and_says_what_they_are(tmp_path, tiny_mo
                       "    inference_size: 128\n    device: cpu\n")
     command = [sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file", str(params), "-r",
                "__ns:=/itest_tuned"]
+    environment = {**os.environ, **ROS_ENV}
     process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     deadline = time.monotonic() + 90

@@ -143,3 +143,68 @@ def test_bad_training_data_and_settings_get_clear_errors(scenes, tmp_path):
         finetune(ClipomalyConfig(backend="toy"), FinetuneSettings(scenes / "train", tmp_path / "x.pt"))
     torch.save({"state_dict": {}}, tmp_path / "plain.pt")
     assert "no training state" in attempt(scenes / "train", resume=tmp_path / "plain.pt")
+
+
+OBJECTS = ("mattress", "tire", "deer", "cardboard box")
+
+
+def region_name(pipeline, image, mask):
+    """The name the pipeline's namer gives the region ``mask`` (H, W) bool, from its mask-pooled dense features."""
+    import cv2
+
+    from clipomaly_ros.core.unknown import CandidateRegion
+
+    with torch.inference_mode():
+        (features,) = pipeline.backend.dense_features_batch([image])
+        grid = features.grid
+        cells = cv2.resize(mask.astype(np.float32), (grid.shape[1], grid.shape[0]), interpolation=cv2.INTER_AREA) > 0.5
+        ys, xs = np.nonzero(cells)
+        region = CandidateRegion(cells, int(cells.sum()), (xs.min(), ys.min(), xs.max(), ys.max()))
+        config = pipeline.config
+        (verdict,) = pipeline.namer.name_regions(
+            image, grid, [region], pipeline.vocabulary.current, top_k=config.naming_top_k,
+            logit_scale=config.logit_scale, crop_margin=config.crop_margin, crop_background=config.crop_background,
+            crop_weight=0.0, reported=3)
+    return verdict.name
+
+
+def test_objects_no_label_covers_are_still_named_after_fine_tuning(tmp_path, tiny_model_name):
+    """Random weights name nothing, so a small 'pretrained CLIP' is made first: the tiny ViT trained on every
+    class, the four objects included. The paper's fine-tuning then sees the known classes only (the objects are
+    unlabelled, 255); the objects must keep their names, which the preservation term is there for."""
+    from clipomaly_ros.core.pipeline import Clipomaly
+
+    labels = {name: len(CITYSCAPES_CLASSES) + index for index, name in enumerate(OBJECTS)}
+    write_street_dataset(tmp_path / "everything", 48, seed=1, planted=OBJECTS, planted_labels=labels,
+                         planted_size=0.3)
+    write_street_dataset(tmp_path / "known", 48, seed=3, planted=OBJECTS, planted_size=0.3)
+    write_street_dataset(tmp_path / "val", 12, seed=2)
+    dictionary = tmp_path / "names.txt"
+    dictionary.write_text("\n".join(OBJECTS + ("bench", "lamp", "ladder", "sofa", "barrel", "bag", "suitcase",
+                                               "helmet")) + "\n")
+    finetune(ClipomalyConfig(random_weights=True, known_classes=CITYSCAPES_CLASSES + OBJECTS, **TINY),
+             FinetuneSettings(tmp_path / "everything", tmp_path / "pretrained.pt", steps=600, lr=1e-2, rank=32,
+                              workers=0), progress=False, log=lambda _: None)
+
+    def names_right(weights, known):
+        pipeline = Clipomaly(ClipomalyConfig(checkpoint=str(weights), known_classes=known, anomaly_vocabulary=OBJECTS,
+                                             naming_dictionary=str(dictionary), **TINY))
+        right = 0
+        for index in range(16):
+            planted = OBJECTS[index % 4]
+            image, truth = labelled_street_scene(128, 256, 5000 + index, planted, planted_size=0.3)
+            right += region_name(pipeline, image, truth == 255) == planted
+        return right
+
+    before = names_right(tmp_path / "pretrained.pt", CITYSCAPES_CLASSES + OBJECTS)
+    assert before >= 8  # the toy pretraining taught the names (chance: about 1 in 30)
+    results = {}
+    for preserve in (1.0, 0.0):
+        output = tmp_path / f"tuned_{preserve}.pt"
+        report = finetune(ClipomalyConfig(checkpoint=str(tmp_path / "pretrained.pt"), **TINY),
+                          FinetuneSettings(tmp_path / "known", output, val=tmp_path / "val", steps=300, lr=2e-3,
+                                           workers=0, preserve=preserve), progress=False, log=lambda _: None)
+        assert report.final_val_miou > report.start_val_miou  # the known classes did improve
+        results[preserve] = names_right(output, CITYSCAPES_CLASSES)
+    assert results[1.0] >= before - 2, (before, results)  # the names survived the fine-tuning
+    assert results[1.0] >= results[0.0] + 2, results  # and the preservation term is what kept them

@@ -157,13 +157,15 @@ def render_perspective_street(camera, mounting, objects: Sequence[StandingObject
 
 
 def labelled_street_scene(height: int = 128, width: int = 256, seed: int = 0, planted: str | Sequence[str] | None = None,
-                          planted_labels: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                          planted_labels: dict[str, int] | None = None,
+                          planted_size: float = 0.12) -> tuple[np.ndarray, np.ndarray]:
     """A street scene with a random layout and its pixel labels, for fine-tuning and its tests.
 
     Sky, buildings, vegetation, road, sidewalks, terrain, cars, poles and people in toy-lexicon colours (lighting
     and noise vary per scene). Returns ``(image (H, W, 3) uint8, labels (H, W) uint8)`` with labels the Cityscapes
     trainIds (the index in :data:`~.config.CITYSCAPES_CLASSES`). A ``planted`` object (one name, or names to pick
-    one from at random) is labelled 255 (ignored: it is not a known class), or ``planted_labels[name]``.
+    one from at random), ``planted_size`` of the image's sides, is labelled 255 (ignored: it is not a known class),
+    or ``planted_labels[name]``.
     """
     from .config import CITYSCAPES_CLASSES
 
@@ -199,8 +201,8 @@ def labelled_street_scene(height: int = 128, width: int = 256, seed: int = 0, pl
             left = rng.uniform(0, 0.85) * width
             paint(name, top, top + size * height * (1.5 if name == "person" else 0.7), left, left + size * width)
     if planted is not None:
-        top, left = rng.uniform(0.6, 0.8) * height, rng.uniform(0.35, 0.55) * width
-        paint(planted, top, top + 0.12 * height, left, left + 0.12 * width)
+        top, left = rng.uniform(0.55, 0.95 - planted_size) * height, rng.uniform(0.3, 0.7 - planted_size) * width
+        paint(planted, top, top + planted_size * height, left, left + planted_size * width)
     colours = {ids[name]: TOY_LEXICON[name] for name in ids}
     palette = np.zeros((256, 3), dtype=np.float32)
     for label, rgb in colours.items():
@@ -210,7 +212,8 @@ def labelled_street_scene(height: int = 128, width: int = 256, seed: int = 0, pl
 
 
 def write_street_dataset(folder, count: int, height: int = 128, width: int = 256, seed: int = 0,
-                         planted: str | Sequence[str] | None = None, planted_labels: dict[str, int] | None = None) -> None:
+                         planted: str | Sequence[str] | None = None, planted_labels: dict[str, int] | None = None,
+                         planted_size: float = 0.12) -> None:
     """``count`` :func:`labelled_street_scene` samples as ``folder/images/<i>.png`` and ``folder/labels/<i>.png``
     (the layout ``clipomaly finetune`` and ``clipomaly evaluate --known-classes-miou`` read)."""
     from pathlib import Path
@@ -221,6 +224,7 @@ def write_street_dataset(folder, count: int, height: int = 128, width: int = 256
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "labels").mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        image, labels = labelled_street_scene(height, width, seed * 100_003 + index, planted, planted_labels)
+        image, labels = labelled_street_scene(height, width, seed * 100_003 + index, planted, planted_labels,
+                                              planted_size)
         cv2.imwrite(str(folder / "images" / f"{index}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(folder / "labels" / f"{index}.png"), labels)

@@ -204,7 +204,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     settings = FinetuneSettings(
         data=args.data, output=args.output, val=args.val, steps=args.steps, batch_size=args.batch_size,
-        accumulate=args.accumulate, crop=args.crop, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
+        accumulate=args.accumulate, crop=args.crop, lr=args.lr, weight_decay=args.weight_decay,
+        preserve=args.preserve, warmup=args.warmup,
         rank=args.rank, val_every=args.val_every, val_limit=args.val_limit, save_every=args.save_every,
         stop_after=args.stop_after, workers=args.workers, seed=args.seed, resume=args.resume)
     report = finetune(config, settings)
@@ -236,6 +237,9 @@ def finetune(subparsers) -> None:
     parser.add_argument("--crop", type=int, default=0, help="crop side in pixels (default: the model's window)")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of AdamW (default 5e-4)")
     parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--preserve", type=float, default=1.0,
+                        help="weight of keeping the original features on unlabelled (255) patches, so objects no "
+                             "label covers can still be named (default 1; 0 = cross-entropy only)")
     parser.add_argument("--warmup", type=int, help="warm-up steps (default 5 %% of --steps)")
     parser.add_argument("--rank", type=int, default=16, help="rank of the query and value adapters (default 16)")
     parser.add_argument("--val-every", type=int, default=0, help="steps between validations (default: a fifth)")

@@ -17,6 +17,7 @@ step) and ``OUT.png`` (loss and validation curves).
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from ..core.adaptation import add_query_value_adapters, adapter_state, load_adapter_state, merged_state_dict, sidecar_path
 from ..core.config import ClipomalyConfig
 from ..core.datasets import Sample, find_samples, read_label
+from ..core.dense import DenseVisionEncoder
 from ..core.images import read_rgb
 from ..core.unknown import class_logits, resample
 from .metrics import ConfusionMatrix
@@ -60,6 +62,7 @@ class FinetuneSettings:
     crop: int = 0
     lr: float = 5e-4
     weight_decay: float = 0.01
+    preserve: float = 1.0
     warmup: int | None = None
     rank: int = 16
     alpha: float = 16.0
@@ -76,8 +79,9 @@ class FinetuneSettings:
         for name in ("steps", "batch_size", "accumulate", "rank"):
             if getattr(self, name) < 1:
                 raise FinetuneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0 or self.weight_decay < 0 or not 0 < self.scale[0] <= self.scale[1]:
-            raise FinetuneError("--lr must be above 0, --weight-decay at least 0 and the scale range increasing")
+        if not self.lr > 0 or self.weight_decay < 0 or self.preserve < 0 or not 0 < self.scale[0] <= self.scale[1]:
+            raise FinetuneError("--lr must be above 0, --weight-decay and --preserve at least 0 and the scale range "
+                                "increasing")
         if min(self.crop, self.warmup or 0, self.val_every, self.save_every, self.stop_after, self.val_limit,
                self.workers) < 0:
             raise FinetuneError("--crop, --warmup, --val-every, --save-every, --stop-after, --val-limit and "
@@ -169,12 +173,28 @@ class RandomCrops(torch.utils.data.Dataset):
 
 # --- model ------------------------------------------------------------------------------------------------------
 
-def crop_logits(encoder, pixels: torch.Tensor, text: torch.Tensor, logit_scale: float) -> torch.Tensor:
-    """``(B, K, S, S)`` known-class logits of crops ``(B, 3, S, S)`` (0..255 pixels): the dense method's patch
-    features against the ``(K, D)`` text embeddings, bilinearly upsampled to the crop, as inference does."""
+def crop_features(encoder, pixels: torch.Tensor) -> torch.Tensor:
+    """Unit patch features ``(B, h, w, D)`` of crops ``(B, 3, S, S)`` (0..255 pixels), by the dense method."""
     _, patches = encoder.forward_patches(encoder.embed_pixels(pixels))
-    logits = logit_scale * F.normalize(patches.float(), dim=-1) @ text.T
-    return F.interpolate(logits.permute(0, 3, 1, 2), size=pixels.shape[-2:], mode="bilinear", align_corners=False)
+    return F.normalize(patches.float(), dim=-1)
+
+
+def crop_logits(features: torch.Tensor, text: torch.Tensor, logit_scale: float, size: tuple[int, int]) -> torch.Tensor:
+    """``(B, K, S, S)``: known-class logits of patch features ``(B, h, w, D)`` against the ``(K, D)`` text
+    embeddings, bilinearly upsampled to the crop ``size``, as inference does."""
+    logits = logit_scale * features @ text.T
+    return F.interpolate(logits.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
+
+
+def preservation_loss(features: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cosine`` between the trained and the original features ``(B, h, w, D)`` on the patches whose
+    pixels are mostly unlabelled (255 in ``labels`` ``(B, S, S)``): what the known classes do not cover keeps
+    its place in the shared space, so objects never labelled can still be named. 0 without such patches."""
+    height, width = features.shape[1:3]
+    unlabelled = F.adaptive_avg_pool2d((labels == IGNORE).float()[:, None], (height, width))[:, 0] > 0.5
+    if not unlabelled.any():
+        return features.sum() * 0.0
+    return (1.0 - (features * reference).sum(dim=-1))[unlabelled].mean()
 
 
 def validate(backend, text: torch.Tensor, samples: list[Sample], logit_scale: float) -> float:
@@ -231,6 +251,10 @@ def finetune(config: ClipomalyConfig, settings: FinetuneSettings, log=lambda m: 
     # a copy made outside inference mode: the embeddings are constants of the graph, not inference tensors
     text = TextEmbedder(backend, config.prompt_templates).embed(list(config.known_classes)).float().clone()
     text_before = {k: v.clone() for k, v in backend.model.state_dict().items() if not k.startswith("visual.")}
+    original = None
+    if settings.preserve > 0:  # a frozen copy of the starting image encoder gives the features to keep
+        original = DenseVisionEncoder(copy.deepcopy(backend.model.visual), config.dense_method).requires_grad_(False)
+        original.normalise_pixels(backend.mean, backend.std)
     trainable = add_query_value_adapters(backend.model.visual, settings.rank, settings.alpha)
     crop = settings.crop or backend.window
     patch = backend.encoder.patch_size[0]
@@ -280,8 +304,14 @@ def finetune(config: ClipomalyConfig, settings: FinetuneSettings, log=lambda m: 
                 pixels, labels = next(batches)
                 pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = crop_logits(backend.encoder, pixels, text, config.logit_scale)
-                loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE) / settings.accumulate
+                    features = crop_features(backend.encoder, pixels)
+                    logits = crop_logits(features, text, config.logit_scale, pixels.shape[-2:])
+                loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
+                if original is not None:
+                    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        reference = crop_features(original, pixels)
+                    loss = loss + settings.preserve * preservation_loss(features, reference, labels)
+                loss = loss / settings.accumulate
                 if not torch.isfinite(loss):
                     raise FinetuneError(f"the loss became {loss.item()} at step {step + 1}: lower --lr")
                 scaler.scale(loss).backward()

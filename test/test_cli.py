@@ -34,6 +34,27 @@ def test_segment_writes_maps_overlay_and_json(tmp_path, capsys):
     assert "mattress" in capsys.readouterr().out
 
 
+def test_segment_tracks_an_image_sequence(tmp_path, capsys):
+    from clipomaly_ros.core.scenes import render_street
+
+    paths = []
+    for index in range(4):  # a tyre rolling right, frame by frame
+        image, _ = render_street(240, 320, [("tire", (60 + 12 * index, 170, 90 + 12 * index, 200))], seed=index)
+        paths.append(tmp_path / f"frame{index}.png")
+        cv2.imwrite(str(paths[-1]), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    assert main(["segment", *map(str, paths), "-o", str(out), "--sequence-rate", "10", "--backend", "toy",
+                 "--inference-size", "240"]) == 0
+    records = [json.loads((out / f"frame{index}_anomalies.json").read_text())["anomalies"] for index in range(4)]
+    assert [r[0]["track_id"] for r in records] == [1, 1, 1, 1]
+    assert [r[0]["confirmed"] for r in records] == [False, False, True, True]  # track_min_hits 3
+    assert records[0][0]["on_road"] is True and records[0][0]["ground"] is None  # no calibration for images
+    assert "#1? tire" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse refuses it, naming the option
+        main(["segment", str(paths[0]), "-o", str(out), "--sequence-rate", "0", "--backend", "toy"])
+    assert "--sequence-rate: must be above 0" in capsys.readouterr().err
+
+
 def test_unreadable_image_is_reported_and_others_still_processed(tmp_path, capsys):
     write_scene(tmp_path / "good.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")

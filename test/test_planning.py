@@ -312,3 +312,49 @@ def test_the_overlay_label_says_track_road_and_distance():
                                   on_road=False, ground=GroundEstimate(12.0, 2.9, 0.0, 12.34, 1.8, 0.6))
     assert anomaly_label(tracked) == "#3? mattress 0.80 off road 12.3 m"
     assert anomaly_label(dataclasses.replace(tracked, confirmed=True, on_road=True)) == "#3 mattress 0.80 12.3 m"
+
+
+def test_replay_writes_3d_outputs_from_the_recorded_camera_info(tmp_path, capsys):
+    from rosbags.highlevel import AnyReader
+    from rosbags.rosbag2 import Writer
+
+    from clipomaly_ros.ros.bags import typestore_with_vision_msgs
+    from clipomaly_ros.tools.cli import main
+
+    from helpers import STORE, image_message
+
+    camera = CameraModel(480, 270, np.array([[400.0, 0, 240], [0, 400, 135], [0, 0, 1]]), np.zeros(5))
+    info_type = STORE.types["sensor_msgs/msg/CameraInfo"]
+    header = STORE.types["std_msgs/msg/Header"]
+    stamps = [1_700_000_000_000_000_000 + index * PERIOD_NS for index in range(4)]
+    with Writer(tmp_path / "in", version=9) as writer:
+        images = writer.add_connection("/cam/image_raw", "sensor_msgs/msg/Image", typestore=STORE)
+        infos = writer.add_connection("/cam/camera_info", "sensor_msgs/msg/CameraInfo", typestore=STORE)
+        for index, stamp in enumerate(stamps):
+            time_of = STORE.types["builtin_interfaces/msg/Time"](sec=stamp // 10**9, nanosec=stamp % 10**9)
+            info = info_type(header=header(stamp=time_of, frame_id="cam"), height=270, width=480,
+                             distortion_model="plumb_bob", d=np.zeros(5), k=camera.k.ravel(), r=np.eye(3).ravel(),
+                             p=np.zeros(12), binning_x=0, binning_y=0,
+                             roi=STORE.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0,
+                                                                                 width=0, do_rectify=False))
+            writer.write(infos, stamp, STORE.serialize_cdr(info, "sensor_msgs/msg/CameraInfo"))
+            image, _ = render_perspective_street(camera, CameraMounting(), [StandingObject("mattress", 15.0 - index,
+                                                                                          1.0, 1.8, 0.6)], seed=index)
+            writer.write(images, stamp, STORE.serialize_cdr(image_message(image, stamp), "sensor_msgs/msg/Image"))
+    assert main(["replay", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--backend", "toy", "--inference-size",
+                 "240", "--no-overlay"]) == 0
+    assert "3D: 4 anomalies located, 0 without ground contact" in capsys.readouterr().out
+    with AnyReader([tmp_path / "out"], default_typestore=typestore_with_vision_msgs()) as reader:
+        topics = {c.topic: c for c in reader.connections}
+        assert topics["/cam/camera_info"].msgcount == 4  # copied with the images
+        read = {name: [reader.deserialize(raw, c.msgtype) for c, _, raw in
+                       reader.messages(connections=[topics[name]])]
+                for name in ("/anomalies", "/anomalies_3d", "/anomaly_markers")}
+    assert [m.header.frame_id for m in read["/anomalies_3d"]] == ["base_link"] * 4
+    assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in read["/anomalies_3d"]] == stamps
+    # confirmed from the third frame on (track_min_hits 3): the 2D and 3D ids agree frame by frame
+    assert [[d.id for d in m.detections] for m in read["/anomalies_3d"]] == \
+        [[d.id for d in m.detections] for m in read["/anomalies"]] == [[], [], ["1"], ["1"]]
+    front = read["/anomalies_3d"][3].detections[0].bbox
+    assert abs(front.center.position.x - front.size.x / 2 - 12.0) < 0.6 and abs(front.center.position.y - 1.0) < 0.3
+    assert [len(m.markers) for m in read["/anomaly_markers"]] == [1, 1, 3, 3]  # DELETEALL, then box and label

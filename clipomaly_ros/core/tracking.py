@@ -41,7 +41,7 @@ VELOCITY_SMOOTHING = 0.5
 """Weight of the newest measured velocity in a track's velocity."""
 
 
-@dataclass
+@dataclass(eq=False)  # a track is itself, whatever its fields hold
 class Track:
     """One tracked anomaly. ``box`` (x0, y0, x1, y1) float pixels where it was last seen at ``stamp_ns``;
     ``velocity`` (px/s) of its box; ``hits``: frames it was seen in; ``misses``: frames in a row without it;

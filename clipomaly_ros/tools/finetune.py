@@ -333,7 +333,7 @@ def finetune(config: ClipomalyConfig, settings: FinetuneSettings, log=lambda m: 
             report.history.append(row)
             bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{learning_rate:.2e}", img_s=f"{rate:.1f}")
             bar.update(1)
-            if step % settings.save_every == 0 or step == end:
+            if step % settings.save_every == 0 and step < end:  # the last step is saved below, once
                 _save(backend, settings, config, report, step, optimizer, schedule, scaler, text_before)
     except KeyboardInterrupt:
         bar.write(f"interrupted at step {step}: saving a checkpoint to resume from")

@@ -21,11 +21,17 @@ def test_demo_runs_the_node_on_a_synthetic_drive_and_prints_its_anomalies(tmp_pa
     lines = completed.stdout.splitlines()
     detections = [line for line in lines if line.startswith("stamp ") and " id " in line]
     assert any(" mattress " in line for line in detections) and any(" tire " in line for line in detections)
+    # where each one stands, from anomalies_3d (the demo's camera publishes camera_info): the mattress closes in
+    assert all(" m ahead, " in line for line in detections), detections
+    ahead = [float(line.split(" m ahead")[0].split()[-1]) for line in detections if " mattress " in line]
+    assert len(ahead) >= 3 and ahead[0] > ahead[-1] + 5 and all(" 0.5 m left" in line for line in detections
+                                                                  if " mattress " in line)
     # stamps are the synthetic camera's, never the wall clock: 1700000000.000 + k * 0.1 s
     stamps = {line.split()[1] for line in detections}
     assert all(stamp.startswith("1700000000.") or stamp.startswith("1700000001.") or stamp.startswith("1700000002.")
                for stamp in stamps)
     assert "published 30 frames" in completed.stdout
+    assert len({line.split()[3] for line in detections}) == 2  # one track id per object
     from PIL import Image
 
     gif = Image.open(out / "drive.gif")

@@ -228,3 +228,36 @@ def write_street_dataset(folder, count: int, height: int = 128, width: int = 256
                                               planted_size)
         cv2.imwrite(str(folder / "images" / f"{index}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(folder / "labels" / f"{index}.png"), labels)
+
+
+DRIVE_CAMERA = dict(width=640, height=360, focal=500.0, height_m=1.5, pitch=0.03)
+"""The camera of :func:`perspective_drive`: 640x360, focal length 500 px, 1.5 m above the ground, pitched 0.03
+rad down, looking along the road."""
+
+
+def drive_camera():
+    """``(CameraModel, CameraMounting)`` of :func:`perspective_drive`."""
+    from .geometry import CameraModel, CameraMounting
+
+    spec = DRIVE_CAMERA
+    k = np.array([[spec["focal"], 0, spec["width"] / 2], [0, spec["focal"], spec["height"] / 2], [0, 0, 1]])
+    return (CameraModel(spec["width"], spec["height"], k, np.zeros(5)),
+            CameraMounting(z=spec["height_m"], pitch=spec["pitch"]))
+
+
+def perspective_drive(seconds: float = 4.0, rate_hz: float = 10.0,
+                      start_ns: int = 1_700_000_000_000_000_000) -> list[DriveFrame]:
+    """A drive seen through :func:`drive_camera`, ``rate_hz`` frames a second: the car approaches a mattress
+    lying 0.5 m left of its path (2 x 0.8 m, 25 m ahead at the start, closing at 4.5 m/s), and from 1.5 s on a
+    tyre (0.7 m) rolls across the road 12 m ahead, from left to right at 3.2 m/s. Deterministic."""
+    camera, mounting = drive_camera()
+    frames = []
+    period_ns = round(1e9 / rate_hz)
+    for index in range(max(1, round(seconds * rate_hz))):
+        t = index / rate_hz
+        objects = [StandingObject("mattress", 25.0 - 4.5 * t, 0.5, 2.0, 0.8)]
+        if t >= 1.5:
+            objects.append(StandingObject("tire", 12.0, 4.0 - 3.2 * (t - 1.5), 0.7, 0.7))
+        image, masks = render_perspective_street(camera, mounting, objects, seed=index)
+        frames.append(DriveFrame(image, start_ns + index * period_ns, {n: m for n, m in masks.items() if m.any()}))
+    return frames

@@ -62,6 +62,8 @@ PARAMETER_TYPES = {
     "str_list": ParameterType.PARAMETER_STRING_ARRAY,
 }
 INT_LIMIT = 2 ** 31 - 1
+PLANNER_OUTPUTS = ("anomalies", "anomalies_on_road", "anomalies_3d", "anomaly_markers")
+"""Small per-frame messages a planner acts on: their publishers keep more history than the images'."""
 
 
 def ros_type(name: str) -> Any:
@@ -204,7 +206,7 @@ class ClipomalyNode(Node):
         # reliable, with room for a few frames: a lost fragment is re-sent only after the writer's next
         # heartbeat, and a shorter history would already have let the sample go by then
         publishers = {topic: self.create_publisher(ros_type(type_name), prefix + topic,
-                                                   10 if topic == "anomalies" else 5)
+                                                   10 if topic in PLANNER_OUTPUTS else 5)
                       for topic, type_name in OUTPUT_TYPES.items() if topic != "label_info"}
         # transient local so late subscribers get the mapping; more than one kept so that a label_info lost on
         # the wire can still be re-sent after the next frame changed the mapping again

@@ -1,9 +1,10 @@
 """``clipomaly demo``: the node as a vehicle runs it, on a synthetic drive generated on the spot.
 
-A few seconds of street scenes (a mattress ahead, a tyre rolling across the road; see
-:func:`~clipomaly_ros.core.scenes.synthetic_drive`) are published as a camera would publish them, best effort at
-their frame rate, into a real ``clipomaly_node`` process over DDS kept on this machine. What the node publishes is
-printed as a planner subscribed to ``anomalies`` sees it, and its ``overlay`` images become an animated GIF.
+A few seconds of a drive seen through a calibrated camera (a mattress ahead, a tyre rolling across the road; see
+:func:`~clipomaly_ros.core.scenes.perspective_drive`) are published as a camera driver would publish them, the
+images best effort at their frame rate with their ``camera_info``, into a real ``clipomaly_node`` process over DDS
+kept on this machine. What the node publishes is printed as a planner subscribed to ``anomalies`` and
+``anomalies_3d`` sees it, and its ``overlay`` images become an animated GIF.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..core.scenes import synthetic_drive
+from ..core.scenes import DRIVE_CAMERA, drive_camera, perspective_drive
 
 NAMESPACE = "/demo"
 READY_TIMEOUT_S = 300.0  # real weights can take minutes to load and to encode the naming dictionary once
@@ -54,25 +55,34 @@ def local_ros_environment() -> dict[str, str]:
 
 def demo_parameters(model_parameters: dict[str, Any]) -> str:
     """The node's parameter file: the toy backend unless ``model_parameters`` name real weights."""
-    parameters = {"backend": "toy", "inference_size": 240, "diagnostics_period": 1.0}
+    parameters = {"backend": "toy", "inference_size": 240, "diagnostics_period": 1.0,
+                  "camera_z": DRIVE_CAMERA["height_m"], "camera_pitch": DRIVE_CAMERA["pitch"]}
     parameters.update(model_parameters)
     lines = ["/**/clipomaly:", "  ros__parameters:"]
     lines += [f"    {name}: {json.dumps(value)}" for name, value in parameters.items()]
     return "\n".join(lines) + "\n"
 
 
-def format_detections(message) -> list[str]:
-    """One line per anomaly of a ``vision_msgs/Detection2DArray``, as a planner reads it."""
+def format_detections(message, located=None) -> list[str]:
+    """One line per anomaly of a ``vision_msgs/Detection2DArray``, as a planner reads it, with where it stands
+    from the ``vision_msgs/Detection3DArray`` of the same frame when given."""
     stamp = f"{message.header.stamp.sec}.{message.header.stamp.nanosec // 1_000_000:03d}"
     if not message.detections:
         return [f"stamp {stamp}  no anomalies"]
+    places = {detection.id: detection.bbox for detection in located.detections} if located is not None else {}
     lines = []
     for detection in message.detections:
         best = detection.results[0].hypothesis
         box = detection.bbox
         x0, y0 = box.center.position.x - box.size_x / 2, box.center.position.y - box.size_y / 2
-        lines.append(f"stamp {stamp}  id {detection.id:>2}  {best.class_id:<12} score {best.score:.2f}  "
-                     f"box x {x0:.0f}..{x0 + box.size_x - 1:.0f}  y {y0:.0f}..{y0 + box.size_y - 1:.0f}")
+        line = (f"stamp {stamp}  id {detection.id:>2}  {best.class_id:<12} score {best.score:.2f}  "
+                f"box x {x0:.0f}..{x0 + box.size_x - 1:.0f}  y {y0:.0f}..{y0 + box.size_y - 1:.0f}")
+        place = places.get(detection.id)
+        if place is not None:
+            side = f"{abs(place.center.position.y):.1f} m {'left' if place.center.position.y >= 0 else 'right'}"
+            line += (f"  {place.center.position.x - place.size.x / 2:.1f} m ahead, {side}, "
+                     f"{place.size.y:.1f} m wide")
+        lines.append(line)
     return lines
 
 
@@ -85,9 +95,9 @@ def run_demo(out_dir: Path, seconds: float = 4.0, rate_hz: float = 10.0, model_p
     os.environ.update(environment)  # before rclpy is imported: this process joins the same local domain
     params = out_dir / "demo_params.yaml"
     params.write_text(demo_parameters(model_parameters or {}))
-    frames = synthetic_drive(seconds=seconds, rate_hz=rate_hz)
+    frames = perspective_drive(seconds=seconds, rate_hz=rate_hz)
     log(f"synthetic drive: {len(frames)} frames of {frames[0].image.shape[1]}x{frames[0].image.shape[0]} at "
-        f"{rate_hz:g} Hz (a mattress ahead, a tyre rolling across the road)")
+        f"{rate_hz:g} Hz with camera_info (a mattress ahead, a tyre rolling across the road)")
     node_log = out_dir / "node.log"
     with open(node_log, "w") as log_file:
         node = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "-r",
@@ -110,8 +120,8 @@ def _drive(frames, rate_hz: float, node: subprocess.Popen, node_log: Path, out_d
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import Image
-    from vision_msgs.msg import Detection2DArray
+    from sensor_msgs.msg import CameraInfo, Image
+    from vision_msgs.msg import Detection2DArray, Detection3DArray
 
     from ..ros.messages import MessageFactory, image_msg_to_rgb
     from ..ros.node import ros_type
@@ -125,12 +135,30 @@ def _drive(frames, rate_hz: float, node: subprocess.Popen, node_log: Path, out_d
     overlays: dict[int, np.ndarray] = {}
     last_output = [time.monotonic()]
 
+    # a frame's 2D and 3D detections come on two topics: each frame is printed once both are in
+    flat: dict[int, Any] = {}
+    placed: dict[int, Any] = {}
+
+    def print_frame(stamp: int) -> None:
+        for line in format_detections(flat.pop(stamp), placed.pop(stamp, None)):
+            log(line)
+
     def on_anomalies(message):
+        stamp = message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
         with lock:
             detections.append(message)
             last_output[0] = time.monotonic()
-        for line in format_detections(message):
-            log(line)
+            flat[stamp] = message
+            if stamp in placed:
+                print_frame(stamp)
+
+    def on_located(message):
+        stamp = message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
+        with lock:
+            placed[stamp] = message
+            last_output[0] = time.monotonic()
+            if stamp in flat:
+                print_frame(stamp)
 
     def on_overlay(message):
         stamp = message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
@@ -141,6 +169,10 @@ def _drive(frames, rate_hz: float, node: subprocess.Popen, node_log: Path, out_d
     reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
     camera.create_subscription(Detection2DArray, "anomalies", on_anomalies, reliable)
     camera.create_subscription(Image, "overlay", on_overlay, reliable)
+    camera.create_subscription(Detection3DArray, "anomalies_3d", on_located, reliable)
+    model, _ = drive_camera()
+    info_publisher = camera.create_publisher(CameraInfo, "camera_info", QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
     # as camera drivers publish: best effort, the newest frame only
     publisher = camera.create_publisher(Image, "image", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -166,13 +198,18 @@ def _drive(frames, rate_hz: float, node: subprocess.Popen, node_log: Path, out_d
             if delay > 0:
                 time.sleep(delay)
             header = factory.header(frame.stamp_ns // 10**9, frame.stamp_ns % 10**9, "camera")
+            info_publisher.publish(CameraInfo(header=header, width=model.width, height=model.height,
+                                              distortion_model="plumb_bob", d=[0.0] * 5, k=model.k.ravel().tolist()))
             publisher.publish(factory.image(header, frame.image, "rgb8"))
             summary.published += 1
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while time.monotonic() < deadline:
             with lock:
                 quiet = time.monotonic() - last_output[0]
-            if quiet > 2.0 or node.poll() is not None:
+                unpaired = bool(flat)
+            # a sample lost on the wire comes again after the writer's next heartbeat (Fast DDS: 3 s), so a
+            # frame still missing its 3D half is waited for, up to the drain deadline
+            if (quiet > 2.0 and not unpaired) or node.poll() is not None:
                 break
             time.sleep(0.1)
     finally:
@@ -180,6 +217,8 @@ def _drive(frames, rate_hz: float, node: subprocess.Popen, node_log: Path, out_d
         camera.destroy_node()
         rclpy.try_shutdown()
     with lock:
+        for stamp in sorted(flat):  # frames whose 3D output never came
+            print_frame(stamp)
         summary.answered = len(detections)
         for message in detections:
             for detection in message.detections:

@@ -207,6 +207,8 @@ def outputs_for(listener, stamp):
 def test_replayed_bag_gives_consistent_outputs_per_frame(ros, tmp_path):
     node, listeners, _ = ros
     listener = listeners["/itest_raw"]
+    assert wait_for(lambda: listener.diagnostics(), 5)
+    before = int(listener.diagnostics()["frames received"])
     listener.clear()
     frames = toy_frames(6)
     stamps = write_image_bag(tmp_path / "bag", [f[0] for f in frames], topic="/itest_raw/image",
@@ -215,16 +217,25 @@ def test_replayed_bag_gives_consistent_outputs_per_frame(ros, tmp_path):
                             env={**os.environ, **ROS_ENV}, capture_output=True, text=True, timeout=60)
     assert player.returncode == 0, player.stderr
     assert "published 6 on /itest_raw/image" in player.stdout
+
+    def got() -> int:  # frames that reached the node
+        return int(listener.diagnostics().get("frames received", before)) - before
+
     topics = ("anomalies", "semantic", "anomaly_score", "anomaly_mask", "anomaly_instances")
-    assert wait_for(lambda: all(len(listener.get(t)) >= 6 for t in topics), 20), (
+    # the input is best effort, as cameras publish: on a loaded machine a frame may be lost on the wire (at most
+    # one here), but every frame that reached the node is answered on every output
+    assert wait_for(lambda: got() >= 5 and all(len(listener.get(t)) >= got() for t in topics), 20), (
         {t: len(listener.get(t)) for t in topics}, listener.diagnostics())
+    # diagnostics come every 0.3 s: the count of frames received may take one more to catch up
+    assert wait_for(lambda: len(listener.get("anomalies")) == got(), 5), listener.diagnostics()
+    received = sorted(stamp_ns(m.header) for m in listener.get("anomalies"))
+    assert set(received) <= set(stamps), [s - stamps[0] for s in received]
     # consecutive frames here differ in their labels, so each has its label_info; it comes on its own topic and
     # may arrive after the frame's images
-    assert wait_for(lambda: {stamp_ns(m.header) for m in listener.get("label_info")} >= set(stamps), 10), \
+    assert wait_for(lambda: {stamp_ns(m.header) for m in listener.get("label_info")} >= set(received), 10), \
         [stamp_ns(m.header) - stamps[0] for m in listener.get("label_info")]
-    detections = listener.get("anomalies")
-    received = sorted(stamp_ns(m.header) for m in detections)
-    assert received == stamps, ([s - stamps[0] for s in received], listener.diagnostics())  # none lost at this rate
+    frames = [frame for frame, stamp in zip(frames, stamps) if stamp in received]
+    stamps = received
     for (image, planted, truth), stamp in zip(frames, stamps):
         outputs = outputs_for(listener, stamp)
         assert all(len(messages) == 1 for messages in outputs.values()), {k: len(v) for k, v in outputs.items()}

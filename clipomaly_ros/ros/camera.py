@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.config import ClipomalyConfig
 from ..core.planning import AnomalyFollower
-from .messages import ON_DEMAND_OUTPUTS, ImageConversionError, MessageFactory, picture_messages
+from .messages import ON_DEMAND_OUTPUTS, ImageConversionError, MessageFactory, picture_messages, stamp_ns
 
 IMAGE_OUTPUTS = ("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances") + ON_DEMAND_OUTPUTS
 """Outputs that are images: each is computed and published only while it has a subscriber."""
@@ -71,7 +71,7 @@ class CameraStream:
     def publish(self, header: Any, image: np.ndarray, result, config: ClipomalyConfig, overlay_allowed: bool) -> None:
         """Track the frame's anomalies, then publish ``anomalies`` and ``anomalies_on_road`` (always), the 3D
         outputs (with a calibration), ``label_info`` (when the mapping changed) and the wanted image outputs."""
-        frame = self.follower.update(result, header.stamp.sec * 1_000_000_000 + header.stamp.nanosec, config)
+        frame = self.follower.update(result, stamp_ns(header), config)
         wanted = self.wanted_outputs(overlay_allowed)
         # republished when an id's name changes, and when the vocabulary changed (a name moved between known
         # classes and anomalies even if the list reads the same)

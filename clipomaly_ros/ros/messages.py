@@ -223,12 +223,12 @@ class MessageFactory:
         return [self._hypothesis(name, score)] + [self._hypothesis(n, s) for n, s in record.candidates if n != name]
 
     def detections_3d(self, header: Any, records: list[AnomalyRecord]) -> Any:
-        """``vision_msgs/Detection3DArray`` in ``header.frame_id`` (the base frame): one detection per record with
-        a ground estimate, ``id`` as in the 2D detections. The box stands on the ground with its front at the
+        """``vision_msgs/Detection3DArray`` in ``header.frame_id`` (the base frame): one detection per record (each
+        with a ground estimate: :attr:`PlannerFrame.located`), ``id`` as in the 2D detections. The box stands on the ground with its front at the
         estimate; its depth cannot be seen by one camera and is :data:`ASSUMED_DEPTH_M`."""
         detection_type = self.type("vision_msgs/msg/Detection3D")
         detections = [detection_type(header=header, results=self._hypotheses(record), bbox=self._box_3d(record),
-                                     id=detection_id(record)) for record in records if record.ground is not None]
+                                     id=detection_id(record)) for record in records]
         return self.type("vision_msgs/msg/Detection3DArray")(header=header, detections=detections)
 
     def _box_3d(self, record: AnomalyRecord) -> Any:
@@ -246,17 +246,15 @@ class MessageFactory:
                                                    orientation=quaternion(x=0.0, y=0.0, z=0.0, w=1.0))
 
     def markers(self, header: Any, records: list[AnomalyRecord]) -> Any:
-        """``visualization_msgs/MarkerArray``: a DELETEALL, then per located record a box (namespace
-        ``anomalies``) and its label (``anomaly_labels``), both with the track id as marker id."""
+        """``visualization_msgs/MarkerArray``: a DELETEALL, then per record (each with a ground estimate) a box
+        (namespace ``anomalies``) and its label (``anomaly_labels``), both with the detection id as marker id."""
         markers = [self._marker(header, "anomalies", 0, DELETEALL, self._pose(0, 0, 0), (0.0, 0.0, 0.0),
                                 (0, 0, 0), "")]
         for record in records:
-            if record.ground is None:
-                continue
             box = self._box_3d(record)
             name, score = record.label
             colour = class_colour(name)
-            marker_id = record.track_id if record.track_id is not None else record.id
+            marker_id = int(detection_id(record))
             markers.append(self._marker(header, "anomalies", marker_id, CUBE, box.center,
                                         (box.size.x, box.size.y, box.size.z), colour, "", alpha=0.6))
             above = self._pose(box.center.position.x, box.center.position.y,
@@ -311,8 +309,8 @@ class MessageFactory:
                     "anomalies_on_road": self.detections(header, [r for r in frame.published if r.on_road])}
         if frame.no_3d_reason is None:
             base_header = self.type("std_msgs/msg/Header")(stamp=header.stamp, frame_id=frame.base_frame)
-            messages["anomalies_3d"] = self.detections_3d(base_header, frame.published)
-            messages["anomaly_markers"] = self.markers(base_header, frame.published)
+            messages["anomalies_3d"] = self.detections_3d(base_header, frame.located)
+            messages["anomaly_markers"] = self.markers(base_header, frame.located)
         messages.update({name: make() for name, make in build.items() if name in wanted})
         return messages
 
@@ -320,6 +318,11 @@ class MessageFactory:
 ASSUMED_DEPTH_M = 0.5
 """Depth (along the line of sight) given to an anomaly's 3D box: one camera sees its front, not how deep it is."""
 CUBE, TEXT_VIEW_FACING, DELETEALL = 1, 9, 3  # visualization_msgs/Marker constants
+
+
+def stamp_ns(header: Any) -> int:
+    """A ``std_msgs/Header``'s stamp in nanoseconds: the time tracks and frame pairing go by."""
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
 def detection_id(record: AnomalyRecord) -> str:

@@ -123,7 +123,7 @@ def _drive(frames, rate_hz: float, node: subprocess.Popen, node_log: Path, out_d
     from sensor_msgs.msg import CameraInfo, Image
     from vision_msgs.msg import Detection2DArray, Detection3DArray
 
-    from ..ros.messages import MessageFactory, image_msg_to_rgb
+    from ..ros.messages import MessageFactory, image_msg_to_rgb, stamp_ns
     from ..ros.node import ros_type
 
     rclpy.init(args=[])
@@ -144,7 +144,7 @@ def _drive(frames, rate_hz: float, node: subprocess.Popen, node_log: Path, out_d
             log(line)
 
     def on_anomalies(message):
-        stamp = message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
+        stamp = stamp_ns(message.header)
         with lock:
             detections.append(message)
             last_output[0] = time.monotonic()
@@ -153,7 +153,7 @@ def _drive(frames, rate_hz: float, node: subprocess.Popen, node_log: Path, out_d
                 print_frame(stamp)
 
     def on_located(message):
-        stamp = message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
+        stamp = stamp_ns(message.header)
         with lock:
             placed[stamp] = message
             last_output[0] = time.monotonic()
@@ -161,7 +161,7 @@ def _drive(frames, rate_hz: float, node: subprocess.Popen, node_log: Path, out_d
                 print_frame(stamp)
 
     def on_overlay(message):
-        stamp = message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
+        stamp = stamp_ns(message.header)
         with lock:
             overlays[stamp] = image_msg_to_rgb(message)
             last_output[0] = time.monotonic()

@@ -20,7 +20,7 @@ import numpy as np
 from ..core.planning import AnomalyFollower
 from ..ros.bags import BagError, camera_info_connections, image_connections, open_bag, typestore_with_vision_msgs
 from ..ros.messages import (DECODERS, ON_DEMAND_OUTPUTS, OUTPUT_TYPES, ImageConversionError, MessageFactory,
-                            picture_messages)
+                            picture_messages, stamp_ns)
 
 
 @dataclass
@@ -102,8 +102,7 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
                 summary.processed += 1
                 summary.milliseconds.append(result.timings_ms["total"])
                 header = message.header
-                frame = follower.update(result, header.stamp.sec * 1_000_000_000 + header.stamp.nanosec,
-                                        pipeline.config)
+                frame = follower.update(result, stamp_ns(header), pipeline.config)
                 outputs_of_frame = factory.result_messages(header, result, frame)
                 if (tuple(result.labels), result.known_count) != published_labels:
                     outputs_of_frame["label_info"] = factory.label_info(header, result.labels, threshold)

@@ -68,7 +68,11 @@ class FrameMaps:
         ``instances`` ``(H, W)`` int32 instance ids (0 = none), on the device."""
         with self._lock:
             if name not in self._maps:
-                if name in ("semantic", "anomaly_score"):
+                if name == "semantic":
+                    # the best class alone: a max over the classes, without the softmax the score needs
+                    best = resample(self.known_logits, self.output_size).max(dim=0).indices.int()
+                    self._maps["semantic"] = self._paste(best, "label")
+                elif name == "anomaly_score":
                     self._known_maps()
                 elif name == "instances":
                     self._maps["instances"] = self._instance_map()
@@ -83,7 +87,8 @@ class FrameMaps:
             return sorted(self._maps)
 
     def _known_maps(self) -> None:
-        # one full-resolution pass gives both maps; the (K, H, W) logits are freed right after
+        # one full-resolution pass gives the score and, if not made yet, the semantic map; the (K, H, W) logits
+        # are freed right after
         statistics = class_statistics(resample(self.known_logits, self.output_size))
         self._maps.setdefault("semantic", self._paste(statistics.best_class.int(), "label"))
         self._maps.setdefault("anomaly_score", statistics.uncertainty.float())

@@ -37,6 +37,7 @@ class CameraCounters:
     published: collections.Counter = field(default_factory=collections.Counter)
     processing_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
     latency_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
+    output_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
     processed_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
 
 
@@ -92,17 +93,20 @@ class CameraStream:
         with self.lock:
             setattr(self.counters, what, getattr(self.counters, what) + amount)
 
-    def record_processed(self, processing_ms: float, latency_ms: float) -> None:
+    def record_processed(self, processing_ms: float, output_ms: float, latency_ms: float) -> None:
+        """One frame done: ``processing_ms`` in the pipeline, ``output_ms`` tracking, building and publishing its
+        outputs, ``latency_ms`` from its arrival to the end of publishing."""
         with self.lock:
             counters = self.counters
             counters.processed += 1
             counters.processing_ms.append(processing_ms)
+            counters.output_ms.append(output_ms)
             counters.latency_ms.append(latency_ms)
             counters.processed_times.append(time.monotonic())
 
     def report(self) -> dict[str, Any]:
         """The camera's figures for /diagnostics: counters, rate over the last 5 s, and mean and p95 of the
-        processing time and of the input-to-output latency (ms)."""
+        processing time and of the input-to-output latency, and the mean time spent on the outputs (ms)."""
         with self.lock:
             counters = self.counters
             now = time.monotonic()
@@ -115,7 +119,9 @@ class CameraStream:
                 "frames dropped": counters.dropped, "bad inputs": counters.bad_inputs,
                 "failed frames": counters.failed, "frames skipped while paused": counters.skipped_paused,
                 "processed fps": f"{fps:.2f}", "processing ms": f"{processing:.1f}",
-                "processing ms p95": f"{processing_p95:.1f}", "input to output latency ms": f"{latency:.1f}",
+                "processing ms p95": f"{processing_p95:.1f}",
+                "output ms": f"{mean_and_p95(counters.output_ms)[0]:.1f}",
+                "input to output latency ms": f"{latency:.1f}",
                 "input to output latency ms p95": f"{latency_p95:.1f}",
                 "frames with full-resolution maps": counters.frames_with_maps,
             }

@@ -328,6 +328,7 @@ class ClipomalyNode(Node):
             return
         config = self.pipeline.config
         for (camera, msg, received, image), result in zip(frames, results):
+            started = time.perf_counter()
             try:
                 mounting = self.mountings.get(camera.name)
                 camera.publish(msg.header, image, result, config.replace(**mounting) if mounting else config,
@@ -337,7 +338,8 @@ class ClipomalyNode(Node):
                 self.get_logger().error(f"{camera.name or 'image'}: publishing failed: {type(error).__name__}: "
                                         f"{error}", throttle_duration_sec=5.0)
                 continue
-            camera.record_processed(result.timings_ms["total"], 1000.0 * (time.perf_counter() - received))
+            done = time.perf_counter()
+            camera.record_processed(result.timings_ms["total"], 1000.0 * (done - started), 1000.0 * (done - received))
 
     def _check_worker(self) -> str | None:
         """The watchdog's verdict: None when all is well, else why /diagnostics must say ERROR."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core.config import BACKENDS, ConfigError, default_parameter_file, load_config, split_names
 from ..core.images import read_rgb
+from .interrupt import EXIT_INTERRUPTED, GracefulStop
 
 LOG = logging.getLogger("clipomaly")
 
@@ -96,8 +97,6 @@ def write_outputs(out_dir: Path, stem: str, image: np.ndarray, result) -> None:
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..core.overlay import anomaly_label
-
     args.output.mkdir(parents=True, exist_ok=True)
     pipeline = build_pipeline(args)
     LOG.info("model: %s", getattr(pipeline.backend, "description", pipeline.backend.identity))
@@ -108,27 +107,46 @@ def run_segment(args: argparse.Namespace) -> int:
         from ..core.planning import AnomalyFollower
 
         follower = AnomalyFollower(pipeline.name_embeddings)
-    for index, path in enumerate(tqdm(args.images, unit="image", disable=len(args.images) < 2)):
-        try:
-            image = read_rgb(path)
-            result = pipeline(image)
-        except ValueError as error:
-            failed.append(str(path))
-            tqdm.write(f"error: {error}", file=sys.stderr)
-            continue
-        if follower is not None:  # a failed image still takes its place in time
-            follower.update(result, round(index * 1e9 / args.sequence_rate), pipeline.config)
-        stem = path.stem
-        stems[stem] = stems.get(stem, 0) + 1
-        if stems[stem] > 1:  # two inputs with one name must not overwrite each other
-            stem = f"{stem}_{stems[stem]}"
-        write_outputs(args.output, stem, image, result)
-        names = ", ".join(anomaly_label(a) for a in result.anomalies) or "none"
-        tqdm.write(f"{path}: {len(result.anomalies)} anomalies: {names}; {result.timings_ms['total']:.0f} ms")
-    done = len(args.images) - len(failed)
+    done, interrupted = 0, False
+    with GracefulStop(tqdm.write) as stop:
+        for index, path in enumerate(tqdm(args.images, unit="image", disable=len(args.images) < 2)):
+            if stop.requested:
+                interrupted = True
+                break
+            done += _segment_one(args, pipeline, follower, index, path, stems, failed)
+    if interrupted:
+        print(f"interrupted after {done + len(failed)} of {len(args.images)} images; the outputs of the {done} "
+              f"segmented ones are complete in {args.output}")
+        return EXIT_INTERRUPTED
     print(f"segmented {done} of {len(args.images)} images into {args.output}" +
           (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def _segment_one(args, pipeline, follower, index: int, path: Path, stems: dict[str, int], failed: list[str]) -> int:
+    """Segment one image of ``clipomaly segment`` and write its outputs; 1 when done, 0 when it failed (its path
+    appended to ``failed``)."""
+    from tqdm import tqdm
+
+    from ..core.overlay import anomaly_label
+
+    try:
+        image = read_rgb(path)
+        result = pipeline(image)
+    except ValueError as error:
+        failed.append(str(path))
+        tqdm.write(f"error: {error}", file=sys.stderr)
+        return 0
+    if follower is not None:  # a failed image still takes its place in time
+        follower.update(result, round(index * 1e9 / args.sequence_rate), pipeline.config)
+    stem = path.stem
+    stems[stem] = stems.get(stem, 0) + 1
+    if stems[stem] > 1:  # two inputs with one name must not overwrite each other
+        stem = f"{stem}_{stems[stem]}"
+    write_outputs(args.output, stem, image, result)
+    names = ", ".join(anomaly_label(a) for a in result.anomalies) or "none"
+    tqdm.write(f"{path}: {len(result.anomalies)} anomalies: {names}; {result.timings_ms['total']:.0f} ms")
+    return 1
 
 
 @subcommand
@@ -212,11 +230,12 @@ def run_finetune(args: argparse.Namespace) -> int:
     if report.start_val_miou is not None:
         print(f"validation mIoU: {100 * report.start_val_miou:.1f} % before, {100 * report.final_val_miou:.1f} % "
               "after")
+    how = "interrupted" if report.interrupted else "stopped"
+    last_step = report.history[-1]["step"] if report.history else 0
     print(f"{report.images_per_second:.1f} training images/s; "
-          + ("finished" if report.finished else f"stopped at step {report.history[-1]['step']} (--resume "
-             f"{args.output} continues)"))
+          + ("finished" if report.finished else f"{how} at step {last_step} (--resume {args.output} continues)"))
     print("wrote " + ", ".join(str(path) for path in report.files))
-    return 0
+    return EXIT_INTERRUPTED if report.interrupted else 0
 
 
 @subcommand
@@ -263,11 +282,24 @@ def run_demo(args: argparse.Namespace) -> int:
                                              ("inference_size", args.inference_size)) if value is not None}
     if args.pretrained or args.checkpoint:
         model["backend"] = "open_clip"
-    summary = run_demo(args.output, seconds=args.seconds, rate_hz=args.rate, model_parameters=model)
+    summary = run_demo(args.output, seconds=args.seconds, rate_hz=args.rate, model_parameters=model,
+                       realtime=args.realtime)
     found = ", ".join(f"{name} in {count} frames" for name, count in sorted(summary.anomalies_by_name.items()))
-    print(f"\npublished {summary.published} frames; the node answered {summary.answered} (only the newest frame is "
-          f"processed, so frames that arrive while one is being segmented are dropped); anomalies: {found or 'none'}")
+    if summary.paced:
+        how = "each once the node had answered the one before (a camera does not wait: --realtime)"
+    else:
+        how = (f"at {args.rate:g} Hz; only the newest frame is processed, so frames that arrive while one is being "
+               "segmented are dropped")
+    print(f"\npublished {summary.published} frames, {how}; the node answered {summary.answered}; anomalies: "
+          f"{found or 'none'}")
+    if summary.resent:
+        print(f"sent {summary.resent} frames again: the node's counters showed the first copy never arrived")
+    if summary.pipeline_ms is not None:
+        print(f"node cost per frame (mean): {summary.pipeline_ms:.0f} ms in the pipeline, "
+              f"{summary.output_ms or 0.0:.0f} ms tracking and publishing its outputs")
     print("wrote " + ", ".join(str(path) for path in summary.files))
+    if summary.interrupted:
+        return 130
     return 0 if summary.answered else 1
 
 
@@ -275,15 +307,22 @@ def run_demo(args: argparse.Namespace) -> int:
 def demo(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="run the ROS 2 node on a synthetic drive over local DDS and print its anomalies",
-        description="Generates a few seconds of street scenes with a mattress and a tyre, publishes them at camera "
-                    "rate into a real clipomaly_node process (toy backend unless --pretrained or --checkpoint "
-                    "is given), prints each processed frame's anomalies as a planner sees them and writes an "
-                    "overlay GIF. Needs ROS 2 (scripts/setup_ros.sh).")
+        description="Generates a few seconds of street scenes with a mattress and a tyre, publishes them into a "
+                    "real clipomaly_node process (toy backend unless --pretrained or --checkpoint is given), "
+                    "prints each processed frame's anomalies as a planner sees them and writes an overlay GIF. "
+                    "The drive is paced (each frame once the node has answered the one before), so it shows the "
+                    "same on any machine; --realtime publishes at the camera rate instead. Needs ROS 2 "
+                    "(scripts/setup_ros.sh).")
     parser.add_argument("-o", "--output", type=Path, default=Path("demo_out"), metavar="OUT_DIR",
                         help="folder for drive.gif, anomalies.jsonl and node.log (default: demo_out)")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of the drive (default 4)")
-    parser.add_argument("--rate", type=float, default=10.0, help="camera frame rate in Hz (default 10)")
-    parser.add_argument("--model", help="open_clip architecture for real weights (default ViT-B-16)")
+    parser.add_argument("--rate", type=float, default=10.0, help="camera frame rate in Hz (default 10): the stamps' "
+                                                                  "spacing, and the publishing rate with --realtime")
+    parser.add_argument("--realtime", action="store_true",
+                        help="publish at the camera rate without waiting for the node, as a camera does: a slower "
+                             "machine then answers fewer frames")
+    parser.add_argument("--model", help="open_clip architecture, with --pretrained or --checkpoint (default "
+                                        "ViT-B-16)")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--pretrained", help="open_clip pretrained tag: real CLIP instead of the toy backend")
     weights.add_argument("--checkpoint", help="local weights file: real CLIP instead of the toy backend")
@@ -329,6 +368,8 @@ def run_replay(args: argparse.Namespace) -> int:
                      storage=args.storage, overlay=not args.no_overlay, camera_info_topic=args.camera_info_topic)
     print(summary.text())
     print(f"wrote {args.output}")
+    if summary.interrupted_at is not None:
+        return EXIT_INTERRUPTED
     return 1 if summary.failed else 0
 
 
@@ -455,7 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clipomaly: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return 130
+        print("clipomaly: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

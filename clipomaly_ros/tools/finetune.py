@@ -21,6 +21,7 @@ import copy
 import csv
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ from ..core.datasets import Sample, find_samples, read_label
 from ..core.dense import DenseVisionEncoder
 from ..core.images import read_rgb
 from ..core.unknown import class_logits, resample
+from .interrupt import GracefulStop
 from .metrics import ConfusionMatrix
 
 IGNORE = 255
@@ -223,6 +225,8 @@ class FinetuneReport:
     images_per_second: float = 0.0
     files: list[Path] = field(default_factory=list)
     finished: bool = False
+    interrupted: bool = False
+    """Ctrl-C or SIGTERM ended the run between two steps; the files hold that step's resumable state."""
 
 
 def finetune(config: ClipomalyConfig, settings: FinetuneSettings, log=lambda m: print(m, file=sys.stderr),
@@ -293,60 +297,69 @@ def finetune(config: ClipomalyConfig, settings: FinetuneSettings, log=lambda m: 
     loader = torch.utils.data.DataLoader(
         RandomCrops(samples, crop, config.working_short_side, settings.scale, settings.seed),
         batch_size=settings.batch_size, sampler=range(step * per_step, end * per_step),
-        num_workers=settings.workers, pin_memory=device.type == "cuda", persistent_workers=False)
+        num_workers=settings.workers, pin_memory=device.type == "cuda", persistent_workers=False,
+        worker_init_fn=_ignore_interrupts)
     batches = iter(loader)
     bar = tqdm(total=settings.steps, initial=step, desc="finetune", unit="step", disable=not progress)
     started, seen = time.perf_counter(), 0
-    try:
-        while step < end:
-            total_loss = 0.0
-            for _ in range(settings.accumulate):
-                pixels, labels = next(batches)
-                pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    features = crop_features(backend.encoder, pixels)
-                    logits = crop_logits(features, text, config.logit_scale, pixels.shape[-2:])
-                loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
-                if original is not None:
-                    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        reference = crop_features(original, pixels)
-                    loss = loss + settings.preserve * preservation_loss(features, reference, labels)
-                loss = loss / settings.accumulate
-                if not torch.isfinite(loss):
-                    raise FinetuneError(f"the loss became {loss.item()} at step {step + 1}: lower --lr")
-                scaler.scale(loss).backward()
-                total_loss += loss.item()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            learning_rate = schedule.get_last_lr()[0]
-            schedule.step()
-            step += 1
-            seen += per_step
-            rate = seen / (time.perf_counter() - started)
-            row = {"step": step, "loss": total_loss, "lr": learning_rate, "images_per_s": rate, "val_miou": None}
-            if val_samples and (step % settings.val_every == 0 or step == settings.steps):
-                row["val_miou"] = validate(backend, text, val_samples, config.logit_scale)
-                bar.write(f"step {step}: validation mIoU {100 * row['val_miou']:.1f} %")
-            report.history.append(row)
-            bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{learning_rate:.2e}", img_s=f"{rate:.1f}")
-            bar.update(1)
-            if step % settings.save_every == 0 and step < end:  # the last step is saved below, once
-                _save(backend, settings, config, report, step, optimizer, schedule, scaler, text_before)
-    except KeyboardInterrupt:
-        bar.write(f"interrupted at step {step}: saving a checkpoint to resume from")
-        _save(backend, settings, config, report, step, optimizer, schedule, scaler, text_before)
-        raise
-    finally:
-        bar.close()
+    with GracefulStop(bar.write) as stop:
+        try:
+            while step < end and not stop.requested:
+                total_loss = 0.0
+                for _ in range(settings.accumulate):
+                    pixels, labels = next(batches)
+                    pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        features = crop_features(backend.encoder, pixels)
+                        logits = crop_logits(features, text, config.logit_scale, pixels.shape[-2:])
+                    loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
+                    if original is not None:
+                        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                            reference = crop_features(original, pixels)
+                        loss = loss + settings.preserve * preservation_loss(features, reference, labels)
+                    loss = loss / settings.accumulate
+                    if not torch.isfinite(loss):
+                        raise FinetuneError(f"the loss became {loss.item()} at step {step + 1}: lower --lr")
+                    scaler.scale(loss).backward()
+                    total_loss += loss.item()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                learning_rate = schedule.get_last_lr()[0]
+                schedule.step()
+                step += 1
+                seen += per_step
+                rate = seen / (time.perf_counter() - started)
+                row = {"step": step, "loss": total_loss, "lr": learning_rate, "images_per_s": rate, "val_miou": None}
+                if val_samples and (step % settings.val_every == 0 or step == settings.steps):
+                    row["val_miou"] = validate(backend, text, val_samples, config.logit_scale)
+                    bar.write(f"step {step}: validation mIoU {100 * row['val_miou']:.1f} %")
+                report.history.append(row)
+                bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{learning_rate:.2e}", img_s=f"{rate:.1f}")
+                bar.update(1)
+                if step % settings.save_every == 0 and step < end:  # the last step is saved below, once
+                    _save(backend, settings, config, report, step, optimizer, schedule, scaler, text_before)
+        except KeyboardInterrupt:  # a second Ctrl-C: no waiting for the step to end
+            bar.write(f"interrupted at step {step}: saving a checkpoint to resume from")
+            _save(backend, settings, config, report, step, optimizer, schedule, scaler, text_before)
+            raise
+        finally:
+            bar.close()
+    report.interrupted = stop.requested and step < end
     report.images_per_second = seen / max(time.perf_counter() - started, 1e-9)
     report.finished = step >= settings.steps
     measured = [row["val_miou"] for row in report.history if row["val_miou"] is not None]
     report.final_val_miou = measured[-1] if measured else None
     report.files = _save(backend, settings, config, report, step, optimizer, schedule, scaler, text_before)
     return report
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """Data workers leave Ctrl-C to the main process, which ends the run between two steps (a terminal sends
+    SIGINT to every process of the group, and a worker that quits on it would break the step in progress)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _read_resume(path: Path, config: ClipomalyConfig) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.planning import AnomalyFollower
+from .interrupt import GracefulStop
 from ..ros.bags import BagError, camera_info_connections, image_connections, open_bag, typestore_with_vision_msgs
 from ..ros.messages import (DECODERS, ON_DEMAND_OUTPUTS, OUTPUT_TYPES, ImageConversionError, MessageFactory,
                             picture_messages, stamp_ns)
@@ -36,9 +37,16 @@ class ReplaySummary:
     located: int = 0
     without_ground_contact: int = 0
     no_3d_reason: str | None = None
+    total: int = 0
+    """Image messages in the input bag."""
+    interrupted_at: int | None = None
+    """The stamp (ns) of the last frame written when Ctrl-C or SIGTERM ended the replay early, else None."""
 
     def text(self) -> str:
         counts = f"frames read {self.read}, processed {self.processed}, failed {self.failed}"
+        if self.interrupted_at is not None:
+            counts = (f"interrupted after {self.read} of {self.total} frames (last stamp {self.interrupted_at / 1e9:.3f} "
+                      f"s); the bag holds them and is complete; {counts}")
         if not self.milliseconds:
             return counts + "; no frame was processed"
         times = np.asarray(self.milliseconds)
@@ -52,7 +60,8 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
            namespace: str = "", storage: str = "mcap", overlay: bool = True, progress: bool = True,
            log=lambda message: print(message, file=sys.stderr), camera_info_topic: str | None = None) -> ReplaySummary:
     """Segment every frame of ``image_topic`` in ``in_bag`` and write ``out_bag`` (see the module docstring);
-    ``camera_info_topic`` overrides the image topic's sibling ``camera_info``."""
+    ``camera_info_topic`` overrides the image topic's sibling ``camera_info``. Ctrl-C or SIGTERM stops it after
+    the current frame with ``out_bag`` closed and readable (``summary.interrupted_at``)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from tqdm import tqdm
 
@@ -67,23 +76,28 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
     topics = {name: f"{prefix}/{name}" for name in OUTPUT_TYPES if overlay or name not in ON_DEMAND_OUTPUTS}
     summary = ReplaySummary()
     threshold = pipeline.config.uncertainty_threshold
-    with open_bag(in_bag) as reader:
+    with GracefulStop(log) as stop, open_bag(in_bag) as reader:
         connections = image_connections(reader, image_topic)
         info_connections, info_topic = camera_info_connections(reader, connections[0].topic, camera_info_topic)
         follower = AnomalyFollower(pipeline.name_embeddings, info_topic)
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        with Writer(out_bag, version=9, storage_plugin=plugin) as writer:
+        writer = Writer(out_bag, version=9, storage_plugin=plugin)
+        writer.open()
+        try:
             copies = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=store)
                       for c in connections + info_connections}
             outputs = {name: writer.add_connection(topic, OUTPUT_TYPES[name], typestore=store)
                        for name, topic in topics.items()}
             diagnostics_connection = writer.add_connection("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray",
                                                            typestore=store)
-            published_labels, last_diagnostics = None, None
-            total = sum(c.msgcount for c in connections)
+            published_labels, last_diagnostics, last_stamp = None, None, 0
+            summary.total = sum(c.msgcount for c in connections)
             messages = reader.messages(connections=connections + info_connections)
-            for connection, timestamp, raw in tqdm(_guarded(messages, in_bag), total=total, unit="frame",
+            for connection, timestamp, raw in tqdm(_guarded(messages, in_bag), total=summary.total, unit="frame",
                                                    desc="replaying", disable=not progress):
+                if stop.requested:
+                    summary.interrupted_at = last_stamp
+                    break
                 writer.write(copies[connection.id], timestamp, bytes(raw))
                 if connection in info_connections:
                     follower.set_camera_info(reader.deserialize(raw, connection.msgtype))
@@ -102,7 +116,8 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
                 summary.processed += 1
                 summary.milliseconds.append(result.timings_ms["total"])
                 header = message.header
-                frame = follower.update(result, stamp_ns(header), pipeline.config)
+                last_stamp = stamp_ns(header)
+                frame = follower.update(result, last_stamp, pipeline.config)
                 outputs_of_frame = factory.result_messages(header, result, frame)
                 if (tuple(result.labels), result.known_count) != published_labels:
                     outputs_of_frame["label_info"] = factory.label_info(header, result.labels, threshold)
@@ -120,6 +135,10 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
                     writer.write(diagnostics_connection, timestamp,
                                  store.serialize_cdr(diagnostics, "diagnostic_msgs/msg/DiagnosticArray"))
                     last_diagnostics = timestamp
+        finally:
+            # also after an error or a second Ctrl-C: the bag gets its index and metadata.yaml and keeps the
+            # frames written so far
+            writer.close()
     return summary
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import cv2
@@ -114,3 +115,19 @@ def malformed_images(count: int, seed: int = 0):
         kind = list(table)[(index // 2) % len(table)]
         messages.append((kind, table[kind]()))
     return messages
+
+
+@contextlib.contextmanager
+def deterministic_torch(threads: int = 2):
+    """Training inside is repeatable: deterministic algorithms and a fixed thread count (float sums are split
+    across threads, so their order, and the last bits, depend on it); both restored after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(previous)

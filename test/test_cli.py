@@ -101,3 +101,29 @@ def test_bench_reports_stages_host_share_node_cost_cameras_and_memory(tmp_path, 
 def test_bench_rejects_a_bad_size(capsys):
     assert main(["bench", "--backend", "toy", "--size", "big"]) == 2
     assert "WIDTHxHEIGHT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("vocab, item", [("tire,,deer", 2), ("", 1), ("tire, deer,", 3)])
+def test_empty_names_are_refused_on_the_command_line_as_in_the_node(tmp_path, capsys, vocab, item):
+    from clipomaly_ros.core.config import SETTINGS_BY_NAME, ConfigError
+
+    write_scene(tmp_path / "a.png")
+    code = main(["segment", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--backend", "toy", "--vocab", vocab])
+    assert code == 2
+    message = capsys.readouterr().err
+    assert f"anomaly_vocabulary: item {item} is empty; remove it" in message
+    # the node validates its parameter with the same rule, so it says the same
+    with pytest.raises(ConfigError) as node_error:
+        SETTINGS_BY_NAME["anomaly_vocabulary"].validate([part.strip() for part in vocab.split(",")])
+    assert str(node_error.value) in message
+    assert main(["play", str(tmp_path / "bag"), "--topics", "/a,,/b"]) == 2
+    assert "--topics: a topic name is empty" in capsys.readouterr().err
+
+
+def test_bench_help_lists_every_dense_method(capsys):
+    from clipomaly_ros.core.config import DENSE_METHODS
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(method in text for method in DENSE_METHODS) and "scclip" in text

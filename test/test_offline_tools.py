@@ -158,6 +158,26 @@ def test_evaluate_plots_the_precision_recall_curve_and_score_histograms(tmp_path
     assert "precision_recall.png" in capsys.readouterr().out
 
 
+def test_plot_titles_stay_inside_the_picture(tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    inside = []
+    save = Figure.savefig
+
+    def checked_savefig(figure, *args, **kwargs):
+        renderer = figure.canvas.get_renderer()
+        for axes in figure.axes:
+            title, frame = axes.title.get_window_extent(renderer), figure.bbox
+            inside.append(title.x0 >= frame.x0 and title.x1 <= frame.x1 and title.y1 <= frame.y1)
+        return save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", checked_savefig)
+    folder = tmp_path / "road_anomaly_validation_frames_from_the_second_test_drive"  # the title is the set's name
+    make_dataset(folder)
+    assert main(["evaluate", str(folder), "--plots", str(tmp_path / "plots")] + TOY) == 0
+    assert inside == [True, True]
+
+
 def test_evaluate_without_anomaly_pixels_says_so(tmp_path, capsys):
     make_dataset(tmp_path / "set", planted=(None, None))
     assert main(["evaluate", str(tmp_path / "set")] + TOY) == 2

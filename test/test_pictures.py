@@ -96,3 +96,63 @@ def test_foxglove_layout_shows_the_nodes_topics():
     outputs = {f"/{name}" for name in OUTPUT_TYPES}
     assert {"/overlay", "/semantic_color", "/anomaly_score", "/anomalies", "/anomaly_markers", "/diagnostics"} <= topics
     assert topics - outputs == {"/camera/image_raw", "/diagnostics"}
+
+
+def test_overlay_outlines_only_the_anomalies_given():
+    from clipomaly_ros.core.overlay import ANOMALY_COLOUR
+
+    image = np.full((120, 160, 3), 90, np.uint8)
+    result = result_with_anomaly((60, 80, 100, 100))
+    yellow = np.array(ANOMALY_COLOUR)
+    assert (render_overlay(image, result) == yellow).all(axis=-1).sum() > 20
+    assert not (render_overlay(image, result, records=[]) == yellow).all(axis=-1).any()
+
+
+def test_replayed_overlay_outlines_no_unconfirmed_track(tmp_path, capsys):
+    """publish_unconfirmed: false keeps a track off the overlay until it is confirmed (its third frame)."""
+    from rosbags.highlevel import AnyReader
+
+    from clipomaly_ros.core.overlay import ANOMALY_COLOUR
+    from clipomaly_ros.ros.bags import typestore_with_vision_msgs
+    from clipomaly_ros.ros.messages import image_msg_to_rgb
+    from clipomaly_ros.tools.cli import main
+
+    from helpers import toy_frames, write_image_bag
+
+    image, planted, _ = toy_frames(1, planted=("mattress",))[0]
+    write_image_bag(tmp_path / "in", [image] * 4)
+    assert main(["replay", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--backend", "toy",
+                 "--inference-size", "240"]) == 0
+    with AnyReader([tmp_path / "out"], default_typestore=typestore_with_vision_msgs()) as reader:
+        overlays = [image_msg_to_rgb(reader.deserialize(raw, c.msgtype)) for c, _, raw in reader.messages()
+                    if c.topic == "/overlay"]
+        published = [len(reader.deserialize(raw, c.msgtype).detections) for c, _, raw in reader.messages()
+                     if c.topic == "/anomalies"]
+    outlined = [int((overlay == np.array(ANOMALY_COLOUR)).all(axis=-1).sum()) for overlay in overlays]
+    assert published == [0, 0, 1, 1] and outlined[0] == outlined[1] == 0 and min(outlined[2:]) > 20, outlined
+
+
+def test_gif_keeps_the_legend_colours_exact(tmp_path):
+    """A GIF holds 256 colours: the legend's class colours are kept as they are, whatever the frames hold."""
+    from PIL import Image
+
+    from clipomaly_ros.tools.demo import write_gif
+
+    rng = np.random.default_rng(0)
+    result = result_with_anomaly((60, 80, 100, 100))
+    # scenes in shades near the class colours, as camera images are: a palette made from them alone would hold
+    # averages of those shades, not the class colours themselves
+    shades = np.array([class_colour(name) for name in result.labels])[result.semantic]
+    frames = [render_overlay(np.clip(shades + rng.integers(-12, 13, shades.shape), 0, 255).astype(np.uint8), result)
+              for _ in range(3)]
+    colours = [class_colour(name) for name in result.labels]
+    write_gif(tmp_path / "a.gif", frames, [100.0] * 3, exact_colours=colours)
+    gif = Image.open(tmp_path / "a.gif")
+    for index in range(3):
+        gif.seek(index)
+        picture = np.asarray(gif.convert("RGB"))
+        for name in result.labels:  # each swatch keeps every pixel of its exact colour
+            colour = np.array(class_colour(name))
+            drawn = (frames[index][:40, 100:] == colour).all(axis=-1).sum()
+            kept = (picture[:40, 100:] == colour).all(axis=-1) & (frames[index][:40, 100:] == colour).all(axis=-1)
+            assert drawn >= 9 and kept.sum() == drawn, (index, name)

@@ -211,12 +211,13 @@ def test_replayed_bag_gives_consistent_outputs_per_frame(ros, tmp_path):
     before = int(listener.diagnostics()["frames received"])
     listener.clear()
     frames = toy_frames(6)
-    stamps = write_image_bag(tmp_path / "bag", [f[0] for f in frames], topic="/itest_raw/image",
+    stamps = write_image_bag(tmp_path / "bag", [f[0] for f in frames], topic="/camera/image_raw",
                              period_ns=400_000_000)
-    player = subprocess.run([sys.executable, "-m", "clipomaly_ros.tools.cli", "play", str(tmp_path / "bag")],
+    player = subprocess.run([sys.executable, "-m", "clipomaly_ros.tools.cli", "play", str(tmp_path / "bag"),
+                             "--remap", "/camera/image_raw:=/itest_raw/image"],
                             env={**os.environ, **ROS_ENV}, capture_output=True, text=True, timeout=60)
     assert player.returncode == 0, player.stderr
-    assert "published 6 on /itest_raw/image" in player.stdout
+    assert "published 6 on /itest_raw/image" in player.stdout  # the name it went out under
 
     def got() -> int:  # frames that reached the node
         return int(listener.diagnostics().get("frames received", before)) - before

@@ -440,9 +440,13 @@ def default_parameter_file() -> str:
 
 
 def split_names(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
-    """``"a, b ,c"`` -> ``("a", "b", "c")``; a sequence is returned as a tuple; ``None`` stays ``None``."""
+    """``"a, b ,c"`` -> ``("a", "b", "c")``; a sequence is returned as a tuple; ``None`` stays ``None``.
+
+    Empty items are kept (``"a,,b"`` -> ``("a", "", "b")``, ``""`` -> ``("",)``), so that the setting's own
+    validation rejects them with the same message as a parameter file or ``ros2 param set`` gets: one rule for
+    names everywhere."""
     if text is None:
         return None
     if isinstance(text, str):
-        return tuple(part.strip() for part in text.split(",") if part.strip())
+        return tuple(part.strip() for part in text.split(","))
     return tuple(text)

@@ -36,17 +36,19 @@ def colour_semantic(result: SegmentationResult) -> np.ndarray:
 
 
 def render_overlay(image: np.ndarray, result: SegmentationResult, alpha: float = 0.45,
-                   legend: bool = True) -> np.ndarray:
+                   legend: bool = True, records: list | None = None) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)``: the image blended with class colours, anomalies outlined and named, and a legend
     of the classes present in the frame.
 
-    Every label stays inside the image: above its region where there is room, else below it, else inside it.
+    ``records``: the anomalies to outline and name (default: all of ``result.anomalies``); the node passes the
+    published tracks only. Every label stays inside the image: above its region where there is room, else below
+    it, else inside it.
     """
     overlay = cv2.addWeighted(image, 1 - alpha, colour_semantic(result), alpha, 0)
     height, width = image.shape[:2]
     thickness = max(2, round(min(height, width) / 240))
     font_scale = max(0.4, min(height, width) / 900)
-    for record in result.anomalies:
+    for record in result.anomalies if records is None else records:
         mask = (result.instances == record.id).astype(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(overlay, contours, -1, ANOMALY_COLOUR, thickness)

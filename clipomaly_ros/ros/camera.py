@@ -78,7 +78,7 @@ class CameraStream:
         # classes and anomalies even if the list reads the same)
         labels = (tuple(result.labels), result.known_count)
         messages = self.factory.result_messages(header, result, frame, wanted)
-        messages.update(picture_messages(self.factory, header, image, result, wanted))
+        messages.update(picture_messages(self.factory, header, image, result, wanted, frame.published))
         if labels != self._published_labels:
             messages["label_info"] = self.factory.label_info(header, result.labels, config.uncertainty_threshold)
             self._published_labels = labels

@@ -368,7 +368,9 @@ ON_DEMAND_OUTPUTS = ("overlay", "semantic_color")
 
 
 def picture_messages(factory: MessageFactory, header: Any, image: np.ndarray, result: SegmentationResult,
-                     wanted) -> dict[str, Any]:
-    """The rgb8 ``overlay`` and ``semantic_color`` messages named in ``wanted``."""
-    draw = {"overlay": lambda: render_overlay(image, result), "semantic_color": lambda: colour_semantic(result)}
+                     wanted, published: list[AnomalyRecord] | None = None) -> dict[str, Any]:
+    """The rgb8 ``overlay`` and ``semantic_color`` messages named in ``wanted``; the overlay outlines and names
+    the ``published`` anomalies only (default: all), as ``anomalies`` lists them."""
+    draw = {"overlay": lambda: render_overlay(image, result, records=published),
+            "semantic_color": lambda: colour_semantic(result)}
     return {name: factory.image(header, draw[name](), "rgb8") for name in ON_DEMAND_OUTPUTS if name in wanted}

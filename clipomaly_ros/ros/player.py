@@ -15,7 +15,8 @@ from .bags import BagError, open_bag
 def play(bag: str | Path, topics: Sequence[str] | None = None, rate: float = 1.0, loop: bool = False,
          remap: dict[str, str] | None = None, wait_for_subscribers: float = 3.0, reliable: bool = False,
          log=print) -> dict[str, int]:
-    """Publish ``bag`` (all topics, or ``topics``) at ``rate`` x the recorded speed; returns messages per topic.
+    """Publish ``bag`` (all topics, or ``topics``, named as recorded) at ``rate`` x the recorded speed, each
+    under its ``remap`` name if it has one; returns messages per published topic name.
 
     Playback starts once every topic has a subscriber, or after ``wait_for_subscribers`` seconds. Messages go out
     best effort, as camera drivers publish, unless ``reliable``."""
@@ -46,7 +47,7 @@ def play(bag: str | Path, topics: Sequence[str] | None = None, rate: float = 1.0
                     log(f"skipping {connection.topic}: message type {connection.msgtype} is not installed")
                     continue
                 name = remap.get(connection.topic, connection.topic)
-                publishers[connection.id] = (connection.topic, node.create_publisher(message_type, name, qos))
+                publishers[connection.id] = (name, node.create_publisher(message_type, name, qos))
             # messages sent before a subscriber has matched are lost: wait (bounded) until every topic has one
             deadline = time.monotonic() + wait_for_subscribers
             while time.monotonic() < deadline and not all(

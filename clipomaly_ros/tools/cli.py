@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..core.config import BACKENDS, ConfigError, default_parameter_file, load_config, split_names
+from ..core.config import BACKENDS, DENSE_METHODS, ConfigError, default_parameter_file, load_config, split_names
 from ..core.images import read_rgb
 from .interrupt import EXIT_INTERRUPTED, GracefulStop
 
@@ -334,6 +334,9 @@ def demo(subparsers) -> None:
 def run_play(args: argparse.Namespace) -> int:
     from ..ros.player import play
 
+    if any(not topic for topic in args.topics or ()):
+        raise ValueError("--topics: a topic name is empty; list the topics without empty items, for example "
+                         "--topics /camera/image_raw,/camera/camera_info")
     bad = [item for item in args.remap if ":=" not in item]
     if bad:
         raise ValueError(f"--remap {bad[0]!r}: write FROM:=TO, for example /camera/image_raw:=/cam1/image")
@@ -450,7 +453,8 @@ def bench(subparsers) -> None:
                                                "unless --checkpoint or --pretrained is given.")
     parser.add_argument("--size", default="1280x720", help="input size WIDTHxHEIGHT (default 1280x720)")
     parser.add_argument("--frames", type=int, default=5, help="frames to time (default 5)")
-    parser.add_argument("--dense-method", help="clearclip, naclip, sclip, maskclip or none")
+    parser.add_argument("--dense-method", choices=DENSE_METHODS,
+                        help="training-free dense CLIP method (default: the parameter file's, scclip)")
     parser.add_argument("--cameras", type=int, default=4, help="cameras batched through one model for the "
                                                               "multi-camera rate (default 4)")
     parser.add_argument("--no-ground-check", action="store_true", help="skip the ground-estimate accuracy check "

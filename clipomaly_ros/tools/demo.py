@@ -416,12 +416,20 @@ def write_gif(path: Path, images: list[np.ndarray], durations_ms: list[float],
     free = 256 - len(exact)
     sample = np.concatenate(images[:: max(1, len(images) // 16)], axis=0)  # the adaptive part sees the whole drive
     adaptive = Image.fromarray(sample).quantize(colors=free, method=Image.Quantize.MEDIANCUT,
-                                                dither=Image.Dither.NONE).getpalette()[: 3 * free]
-    adaptive += [0] * (3 * free - len(adaptive))
-    palette = Image.new("P", (1, 1))
-    palette.putpalette(adaptive + [value for colour in exact for value in colour])
-    # nearest palette colour, no dithering: an exact colour maps to itself
-    pictures = [Image.fromarray(image).quantize(palette=palette, dither=Image.Dither.NONE) for image in images]
+                                                dither=Image.Dither.NONE)
+    colours = adaptive.getpalette()[: 3 * free]
+    colours += [0] * (3 * free - len(colours))
+    colours += [value for colour in exact for value in colour]
+    pictures = []
+    for image in images:
+        indices = np.array(Image.fromarray(image).quantize(palette=adaptive, dither=Image.Dither.NONE))
+        # Pillow maps colours to a palette through a cache of nearby colours, which is not exact: the exact ones
+        # get their own entries here, pixel by pixel
+        for offset, colour in enumerate(exact):
+            indices[(image == colour).all(axis=-1)] = free + offset
+        picture = Image.frombytes("P", (image.shape[1], image.shape[0]), indices.astype(np.uint8).tobytes())
+        picture.putpalette(colours)
+        pictures.append(picture)
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=[round(d) for d in durations_ms],
                      loop=0, optimize=False)
     return path

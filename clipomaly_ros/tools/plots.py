@@ -3,6 +3,7 @@ pixels, as anomaly-segmentation papers show them (PNG, matplotlib without a disp
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,13 @@ import numpy as np
 from .metrics import SCORE_BINS, PixelScores
 
 HISTOGRAM_BINS = 100
+TITLE_WIDTH = 42
+"""Characters per title line that fit the 5-inch figures."""
+
+
+def _title(name: str, figures: str) -> str:
+    """The data set's name (wrapped) above the figures, so that a long name is never cut at the picture's edge."""
+    return "\n".join(textwrap.wrap(name, TITLE_WIDTH) + [figures])
 
 
 def write_pixel_plots(pixels: PixelScores, out_dir: Path, title: str = "") -> list[Path]:
@@ -32,8 +40,8 @@ def write_pixel_plots(pixels: PixelScores, out_dir: Path, title: str = "") -> li
     base_rate = summary["anomaly_pixels"] / (summary["anomaly_pixels"] + summary["normal_pixels"])
     axes.axhline(base_rate, color="grey", linestyle="--", linewidth=1, label=f"chance ({100 * base_rate:.1f} %)")
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
-             title=f"{title + ': ' if title else ''}AUPRC {100 * summary['auprc']:.1f} %, "
-                   f"FPR95 {100 * summary['fpr_at_95_tpr']:.1f} %")
+             title=_title(title, f"AUPRC {100 * summary['auprc']:.1f} %, FPR95 "
+                                 f"{100 * summary['fpr_at_95_tpr']:.1f} %"))
     axes.legend(loc="upper right")
     axes.grid(alpha=0.3)
     curve = out_dir / "precision_recall.png"
@@ -52,7 +60,7 @@ def write_pixel_plots(pixels: PixelScores, out_dir: Path, title: str = "") -> li
         axes.stairs(coarse / max(1, coarse.sum()), edges, fill=True, alpha=0.45, color=colour,
                     label=f"{label} ({int(counts.sum()):,})")
     axes.set(xlabel="anomaly score (normalised entropy)", ylabel="fraction of pixels", xlim=(0, 1),
-             title=f"{title + ': ' if title else ''}AUROC {100 * summary['auroc']:.1f} %")
+             title=_title(title, f"AUROC {100 * summary['auroc']:.1f} %"))
     axes.legend(loc="upper center")
     axes.grid(alpha=0.3)
     histogram = out_dir / "score_histogram.png"

@@ -123,7 +123,8 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
                     outputs_of_frame["label_info"] = factory.label_info(header, result.labels, threshold)
                     published_labels = (tuple(result.labels), result.known_count)
                 if overlay:
-                    outputs_of_frame.update(picture_messages(factory, header, image, result, ON_DEMAND_OUTPUTS))
+                    outputs_of_frame.update(picture_messages(factory, header, image, result, ON_DEMAND_OUTPUTS,
+                                                                 frame.published))
                 for name, output in outputs_of_frame.items():
                     writer.write(outputs[name], timestamp, store.serialize_cdr(output, OUTPUT_TYPES[name]))
                 summary.tracks = follower.tracker.issued

@@ -233,15 +233,17 @@ def pooled_feature(pipeline, image, mask) -> np.ndarray:
 
 
 def test_objects_no_label_covers_are_still_named_after_fine_tuning(tmp_path, tiny_model_name):
-    """Over five seeds (see the README) the pretrained tiny ViT named 9 to 12 of 16 objects, with the term 8 to
-    11 after fine-tuning and without it 6 to 9; the objects' features kept a cosine of 0.8 with the term and 0.6
-    without. The margins below hold for every one of those seeds."""
+    """Measured over seeds 0 to 4 (the README has the table): the pretrained tiny ViT named 10 to 12 of 16
+    objects; after fine-tuning on the known classes it named 8 to 12 with the preservation term and 1 to 6 without
+    it (2 to 10 fewer); the objects' features kept a cosine of 0.990 to 0.994 to the pretrained ones with the term
+    and 0.840 to 0.918 without. The margins below hold for each of those seeds with room to spare."""
     outcome = naming_experiment(tmp_path, seed=0)
     with_term, without = outcome[1.0], outcome[0.0]
     for run in (with_term, without):
         assert run["miou"][1] > run["miou"][0]  # the known classes did improve
     assert outcome["before"]["named"] >= 8, outcome  # the toy pretraining taught the names (chance: 1 in 12)
-    assert with_term["named"] >= outcome["before"]["named"] - 4, outcome  # the names survived the fine-tuning
-    # and the preservation term is what kept them: it keeps the objects' features where they were
-    assert with_term["kept"] > without["kept"] + 0.05, outcome
+    # the names survived the fine-tuning, because the objects' features stayed where they were ...
+    assert with_term["kept"] > 0.97 and with_term["named"] >= outcome["before"]["named"] - 6, outcome
+    # ... which is the preservation term's doing: without it they move and fewer are named
+    assert with_term["kept"] > without["kept"] + 0.04, outcome
     assert with_term["named"] >= without["named"], outcome

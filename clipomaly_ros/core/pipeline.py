@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +40,18 @@ from .pamr import PixelAdaptiveRefinement
 from .results import AnomalyRecord, SegmentationResult
 from .unknown import class_logits, class_statistics, coarse_size, find_unknown_regions, resample
 from .vocabulary import TextEmbedder, Vocabulary, VocabularyManager, default_cache_dir, read_name_list
+
+
+@dataclass(frozen=True)
+class KnownScores:
+    """One frame's known-class evidence: ``logits`` ``(K, h, w)`` on the patch grid (refined by PAMR when on),
+    their softmax statistics on the ``coarse_size`` (rows, columns) map, and the PAMR ``refine`` function (or
+    None) that later stages apply to their own logits."""
+
+    logits: torch.Tensor
+    coarse: Any
+    coarse_size: tuple[int, int]
+    refine: Any
 
 
 class Clipomaly:
@@ -130,8 +143,21 @@ class Clipomaly:
                 results.append(result)
         return results
 
+    def known_scores(self, features, config: ClipomalyConfig, vocabulary: Vocabulary) -> KnownScores:
+        """What a frame's known classes say, from its dense ``features``: computed once per frame, and reused by
+        ``clipomaly calibrate`` for every setting it tries (none of the searched settings changes it)."""
+        refine = None
+        if config.pamr_steps and features.image is not None:
+            refine = PixelAdaptiveRefinement(features.image, config.pamr_steps).refine
+        known_logits = class_logits(features.grid, vocabulary.known_embeddings, config.logit_scale)
+        if refine is not None:
+            known_logits = refine(known_logits)
+        working_cell = features.working_size[0] / features.grid.shape[0]  # the patch, in working pixels
+        coarse = coarse_size(features.working_size, round(working_cell))
+        return KnownScores(known_logits, class_statistics(resample(known_logits, coarse)), coarse, refine)
+
     def _segment(self, image: np.ndarray, features, config: ClipomalyConfig, vocabulary: Vocabulary,
-                 timings: dict[str, float]) -> SegmentationResult:
+                 timings: dict[str, float], known: KnownScores | None = None) -> SegmentationResult:
         clock = time.perf_counter()
 
         def lap(stage: str) -> None:
@@ -142,15 +168,8 @@ class Clipomaly:
 
         output_size = image.shape[:2]
         grid = features.grid
-        refine = None
-        if config.pamr_steps and features.image is not None:
-            refine = PixelAdaptiveRefinement(features.image, config.pamr_steps).refine
-        known_logits = class_logits(grid, vocabulary.known_embeddings, config.logit_scale)
-        if refine is not None:
-            known_logits = refine(known_logits)
-        working_cell = features.working_size[0] / grid.shape[0]  # the patch, in working pixels
-        coarse = coarse_size(features.working_size, round(working_cell))
-        known_coarse = class_statistics(resample(known_logits, coarse))
+        known = known if known is not None else self.known_scores(features, config, vocabulary)
+        known_logits, known_coarse, coarse, refine = known.logits, known.coarse, known.coarse_size, known.refine
         cells_per_pixel = coarse[0] * coarse[1] / (output_size[0] * output_size[1])
         cell_side = features.working_size[0] / coarse[0]
         regions = find_unknown_regions(known_coarse.uncertainty, config.uncertainty_threshold,

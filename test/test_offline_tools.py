@@ -151,8 +151,9 @@ def test_evaluate_plots_the_precision_recall_curve_and_score_histograms(tmp_path
     assert main(["evaluate", str(tmp_path / "set"), "--plots", str(plots), "--json", str(tmp_path / "r.json")]
                 + TOY) == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert sorted(Path(p).name for p in report["plots"]) == ["precision_recall.png", "score_histogram.png"]
-    for name in ("precision_recall.png", "score_histogram.png"):
+    assert sorted(Path(p).name for p in report["plots"]) == ["instance_recall.png", "precision_recall.png",
+                                                             "score_histogram.png"]
+    for name in ("precision_recall.png", "score_histogram.png", "instance_recall.png"):
         picture = cv2.imread(str(plots / name))
         assert picture is not None and picture.shape[0] > 300 and picture.std() > 10, name
     assert "precision_recall.png" in capsys.readouterr().out
@@ -175,7 +176,7 @@ def test_plot_titles_stay_inside_the_picture(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "road_anomaly_validation_frames_from_the_second_test_drive"  # the title is the set's name
     make_dataset(folder)
     assert main(["evaluate", str(folder), "--plots", str(tmp_path / "plots")] + TOY) == 0
-    assert inside == [True, True]
+    assert inside == [True, True, True]
 
 
 def test_evaluate_without_anomaly_pixels_says_so(tmp_path, capsys):

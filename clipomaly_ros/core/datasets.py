@@ -100,3 +100,33 @@ def read_label(path: Path) -> np.ndarray:
     if label is None:
         raise ValueError(f"{path}: not a readable label image")
     return label if label.ndim == 2 else label[..., 0]
+
+
+CAMERA_FILE = "camera.yaml"
+"""An optional file beside ``images/`` and ``labels/``: the camera every image was taken with (see
+:func:`dataset_ground_locator`)."""
+
+
+def dataset_ground_locator(dataset: Path, max_distance: float = 150.0):
+    """A :class:`~.geometry.GroundLocator` for the images of ``dataset`` from its ``camera.yaml`` (``width``,
+    ``height``, ``k`` (9 numbers), ``d``, ``distortion_model``, and the mounting as the node's parameters name
+    it: ``camera_x`` ... ``camera_yaw``, ``ground_z``), or None without the file. Raises ``ValueError`` for a
+    file that cannot be used."""
+    import yaml
+
+    from .geometry import CalibrationError, CameraModel, CameraMounting, GroundLocator
+
+    path = Path(dataset) / CAMERA_FILE
+    if not path.is_file():
+        return None
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+        camera = CameraModel(int(values["width"]), int(values["height"]), np.asarray(values["k"], np.float64),
+                             np.asarray(values.get("d", []), np.float64), str(values.get("distortion_model", "")))
+        mounting = CameraMounting(**{name: float(values[f"camera_{name}"]) for name in
+                                     ("x", "y", "z", "roll", "pitch", "yaw") if f"camera_{name}" in values},
+                                  ground_z=float(values.get("ground_z", 0.0)))
+    except (KeyError, TypeError, ValueError, CalibrationError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: {type(error).__name__}: {error} (expected width, height, k, d, "
+                         "distortion_model and camera_x ... camera_yaw, ground_z)") from None
+    return GroundLocator(camera, mounting, max_distance)

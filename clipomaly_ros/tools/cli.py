@@ -397,10 +397,13 @@ def replay(subparsers) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, find_samples, format_report
 
+    from ..core.datasets import dataset_ground_locator
+
     samples = find_samples(args.dataset, args.limit)
+    locator = dataset_ground_locator(args.dataset)
     pipeline = build_pipeline(args)
     report = evaluate(pipeline, samples, anomaly_id=args.anomaly_id, ignore_id=args.ignore_id,
-                      known_classes_miou=args.known_classes_miou, plots=args.plots)
+                      known_classes_miou=args.known_classes_miou, plots=args.plots, locator=locator)
     report["config"] = {k: v for k, v in pipeline.config.as_dict().items()
                         if k in ("backend", "model", "pretrained", "checkpoint", "random_weights", "dense_method",
                                  "inference_size", "uncertainty_threshold", "logit_scale")}
@@ -419,11 +422,81 @@ def evaluate(subparsers) -> None:
     parser.add_argument("--known-classes-miou", action="store_true",
                         help="labels are trainIds of the known classes (Cityscapes-style): report IoU per class")
     parser.add_argument("--json", type=Path, help="also write the report as JSON")
-    parser.add_argument("--plots", type=Path, metavar="DIR", help="write precision_recall.png and "
-                                                                  "score_histogram.png (anomaly mode) into DIR")
+    parser.add_argument("--plots", type=Path, metavar="DIR", help="write precision_recall.png, "
+                                                                  "score_histogram.png and instance_recall.png "
+                                                                  "(anomaly mode) into DIR")
     parser.add_argument("--limit", type=int, help="only the first N images")
     add_model_options(parser)
     parser.set_defaults(run=run_evaluate)
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers separated by commas") from None
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers separated by commas") from None
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import SearchSpace, calibrate, format_report, read_frames, write_outputs
+    from .evaluation import find_samples
+
+    space = SearchSpace(**{name: value for name, value in (
+        ("thresholds", args.thresholds), ("areas", args.areas), ("radii", args.radii),
+        ("crop_weights", args.crop_weights)) if value is not None})
+    frames = read_frames(find_samples(args.dataset, args.limit), args.anomaly_id, args.ignore_id)
+    val_frames = (read_frames(find_samples(args.val, args.limit), args.anomaly_id, args.ignore_id)
+                  if args.val else None)
+    pipeline = build_pipeline(args)
+    report = calibrate(pipeline, frames, args.objective, space, data=str(args.dataset), val_frames=val_frames,
+                       val_data=str(args.val or ""), memory_budget_mb=args.memory_budget)
+    identity = getattr(pipeline.backend, "description", pipeline.backend.identity)
+    written = write_outputs(report, pipeline.config, identity, args.output, args.plots)
+    print(format_report(report))
+    if not args.val:
+        print("no --val: the figures are on the data searched; give held-out frames to see what the settings do "
+              "on data they were not chosen on")
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+@subcommand
+def calibrate(subparsers) -> None:
+    from .calibration import OBJECTIVES
+
+    parser = subparsers.add_parser(
+        "calibrate", help="choose the thresholds for your weights from labelled frames (writes a parameter file)",
+        description="Searches uncertainty_threshold, min_region_area, cleanup_radius and crop_weight on DATA "
+                    "(images/ + labels/, as evaluate reads) for the --objective, with the dense features computed "
+                    "once per image; writes OUT.yaml (a parameter file for the node and every command) and OUT.json "
+                    "(the whole search).")
+    parser.add_argument("dataset", type=Path, metavar="DATA")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="TUNED.yaml")
+    parser.add_argument("--objective", choices=tuple(OBJECTIVES), default="f1",
+                        help="f1 or siou (component level), ap or fpr95 (pixel level); default f1")
+    parser.add_argument("--val", type=Path, metavar="DATA2", help="held-out frames: the chosen settings' figures "
+                                                                  "on data the search did not see")
+    parser.add_argument("--anomaly-id", type=int, default=1, help="label value of anomaly pixels (default 1)")
+    parser.add_argument("--ignore-id", type=int, default=255, help="label value of ignored pixels (default 255)")
+    parser.add_argument("--limit", type=int, help="only the first N images (of DATA and of DATA2)")
+    parser.add_argument("--plots", type=Path, metavar="DIR", help="write calibration_curves.png into DIR")
+    parser.add_argument("--thresholds", type=float_list, help="uncertainty_threshold values (default 0.30..0.95 "
+                                                              "every 0.05)")
+    parser.add_argument("--areas", type=int_list, help="min_region_area values in pixels (default 25,100,400,1600)")
+    parser.add_argument("--radii", type=int_list, help="cleanup_radius values (default 0,2,8)")
+    parser.add_argument("--crop-weights", type=float_list, help="crop_weight values (default 0,0.25,0.5,0.75,1)")
+    parser.add_argument("--memory-budget", type=float, default=2048.0, metavar="MB",
+                        help="dense features kept in memory, in MB (default 2048); beyond it they are read back "
+                             "from the disk cache for each setting")
+    add_model_options(parser)
+    parser.set_defaults(run=run_calibrate)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -491,12 +564,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..core.backend import ModelLoadError
     from ..core.vocabulary import VocabularyError
     from ..ros.bags import BagError
+    from .calibration import CalibrationError
     from .demo import DemoError
     from .metrics import MetricError
 
     try:
         return args.run(args)
-    except (ConfigError, ModelLoadError, VocabularyError, BagError, MetricError, DemoError, ValueError) as error:
+    except (ConfigError, ModelLoadError, VocabularyError, BagError, MetricError, DemoError, CalibrationError,
+            ValueError) as error:
         print(f"clipomaly: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

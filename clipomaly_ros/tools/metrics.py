@@ -63,24 +63,49 @@ class PixelScores:
                 "anomaly_pixels": int(self.positive.sum()), "normal_pixels": int(self.negative.sum())}
 
 
+FOUND_SIOU = 0.5
+"""A ground-truth instance counts as found when its sIoU exceeds this (the middle of SMIYC's F1 thresholds)."""
+SIZE_CLASSES = (("small", 0, 32 * 32), ("medium", 32 * 32, 96 * 96), ("large", 96 * 96, None))
+"""Instance sizes in pixels, as COCO bins them: below 32 x 32, below 96 x 96, and larger."""
+
+
+def size_class(pixels: int) -> str:
+    return next(name for name, low, high in SIZE_CLASSES if pixels >= low and (high is None or pixels < high))
+
+
 @dataclass
 class ComponentScores:
-    """SegmentMeIfYouCan component metrics, accumulated image by image."""
+    """SegmentMeIfYouCan component metrics, accumulated image by image; ``instances`` holds one record per
+    ground-truth instance: its image, size in pixels and size class, sIoU, whether it was found, and its
+    distance in metres when the data has a calibration (else None)."""
 
     siou: list[float] = field(default_factory=list)
     ppv: list[float] = field(default_factory=list)
+    instances: list[dict] = field(default_factory=list)
 
-    def add(self, predicted: np.ndarray, is_anomaly: np.ndarray, void: np.ndarray) -> None:
-        """``predicted`` anomaly mask, ground-truth ``is_anomaly`` and ``void`` (ignored) masks, all (H, W) bool."""
+    def add(self, predicted: np.ndarray, is_anomaly: np.ndarray, void: np.ndarray, image: str = "",
+            distance=None) -> None:
+        """``predicted`` anomaly mask, ground-truth ``is_anomaly`` and ``void`` (ignored) masks, all (H, W) bool.
+        ``distance(box, mask)``, when given, places a truth instance (box (y0, y1, x0, x1), its bool pixels) and
+        returns metres or None."""
         truth_components, truth_count = ndimage.label(is_anomaly, structure=CONNECTIVITY)
         predicted_components, predicted_count = ndimage.label(predicted & ~void, structure=CONNECTIVITY)
-        for index in range(1, truth_count + 1):
+        for index, where in enumerate(ndimage.find_objects(truth_components), start=1):
             component = truth_components == index
             touching = np.unique(predicted_components[component])
             predicted_union = np.isin(predicted_components, touching[touching > 0])
             other_truth = (truth_components > 0) & ~component
             union = (component | predicted_union) & ~other_truth & ~void
-            self.siou.append(float((component & predicted_union).sum() / union.sum()))
+            siou = float((component & predicted_union).sum() / union.sum())
+            self.siou.append(siou)
+            pixels = int(component.sum())
+            metres = None
+            if distance is not None:
+                box = (where[0].start, where[0].stop, where[1].start, where[1].stop)
+                metres = distance(box, component[where])
+            self.instances.append({"image": image, "pixels": pixels, "size": size_class(pixels),
+                                   "siou": round(siou, 4), "found": siou > FOUND_SIOU,
+                                   "distance_m": None if metres is None else round(float(metres), 2)})
         for index in range(1, predicted_count + 1):
             component = predicted_components == index
             touching = np.unique(truth_components[component])
@@ -102,6 +127,16 @@ class ComponentScores:
         return {"mean_siou": float(siou.mean()) if len(siou) else None,
                 "mean_ppv": float(ppv.mean()) if len(ppv) else None,
                 "mean_f1": float(np.mean(f1)), "truth_components": len(siou), "predicted_components": len(ppv)}
+
+
+def recall_by_size(instances: list[dict]) -> dict[str, dict]:
+    """Per size class (and ``all``): ground-truth instances, how many were found, and the recall (None when
+    there are none of that size)."""
+    groups = {name: [i for i in instances if i["size"] == name] for name, _, _ in SIZE_CLASSES}
+    groups["all"] = list(instances)
+    return {name: {"instances": len(group), "found": sum(i["found"] for i in group),
+                   "recall": sum(i["found"] for i in group) / len(group) if group else None}
+            for name, group in groups.items()}
 
 
 class ConfusionMatrix:

@@ -68,3 +68,32 @@ def write_pixel_plots(pixels: PixelScores, out_dir: Path, title: str = "") -> li
     figure.savefig(histogram)
     plt.close(figure)
     return [curve, histogram]
+
+
+def write_instance_plot(recall: dict[str, dict], out_dir: Path, title: str = "") -> Path:
+    """``instance_recall.png``: the share of ground-truth instances found per size class, with their counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = [name for name in recall if name != "all"]
+    values = [100 * (recall[name]["recall"] or 0.0) for name in names]
+    figure, axes = plt.subplots(figsize=(5, 4), dpi=120)
+    bars = axes.bar(names, values, color=["tab:red", "tab:orange", "tab:green"][: len(names)])
+    for bar, name in zip(bars, names):
+        group = recall[name]
+        axes.annotate(f"{group['found']} / {group['instances']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                      ha="center", va="bottom", fontsize=9)
+    overall = recall["all"]["recall"]
+    axes.set(ylim=(0, 110), ylabel="instances found (sIoU > 0.5), %",
+             xlabel="instance size (small < 32x32 px, medium < 96x96 px)",
+             title=_title(title, "recall by instance size" + ("" if overall is None else
+                                                               f", all: {100 * overall:.1f} %")))
+    axes.grid(alpha=0.3, axis="y")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "instance_recall.png"
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

@@ -1,0 +1,290 @@
+"""`clipomaly calibrate` and evaluate's per-instance report, on generated scenes with the toy backend.
+
+The scenes are made so that the best uncertainty_threshold is known: each holds a labelled object (a blend of the
+road's colour and the mattress's, uncertainty u_object) and an unlabelled decoy (a blend towards the dog's colour,
+a lower uncertainty u_decoy, which the toy model names 'dog' when it is reported). A threshold below u_decoy reports
+the decoy too (a false positive), one above u_object misses the object: the best lie between the two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from clipomaly_ros.core.config import ClipomalyConfig, load_config
+from clipomaly_ros.core.pipeline import Clipomaly
+from clipomaly_ros.core.toy_backend import TOY_LEXICON, ToyColourBackend
+from clipomaly_ros.tools.calibration import CalibrationError, SearchSpace, calibrate, read_frames
+from clipomaly_ros.tools.cli import main
+from clipomaly_ros.tools.evaluation import find_samples
+
+TOY = ["--backend", "toy", "--inference-size", "64"]
+ROAD = np.array(TOY_LEXICON["road"], float)
+
+
+def toy_pipeline(tmp_path, **settings):
+    return Clipomaly(ClipomalyConfig(backend="toy", inference_size=64, cache_dir=str(tmp_path / "cache"), **settings))
+
+
+def blend(target: str, t: float) -> np.ndarray:
+    return np.round((1 - t) * ROAD + t * np.array(TOY_LEXICON[target], float)).astype(np.uint8)
+
+
+def uncertainty(pipeline, colour) -> float:
+    return float(pipeline(np.broadcast_to(colour, (64, 64, 3)).copy()).anomaly_score.mean())
+
+
+def colour_with_uncertainty(pipeline, target: str, goal: float) -> tuple[np.ndarray, float]:
+    """The blend of road and ``target`` whose (flat) uncertainty is nearest ``goal``, by bisection (it rises
+    with the share of ``target``), and that uncertainty."""
+    low, high = 0.5, 1.0
+    for _ in range(14):
+        middle = (low + high) / 2
+        low, high = (middle, high) if uncertainty(pipeline, blend(target, middle)) < goal else (low, middle)
+    candidates = [blend(target, t) for t in (low, high)]
+    values = [uncertainty(pipeline, c) for c in candidates]
+    best = int(np.argmin([abs(v - goal) for v in values]))
+    return candidates[best], values[best]
+
+
+@pytest.fixture(scope="module")
+def designed(tmp_path_factory):
+    """Scenes with a known best threshold window: (folder, u_decoy, u_object, object colour, decoy colour)."""
+    folder = tmp_path_factory.mktemp("calibration")
+    pipeline = toy_pipeline(folder)
+    decoy, u_decoy = colour_with_uncertainty(pipeline, "dog", 0.72)
+    thing, u_object = colour_with_uncertainty(pipeline, "mattress", 0.9)
+    assert 0.62 < u_decoy < 0.8 and 0.85 < u_object < 0.97 and u_object - u_decoy > 0.1, (u_decoy, u_object)
+    for split, seed, count in (("train", 0, 6), ("val", 100, 3)):
+        write_designed_scenes(folder / split, seed, count, thing, decoy)
+    return folder, u_decoy, u_object, thing, decoy
+
+
+def write_designed_scenes(folder, seed: int, count: int, thing, decoy) -> None:
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    for index in range(count):
+        image = np.broadcast_to(ROAD.astype(np.uint8), (128, 192, 3)).copy()
+        label = np.zeros((128, 192), np.uint8)
+        x_object, x_decoy = rng.integers(8, 60), rng.integers(110, 150)
+        y_object, y_decoy = rng.integers(10, 80), rng.integers(10, 80)
+        image[y_object:y_object + 32, x_object:x_object + 32] = thing
+        label[y_object:y_object + 32, x_object:x_object + 32] = 1
+        image[y_decoy:y_decoy + 32, x_decoy:x_decoy + 32] = decoy  # unlabelled: reporting it is a false positive
+        cv2.imwrite(str(folder / "images" / f"{index}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(folder / "labels" / f"{index}.png"), label)
+
+
+QUICK = SearchSpace(areas=(25,), radii=(0,), crop_weights=(0.5,))
+
+
+def test_the_search_finds_the_threshold_the_scenes_were_made_for(designed, tmp_path):
+    folder, u_decoy, u_object, _, _ = designed
+    frames = read_frames(find_samples(folder / "train"), 1, 255)
+    report = calibrate(toy_pipeline(tmp_path), frames, "f1", QUICK, data=str(folder / "train"), progress=False,
+                       log=lambda _: None)
+    step = 0.05
+    chosen = report.chosen["uncertainty_threshold"]
+    assert u_decoy - step <= chosen <= u_object + step, (chosen, u_decoy, u_object)  # within one grid step
+    assert report.chosen["mean_f1"] == pytest.approx(1.0)
+    # the default threshold (0.6) sits below the decoy: it is reported, and the score is worse
+    assert report.default["uncertainty_threshold"] == 0.6 and report.default["mean_f1"] < 0.8
+    # every threshold inside the window is as good, every one outside worse
+    for trial in report.trials:
+        inside = u_decoy < trial["uncertainty_threshold"] < u_object
+        if abs(trial["uncertainty_threshold"] - u_decoy) > 0.02 and abs(trial["uncertainty_threshold"] - u_object) > 0.02:
+            assert (trial["mean_f1"] == pytest.approx(1.0)) == inside, trial
+
+
+def test_a_second_run_makes_no_backbone_pass(designed, tmp_path, monkeypatch):
+    folder = designed[0]
+    calls = []
+    original = ToyColourBackend.dense_features_batch
+    monkeypatch.setattr(ToyColourBackend, "dense_features_batch",
+                        lambda self, images: calls.append(len(images)) or original(self, images))
+    frames = read_frames(find_samples(folder / "train"), 1, 255)
+    first = calibrate(toy_pipeline(tmp_path), frames, "f1", QUICK, progress=False, log=lambda _: None)
+    assert sum(calls) == len(frames) == first.backbone_passes  # once per image, however many settings
+    assert len(first.trials) == len(QUICK.thresholds) + 1  # the grid and the starting settings
+    calls.clear()
+    frames = read_frames(find_samples(folder / "train"), 1, 255)
+    second = calibrate(toy_pipeline(tmp_path), frames, "f1", QUICK, progress=False, log=lambda _: None)
+    assert calls == [] and second.backbone_passes == 0  # read from the disk cache
+    assert second.trials == first.trials
+    calls.clear()
+    calibrate(toy_pipeline(tmp_path), frames, "f1", SearchSpace(thresholds=(0.8,), areas=(25,), radii=(0,),
+                                                                crop_weights=(0.5,)),
+              progress=False, log=lambda _: None, memory_budget_mb=0.0)
+    assert calls == []  # with no memory to hold them, features are read back from disk for each setting
+
+
+@pytest.fixture(scope="module")
+def tuned(designed, tmp_path_factory):
+    """``clipomaly calibrate`` run once on the designed scenes: (TUNED.yaml, what it printed, plots folder)."""
+    import contextlib
+    import io
+
+    folder, out = designed[0], tmp_path_factory.mktemp("tuned")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["calibrate", str(folder / "train"), "-o", str(out / "tuned.yaml"), "--val", str(folder / "val"),
+                     "--radii", "0", "--areas", "25,400", "--crop-weights", "0.5,1", "--plots", str(out / "plots")]
+                    + TOY)
+    assert code == 0, printed.getvalue()
+    return out / "tuned.yaml", printed.getvalue(), out / "plots"
+
+
+def test_the_command_writes_a_parameter_file_the_search_and_curves_and_reports_held_out_data(designed, tuned,
+                                                                                              tmp_path):
+    folder, u_decoy, u_object, _, _ = designed
+    tuned, out, plots = tuned
+    assert "held-out, chosen" in out and "settings on 6 images" in out
+    text = tuned.read_text()
+    assert "# Objective: f1" in text and "# Held-out data:" in text and "toy colour backend" in text
+    parameters = yaml.safe_load(text)["/**/clipomaly"]["ros__parameters"]
+    assert u_decoy - 0.05 <= parameters["uncertainty_threshold"] <= u_object + 0.05
+    assert parameters["backend"] == "toy" and parameters["inference_size"] == 64
+    config = load_config(tuned)  # every command reads it as its --config
+    assert config.uncertainty_threshold == parameters["uncertainty_threshold"] and config.backend == "toy"
+    search = json.loads(tuned.with_suffix(".json").read_text())
+    assert len(search["trials"]) >= 14 * 2 and search["validation"]["images"] == 3
+    assert search["validation"]["chosen"]["mean_f1"] > search["validation"]["default"]["mean_f1"]
+    picture = cv2.imread(str(plots / "calibration_curves.png"))
+    assert picture is not None and picture.std() > 10
+    # and the segment command with it reports the object only
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), cv2.imread(str(folder / "val" / "images" / "0.png")))
+    assert main(["segment", str(image), "-o", str(tmp_path / "seg"), "--config", str(tuned)]) == 0
+    names = [a["name"] for a in json.loads((tmp_path / "seg" / "scene_anomalies.json").read_text())["anomalies"]]
+    assert names == ["mattress"], names
+
+
+def test_clear_errors_for_data_without_anomalies_and_ids_that_do_not_exist(designed, tmp_path, capsys):
+    folder = designed[0]
+    assert main(["calibrate", str(folder / "train"), "-o", str(tmp_path / "t.yaml"), "--anomaly-id", "7"] + TOY) == 2
+    error = capsys.readouterr().err
+    assert "no pixel of the 6 labels has the anomaly id 7 (ids present: 0, 1)" in error and "--anomaly-id" in error
+    assert main(["calibrate", str(folder / "train"), "-o", str(tmp_path / "t.yaml"), "--ignore-id", "70000"]
+                + TOY) == 2
+    assert "label ids are 0..65535" in capsys.readouterr().err
+    assert main(["calibrate", str(folder / "train"), "-o", str(tmp_path / "t.yaml"), "--thresholds", "0.5,1.5"]
+                + TOY) == 2
+    assert "uncertainty_threshold = 1.5 is out of range" in capsys.readouterr().err
+    assert not (tmp_path / "t.yaml").exists()
+
+
+def test_evaluate_reports_each_instance_its_size_and_distance(tmp_path, capsys):
+    """Objects standing 8 to 40 m ahead of a calibrated camera: each instance found or missed, with its size and
+    the distance placed from the dataset's camera.yaml (within 5 % of the truth)."""
+    from clipomaly_ros.core.scenes import StandingObject, drive_camera, render_perspective_street
+
+    camera, mounting = drive_camera()
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    (tmp_path / "set" / "labels").mkdir()
+    truth = {}
+    for index, distance in enumerate((8.0, 15.0, 40.0)):
+        image, masks = render_perspective_street(camera, mounting, [StandingObject("mattress", distance, 0.0, 1.5,
+                                                                                   0.6)], seed=index)
+        cv2.imwrite(str(tmp_path / "set" / "images" / f"{index}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(tmp_path / "set" / "labels" / f"{index}.png"), masks["mattress"].astype(np.uint8))
+        truth[str(index)] = distance
+    (tmp_path / "set" / "camera.yaml").write_text(yaml.safe_dump({
+        "width": camera.width, "height": camera.height, "k": camera.k.ravel().tolist(), "d": [0.0] * 5,
+        "distortion_model": "plumb_bob", "camera_x": mounting.x, "camera_y": mounting.y, "camera_z": mounting.z,
+        "camera_roll": mounting.roll, "camera_pitch": mounting.pitch, "camera_yaw": mounting.yaw}))
+    assert main(["evaluate", str(tmp_path / "set"), "--backend", "toy", "--json", str(tmp_path / "r.json"),
+                 "--plots", str(tmp_path / "plots")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    instances = {i["image"]: i for i in report["instances"]}
+    assert sorted(instances) == ["0", "1", "2"]
+    for stem, instance in instances.items():
+        assert instance["distance_m"] == pytest.approx(truth[stem], rel=0.05), instance
+        assert instance["found"] == (instance["siou"] > 0.5)
+    sizes = [instances[s]["pixels"] for s in ("0", "1", "2")]
+    assert sizes == sorted(sizes, reverse=True)  # nearer is bigger
+    by_size = report["recall_by_size"]
+    assert sum(by_size[name]["instances"] for name in ("small", "medium", "large")) == by_size["all"]["instances"] == 3
+    assert "instances by size" in capsys.readouterr().out
+    assert cv2.imread(str(tmp_path / "plots" / "instance_recall.png")) is not None
+
+
+def test_the_node_runs_with_the_tuned_file_and_reports_what_it_was_tuned_for(designed, tuned, tmp_path):
+    """A real node started with TUNED.yaml as its parameter file reports the object and not the decoy, where the
+    settings it started from report both."""
+    pytest.importorskip("rclpy", reason="ROS 2 (rclpy) not installed: run scripts/setup_ros.sh")
+    pytest.importorskip("vision_msgs.msg", reason="vision_msgs not built: run scripts/setup_ros.sh")
+    folder, tuned = designed[0], tuned[0]
+    image = cv2.cvtColor(cv2.imread(str(folder / "val" / "images" / "1.png")), cv2.COLOR_BGR2RGB)
+    default_names = sorted(a.name for a in toy_pipeline(tmp_path)(image).anomalies)
+    assert default_names == ["dog", "mattress"]
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    environment = {**os.environ, "ROS_DOMAIN_ID": str(random.Random(os.getpid() + 7).randint(100, 200)),
+                   "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4",
+                   "AMENT_PREFIX_PATH": sys.prefix}
+    node = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file", str(tuned),
+                             "-p", "publish_unconfirmed:=true", "-p", "input_reliability:=reliable", "-r",
+                             "__ns:=/tuned"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        np.save(tmp_path / "image.npy", image)
+        probe = subprocess.run([sys.executable, str(script), str(tmp_path / "image.npy")], env=environment,
+                               capture_output=True, text=True, timeout=120)
+    finally:
+        node.send_signal(signal.SIGINT)
+        try:
+            log = node.communicate(timeout=15)[0]
+        except subprocess.TimeoutExpired:
+            node.kill()
+            log = node.communicate()[0]
+    assert probe.returncode == 0, probe.stdout + probe.stderr + log
+    reported = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert reported["threshold"] == yaml.safe_load(tuned.read_text())["/**/clipomaly"]["ros__parameters"][
+        "uncertainty_threshold"]
+    assert reported["names"] == ["mattress"], (reported, log)
+
+
+PROBE = '''
+import json, sys, time
+import numpy as np
+import rclpy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rcl_interfaces.srv import GetParameters
+from sensor_msgs.msg import Image
+from vision_msgs.msg import Detection2DArray
+from clipomaly_ros.ros.messages import MessageFactory
+from clipomaly_ros.ros.node import ros_type
+
+rclpy.init()
+node = rclpy.create_node("probe", namespace="/tuned")
+answers = []
+node.create_subscription(Detection2DArray, "anomalies", answers.append, 10)
+publisher = node.create_publisher(Image, "image", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+factory = MessageFactory(ros_type, byte_array=lambda array: array.tobytes())
+image = np.load(sys.argv[1])
+deadline = time.monotonic() + 90
+while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+    rclpy.spin_once(node, timeout_sec=0.1)
+time.sleep(0.5)
+publisher.publish(factory.image(factory.header(1800000000, 0, "camera"), image, "rgb8"))
+while not answers and time.monotonic() < deadline:
+    rclpy.spin_once(node, timeout_sec=0.1)
+client = node.create_client(GetParameters, "/tuned/clipomaly/get_parameters")
+client.wait_for_service(timeout_sec=10)
+future = client.call_async(GetParameters.Request(names=["uncertainty_threshold"]))
+rclpy.spin_until_future_complete(node, future, timeout_sec=10)
+threshold = future.result().values[0].double_value
+print(json.dumps({"threshold": threshold,
+                  "names": sorted(d.results[0].hypothesis.class_id for d in answers[0].detections) if answers else None}))
+'''

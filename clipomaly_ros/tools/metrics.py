@@ -90,27 +90,31 @@ class ComponentScores:
         returns metres or None."""
         truth_components, truth_count = ndimage.label(is_anomaly, structure=CONNECTIVITY)
         predicted_components, predicted_count = ndimage.label(predicted & ~void, structure=CONNECTIVITY)
+        # every overlap at once: overlap[t, p] pixels lie in truth component t and predicted component p (0: none)
+        overlap = np.bincount((truth_components.astype(np.int64) * (predicted_count + 1)
+                               + predicted_components).ravel(),
+                              minlength=(truth_count + 1) * (predicted_count + 1)).reshape(truth_count + 1, -1)
+        truth_sizes = overlap[1:].sum(axis=1)
         for index, where in enumerate(ndimage.find_objects(truth_components), start=1):
-            component = truth_components == index
-            touching = np.unique(predicted_components[component])
-            predicted_union = np.isin(predicted_components, touching[touching > 0])
-            other_truth = (truth_components > 0) & ~component
-            union = (component | predicted_union) & ~other_truth & ~void
-            siou = float((component & predicted_union).sum() / union.sum())
+            touching = overlap[index, 1:] > 0
+            # sIoU: the predicted components touching it, less the other truth components and void (the predicted
+            # components hold no void), against the component
+            intersection = overlap[index, 1:][touching].sum()
+            union = truth_sizes[index - 1] + overlap[0, 1:][touching].sum()
+            siou = float(intersection / union)
             self.siou.append(siou)
-            pixels = int(component.sum())
+            pixels = int(truth_sizes[index - 1])
             metres = None
             if distance is not None:
                 box = (where[0].start, where[0].stop, where[1].start, where[1].stop)
-                metres = distance(box, component[where])
+                metres = distance(box, truth_components[where] == index)
             self.instances.append({"image": image, "pixels": pixels, "size": size_class(pixels),
                                    "siou": round(siou, 4), "found": siou > FOUND_SIOU,
                                    "distance_m": None if metres is None else round(float(metres), 2)})
-        for index in range(1, predicted_count + 1):
-            component = predicted_components == index
-            touching = np.unique(truth_components[component])
-            truth_union = np.isin(truth_components, touching[touching > 0])
-            self.ppv.append(float((component & truth_union).sum() / component.sum()))
+        # PPV: the share of a predicted component that lies on truth components it touches
+        predicted_sizes = overlap[:, 1:].sum(axis=0)
+        self.ppv.extend(float((predicted_sizes[p - 1] - overlap[0, p]) / predicted_sizes[p - 1])
+                        for p in range(1, predicted_count + 1))
 
     def summary(self) -> dict[str, float | None]:
         """Mean sIoU (None without ground-truth components), mean PPV (None without predicted components),

@@ -362,8 +362,8 @@ def write_outputs(report: CalibrationReport, config: ClipomalyConfig, identity: 
 
 
 def plot_curves(report: CalibrationReport, path: Path) -> Path:
-    """Each objective against the threshold, at the chosen area, radius and crop weight, and the best over
-    them at each threshold (dashed); the chosen setting marked."""
+    """Each objective against the threshold: the sweep at the chosen area and radius, and the best over every
+    other setting at each threshold (dashed); the chosen setting starred."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -372,8 +372,11 @@ def plot_curves(report: CalibrationReport, path: Path) -> Path:
     chosen = report.chosen
     figure, axes = plt.subplots(2, 2, figsize=(9, 7), dpi=110)
     for axis, (name, (_, key, direction, _)) in zip(axes.ravel(), OBJECTIVES.items()):
+        # the threshold sweep at the chosen area and radius, as the grid ran it (with the starting crop weight)
         at_chosen = sorted((t["uncertainty_threshold"], t[key]) for t in report.trials
-                           if all(t[n] == chosen[n] for n in SEARCHED[1:]) and t[key] is not None)
+                           if t["min_region_area"] == chosen["min_region_area"] and t[key] is not None
+                           and t["cleanup_radius"] == chosen["cleanup_radius"]
+                           and t["crop_weight"] == report.default["crop_weight"])
         best: dict[float, float] = {}
         for t in report.trials:
             if t[key] is not None:
@@ -382,9 +385,9 @@ def plot_curves(report: CalibrationReport, path: Path) -> Path:
                 best[threshold] = pick(best.get(threshold, t[key]), t[key])
         if best:
             xs = sorted(best)
-            axis.plot(xs, [best[x] for x in xs], "--", color="grey", linewidth=1, label="best of the others")
+            axis.plot(xs, [best[x] for x in xs], "--", color="grey", linewidth=1, label="best over the other settings")
         if at_chosen:
-            axis.plot(*zip(*at_chosen), "-o", markersize=3, color="tab:blue", label="at the chosen others")
+            axis.plot(*zip(*at_chosen), "-o", markersize=3, color="tab:blue", label="at the chosen area and radius")
         if chosen.get(key) is not None:
             axis.plot([chosen["uncertainty_threshold"]], [chosen[key]], "*", markersize=14, color="tab:red",
                       label="chosen" + (f" ({report.objective})" if name == report.objective else ""))
@@ -409,7 +412,7 @@ def format_report(report: CalibrationReport) -> str:
     def row(name: str, metrics: dict) -> str:
         values = "  ".join(f"{m} {'-' if metrics.get(k) is None else f'{metrics[k]:.3f}'}"
                            for m, (_, k, _, _) in OBJECTIVES.items())
-        return f"{name:<22}{values}"
+        return f"{name:<25}{values}"
 
     lines = [f"objective: {report.objective} ({meaning}; {direction} is better)",
              "chosen:   " + ", ".join(f"{name} {report.chosen[name]}" for name in SEARCHED),

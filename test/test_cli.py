@@ -94,7 +94,10 @@ def test_bench_reports_stages_host_share_node_cost_cameras_and_memory(tmp_path, 
     assert set(report["fps"]) == {"1 camera", "3 cameras"} and all(v > 0 for v in report["fps"].values())
     assert report["memory"]["frames"] == 6 and report["memory"]["resident_mb_last"] > 0
     assert report["windows"] >= 1 and report["vocabulary_change_10_names_ms"] > 0
+    calibration = report["calibration"]
+    assert calibration["per_setting_ms"] > 0 and calibration["evaluate_ms"] == pytest.approx(stages["total"], abs=0.1)
     text = capsys.readouterr().out
+    assert "calibrate, per setting and image after the first pass" in text
     assert "host time outside the backbone" in text and "3 cameras" in text and "RANDOM" in text
 
 

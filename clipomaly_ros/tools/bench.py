@@ -20,7 +20,9 @@ from __future__ import annotations
 import functools
 import gc
 import resource
+import tempfile
 import time
+from pathlib import Path
 from statistics import median
 
 import cv2
@@ -51,8 +53,37 @@ def _synchronize(device) -> None:
 
 def street_frame(size: tuple[int, int], planted: str = "mattress") -> np.ndarray:
     """The synthetic street scene at ``size`` = (width, height)."""
-    image, _ = render_street_scene(360, 640, planted=planted)
-    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    return labelled_street_frame(size, planted)[0]
+
+
+def labelled_street_frame(size: tuple[int, int], planted: str = "mattress") -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic street scene at ``size`` = (width, height) and its planted object's (H, W) bool mask."""
+    image, truth = render_street_scene(360, 640, planted=planted)
+    return (cv2.resize(image, size, interpolation=cv2.INTER_LINEAR),
+            cv2.resize(truth.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0)
+
+
+def calibration_cost(pipeline, size: tuple[int, int], evaluate_ms: float, settings: int = 3) -> dict:
+    """What ``clipomaly calibrate`` pays per setting and image once the dense pass is done, against
+    ``evaluate_ms``, what an evaluate run pays per image (the pipeline's whole frame)."""
+    from ..core.datasets import Sample
+    from .calibration import Calibrator, LabelledFrame
+
+    image, truth = labelled_street_frame(size)
+    frame = LabelledFrame(Sample("bench", Path("bench.png"), Path("bench.png")), image, truth,
+                          np.zeros_like(truth))
+    with tempfile.TemporaryDirectory() as folder:
+        calibrator = Calibrator(pipeline, Path(folder))
+        first_pass_s = calibrator.prepare([frame], progress=False)
+        times = []
+        for threshold in np.linspace(0.5, 0.7, settings):
+            start = time.perf_counter()
+            calibrator.score([frame], {"uncertainty_threshold": float(threshold), "min_region_area": 400,
+                                        "cleanup_radius": 2, "crop_weight": 0.5})
+            times.append((time.perf_counter() - start) * 1000.0)
+    per_setting = median(times)
+    return {"first_pass_ms": round(1000.0 * first_pass_s, 1), "per_setting_ms": round(per_setting, 1),
+            "evaluate_ms": round(evaluate_ms, 1), "speed_up": round(evaluate_ms / per_setting, 1)}
 
 
 class NodeOutputs:
@@ -241,6 +272,7 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
         report["backbone_ms"] = report["stage_ms"]["backbone"]
     if torch.device(device).type == "cuda":
         report["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    report["calibration"] = calibration_cost(pipeline, size, report["stage_ms"]["total"])
     del pipeline
     if geometry:
         report["ground_errors"] = ground_errors(log)
@@ -351,6 +383,10 @@ def format_bench(report: dict) -> str:
     lines += ["", f"node cost measured with {report['node_publish_with']}",
               "end to end (pipeline + anomalies published): "
               + ", ".join(f"{label}: {fps:.3f} frames/s" for label, fps in report["fps"].items())]
+    if "calibration" in report:
+        cost = report["calibration"]
+        lines.append(f"calibrate, per setting and image after the first pass: {cost['per_setting_ms']:.1f} ms, against "
+                     f"{cost['evaluate_ms']:.1f} ms for an evaluate run ({cost['speed_up']:.0f}x)")
     if "ground_errors" in report:
         lines.append("ground estimates (toy backend, worst of two lateral positions): " + "; ".join(
             f"{rng}: distance {e['distance_error_pct']:.1f} %, lateral {e['lateral_error_m']:.2f} m"

@@ -299,7 +299,7 @@ def run_demo(args: argparse.Namespace) -> int:
               f"{summary.output_ms or 0.0:.0f} ms tracking and publishing its outputs")
     print("wrote " + ", ".join(str(path) for path in summary.files))
     if summary.interrupted:
-        return 130
+        return EXIT_INTERRUPTED
     return 0 if summary.answered else 1
 
 
@@ -430,18 +430,17 @@ def evaluate(subparsers) -> None:
     parser.set_defaults(run=run_evaluate)
 
 
-def float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give numbers separated by commas") from None
+def number_list(kind: type) -> Callable[[str], tuple]:
+    """An argparse type for ``"0.3,0.4"``: a tuple of ``kind`` (int or float)."""
 
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: give {'whole ' if kind is int else ''}numbers separated "
+                                             "by commas") from None
 
-def int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers separated by commas") from None
+    return parse
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -487,11 +486,13 @@ def calibrate(subparsers) -> None:
     parser.add_argument("--ignore-id", type=int, default=255, help="label value of ignored pixels (default 255)")
     parser.add_argument("--limit", type=int, help="only the first N images (of DATA and of DATA2)")
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write calibration_curves.png into DIR")
-    parser.add_argument("--thresholds", type=float_list, help="uncertainty_threshold values (default 0.30..0.95 "
-                                                              "every 0.05)")
-    parser.add_argument("--areas", type=int_list, help="min_region_area values in pixels (default 25,100,400,1600)")
-    parser.add_argument("--radii", type=int_list, help="cleanup_radius values (default 0,2,8)")
-    parser.add_argument("--crop-weights", type=float_list, help="crop_weight values (default 0,0.25,0.5,0.75,1)")
+    parser.add_argument("--thresholds", type=number_list(float),
+                        help="uncertainty_threshold values (default 0.30..0.95 every 0.05)")
+    parser.add_argument("--areas", type=number_list(int),
+                        help="min_region_area values in pixels (default 25,100,400,1600)")
+    parser.add_argument("--radii", type=number_list(int), help="cleanup_radius values (default 0,2,8)")
+    parser.add_argument("--crop-weights", type=number_list(float),
+                        help="crop_weight values (default 0,0.25,0.5,0.75,1)")
     parser.add_argument("--memory-budget", type=float, default=2048.0, metavar="MB",
                         help="dense features kept in memory, in MB (default 2048); beyond it they are read back "
                              "from the disk cache for each setting")

@@ -35,7 +35,7 @@ from .interrupt import GracefulStop
 
 NAMESPACE = "/demo"
 READY_TIMEOUT_S = 300.0  # real weights can take minutes to load and to encode the naming dictionary once
-ANSWER_TIMEOUT_S = 300.0  # a frame of real CLIP on a busy CPU can take a minute, of the toy backend a fraction of a second
+ANSWER_TIMEOUT_S = 300.0  # real CLIP on a busy CPU may take a minute a frame, the toy backend well under a second
 RESEND_AFTER_S = 3.0
 """A paced frame is sent again when it has not been answered after this long and the node's /diagnostics,
 published after it went out, do not count it as received."""

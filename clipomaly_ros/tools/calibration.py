@@ -201,7 +201,8 @@ class CalibrationReport:
 
 
 class Calibrator:
-    """Scores settings of one pipeline on labelled frames (see the module docstring)."""
+    """Scores settings of one pipeline on labelled frames (see the module docstring). It takes the pipeline
+    over: its namer encodes crops through :class:`CachedCrops` from then on."""
 
     def __init__(self, pipeline, cache_folder: Path | None = None, memory_budget_mb: float = 2048.0):
         self.pipeline = pipeline
@@ -291,7 +292,6 @@ def calibrate(pipeline, frames: list[LabelledFrame], objective: str = "f1", spac
     report.timing = {"first_pass_s": first_pass, "settings": len(report.trials),
                      "per_setting_ms": 1000.0 * searched_seconds / max(1, len(report.trials)),
                      "per_image_first_pass_ms": 1000.0 * first_pass / max(1, len(frames))}
-    report.backbone_passes = calibrator.store.backbone_passes
     if val_frames:
         calibrator.prepare(val_frames, progress)
         report.validation = {"data": val_data, "images": len(val_frames),

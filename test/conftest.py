@@ -31,7 +31,7 @@ TINY_MODEL = "clipomaly-tiny-vit"
 
 
 def register_tiny_model():
-    from clipomaly_ros.core.open_clip_backend import register_bundled_models
+    from clipomaly_ros.core.model.open_clip_backend import register_bundled_models
 
     register_bundled_models()
     return TINY_MODEL

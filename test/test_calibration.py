@@ -23,7 +23,7 @@ import yaml
 
 from clipomaly_ros.core.config import ClipomalyConfig, load_config
 from clipomaly_ros.core.pipeline import Clipomaly
-from clipomaly_ros.core.toy_backend import TOY_LEXICON, ToyColourBackend
+from clipomaly_ros.core.model.toy_backend import TOY_LEXICON, ToyColourBackend
 from clipomaly_ros.tools.calibration import CalibrationError, SearchSpace, calibrate, read_frames
 from clipomaly_ros.tools.cli import main
 from clipomaly_ros.tools.evaluation import find_samples

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from clipomaly_ros import ClipomalyConfig
-from clipomaly_ros.core.open_clip_backend import OpenClipBackend
-from clipomaly_ros.core.dense import (DenseVisionEncoder, interpolate_positional_embedding, plan_windows,
+from clipomaly_ros.core.model.open_clip_backend import OpenClipBackend
+from clipomaly_ros.core.model.dense import (DenseVisionEncoder, interpolate_positional_embedding, plan_windows,
                                  sliding_window_features)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM WEIGHTS")
@@ -86,7 +86,7 @@ def test_sliding_windows_equal_embedding_every_window_alone_and_average_overlaps
 
 
 def test_a_location_under_several_identical_windows_scores_as_under_one():
-    from clipomaly_ros.core.dense import fuse_windows
+    from clipomaly_ros.core.model.dense import fuse_windows
 
     layout = plan_windows((96, 160), short_side=96, window=64, stride=32, patch=16)
     text = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
@@ -121,7 +121,7 @@ def test_dense_features_of_any_input_size(backend):
 
 
 def test_truncated_text_encoding_equals_open_clip_encode_text(backend):
-    from clipomaly_ros.core.open_clip_backend import encode_text_truncated
+    from clipomaly_ros.core.model.open_clip_backend import encode_text_truncated
 
     tokens = backend.tokenizer(["a photo of a deer.", "a photo of a very large cardboard box on the road.", "x"])
     with torch.no_grad():

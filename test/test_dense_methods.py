@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipomaly_ros.core.dense import DenseVisionEncoder
+from clipomaly_ros.core.model.dense import DenseVisionEncoder
 
 TEST_DIR = Path(__file__).parent
 

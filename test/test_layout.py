@@ -76,9 +76,18 @@ def test_no_import_cycles():
             visit(module)
 
 
+def test_the_model_room_reads_only_the_settings_from_the_rest_of_the_core():
+    graph = package_imports()
+    model = {m for m in graph if m.startswith("clipomaly_ros.core.model")}
+    assert {"clipomaly_ros.core.model.dense", "clipomaly_ros.core.model.open_clip_backend"} <= model
+    outside = sorted((m, t) for m in model for t in graph[m]
+                     if not t.startswith("clipomaly_ros.core.model") and t != "clipomaly_ros.core.config")
+    assert outside == [], f"the model side imports the pipeline's stages: {outside}"
+
+
 def test_importing_the_whole_core_pulls_in_neither_rclpy_nor_rosbags():
     code = ("import pkgutil, sys, importlib, clipomaly_ros.core as core; "
-            "[importlib.import_module(f'clipomaly_ros.core.{m.name}') for m in pkgutil.iter_modules(core.__path__)]; "
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(core.__path__, 'clipomaly_ros.core.')]; "
             "from clipomaly_ros import Clipomaly, load_config; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rosbags', 'mcap')))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)

@@ -3,7 +3,7 @@ import torch
 
 from clipomaly_ros.core.naming import RegionNamer, mask_pooled_embedding, region_crop
 from clipomaly_ros.core.scenes import render_street_scene
-from clipomaly_ros.core.toy_backend import ToyColourBackend
+from clipomaly_ros.core.model.toy_backend import ToyColourBackend
 from clipomaly_ros.core.unknown import CandidateRegion
 from clipomaly_ros.core.vocabulary import TextEmbedder, VocabularyManager
 

@@ -11,7 +11,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 
 from clipomaly_ros.core.overlay import class_colour
 from clipomaly_ros.core.scenes import render_street_scene
-from clipomaly_ros.core.toy_backend import TOY_LEXICON
+from clipomaly_ros.core.model.toy_backend import TOY_LEXICON
 from clipomaly_ros.ros.bags import typestore_with_vision_msgs
 from clipomaly_ros.ros.messages import image_msg_to_rgb
 from clipomaly_ros.tools.cli import main

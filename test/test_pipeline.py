@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from clipomaly_ros import Clipomaly, ClipomalyConfig, ConfigError
-from clipomaly_ros.core.backend import ModelLoadError
+from clipomaly_ros.core.model.backend import ModelLoadError
 from clipomaly_ros.core.images import InvalidImageError
 from clipomaly_ros.core.scenes import render_street_scene
 
@@ -142,7 +142,7 @@ def test_a_corrupt_checkpoint_says_the_file_is_not_weights(tmp_path, tiny_model_
 def test_text_embeddings_are_keyed_by_the_weights_content(tmp_path, tiny_model_name):
     import torch
 
-    from clipomaly_ros.core.open_clip_backend import OpenClipBackend
+    from clipomaly_ros.core.model.open_clip_backend import OpenClipBackend
 
     random_model = OpenClipBackend(ClipomalyConfig(model=tiny_model_name, random_weights=True, device="cpu"))
     path = tmp_path / "weights.pt"

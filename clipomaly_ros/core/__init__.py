@@ -4,9 +4,8 @@ One module per stage, in the order a frame passes through them:
 
 ==================  ==============================================================================================
 ``config``          every setting, declared once as data; parameter files
-``backend``         what the pipeline asks of a vision-language model (``factory`` builds one)
-``open_clip_backend``  real CLIP from open_clip; ``toy_backend``: a deterministic colour model for tests and demos
-``dense``           training-free dense CLIP features over sliding windows
+``model``           the model side, a package of its own: backends (open_clip, toy), dense CLIP methods and
+                    sliding windows, runtimes (eager, compiled, ONNX), export and fine-tuned adapters
 ``vocabulary``      prompt ensembles, text-embedding caches, the live vocabulary and the naming dictionary
 ``unknown``         class statistics, uncertainty, unknown regions
 ``naming``          a name for each unknown region

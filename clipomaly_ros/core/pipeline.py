@@ -28,11 +28,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .adaptation import check_sidecar, read_sidecar
-from .backend import VisionLanguageBackend
+from .model.adaptation import check_sidecar, read_sidecar
+from .model.backend import VisionLanguageBackend
 from .config import LIVE_SETTINGS, ClipomalyConfig, ConfigError, load_config
 from .extension import extend
-from .factory import create_backend
+from .model.factory import create_backend
 from .images import check_image
 from .maps import FrameMaps, road_fraction
 from .naming import RegionNamer

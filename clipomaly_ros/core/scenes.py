@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .toy_backend import TOY_LEXICON
+from .model.toy_backend import TOY_LEXICON
 
 
 Box = tuple[int, int, int, int]

@@ -46,8 +46,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool
 
-from ..core.adaptation import describe_sidecar
-from ..core.backend import ModelLoadError
+from ..core.model.adaptation import describe_sidecar
+from ..core.model.backend import ModelLoadError
 from ..core.config import (NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError, Setting,
                            per_camera_setting)
 from ..core.pipeline import Clipomaly

@@ -154,7 +154,7 @@ class FeatureStore:
         return self.folder / f"{digest.hexdigest()[:32]}.pt"
 
     def features(self, frame: LabelledFrame):
-        from ..core.backend import DenseFeatures
+        from ..core.model.backend import DenseFeatures
 
         path = self._file(frame)
         key = path.name

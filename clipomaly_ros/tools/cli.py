@@ -179,7 +179,7 @@ def run_scene(args: argparse.Namespace) -> int:
 
 @subcommand
 def scene(subparsers) -> None:
-    from ..core.toy_backend import TOY_LEXICON
+    from ..core.model.toy_backend import TOY_LEXICON
 
     parser = subparsers.add_parser("scene", help="write a synthetic street scene with a planted object (for "
                                                  "trying the toy backend)")
@@ -203,7 +203,7 @@ def run_dataset(args: argparse.Namespace) -> int:
 
 @subcommand
 def dataset(subparsers) -> None:
-    from ..core.toy_backend import TOY_LEXICON
+    from ..core.model.toy_backend import TOY_LEXICON
 
     parser = subparsers.add_parser("dataset", help="write synthetic street scenes with pixel labels (images/ + "
                                                    "labels/, for trying finetune and evaluate)")
@@ -562,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # libraries (open_clip) say only what went wrong; our own loggers say what they do
         logging.getLogger().handlers[0].addFilter(
             lambda record: record.levelno >= logging.WARNING or record.name.startswith("clipomaly"))
-    from ..core.backend import ModelLoadError
+    from ..core.model.backend import ModelLoadError
     from ..core.vocabulary import VocabularyError
     from ..ros.bags import BagError
     from .calibration import CalibrationError

@@ -3,7 +3,7 @@
 The pipeline's own dense features (the configured dense method) of random crops are compared with the frozen
 text embeddings of the known classes (the inference prompt ensemble) and give per-pixel logits; a per-pixel
 cross-entropy against the labels (trainIds, 255 ignored) trains low-rank adapters on the query and value
-projections of every image-encoder block (:mod:`~clipomaly_ros.core.adaptation`); everything else, the text
+projections of every image-encoder block (:mod:`~clipomaly_ros.core.model.adaptation`); everything else, the text
 tower above all, stays frozen.
 
 The run is reproducible and resumable: the crop for data position p (step s covers positions
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.adaptation import add_query_value_adapters, adapter_state, load_adapter_state, merged_state_dict, sidecar_path
+from ..core.model.adaptation import add_query_value_adapters, adapter_state, load_adapter_state, merged_state_dict, sidecar_path
 from ..core.config import ClipomalyConfig
 from ..core.datasets import Sample, find_samples, read_label
-from ..core.dense import DenseVisionEncoder
+from ..core.model.dense import DenseVisionEncoder
 from ..core.images import read_rgb
 from ..core.unknown import class_logits, resample
 from .interrupt import GracefulStop
@@ -234,7 +234,7 @@ def finetune(config: ClipomalyConfig, settings: FinetuneSettings, log=lambda m: 
     """Train (see the module docstring); returns the :class:`FinetuneReport`."""
     from tqdm import tqdm
 
-    from ..core.open_clip_backend import OpenClipBackend
+    from ..core.model.open_clip_backend import OpenClipBackend
     from ..core.vocabulary import TextEmbedder
 
     if config.backend != "open_clip":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .backend import VisionLanguageBackend
-from .config import ClipomalyConfig
+from ..config import ClipomalyConfig
 
 
 def create_backend(config: ClipomalyConfig) -> VisionLanguageBackend:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import BackboneClock, DenseFeatures, ModelLoadError, resolve_device
-from .config import ClipomalyConfig
+from ..config import ClipomalyConfig
 from .dense import DenseVisionEncoder, WindowLayout, native_window, plan_windows, sliding_window_features
 
 LOG = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .config import ClipomalyConfig, ConfigError
+from ..config import ClipomalyConfig, ConfigError
 
 
 class LowRankQueryValue(nn.Module):

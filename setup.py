@@ -43,7 +43,11 @@ setup(
         "matplotlib>=3.7",
         "pillow>=9",
     ],
-    extras_require={"test": ["pytest>=7", "scikit-learn>=1.3"]},
+    extras_require={
+        "test": ["pytest>=7", "scikit-learn>=1.3"],
+        # runtime: onnx and `clipomaly export`; on a GPU machine install onnxruntime-gpu instead of onnxruntime
+        "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+    },
     zip_safe=True,
     entry_points={
         "console_scripts": [

@@ -65,7 +65,7 @@ def per_window_reference(encoder, image, layout):
     counts = torch.zeros(*layout.grid, 1)
     g = layout.window // patch
     for top, left in layout.origins:
-        _, patches = encoder(image[None, :, top:top + layout.window, left:left + layout.window])
+        _, patches = encoder.forward_pixels(image[None, :, top:top + layout.window, left:left + layout.window])
         total[top // patch:top // patch + g, left // patch:left // patch + g] += torch.nn.functional.normalize(
             patches[0], dim=-1)
         counts[top // patch:top // patch + g, left // patch:left // patch + g] += 1
@@ -74,15 +74,15 @@ def per_window_reference(encoder, image, layout):
 
 def test_sliding_windows_equal_embedding_every_window_alone_and_average_overlaps(backend):
     layout = plan_windows((100, 170), short_side=64, window=64, stride=32, patch=16)
-    image = torch.randn(3, *layout.resized)
+    image = torch.randint(0, 256, (3, *layout.resized)).float()
     with torch.no_grad():
-        (grid,) = sliding_window_features(backend.encoder, [image], [layout], batch_size=2)
-        (single,) = sliding_window_features(backend.encoder, [image], [layout], batch_size=0)
+        (grid,) = sliding_window_features(backend.runtime.dense, [image], [layout], batch_size=2)
+        (single,) = sliding_window_features(backend.runtime.dense, [image], [layout], batch_size=0)
         reference = per_window_reference(backend.encoder, image, layout)
     assert grid.shape == (layout.resized[0] // 16, layout.resized[1] // 16, 32)
     assert (grid.norm(dim=-1) <= 1 + 1e-5).all() and torch.isclose(grid[0, 0].norm(), torch.tensor(1.0))
     torch.testing.assert_close(grid, single)  # batching must not change the result
-    torch.testing.assert_close(grid, reference, rtol=1e-4, atol=1e-5)  # one patch embedding for all windows
+    torch.testing.assert_close(grid, reference, rtol=1e-4, atol=1e-5)  # windows cut from the image in one gather
 
 
 def test_a_location_under_several_identical_windows_scores_as_under_one():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,18 @@ DENSE_METHODS = ("scclip", "naclip", "sclip", "clearclip", "maskclip", "none")
 OFFICIAL_SHORT_SIDE = {"scclip": 560, "naclip": 560, "sclip": 560, "clearclip": 448, "maskclip": 560, "none": 560}
 """Short side of the official Cityscapes evaluation of each method (ViT-B/16, 224-pixel windows every 112); no
 official sliding-window setting was found for maskclip, which gets SCLIP's."""
+LIGHT_SHORT_SIDE = 448
+"""Short side of the light window layout: windows side by side (stride = window) at 448 pixels, 8 windows of 224
+for a 1280x720 frame instead of the official layout's 32."""
+WINDOW_LAYOUTS = ("official", "light")
+RUNTIMES = ("torch", "compile", "onnx")
 BACKENDS = ("open_clip", "toy")
 NODE_NAME = "clipomaly"
+
+
+def default_cache_dir() -> Path:
+    """Where caches go when ``cache_dir`` is empty: ``$XDG_CACHE_HOME/clipomaly_ros`` (``~/.cache/...``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clipomaly_ros"
 
 
 class ConfigError(ValueError):
@@ -145,13 +156,24 @@ SETTINGS: tuple[Setting, ...] = (
             "(SC-CLIP, the best published Cityscapes mIoU of these), naclip (k-k attention with a Gaussian "
             "neighbourhood), sclip (q-q + k-k attention), clearclip (q-q attention), maskclip (value embedding) or "
             "none (unchanged CLIP; for checks only).", "str", choices=DENSE_METHODS),
+    Setting("window_layout", "official", "Sliding windows when inference_size and window_stride are 0: official "
+            "(the dense method's published Cityscapes setting: short side 560, 448 for clearclip, windows every half "
+            "window; 32 windows of 224 for a 1280x720 frame) or light (short side 448, windows side by side; 8 "
+            "windows, a quarter of the tokens: a Jetson-sized budget, accuracy not measured).", "str",
+            choices=WINDOW_LAYOUTS),
     Setting("inference_size", 0, "Short side in pixels that the image is resized to before the sliding windows; "
-            "0 = the dense method's official Cityscapes setting (560 for scclip, naclip and sclip, 448 for "
-            "clearclip; 224-pixel windows every 112 pixels).", "int", minimum=0, maximum=4096),
+            "0 = what window_layout says.", "int", minimum=0, maximum=4096),
     Setting("window_size", 0, "Sliding-window side in pixels; 0 = the model's native input size.", "int",
             minimum=0, maximum=4096),
-    Setting("window_stride", 0, "Sliding-window stride in pixels; 0 = half the window.", "int", minimum=0,
-            maximum=4096),
+    Setting("window_stride", 0, "Sliding-window stride in pixels; 0 = what window_layout says (half the window "
+            "for official, the window for light).", "int", minimum=0, maximum=4096),
+    Setting("runtime", "torch", "How the vision transformer runs: torch (eager PyTorch), compile (torch.compile; "
+            "CUDA graphs on a GPU, window batches padded to powers of two, warmed up at start) or onnx (ONNX "
+            "Runtime: TensorRT, then CUDA, then CPU, whichever the installed build has; pip install "
+            "'clipomaly_ros[onnx]').", "str", choices=RUNTIMES),
+    Setting("engine", "", "The ONNX model for runtime onnx, written by 'clipomaly export'; it must match model, "
+            "weights, dense_method and window_size. Empty: exported on first start into cache_dir/engines.",
+            "str"),
     Setting("pamr_steps", 0, "Steps of pixel-adaptive mask refinement (PAMR, NACLIP's post-processing: class "
             "maps smoothed along image edges at the working resolution, dilations 8 and 16 pixels); 0 = off. "
             "NACLIP's published figure with PAMR uses 10. Costly on a CPU.", "int", live=True, minimum=0,
@@ -315,8 +337,21 @@ class ClipomalyConfig(_ClipomalyConfigBase):
 
     @property
     def working_short_side(self) -> int:
-        """``inference_size``, or the dense method's official Cityscapes short side when it is 0."""
-        return self.inference_size or OFFICIAL_SHORT_SIDE[self.dense_method]
+        """``inference_size``, or when it is 0 the ``window_layout``'s: the dense method's official Cityscapes short
+        side, or :data:`LIGHT_SHORT_SIDE`."""
+        if self.inference_size:
+            return self.inference_size
+        return OFFICIAL_SHORT_SIDE[self.dense_method] if self.window_layout == "official" else LIGHT_SHORT_SIDE
+
+    @property
+    def cache_path(self) -> Path:
+        """``cache_dir`` as a path, or :func:`default_cache_dir` when it is empty."""
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+
+    def stride_for(self, window: int) -> int:
+        """``window_stride``, or when it is 0 the ``window_layout``'s: half of ``window`` (official) or all of it
+        (light), in pixels."""
+        return self.window_stride or (window // 2 if self.window_layout == "official" else window)
 
     def replace(self, **changes: Any) -> "ClipomalyConfig":
         unknown = set(changes) - set(CORE_SETTINGS)

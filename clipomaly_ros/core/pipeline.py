@@ -39,7 +39,7 @@ from .naming import RegionNamer
 from .pamr import PixelAdaptiveRefinement
 from .results import AnomalyRecord, SegmentationResult
 from .unknown import class_logits, class_statistics, coarse_size, find_unknown_regions, resample
-from .vocabulary import TextEmbedder, Vocabulary, VocabularyManager, default_cache_dir, read_name_list
+from .vocabulary import TextEmbedder, Vocabulary, VocabularyManager, read_name_list
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class Clipomaly:
         check_sidecar(self.config, self.finetuned)
         self.backend = backend if backend is not None else create_backend(self.config)
         self.embedder = TextEmbedder(self.backend, self.config.prompt_templates)
-        cache_dir = Path(self.config.cache_dir).expanduser() if self.config.cache_dir else default_cache_dir()
+        cache_dir = self.config.cache_path
         self.vocabulary = VocabularyManager(self.embedder, read_name_list(self.config.naming_dictionary or None),
                                             self.config.exclusion_similarity,
                                             cache_dir, progress=progress)
@@ -117,6 +117,14 @@ class Clipomaly:
         return self.embedder.embed(list(names)).float().cpu().numpy()
 
     # inference -------------------------------------------------------------------------------------------------
+    def warm_up(self, image_size: tuple[int, int] = (720, 1280), cameras: int = 1) -> None:
+        """Compile (``runtime: compile``) or build engines (``onnx``) now for ``cameras`` frames of
+        ``image_size`` (height, width) and their naming crops, so that the first frames are not slow; nothing to
+        do for eager PyTorch or the toy backend."""
+        warm_up = getattr(self.backend, "warm_up", None)
+        if warm_up is not None and self.config.runtime != "torch":
+            warm_up(image_size, cameras)
+
     def __call__(self, image: np.ndarray) -> SegmentationResult:
         """Segment one RGB uint8 ``(H, W, 3)`` image; see :class:`SegmentationResult` for the outputs."""
         return self.segment_batch([image])[0]

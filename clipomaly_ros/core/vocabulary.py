@@ -111,10 +111,6 @@ def read_name_list(path: str | Path | None = None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clipomaly_ros"
-
-
 @dataclass(frozen=True)
 class Vocabulary:
     """One consistent view of the names the pipeline works with; replaced whole, never changed in place.

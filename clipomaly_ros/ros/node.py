@@ -64,6 +64,9 @@ PARAMETER_TYPES = {
 INT_LIMIT = 2 ** 31 - 1
 PLANNER_OUTPUTS = ("anomalies", "anomalies_on_road", "anomalies_3d", "anomaly_markers")
 """Small per-frame messages a planner acts on: their publishers keep more history than the images'."""
+WARM_UP_SIZE = (720, 1280)
+"""(height, width) of the frames a compiled runtime is warmed up for at start: the common vehicle camera; other
+sizes compile once on their first frame."""
 
 
 def ros_type(name: str) -> Any:
@@ -131,6 +134,10 @@ class ClipomalyNode(Node):
                 self.get_logger().warning(f"the checkpoint was fine-tuned with dense_method "
                                           f"{self.pipeline.finetuned.get('dense_method')} but this node runs "
                                           f"{config.dense_method}: its accuracy is the trained method's only with it")
+        if config.runtime != "torch" and config.backend != "toy":
+            self.get_logger().info(f"warming up runtime {config.runtime} for {max(1, len(values['cameras']))} "
+                                   f"camera(s) at {WARM_UP_SIZE[1]}x{WARM_UP_SIZE[0]} ...")
+            self.pipeline.warm_up(WARM_UP_SIZE, max(1, len(values["cameras"])))
         self.factory = MessageFactory(ros_type, byte_array=uint8_array, data_by_reference=True)
         self.device = str(getattr(self.pipeline.backend, "device", "cpu"))
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)

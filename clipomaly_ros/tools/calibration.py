@@ -38,7 +38,6 @@ import yaml
 
 from ..core.config import CORE_SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, NODE_NAME
 from ..core.datasets import Sample, read_label
-from ..core.vocabulary import default_cache_dir
 from .metrics import ComponentScores, MetricError, PixelScores
 
 SEARCHED = ("uncertainty_threshold", "min_region_area", "cleanup_radius", "crop_weight")
@@ -208,7 +207,7 @@ class Calibrator:
         self.pipeline = pipeline
         self.crops = CachedCrops(pipeline.backend)
         pipeline.namer.backend = self.crops
-        cache_dir = Path(pipeline.config.cache_dir).expanduser() if pipeline.config.cache_dir else default_cache_dir()
+        cache_dir = pipeline.config.cache_path
         self.store = FeatureStore(pipeline, cache_folder or cache_dir / "calibration", memory_budget_mb)
 
     def prepare(self, frames: list[LabelledFrame], progress: bool = True) -> float:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..core.config import BACKENDS, DENSE_METHODS, ConfigError, default_parameter_file, load_config, split_names
+from ..core.config import BACKENDS, DENSE_METHODS, RUNTIMES, WINDOW_LAYOUTS, ConfigError, default_parameter_file, load_config, split_names
 from ..core.images import read_rgb
 from .interrupt import EXIT_INTERRUPTED, GracefulStop
 
@@ -54,13 +54,21 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--known", help="known classes, comma separated (default: Cityscapes' 19)")
     group.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--inference-size", type=int, help="short side in pixels of the working resolution")
+    group.add_argument("--dense-method", choices=DENSE_METHODS, help="training-free dense CLIP method (default: "
+                                                                     "the parameter file's, scclip)")
+    group.add_argument("--window-layout", choices=WINDOW_LAYOUTS, help="official (the method's published sliding "
+                                                                       "windows) or light (a quarter of the tokens)")
+    group.add_argument("--runtime", choices=RUNTIMES, help="torch, compile (torch.compile) or onnx (ONNX Runtime)")
+    group.add_argument("--engine", help="ONNX model for --runtime onnx (written by 'clipomaly export')")
 
 
 def config_from_args(args: argparse.Namespace, **extra):
     """The settings from the parameter file, then the model options given on the command line, then ``extra``."""
     overrides = dict(backend=args.backend, model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
                      random_weights=args.random_weights, anomaly_vocabulary=split_names(args.vocab),
-                     known_classes=split_names(args.known), device=args.device, inference_size=args.inference_size)
+                     known_classes=split_names(args.known), device=args.device, inference_size=args.inference_size,
+                     dense_method=args.dense_method, window_layout=args.window_layout, runtime=args.runtime,
+                     engine=args.engine)
     overrides.update(extra)
     return load_config(args.config, **overrides)
 
@@ -510,7 +518,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.frames < 2:
         raise ValueError("--frames must be at least 2")
     random_weights = None if (args.checkpoint or args.pretrained) else True
-    config = config_from_args(args, random_weights=random_weights, dense_method=args.dense_method)
+    config = config_from_args(args, random_weights=random_weights)
     if args.cameras < 1 or args.soak_frames < 0:
         raise ValueError("--cameras must be at least 1 and --soak-frames at least 0")
     report = run_bench(config, (width, height), args.frames, cameras=args.cameras, soak_frames=args.soak_frames,
@@ -527,8 +535,6 @@ def bench(subparsers) -> None:
                                                "unless --checkpoint or --pretrained is given.")
     parser.add_argument("--size", default="1280x720", help="input size WIDTHxHEIGHT (default 1280x720)")
     parser.add_argument("--frames", type=int, default=5, help="frames to time (default 5)")
-    parser.add_argument("--dense-method", choices=DENSE_METHODS,
-                        help="training-free dense CLIP method (default: the parameter file's, scclip)")
     parser.add_argument("--cameras", type=int, default=4, help="cameras batched through one model for the "
                                                               "multi-camera rate (default 4)")
     parser.add_argument("--no-ground-check", action="store_true", help="skip the ground-estimate accuracy check "
@@ -538,6 +544,50 @@ def bench(subparsers) -> None:
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     add_model_options(parser)
     parser.set_defaults(run=run_bench)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..core.model.export import engine_spec, export_onnx
+    from ..core.model.open_clip_backend import OpenClipBackend
+
+    config = config_from_args(args, runtime="torch")  # the export itself traces the eager graph
+    if config.backend != "open_clip":
+        raise ValueError("export needs the open_clip backend (--backend open_clip): the toy backend has no network")
+    backend = OpenClipBackend(config, precision=args.dtype)
+    spec = engine_spec(config.model, backend.encoder, backend.window)
+    path = export_onnx(backend.encoder, spec, args.output)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MB): {spec.model}, weights {spec.weights}, dense method "
+          f"{spec.dense_method}, window {spec.window}, {args.dtype}. Run it with runtime: onnx, engine: {path}")
+    if args.dtype == "fp32":
+        from ..core.model.runtimes import OnnxRuntime, import_onnxruntime
+
+        import_onnxruntime()
+        engine = OnnxRuntime(path, spec, torch.device("cpu"), config.cache_path)
+        windows = torch.rand(2, 3, spec.window, spec.window, generator=torch.Generator().manual_seed(0)) * 255
+        with torch.inference_mode():
+            eager = backend.encoder.forward_pixels(windows.to(backend.device))[1].float().cpu()
+        cosine = torch.nn.functional.cosine_similarity(engine.dense(windows), eager, dim=-1).min()
+        print(f"check: ONNX Runtime (CPU) against eager PyTorch on 2 random windows, per-patch cosine >= "
+              f"{float(cosine):.6f}")
+    return 0
+
+
+@subcommand
+def export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="write the dense image encoder as ONNX (for runtime: onnx, TensorRT or a Jetson)",
+        description="Writes the configured dense method's window encoder (windows of RGB pixels in; CLIP's pooled "
+                    "embedding and the per-patch features out; batch size dynamic; opset 18; attention as matmul "
+                    "and softmax) with metadata that ties it to the model, its weights, the dense method and the "
+                    "window. An fp32 export is checked against eager PyTorch with ONNX Runtime when installed.")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+                        help="precision of the weights and the input (fp16 for TensorRT on a GPU; LayerNorm and "
+                             "softmax stay fp32 inside)")
+    add_model_options(parser)
+    parser.set_defaults(run=run_export)
 
 
 @subcommand

@@ -4,9 +4,10 @@ CLIP's last attention block mixes every patch with global context, so its patch 
 location. The training-free methods change the end of the network (:mod:`.dense_methods` says how each does it).
 
 Images of any size are covered by sliding windows (all windows of all frames in one batch) whose positional
-embeddings are resized as the official code does when the window is not the model's native size. The patch
-embedding runs once over the whole image and the windows are cut from it, which equals embedding every window on
-its own because windows are aligned to the patch grid. Overlapping windows are fused by averaging their
+embeddings are resized as the official code does when the window is not the model's native size. The windows are
+cut from the resized image in one gather and go through a window encoder (pixels in, per-patch features out), the
+same graph whatever runs it: eager PyTorch, ``torch.compile`` or an exported ONNX model (:mod:`.runtimes`).
+Overlapping windows are fused by averaging their
 normalised patch features without normalising again, which averages the windows' cosine similarities (and so
 their class logits): a location covered by several identical windows scores exactly as it would under one.
 """
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dense_methods import interpolate_positional_embedding, last_block, scclip_tail
+from .dense_methods import attention_block, interpolate_positional_embedding, last_block, scclip_head
 
 
 class DenseVisionEncoder(nn.Module):
@@ -43,6 +45,7 @@ class DenseVisionEncoder(nn.Module):
             raise NotImplementedError("dense features need open_clip's batch-first transformer (open_clip >= 2.24)")
         self.visual = visual
         self.method = method
+        self.explicit_attention = False
         self.patch_size = tuple(visual.patch_size)
         self.native_grid = tuple(visual.grid_size)
 
@@ -71,8 +74,14 @@ class DenseVisionEncoder(nn.Module):
         return F.conv2d(images.to(self._pixel_weight.dtype), self._pixel_weight,
                         self._pixel_bias.to(self._pixel_weight.dtype), stride=stride)
 
-    def forward_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The transformer on patch embeddings ``(B, C, gh, gw)``: ``(pooled (B, D), patches (B, gh, gw, D))``."""
+    def forward_patches(self, x: torch.Tensor,
+                        clip_embedding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformer on patch embeddings ``(B, C, gh, gw)``: ``(pooled (B, D), patches (B, gh, gw, D))``.
+
+        ``pooled`` is the method's own pooling, or with ``clip_embedding`` the unchanged network's image embedding
+        (what a crop is scored with; one more pass through the last block, shared with the method's blocks).
+        With ``explicit_attention`` set, every block's attention is matmul and softmax (see
+        :func:`.dense_methods.attention_block`), as an export needs."""
         visual = self.visual
         batch, width, grid_h, grid_w = x.shape
         x = x.reshape(batch, width, grid_h * grid_w).permute(0, 2, 1)
@@ -81,20 +90,31 @@ class DenseVisionEncoder(nn.Module):
         x = x + interpolate_positional_embedding(visual.positional_embedding, self.native_grid,
                                                  (grid_h, grid_w)).to(x.dtype)
         x = visual.ln_pre(x)
-        blocks = visual.transformer.resblocks
+        *blocks, last = visual.transformer.resblocks
+        run = attention_block if self.explicit_attention else (lambda block, tokens: block(tokens))
+        outputs = []
+        for block in blocks:
+            x = run(block, x)
+            outputs.append(x)
         if self.method == "scclip":
-            patches = visual.ln_post(scclip_tail(blocks, x, (grid_h, grid_w)))
+            patches = visual.ln_post(scclip_head(last, outputs, (grid_h, grid_w)))
             pooled = patches.mean(dim=1)
         else:
-            for block in blocks[:-1]:
-                x = block(x)
-            x = last_block(blocks[-1], x, self.method, (grid_h, grid_w))
-            pooled, _ = visual._pool(x)
-            patches = visual.ln_post(x[:, 1:])
+            tokens = run(last, x) if self.method == "none" else last_block(last, x, self.method, (grid_h, grid_w))
+            pooled, _ = visual._pool(tokens)
+            patches = visual.ln_post(tokens[:, 1:])
+        if clip_embedding and self.method != "none":
+            pooled, _ = visual._pool(run(last, x))
         if visual.proj is not None:
             pooled = pooled @ visual.proj
             patches = patches @ visual.proj
         return pooled, patches.reshape(batch, grid_h, grid_w, -1)
+
+    def forward_pixels(self, windows: torch.Tensor,
+                       clip_embedding: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward_patches` of windows given as 0..255 pixels ``(B, 3, S, S)`` (see
+        :meth:`normalise_pixels`): the window encoder that every runtime runs (:mod:`.runtimes`)."""
+        return self.forward_patches(self.embed_pixels(windows), clip_embedding)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.forward_patches(self.embed_patches(images))
@@ -161,14 +181,17 @@ def plan_windows(image_size: tuple[int, int], short_side: int, window: int, stri
     return WindowLayout((resized_h, resized_w), window, stride, origins, patch)
 
 
-def window_tokens(patch_embeddings: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
-    """The patch embeddings ``(C, rows, columns)`` of a whole image cut into its windows: ``(windows, C, g, g)``,
-    one gather, no loop over windows."""
-    channels = patch_embeddings.shape[0]
-    g = layout.window // layout.patch
-    rows = patch_embeddings.reshape(channels, -1).T  # (rows * columns, C)
-    index = layout.token_index.to(rows.device)
-    return rows[index].reshape(len(layout.origins), g, g, channels).permute(0, 3, 1, 2)
+def window_pixels(image: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+    """An image ``(3, H, W)`` at its layout's ``resized`` size cut into its windows: ``(windows, 3, S, S)``, one
+    gather of patch-sized tiles, no loop over windows."""
+    channels, patch = image.shape[0], layout.patch
+    rows, columns = layout.grid
+    g = layout.window // patch
+    tiles = image.reshape(channels, rows, patch, columns, patch).permute(1, 3, 0, 2, 4).reshape(-1, channels, patch,
+                                                                                               patch)
+    picked = tiles[layout.token_index.to(image.device)]  # (windows, g * g, 3, p, p)
+    return picked.reshape(-1, g, g, channels, patch, patch).permute(0, 3, 1, 4, 2, 5).reshape(
+        -1, channels, layout.window, layout.window)
 
 
 def fuse_windows(patches: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
@@ -185,23 +208,45 @@ def fuse_windows(patches: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
     return total.reshape(*layout.grid, depth).to(dtype)  # fp16 where the model runs fp16
 
 
-def sliding_window_features(encoder: DenseVisionEncoder, images: list[torch.Tensor],
-                            layouts: list[WindowLayout], batch_size: int = 0,
-                            pixels: bool = False) -> list[torch.Tensor]:
-    """Dense features of normalised images ``(3, H, W)`` (or 0..255 ``pixels`` for an encoder told its
-    normalisation, :meth:`DenseVisionEncoder.normalise_pixels`), each already resized to its layout's
-    ``resized``.
+def sliding_window_features(run_windows: Callable[[torch.Tensor], torch.Tensor], images: list[torch.Tensor],
+                            layouts: list[WindowLayout], batch_size: int = 0) -> list[torch.Tensor]:
+    """Dense features of images ``(3, H, W)``, each already resized to its layout's ``resized``.
 
-    The patch embedding runs once per image; the windows of all images then go through the transformer
-    together, ``batch_size`` at a time (0: all in one batch). Returns one ``(H/p, W/p, D)`` grid per
-    image (see :func:`fuse_windows`).
+    The windows of all images go through ``run_windows`` together (windows ``(B, 3, S, S)`` in, per-patch
+    features ``(B, S/p, S/p, D)`` out: a runtime's window encoder, :mod:`.runtimes`), ``batch_size`` at a time (0:
+    all in one batch). Returns one ``(H/p, W/p, D)`` grid per image (see :func:`fuse_windows`).
     """
-    embed = encoder.embed_pixels if pixels else encoder.embed_patches
-    windows = torch.cat([window_tokens(embed(image[None])[0], layout) for image, layout in zip(images, layouts)])
+    windows = torch.cat([window_pixels(image, layout) for image, layout in zip(images, layouts)])
     chunks = windows.split(batch_size) if batch_size else (windows,)
-    patches = torch.cat([encoder.forward_patches(chunk)[1] for chunk in chunks])
+    patches = torch.cat([run_windows(chunk) for chunk in chunks])
     counts = [len(layout.origins) for layout in layouts]
     return [fuse_windows(part, layout) for part, layout in zip(patches.split(counts), layouts)]
+
+
+@dataclass(frozen=True)
+class LayoutCost:
+    """What one frame's windows cost the vision transformer: ``windows``, ``tokens`` (patches and class tokens of
+    all windows) and ``gflop`` (multiply-adds counted as two; the dense method's end counted as one ordinary
+    block)."""
+
+    windows: int
+    tokens: int
+    gflop: float
+
+
+def layout_cost(encoder: DenseVisionEncoder, layout: WindowLayout) -> LayoutCost:
+    """The :class:`LayoutCost` of ``layout`` for ``encoder``'s ViT: per window of ``L`` tokens of width ``C``,
+    each block costs ``2 L (4 C^2 + 2 C M)`` for its projections and MLP (width ``M``) and ``4 L^2 C`` for
+    attention; the patch embedding ``2 (L - 1) C 3 p^2``."""
+    blocks = encoder.visual.transformer.resblocks
+    width = encoder.visual.transformer.width
+    mlp = blocks[0].mlp.c_fc.out_features
+    patches = (layout.window // layout.patch) ** 2
+    length = patches + 1
+    per_block = 2 * length * (4 * width * width + 2 * width * mlp) + 4 * length * length * width
+    per_window = len(blocks) * per_block + 2 * patches * width * 3 * layout.patch ** 2
+    windows = len(layout.origins)
+    return LayoutCost(windows, windows * length, windows * per_window / 1e9)
 
 
 def native_window(encoder: DenseVisionEncoder) -> int:
@@ -209,5 +254,5 @@ def native_window(encoder: DenseVisionEncoder) -> int:
     return encoder.native_grid[0] * encoder.patch_size[0]
 
 
-__all__ = ["DenseVisionEncoder", "WindowLayout", "plan_windows", "sliding_window_features", "native_window",
-           "window_tokens", "fuse_windows"]
+__all__ = ["DenseVisionEncoder", "LayoutCost", "layout_cost", "WindowLayout", "plan_windows", "sliding_window_features", "native_window",
+           "window_pixels", "fuse_windows"]

@@ -56,23 +56,41 @@ def merge_heads(block: nn.Module, weights: torch.Tensor, v: torch.Tensor) -> tor
     return block.attn.out_proj(out.transpose(1, 2).reshape(batch, length, heads * dim))
 
 
+def softmax32(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis computed in fp32 and returned in ``logits``' dtype: an fp16 model (and its fp16
+    export) keeps the exponentials' sums from overflowing."""
+    return torch.softmax(logits.float(), dim=-1).to(logits.dtype)
+
+
 def self_softmax(t: torch.Tensor, scale: float) -> torch.Tensor:
-    return torch.softmax((t @ t.transpose(-2, -1)) * scale, dim=-1)
+    return softmax32((t @ t.transpose(-2, -1)) * scale)
 
 
 def neighbourhood_prior(grid: tuple[int, int], sigma: float, device, dtype) -> torch.Tensor:
     """NACLIP's additive prior ``(1 + N, 1 + N)``: exp(-|p_i - p_j|^2 / (2 sigma^2)) between patches (values in
-    (0, 1]), zero in the class token's row and column."""
+    (0, 1]), zero in the class token's row and column. Squared distances of integer positions are exact, so no
+    distance routine is needed (one an ONNX export could not express)."""
     ys, xs = torch.meshgrid(torch.arange(grid[0], device=device), torch.arange(grid[1], device=device),
                             indexing="ij")
-    coords = torch.stack([ys.flatten(), xs.flatten()], dim=1).float()
-    prior = torch.zeros(1 + coords.shape[0], 1 + coords.shape[0], device=device)
-    prior[1:, 1:] = torch.exp(-torch.cdist(coords, coords).pow(2) / (2 * sigma ** 2))
+    ys, xs = ys.flatten().float(), xs.flatten().float()
+    squared = (ys[:, None] - ys[None, :]) ** 2 + (xs[:, None] - xs[None, :]) ** 2
+    prior = torch.zeros(1 + ys.shape[0], 1 + ys.shape[0], device=device)
+    prior[1:, 1:] = torch.exp(-squared / (2 * sigma ** 2))
     return prior.to(dtype)
 
 
+def attention_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An unchanged open_clip residual block with its attention written out as matmul and softmax: what an ONNX
+    export traces, because TensorRT has computed wrong results for an exported fused attention
+    (NVIDIA/TensorRT #4333, #4328). The softmax runs in fp32 also in an fp16 model. Equal to ``block(x)`` up to
+    float rounding."""
+    q, k, v, scale = split_heads(block, block.ln_1(x))
+    x = x + block.ls_1(merge_heads(block, softmax32((q @ k.transpose(-2, -1)) * scale), v))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
 def last_block(block: nn.Module, x: torch.Tensor, method: str, grid: tuple[int, int]) -> torch.Tensor:
-    """The last block of ``method`` (all but ``scclip``, see :func:`scclip_tail`) on tokens ``(B, 1 + N, C)``."""
+    """The last block of ``method`` (all but ``scclip``, see :func:`scclip_head`) on tokens ``(B, 1 + N, C)``."""
     if method == "none":
         return block(x)
     q, k, v, scale = split_heads(block, block.ln_1(x))
@@ -80,7 +98,7 @@ def last_block(block: nn.Module, x: torch.Tensor, method: str, grid: tuple[int, 
         return block.ls_1(merge_heads(block, self_softmax(q, scale), v))
     if method == "naclip":
         prior = neighbourhood_prior(grid, NACLIP_SIGMA, x.device, k.dtype)
-        weights = torch.softmax((k @ k.transpose(-2, -1)) * scale + prior, dim=-1)
+        weights = softmax32((k @ k.transpose(-2, -1)) * scale + prior)
         return block.ls_1(merge_heads(block, weights, v))
     if method == "sclip":
         x = x + block.ls_1(merge_heads(block, self_softmax(q, scale) + self_softmax(k, scale), v))
@@ -94,20 +112,35 @@ def last_block(block: nn.Module, x: torch.Tensor, method: str, grid: tuple[int, 
 
 # --- SC-CLIP ---------------------------------------------------------------------------------------------------
 
+def upper_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(values, q, dim=-1, keepdim=True)`` (linear interpolation) by a sort, which ONNX expresses
+    (TopK) and ``torch.quantile`` is not exported as."""
+    count = values.shape[-1]
+    position = q * (count - 1)
+    low = int(position)
+    ordered = torch.sort(values, dim=-1).values
+    below, above = ordered[..., low:low + 1], ordered[..., min(low + 1, count - 1):min(low + 1, count - 1) + 1]
+    return below + (above - below) * (position - low)
+
+
 def local_outliers(tokens: torch.Tensor, neighbours: int = SCCLIP_NEIGHBOURS,
                    contamination: float = SCCLIP_CONTAMINATION) -> torch.Tensor:
     """``(B, N)`` bool: the tokens ``(B, N, C)`` whose local outlier factor lies in the top ``contamination`` of
-    their image, with SC-CLIP's reachability (a token's own k-distance) on squared Euclidean distances."""
+    their image, with SC-CLIP's reachability (a token's own k-distance) on squared Euclidean distances.
+
+    Written in operators an ONNX export keeps (matmul, TopK, Gather, a sorted quantile), so the whole SC-CLIP
+    method runs inside an exported model."""
     count = tokens.shape[1]
     neighbours = min(neighbours, count - 1)
-    distances = torch.cdist(tokens.float(), tokens.float()).pow(2)
+    tokens = tokens.float()
+    norms = (tokens * tokens).sum(dim=-1)
+    distances = (norms[:, :, None] + norms[:, None, :] - 2 * tokens @ tokens.transpose(1, 2)).clamp(min=0)
     near, index = torch.topk(distances, neighbours + 1, dim=-1, largest=False)
     near, index = near[..., 1:], index[..., 1:]
     reach = torch.maximum(near, near[..., -1:])
     density = neighbours / torch.nan_to_num(reach.mean(dim=-1), nan=1e-6)
     factor = (torch.gather(density[:, None, :].expand(-1, count, -1), 2, index) / density[..., None]).mean(-1)
-    threshold = torch.quantile(factor, 1 - contamination, dim=-1, keepdim=True)
-    return factor > threshold
+    return factor > upper_quantile(factor, 1 - contamination)
 
 
 def replace_by_neighbours(patches: torch.Tensor, outliers: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -140,7 +173,7 @@ def _calibrated_attention(block: nn.Module, tokens: torch.Tensor, similarity: to
     intermediate similarity S and softmax(k k^T / sqrt(d))."""
     q, k, v, scale = split_heads(block, block.ln_1(tokens))
     centred = (similarity - similarity.mean(dim=(-2, -1), keepdim=True)) * 3.0
-    prior = torch.softmax(centred.masked_fill(centred < 0, float("-inf")), dim=-1)[:, None]
+    prior = softmax32(centred.masked_fill(centred < 0, float("-inf")))[:, None]
     return merge_heads(block, (prior + self_softmax(k, scale)) / 2, v)
 
 
@@ -154,20 +187,16 @@ def scclip_layers(depth: int) -> dict:
             "fusion": (scale(start), max(scale(start) + 1, scale(stop)))}
 
 
-def scclip_tail(blocks: nn.ModuleList, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """SC-CLIP from the first block on: tokens ``(B, 1 + N, C)`` after ``ln_pre`` in, calibrated patch tokens
-    ``(B, N, C)`` out (before ``ln_post``)."""
-    layers = scclip_layers(len(blocks))
-    outputs = []
-    for block in blocks[:-1]:
-        x = block(x)
-        outputs.append(x)
+def scclip_head(last: nn.Module, outputs: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+    """SC-CLIP's end of the network: the tokens ``(B, 1 + N, C)`` after each block but the last (``outputs``) in,
+    calibrated patch tokens ``(B, N, C)`` out (before ``ln_post``); ``last`` is the last block."""
+    layers = scclip_layers(len(outputs) + 1)
+    x = outputs[-1]
     class_token = x[:, :1]
     outliers = local_outliers(x[:, 1:])
     patches = replace_by_neighbours(x[:, 1:], outliers, grid)
     middle = _similarity(replace_by_neighbours(outputs[layers["pre"]][:, 1:], outliers, grid))
     patches = _aggregate(patches, middle)
-    last = blocks[-1]
     patches = _calibrated_attention(last, patches, middle) + SCCLIP_RESIDUAL_CLASS * class_token
     early = _similarity(outputs[layers["post"]][:, 1:])
     patches = _aggregate(patches, early)
@@ -194,5 +223,5 @@ def interpolate_positional_embedding(positional_embedding: torch.Tensor, native_
     return torch.cat([class_pos, patch_pos], dim=0)
 
 
-__all__ = ["last_block", "scclip_tail", "interpolate_positional_embedding", "local_outliers",
+__all__ = ["last_block", "scclip_head", "attention_block", "upper_quantile", "interpolate_positional_embedding", "local_outliers",
            "replace_by_neighbours", "neighbourhood_prior"]

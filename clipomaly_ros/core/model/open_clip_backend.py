@@ -23,7 +23,10 @@ import torch.nn.functional as F
 
 from .backend import BackboneClock, DenseFeatures, ModelLoadError, resolve_device
 from ..config import ClipomalyConfig
-from .dense import DenseVisionEncoder, WindowLayout, native_window, plan_windows, sliding_window_features
+from .dense import (DenseVisionEncoder, LayoutCost, WindowLayout, layout_cost, native_window, plan_windows,
+                    sliding_window_features)
+from .export import engine_spec
+from .runtimes import create_runtime
 
 LOG = logging.getLogger(__name__)
 
@@ -169,6 +172,7 @@ class OpenClipBackend:
 
     def __init__(self, config: ClipomalyConfig, precision: str | None = None):
         self.device = resolve_device(config.device)
+        self.model_name = config.model
         self.model, self.tokenizer, self.weights_source = _load_open_clip_model(config, self.device, precision)
         self.dtype = next(self.model.parameters()).dtype
         self.embed_dim = int(self.model.visual.output_dim)
@@ -180,19 +184,26 @@ class OpenClipBackend:
         patch = self.encoder.patch_size[0]
         if self.window % patch:
             raise ModelLoadError(f"window_size {self.window} must be a multiple of the patch size {patch}")
-        self.stride = config.window_stride or self.window // 2
+        self.stride = config.stride_for(self.window)
         self.inference_size = config.working_short_side
         self.window_batch_size = config.window_batch_size
         weights = (checkpoint_fingerprint(Path(config.checkpoint).expanduser()) if config.checkpoint
                    else "random" if config.random_weights else config.pretrained)
         self.identity = f"open_clip:{config.model}:{weights}"
-        self.description = f"{config.model} ({self.weights_source}, dense {config.dense_method}) on {self.device}"
         self._text_lock = threading.Lock()
         self.clock = BackboneClock()
-        self.crop_size = native_window(self.encoder)
         self.encoder.normalise_pixels(self.mean, self.std)
         self.image_encoder = DenseVisionEncoder(self.model.visual, "none")  # whole-image embeddings (crops)
         self.image_encoder.normalise_pixels(self.mean, self.std)
+        self.runtime = create_runtime(config.runtime, self.encoder, self.image_encoder, self.device,
+                                      spec_of=lambda: engine_spec(config.model, self.encoder, self.window),
+                                      engine=config.engine, cache_dir=config.cache_path,
+                                      max_batch=config.window_batch_size or 256)
+        # an exported graph takes windows of one size only: crops are resized to it
+        self.crop_size = self.window if config.runtime == "onnx" else native_window(self.encoder)
+        self.max_regions = config.max_regions
+        self.description = (f"{config.model} ({self.weights_source}, dense {config.dense_method}, "
+                            f"{self.runtime.description}) on {self.device}")
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}  # (slot, H, W, 3) -> reused upload buffer
 
     @property
@@ -233,15 +244,29 @@ class OpenClipBackend:
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        side = native_window(self.encoder)
+        side = self.crop_size
         batch = torch.stack([self._pixels(image, (side, side)) for image in images])
         with self.clock.measure(self.device):
             # CLIP's own image embedding (the unchanged network), on 0..255 pixels like the dense pass
-            embeddings, _ = self.image_encoder.forward_patches(self.image_encoder.embed_pixels(batch))
+            embeddings = self.runtime.embed(batch)
         return F.normalize(embeddings.float(), dim=-1)
 
     def layout_for(self, image_size: tuple[int, int]) -> WindowLayout:
         return plan_windows(image_size, self.inference_size, self.window, self.stride, self.encoder.patch_size[0])
+
+    def layout_cost(self, image_size: tuple[int, int]) -> LayoutCost:
+        """What the vision transformer does per frame of ``image_size`` (height, width): windows, tokens, GFLOP."""
+        return layout_cost(self.encoder, self.layout_for(image_size))
+
+    @torch.inference_mode()
+    def warm_up(self, image_size: tuple[int, int] = (720, 1280), cameras: int = 1) -> None:
+        """Run the runtime once at every batch size that ``cameras`` frames of ``image_size`` and their naming
+        crops need, so that compiling (``compile``) or building engines (``onnx`` with TensorRT) happens now,
+        not on the first frame."""
+        windows = len(self.layout_for(image_size).origins) * cameras
+        chunk = self.window_batch_size or windows
+        dense = {min(chunk, windows), windows % chunk}
+        self.runtime.warm_up(dense, range(1, self.max_regions + 1), self.window, self.crop_size)
 
     def dense_features(self, image: np.ndarray) -> DenseFeatures:
         return self.dense_features_batch([image])[0]
@@ -253,5 +278,5 @@ class OpenClipBackend:
         tensors = [self._pixels(image, layout.resized, slot)
                    for slot, (image, layout) in enumerate(zip(images, layouts))]
         with self.clock.measure(self.device):
-            grids = sliding_window_features(self.encoder, tensors, layouts, self.window_batch_size, pixels=True)
+            grids = sliding_window_features(self.runtime.dense, tensors, layouts, self.window_batch_size)
         return [DenseFeatures(grid, layout.resized, tensor) for grid, layout, tensor in zip(grids, layouts, tensors)]

@@ -1,0 +1,268 @@
+"""How the window encoder runs: eager PyTorch, ``torch.compile`` or an exported ONNX model (setting ``runtime``).
+
+Every runtime takes windows as RGB pixels 0..255 ``(B, 3, S, S)`` on the backend's device and answers the two
+questions the pipeline asks: :meth:`WindowRuntime.dense` (the dense method's per-patch features ``(B, S/p, S/p,
+D)``) and :meth:`WindowRuntime.embed` (CLIP's image embedding ``(B, D)`` of whole crops). Neither output is
+normalised. They all run the same graph (:class:`.dense.DenseVisionEncoder`), so they agree up to float rounding.
+
+======== =======================================================================================================
+torch    eager PyTorch, the encoder for the dense pass and the unchanged network for crops
+compile  ``torch.compile`` of the same two; on CUDA with CUDA graphs. Batches are padded to a power of two, so a
+         new number of cameras or regions reuses a compiled graph instead of compiling again; :meth:`warm_up`
+         compiles the expected sizes at start, so the first frame is not slow
+onnx     ONNX Runtime on an exported model (:mod:`.export`): TensorRT (fp16, engines cached on disk), then CUDA,
+         then CPU, whichever the installed build has; one graph answers both questions
+======== =======================================================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import numpy as np
+import torch
+
+from .backend import ModelLoadError
+from .dense import DenseVisionEncoder
+from .export import ONNX_EXTRA_HINT, EngineSpec, check_engine, export_onnx
+
+LOG = logging.getLogger(__name__)
+
+
+class WindowRuntime(Protocol):
+    name: str
+    description: str
+
+    def dense(self, windows: torch.Tensor) -> torch.Tensor:
+        """Per-patch features ``(B, S/p, S/p, D)`` of windows ``(B, 3, S, S)`` (pixels 0..255)."""
+
+    def embed(self, crops: torch.Tensor) -> torch.Tensor:
+        """CLIP's image embeddings ``(B, D)`` of crops ``(B, 3, S, S)`` (pixels 0..255)."""
+
+    def warm_up(self, dense_batches: Iterable[int], crop_batches: Iterable[int], window: int, crop: int) -> None:
+        """Run (and so compile or build) the batch sizes expected: windows of ``window`` pixels, crops of
+        ``crop``."""
+
+
+class EagerRuntime:
+    """Eager PyTorch (``runtime: torch``)."""
+
+    name = "torch"
+
+    def __init__(self, encoder: DenseVisionEncoder, image_encoder: DenseVisionEncoder):
+        self.encoder, self.image_encoder = encoder, image_encoder
+        self.description = "eager PyTorch"
+
+    def dense(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_pixels(windows)[1]
+
+    def embed(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder.forward_pixels(crops)[0]
+
+    def warm_up(self, dense_batches: Iterable[int], crop_batches: Iterable[int], window: int, crop: int) -> None:
+        pass
+
+
+def bucket(count: int) -> int:
+    """The batch size ``count`` windows are padded to: the next power of two."""
+    return 1 << max(0, count - 1).bit_length()
+
+
+class CompiledRuntime:
+    """``torch.compile`` of the eager graphs (``runtime: compile``): CUDA graphs on a GPU (mode
+    ``reduce-overhead``), static shapes, batches padded to :func:`bucket` sizes."""
+
+    name = "compile"
+
+    def __init__(self, encoder: DenseVisionEncoder, image_encoder: DenseVisionEncoder, device: torch.device):
+        self.encoder = encoder
+        self.cuda_graphs = device.type == "cuda"
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        self._dense = torch.compile(lambda windows: encoder.forward_pixels(windows)[1], mode=mode, dynamic=False)
+        self._embed = torch.compile(lambda crops: image_encoder.forward_pixels(crops)[0], mode=mode,
+                                    dynamic=False)
+        self.description = "torch.compile" + (" with CUDA graphs" if self.cuda_graphs else " (inductor, CPU)")
+        # every bucket of both graphs may be compiled once; dynamo's default limit of 8 would fall back to eager
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+
+    def _padded(self, compiled, batch: torch.Tensor) -> torch.Tensor:
+        count = batch.shape[0]
+        size = bucket(count)
+        if size != count:
+            batch = torch.cat([batch, batch.new_zeros(size - count, *batch.shape[1:])])
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        # a CUDA graph's output is overwritten by its next replay: keep a copy of the rows asked for
+        return compiled(batch)[:count].clone()
+
+    def dense(self, windows: torch.Tensor) -> torch.Tensor:
+        return self._padded(self._dense, windows)
+
+    def embed(self, crops: torch.Tensor) -> torch.Tensor:
+        return self._padded(self._embed, crops)
+
+    def warm_up(self, dense_batches: Iterable[int], crop_batches: Iterable[int], window: int, crop: int) -> None:
+        device = self.encoder.visual.conv1.weight.device
+        for run, sizes, side in ((self.dense, dense_batches, window), (self.embed, crop_batches, crop)):
+            for size in sorted({bucket(n) for n in sizes if n > 0}):
+                run(torch.zeros(size, 3, side, side, device=device))
+
+
+def import_onnxruntime():
+    """``onnxruntime``, or a one-line :class:`ModelLoadError` naming the extra to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModelLoadError(f"runtime 'onnx' needs ONNX Runtime, which is not installed: {ONNX_EXTRA_HINT}; or "
+                             "set runtime to torch") from None
+    return onnxruntime
+
+
+def tensorrt_cache_dir(cache_dir: Path, engine: Path) -> Path:
+    """Where TensorRT engines built from ``engine`` are cached: keyed by GPU, TensorRT version and ONNX hash (an
+    engine is valid for one GPU model and one TensorRT version only)."""
+    digest = hashlib.sha256()
+    with open(engine, "rb") as stream:
+        for block in iter(lambda: stream.read(2**20), b""):
+            digest.update(block)
+    try:
+        import tensorrt
+
+        version = f"trt{tensorrt.__version__}"
+    except ImportError:
+        import onnxruntime
+
+        version = f"ort{onnxruntime.__version__}"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "nogpu"
+    key = "-".join(part.replace(" ", "_").replace("/", "_") for part in (gpu, version, digest.hexdigest()[:16]))
+    return cache_dir / "tensorrt" / key
+
+
+def choose_providers(available: list[str], device: torch.device, trt_cache: Path | None, max_batch: int,
+                     side: int) -> list:
+    """ONNX Runtime's providers in order of preference, TensorRT, CUDA, CPU, among ``available``; on a CPU device
+    the CPU only."""
+    chosen: list = []
+    if device.type == "cuda":
+        device_id = device.index or 0
+        if "TensorrtExecutionProvider" in available and trt_cache is not None:
+            trt_cache.mkdir(parents=True, exist_ok=True)
+            chosen.append(("TensorrtExecutionProvider", {
+                "device_id": device_id, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(trt_cache), "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(trt_cache),
+                "trt_profile_min_shapes": f"windows:1x3x{side}x{side}",
+                "trt_profile_opt_shapes": f"windows:{max_batch}x3x{side}x{side}",
+                "trt_profile_max_shapes": f"windows:{max_batch}x3x{side}x{side}"}))
+        if "CUDAExecutionProvider" in available:
+            chosen.append(("CUDAExecutionProvider", {"device_id": device_id}))
+    chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OnnxRuntime:
+    """An exported window encoder under ONNX Runtime (``runtime: onnx``).
+
+    On CUDA with a GPU provider, windows and outputs stay on the GPU (I/O binding to the torch tensors); otherwise
+    they pass through host memory."""
+
+    name = "onnx"
+
+    def __init__(self, engine: Path, expected: EngineSpec, device: torch.device, cache_dir: Path,
+                 max_batch: int = 64):
+        ort = import_onnxruntime()
+        self.device = device
+        self.max_batch = max_batch
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused providers are not the user's business
+        trt_cache = tensorrt_cache_dir(cache_dir, engine) if device.type == "cuda" else None
+        providers = choose_providers(ort.get_available_providers(), device, trt_cache, max_batch, expected.window)
+        try:
+            self.session = ort.InferenceSession(str(engine), options, providers=providers)
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for bad files
+            raise ModelLoadError(f"engine {engine} could not be loaded by ONNX Runtime "
+                                 f"({str(error).splitlines()[0][:200]}): export it again with 'clipomaly "
+                                 "export'") from None
+        recorded = EngineSpec.from_metadata(self.session.get_modelmeta().custom_metadata_map)
+        check_engine(engine, recorded, expected)
+        self.patch = expected.patch
+        self.depth = int(self.session.get_outputs()[0].shape[1])
+        self.providers = self.session.get_providers()
+        self.input_dtype = torch.float16 if "float16" in self.session.get_inputs()[0].type else torch.float32
+        self.on_gpu = device.type == "cuda" and self.providers[0] != "CPUExecutionProvider"
+        self.description = f"ONNX Runtime {ort.__version__} ({self.providers[0]}) on {engine.name}"
+
+    def _run(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if windows.shape[0] > self.max_batch:  # beyond the TensorRT profile: in parts
+            parts = [self._run(part) for part in windows.split(self.max_batch)]
+            return torch.cat([pooled for pooled, _ in parts]), torch.cat([patches for _, patches in parts])
+        windows = windows.to(self.input_dtype).contiguous()
+        if not self.on_gpu:
+            pooled, patches = self.session.run(["pooled", "patches"], {"windows": windows.cpu().numpy()})
+            return torch.from_numpy(pooled).to(self.device), torch.from_numpy(patches).to(self.device)
+        return self._run_bound(windows)
+
+    def _run_bound(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, grid = windows.shape[0], windows.shape[-1] // self.patch
+        pooled = torch.empty(batch, self.depth, device=self.device, dtype=self.input_dtype)
+        patches = torch.empty(batch, grid, grid, self.depth, device=self.device, dtype=self.input_dtype)
+        element = np.float16 if self.input_dtype == torch.float16 else np.float32
+        binding = self.session.io_binding()
+        device_id = self.device.index or 0
+        binding.bind_input("windows", "cuda", device_id, element, tuple(windows.shape), windows.data_ptr())
+        binding.bind_output("pooled", "cuda", device_id, element, tuple(pooled.shape), pooled.data_ptr())
+        binding.bind_output("patches", "cuda", device_id, element, tuple(patches.shape), patches.data_ptr())
+        torch.cuda.current_stream(self.device).synchronize()  # the windows are written before ONNX Runtime reads
+        self.session.run_with_iobinding(binding)
+        return pooled, patches
+
+    def dense(self, windows: torch.Tensor) -> torch.Tensor:
+        return self._run(windows)[1]
+
+    def embed(self, crops: torch.Tensor) -> torch.Tensor:
+        return self._run(crops)[0]
+
+    def warm_up(self, dense_batches: Iterable[int], crop_batches: Iterable[int], window: int, crop: int) -> None:
+        for size in sorted({min(n, self.max_batch) for n in (*dense_batches, *crop_batches) if n > 0}):
+            self._run(torch.zeros(size, 3, window, window, device=self.device))
+
+
+def default_engine_path(cache_dir: Path, spec: EngineSpec, dtype: torch.dtype) -> Path:
+    """Where ``runtime: onnx`` with an empty ``engine`` keeps the model it exported."""
+    precision = "fp16" if dtype == torch.float16 else "fp32"
+    name = f"{spec.model.replace('/', '_').replace(':', '_')}-{spec.dense_method}-w{spec.window}-{spec.weights}"
+    return cache_dir / "engines" / f"{name}-{precision}.onnx"
+
+
+def create_runtime(name: str, encoder: DenseVisionEncoder, image_encoder: DenseVisionEncoder,
+                   device: torch.device, spec_of=None, engine: str = "", cache_dir: Path | None = None,
+                   max_batch: int = 64) -> WindowRuntime:
+    """The runtime called ``name``. For ``onnx``: ``spec_of()`` gives the configuration's
+    :class:`~.export.EngineSpec`; ``engine`` is the ONNX file, or empty to export one into ``cache_dir/engines``
+    (once; later starts reuse it)."""
+    if name == "torch":
+        return EagerRuntime(encoder, image_encoder)
+    if name == "compile":
+        return CompiledRuntime(encoder, image_encoder, device)
+    if name != "onnx":
+        raise ValueError(f"unknown runtime {name!r}")
+    import_onnxruntime()  # the one-line error before any export work
+    spec = spec_of()
+    if engine:
+        path = Path(engine).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"engine {path} does not exist: write it with 'clipomaly export -o {path}', or "
+                                 "clear 'engine' to have one exported on start")
+    else:
+        path = default_engine_path(cache_dir, spec, encoder._pixel_weight.dtype)
+        if not path.is_file():
+            LOG.warning("exporting the window encoder to %s (once; later starts reuse it)", path)
+            export_onnx(encoder, spec, path)
+    return OnnxRuntime(path, spec, device, cache_dir, max_batch)
+
+
+__all__ = ["WindowRuntime", "EagerRuntime", "CompiledRuntime", "OnnxRuntime", "create_runtime", "bucket",
+           "choose_providers", "tensorrt_cache_dir", "import_onnxruntime"]

@@ -2,14 +2,20 @@
 #   make demo   the ROS 2 node on a synthetic drive: prints its anomalies, writes demo_out/drive.gif
 #   make test   the whole test suite (what CI runs)
 # Real weights for the demo: make demo DEMO_ARGS="--checkpoint /opt/models/vit_b16.safetensors"
+# On a bare CUDA machine (Python + PyTorch, no network): make gpu-check; its wheels come from make gpu-wheels
+# (run on a connected machine). make gpu-check DEVICE=cpu runs the same check here with a few frames.
 PYTHON ?= python3.11
 VENV := .venv
 CORE_READY := $(VENV)/.core-ready
 ROS_READY := $(VENV)/.ros-ready
 DEMO_ARGS ?=
 TEST_ARGS ?=
+DEVICE ?= cuda
+GPU_CHECK_ARGS ?=
+# the device machine has no .venv: its own python3 with PyTorch
+GPU_PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 
-.PHONY: demo test setup
+.PHONY: demo test setup gpu-check gpu-wheels
 .DEFAULT_GOAL := demo
 
 demo: $(ROS_READY)
@@ -29,3 +35,9 @@ $(CORE_READY): setup.py scripts/setup.sh
 $(ROS_READY): $(CORE_READY) scripts/setup_ros.sh
 	bash scripts/setup_ros.sh
 	touch $@
+
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py --device $(DEVICE) $(GPU_CHECK_ARGS)
+
+gpu-wheels: $(CORE_READY)
+	bash scripts/gpu_wheels.sh

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import cv2
 import numpy as np
+import torch
 import pytest
 
 from clipomaly_ros.ros.bags import typestore_with_vision_msgs
@@ -70,6 +71,27 @@ def test_compressed_png_and_jpeg_and_corrupt_data():
         compressed_msg_to_rgb(SimpleNamespace(format="jpeg", data=jpeg.tobytes()[:len(jpeg) // 2]))
     with pytest.raises(ImageConversionError, match="unsupported compressed format"):
         compressed_msg_to_rgb(SimpleNamespace(format="h264", data=b"x"))
+
+
+def test_jpeg_decoded_where_the_model_runs_equals_the_cpu_decoder():
+    from clipomaly_ros.ros.messages import compressed_msg_to_device
+
+    scene = cv2.resize(RGB, (64, 48), interpolation=cv2.INTER_NEAREST)
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(scene, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    message = SimpleNamespace(format="jpeg", data=jpeg.tobytes())
+    # torchvision's decoder (nvJPEG on a GPU; libjpeg on the CPU, the only one here) against OpenCV's
+    decoded = compressed_msg_to_device(message, device=torch.device("cpu"))
+    assert isinstance(decoded, torch.Tensor) and decoded.dtype == torch.uint8 and tuple(decoded.shape) == (48, 64, 3)
+    difference = np.abs(decoded.numpy().astype(int) - compressed_msg_to_rgb(message).astype(int))
+    assert difference.max() <= 2
+    ok, png = cv2.imencode(".png", cv2.cvtColor(scene, cv2.COLOR_RGB2BGR))
+    np.testing.assert_array_equal(compressed_msg_to_device(SimpleNamespace(format="png", data=png.tobytes()),
+                                                           device=torch.device("cpu")), scene)  # PNG: the CPU's
+    with pytest.raises(ImageConversionError, match="could not be decoded on cpu"):
+        compressed_msg_to_device(SimpleNamespace(format="jpeg", data=jpeg.tobytes()[:len(jpeg) // 2]),
+                                 device=torch.device("cpu"))
+    with pytest.raises(ImageConversionError, match="more than max_input_pixels"):
+        compressed_msg_to_device(message, max_pixels=100, device=torch.device("cpu"))
 
 
 def test_output_fields_round_trip():

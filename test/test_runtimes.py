@@ -165,3 +165,16 @@ def test_the_light_layout_has_a_quarter_of_the_official_tokens_and_the_published
     config = ClipomalyConfig(window_layout="light")
     assert (config.working_short_side, config.stride_for(224)) == (448, 224)
     assert ClipomalyConfig(window_layout="light", inference_size=336, window_stride=112).stride_for(224) == 112
+
+
+def test_a_frame_decoded_into_a_tensor_gives_what_its_array_gives(tiny_model_name, tmp_path):
+    from clipomaly_ros.core.pipeline import Clipomaly
+    from clipomaly_ros.core.scenes import synthetic_drive
+
+    pipeline = Clipomaly(ClipomalyConfig(model=tiny_model_name, random_weights=True, device="cpu",
+                                         cache_dir=str(tmp_path), uncertainty_threshold=0.6, min_region_area=50))
+    image = synthetic_drive(seconds=2.0, rate_hz=2.0, height=180, width=320)[-1].image
+    from_array, from_tensor = pipeline(image), pipeline(torch.from_numpy(image))
+    assert from_array.anomalies
+    assert from_tensor.anomalies == from_array.anomalies and from_tensor.labels == from_array.labels
+    np.testing.assert_array_equal(from_tensor.semantic, from_array.semantic)

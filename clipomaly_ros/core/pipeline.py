@@ -33,7 +33,7 @@ from .model.backend import VisionLanguageBackend
 from .config import LIVE_SETTINGS, ClipomalyConfig, ConfigError, load_config
 from .extension import extend
 from .model.factory import create_backend
-from .images import check_image
+from .images import check_image, on_host
 from .maps import FrameMaps, road_fraction
 from .naming import RegionNamer
 from .pamr import PixelAdaptiveRefinement
@@ -129,10 +129,15 @@ class Clipomaly:
         """Segment one RGB uint8 ``(H, W, 3)`` image; see :class:`SegmentationResult` for the outputs."""
         return self.segment_batch([image])[0]
 
-    def segment_batch(self, images: Sequence[np.ndarray]) -> list[SegmentationResult]:
-        """Segment several RGB uint8 images (one per camera; sizes may differ) with one backbone pass over all
+    def segment_batch(self, images: Sequence[np.ndarray | torch.Tensor]) -> list[SegmentationResult]:
+        """Segment several RGB uint8 images (one per camera; sizes may differ; numpy arrays, or tensors such as
+        frames decoded on the GPU, :func:`.images.decode_jpeg_on_device`) with one backbone pass over all
         their windows. Each result's ``timings_ms['features']`` is the shared pass's time."""
         images = [check_image(image) for image in images]
+        # frames decoded on the GPU go to the dense pass as they are; every later stage reads a host copy
+        host_images = [on_host(image) for image in images]
+        if not getattr(self.backend, "accepts_device_images", False):
+            images = host_images
         config, vocabulary = self.config, self.vocabulary.current
         clock = getattr(self.backend, "clock", None)
         if clock is not None:
@@ -143,7 +148,7 @@ class Clipomaly:
             features_ms = (time.perf_counter() - start) * 1000.0
             features_backbone_ms = clock.take() if clock is not None else 0.0
             results = []
-            for image, frame_features in zip(images, features):
+            for image, frame_features in zip(host_images, features):
                 timings = {"features": features_ms}
                 result = self._segment(image, frame_features, config, vocabulary, timings)
                 timings["backbone"] = features_backbone_ms + (clock.take() if clock is not None else 0.0)

@@ -113,10 +113,9 @@ def compressed_image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
     return None
 
 
-def compressed_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """A ``sensor_msgs/CompressedImage`` (jpeg or png) as an RGB uint8 ``(H, W, 3)`` array.
-
-    The size the stream declares is checked against ``max_pixels`` before it is decoded."""
+def _compressed_stream(msg: Any, max_pixels: int) -> np.ndarray:
+    """The checked bytes of a ``sensor_msgs/CompressedImage``: a jpeg or png stream whose declared size is at most
+    ``max_pixels``."""
     form = str(msg.format).lower()
     if form and not any(kind in form for kind in ("jpeg", "jpg", "png")):
         raise ImageConversionError(f"unsupported compressed format '{msg.format}': jpeg and png are supported")
@@ -128,11 +127,36 @@ def compressed_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
         raise ImageConversionError(f"compressed image ({msg.format or 'no format'}, {data.size} bytes) is not a "
                                    "jpeg or png stream with a readable header: corrupt or truncated data")
     _check_size(*size, max_pixels, f"compressed image ({msg.format or 'no format'})")
+    return data
+
+
+def compressed_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A ``sensor_msgs/CompressedImage`` (jpeg or png) as an RGB uint8 ``(H, W, 3)`` array.
+
+    The size the stream declares is checked against ``max_pixels`` before it is decoded."""
+    data = _compressed_stream(msg, max_pixels)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise ImageConversionError(f"compressed image ({msg.format or 'no format'}, {data.size} bytes) could not be "
                                    "decoded: corrupt or truncated data")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def compressed_msg_to_device(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
+                             device: Any = "cuda") -> np.ndarray | Any:
+    """A ``sensor_msgs/CompressedImage`` decoded where the model runs: a JPEG stream by nvJPEG on ``device``
+    (an RGB uint8 ``(H, W, 3)`` tensor there, :func:`~clipomaly_ros.core.images.decode_jpeg_on_device`), a PNG
+    stream by the CPU as :func:`compressed_msg_to_rgb` does. Checked as that function checks."""
+    from ..core.images import decode_jpeg_on_device
+
+    data = _compressed_stream(msg, max_pixels)
+    if data[:2].tobytes() != b"\xff\xd8":  # PNG: nvJPEG cannot decode it
+        return compressed_msg_to_rgb(msg, max_pixels)
+    try:
+        return decode_jpeg_on_device(data, device)
+    except RuntimeError as error:
+        raise ImageConversionError(f"compressed image ({msg.format or 'no format'}, {data.size} bytes) could not be "
+                                   f"decoded on {device}: {str(error).splitlines()[0][:200]}") from None
 
 
 DECODERS: dict[str, Callable[..., np.ndarray]] = {

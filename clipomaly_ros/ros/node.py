@@ -27,6 +27,7 @@ while another of the same camera waits replaces it and is counted as dropped.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 import threading
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
@@ -50,10 +52,12 @@ from ..core.model.adaptation import describe_sidecar
 from ..core.model.backend import ModelLoadError
 from ..core.config import (NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError, Setting,
                            per_camera_setting)
+from ..core.images import on_host
 from ..core.pipeline import Clipomaly
 from ..core.planning import AnomalyFollower
 from .camera import CameraStream, LatestFrames, Watchdog, decode_frame
-from .messages import DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory, uint8_array
+from .messages import (DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory, compressed_msg_to_device,
+                       uint8_array)
 from ..core.vocabulary import VocabularyError
 
 PARAMETER_TYPES = {
@@ -134,10 +138,6 @@ class ClipomalyNode(Node):
                 self.get_logger().warning(f"the checkpoint was fine-tuned with dense_method "
                                           f"{self.pipeline.finetuned.get('dense_method')} but this node runs "
                                           f"{config.dense_method}: its accuracy is the trained method's only with it")
-        if config.runtime != "torch" and config.backend != "toy":
-            self.get_logger().info(f"warming up runtime {config.runtime} for {max(1, len(values['cameras']))} "
-                                   f"camera(s) at {WARM_UP_SIZE[1]}x{WARM_UP_SIZE[0]} ...")
-            self.pipeline.warm_up(WARM_UP_SIZE, max(1, len(values["cameras"])))
         self.factory = MessageFactory(ros_type, byte_array=uint8_array, data_by_reference=True)
         self.device = str(getattr(self.pipeline.backend, "device", "cpu"))
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -146,13 +146,15 @@ class ClipomalyNode(Node):
         self._last_reported: dict[str, tuple[int, int]] = {}
         self.watchdog = Watchdog(self.stall_timeout)
         self.worker_restarts = 0
-        self._warm_up()
+        self._warm_up(max(1, len(values["cameras"])))
 
         reliability = (ReliabilityPolicy.BEST_EFFORT if values["input_reliability"] == "best_effort"
                        else ReliabilityPolicy.RELIABLE)
         compressed = values["input_transport"] == "compressed"
         self.input_type = CompressedImage if compressed else Image
         self._decode = DECODERS["sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"]
+        if compressed and torch.device(self.device).type == "cuda":  # JPEG decoded by nvJPEG, never by the CPU
+            self._decode = functools.partial(compressed_msg_to_device, device=torch.device(self.device))
         self.mountings = self._declare_mountings(overrides, values["cameras"])
         self.cameras: dict[str, CameraStream] = {}
         self.subscriptions_by_camera = {}
@@ -223,8 +225,12 @@ class ClipomalyNode(Node):
                                                          latched)
         return publishers
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, cameras: int) -> None:
         started = time.perf_counter()
+        if self.pipeline.config.runtime != "torch":
+            self.get_logger().info(f"warming up runtime {self.pipeline.config.runtime} for {cameras} camera(s) at "
+                                   f"{WARM_UP_SIZE[1]}x{WARM_UP_SIZE[0]} ...")
+            self.pipeline.warm_up(WARM_UP_SIZE, cameras)
         self.pipeline(np.full((480, 640, 3), 128, dtype=np.uint8))
         vocabulary = self.pipeline.vocabulary.current
         self.get_logger().info(
@@ -338,7 +344,7 @@ class ClipomalyNode(Node):
             started = time.perf_counter()
             try:
                 mounting = self.mountings.get(camera.name)
-                camera.publish(msg.header, image, result, config.replace(**mounting) if mounting else config,
+                camera.publish(msg.header, on_host(image), result, config.replace(**mounting) if mounting else config,
                                self.publish_overlay)
             except Exception as error:  # the node must outlive any one frame
                 camera.count("failed")

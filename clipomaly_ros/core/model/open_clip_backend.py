@@ -165,10 +165,14 @@ def _load_open_clip_model(config: ClipomalyConfig, device: torch.device, precisi
 
 
 class OpenClipBackend:
-    """An open_clip model with training-free dense features (see :mod:`clipomaly_ros.dense`).
+    """An open_clip model with training-free dense features (see :mod:`.dense`), run by the configured runtime
+    (:mod:`.runtimes`). Dense features take numpy images or uint8 tensors on the device
+    (``accepts_device_images``).
 
     ``precision``: open_clip's weight precision; by default fp16 on CUDA and fp32 on the CPU (training asks for
     fp32 and uses autocast instead)."""
+
+    accepts_device_images = True
 
     def __init__(self, config: ClipomalyConfig, precision: str | None = None):
         self.device = resolve_device(config.device)
@@ -211,14 +215,22 @@ class OpenClipBackend:
         """The normalisation mean as an RGB uint8 colour: what a blank pixel looks like to the model."""
         return tuple(int(round(255 * float(m))) for m in self.mean.flatten())
 
-    def _pixels(self, image: np.ndarray, size: tuple[int, int] | None = None, slot: int = 0) -> torch.Tensor:
-        """An RGB uint8 ``(H, W, 3)`` image on the device, resized to ``size`` (height, width): ``(3, h, w)``
-        float 0..255.
+    def _pixels(self, image: np.ndarray | torch.Tensor, size: tuple[int, int] | None = None,
+                slot: int = 0) -> torch.Tensor:
+        """An RGB uint8 ``(H, W, 3)`` image (array, or tensor such as a frame decoded on the GPU) on the device,
+        resized to ``size`` (height, width): ``(3, h, w)`` float 0..255.
 
         On CUDA the uint8 pixels go up through a reused pinned buffer without blocking and are resized on the
         GPU (``slot`` tells images of one batch apart: each has its own buffer); on the CPU OpenCV resizes,
         bilinear as the published dense-CLIP pipelines do (mmseg's Resize)."""
-        resize = size is not None and tuple(size) != image.shape[:2]
+        resize = size is not None and tuple(size) != tuple(image.shape[:2])
+        if isinstance(image, torch.Tensor):  # decoded on the device already (or handed over as a tensor)
+            if self.device.type != "cuda":
+                return self._pixels(image.cpu().numpy(), size, slot)
+            tensor = image.to(self.device, non_blocking=True).permute(2, 0, 1)[None].float()
+            if resize:
+                tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+            return tensor[0]
         if self.device.type == "cuda":
             key = (slot, *image.shape)
             pinned = self._pinned.get(key)
@@ -273,7 +285,7 @@ class OpenClipBackend:
 
     @torch.inference_mode()
     def dense_features_batch(self, images: Sequence[np.ndarray]) -> list[DenseFeatures]:
-        layouts = [self.layout_for(image.shape[:2]) for image in images]
+        layouts = [self.layout_for(tuple(image.shape[:2])) for image in images]
         # raw pixels: the normalisation is folded into the patch embedding, no pass over the image for it
         tensors = [self._pixels(image, layout.resized, slot)
                    for slot, (image, layout) in enumerate(zip(images, layouts))]

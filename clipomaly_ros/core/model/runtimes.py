@@ -7,9 +7,10 @@ normalised. They all run the same graph (:class:`.dense.DenseVisionEncoder`), so
 
 ======== =======================================================================================================
 torch    eager PyTorch, the encoder for the dense pass and the unchanged network for crops
-compile  ``torch.compile`` of the same two; on CUDA with CUDA graphs. Batches are padded to a power of two, so a
-         new number of cameras or regions reuses a compiled graph instead of compiling again; :meth:`warm_up`
-         compiles the expected sizes at start, so the first frame is not slow
+compile  ``torch.compile`` of the same two; on CUDA with CUDA graphs. The batch axis is compiled as dynamic and
+         batches are padded to a power of two, so a new number of cameras or regions records one more CUDA graph
+         instead of compiling again; :meth:`warm_up` runs the expected sizes at start, so the first frame is not
+         slow
 onnx     ONNX Runtime on an exported model (:mod:`.export`): TensorRT (fp16, engines cached on disk), then CUDA,
          then CPU, whichever the installed build has; one graph answers both questions
 ======== =======================================================================================================
@@ -73,7 +74,8 @@ def bucket(count: int) -> int:
 
 class CompiledRuntime:
     """``torch.compile`` of the eager graphs (``runtime: compile``): CUDA graphs on a GPU (mode
-    ``reduce-overhead``), static shapes, batches padded to :func:`bucket` sizes."""
+    ``reduce-overhead``), a dynamic batch axis, batches padded to :func:`bucket` sizes (a CUDA graph is recorded
+    per bucket)."""
 
     name = "compile"
 
@@ -81,9 +83,8 @@ class CompiledRuntime:
         self.encoder = encoder
         self.cuda_graphs = device.type == "cuda"
         mode = "reduce-overhead" if self.cuda_graphs else None
-        self._dense = torch.compile(lambda windows: encoder.forward_pixels(windows)[1], mode=mode, dynamic=False)
-        self._embed = torch.compile(lambda crops: image_encoder.forward_pixels(crops)[0], mode=mode,
-                                    dynamic=False)
+        self._dense = torch.compile(lambda windows: encoder.forward_pixels(windows)[1], mode=mode)
+        self._embed = torch.compile(lambda crops: image_encoder.forward_pixels(crops)[0], mode=mode)
         self.description = "torch.compile" + (" with CUDA graphs" if self.cuda_graphs else " (inductor, CPU)")
         # every bucket of both graphs may be compiled once; dynamo's default limit of 8 would fall back to eager
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
@@ -93,6 +94,8 @@ class CompiledRuntime:
         size = bucket(count)
         if size != count:
             batch = torch.cat([batch, batch.new_zeros(size - count, *batch.shape[1:])])
+        if size > 1:  # one graph for every batch size above 1 (size 1 is always specialised): compiled twice, not
+            torch._dynamo.mark_dynamic(batch, 0)  # once per bucket; CUDA graphs are still recorded per bucket
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         # a CUDA graph's output is overwritten by its next replay: keep a copy of the rows asked for

@@ -108,8 +108,15 @@ class Subject:
             self.pipeline, self.backend = None, OpenClipBackend(config)
         self.backend.clock.synchronize = True  # the device's time for the backbone, not the launch's
 
-    def frame(self, images) -> tuple[float, float]:
-        """Milliseconds for ``images`` (one batch), and of those inside the vision transformer."""
+    def frame(self, image) -> tuple[float, float]:
+        """Milliseconds for one frame, and of those inside the vision transformer."""
+        milliseconds, results = self.batch([image])
+        if results is None:
+            return milliseconds, self.backend.clock.take()
+        return milliseconds, results[0].timings_ms["backbone"]
+
+    def batch(self, images) -> tuple[float, list | None]:
+        """Milliseconds for ``images`` (one per camera, one backbone pass), and the pipeline's results."""
         torch = self.torch
         device = self.backend.device
         if device.type == "cuda":
@@ -117,12 +124,13 @@ class Subject:
         self.backend.clock.take()
         start = time.perf_counter()
         if self.pipeline is not None:
-            self.pipeline.segment_batch(images)
+            results = self.pipeline.segment_batch(images)
         else:
+            results = None
             self.backend.dense_features_batch(images)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return (time.perf_counter() - start) * 1000.0, self.backend.clock.take()
+        return (time.perf_counter() - start) * 1000.0, results
 
     def grid(self, image):
         return self.backend.dense_features(image).grid.float()
@@ -142,7 +150,7 @@ def measure(config, image, frames: int, camera_counts, full: bool, reference, bu
     started = time.perf_counter()
     subject.backend.warm_up(image.shape[:2], max(camera_counts))
     for _ in range(2):
-        subject.frame([image])
+        subject.frame(image)
     warm_up_s = time.perf_counter() - started
     cost = subject.backend.layout_cost(image.shape[:2])
     report = {"runtime": config.runtime, "layout": config.window_layout, "load_s": round(load_s, 1),
@@ -154,7 +162,7 @@ def measure(config, image, frames: int, camera_counts, full: bool, reference, bu
         if index >= 3 and budget.left < 20:
             log(f"  {config.runtime}/{config.window_layout}: time budget reached after {index} frames")
             break
-        total, backbone = subject.frame([image])
+        total, backbone = subject.frame(image)
         totals.append(total)
         backbones.append(backbone)
     report.update(frames=len(totals), ms_per_frame=round(median(totals), 2),
@@ -166,7 +174,7 @@ def measure(config, image, frames: int, camera_counts, full: bool, reference, bu
         if budget.left < 15:
             cameras[str(count)] = "skipped: time budget"
             continue
-        times = [subject.frame([image] * count)[0] for _ in range(max(2, min(frames // 5, 10)))]
+        times = [subject.batch([image] * count)[0] for _ in range(max(2, min(frames // 5, 10)))]
         cameras[str(count)] = {"ms_per_batch": round(median(times), 1),
                                "fps_per_camera": round(1000.0 / median(times), 1)}
     report["cameras"] = cameras
@@ -207,9 +215,10 @@ def format_table(report: dict) -> str:
             continue
         cameras = " / ".join(f"{v['fps_per_camera']:.1f}" if isinstance(v, dict) else "-"
                              for v in row["cameras"].values())
+        gpu_mb = f"{row['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in row else "-"
         lines.append(f"{row['layout']:<9}{row['runtime']:<9}{row['windows']:>8}{row['gflop']:>8.0f}"
                      f"{row['ms_per_frame']:>10.1f}{row['backbone_ms']:>10.1f}{row['host_ms']:>8.1f}"
-                     f"{row['fps']:>8.1f}{row.get('peak_gpu_mb', 0):>8.0f}{row.get('cosine_vs_eager', 1.0):>10.6f}"
+                     f"{row['fps']:>8.1f}{gpu_mb:>8}{row.get('cosine_vs_eager', 1.0):>10.6f}"
                      f"  {cameras}")
     lines.append(f"measured: {', '.join(sorted({r.get('measured', '-') for r in report['results']}))}; "
                  f"{report['elapsed_s']:.0f} s in all")
@@ -224,6 +233,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="open_clip architecture (default ViT-B-16; on cpu clipomaly-tiny-vit)")
     parser.add_argument("--frames", type=int, help="frames timed per runtime and layout (default 50; on cpu 3)")
     parser.add_argument("--size", default="1280x720", help="frame size WIDTHxHEIGHT (default 1280x720)")
+    parser.add_argument("--window-size", type=int, help="window side in pixels (default: the model's; on cpu 128, "
+                                                        "where the tiny ViT's 16 patches a window would leave "
+                                                        "SC-CLIP's outlier factor a tie that rounding breaks)")
     parser.add_argument("--cameras", default="1,4,8", help="camera counts batched through one model")
     parser.add_argument("--runtimes", help="comma-separated subset of torch,compile,onnx (default: all that run)")
     parser.add_argument("--budget-s", type=float, default=330.0, help="time budget in seconds (default 330)")
@@ -252,6 +264,7 @@ def main(argv=None) -> int:
                      "transformer, fusion), not the whole pipeline")
     model = args.model or ("clipomaly-tiny-vit" if cpu else "ViT-B-16")
     frames = args.frames or (3 if cpu else 50)
+    window_size = args.window_size if args.window_size is not None else (128 if cpu and not args.model else 0)
     width, height = (int(v) for v in args.size.lower().split("x"))
     camera_counts = [int(c) for c in args.cameras.split(",")]
     runtimes = runtimes_here(args.device, notes.append)
@@ -267,7 +280,7 @@ def main(argv=None) -> int:
                 results.append({"layout": layout, "runtime": runtime, "error": "skipped: time budget"})
                 continue
             config = ClipomalyConfig(model=model, random_weights=True, device=args.device, runtime=runtime,
-                                     window_layout=layout, cache_dir=str(cache))
+                                     window_layout=layout, cache_dir=str(cache), window_size=window_size)
             print(f"{layout} layout, runtime {runtime} ...", flush=True)
             try:
                 row, grid = measure(config, image, frames, camera_counts, full, reference, budget, notes.append)

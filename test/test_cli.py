@@ -96,9 +96,26 @@ def test_bench_reports_stages_host_share_node_cost_cameras_and_memory(tmp_path, 
     assert report["windows"] >= 1 and report["vocabulary_change_10_names_ms"] > 0
     calibration = report["calibration"]
     assert calibration["per_setting_ms"] > 0 and calibration["evaluate_ms"] == pytest.approx(stages["total"], abs=0.1)
+    layouts = report["layouts"]
+    assert layouts["light"]["tokens"] < layouts["official"]["tokens"] and layouts["official"]["windows"] >= 1
+    assert layouts["light"]["gflop"] < layouts["official"]["gflop"] and layouts["crop_gflop"] > 0
     text = capsys.readouterr().out
     assert "calibrate, per setting and image after the first pass" in text
     assert "host time outside the backbone" in text and "3 cameras" in text and "RANDOM" in text
+    assert "this run will take about" in text and "Jetson AGX Orin" in text
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "compile"])
+def test_bench_is_quick_by_default_and_runs_each_runtime(tmp_path, tiny_model_name, runtime, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", tiny_model_name, "--device", "cpu", "--size", "200x120", "--frames", "2",
+                 "--inference-size", "64", "--runtime", runtime, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["runtime"] == runtime and report["stage_ms"]["backbone"] > 0
+    assert set(report["fps"]) == {"1 camera"}  # camera batches, the soak and the ground check are opt-in
+    assert "memory" not in report and "ground_errors" not in report
+    assert ("ONNX Runtime" if runtime == "onnx" else "torch.compile") in report["backend"]
 
 
 def test_bench_rejects_a_bad_size(capsys):

@@ -10,9 +10,12 @@ Random weights by default: the cost of a forward pass does not depend on the wei
 - end-to-end frames per second for 1 camera and for ``cameras`` cameras batched through one model;
 - the planner step per frame (ground placement and tracking of the frame's anomalies), and the tracker alone
   with ``max_regions`` anomalies a frame;
-- distance and lateral errors of the ground estimates at 5 to 40 m, on perspective street scenes segmented by the
-  toy backend (the geometry's accuracy, whatever model is benchmarked);
-- resident memory after the first and the last frame of a long run with a small model (``soak_frames``).
+- per window layout (official, light): windows, tokens and GFLOP per frame, and a Jetson AGX Orin estimate from them;
+- opt-in, as they take long: distance and lateral errors of the ground estimates at 5 to 40 m, on perspective street
+  scenes segmented by the toy backend (``geometry``); resident memory after the first and the last frame of a long
+  run with a small model (``soak_frames``); ``cameras`` cameras batched through one model.
+
+It says at the start how long it will take, from the first frame's time.
 """
 
 from __future__ import annotations
@@ -169,9 +172,50 @@ def _offline_publish_ms(image, result, all_outputs: bool, follower: AnomalyFollo
     return (time.perf_counter() - start) * 1000.0
 
 
-def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, cameras: int = 4,
-              soak_frames: int = 1000, geometry: bool = True, log=print) -> dict:
-    """Measure the pipeline on a ``size`` = (width, height) street scene over ``frames`` frames."""
+ORIN_FP16_TFLOPS = 42.5
+"""Jetson AGX Orin's dense fp16 tensor-core peak: 64 tensor cores x 1.3 GHz x 512 FLOP a clock."""
+ORIN_EFFICIENCY = (0.35, 0.7)
+"""Share of that peak a TensorRT ViT keeps (the issue's 40-100 ms for 1.1-1.6 TFLOP lies in it)."""
+
+
+def layout_profiles(pipeline, size: tuple[int, int]) -> dict:
+    """Per window layout (official, light, as each defines its short side and stride; the model's window): windows,
+    tokens and GFLOP of one ``size`` = (width, height) frame, and
+    the milliseconds a Jetson AGX Orin would take for them by :data:`ORIN_FP16_TFLOPS` x :data:`ORIN_EFFICIENCY`
+    (an estimate from arithmetic, not a measurement). Empty for a backend without a ViT."""
+    backend = pipeline.backend
+    if not hasattr(backend, "layout_cost"):
+        return {}
+    from ..core.model.dense import layout_cost, plan_windows
+
+    profiles = {}
+    for layout in ("official", "light"):
+        config = pipeline.config.replace(window_layout=layout, inference_size=0, window_stride=0)  # as defined
+        plan = plan_windows((size[1], size[0]), config.working_short_side, backend.window,
+                            config.stride_for(backend.window), backend.encoder.patch_size[0])
+        cost = layout_cost(backend.encoder, plan)
+        fastest, slowest = (cost.gflop / (ORIN_FP16_TFLOPS * share) for share in reversed(ORIN_EFFICIENCY))
+        profiles[layout] = {"windows": cost.windows, "tokens": cost.tokens, "gflop": round(cost.gflop, 3),
+                            "working_size": f"{plan.resized[1]}x{plan.resized[0]}",
+                            "orin_ms_estimate": [round(fastest, 1), round(slowest, 1)]}
+    crop = layout_cost(backend.encoder, plan_windows((backend.crop_size,) * 2, backend.crop_size, backend.crop_size,
+                                                     backend.crop_size, backend.encoder.patch_size[0]))
+    profiles["crop_gflop"] = round(crop.gflop, 3)
+    return profiles
+
+
+def bench_duration_s(frame_s: float, frames: int, cameras: int, soak_frames: int, geometry: bool) -> float:
+    """Seconds a bench run will take, from one frame's ``frame_s``: the timed frames, the node's publishing, the
+    camera batches, the planner frames and the calibration pass, then the optional parts."""
+    pipeline_frames = (frames + 2 * max(2, min(frames, 5)) + max(2, min(frames, 3)) * (1 + (cameras > 1) * cameras)
+                       + max(3, min(frames, 10)) + 2)
+    return pipeline_frames * frame_s + soak_frames * 0.05 + (12.0 if geometry else 0.0)
+
+
+def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, cameras: int = 1,
+              soak_frames: int = 0, geometry: bool = False, log=print) -> dict:
+    """Measure the pipeline on a ``size`` = (width, height) street scene over ``frames`` frames; the memory soak
+    (``soak_frames``), the ground check (``geometry``) and camera batches (``cameras`` > 1) are opt-in."""
     from ..core.pipeline import Clipomaly
     from ..core.vocabulary import TextEmbedder
 
@@ -185,7 +229,12 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
         clock.synchronize = True  # the device's time, not only the host's share of launching it
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    pipeline.warm_up((size[1], size[0]), cameras)
+    started = time.perf_counter()
     pipeline(image)  # warm-up
+    frame_s = time.perf_counter() - started
+    log(f"bench: one frame took {frame_s:.1f} s; this run will take about "
+        f"{bench_duration_s(frame_s, frames, cameras, soak_frames, geometry):.0f} s")
     follower = calibrated_follower(pipeline)
     frame_index = iter(range(10**9))
 
@@ -270,6 +319,9 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
         report["windows"] = len(layout.origins)
         report["working_size"] = f"{layout.resized[1]}x{layout.resized[0]}"
         report["backbone_ms"] = report["stage_ms"]["backbone"]
+        report["runtime"] = config.runtime
+        report["window_layout"] = config.window_layout
+        report["layouts"] = layout_profiles(pipeline, size)
     if torch.device(device).type == "cuda":
         report["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     report["calibration"] = calibration_cost(pipeline, size, report["stage_ms"]["total"])
@@ -396,6 +448,18 @@ def format_bench(report: dict) -> str:
         lines.append(f"memory ({memory['model']}, {memory['frames']} frames): resident "
                      f"{memory['resident_mb_first']:.0f} MB after frame 1, {memory['resident_mb_last']:.0f} MB "
                      f"after frame {memory['frames']} ({memory['growth_mb']:+.1f} MB)")
+    if report.get("layouts"):
+        profiles = report["layouts"]
+        lines += ["", f"window layouts at {report['size']} (this run: {report['window_layout']}, runtime "
+                      f"{report['runtime']})",
+                  f"{'layout':<10}{'working':>10}{'windows':>9}{'tokens':>8}{'GFLOP':>8}  Jetson AGX Orin, ms "
+                  f"(estimate: {ORIN_EFFICIENCY[0]:.0%}-{ORIN_EFFICIENCY[1]:.0%} of {ORIN_FP16_TFLOPS} TFLOP/s fp16)"]
+        for name in ("official", "light"):
+            profile = profiles[name]
+            lines.append(f"{name:<10}{profile['working_size']:>10}{profile['windows']:>9}{profile['tokens']:>8}"
+                         f"{profile['gflop']:>8.0f}  {profile['orin_ms_estimate'][0]:.0f}-"
+                         f"{profile['orin_ms_estimate'][1]:.0f}")
+        lines.append(f"each named region adds one crop: {profiles['crop_gflop']:.0f} GFLOP")
     lines.append(f"peak resident {report['peak_resident_mb']:.0f} MB"
                  + (f"; GPU peak {report['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in report else ""))
     return "\n".join(lines)

@@ -5,7 +5,6 @@ bags) <- ``tools`` (the ``clipomaly`` command line). Start with :class:`Clipomal
 """
 
 from .core.config import CITYSCAPES_CLASSES, ClipomalyConfig, ConfigError, load_config
-from .core.results import AnomalyRecord, SegmentationResult
 
 __all__ = [
     "CITYSCAPES_CLASSES", "Clipomaly", "ClipomalyConfig", "ConfigError", "load_config", "AnomalyRecord",
@@ -15,9 +14,14 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # torch and open_clip load only when the pipeline is first asked for, so `import clipomaly_ros` stays light
+    # torch, open_clip and opencv load only when the pipeline or its results are first asked for, so `import
+    # clipomaly_ros` stays light and the model side (core.model) imports on a machine with PyTorch alone
     if name == "Clipomaly":
         from .core.pipeline import Clipomaly
 
         return Clipomaly
+    if name in ("AnomalyRecord", "SegmentationResult"):
+        from .core import results
+
+        return getattr(results, name)
     raise AttributeError(name)

@@ -27,3 +27,42 @@ def test_pipeline_runs_in_fp16_on_the_gpu_and_keeps_its_maps_there(tiny_model_na
     assert (result.semantic == reference.semantic).mean() > 0.9
     batched = gpu.segment_batch([image, image[::2, ::2].copy()])
     assert [r.image_size for r in batched] == [(360, 640), (180, 320)]
+
+
+def test_every_runtime_equals_eager_on_the_gpu(tiny_model_name, tmp_path):
+    settings = dict(model=tiny_model_name, random_weights=True, device="cuda", window_size=128,
+                    inference_size=256, cache_dir=str(tmp_path))
+    image, _ = render_street_scene(360, 640, planted="mattress")
+    eager = Clipomaly(ClipomalyConfig(**settings)).backend
+    reference = eager.dense_features(image).grid.float()
+    runtimes = ["compile"] + (["onnx"] if _has_gpu_onnxruntime() else [])
+    for runtime in runtimes:
+        backend = Clipomaly(ClipomalyConfig(runtime=runtime, **settings)).backend
+        backend.warm_up((360, 640), 2)
+        grid = backend.dense_features(image).grid.float()
+        cosine = torch.nn.functional.cosine_similarity(grid, reference, dim=-1).min()
+        assert cosine >= 0.999, (runtime, float(cosine))  # fp16 on both sides
+
+
+def _has_gpu_onnxruntime() -> bool:
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return bool({"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(onnxruntime.get_available_providers()))
+
+
+def test_a_jpeg_decoded_on_the_gpu_goes_through_without_a_cpu_decode(tiny_model_name, tmp_path):
+    import cv2
+
+    from clipomaly_ros.core.images import decode_jpeg_on_device
+
+    image, _ = render_street_scene(360, 640, planted="mattress")
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    decoded = decode_jpeg_on_device(jpeg, torch.device("cuda"))
+    assert decoded.device.type == "cuda" and tuple(decoded.shape) == (360, 640, 3)
+    pipeline = Clipomaly(ClipomalyConfig(model=tiny_model_name, random_weights=True, device="cuda",
+                                         inference_size=224, cache_dir=str(tmp_path)))
+    on_gpu, on_host = pipeline(decoded), pipeline(cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR),
+                                                               cv2.COLOR_BGR2RGB))
+    assert (on_gpu.semantic == on_host.semantic).mean() > 0.95  # two JPEG decoders, fp16

@@ -70,3 +70,16 @@ def test_the_gpu_check_refuses_a_machine_without_cuda_in_one_line(tmp_path):
                                 "--wheels", str(tmp_path / "none")], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 2 and "DEVICE=cpu" in completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1
+
+
+def test_the_model_side_runs_without_opencv_and_scipy_as_on_a_bare_gpu_machine(tiny_model_name):
+    # a frame already at the working size: on a GPU the resize happens there, without opencv
+    code = ("import sys; sys.modules.update(cv2=None, scipy=None); import numpy as np; "
+            "from clipomaly_ros import ClipomalyConfig; "
+            "from clipomaly_ros.core.model.open_clip_backend import OpenClipBackend; "
+            f"b = OpenClipBackend(ClipomalyConfig(model={tiny_model_name!r}, random_weights=True, device='cpu', "
+            "inference_size=128)); "
+            "g = b.dense_features(np.zeros((128, 192, 3), np.uint8)).grid; print(tuple(g.shape))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip().endswith("(8, 12, 32)")

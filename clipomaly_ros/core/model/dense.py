@@ -49,6 +49,11 @@ class DenseVisionEncoder(nn.Module):
         self.patch_size = tuple(visual.patch_size)
         self.native_grid = tuple(visual.grid_size)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The patch embedding's weight: its dtype and device are the encoder's."""
+        return self.visual.conv1.weight
+
     def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embeddings ``(B, C, H/p, W/p)`` of normalised images ``(B, 3, H, W)``.
 

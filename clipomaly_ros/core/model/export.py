@@ -111,8 +111,7 @@ def export_onnx(encoder: DenseVisionEncoder, spec: EngineSpec, path: str | Path,
             raise ModelLoadError(f"exporting ONNX needs the '{module}' package: {ONNX_EXTRA_HINT}") from None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dtype = encoder._pixel_weight.dtype
-    device = encoder._pixel_weight.device
+    dtype, device = encoder.weight.dtype, encoder.weight.device
     windows = torch.rand(2, 3, spec.window, spec.window, device=device, dtype=dtype) * 255
     explicit = encoder.explicit_attention
     encoder.explicit_attention = True

@@ -16,13 +16,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backend import BackboneClock, DenseFeatures, ModelLoadError, resolve_device
 from ..config import ClipomalyConfig
+from .backend import BackboneClock, DenseFeatures, ModelLoadError, resolve_device
 from .dense import (DenseVisionEncoder, LayoutCost, WindowLayout, layout_cost, native_window, plan_windows,
                     sliding_window_features)
 from .export import engine_spec
@@ -242,6 +241,8 @@ class OpenClipBackend:
                 tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
             return tensor[0]
         if resize:
+            import cv2  # only here: the model side imports on a GPU machine without opencv
+
             image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
 

@@ -108,7 +108,7 @@ class CompiledRuntime:
         return self._padded(self._embed, crops)
 
     def warm_up(self, dense_batches: Iterable[int], crop_batches: Iterable[int], window: int, crop: int) -> None:
-        device = self.encoder.visual.conv1.weight.device
+        device = self.encoder.weight.device
         for run, sizes, side in ((self.dense, dense_batches, window), (self.embed, crop_batches, crop)):
             for size in sorted({bucket(n) for n in sizes if n > 0}):
                 run(torch.zeros(size, 3, side, side, device=device))
@@ -154,11 +154,13 @@ def choose_providers(available: list[str], device: torch.device, trt_cache: Path
         if "TensorrtExecutionProvider" in available and trt_cache is not None:
             trt_cache.mkdir(parents=True, exist_ok=True)
             chosen.append(("TensorrtExecutionProvider", {
-                "device_id": device_id, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                # fp16 kernels, but LayerNorm's reductions in fp32: the fp16 overflow trap (TensorRT #2564)
+                "device_id": device_id, "trt_fp16_enable": True, "trt_layer_norm_fp32_fallback": True,
+                "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": str(trt_cache), "trt_timing_cache_enable": True,
                 "trt_timing_cache_path": str(trt_cache),
                 "trt_profile_min_shapes": f"windows:1x3x{side}x{side}",
-                "trt_profile_opt_shapes": f"windows:{max_batch}x3x{side}x{side}",
+                "trt_profile_opt_shapes": f"windows:{min(max_batch, 32)}x3x{side}x{side}",  # one camera's
                 "trt_profile_max_shapes": f"windows:{max_batch}x3x{side}x{side}"}))
         if "CUDAExecutionProvider" in available:
             chosen.append(("CUDAExecutionProvider", {"device_id": device_id}))
@@ -260,7 +262,7 @@ def create_runtime(name: str, encoder: DenseVisionEncoder, image_encoder: DenseV
             raise ModelLoadError(f"engine {path} does not exist: write it with 'clipomaly export -o {path}', or "
                                  "clear 'engine' to have one exported on start")
     else:
-        path = default_engine_path(cache_dir, spec, encoder._pixel_weight.dtype)
+        path = default_engine_path(cache_dir, spec, encoder.weight.dtype)
         if not path.is_file():
             LOG.warning("exporting the window encoder to %s (once; later starts reuse it)", path)
             export_onnx(encoder, spec, path)

@@ -102,7 +102,7 @@ def test_bench_reports_stages_host_share_node_cost_cameras_and_memory(tmp_path, 
     text = capsys.readouterr().out
     assert "calibrate, per setting and image after the first pass" in text
     assert "host time outside the backbone" in text and "3 cameras" in text and "RANDOM" in text
-    assert "this run will take about" in text and "Jetson AGX Orin" in text
+    assert "the rest of this run will take about" in text and "Jetson AGX Orin" in text
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "compile"])

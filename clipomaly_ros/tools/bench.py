@@ -233,7 +233,7 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
     started = time.perf_counter()
     pipeline(image)  # warm-up
     frame_s = time.perf_counter() - started
-    log(f"bench: one frame took {frame_s:.1f} s; this run will take about "
+    log(f"bench: one frame took {frame_s:.1f} s; the rest of this run will take about "
         f"{bench_duration_s(frame_s, frames, cameras, soak_frames, geometry):.0f} s")
     follower = calibrated_follower(pipeline)
     frame_index = iter(range(10**9))

@@ -4,11 +4,10 @@
 
 Arguments: namespace; image_topic (the camera's base topic, remapped onto the node's 'image'; with compressed
 input the node reads <image_topic>/compressed, as image_transport does); camera_info_topic (the calibration,
-default: image_topic's sibling camera_info); compressed and use_sim_time (override
-the parameter file only when given); params_file (default: the package's config/clipomaly.yaml). The node gets
-the parameter-file section ROS would give it: its full name (/front/clipomaly), else matching wildcards
-(/**/clipomaly), else the plain 'clipomaly' key; the log says which. The decisions are plain functions in
-clipomaly_ros.ros.launch_logic.
+default: image_topic's sibling camera_info); compressed, use_sim_time, backend, device and checkpoint (override
+the parameter file only when given); params_file (default: the package's config/clipomaly.yaml). The file is handed
+to the node, so rcl reads it as for `ros2 run --params-file`: every section that matches the node, in file order;
+the given arguments come after it. The decisions are plain functions in clipomaly_ros.ros.launch_logic.
 """
 
 import os
@@ -21,23 +20,25 @@ from launch_ros.actions import Node
 
 
 def _node(context):
-    from clipomaly_ros.ros.launch_logic import image_remappings, node_parameters
+    from clipomaly_ros.ros.launch_logic import LAUNCH_OVERRIDES, image_remappings, node_parameters
 
     def argument(name):
         return LaunchConfiguration(name).perform(context)
 
     namespace = argument("namespace")
     params_file = argument("params_file")
-    parameters, sections = node_parameters(params_file, namespace,
-                                           {name: argument(name) for name in ("compressed", "use_sim_time")})
-    transport = parameters.get("input_transport", "raw")
+    values, overrides, sections = node_parameters(params_file, namespace,
+                                                  {name: argument(name) for name in LAUNCH_OVERRIDES})
+    transport = values.get("input_transport", "raw")
     remappings = image_remappings(argument("image_topic"), transport, argument("camera_info_topic"))
     return [
         LogInfo(msg=f"clipomaly in '{namespace or '/'}': parameters from {params_file} section(s) "
-                    f"{', '.join(sections) or '(none)'}; input {transport}"
+                    f"{', '.join(sections) or '(none)'}"
+                    + "".join(f", {name}:={value}" for name, value in overrides.items()) + f"; input {transport}"
                     + "".join(f"; {inside} from {outside}" for inside, outside in remappings)),
+        # the file itself, so that rcl reads it as for `ros2 run --params-file`; the launch arguments after it
         Node(package="clipomaly_ros", executable="clipomaly_node", name="clipomaly", namespace=namespace,
-             parameters=[parameters], remappings=remappings, output="screen"),
+             parameters=[params_file, overrides], remappings=remappings, output="screen"),
     ]
 
 
@@ -54,5 +55,11 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=default_params, description="ROS 2 parameter file"),
         DeclareLaunchArgument("use_sim_time", default_value="",
                               description="true: use /clock (bag replay); empty: as the parameter file says"),
+        DeclareLaunchArgument("backend", default_value="",
+                              description="open_clip or toy; empty: as the parameter file says"),
+        DeclareLaunchArgument("device", default_value="",
+                              description="auto, cpu, cuda or cuda:N; empty: as the parameter file says"),
+        DeclareLaunchArgument("checkpoint", default_value="",
+                              description="local weights file; empty: as the parameter file says"),
         OpaqueFunction(function=_node),
     ])

@@ -35,6 +35,10 @@ def test_defaults_are_cityscapes_and_vit_b16():
     ({"prompt_templates": ["no slot"]}, "exactly one '{}'"),
     ({"checkpoint": "/x.pt", "random_weights": True}, "choose one"),
     ({"known_classes": "road"}, "list of strings"),
+    ({"anomaly_vocabulary": ["tire", "road"]}, "anomaly_vocabulary: 'road' is a known class"),
+    ({"anomaly_vocabulary": ["car", "road"]}, "'car', 'road' are known classes"),
+    ({"window_layout": "tiny"}, "window_layout must be one of official, light"),
+    ({"runtime": "tensorrt"}, "runtime must be one of torch, compile, onnx"),
 ])
 def test_invalid_values_name_the_setting(changes, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(")):

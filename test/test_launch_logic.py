@@ -27,21 +27,28 @@ def write(tmp_path, document, name="params.yaml"):
     return path
 
 
-def test_the_node_gets_its_own_section_not_another_cameras():
-    assert select_section(SEVERAL_CAMERAS, "clipomaly", "/rear") == (["/rear/clipomaly"],
-                                                                      {"uncertainty_threshold": 0.4})
-    assert select_section(SEVERAL_CAMERAS, "clipomaly", "front")[1]["uncertainty_threshold"] == 0.7
+def test_every_matching_section_applies_in_file_order_a_later_one_winning():
+    # the example: the exact section first, then a wildcard that overrides one of its values
+    ordered = {"/front/clipomaly": {"ros__parameters": {"uncertainty_threshold": 0.41, "min_region_area": 111}},
+               "/**/clipomaly": {"ros__parameters": {"uncertainty_threshold": 0.73, "max_regions": 3}}}
+    assert select_section(ordered, "clipomaly", "/front") == (
+        ["/front/clipomaly", "/**/clipomaly"], {"uncertainty_threshold": 0.73, "min_region_area": 111, "max_regions": 3})
+    reversed_order = dict(reversed(list(ordered.items())))
+    assert select_section(reversed_order, "clipomaly", "/front")[1]["uncertainty_threshold"] == 0.41
+    assert select_section(SEVERAL_CAMERAS, "clipomaly", "/rear") == (
+        ["/rear/clipomaly", "/**/clipomaly"], {"uncertainty_threshold": 0.4, "max_regions": 3})
 
 
-def test_wildcards_come_next_then_the_plain_key():
+def test_wildcards_match_by_name_tokens_and_a_plain_key_is_the_root_namespace():
     assert select_section(SEVERAL_CAMERAS, "clipomaly", "/side") == (["/**/clipomaly"], {"max_regions": 3})
+    assert select_section(SEVERAL_CAMERAS, "clipomaly", "/") == (["/**/clipomaly", "clipomaly"], {"max_regions": 5})
     plain = {k: v for k, v in SEVERAL_CAMERAS.items() if "*" not in k}
-    assert select_section(plain, "clipomaly", "/side") == (["clipomaly"], {"max_regions": 5})
+    assert select_section(plain, "clipomaly", "/side") == ([], {})
     one_level = {"/*/clipomaly": {"ros__parameters": {"max_regions": 2}}}
     assert select_section(one_level, "clipomaly", "/a")[1] == {"max_regions": 2}
     assert select_section(one_level, "clipomaly", "/a/b") == ([], {})  # '*' is one name token
-    everything = {"/**": {"ros__parameters": {"max_regions": 4}}}
-    assert select_section(everything, "clipomaly", "/a/b")[1] == {"max_regions": 4}
+    everything = {"/**": {"ros__parameters": {"use_sim_time": True}}, "clipomaly": {"ros__parameters": {}}}
+    assert select_section(everything, "clipomaly", "/")[1] == {"use_sim_time": True}
 
 
 def test_a_file_with_only_other_cameras_sections_is_an_error_not_a_merge(tmp_path):
@@ -52,10 +59,10 @@ def test_a_file_with_only_other_cameras_sections_is_an_error_not_a_merge(tmp_pat
 
 def test_a_dumped_parameter_file_is_accepted_with_its_standard_ros_parameters(tmp_path):
     path = write(tmp_path, DUMPED)
-    parameters, sections = node_parameters(path, "/front", {})
-    assert sections == ["/front/clipomaly"]
-    assert parameters["start_type_description_service"] is True and parameters["use_sim_time"] is False
-    assert parameters["qos_overrides./parameter_events.publisher.depth"] == 1000
+    values, overrides, sections = node_parameters(path, "/front", {})
+    assert sections == ["/front/clipomaly"] and overrides == {}
+    assert values["start_type_description_service"] is True and values["use_sim_time"] is False
+    assert values["qos_overrides./parameter_events.publisher.depth"] == 1000
     misspelled = write(tmp_path, {"clipomaly": {"ros__parameters": {"uncertainty_treshold": 0.5}}}, "bad.yaml")
     with pytest.raises(ConfigError, match="unknown setting.*uncertainty_treshold"):
         node_parameters(misspelled, "/", {})
@@ -63,10 +70,13 @@ def test_a_dumped_parameter_file_is_accepted_with_its_standard_ros_parameters(tm
 
 def test_launch_arguments_override_the_file_only_when_given(tmp_path):
     path = write(tmp_path, SEVERAL_CAMERAS)
-    kept, _ = node_parameters(path, "/front", {"compressed": "", "use_sim_time": ""})
-    assert kept["input_transport"] == "compressed" and "use_sim_time" not in kept
-    overridden, _ = node_parameters(path, "/front", {"compressed": "false", "use_sim_time": "true"})
-    assert overridden["input_transport"] == "raw" and overridden["use_sim_time"] is True
+    kept, overrides, _ = node_parameters(path, "/front", {"compressed": "", "use_sim_time": "", "backend": ""})
+    assert kept["input_transport"] == "compressed" and "use_sim_time" not in kept and overrides == {}
+    overridden, overrides, _ = node_parameters(path, "/front", {
+        "compressed": "false", "use_sim_time": "true", "backend": "toy", "device": "cpu", "checkpoint": "/w.pt"})
+    assert overrides == {"input_transport": "raw", "use_sim_time": True, "backend": "toy", "device": "cpu",
+                         "checkpoint": "/w.pt"}
+    assert overridden["input_transport"] == "raw" and overridden["uncertainty_threshold"] == 0.7
     with pytest.raises(ValueError, match="compressed"):
         node_parameters(path, "/front", {"compressed": "maybe"})
 

@@ -328,6 +328,12 @@ class ClipomalyConfig(_ClipomalyConfigBase):
         for template in self.prompt_templates:
             if template.count("{}") != 1:
                 raise ConfigError(f"prompt_templates: {template!r} must contain exactly one '{{}}' for the name")
+        known = [name for name in self.anomaly_vocabulary if name in self.known_classes]
+        if known:
+            raise ConfigError(f"anomaly_vocabulary: {', '.join(map(repr, known))} "
+                              f"{'is a known class' if len(known) == 1 else 'are known classes'}: a region named so "
+                              "would be known, never an anomaly; remove it from anomaly_vocabulary (or from "
+                              "known_classes)")
         missing = [name for name in self.drivable_classes if name not in self.known_classes]
         if missing:
             raise ConfigError(f"drivable_classes: {', '.join(map(repr, missing))} not among known_classes; list "
@@ -384,24 +390,24 @@ def _key_pattern(key: str) -> re.Pattern:
     return re.compile(pattern + "$")
 
 
+def section_matches(key: str, fqn: str) -> bool:
+    """Whether the parameter-file key ``key`` applies to the node ``fqn`` as rcl decides it: a key without a
+    leading slash is taken from the root (``clipomaly`` is ``/clipomaly``), ``*`` is one name token and ``/**``
+    any number of them."""
+    return bool(_key_pattern(key).match(fqn))
+
+
 def select_section(document: Mapping, node_name: str = NODE_NAME,
                    namespace: str = "/") -> tuple[list[str], dict[str, Any]]:
-    """The ``ros__parameters`` for node ``node_name`` in ``namespace``, chosen as ROS does, and the keys used.
+    """The ``ros__parameters`` that rcl gives node ``node_name`` in ``namespace``, and the keys they came from.
 
-    The section whose key is the node's full name (``/front/clipomaly``) wins; else the wildcard sections that
-    match it (``/**/clipomaly``, ``/*/clipomaly``, ``/**``), merged in file order; else the plain ``clipomaly``
-    key, which the launch file hands to a node in any namespace. Sections for other nodes are ignored.
+    As rcl reads a parameter file: every section whose key matches the node (its full name ``/front/clipomaly``,
+    wildcards such as ``/**/clipomaly``, ``/*/clipomaly`` or ``/**``, a plain ``clipomaly`` for a node in the root
+    namespace), merged in file order, a later section overriding an earlier one. Sections for other nodes are
+    ignored.
     """
     fqn = node_fqn(node_name, namespace)
-    exact, wildcard, plain = [], [], []
-    for key in map(str, document):
-        if ("/" + key.lstrip("/")) == fqn:
-            exact.append(key)
-        elif "*" in key and _key_pattern(key).match(fqn):
-            wildcard.append(key)
-        elif key.lstrip("/") == node_name:
-            plain.append(key)
-    chosen = exact or wildcard or plain
+    chosen = [key for key in map(str, document) if section_matches(key, fqn)]
     parameters: dict[str, Any] = {}
     for key in chosen:
         section = document[key]
@@ -437,8 +443,8 @@ def read_parameter_file(path: str | Path, node_name: str = NODE_NAME, namespace:
         raise ConfigError(f"{path}: {error}") from None
     if not chosen and document:
         raise ConfigError(f"{path}: no section for node {node_fqn(node_name, namespace)} (expected "
-                          f"'{node_name}:', '/**/{node_name}:' or '{node_fqn(node_name, namespace)}:' with "
-                          "'ros__parameters:')")
+                          f"'/**/{node_name}:' for any namespace, '{node_fqn(node_name, namespace)}:', or a plain "
+                          f"'{node_name}:' for the root namespace only, with 'ros__parameters:')")
     if sections is not None:
         sections.extend(chosen)
     unknown = sorted(name for name in set(parameters) - set(SETTINGS_BY_NAME)
@@ -464,8 +470,9 @@ def load_config(path: str | Path | None = None, namespace: str = "/", **override
 
 
 def default_parameter_file() -> str:
-    """The parameter-file text holding every setting at its default, with its description as a comment."""
-    lines = [f"{NODE_NAME}:", "  ros__parameters:"]
+    """The parameter-file text holding every setting at its default, with its description as a comment, for the
+    node in any namespace (``/**/clipomaly``)."""
+    lines = [f"/**/{NODE_NAME}:", "  ros__parameters:"]
     for setting in SETTINGS:
         lines.append(f"    # {setting.description}")
         value = list(setting.default) if isinstance(setting.default, tuple) else setting.default

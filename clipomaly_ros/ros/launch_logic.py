@@ -21,23 +21,38 @@ def parse_bool(text: str, argument: str) -> bool:
     raise ValueError(f"launch argument {argument}:={text!r} must be true or false")
 
 
-def node_parameters(params_file: str | Path, namespace: str, arguments: Mapping[str, str],
-                    node_name: str = NODE_NAME) -> tuple[dict[str, Any], list[str]]:
-    """The parameters for the node in ``namespace`` and the parameter-file keys they came from.
+LAUNCH_OVERRIDES = ("compressed", "use_sim_time", "backend", "device", "checkpoint")
+"""Launch arguments that override the parameter file, each only when given (a non-empty value)."""
 
-    The section is chosen as ROS does (:func:`~clipomaly_ros.core.config.select_section`). Launch arguments
-    ``compressed`` and ``use_sim_time`` override the file only when given (a non-empty value); an empty one
-    leaves the file's value, or the node's default, alone.
+
+def launch_overrides(arguments: Mapping[str, str]) -> dict[str, Any]:
+    """The parameters that the given launch ``arguments`` set: ``compressed`` as ``input_transport``,
+    ``use_sim_time``, ``backend``, ``device`` and ``checkpoint``; an empty argument sets nothing, so the file's
+    value, or the node's default, stays."""
+    overrides: dict[str, Any] = {}
+    if arguments.get("compressed", ""):
+        overrides["input_transport"] = "compressed" if parse_bool(arguments["compressed"], "compressed") else "raw"
+    if arguments.get("use_sim_time", ""):
+        overrides["use_sim_time"] = parse_bool(arguments["use_sim_time"], "use_sim_time")
+    for name in ("backend", "device", "checkpoint"):
+        if arguments.get(name, ""):
+            overrides[name] = arguments[name]
+    return overrides
+
+
+def node_parameters(params_file: str | Path, namespace: str, arguments: Mapping[str, str],
+                    node_name: str = NODE_NAME) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """What the node in ``namespace`` will run with: ``(values, overrides, sections)``.
+
+    The launch file hands the parameter file itself to the node, so rcl reads it (every matching section, in file
+    order), and then ``overrides`` (:func:`launch_overrides`). ``values`` is the outcome read by the same rule
+    (:func:`~clipomaly_ros.core.config.select_section`), for the decisions the launch file takes itself (the
+    input transport, for the remapping); ``sections`` names the file's sections that apply.
     """
     sections: list[str] = []
-    parameters = read_parameter_file(params_file, node_name, namespace, sections)
-    compressed = arguments.get("compressed", "")
-    if compressed:
-        parameters["input_transport"] = "compressed" if parse_bool(compressed, "compressed") else "raw"
-    use_sim_time = arguments.get("use_sim_time", "")
-    if use_sim_time:
-        parameters["use_sim_time"] = parse_bool(use_sim_time, "use_sim_time")
-    return parameters, sections
+    values = read_parameter_file(params_file, node_name, namespace, sections)
+    overrides = launch_overrides(arguments)
+    return {**values, **overrides}, overrides, sections
 
 
 def image_remappings(image_topic: str, transport: str, camera_info_topic: str = "") -> list[tuple[str, str]]:

@@ -108,9 +108,10 @@ class ClipomalyNode(Node):
         try:
             self._start()
         except (ConfigError, ModelLoadError, VocabularyError, ParameterException) as error:
-            # under the node's own logger, so the line names the node with its namespace
-            self.get_logger().fatal(f"cannot start: {error}")
-            raise StartupError(str(error)) from None
+            # under the node's own logger, so the line names the node with its namespace; settings as parameters
+            reason = error.render("ros") if isinstance(error, ModelLoadError) else str(error)
+            self.get_logger().fatal(f"cannot start: {reason}")
+            raise StartupError(reason) from None
 
     def _start(self) -> None:
         overrides = getattr(self, "_parameter_overrides", {})
@@ -121,7 +122,19 @@ class ClipomalyNode(Node):
             default = list(setting.default) if isinstance(setting.default, tuple) else setting.default
             if default == [] and setting.kind == "str_list":
                 default = Parameter.Type.STRING_ARRAY  # rclpy would type an empty list as a byte array
-            self.declare_parameter(setting.name, default, descriptor_for(setting))
+            descriptor = descriptor_for(setting)
+            # an empty list: the default, or "[]" in a parameter file, which rcl reads as a value without a type
+            unset = setting.kind == "str_list" and (given.type_ == Parameter.Type.NOT_SET if given is not None
+                                                    else default == Parameter.Type.STRING_ARRAY)
+            if unset:
+                # declared by type only it would have no value, and one such parameter empties every answer of
+                # get_parameters (`ros2 param dump` wrote nothing); rclpy types an empty list as bytes and a
+                # read-only parameter cannot be given one after declaring: writable here, refused when running by
+                # _on_set_parameters as every setting that is not live is
+                descriptor.read_only = False
+            self.declare_parameter(setting.name, Parameter.Type.STRING_ARRAY if unset else default, descriptor)
+            if unset:
+                self.set_parameters([Parameter(setting.name, Parameter.Type.STRING_ARRAY, [])])
         values = {s.name: self._initial_value(s) for s in SETTINGS}
         for name, value in values.items():
             values[name] = SETTINGS_BY_NAME[name].validate(value)  # raises ConfigError naming the parameter
@@ -187,10 +200,6 @@ class ClipomalyNode(Node):
         try:
             return self.get_parameter(setting.name).value
         except ParameterUninitializedException:
-            # rcl reads "[]" in a parameter file as a value without a type
-            if setting.kind == "str_list":
-                self.set_parameters([Parameter(setting.name, Parameter.Type.STRING_ARRAY, [])])
-                return []
             raise ConfigError(f"parameter {setting.name} has no value: set it, or remove it from the parameter file "
                               "to get its default") from None
 
@@ -267,6 +276,9 @@ class ClipomalyNode(Node):
             setting = per_camera[1] if per_camera else SETTINGS_BY_NAME.get(parameter.name)
             if setting is None:
                 continue
+            if not setting.live:
+                return SetParametersResult(successful=False, reason=f"{parameter.name} cannot change while "
+                                                                    "running: restart the node with the new value")
             try:
                 value = setting.validate(parameter.value)
             except ConfigError as error:

@@ -624,7 +624,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.run(args)
-    except (ConfigError, ModelLoadError, VocabularyError, BagError, MetricError, DemoError, CalibrationError,
+    except ModelLoadError as error:
+        print(f"clipomaly: error: {error.render('cli')}", file=sys.stderr)
+        return 2
+    except (ConfigError, VocabularyError, BagError, MetricError, DemoError, CalibrationError,
             ValueError) as error:
         print(f"clipomaly: error: {error}", file=sys.stderr)
         return 2

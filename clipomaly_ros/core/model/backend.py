@@ -7,6 +7,7 @@ backend (:mod:`.toy_backend`) are interchangeable; :func:`.factory.create_backen
 
 from __future__ import annotations
 
+import re
 import time
 from contextlib import contextmanager
 from typing import Iterator, Protocol, Sequence
@@ -15,8 +16,29 @@ import numpy as np
 import torch
 
 
+SETTING_MENTION = re.compile(r"\{([a-z_]+)=([^}]*)\}")
+
+
 class ModelLoadError(RuntimeError):
-    """The model or its weights could not be loaded; the message names the setting to change."""
+    """The model or its weights could not be loaded; the message names the setting to change.
+
+    A message may mention settings as ``{name=value}``; :meth:`render` writes them the way the reader sets them:
+    ``file`` (``name: value``, the default), ``cli`` (``--name value``) or ``ros`` (``-p name:=value``)."""
+
+    def render(self, style: str = "file") -> str:
+        def setting(match: re.Match) -> str:
+            name, value = match.groups()
+            if style == "cli":
+                flag = "--" + name.replace("_", "-")
+                return flag if value == "true" else f"{flag} {value}"
+            if style == "ros":
+                return f"-p {name}:={value}"
+            return f"{name}: {value}"
+
+        return SETTING_MENTION.sub(setting, str(self.args[0]) if self.args else "")
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class DenseFeatures:

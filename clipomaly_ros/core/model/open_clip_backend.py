@@ -64,8 +64,8 @@ def register_bundled_models() -> None:
     open_clip.add_model_config(Path(str(resources.files("clipomaly_ros").joinpath("data/model_configs"))))
 
 
-WEIGHTS_HINT = ("give a local weights file with --checkpoint PATH ('checkpoint:' in the parameter file), or run "
-                "without weights: --backend toy (the demo model) or --random-weights (a smoke test)")
+WEIGHTS_HINT = ("give a local weights file ({checkpoint=PATH}), or run without weights: {backend=toy} (the demo "
+                "model) or {random_weights=true} (a smoke test)")
 
 
 def pretrained_is_cached(model_name: str, tag: str) -> bool:

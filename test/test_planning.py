@@ -349,7 +349,7 @@ def test_replay_writes_3d_outputs_from_the_recorded_camera_info(tmp_path, capsys
         assert topics["/cam/camera_info"].msgcount == 4  # copied with the images
         read = {name: [reader.deserialize(raw, c.msgtype) for c, _, raw in
                        reader.messages(connections=[topics[name]])]
-                for name in ("/anomalies", "/anomalies_3d", "/anomaly_markers")}
+                for name in ("/anomalies", "/anomalies_3d", "/anomaly_markers", "/anomaly_points")}
     assert [m.header.frame_id for m in read["/anomalies_3d"]] == ["base_link"] * 4
     assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in read["/anomalies_3d"]] == stamps
     # confirmed from the third frame on (track_min_hits 3): the 2D and 3D ids agree frame by frame
@@ -358,3 +358,13 @@ def test_replay_writes_3d_outputs_from_the_recorded_camera_info(tmp_path, capsys
     front = read["/anomalies_3d"][3].detections[0].bbox
     assert abs(front.center.position.x - front.size.x / 2 - 12.0) < 0.6 and abs(front.center.position.y - 1.0) < 0.3
     assert [len(m.markers) for m in read["/anomaly_markers"]] == [1, 1, 3, 3]  # DELETEALL, then box and label
+    # the Nav2 cloud, decoded from its bytes: the mattress (1.8 m wide, 0.6 m high, 12 m ahead, 1 m left)
+    cloud = read["/anomaly_points"][3]
+    assert cloud.header.frame_id == "base_link" and [f.name for f in cloud.fields] == ["x", "y", "z"]
+    points = np.frombuffer(bytes(cloud.data), dtype="<f4").reshape(-1, 3)
+    assert len(points) == cloud.width > 0 and read["/anomaly_points"][0].width == 0  # nothing confirmed yet
+    assert points[:, 0].min() == pytest.approx(12.0, rel=0.05) and points[:, 1].mean() == pytest.approx(1.0, abs=0.3)
+    assert points[:, 1].max() - points[:, 1].min() == pytest.approx(1.8, rel=0.15)
+    assert points[:, 2].min() == pytest.approx(0.0, abs=0.05) and points[:, 2].max() == pytest.approx(0.6, rel=0.15)
+    heights = np.unique(points[:, 2].round(4))
+    assert np.diff(heights).max() <= 0.1 + 1e-6  # no gap a 10 cm costmap cell could fall through

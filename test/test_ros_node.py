@@ -292,6 +292,15 @@ def test_live_vocabulary_change_reaches_results_and_label_info(ros):
     assert detect(stamp_base(5) + 2) == []
     assert wait_for(lambda: label_names(stamp_base(5) + 2) is not None, 5)
     assert label_names(stamp_base(5) + 2) == list(known) + ["garden gnome"]
+    # a subscriber that comes late gets the mapping in force now, never an older vocabulary first
+    late: list = []
+    latched = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    subscription = node.create_subscription(LabelInfo, "/itest_raw/label_info", late.append, latched)
+    assert wait_for(lambda: late, 10)
+    time.sleep(0.5)
+    assert len(late) == 1 and [c.class_name for c in late[0].class_map] == list(known) + ["garden gnome"]
+    node.destroy_subscription(subscription)
     assert set_parameter(node, "/itest_raw", "known_classes", list(known)).successful
 
 

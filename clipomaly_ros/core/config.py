@@ -257,9 +257,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("input_transport", "raw", "raw: subscribe to 'image' (sensor_msgs/Image); compressed: to "
             "'image/compressed' (sensor_msgs/CompressedImage, jpeg or png).", "str", scope="node",
             choices=("raw", "compressed")),
-    Setting("input_reliability", "best_effort", "QoS reliability of the image subscription (depth 1): "
-            "best_effort, as camera drivers publish, or reliable.", "str", scope="node",
-            choices=("best_effort", "reliable")),
+    Setting("input_reliability", "auto", "QoS reliability of the image subscription (always depth 1: the newest "
+            "frame only): auto matches the publishers, as ros2 topic echo does (reliable when every publisher on "
+            "the topic is reliable, so large frames lost on the way are sent again; best effort otherwise), checked "
+            "again as publishers come and go; or best_effort, or reliable.", "str", scope="node",
+            choices=("auto", "best_effort", "reliable")),
     Setting("cameras", (), "Cameras served by this node with one model, as topic namespaces relative to the "
             "node's: ['front', 'rear'] reads front/image and publishes front/anomalies, ... Frames waiting from "
             "several cameras share one backbone pass. Empty: one camera on 'image'. Names are ROS name tokens "

@@ -41,6 +41,40 @@ class CameraCounters:
     processed_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
 
 
+class InputGaps:
+    """Frames missing from a camera's input, estimated from gaps in their header stamps.
+
+    The camera's period is the median of the last intervals between stamps; a gap of ``n`` periods (rounded,
+    above 1.5) means ``n - 1`` frames that were published but never arrived: lost on the way, or never sent.
+    A repeated stamp counts nothing; a stamp that goes back (a restarted camera, a looped bag) starts the count
+    again from there, and a gap of more than ``pause`` periods is a pause of the camera, not lost frames. Plain
+    Python: fed by the node's callback."""
+
+    def __init__(self, history: int = 31, pause: int = 20):
+        self.pause = pause
+        self.intervals: collections.deque = collections.deque(maxlen=history)
+        self.last_ns: int | None = None
+        self.missing = 0
+
+    @property
+    def period_ns(self) -> float | None:
+        return float(np.median(self.intervals)) if len(self.intervals) >= 3 else None
+
+    def add(self, stamp: int) -> None:
+        """One received frame's header stamp in nanoseconds."""
+        if self.last_ns is not None and stamp > self.last_ns:
+            interval = stamp - self.last_ns
+            period = self.period_ns
+            if period is not None and interval > self.pause * period:
+                pass  # the camera paused or restarted: nothing was lost
+            elif period is not None and interval > 1.5 * period:
+                self.missing += round(interval / period) - 1
+            else:
+                self.intervals.append(interval)
+        if stamp != self.last_ns:
+            self.last_ns = stamp
+
+
 def mean_and_p95(values) -> tuple[float, float]:
     if not values:
         return 0.0, 0.0
@@ -63,6 +97,15 @@ class CameraStream:
         self.counters = CameraCounters()
         self.lock = threading.Lock()
         self._published_labels: tuple | None = None
+        self.gaps = InputGaps()
+        self.input_qos = "not subscribed yet"
+        """The input subscription's reliability and why, for /diagnostics (the node sets it)."""
+
+    def frame_arrived(self, header: Any) -> None:
+        """Count a received frame and note its stamp for the estimate of missing frames."""
+        with self.lock:
+            self.counters.received += 1
+            self.gaps.add(stamp_ns(header))
 
     def wanted_outputs(self, overlay_allowed: bool) -> list[str]:
         """The image outputs that someone subscribes to now."""
@@ -124,6 +167,8 @@ class CameraStream:
                 "input to output latency ms": f"{latency:.1f}",
                 "input to output latency ms p95": f"{latency_p95:.1f}",
                 "frames with full-resolution maps": counters.frames_with_maps,
+                "frames missing from the input (estimated)": self.gaps.missing,
+                "input qos": self.input_qos,
             }
             report.update({f"published {topic}": count for topic, count in sorted(counters.published.items())})
         follower = self.follower

@@ -269,6 +269,18 @@ class MessageFactory:
         return self.type("geometry_msgs/msg/Pose")(position=point(x=float(x), y=float(y), z=float(z)),
                                                    orientation=quaternion(x=0.0, y=0.0, z=0.0, w=1.0))
 
+    def points(self, header: Any, records: list[AnomalyRecord]) -> Any:
+        """``sensor_msgs/PointCloud2`` (x, y, z float32) in ``header.frame_id`` (the base frame) for a costmap's
+        obstacle layer: every located anomaly's footprint (its 3D box's, :meth:`detections_3d`) filled from the
+        ground to its top, at most :data:`CLOUD_SPACING_M` apart."""
+        cloud = np.concatenate([footprint_points(record.ground) for record in records] or [np.zeros((0, 3))])
+        cloud = np.ascontiguousarray(cloud, dtype=np.float32)
+        field = self.type("sensor_msgs/msg/PointField")
+        fields = [field(name=axis, offset=4 * index, datatype=FLOAT32, count=1) for index, axis in enumerate("xyz")]
+        return self.type("sensor_msgs/msg/PointCloud2")(
+            header=header, height=1, width=len(cloud), fields=fields, is_bigendian=False, point_step=12,
+            row_step=12 * len(cloud), data=self.byte_array(cloud.reshape(-1).view(np.uint8)), is_dense=True)
+
     def markers(self, header: Any, records: list[AnomalyRecord]) -> Any:
         """``visualization_msgs/MarkerArray``: a DELETEALL, then per record (each with a ground estimate) a box
         (namespace ``anomalies``) and its label (``anomaly_labels``), both with the detection id as marker id."""
@@ -320,8 +332,8 @@ class MessageFactory:
     def result_messages(self, header: Any, result: SegmentationResult, frame: PlannerFrame,
                         wanted=("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances")) -> dict[str, Any]:
         """The per-frame messages but the pictures (:func:`picture_messages`) and ``label_info``, keyed by
-        relative topic name: ``anomalies`` and ``anomalies_on_road`` always, ``anomalies_3d`` and
-        ``anomaly_markers`` (stamped like ``header``, in ``frame.base_frame``) when the camera is calibrated, and
+        relative topic name: ``anomalies`` and ``anomalies_on_road`` always, ``anomalies_3d``, ``anomaly_markers``
+        and ``anomaly_points`` (stamped like ``header``, in ``frame.base_frame``) when the camera is calibrated, and
         the image outputs named in ``wanted``. Maps not wanted are never computed."""
         build = {
             "semantic": lambda: self.image(header, result.semantic, "mono16"),
@@ -335,12 +347,32 @@ class MessageFactory:
             base_header = self.type("std_msgs/msg/Header")(stamp=header.stamp, frame_id=frame.base_frame)
             messages["anomalies_3d"] = self.detections_3d(base_header, frame.located)
             messages["anomaly_markers"] = self.markers(base_header, frame.located)
+            messages["anomaly_points"] = self.points(base_header, frame.located)
         messages.update({name: make() for name, make in build.items() if name in wanted})
         return messages
 
 
 ASSUMED_DEPTH_M = 0.5
 """Depth (along the line of sight) given to an anomaly's 3D box: one camera sees its front, not how deep it is."""
+CLOUD_SPACING_M = 0.1
+"""Largest distance between neighbouring points of ``anomaly_points``: a 5 cm costmap cell still sees a wall."""
+FLOAT32 = 7  # sensor_msgs/PointField
+
+
+def footprint_points(ground, spacing: float = CLOUD_SPACING_M) -> np.ndarray:
+    """``(N, 3)`` points in the base frame filling the box of a :class:`~clipomaly_ros.core.geometry.GroundEstimate`
+    (its front at the estimate, :data:`ASSUMED_DEPTH_M` deep along the line of sight, ``width`` across it, from
+    the ground to ``height``), at most ``spacing`` apart along each axis."""
+    along = np.array([ground.x, ground.y]) / max(ground.distance, 1e-9)
+    across = np.array([-along[1], along[0]])
+
+    def steps(length: float) -> np.ndarray:
+        return np.linspace(0.0, length, max(2, int(np.ceil(length / spacing)) + 1))
+
+    depth, lateral, height = np.meshgrid(steps(ASSUMED_DEPTH_M), steps(ground.width) - ground.width / 2,
+                                         steps(max(ground.height, 0.0)), indexing="ij")
+    xy = np.array([ground.x, ground.y]) + depth.reshape(-1, 1) * along + lateral.reshape(-1, 1) * across
+    return np.column_stack([xy, ground.z + height.reshape(-1)])
 CUBE, TEXT_VIEW_FACING, DELETEALL = 1, 9, 3  # visualization_msgs/Marker constants
 
 
@@ -377,6 +409,7 @@ OUTPUT_TYPES = {
     "anomalies_on_road": "vision_msgs/msg/Detection2DArray",
     "anomalies_3d": "vision_msgs/msg/Detection3DArray",
     "anomaly_markers": "visualization_msgs/msg/MarkerArray",
+    "anomaly_points": "sensor_msgs/msg/PointCloud2",
     "semantic": "sensor_msgs/msg/Image",
     "label_info": "vision_msgs/msg/LabelInfo",
     "anomaly_score": "sensor_msgs/msg/Image",

@@ -66,7 +66,7 @@ PARAMETER_TYPES = {
     "str_list": ParameterType.PARAMETER_STRING_ARRAY,
 }
 INT_LIMIT = 2 ** 31 - 1
-PLANNER_OUTPUTS = ("anomalies", "anomalies_on_road", "anomalies_3d", "anomaly_markers")
+PLANNER_OUTPUTS = ("anomalies", "anomalies_on_road", "anomalies_3d", "anomaly_markers", "anomaly_points")
 """Small per-frame messages a planner acts on: their publishers keep more history than the images'."""
 WARM_UP_SIZE = (720, 1280)
 """(height, width) of the frames a compiled runtime is warmed up for at start: the common vehicle camera; other
@@ -161,8 +161,7 @@ class ClipomalyNode(Node):
         self.worker_restarts = 0
         self._warm_up(max(1, len(values["cameras"])))
 
-        reliability = (ReliabilityPolicy.BEST_EFFORT if values["input_reliability"] == "best_effort"
-                       else ReliabilityPolicy.RELIABLE)
+        self.input_reliability = values["input_reliability"]
         compressed = values["input_transport"] == "compressed"
         self.input_type = CompressedImage if compressed else Image
         self._decode = DECODERS["sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"]
@@ -182,9 +181,7 @@ class ClipomalyNode(Node):
                 CameraInfo, info_topic, camera.follower.set_camera_info,
                 QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
             topic = f"{camera.prefix}image/compressed" if compressed else f"{camera.prefix}image"
-            self.subscriptions_by_camera[name] = self.create_subscription(
-                self.input_type, topic, lambda msg, camera=camera: self._on_image(camera, msg),
-                QoSProfile(depth=1, reliability=reliability))
+            self._subscribe_images(camera, self.resolve_topic_name(topic))
         self.enable_service = self.create_service(SetBool, "~/enable", self._on_enable)
         self.diagnostics_timer = self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
         self._warned_topics: set[str] = set()
@@ -192,8 +189,41 @@ class ClipomalyNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._running = True
         self.worker = self._start_worker()
-        topics = ", ".join(s.topic_name for s in self.subscriptions_by_camera.values())
-        self.get_logger().info(f"listening on {topics} ({values['input_transport']}, {values['input_reliability']})")
+        topics = ", ".join(f"{s.topic_name} ({self.cameras[name].input_qos})"
+                           for name, s in self.subscriptions_by_camera.items())
+        self.get_logger().info(f"listening on {topics}, {values['input_transport']}")
+
+    # input QoS ----------------------------------------------------------------------------------------------
+    def _matching_reliability(self, topic: str) -> tuple[ReliabilityPolicy, str]:
+        """The reliability to read ``topic`` with, and why: the setting's, or with ``auto`` the publishers' (reliable
+        only when every publisher is: a best-effort reader takes both kinds, a reliable one only reliable
+        writers)."""
+        if self.input_reliability != "auto":
+            policy = (ReliabilityPolicy.RELIABLE if self.input_reliability == "reliable"
+                      else ReliabilityPolicy.BEST_EFFORT)
+            return policy, f"{self.input_reliability} (set)"
+        publishers = self.get_publishers_info_by_topic(topic)
+        if not publishers:
+            return ReliabilityPolicy.BEST_EFFORT, "best_effort (auto: no publisher yet)"
+        if all(info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in publishers):
+            return ReliabilityPolicy.RELIABLE, f"reliable (auto: {len(publishers)} reliable publisher(s))"
+        return ReliabilityPolicy.BEST_EFFORT, (f"best_effort (auto: {len(publishers)} publisher(s), not all "
+                                               "reliable)")
+
+    def _subscribe_images(self, camera: CameraStream, topic: str) -> None:
+        """(Re)subscribe ``camera``'s image input on ``topic`` with depth 1 and the matching reliability."""
+        policy, reason = self._matching_reliability(topic)
+        old = self.subscriptions_by_camera.get(camera.name)
+        if old is not None:
+            if old.qos_profile.reliability == policy:
+                camera.input_qos = reason
+                return
+            self.destroy_subscription(old)
+            self.get_logger().info(f"{topic}: now subscribed {reason}")
+        self.subscriptions_by_camera[camera.name] = self.create_subscription(
+            self.input_type, topic, lambda msg, camera=camera: self._on_image(camera, msg),
+            QoSProfile(depth=1, reliability=policy))
+        camera.input_qos = reason
 
     # start-up ------------------------------------------------------------------------------------------------
     def _initial_value(self, setting: Setting):
@@ -226,9 +256,9 @@ class ClipomalyNode(Node):
         publishers = {topic: self.create_publisher(ros_type(type_name), prefix + topic,
                                                    10 if topic in PLANNER_OUTPUTS else 5)
                       for topic, type_name in OUTPUT_TYPES.items() if topic != "label_info"}
-        # transient local so late subscribers get the mapping; more than one kept so that a label_info lost on
-        # the wire can still be re-sent after the next frame changed the mapping again
-        latched = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        # latched: transient local with a depth of 1, so a late subscriber's first message is the mapping in force
+        # now, never an older vocabulary
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
         publishers["label_info"] = self.create_publisher(ros_type(OUTPUT_TYPES["label_info"]), prefix + "label_info",
                                                          latched)
@@ -250,7 +280,7 @@ class ClipomalyNode(Node):
 
     # callbacks -----------------------------------------------------------------------------------------------
     def _on_image(self, camera: CameraStream, msg) -> None:
-        camera.count("received")
+        camera.frame_arrived(msg.header)
         if not self.enabled:
             camera.count("skipped_paused")
             return
@@ -414,12 +444,14 @@ class ClipomalyNode(Node):
         self.diagnostics_publisher.publish(array)
 
     def _check_input_topics(self) -> None:
-        """Warn once per topic when an input topic exists with another message type (a compressed stream on the
-        raw topic, say): then no data would ever arrive."""
+        """Every 2 s: match the input's reliability to the publishers again (``input_reliability: auto``), and
+        warn once per topic when an input topic exists with another message type (a compressed stream on the raw
+        topic, say): then no data would ever arrive."""
         expected = "sensor_msgs/msg/CompressedImage" if self.input_type is CompressedImage else "sensor_msgs/msg/Image"
         types = dict(self.get_topic_names_and_types())
-        for subscription in self.subscriptions_by_camera.values():
+        for name, subscription in list(self.subscriptions_by_camera.items()):
             topic = subscription.topic_name
+            self._subscribe_images(self.cameras[name], topic)  # publishers come and go: match them again
             found = [kind for kind in types.get(topic, []) if kind != expected]
             if found and topic not in self._warned_topics:
                 self._warned_topics.add(topic)

@@ -288,6 +288,9 @@ def test_live_vocabulary_change_reaches_results_and_label_info(ros):
         for m in listener.get("label_info")]
     assert label_names(stamp_base(5) + 1)[-1] == "garden gnome"
     known = get_parameter(node, "/itest_raw", "known_classes").string_array_value
+    refused = set_parameter(node, "/itest_raw", "known_classes", list(known) + ["garden gnome"])
+    assert not refused.successful and "'garden gnome' is a known class" in refused.reason  # still an anomaly name
+    assert set_parameter(node, "/itest_raw", "anomaly_vocabulary", ["rock"]).successful
     assert set_parameter(node, "/itest_raw", "known_classes", list(known) + ["garden gnome"]).successful
     assert detect(stamp_base(5) + 2) == []
     assert wait_for(lambda: label_names(stamp_base(5) + 2) is not None, 5)
@@ -464,13 +467,10 @@ def multi_camera_node(ros, tmp_path_factory):
         node.create_subscription(Detection2DArray, f"{MULTI}/{camera}/anomalies", keeper(f"{camera}/anomalies"),
                                  reliable)
     node.create_subscription(DiagnosticArray, "/diagnostics", keeper("diagnostics"), reliable)
-    camera_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+    # reliable cameras: the node matches them (input_reliability: auto), so no frame of a burst is lost on the way
+    camera_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     publishers = {camera: node.create_publisher(Image, f"{MULTI}/{camera}/image", camera_qos)
                   for camera in ("front", "rear")}
-    ready = wait_for(lambda: all(p.get_subscription_count() for p in publishers.values())
-                     and all(node.count_publishers(f"{MULTI}/{c}/anomalies") for c in ("front", "rear")), 90)
-    assert process.poll() is None and ready, log.read_text()
-    time.sleep(0.5)
 
     def received(key):
         with lock:
@@ -480,6 +480,13 @@ def multi_camera_node(ros, tmp_path_factory):
         statuses = [s for array in received("diagnostics") for s in array.status
                     if s.name == f"{MULTI}/clipomaly: camera {camera}"]
         return {kv.key: kv.value for kv in statuses[-1].values} if statuses else {}
+
+    ready = wait_for(lambda: all(p.get_subscription_count() for p in publishers.values())
+                     and all(node.count_publishers(f"{MULTI}/{c}/anomalies") for c in ("front", "rear"))
+                     and all(diagnostics(c).get("input qos", "").startswith("reliable") for c in ("front", "rear")),
+                     90)
+    assert process.poll() is None and ready, log.read_text()
+    time.sleep(0.5)
 
     yield node, publishers, received, diagnostics, keeper
     process.send_signal(signal.SIGINT)

@@ -178,3 +178,21 @@ def test_a_frame_decoded_into_a_tensor_gives_what_its_array_gives(tiny_model_nam
     assert from_array.anomalies
     assert from_tensor.anomalies == from_array.anomalies and from_tensor.labels == from_array.labels
     np.testing.assert_array_equal(from_tensor.semantic, from_array.semantic)
+
+
+def test_clipomaly_export_writes_a_checked_engine_that_the_node_settings_can_run(tiny_model_name, tmp_path, capsys):
+    from clipomaly_ros.tools.cli import main
+
+    path = tmp_path / "tiny_naclip.onnx"
+    assert main(["export", "-o", str(path), "--model", tiny_model_name, "--random-weights", "--device", "cpu",
+                 "--dense-method", "naclip"]) == 0
+    printed = capsys.readouterr().out
+    assert path.is_file() and "dense method naclip, window 64, fp32" in printed
+    assert float(printed.split("per-patch cosine >= ")[1].split()[0]) >= 0.9999
+    backend = backend_for(tiny_model_name, tmp_path, dense_method="naclip", runtime="onnx", engine=str(path))
+    assert backend.runtime.name == "onnx" and "tiny_naclip.onnx" in backend.description
+    half = tmp_path / "tiny_fp16.onnx"
+    assert main(["export", "-o", str(half), "--model", tiny_model_name, "--random-weights", "--device", "cpu",
+                 "--dtype", "fp16"]) == 0
+    engine = onnxruntime.InferenceSession(str(half), providers=["CPUExecutionProvider"])
+    assert engine.get_inputs()[0].type == "tensor(float16)"

@@ -193,15 +193,19 @@ def naming_experiment(folder, seed: int) -> dict:
         dictionary = folder / "names.txt"
         dictionary.write_text("\n".join(OBJECTS + ("bench", "lamp", "ladder", "sofa", "barrel", "bag", "suitcase",
                                                    "helmet")) + "\n")
-        finetune(ClipomalyConfig(random_weights=True, known_classes=CITYSCAPES_CLASSES + OBJECTS, **TINY),
+        everything = dict(known_classes=CITYSCAPES_CLASSES + OBJECTS, anomaly_vocabulary=())  # no name twice
+        finetune(ClipomalyConfig(random_weights=True, **everything, **TINY),
                  FinetuneSettings(folder / "everything", folder / "pretrained.pt", steps=600, lr=1e-2, rank=32,
                                   workers=0, seed=seed), progress=False, log=lambda _: None)
         scenes = [labelled_street_scene(128, 256, 5000 + 100 * seed + index, OBJECTS[index % 4], planted_size=0.3)
                   for index in range(16)]
 
         def look(weights, known):
+            # the objects compete for the name either way: as known classes, or else as the anomaly vocabulary
+            anomaly_vocabulary = tuple(name for name in OBJECTS if name not in known)
             pipeline = Clipomaly(ClipomalyConfig(checkpoint=str(weights), known_classes=known,
-                                                 anomaly_vocabulary=OBJECTS, naming_dictionary=str(dictionary), **TINY))
+                                                 anomaly_vocabulary=anomaly_vocabulary,
+                                                 naming_dictionary=str(dictionary), **TINY))
             named = sum(region_name(pipeline, image, truth == 255) == OBJECTS[index % 4]
                         for index, (image, truth) in enumerate(scenes))
             return named, np.stack([pooled_feature(pipeline, image, truth == 255) for image, truth in scenes])

@@ -162,12 +162,15 @@ def test_missing_checkpoint_names_the_setting(tmp_path):
 
 def test_unavailable_pretrained_weights_name_the_alternatives(tiny_model_name):
     # the tiny architecture has no pretrained tag, and HF_HUB_OFFLINE is set: nothing reaches the network
-    with pytest.raises(ModelLoadError, match="no pretrained tag 'openai'.*--checkpoint.*--random-weights"):
+    with pytest.raises(ModelLoadError, match="no pretrained tag 'openai'.*checkpoint: PATH.*random_weights: true"):
         Clipomaly(ClipomalyConfig(model=tiny_model_name, pretrained="openai", device="cpu"))
-    # the default weights, not cached, no model hub: one message with the way out, at once
-    with pytest.raises(ModelLoadError, match="not in the local cache.*--checkpoint PATH.*--backend toy.*"
-                                             "--random-weights"):
+    # the default weights, not cached, no model hub: one message with the way out, at once, in the words of
+    # whoever reads it: a parameter file (the default), the command line or the node's parameters
+    with pytest.raises(ModelLoadError, match="not in the local cache") as missing:
         Clipomaly(ClipomalyConfig(model="ViT-B-32", pretrained="openai", device="cpu"))
+    assert "--checkpoint PATH" in missing.value.render("cli") and "--backend toy" in missing.value.render("cli")
+    assert "--random-weights (a smoke test)" in missing.value.render("cli")
+    assert "-p checkpoint:=PATH" in missing.value.render("ros") and "{" not in str(missing.value)
     with pytest.raises(ModelLoadError, match="not an open_clip architecture"):
         Clipomaly(ClipomalyConfig(model="ViT-Imaginary", device="cpu"))
 

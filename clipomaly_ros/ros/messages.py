@@ -134,7 +134,11 @@ def compressed_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     """A ``sensor_msgs/CompressedImage`` (jpeg or png) as an RGB uint8 ``(H, W, 3)`` array.
 
     The size the stream declares is checked against ``max_pixels`` before it is decoded."""
-    data = _compressed_stream(msg, max_pixels)
+    return _decode_on_cpu(msg, _compressed_stream(msg, max_pixels))
+
+
+def _decode_on_cpu(msg: Any, data: np.ndarray) -> np.ndarray:
+    """The checked stream ``data`` of ``msg`` decoded by OpenCV: RGB uint8 ``(H, W, 3)``."""
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise ImageConversionError(f"compressed image ({msg.format or 'no format'}, {data.size} bytes) could not be "
@@ -151,7 +155,7 @@ def compressed_msg_to_device(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
 
     data = _compressed_stream(msg, max_pixels)
     if data[:2].tobytes() != b"\xff\xd8":  # PNG: nvJPEG cannot decode it
-        return compressed_msg_to_rgb(msg, max_pixels)
+        return _decode_on_cpu(msg, data)
     try:
         return decode_jpeg_on_device(data, device)
     except RuntimeError as error:
@@ -257,8 +261,7 @@ class MessageFactory:
 
     def _box_3d(self, record: AnomalyRecord) -> Any:
         ground = record.ground
-        direction = np.array([ground.x, ground.y]) / max(ground.distance, 1e-9)
-        centre = np.array([ground.x, ground.y]) + direction * ASSUMED_DEPTH_M / 2
+        centre = np.array([ground.x, ground.y]) + line_of_sight(ground) * ASSUMED_DEPTH_M / 2
         vector = self.type("geometry_msgs/msg/Vector3")
         return self.type("vision_msgs/msg/BoundingBox3D")(
             center=self._pose(centre[0], centre[1], ground.z + ground.height / 2),
@@ -359,11 +362,17 @@ CLOUD_SPACING_M = 0.1
 FLOAT32 = 7  # sensor_msgs/PointField
 
 
+def line_of_sight(ground) -> np.ndarray:
+    """The unit ``(2,)`` horizontal direction from the base frame's origin to a ground estimate: the axis along which
+    an anomaly's box extends :data:`ASSUMED_DEPTH_M` behind its front."""
+    return np.array([ground.x, ground.y]) / max(ground.distance, 1e-9)
+
+
 def footprint_points(ground, spacing: float = CLOUD_SPACING_M) -> np.ndarray:
     """``(N, 3)`` points in the base frame filling the box of a :class:`~clipomaly_ros.core.geometry.GroundEstimate`
     (its front at the estimate, :data:`ASSUMED_DEPTH_M` deep along the line of sight, ``width`` across it, from
     the ground to ``height``), at most ``spacing`` apart along each axis."""
-    along = np.array([ground.x, ground.y]) / max(ground.distance, 1e-9)
+    along = line_of_sight(ground)
     across = np.array([-along[1], along[0]])
 
     def steps(length: float) -> np.ndarray:

@@ -14,7 +14,7 @@ from rosbags.highlevel import AnyReader
 
 from clipomaly_ros.core.pipeline import Clipomaly
 from clipomaly_ros.core.scenes import write_street_dataset
-from clipomaly_ros.ros.bags import typestore_with_vision_msgs
+from clipomaly_ros.ros.bags import typestore_with_built_msgs
 from clipomaly_ros.tools.cli import main
 from clipomaly_ros.tools.interrupt import EXIT_INTERRUPTED, GracefulStop
 
@@ -56,7 +56,7 @@ def test_an_interrupted_replay_closes_a_readable_bag_with_the_frames_done(tmp_pa
     assert "interrupted after 4 of 12 frames" in captured.out and "the bag holds them and is complete" in captured.out
     assert "stopping after the current item" in captured.err
     assert (tmp_path / "out" / "metadata.yaml").is_file()
-    with AnyReader([tmp_path / "out"], default_typestore=typestore_with_vision_msgs()) as reader:
+    with AnyReader([tmp_path / "out"], default_typestore=typestore_with_built_msgs()) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
         detections = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
                       if c.topic == "/anomalies"]
@@ -81,7 +81,7 @@ def test_a_replay_that_fails_midway_still_closes_its_bag(tmp_path, monkeypatch, 
     monkeypatch.setattr(toy_pipeline, "segment_batch", failing_on_the_third)
     with pytest.raises(RuntimeError, match="out of memory"):
         replay(toy_pipeline, tmp_path / "in", tmp_path / "out", progress=False, log=lambda _: None)
-    with AnyReader([tmp_path / "out"], default_typestore=typestore_with_vision_msgs()) as reader:
+    with AnyReader([tmp_path / "out"], default_typestore=typestore_with_built_msgs()) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
     assert counts["/anomalies"] == 2 and counts["/camera/image_raw"] == 3  # the failed frame's input was copied
 

@@ -12,7 +12,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from clipomaly_ros.core.overlay import class_colour
 from clipomaly_ros.core.scenes import render_street_scene
 from clipomaly_ros.core.model.toy_backend import TOY_LEXICON
-from clipomaly_ros.ros.bags import typestore_with_vision_msgs
+from clipomaly_ros.ros.bags import typestore_with_built_msgs
 from clipomaly_ros.ros.messages import image_msg_to_rgb
 from clipomaly_ros.tools.cli import main
 
@@ -35,7 +35,7 @@ def test_replay_writes_every_output_topic_with_input_stamps(tmp_path, capsys):
     assert main(["replay", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--namespace", "cam"] + TOY
                 + every_frame_params(tmp_path)) == 0
     assert "frames read 4, processed 4, failed 0" in capsys.readouterr().out
-    store = typestore_with_vision_msgs()
+    store = typestore_with_built_msgs()
     with AnyReader([tmp_path / "out"], default_typestore=store) as reader:
         topics = {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}
         assert topics["/camera/image_raw"] == ("sensor_msgs/msg/Image", 4)
@@ -82,7 +82,7 @@ def test_replay_of_compressed_sqlite_bag_counts_a_bad_frame_and_goes_on(tmp_path
     assert code == 1
     assert "frames read 3, processed 2, failed 1" in captured.out
     assert "corrupt or truncated data" in captured.err
-    with AnyReader([tmp_path / "out"], default_typestore=typestore_with_vision_msgs()) as reader:
+    with AnyReader([tmp_path / "out"], default_typestore=typestore_with_built_msgs()) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
     assert counts["/cam/image/compressed"] == 3 and counts["/anomalies"] == 2
 

@@ -113,7 +113,7 @@ def test_replayed_overlay_outlines_no_unconfirmed_track(tmp_path, capsys):
     from rosbags.highlevel import AnyReader
 
     from clipomaly_ros.core.overlay import ANOMALY_COLOUR
-    from clipomaly_ros.ros.bags import typestore_with_vision_msgs
+    from clipomaly_ros.ros.bags import typestore_with_built_msgs
     from clipomaly_ros.ros.messages import image_msg_to_rgb
     from clipomaly_ros.tools.cli import main
 
@@ -123,7 +123,7 @@ def test_replayed_overlay_outlines_no_unconfirmed_track(tmp_path, capsys):
     write_image_bag(tmp_path / "in", [image] * 4)
     assert main(["replay", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--backend", "toy",
                  "--inference-size", "240"]) == 0
-    with AnyReader([tmp_path / "out"], default_typestore=typestore_with_vision_msgs()) as reader:
+    with AnyReader([tmp_path / "out"], default_typestore=typestore_with_built_msgs()) as reader:
         overlays = [image_msg_to_rgb(reader.deserialize(raw, c.msgtype)) for c, _, raw in reader.messages()
                     if c.topic == "/overlay"]
         published = [len(reader.deserialize(raw, c.msgtype).detections) for c, _, raw in reader.messages()

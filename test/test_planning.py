@@ -191,7 +191,7 @@ def test_a_one_frame_blob_is_never_confirmed_nor_published(street_pipeline):
 def test_replay_at_two_rates_gives_identical_tracks(tmp_path, capsys):
     from rosbags.highlevel import AnyReader
 
-    from clipomaly_ros.ros.bags import typestore_with_vision_msgs
+    from clipomaly_ros.ros.bags import typestore_with_built_msgs
     from clipomaly_ros.tools.cli import main
 
     from helpers import STORE, image_message
@@ -213,7 +213,7 @@ def test_replay_at_two_rates_gives_identical_tracks(tmp_path, capsys):
                              STORE.serialize_cdr(message, "sensor_msgs/msg/Image"))
         assert main(["replay", str(bag), "-o", str(tmp_path / f"{name}_out"), "--backend", "toy",
                      "--inference-size", "240", "--no-overlay"]) == 0
-        with AnyReader([tmp_path / f"{name}_out"], default_typestore=typestore_with_vision_msgs()) as reader:
+        with AnyReader([tmp_path / f"{name}_out"], default_typestore=typestore_with_built_msgs()) as reader:
             connections = [c for c in reader.connections if c.topic == "/anomalies"]
             tracks.append([[(d.id, d.results[0].hypothesis.class_id)
                             for d in reader.deserialize(raw, c.msgtype).detections]
@@ -318,7 +318,7 @@ def test_replay_writes_3d_outputs_from_the_recorded_camera_info(tmp_path, capsys
     from rosbags.highlevel import AnyReader
     from rosbags.rosbag2 import Writer
 
-    from clipomaly_ros.ros.bags import typestore_with_vision_msgs
+    from clipomaly_ros.ros.bags import typestore_with_built_msgs
     from clipomaly_ros.tools.cli import main
 
     from helpers import STORE, image_message
@@ -344,7 +344,7 @@ def test_replay_writes_3d_outputs_from_the_recorded_camera_info(tmp_path, capsys
     assert main(["replay", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--backend", "toy", "--inference-size",
                  "240", "--no-overlay"]) == 0
     assert "3D: 4 anomalies located, 0 without ground contact" in capsys.readouterr().out
-    with AnyReader([tmp_path / "out"], default_typestore=typestore_with_vision_msgs()) as reader:
+    with AnyReader([tmp_path / "out"], default_typestore=typestore_with_built_msgs()) as reader:
         topics = {c.topic: c for c in reader.connections}
         assert topics["/cam/camera_info"].msgcount == 4  # copied with the images
         read = {name: [reader.deserialize(raw, c.msgtype) for c, _, raw in

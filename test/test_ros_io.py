@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import pytest
 
-from clipomaly_ros.ros.bags import typestore_with_vision_msgs
+from clipomaly_ros.ros.bags import typestore_with_built_msgs
 from clipomaly_ros.core.geometry import GroundEstimate
 from clipomaly_ros.core.planning import PlannerFrame
 from clipomaly_ros.core.results import AnomalyRecord, SegmentationResult
@@ -106,7 +106,7 @@ def test_output_fields_round_trip():
 
 
 def test_factory_builds_serialisable_messages_with_rosbags_types():
-    store = typestore_with_vision_msgs()
+    store = typestore_with_built_msgs()
     factory = MessageFactory(store.types)
     instances = np.zeros((6, 8), np.uint16)
     instances[1:3, 2:5] = 1

@@ -49,14 +49,20 @@ def open_bag(path: str | Path) -> Iterator[AnyReader]:
         reader.close()
 
 
-def typestore_with_vision_msgs():
-    """A Jazzy typestore with the vision_msgs types the node publishes, registered from their .msg text."""
+BUILT_MESSAGE_PACKAGES = ("vision_msgs", "tf2_msgs", "autoware_perception_msgs")
+"""The message packages not in rosbags' Jazzy store (nor on the package index): their field-only definitions lie in
+``clipomaly_ros/data/<package>/msg``, from which scripts/setup_ros.sh builds them for rclpy too."""
+
+
+def typestore_with_built_msgs():
+    """A Jazzy typestore with the types of :data:`BUILT_MESSAGE_PACKAGES`, registered from their .msg text: an
+    independent reader of what the node and the offline tools write."""
     store = get_typestore(Stores.ROS2_JAZZY)
-    folder = resources.files("clipomaly_ros").joinpath("data/vision_msgs/msg")
     types = {}
-    for entry in folder.iterdir():
-        if entry.name.endswith(".msg"):
-            types.update(get_types_from_msg(entry.read_text(), f"vision_msgs/msg/{entry.name[:-4]}"))
+    for package in BUILT_MESSAGE_PACKAGES:
+        for entry in resources.files("clipomaly_ros").joinpath(f"data/{package}/msg").iterdir():
+            if entry.name.endswith(".msg"):
+                types.update(get_types_from_msg(entry.read_text(), f"{package}/msg/{entry.name[:-4]}"))
     store.register(types)
     return store
 

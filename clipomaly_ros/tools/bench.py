@@ -139,9 +139,9 @@ class NodeOutputs:
 
 @functools.lru_cache(maxsize=1)
 def _offline_store():
-    from ..ros.bags import typestore_with_vision_msgs
+    from ..ros.bags import typestore_with_built_msgs
 
-    return typestore_with_vision_msgs()
+    return typestore_with_built_msgs()
 
 
 def calibrated_follower(pipeline) -> AnomalyFollower:

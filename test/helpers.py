@@ -131,3 +131,50 @@ def deterministic_torch(threads: int = 2):
     finally:
         torch.use_deterministic_algorithms(False)
         torch.set_num_threads(previous)
+
+
+MOUNTED_CAMERA = dict(x=1.2, y=-0.2, z=1.6, roll=0.0, pitch=0.04, yaw=0.02)
+"""Where the camera of :func:`mounted_drive` sits in base_link: nowhere near the camera_* parameters' defaults, so
+only a mounting read from the transforms places its anomalies right."""
+
+
+def mounted_drive(frames: int = 30, rate_hz: float = 10.0):
+    """A drive seen by a 640x360 camera (focal 500 px) at :data:`MOUNTED_CAMERA`: a mattress (2.0 x 0.8 m) 0.6 m
+    left of the path, 22 m ahead at first and closing at 4 m/s, and from 1 s on a deer (0.8 x 1.2 m) crossing 13 m
+    ahead from left to right at 2.5 m/s. Returns ``(camera, mounting, [(stamp_ns, image, {name: (x, y)})])`` with
+    each object's front middle in base_link."""
+    from clipomaly_ros.core.geometry import CameraModel, CameraMounting
+    from clipomaly_ros.core.scenes import StandingObject, render_perspective_street
+
+    camera = CameraModel(640, 360, np.array([[500.0, 0, 320], [0, 500, 180], [0, 0, 1]]), np.zeros(5))
+    mounting = CameraMounting(**MOUNTED_CAMERA)
+    drive = []
+    for index in range(frames):
+        t = index / rate_hz
+        objects = [StandingObject("mattress", 22.0 - 4.0 * t, 0.6, 2.0, 0.8)]
+        if t >= 1.0:
+            objects.append(StandingObject("deer", 13.0, 3.5 - 2.5 * (t - 1.0), 0.8, 1.2))
+        image, _ = render_perspective_street(camera, mounting, objects, seed=index)
+        drive.append((FIRST_STAMP_NS + round(index * 1e9 / rate_hz), image, {o.name: (o.x, o.y) for o in objects}))
+    return camera, mounting, drive
+
+
+def static_transforms(mounting, store=STORE, stamp_ns: int = FIRST_STAMP_NS):
+    """A ``tf2_msgs/TFMessage`` as robot_state_publisher sends it on /tf_static: base_link -> camera_link at
+    ``mounting`` (body frame), camera_link -> camera_optical_frame (REP 103's optical rotation)."""
+    from scipy.spatial.transform import Rotation
+
+    types = store.types
+    time = types["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
+
+    def stamped(parent, child, translation, quaternion):
+        return types["geometry_msgs/msg/TransformStamped"](
+            header=types["std_msgs/msg/Header"](stamp=time, frame_id=parent), child_frame_id=child,
+            transform=types["geometry_msgs/msg/Transform"](
+                translation=types["geometry_msgs/msg/Vector3"](**dict(zip("xyz", map(float, translation)))),
+                rotation=types["geometry_msgs/msg/Quaternion"](**dict(zip("xyzw", map(float, quaternion))))))
+
+    body = Rotation.from_euler("xyz", [mounting.roll, mounting.pitch, mounting.yaw]).as_quat()
+    return types["tf2_msgs/msg/TFMessage"](transforms=[
+        stamped("base_link", "camera_link", mounting.position, body),
+        stamped("camera_link", "camera_optical_frame", (0, 0, 0), (-0.5, 0.5, -0.5, 0.5))])

@@ -3,7 +3,8 @@
 Frames follow REP 103: ``base_frame`` has x forward, y left, z up, and the ground is the plane ``z = ground_z``.
 The camera's *body* frame (x forward, y left, z up) sits in ``base_frame`` at a :class:`CameraMounting`; its
 *optical* frame (x right, y down, z forward) is the one the intrinsics project from. The mounting is a small,
-separate value so that a tf2 lookup can replace it where tf2 is available.
+separate value: the ``camera_*`` settings give it, or a lookup in the robot's transforms
+(:mod:`~clipomaly_ros.core.frames`, :meth:`CameraMounting.from_optical_pose`).
 
 For one anomaly instance the lowest mask pixel of each column near the instance's bottom is its contact with the
 road. Their rays, undistorted and turned into ``base_frame``, meet the ground at the anomaly's front; the
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 OPTICAL_TO_BODY = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 """Rotation taking optical-frame vectors (x right, y down, z forward) into the body frame (x forward, y left, z
@@ -132,6 +134,23 @@ class CameraMounting:
         return rotation_rpy(self.roll, self.pitch, self.yaw) @ OPTICAL_TO_BODY
 
     @classmethod
+    def from_optical_pose(cls, base_frame: str, rotation: np.ndarray, position, ground_z: float = 0.0
+                          ) -> "CameraMounting":
+        """The mounting whose optical frame sits in ``base_frame`` at ``position`` (m) with ``rotation`` (3x3, optical
+        vectors into ``base_frame``): the inverse of :attr:`optical_rotation` and :attr:`position`, as a tf lookup
+        from the base frame to an image's (optical) frame gives them."""
+        body = np.asarray(rotation, dtype=np.float64) @ OPTICAL_TO_BODY.T
+        # fixed-axis x, y, z = Rz(yaw) Ry(pitch) Rx(roll), as rotation_rpy builds it
+        roll, pitch, yaw = Rotation.from_matrix(body).as_euler("xyz")
+        x, y, z = (float(v) for v in position)
+        return cls(base_frame, x, y, z, float(roll), float(pitch), float(yaw), ground_z)
+
+    def as_settings(self) -> dict[str, float]:
+        """The ``camera_*`` settings of this mounting."""
+        return {"camera_x": self.x, "camera_y": self.y, "camera_z": self.z, "camera_roll": self.roll,
+                "camera_pitch": self.pitch, "camera_yaw": self.yaw}
+
+    @classmethod
     def from_config(cls, config) -> "CameraMounting":
         """From the ``base_frame``, ``camera_*`` and ``ground_z`` settings of a :class:`ClipomalyConfig`."""
         return cls(config.base_frame, config.camera_x, config.camera_y, config.camera_z, config.camera_roll,
@@ -145,7 +164,10 @@ class GroundEstimate:
     ``x``, ``y``: the middle of its front (the side facing the camera) on the ground; ``distance``: the
     horizontal distance from the ``base_frame`` origin to that point; ``width``: its extent across the line of
     sight; ``height``: its top above the ground. ``truncated``: the instance touches the image's bottom edge, so its
-    real contact may lie nearer than seen.
+    real contact may lie nearer than seen. ``along_sigma`` and ``across_sigma``: one standard deviation (m) of the
+    position along the camera's line of sight and across it, from :attr:`GroundLocator.pixel_error`: a contact
+    row off by dv pixels at range Z moves the point by about Z^2 dv / (f h) on flat ground (f the focal length in
+    pixels, h the camera's height above the ground), a column off by du by Z du / f.
     """
 
     x: float
@@ -155,6 +177,8 @@ class GroundEstimate:
     width: float
     height: float
     truncated: bool = False
+    along_sigma: float = 0.0
+    across_sigma: float = 0.0
 
     def to_dict(self) -> dict:
         return {"x": round(self.x, 3), "y": round(self.y, 3), "z": round(self.z, 3),
@@ -166,13 +190,16 @@ class GroundLocator:
     """Places anomaly instances on the ground seen by one camera (see the module docstring).
 
     ``camera``: its :class:`CameraModel`; ``mounting``: its :class:`CameraMounting`; ``max_distance``: contacts
-    farther than this (m) count as no contact.
+    farther than this (m) count as no contact; ``pixel_error``: the uncertainty of a contact's row and column
+    (pixels, one standard deviation) behind each estimate's ``along_sigma`` and ``across_sigma``.
     """
 
-    def __init__(self, camera: CameraModel, mounting: CameraMounting, max_distance: float = 150.0):
+    def __init__(self, camera: CameraModel, mounting: CameraMounting, max_distance: float = 150.0,
+                 pixel_error: float = 1.0):
         self.camera = camera
         self.mounting = mounting
         self.max_distance = max_distance
+        self.pixel_error = pixel_error
         self._rotation = mounting.optical_rotation
         self._origin = mounting.position
 
@@ -213,11 +240,15 @@ class GroundLocator:
             return None
         left, right, top_point = self._origin + edges * (reach / along)[:, None]
         middle = (left + right) / 2.0
+        sight_range = float(np.linalg.norm(middle[:2] - self._origin[:2]))
+        fx, fy = self.camera.k[0, 0], self.camera.k[1, 1]
         return GroundEstimate(
             x=float(middle[0]), y=float(middle[1]), z=float(self.mounting.ground_z),
             distance=float(math.hypot(middle[0], middle[1])), width=float(np.linalg.norm((left - right)[:2])),
             height=float(max(0.0, top_point[2] - self.mounting.ground_z)),
-            truncated=bool(y0 + lowest >= self.camera.height - 1))
+            truncated=bool(y0 + lowest >= self.camera.height - 1),
+            along_sigma=float(sight_range ** 2 * self.pixel_error / (fy * -drop)),
+            across_sigma=float(sight_range * self.pixel_error / fx))
 
 
 def project(camera: CameraModel, mounting: CameraMounting, points: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ offline tools: ``result -> follower.update(result, stamp_ns, config) -> PlannerF
 from __future__ import annotations
 
 import dataclasses
+
+import numpy as np
 from dataclasses import dataclass
 
 from .config import ClipomalyConfig
@@ -40,12 +42,14 @@ class PlannerFrame:
 class FollowerCounters:
     """``frames``: frames followed; ``frames_without_calibration``: of those, frames without a usable
     camera_info; ``located``: anomalies placed on the ground; ``without_ground_contact``: anomalies of calibrated
-    frames that got no estimate (their contact lies above the horizon or beyond max_ground_distance)."""
+    frames that got no estimate (their contact lies above the horizon or beyond max_ground_distance, or is hidden);
+    ``hidden_contact``: of those, anomalies standing behind another one that hides their contact."""
 
     frames: int = 0
     frames_without_calibration: int = 0
     located: int = 0
     without_ground_contact: int = 0
+    hidden_contact: int = 0
 
 
 class AnomalyFollower:
@@ -94,13 +98,45 @@ class AnomalyFollower:
             camera = self.camera.for_image(result.image_size[1], result.image_size[0])
         except CalibrationError as error:
             return list(result.anomalies), str(error)
-        locator = GroundLocator(camera, CameraMounting.from_config(config), config.max_ground_distance)
+        locator = GroundLocator(camera, CameraMounting.from_config(config), config.max_ground_distance,
+                                config.contact_pixel_error)
         records = []
+        masks = {record.id: result.instance_mask(record.id) for record in result.anomalies}
         for record in result.anomalies:
-            ground = locator.locate(*result.instance_mask(record.id))
+            box, mask = masks[record.id]
+            hidden = contact_hidden(box, mask, [m for key, m in masks.items() if key != record.id])
+            ground = None if hidden else locator.locate(box, mask)
+            self.counters.hidden_contact += hidden
             if ground is None:
                 self.counters.without_ground_contact += 1
             else:
                 self.counters.located += 1
             records.append(dataclasses.replace(record, ground=ground))
         return records, None
+
+
+HIDDEN_CONTACT_BAND = 0.25
+"""How far below an instance's lowest pixels another instance that hides its ground contact is looked for, as a
+fraction of the instance's height (at least 3 rows): the segmentation's edges are a few pixels off at coarse
+working resolutions."""
+
+
+def contact_hidden(box: tuple[int, int, int, int], mask: np.ndarray, others) -> bool:
+    """Whether most columns of an instance (``box`` (y0, y1, x0, x1) and ``mask`` as
+    :meth:`~.results.SegmentationResult.instance_mask` gives them) end just above another instance of ``others``
+    (``[(box, mask), ...]``): then it stands behind that one, its real contact with the road is hidden, and its
+    lowest pixels would place it far beyond where it is."""
+    if not others:
+        return False
+    y0, _, x0, _ = box
+    columns = np.flatnonzero(mask.any(axis=0))
+    bottoms = y0 + mask.shape[0] - 1 - np.argmax(mask[::-1, columns], axis=0)
+    columns = x0 + columns
+    covered = np.zeros(len(columns), dtype=bool)
+    band = max(3, round(HIDDEN_CONTACT_BAND * mask.shape[0]))
+    for (oy0, oy1, ox0, ox1), other in others:
+        for step in range(1, band + 1):
+            rows = bottoms + step
+            inside = (rows >= oy0) & (rows < oy1) & (columns >= ox0) & (columns < ox1)
+            covered[inside] |= other[rows[inside] - oy0, columns[inside] - ox0]
+    return bool(covered.mean() > 0.5)

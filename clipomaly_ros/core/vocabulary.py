@@ -96,6 +96,27 @@ class TextEmbedder:
 
 def read_name_list(path: str | Path | None = None) -> tuple[str, ...]:
     """Names from a text file (one a line, '#' comments); ``None``: the dictionary shipped with the package."""
+    names = list(dict.fromkeys(n for n in _dictionary_lines(path) if n and not n.startswith("#")))
+    if not names:
+        raise VocabularyError(f"naming dictionary {path or '(shipped)'} holds no names")
+    return tuple(names)
+
+
+def read_name_sections(path: str | Path | None = None) -> dict[str, frozenset[str]]:
+    """The names of a dictionary file by section: a comment line of its own (``# animals``) starts a section named
+    by its text (``animals``), which runs to the next one. Names before any section are left out."""
+    sections: dict[str, set[str]] = {}
+    current = None
+    for line in _dictionary_lines(path):
+        if line.startswith("#"):
+            current = line.lstrip("#").strip()
+            sections.setdefault(current, set())
+        elif line and current is not None:
+            sections[current].add(line)
+    return {name: frozenset(names) for name, names in sections.items() if names}
+
+
+def _dictionary_lines(path: str | Path | None) -> list[str]:
     if path:
         try:
             text = Path(path).expanduser().read_text()
@@ -104,11 +125,7 @@ def read_name_list(path: str | Path | None = None) -> tuple[str, ...]:
                                   "'naming_dictionary' to a text file, or leave it empty for the shipped one") from None
     else:
         text = resources.files("clipomaly_ros").joinpath("data/naming_dictionary.txt").read_text()
-    names = [" ".join(line.split()) for line in text.splitlines()]
-    names = list(dict.fromkeys(n for n in names if n and not n.startswith("#")))
-    if not names:
-        raise VocabularyError(f"naming dictionary {path or '(shipped)'} holds no names")
-    return tuple(names)
+    return [" ".join(line.split()) for line in text.splitlines()]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..core.config import ClipomalyConfig
 from ..core.planning import AnomalyFollower
+from .autoware import autoware_style
 from .messages import ON_DEMAND_OUTPUTS, ImageConversionError, MessageFactory, picture_messages, stamp_ns
 
 IMAGE_OUTPUTS = ("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances") + ON_DEMAND_OUTPUTS
@@ -100,6 +101,8 @@ class CameraStream:
         self.gaps = InputGaps()
         self.input_qos = "not subscribed yet"
         """The input subscription's reliability and why, for /diagnostics (the node sets it)."""
+        self.mounting_source = "not known yet (no frame processed)"
+        """Where the camera's mounting in the base frame came from for the last frame, for /diagnostics."""
 
     def frame_arrived(self, header: Any) -> None:
         """Count a received frame and note its stamp for the estimate of missing frames."""
@@ -120,7 +123,7 @@ class CameraStream:
         # republished when an id's name changes, and when the vocabulary changed (a name moved between known
         # classes and anomalies even if the list reads the same)
         labels = (tuple(result.labels), result.known_count)
-        messages = self.factory.result_messages(header, result, frame, wanted)
+        messages = self.factory.result_messages(header, result, frame, wanted, autoware_style(config))
         messages.update(picture_messages(self.factory, header, image, result, wanted, frame.published))
         if labels != self._published_labels:
             messages["label_info"] = self.factory.label_info(header, result.labels, config.uncertainty_threshold)
@@ -169,6 +172,7 @@ class CameraStream:
                 "frames with full-resolution maps": counters.frames_with_maps,
                 "frames missing from the input (estimated)": self.gaps.missing,
                 "input qos": self.input_qos,
+                "mounting": self.mounting_source,
             }
             report.update({f"published {topic}": count for topic, count in sorted(counters.published.items())})
         follower = self.follower
@@ -176,6 +180,7 @@ class CameraStream:
             "3d output": "on" if follower.no_3d_reason is None else f"off: {follower.no_3d_reason}",
             "anomalies located on the ground": follower.counters.located,
             "anomalies without ground contact": follower.counters.without_ground_contact,
+            "anomalies with a hidden ground contact": follower.counters.hidden_contact,
             "frames without calibration": follower.counters.frames_without_calibration,
             "live tracks": len(follower.tracker.tracks),
             "track restarts (stamps went back)": follower.tracker.restarts,

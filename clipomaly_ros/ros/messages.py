@@ -22,6 +22,8 @@ import numpy as np
 from ..core.overlay import class_colour, colour_semantic, render_overlay
 from ..core.planning import PlannerFrame
 from ..core.results import AnomalyRecord, SegmentationResult
+from .autoware import (ORIENTATION_UNAVAILABLE, SHAPE_TYPES, AutowareLabels, existence_probability,
+                       position_covariance)
 
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3, "mono16": 1,
             "16UC1": 1}
@@ -252,8 +254,8 @@ class MessageFactory:
 
     def detections_3d(self, header: Any, records: list[AnomalyRecord]) -> Any:
         """``vision_msgs/Detection3DArray`` in ``header.frame_id`` (the base frame): one detection per record (each
-        with a ground estimate: :attr:`PlannerFrame.located`), ``id`` as in the 2D detections. The box stands on the ground with its front at the
-        estimate; its depth cannot be seen by one camera and is :data:`ASSUMED_DEPTH_M`."""
+        with a ground estimate: :attr:`PlannerFrame.located`), ``id`` as in the 2D detections. The box stands on the
+        ground with its front at the estimate; its depth cannot be seen by one camera and is :data:`ASSUMED_DEPTH_M`."""
         detection_type = self.type("vision_msgs/msg/Detection3D")
         detections = [detection_type(header=header, results=self._hypotheses(record), bbox=self._box_3d(record),
                                      id=detection_id(record)) for record in records]
@@ -283,6 +285,62 @@ class MessageFactory:
         return self.type("sensor_msgs/msg/PointCloud2")(
             header=header, height=1, width=len(cloud), fields=fields, is_bigendian=False, point_step=12,
             row_step=12 * len(cloud), data=self.byte_array(cloud.reshape(-1).view(np.uint8)), is_dense=True)
+
+    def detected_objects(self, header: Any, records: list[AnomalyRecord], labels: AutowareLabels,
+                         shape: str = "polygon") -> Any:
+        """``autoware_perception_msgs/DetectedObjects`` in ``header.frame_id`` (the base frame): one object per record
+        (each with a ground estimate), in the box that :meth:`detections_3d` gives it.
+
+        The classification is the (voted) name's label under ``labels`` with the name's probability; the existence
+        probability is the track's (:func:`~.autoware.existence_probability`); the pose is the box's centre, with a
+        covariance that grows with range (:func:`~.autoware.position_covariance`), and its orientation is marked
+        unavailable. ``shape``: ``polygon`` gives the box's footprint around the pose (base-frame axes, identity
+        orientation) and its height; ``bounding_box`` the box's depth, width and height, turned along the line of
+        sight."""
+        objects = [self._detected_object(record, labels, shape) for record in records]
+        return self.type("autoware_perception_msgs/msg/DetectedObjects")(header=header, objects=objects)
+
+    def _detected_object(self, record: AnomalyRecord, labels: AutowareLabels, shape: str) -> Any:
+        ground = record.ground
+        name, score = record.label
+        sight = line_of_sight(ground)
+        centre = np.array([ground.x, ground.y]) + sight * ASSUMED_DEPTH_M / 2
+        point, vector = self.type("geometry_msgs/msg/Point"), self.type("geometry_msgs/msg/Vector3")
+        if shape == "bounding_box":
+            yaw = float(np.arctan2(sight[1], sight[0]))
+            orientation = self.type("geometry_msgs/msg/Quaternion")(x=0.0, y=0.0, z=float(np.sin(yaw / 2)),
+                                                                     w=float(np.cos(yaw / 2)))
+            footprint = []
+        else:
+            orientation = self.type("geometry_msgs/msg/Quaternion")(x=0.0, y=0.0, z=0.0, w=1.0)
+            across = np.array([-sight[1], sight[0]])
+            half_depth, half_width = sight * ASSUMED_DEPTH_M / 2, across * ground.width / 2
+            corners = [-half_depth - half_width, -half_depth + half_width, half_depth + half_width,
+                       half_depth - half_width]
+            footprint = [self.type("geometry_msgs/msg/Point32")(x=float(c[0]), y=float(c[1]), z=0.0) for c in corners]
+        pose = self.type("geometry_msgs/msg/Pose")(
+            position=point(x=float(centre[0]), y=float(centre[1]), z=float(ground.z + ground.height / 2)),
+            orientation=orientation)
+        kinematics = self.type("autoware_perception_msgs/msg/DetectedObjectKinematics")(
+            pose_with_covariance=self.type("geometry_msgs/msg/PoseWithCovariance")(
+                pose=pose, covariance=position_covariance(ground)),
+            has_position_covariance=True, orientation_availability=ORIENTATION_UNAVAILABLE,
+            twist_with_covariance=self._still(), has_twist=False, has_twist_covariance=False)
+        classification = self.type("autoware_perception_msgs/msg/ObjectClassification")(
+            label=labels.label(name), probability=float(score))
+        return self.type("autoware_perception_msgs/msg/DetectedObject")(
+            existence_probability=existence_probability(record), classification=[classification],
+            kinematics=kinematics,
+            shape=self.type("autoware_perception_msgs/msg/Shape")(
+                type=SHAPE_TYPES[shape], footprint=self.type("geometry_msgs/msg/Polygon")(points=footprint),
+                dimensions=vector(x=ASSUMED_DEPTH_M, y=float(ground.width), z=float(ground.height))))
+
+    def _still(self) -> Any:
+        vector = self.type("geometry_msgs/msg/Vector3")
+        twist = self.type("geometry_msgs/msg/Twist")(linear=vector(x=0.0, y=0.0, z=0.0),
+                                                     angular=vector(x=0.0, y=0.0, z=0.0))
+        return self.type("geometry_msgs/msg/TwistWithCovariance")(twist=twist,
+                                                                  covariance=np.zeros(36, dtype=np.float64))
 
     def markers(self, header: Any, records: list[AnomalyRecord]) -> Any:
         """``visualization_msgs/MarkerArray``: a DELETEALL, then per record (each with a ground estimate) a box
@@ -333,10 +391,12 @@ class MessageFactory:
         return self.type("vision_msgs/msg/LabelInfo")(header=header, class_map=class_map, threshold=float(threshold))
 
     def result_messages(self, header: Any, result: SegmentationResult, frame: PlannerFrame,
-                        wanted=("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances")) -> dict[str, Any]:
+                        wanted=("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances"),
+                        autoware: tuple[AutowareLabels, str] | None = None) -> dict[str, Any]:
         """The per-frame messages but the pictures (:func:`picture_messages`) and ``label_info``, keyed by
-        relative topic name: ``anomalies`` and ``anomalies_on_road`` always, ``anomalies_3d``, ``anomaly_markers``
-        and ``anomaly_points`` (stamped like ``header``, in ``frame.base_frame``) when the camera is calibrated, and
+        relative topic name: ``anomalies`` and ``anomalies_on_road`` always; ``anomalies_3d``, ``anomaly_markers``,
+        ``anomaly_points`` and, given ``autoware`` (labels and shape, :meth:`detected_objects`),
+        ``anomalies_objects`` (stamped like ``header``, in ``frame.base_frame``) when the camera is calibrated; and
         the image outputs named in ``wanted``. Maps not wanted are never computed."""
         build = {
             "semantic": lambda: self.image(header, result.semantic, "mono16"),
@@ -351,6 +411,8 @@ class MessageFactory:
             messages["anomalies_3d"] = self.detections_3d(base_header, frame.located)
             messages["anomaly_markers"] = self.markers(base_header, frame.located)
             messages["anomaly_points"] = self.points(base_header, frame.located)
+            if autoware is not None:
+                messages["anomalies_objects"] = self.detected_objects(base_header, frame.located, *autoware)
         messages.update({name: make() for name, make in build.items() if name in wanted})
         return messages
 
@@ -419,6 +481,7 @@ OUTPUT_TYPES = {
     "anomalies_3d": "vision_msgs/msg/Detection3DArray",
     "anomaly_markers": "visualization_msgs/msg/MarkerArray",
     "anomaly_points": "sensor_msgs/msg/PointCloud2",
+    "anomalies_objects": "autoware_perception_msgs/msg/DetectedObjects",
     "semantic": "sensor_msgs/msg/Image",
     "label_info": "vision_msgs/msg/LabelInfo",
     "anomaly_score": "sensor_msgs/msg/Image",

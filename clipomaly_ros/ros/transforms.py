@@ -1,0 +1,53 @@
+"""The camera's mounting from the robot's own transforms (``tf2_msgs/TFMessage`` on ``/tf_static`` and ``/tf``),
+without tf2_ros: messages feed a :class:`~clipomaly_ros.core.frames.FrameTree`, and :class:`MountingFinder` turns
+the chain from ``base_frame`` to an image's frame into the ``camera_*`` settings, falling back to the parameters.
+Plain Python: the node and replay feed it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.config import ClipomalyConfig
+from ..core.frames import FrameTree, RigidTransform
+from ..core.geometry import CameraMounting
+
+
+def add_transforms(tree: FrameTree, message: Any) -> list[str]:
+    """Put every ``geometry_msgs/TransformStamped`` of a ``tf2_msgs/TFMessage`` into ``tree``; returns why each
+    unusable one (no frame names, a zero quaternion, a frame its own parent) was left out."""
+    problems = []
+    for stamped in message.transforms:
+        parent, child = str(stamped.header.frame_id), str(stamped.child_frame_id)
+        t, q = stamped.transform.translation, stamped.transform.rotation
+        try:
+            if not parent.strip("/") or not child.strip("/"):
+                raise ValueError("a frame name is empty")
+            tree.set(parent, child, RigidTransform.from_quaternion((t.x, t.y, t.z), (q.x, q.y, q.z, q.w)))
+        except ValueError as error:
+            problems.append(f"transform '{parent}' -> '{child}': {error}")
+    return problems
+
+
+class MountingFinder:
+    """Where a camera sits, for each frame: from ``tree`` when ``config.mounting_from_tf`` and the chain from
+    ``config.base_frame`` to the image's ``frame_id`` is known, else the configuration's ``camera_*`` settings."""
+
+    def __init__(self, tree: FrameTree, source_name: str = "/tf_static, /tf"):
+        self.tree = tree
+        self.source_name = source_name
+
+    def find(self, frame_id: str, config: ClipomalyConfig) -> tuple[ClipomalyConfig, str]:
+        """``(config, source)``: ``config`` with the mounting in force, and what it came from in words (for the
+        log and /diagnostics)."""
+        if not config.mounting_from_tf:
+            return config, "parameters (mounting_from_tf is false)"
+        if not frame_id.strip("/"):
+            return config, "parameters (the images have no header.frame_id to look up)"
+        found = self.tree.lookup(config.base_frame, frame_id)
+        if found is None:
+            return config, (f"parameters (no transform from {config.base_frame} to '{frame_id.lstrip('/')}' on "
+                            f"{self.source_name})")
+        transform, frames = found
+        mounting = CameraMounting.from_optical_pose(config.base_frame, transform.rotation, transform.translation,
+                                                    config.ground_z)
+        return config.replace(**mounting.as_settings()), f"{self.source_name}: {' <- '.join(reversed(frames))}"

@@ -4,10 +4,10 @@
 
 Arguments: namespace; image_topic (the camera's base topic, remapped onto the node's 'image'; with compressed
 input the node reads <image_topic>/compressed, as image_transport does); camera_info_topic (the calibration,
-default: image_topic's sibling camera_info); compressed, use_sim_time, backend, device and checkpoint (override
-the parameter file only when given); params_file (default: the package's config/clipomaly.yaml). The file is handed
-to the node, so rcl reads it as for `ros2 run --params-file`: every section that matches the node, in file order;
-the given arguments come after it. The decisions are plain functions in clipomaly_ros.ros.launch_logic.
+default: image_topic's sibling camera_info); compressed, use_sim_time, managed, backend, device and checkpoint
+(override the parameter file only when given); params_file (default: the package's config/clipomaly.yaml). The file
+is handed to the node, so rcl reads it as for `ros2 run --params-file`: every section that matches the node, in file
+order; the given arguments come after it. The decisions are plain functions in clipomaly_ros.ros.launch_logic.
 """
 
 import os
@@ -55,6 +55,9 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=default_params, description="ROS 2 parameter file"),
         DeclareLaunchArgument("use_sim_time", default_value="",
                               description="true: use /clock (bag replay); empty: as the parameter file says"),
+        DeclareLaunchArgument("managed", default_value="",
+                              description="true: start as a lifecycle node, unconfigured, for a lifecycle manager; "
+                                          "empty: as the parameter file says"),
         DeclareLaunchArgument("backend", default_value="",
                               description="open_clip or toy; empty: as the parameter file says"),
         DeclareLaunchArgument("device", default_value="",

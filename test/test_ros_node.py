@@ -179,22 +179,23 @@ def get_parameter(node, namespace, name):
     return response.values[0]
 
 
-def publish_frame(publisher, image, stamp, compressed=False):
+def publish_frame(publisher, image, stamp, compressed=False, frame_id="camera"):
     from helpers import image_message
 
     message = image_message(image, stamp, compressed=compressed)
     if compressed:
-        publisher.publish(CompressedImage(header=_header(stamp), format="jpeg", data=message.data.tobytes()))
+        publisher.publish(CompressedImage(header=_header(stamp, frame_id), format="jpeg",
+                                          data=message.data.tobytes()))
     else:
         height, width = image.shape[:2]
-        publisher.publish(Image(header=_header(stamp), height=height, width=width, encoding="rgb8", step=width * 3,
-                                data=image.tobytes()))
+        publisher.publish(Image(header=_header(stamp, frame_id), height=height, width=width, encoding="rgb8",
+                                step=width * 3, data=image.tobytes()))
 
 
-def _header(stamp):
+def _header(stamp, frame_id="camera"):
     from std_msgs.msg import Header
 
-    header = Header(frame_id="camera")
+    header = Header(frame_id=frame_id)
     header.stamp.sec, header.stamp.nanosec = stamp // 10**9, stamp % 10**9
     return header
 

@@ -240,6 +240,10 @@ SETTINGS: tuple[Setting, ...] = (
             "than track_min_hits frames); false keeps one-frame flicker from the planner.", "bool", live=True),
     Setting("base_frame", "base_link", "Vehicle frame of the 3D outputs (x forward, y left, z up); the camera "
             "mounting below is given in it.", "str", live=True, item_pattern=r"[A-Za-z_][A-Za-z0-9_/]*"),
+    Setting("mounting_from_tf", True, "Take the camera's mounting from the robot's transforms (/tf_static and /tf; "
+            "in replay, the bag's): the chain from base_frame to the image's header.frame_id, an optical frame "
+            "(x right, y down, z forward) as sensor_msgs/Image defines it. The camera_* parameters below stay the "
+            "fallback while no such chain is known; /diagnostics says which is in use.", "bool", live=True),
     Setting("camera_x", 0.0, "Camera position in base_frame, forward (m).", "float", live=True),
     Setting("camera_y", 0.0, "Camera position in base_frame, left (m).", "float", live=True),
     Setting("camera_z", 1.5, "Camera position in base_frame, up (m).", "float", live=True),
@@ -253,7 +257,26 @@ SETTINGS: tuple[Setting, ...] = (
             "origin's height above the ground for base_link.", "float", live=True),
     Setting("max_ground_distance", 150.0, "Ground contacts farther than this (m) count as none: the anomaly gets "
             "no 3D estimate.", "float", live=True, minimum=1.0, maximum=10000.0),
+    Setting("contact_pixel_error", 1.0, "Uncertainty of a ground contact's image row and column (pixels, one "
+            "standard deviation): the position covariance of the Autoware objects grows from it with range, as "
+            "Z^2 dv / (f h) along the line of sight and Z du / f across it.", "float", live=True, minimum=0.01,
+            maximum=100.0),
+    Setting("autoware_labels", ("@animals=ANIMAL", "animal=ANIMAL", "*=HAZARD"), "Autoware classification of "
+            "anomaly names in anomalies_objects, as NAME=LABEL with LABEL an autoware_perception_msgs/"
+            "ObjectClassification constant (UNKNOWN, CAR, TRUCK, BUS, TRAILER, MOTORCYCLE, BICYCLE, PEDESTRIAN, "
+            "ANIMAL, HAZARD, OVER_DRIVABLE, UNDER_DRIVABLE). NAME is an anomaly name, @SECTION every name of that "
+            "section of the naming dictionary ('# animals' heads the section @animals), * every other name. A "
+            "name's own entry comes first, then its section's, then *; without * the rest are UNKNOWN.", "str_list",
+            live=True, item_pattern=r"[^=]+=(UNKNOWN|CAR|TRUCK|BUS|TRAILER|MOTORCYCLE|BICYCLE|PEDESTRIAN|ANIMAL|"
+            r"HAZARD|OVER_DRIVABLE|UNDER_DRIVABLE)"),
+    Setting("autoware_shape", "polygon", "Shape of the Autoware objects: polygon (the footprint of the 3D box, "
+            "with its height) or bounding_box (the 3D box's dimensions).", "str", live=True,
+            choices=("polygon", "bounding_box")),
     # --- ROS node only -------------------------------------------------------------------------------------------
+    Setting("managed", False, "Start as a managed (lifecycle) node, unconfigured: a lifecycle manager or "
+            "`ros2 lifecycle set` configures it (parameters, model, text embeddings), activates it (subscriptions "
+            "and outputs), deactivates it (the model stays) and cleans it up (the model and its GPU memory freed). "
+            "false: configure and activate at start.", "bool", scope="node"),
     Setting("input_transport", "raw", "raw: subscribe to 'image' (sensor_msgs/Image); compressed: to "
             "'image/compressed' (sensor_msgs/CompressedImage, jpeg or png).", "str", scope="node",
             choices=("raw", "compressed")),

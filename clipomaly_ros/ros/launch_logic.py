@@ -21,19 +21,20 @@ def parse_bool(text: str, argument: str) -> bool:
     raise ValueError(f"launch argument {argument}:={text!r} must be true or false")
 
 
-LAUNCH_OVERRIDES = ("compressed", "use_sim_time", "backend", "device", "checkpoint")
+LAUNCH_OVERRIDES = ("compressed", "use_sim_time", "managed", "backend", "device", "checkpoint")
 """Launch arguments that override the parameter file, each only when given (a non-empty value)."""
 
 
 def launch_overrides(arguments: Mapping[str, str]) -> dict[str, Any]:
     """The parameters that the given launch ``arguments`` set: ``compressed`` as ``input_transport``,
-    ``use_sim_time``, ``backend``, ``device`` and ``checkpoint``; an empty argument sets nothing, so the file's
-    value, or the node's default, stays."""
+    ``use_sim_time``, ``managed``, ``backend``, ``device`` and ``checkpoint``; an empty argument sets nothing, so the
+    file's value, or the node's default, stays."""
     overrides: dict[str, Any] = {}
     if arguments.get("compressed", ""):
         overrides["input_transport"] = "compressed" if parse_bool(arguments["compressed"], "compressed") else "raw"
-    if arguments.get("use_sim_time", ""):
-        overrides["use_sim_time"] = parse_bool(arguments["use_sim_time"], "use_sim_time")
+    for name in ("use_sim_time", "managed"):
+        if arguments.get(name, ""):
+            overrides[name] = parse_bool(arguments[name], name)
     for name in ("backend", "device", "checkpoint"):
         if arguments.get(name, ""):
             overrides[name] = arguments[name]

@@ -5,12 +5,15 @@ Topics (relative to the node's namespace):
 - in: ``image`` (sensor_msgs/Image) or, with ``input_transport: compressed``, ``image/compressed``
   (sensor_msgs/CompressedImage); depth 1, reliability from ``input_reliability``;
 - in: ``camera_info`` (sensor_msgs/CameraInfo, best effort, the newest kept): intrinsics and distortion for the
-  3D outputs; the camera's mounting in ``base_frame`` comes from the ``camera_*`` parameters;
+  3D outputs;
+- in: ``/tf_static`` and ``/tf`` (tf2_msgs/TFMessage): the camera's mounting in ``base_frame`` is the chain from
+  there to the images' frame; the ``camera_*`` parameters while none is known;
 - out, stamped with the input's header and at its resolution: ``anomalies`` and ``anomalies_on_road``
   (vision_msgs/Detection2DArray; ``id`` = track id; only confirmed tracks unless ``publish_unconfirmed``) and
   ``label_info`` (vision_msgs/LabelInfo, transient local) always; with a camera_info, ``anomalies_3d``
-  (vision_msgs/Detection3DArray) and ``anomaly_markers`` (visualization_msgs/MarkerArray), stamped with the image
-  and in ``base_frame``; the images ``semantic`` (mono16),
+  (vision_msgs/Detection3DArray), ``anomaly_markers`` (visualization_msgs/MarkerArray), ``anomaly_points``
+  (sensor_msgs/PointCloud2, for Nav2) and ``anomalies_objects`` (autoware_perception_msgs/DetectedObjects),
+  stamped with the image and in ``base_frame``; the images ``semantic`` (mono16),
   ``anomaly_score`` (32FC1), ``anomaly_mask`` (mono8), ``anomaly_instances`` (mono16: pixel value k belongs to
   the k-th detection of ``anomalies`` with the same stamp), ``overlay`` and ``semantic_color`` (rgb8) are
   computed and published only while they have subscribers;
@@ -21,6 +24,10 @@ With ``cameras: [front, rear]`` the node serves several cameras with one model: 
 name (``front/image``, ``front/anomalies``, ...), its own newest-frame slot and counters, and the frames waiting
 from all cameras go through the backbone in one batch.
 
+A lifecycle node: with ``managed: false`` (the default) it configures and activates itself at start; with
+``managed: true`` it waits unconfigured for a lifecycle manager. Configure loads the model, activate subscribes,
+deactivate stops processing with the model kept, cleanup frees it.
+
 Only the newest frame of each camera is processed: inference runs on a worker thread, and a frame that arrives
 while another of the same camera waits replaces it and is counted as dropped.
 """
@@ -28,6 +35,7 @@ while another of the same camera waits replaces it and is counted as dropped.
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import sys
 import threading
@@ -42,11 +50,12 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool
+from tf2_msgs.msg import TFMessage
 
 from ..core.model.adaptation import describe_sidecar
 from ..core.model.backend import ModelLoadError
@@ -54,11 +63,14 @@ from ..core.config import (NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfi
                            per_camera_setting)
 from ..core.images import on_host
 from ..core.pipeline import Clipomaly
+from ..core.frames import FrameTree
 from ..core.planning import AnomalyFollower
+from .autoware import autoware_style
 from .camera import CameraStream, LatestFrames, Watchdog, decode_frame
 from .messages import (DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory, compressed_msg_to_device,
                        uint8_array)
 from ..core.vocabulary import VocabularyError
+from .transforms import MountingFinder, add_transforms
 
 PARAMETER_TYPES = {
     "str": ParameterType.PARAMETER_STRING, "int": ParameterType.PARAMETER_INTEGER,
@@ -66,7 +78,8 @@ PARAMETER_TYPES = {
     "str_list": ParameterType.PARAMETER_STRING_ARRAY,
 }
 INT_LIMIT = 2 ** 31 - 1
-PLANNER_OUTPUTS = ("anomalies", "anomalies_on_road", "anomalies_3d", "anomaly_markers", "anomaly_points")
+PLANNER_OUTPUTS = ("anomalies", "anomalies_on_road", "anomalies_3d", "anomaly_markers", "anomaly_points",
+                   "anomalies_objects")
 """Small per-frame messages a planner acts on: their publishers keep more history than the images'."""
 WARM_UP_SIZE = (720, 1280)
 """(height, width) of the frames a compiled runtime is warmed up for at start: the common vehicle camera; other
@@ -99,22 +112,49 @@ class StartupError(RuntimeError):
     """The node could not start; it has logged the reason as FATAL, and the process exits with status 1."""
 
 
-class ClipomalyNode(Node):
+STARTUP_ERRORS = (ConfigError, ModelLoadError, VocabularyError, ParameterException)
+"""What a bad setting, missing weights or an empty vocabulary raise while the node configures: a reason to log,
+never a crash."""
+
+
+class ClipomalyNode(LifecycleNode):
     """Runs :class:`~clipomaly_ros.core.pipeline.Clipomaly` on one or more camera streams (see the module
-    docstring)."""
+    docstring). A lifecycle node: with ``managed: false`` (the default) it configures and activates itself at
+    start, with ``managed: true`` it waits unconfigured for a lifecycle manager."""
 
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
+        self.pipeline = None
+        self.active = False
+        self._running = False
+        self._failure = ""
+        self._batch_lock = threading.Lock()
+        self.frame_tree = FrameTree()
+        self.mounting_finder = MountingFinder(self.frame_tree)
+        self.transforms_rejected = 0
         try:
-            self._start()
-        except (ConfigError, ModelLoadError, VocabularyError, ParameterException) as error:
-            # under the node's own logger, so the line names the node with its namespace; settings as parameters
-            reason = error.render("ros") if isinstance(error, ModelLoadError) else str(error)
-            self.get_logger().fatal(f"cannot start: {reason}")
-            raise StartupError(reason) from None
+            self._declare_settings()
+        except (ConfigError, ParameterException) as error:
+            self.get_logger().fatal(f"cannot start: {error}")
+            raise StartupError(str(error)) from None
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        if self.managed:
+            self.get_logger().info("managed: unconfigured, waiting for a lifecycle manager (or `ros2 lifecycle set "
+                                   f"{self.get_fully_qualified_name()} configure`, then activate)")
+            return
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise StartupError(self._failure)  # on_configure has logged it as FATAL
+        if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            raise StartupError(self._failure)
 
-    def _start(self) -> None:
+    # parameters ----------------------------------------------------------------------------------------------
+    def _declare_settings(self) -> None:
+        """Declare every setting as a parameter (values are read and checked on configure) and the per-camera
+        mountings given at start (``front.camera_x``, ...)."""
         overrides = getattr(self, "_parameter_overrides", {})
+        given_managed = overrides.get("managed")
+        self.managed = bool(SETTINGS_BY_NAME["managed"].validate(given_managed.value)) \
+            if given_managed is not None and given_managed.type_ != Parameter.Type.NOT_SET else False
         for setting in SETTINGS:
             given = overrides.get(setting.name)
             if given is not None and given.type_ != Parameter.Type.NOT_SET:
@@ -123,6 +163,10 @@ class ClipomalyNode(Node):
             if default == [] and setting.kind == "str_list":
                 default = Parameter.Type.STRING_ARRAY  # rclpy would type an empty list as a byte array
             descriptor = descriptor_for(setting)
+            if self.managed and setting.name != "managed":
+                # an unconfigured managed node takes any setting: _on_set_parameters refuses the ones that are
+                # not live while it is configured
+                descriptor.read_only = False
             # an empty list: the default, or "[]" in a parameter file, which rcl reads as a value without a type
             unset = setting.kind == "str_list" and (given.type_ == Parameter.Type.NOT_SET if given is not None
                                                     else default == Parameter.Type.STRING_ARRAY)
@@ -135,13 +179,117 @@ class ClipomalyNode(Node):
             self.declare_parameter(setting.name, Parameter.Type.STRING_ARRAY if unset else default, descriptor)
             if unset:
                 self.set_parameters([Parameter(setting.name, Parameter.Type.STRING_ARRAY, [])])
+        self.mounting_parameters = []
+        for name in sorted(overrides):
+            found = per_camera_setting(name)
+            if found is not None:
+                self.declare_parameter(name, found[1].validate(overrides[name].value), descriptor_for(found[1], name))
+                self.mounting_parameters.append(name)
+
+    def _initial_value(self, setting: Setting):
+        try:
+            return self.get_parameter(setting.name).value
+        except ParameterUninitializedException:
+            raise ConfigError(f"parameter {setting.name} has no value: set it, or remove it from the parameter file "
+                              "to get its default") from None
+
+    def _mountings(self, cameras: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        """The per-camera mountings (``front.camera_x``, ...), checked against ``cameras``; a camera without them
+        uses the plain ``camera_*`` parameters."""
+        mountings: dict[str, dict[str, float]] = {}
+        for name in self.mounting_parameters:
+            camera, setting = per_camera_setting(name)
+            if camera not in cameras:
+                raise ConfigError(f"parameter {name} is for camera '{camera}', which is not in cameras "
+                                  f"({', '.join(cameras) or 'empty'})")
+            mountings.setdefault(camera, {})[setting.name] = setting.validate(self.get_parameter(name).value)
+        return mountings
+
+    # lifecycle -----------------------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Parameters read and checked, the model and text embeddings loaded and warmed up, publishers, the enable
+        service, /diagnostics and the inference thread started. A failure releases what was made and returns
+        FAILURE with the reason logged."""
+        try:
+            self._configure()
+        except Exception as error:  # noqa: BLE001 - rclpy would turn it into a silent ERROR
+            if isinstance(error, STARTUP_ERRORS):
+                self._failure = error.render("ros") if isinstance(error, ModelLoadError) else str(error)
+            else:
+                self._failure = f"{type(error).__name__}: {error}\n{traceback.format_exc()}"
+            if self.managed:
+                self.get_logger().error(f"configure failed: {self._failure}")
+            else:
+                self.get_logger().fatal(f"cannot start: {self._failure}")
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscriptions to the images, camera_info and the robot's transforms; from now on frames are
+        processed and published."""
+        compressed = self.input_type is CompressedImage
+        for name, camera in self.cameras.items():
+            info_topic = self.resolve_topic_name(f"{camera.prefix}camera_info")
+            self.camera_info_subscriptions[name] = self.create_subscription(
+                CameraInfo, info_topic, camera.follower.set_camera_info,
+                QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+            topic = f"{camera.prefix}image/compressed" if compressed else f"{camera.prefix}image"
+            self._subscribe_images(camera, self.resolve_topic_name(topic))
+        # as tf2's listener reads them: /tf_static latched, /tf reliable
+        self.transform_subscriptions = [
+            self.create_subscription(TFMessage, "/tf_static", self._on_transforms,
+                                     QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                                reliability=ReliabilityPolicy.RELIABLE)),
+            self.create_subscription(TFMessage, "/tf", self._on_transforms,
+                                     QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))]
+        self.topic_check_timer = self.create_timer(2.0, self._check_input_topics)
+        self.active = True
+        topics = ", ".join(f"{s.topic_name} ({self.cameras[name].input_qos})"
+                           for name, s in self.subscriptions_by_camera.items())
+        self.get_logger().info(f"active: listening on {topics}, {self.input_transport}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscriptions removed and processing stopped; the model stays loaded. Frames that were waiting are
+        counted as skipped, and a batch in work finishes before this returns, so nothing is published after."""
+        self.active = False
+        self._unsubscribe()
+        for name in self.frames.clear():
+            self.cameras[name].count("skipped_paused")
+        with self._batch_lock:  # the batch in work, if any, has published or given up
+            pass
+        self.watchdog.progress()
+        self.get_logger().info("inactive: processing stopped, the model stays loaded")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """The model, its GPU memory, the publishers and the inference thread released."""
+        self._release()
+        self.get_logger().info("unconfigured: the model and its memory are released")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.active = False
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"a lifecycle transition failed from {state.label}: releasing everything")
+        self.active = False
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
         values = {s.name: self._initial_value(s) for s in SETTINGS}
         for name, value in values.items():
             values[name] = SETTINGS_BY_NAME[name].validate(value)  # raises ConfigError naming the parameter
+        mountings = self._mountings(values["cameras"])
         self.publish_overlay = values["publish_overlay"]
         self.max_input_pixels = values["max_input_pixels"]
         self.stall_timeout = values["stall_timeout"]
         config = ClipomalyConfig(**{s.name: values[s.name] for s in SETTINGS if s.scope == "core"})
+        autoware_style(config)  # an autoware_labels section the dictionary lacks: said now, not per frame
         self.get_logger().info("loading the toy backend ..." if config.backend == "toy" else
                                f"loading {config.model} ({config.checkpoint or config.pretrained}) ...")
         self.pipeline = Clipomaly(config)
@@ -151,9 +299,9 @@ class ClipomalyNode(Node):
                 self.get_logger().warning(f"the checkpoint was fine-tuned with dense_method "
                                           f"{self.pipeline.finetuned.get('dense_method')} but this node runs "
                                           f"{config.dense_method}: its accuracy is the trained method's only with it")
+        self.mountings = mountings
         self.factory = MessageFactory(ros_type, byte_array=uint8_array, data_by_reference=True)
         self.device = str(getattr(self.pipeline.backend, "device", "cpu"))
-        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.enabled = True
         self.frames = LatestFrames()
         self._last_reported: dict[str, tuple[int, int]] = {}
@@ -162,36 +310,76 @@ class ClipomalyNode(Node):
         self._warm_up(max(1, len(values["cameras"])))
 
         self.input_reliability = values["input_reliability"]
-        compressed = values["input_transport"] == "compressed"
+        self.input_transport = values["input_transport"]
+        compressed = self.input_transport == "compressed"
         self.input_type = CompressedImage if compressed else Image
         self._decode = DECODERS["sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"]
         if compressed and torch.device(self.device).type == "cuda":  # JPEG decoded by nvJPEG, never by the CPU
             self._decode = functools.partial(compressed_msg_to_device, device=torch.device(self.device))
-        self.mountings = self._declare_mountings(overrides, values["cameras"])
         self.cameras: dict[str, CameraStream] = {}
         self.subscriptions_by_camera = {}
         self.camera_info_subscriptions = {}
+        self.transform_subscriptions = []
+        self.topic_check_timer = None
         for name in values["cameras"] or ("",):
             prefix = f"{name}/" if name else ""
             info_topic = self.resolve_topic_name(f"{prefix}camera_info")
-            camera = CameraStream(name, self._create_outputs(prefix), self.factory,
-                                  AnomalyFollower(self.pipeline.name_embeddings, info_topic))
-            self.cameras[name] = camera
-            self.camera_info_subscriptions[name] = self.create_subscription(
-                CameraInfo, info_topic, camera.follower.set_camera_info,
-                QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
-            topic = f"{camera.prefix}image/compressed" if compressed else f"{camera.prefix}image"
-            self._subscribe_images(camera, self.resolve_topic_name(topic))
+            self.cameras[name] = CameraStream(name, self._create_outputs(prefix), self.factory,
+                                              AnomalyFollower(self.pipeline.name_embeddings, info_topic))
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.enable_service = self.create_service(SetBool, "~/enable", self._on_enable)
         self.diagnostics_timer = self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
         self._warned_topics: set[str] = set()
-        self.topic_check_timer = self.create_timer(2.0, self._check_input_topics)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._running = True
         self.worker = self._start_worker()
-        topics = ", ".join(f"{s.topic_name} ({self.cameras[name].input_qos})"
-                           for name, s in self.subscriptions_by_camera.items())
-        self.get_logger().info(f"listening on {topics}, {values['input_transport']}")
+        self.get_logger().info("configured: model loaded" + ("; activate to start processing" if self.managed
+                                                             else ""))
+
+    def _unsubscribe(self) -> None:
+        for subscription in [*self.subscriptions_by_camera.values(), *self.camera_info_subscriptions.values(),
+                             *self.transform_subscriptions]:
+            self.destroy_subscription(subscription)
+        self.subscriptions_by_camera, self.camera_info_subscriptions, self.transform_subscriptions = {}, {}, []
+        if self.topic_check_timer is not None:
+            self.destroy_timer(self.topic_check_timer)
+            self.topic_check_timer = None
+
+    def _release(self) -> None:
+        """Undo :meth:`_configure` as far as it got: the inference thread stopped, every entity destroyed, the
+        pipeline dropped and the memory it held returned (GPU memory to the driver's cache pool, then freed)."""
+        self.active = False
+        self._running = False
+        if getattr(self, "frames", None) is not None:
+            self.frames.close()
+        worker = getattr(self, "worker", None)
+        if worker is not None and worker.is_alive() and worker is not threading.current_thread():
+            worker.join(timeout=30.0)
+        self.worker = None
+        if getattr(self, "subscriptions_by_camera", None) is not None:
+            self._unsubscribe()
+        for camera in getattr(self, "cameras", {}).values():
+            for publisher in camera.publishers.values():
+                self.destroy_publisher(publisher)
+        self.cameras = {}
+        for name, destroy in (("diagnostics_publisher", self.destroy_publisher),
+                              ("enable_service", self.destroy_service), ("diagnostics_timer", self.destroy_timer)):
+            entity = getattr(self, name, None)
+            if entity is not None:
+                destroy(entity)
+                setattr(self, name, None)
+        on_cuda = self.pipeline is not None and torch.device(self.device).type == "cuda"
+        self.pipeline = None
+        self.factory = None
+        gc.collect()
+        if on_cuda:
+            torch.cuda.empty_cache()
+
+    def _on_transforms(self, message) -> None:
+        problems = add_transforms(self.frame_tree, message)
+        if problems:
+            self.transforms_rejected += len(problems)
+            self.get_logger().warning(f"left out {len(problems)} transform(s): {'; '.join(problems[:3])}",
+                                      throttle_duration_sec=10.0)
 
     # input QoS ----------------------------------------------------------------------------------------------
     def _matching_reliability(self, topic: str) -> tuple[ReliabilityPolicy, str]:
@@ -226,30 +414,6 @@ class ClipomalyNode(Node):
         camera.input_qos = reason
 
     # start-up ------------------------------------------------------------------------------------------------
-    def _initial_value(self, setting: Setting):
-        try:
-            return self.get_parameter(setting.name).value
-        except ParameterUninitializedException:
-            raise ConfigError(f"parameter {setting.name} has no value: set it, or remove it from the parameter file "
-                              "to get its default") from None
-
-    def _declare_mountings(self, overrides: dict, cameras: tuple[str, ...]) -> dict[str, dict[str, float]]:
-        """The per-camera mountings given at start (``front.camera_x``, ...), declared and validated; a camera
-        without them uses the plain ``camera_*`` parameters."""
-        mountings: dict[str, dict[str, float]] = {}
-        for name in sorted(overrides):
-            found = per_camera_setting(name)
-            if found is None:
-                continue
-            camera, setting = found
-            if camera not in cameras:
-                raise ConfigError(f"parameter {name} is for camera '{camera}', which is not in cameras "
-                                  f"({', '.join(cameras) or 'empty'})")
-            value = setting.validate(overrides[name].value)
-            self.declare_parameter(name, value, descriptor_for(setting, name))
-            mountings.setdefault(camera, {})[setting.name] = value
-        return mountings
-
     def _create_outputs(self, prefix: str) -> dict:
         # reliable, with room for a few frames: a lost fragment is re-sent only after the writer's next
         # heartbeat, and a shorter history would already have let the sample go by then
@@ -306,9 +470,13 @@ class ClipomalyNode(Node):
             setting = per_camera[1] if per_camera else SETTINGS_BY_NAME.get(parameter.name)
             if setting is None:
                 continue
-            if not setting.live:
-                return SetParametersResult(successful=False, reason=f"{parameter.name} cannot change while "
-                                                                    "running: restart the node with the new value")
+            if parameter.name == "managed":
+                return SetParametersResult(successful=False, reason="managed is chosen at start")
+            if not setting.live and (self.pipeline is not None or not self.managed):
+                return SetParametersResult(successful=False, reason=(
+                    f"{parameter.name} cannot change while the node is configured: deactivate and clean it up "
+                    "(ros2 lifecycle set NODE cleanup), set it, and configure again" if self.managed else
+                    f"{parameter.name} cannot change while running: restart the node with the new value"))
             try:
                 value = setting.validate(parameter.value)
             except ConfigError as error:
@@ -317,9 +485,12 @@ class ClipomalyNode(Node):
                 mountings.setdefault(per_camera[0], {})[setting.name] = value
             else:
                 changes[parameter.name] = value
+        if self.pipeline is None:  # unconfigured: the values are read on configure
+            return SetParametersResult(successful=True)
         core = {name: value for name, value in changes.items() if SETTINGS_BY_NAME[name].scope == "core"}
         try:
             if core:
+                autoware_style(self.pipeline.config.replace(**core))
                 self.pipeline.configure(**core)
         except (ConfigError, VocabularyError) as error:
             return SetParametersResult(successful=False, reason=str(error))
@@ -333,17 +504,22 @@ class ClipomalyNode(Node):
 
     # inference -----------------------------------------------------------------------------------------------
     def _start_worker(self) -> threading.Thread:
-        worker = threading.Thread(target=self._work, name="clipomaly-inference", daemon=True)
+        worker = threading.Thread(target=self._work, args=(self.frames,), name="clipomaly-inference", daemon=True)
         worker.start()
         return worker
 
-    def _work(self) -> None:
+    def _work(self, frames: LatestFrames) -> None:
         while self._running:
-            waiting = self.frames.take_all(timeout=0.2)
+            waiting = frames.take_all(timeout=0.2)
             if not waiting:
                 continue
             try:
-                self._work_on(waiting)
+                with self._batch_lock:
+                    if not self.active:  # deactivated while the frames waited
+                        for name in waiting:
+                            self.cameras[name].count("skipped_paused")
+                        continue
+                    self._work_on(waiting)
             except Exception as error:  # a bug here must cost one batch, never the thread
                 for name in waiting:
                     self.cameras[name].count("failed")
@@ -381,12 +557,10 @@ class ClipomalyNode(Node):
                                     f"{traceback.format_exc(limit=1).strip().splitlines()[-1]}",
                                     throttle_duration_sec=5.0)
             return
-        config = self.pipeline.config
         for (camera, msg, received, image), result in zip(frames, results):
             started = time.perf_counter()
             try:
-                mounting = self.mountings.get(camera.name)
-                camera.publish(msg.header, on_host(image), result, config.replace(**mounting) if mounting else config,
+                camera.publish(msg.header, on_host(image), result, self._camera_config(camera, msg.header.frame_id),
                                self.publish_overlay)
             except Exception as error:  # the node must outlive any one frame
                 camera.count("failed")
@@ -395,6 +569,17 @@ class ClipomalyNode(Node):
                 continue
             done = time.perf_counter()
             camera.record_processed(result.timings_ms["total"], 1000.0 * (done - started), 1000.0 * (done - received))
+
+    def _camera_config(self, camera: CameraStream, frame_id: str) -> ClipomalyConfig:
+        """The settings for one camera's frame: its own mounting parameters over the node's, then the mounting
+        from the robot's transforms when known (:class:`MountingFinder`); a change of source is logged."""
+        config = self.pipeline.config
+        mounting = self.mountings.get(camera.name)
+        config, source = self.mounting_finder.find(frame_id, config.replace(**mounting) if mounting else config)
+        if source != camera.mounting_source:
+            camera.mounting_source = source
+            self.get_logger().info(f"{camera.name or 'image'}: camera mounting from {source}")
+        return config
 
     def _check_worker(self) -> str | None:
         """The watchdog's verdict: None when all is well, else why /diagnostics must say ERROR."""
@@ -417,7 +602,9 @@ class ClipomalyNode(Node):
         vocabulary = self.pipeline.vocabulary.current
         common = {"known classes": len(vocabulary.known), "anomaly vocabulary": len(vocabulary.anomaly),
                   "dictionary names": len(vocabulary.dictionary), "device": self.device, "enabled": self.enabled,
-                  "inference thread restarts": self.worker_restarts}
+                  "lifecycle state": "active" if self.active else "inactive",
+                  "inference thread restarts": self.worker_restarts, "transforms known": len(self.frame_tree),
+                  "transforms left out": self.transforms_rejected}
         statuses = []
         for name, camera in self.cameras.items():
             values = {**camera.report(), **common}
@@ -434,7 +621,8 @@ class ClipomalyNode(Node):
                                   "the last report")
             else:
                 status.level = DiagnosticStatus.OK
-                status.message = "processing" if self.enabled else "paused"
+                status.message = ("inactive (lifecycle): nothing is processed" if not self.active
+                                  else "processing" if self.enabled else "paused")
             if camera.follower.no_3d_reason is not None and problem is None:
                 status.message += f"; no 3D output: {camera.follower.no_3d_reason}"
             self._last_reported[name] = problems
@@ -460,11 +648,13 @@ class ClipomalyNode(Node):
                     "input_transport (compressed input reads <image>/compressed) and the image_topic remapping")
 
     def destroy_node(self):
+        self.active = False
         self._running = False
-        if hasattr(self, "frames"):
+        if getattr(self, "frames", None) is not None:
             self.frames.close()
-        if hasattr(self, "worker") and self.worker.is_alive():
-            self.worker.join(timeout=5.0)
+        worker = getattr(self, "worker", None)
+        if worker is not None and worker.is_alive():
+            worker.join(timeout=5.0)
         return super().destroy_node()
 
 

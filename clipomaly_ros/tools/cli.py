@@ -511,13 +511,21 @@ def calibrate(subparsers) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     from .bench import format_bench, run_bench
 
+    random_weights = None if (args.checkpoint or args.pretrained) else True
+    if args.mining is not None:
+        from .mining.scaling import format_scaling, mining_scaling
+
+        report = mining_scaling(config_from_args(args, random_weights=random_weights), args.mining)
+        print(format_scaling(report))
+        write_json(args.json, report)
+        return 0
+
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise ValueError(f"--size {args.size!r}: write WIDTHxHEIGHT, for example 1280x720") from None
     if args.frames < 2:
         raise ValueError("--frames must be at least 2")
-    random_weights = None if (args.checkpoint or args.pretrained) else True
     config = config_from_args(args, random_weights=random_weights)
     if args.cameras < 1 or args.soak_frames < 0:
         raise ValueError("--cameras must be at least 1 and --soak-frames at least 0")
@@ -545,6 +553,10 @@ def bench(subparsers) -> None:
                                                                    "with a small model (default 0: none; 1000 is "
                                                                    "a good soak)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--mining", type=Path, metavar="DIR", help="instead: time `clipomaly mine` over the bags in "
+                                                                   "DIR with 1 and 2 local Ray workers, against "
+                                                                   "one process and replay (DIR without bags gets "
+                                                                   "a generated fleet)")
     add_model_options(parser)
     parser.set_defaults(run=run_bench)
 
@@ -595,6 +607,48 @@ def export(subparsers) -> None:
                              "softmax stay fp32 inside)")
     add_model_options(parser)
     parser.set_defaults(run=run_export)
+
+
+def run_mine(args: argparse.Namespace) -> int:
+    from .mining import MineError, run_mine as mine
+
+    topics = split_names(args.topics) if args.topics else None
+    try:
+        result = mine(args.inputs, args.output, config_from_args(args), topics=list(topics) if topics else None,
+                      rate_hz=args.rate, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                      address=args.address, window_s=args.window, progress=not args.no_progress)
+    except MineError as error:
+        print(f"clipomaly: error: {error}", file=sys.stderr)
+        return 2
+    print(result.table)
+    print(f"wrote {args.output}/anomalies.parquet, thumbnails/, summary.json and report.html")
+    return 1 if result.summary["failed"] else 0
+
+
+@subcommand
+def mine(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "mine", help="find anomalies in many recorded drives with Ray Data (one machine or a cluster)",
+        description="Cut bags into shards (one bag, one image topic, one time window), mine them on a Ray Data "
+                    "actor pool with one model per worker, and write a Parquet index, thumbnails, summary.json and "
+                    "report.html. Shards already committed in OUT_DIR are not mined again: after an interruption, "
+                    "run the same command.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="bag folders, their .mcap/.db3 files, or folders "
+                                                                  "searched recursively for bags")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
+    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a cluster on this "
+                                          "machine)")
+    parser.add_argument("--topics", help="image topics, comma separated (default: every image topic of each bag)")
+    parser.add_argument("--rate", type=positive_float, metavar="HZ", help="at most this many frames a second of "
+                                                                           "recorded time per topic (default: all)")
+    parser.add_argument("--window", type=positive_float, default=60.0, metavar="S",
+                        help="seconds of recording per shard (default 60)")
+    parser.add_argument("--workers", type=int, default=2, help="Ray actors, one model each (default 2)")
+    parser.add_argument("--gpus-per-worker", type=float, metavar="F",
+                        help="GPUs per actor (default: the cluster's GPUs shared out, at most 1; 0 without GPUs)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_options(parser)
+    parser.set_defaults(run=run_mine)
 
 
 @subcommand

@@ -1,0 +1,91 @@
+"""A small synthetic fleet: bags with known anomalies at known stamps, raw and compressed, for the tests, the
+bench and a first try of ``clipomaly mine`` without real drives (toy backend colours)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+
+from ...core.scenes import render_street
+
+FIRST_STAMP_NS = 1_700_000_000_000_000_000
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """``name`` in view on ``topic`` of bag ``bag`` from frame ``first`` to frame ``last`` (inclusive), drifting
+    right one pixel a frame from ``box`` ((x0, y0, x1, y1) at its first frame)."""
+
+    bag: str
+    topic: str
+    name: str
+    first: int
+    last: int
+    box: tuple[int, int, int, int]
+
+
+FLEET = (
+    Appearance("drive_a", "/front/image_raw", "mattress", 3, 15, (120, 150, 200, 200)),
+    Appearance("drive_a", "/front/image_raw", "deer", 24, 36, (90, 140, 150, 210)),
+    Appearance("drive_b", "/rear/image_raw/compressed", "tire", 2, 12, (140, 160, 190, 210)),
+    Appearance("drive_b", "/rear/image_raw/compressed", "dog", 22, 35, (180, 150, 240, 200)),
+    Appearance("drive_c", "/front/image_raw", "mattress", 4, 14, (60, 150, 140, 200)),
+    Appearance("drive_c", "/rear/image_raw/compressed", "cardboard box", 25, 37, (150, 150, 210, 205)),
+)
+"""Four seconds a topic at 10 frames/s; with 2 s windows every appearance lies inside one shard."""
+FRAMES, RATE_HZ, SIZE = 40, 10.0, (240, 320)
+
+
+def appearance_stamps(appearance: Appearance) -> tuple[int, int]:
+    """The first and last stamps (ns) at which ``appearance`` is in view."""
+    period = round(1e9 / RATE_HZ)
+    return FIRST_STAMP_NS + appearance.first * period, FIRST_STAMP_NS + appearance.last * period
+
+
+SQLITE_BAGS = ("drive_b",)
+"""Bags written as .db3 (the others as .mcap): both storages are mined."""
+
+
+def write_fleet(folder: Path, fleet=FLEET, frames: int = FRAMES) -> list[Path]:
+    """One rosbag2 folder per bag of ``fleet`` under ``folder`` (sqlite3 for :data:`SQLITE_BAGS`, else mcap), each
+    topic ``frames`` frames at :data:`RATE_HZ`; topics ending in ``/compressed`` carry JPEG. Returns the bag
+    folders."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    types = store.types
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bags = sorted({a.bag for a in fleet})
+    period = round(1e9 / RATE_HZ)
+    for bag in bags:
+        mine = [a for a in fleet if a.bag == bag]
+        storage = StoragePlugin.SQLITE3 if bag in SQLITE_BAGS else StoragePlugin.MCAP
+        with Writer(folder / bag, version=9, storage_plugin=storage) as writer:
+            topics = sorted({a.topic for a in mine})
+            connections = {topic: writer.add_connection(
+                topic, "sensor_msgs/msg/CompressedImage" if topic.endswith("/compressed") else "sensor_msgs/msg/Image",
+                typestore=store) for topic in topics}
+            for index in range(frames):
+                stamp = FIRST_STAMP_NS + index * period
+                for topic in topics:
+                    objects = [(a.name, (a.box[0] + index - a.first, a.box[1], a.box[2] + index - a.first, a.box[3]))
+                               for a in mine if a.topic == topic and a.first <= index <= a.last]
+                    image, _ = render_street(*SIZE, objects, seed=index)
+                    header = types["std_msgs/msg/Header"](
+                        stamp=types["builtin_interfaces/msg/Time"](sec=stamp // 10**9, nanosec=stamp % 10**9),
+                        frame_id="camera")
+                    if topic.endswith("/compressed"):
+                        jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                            [cv2.IMWRITE_JPEG_QUALITY, 92])[1]
+                        message = types["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg",
+                                                                           data=jpeg.ravel())
+                    else:
+                        message = types["sensor_msgs/msg/Image"](header=header, height=SIZE[0], width=SIZE[1],
+                                                                 encoding="rgb8", is_bigendian=0, step=SIZE[1] * 3,
+                                                                 data=image.reshape(-1).copy())
+                    writer.write(connections[topic], stamp, store.serialize_cdr(message, message.__msgtype__))
+    return [folder / bag for bag in bags]

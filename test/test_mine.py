@@ -129,6 +129,42 @@ def test_a_driver_killed_after_its_first_commit_resumes_to_the_uninterrupted_row
     assert comparable(read_index(out)) == comparable(read_index(reference))  # no row lost, none twice
 
 
+def processes_named(prefix: str) -> list[int]:
+    """The pids whose command line starts with ``prefix`` (Ray names its workers' processes so)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").startswith(prefix):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_worker_killed_midway_is_replaced_and_its_shard_mined_again(mined, fleet, tmp_path):
+    reference, _ = mined
+    out = tmp_path / "out"
+    driver = subprocess.Popen([*CLIPOMALY, "mine", str(fleet), "-o", str(out), *MINE_OPTIONS, "--window", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and driver.poll() is None and time.monotonic() < deadline:
+        committed = [p for p in (out / "shards").glob("*") if not p.name.startswith(".")]
+        workers = processes_named("ray::MapWorker")
+        if committed and workers:
+            killed = workers[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    output, _ = driver.communicate(timeout=600)
+    if killed is None:
+        pytest.skip("the run ended before a worker could be killed")
+    assert driver.returncode == 0, output[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["shards"]["committed"] == 8 and summary["failed"] == []
+    assert comparable(read_index(out)) == comparable(read_index(reference))
+
+
 def test_a_truncated_bag_is_reported_and_the_others_are_mined(fleet, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(fleet / "drive_a", broken / "drive_x")

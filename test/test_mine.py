@@ -20,9 +20,11 @@ pytest.importorskip("ray.data", reason="Ray Data not installed: pip install -e '
 pq = pytest.importorskip("pyarrow.parquet")
 
 from clipomaly_ros.tools.mining.report import ROW_SCHEMA, read_index  # noqa: E402
-from clipomaly_ros.tools.mining.synthetic import FLEET, RATE_HZ, appearance_stamps, write_fleet  # noqa: E402
+from clipomaly_ros.tools.mining.synthetic import (FIRST_STAMP_NS, FLEET, RATE_HZ, StandingAppearance,  # noqa: E402
+                                                  appearance_stamps, write_fleet)
 
 PERIOD_NS = round(1e9 / RATE_HZ)
+PLANNED = 10  # shards of 2 s: drive_a 2, drive_b 2, drive_c 4 (two topics), drive_d 2
 CLIPOMALY = [sys.executable, "-m", "clipomaly_ros.tools.cli"]
 MINE_OPTIONS = ["--backend", "toy", "--inference-size", "240", "--workers", "2", "--no-progress"]
 
@@ -46,7 +48,8 @@ def fleet(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mined(fleet, tmp_path_factory):
-    """The fleet mined once, never interrupted, in 2 s windows: every appearance lies inside one shard."""
+    """The fleet mined once, never interrupted, in 2 s windows: every appearance lies inside one shard, but for
+    drive_d's tyre, which crosses the border at 2 s."""
     out = tmp_path_factory.mktemp("mined") / "out"
     completed = mine([fleet], out, "--window", "2")
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -57,8 +60,10 @@ def test_rows_match_the_known_anomalies_one_track_per_object_per_shard(mined):
     out, completed = mined
     table = read_index(out)
     rows = comparable(table)
-    assert len(rows) == len(FLEET), rows
+    assert len(rows) == len(FLEET) + 1, rows  # drive_d's tyre is cut in two
     for appearance in FLEET:
+        if isinstance(appearance, StandingAppearance):
+            continue  # below
         (row,) = [r for r in rows if r["bag"] == appearance.bag and r["topic"] == appearance.topic
                   and r["name"] == appearance.name]
         first, last = appearance_stamps(appearance)
@@ -69,19 +74,31 @@ def test_rows_match_the_known_anomalies_one_track_per_object_per_shard(mined):
         assert row["candidates"][0]["name"] == appearance.name and 0.5 < row["peak_score"] <= 1.0
         assert row["mean_score"] <= row["peak_score"] and row["distance_m"] is None  # no camera_info recorded
         assert (out / row["thumbnail"]).is_file()
+    # the calibrated bag: its camera_info places the tyre on the ground; crossing the 2 s border, it is two rows
+    (tyre,) = [a for a in FLEET if isinstance(a, StandingAppearance)]
+    halves = [r for r in rows if r["bag"] == "drive_d"]
+    assert [(r["name"], r["cut_at_start"], r["cut_at_end"]) for r in halves] == [("tire", False, True),
+                                                                                ("tire", True, False)]
+    first, last = appearance_stamps(tyre)
+    assert abs(halves[0]["first_stamp_ns"] - first) <= PERIOD_NS and abs(halves[1]["last_stamp_ns"] - last) <= PERIOD_NS
+    assert halves[1]["first_stamp_ns"] - halves[0]["last_stamp_ns"] == PERIOD_NS
+    for row in halves:
+        x, y = tyre.position(round((row["best_stamp_ns"] - FIRST_STAMP_NS) / PERIOD_NS))
+        assert row["distance_m"] == pytest.approx(np.hypot(x, y), rel=0.05) and abs(row["lateral_m"] - y) < 0.15
+        assert row["on_road"] is True
     # partitioned by bag, and each partition holds only its bag's rows
     partitions = sorted(p.name for p in (out / "anomalies.parquet").iterdir())
-    assert partitions == ["bag=drive_a", "bag=drive_b", "bag=drive_c"]
+    assert partitions == ["bag=drive_a", "bag=drive_b", "bag=drive_c", "bag=drive_d"]
     part = pq.read_table(out / "anomalies.parquet" / "bag=drive_b")
     assert part.num_rows == 2 and set(part.column("topic").to_pylist()) == {"/rear/image_raw/compressed"}
     assert set(ROW_SCHEMA.names) - {"bag"} <= set(part.schema.names)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["bags"] == 3 and summary["frames"] == 4 * 40 and summary["failed"] == []
-    assert summary["anomalies_per_name"] == {"mattress": 2, "cardboard box": 1, "deer": 1, "dog": 1, "tire": 1}
-    assert summary["hours"] == pytest.approx(3 * 3.9 / 3600, rel=0.01)
-    assert summary["shards"] == {"planned": 8, "committed": 8, "mined_this_run": 8, "resumed": 0}
+    assert summary["bags"] == 4 and summary["frames"] == 5 * 40 and summary["failed"] == []
+    assert summary["anomalies_per_name"] == {"tire": 3, "mattress": 2, "cardboard box": 1, "deer": 1, "dog": 1}
+    assert summary["hours"] == pytest.approx(4 * 3.9 / 3600, rel=0.01)
+    assert summary["shards"] == {"planned": PLANNED, "committed": PLANNED, "mined_this_run": PLANNED, "resumed": 0}
     assert summary["frames_per_second"] > 0
-    assert "6 anomaly tracks in 3 bag(s)" in completed.stdout and "drive_c" in completed.stdout
+    assert "8 anomaly tracks in 4 bag(s)" in completed.stdout and "drive_c" in completed.stdout
 
 
 def test_the_same_command_again_mines_nothing_and_writes_the_same_rows(mined, fleet):
@@ -89,7 +106,7 @@ def test_the_same_command_again_mines_nothing_and_writes_the_same_rows(mined, fl
     before = comparable(read_index(out))
     completed = mine([fleet], out, "--window", "2")
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "8 already committed, 0 to mine" in completed.stderr
+    assert f"{PLANNED} already committed, 0 to mine" in completed.stderr
     assert comparable(read_index(out)) == before
     refused = mine([fleet], out, "--window", "1")
     assert refused.returncode == 2 and "window_s differ" in refused.stderr
@@ -116,16 +133,16 @@ def test_a_driver_killed_after_its_first_commit_resumes_to_the_uninterrupted_row
         except ProcessLookupError:
             pass
     committed_at_kill = [p.name for p in shards.iterdir() if not p.name.startswith(".")]
-    assert 1 <= len(committed_at_kill) < 8 and not (out / "summary.json").exists()
+    assert 1 <= len(committed_at_kill) < PLANNED and not (out / "summary.json").exists()
     resumed = mine([fleet], out, "--window", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # workers busy when the driver died may still have committed their shard (whole, by one rename) before the
     # cluster went down: those are not mined again either
     summary = json.loads((out / "summary.json").read_text())
     skipped = summary["shards"]["resumed"]
-    assert len(committed_at_kill) <= skipped < 8 and summary["shards"]["mined_this_run"] == 8 - skipped
-    assert f"{skipped} already committed, {8 - skipped} to mine" in resumed.stderr
-    assert summary["shards"]["committed"] == 8
+    assert len(committed_at_kill) <= skipped < PLANNED and summary["shards"]["mined_this_run"] == PLANNED - skipped
+    assert f"{skipped} already committed, {PLANNED - skipped} to mine" in resumed.stderr
+    assert summary["shards"]["committed"] == PLANNED
     assert comparable(read_index(out)) == comparable(read_index(reference))  # no row lost, none twice
 
 
@@ -161,7 +178,7 @@ def test_a_worker_killed_midway_is_replaced_and_its_shard_mined_again(mined, fle
         pytest.skip("the run ended before a worker could be killed")
     assert driver.returncode == 0, output[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["shards"]["committed"] == 8 and summary["failed"] == []
+    assert summary["shards"]["committed"] == PLANNED and summary["failed"] == []
     assert comparable(read_index(out)) == comparable(read_index(reference))
 
 
@@ -187,13 +204,14 @@ def test_inputs_are_bag_folders_their_files_or_folders_holding_bags(fleet, tmp_p
     (db3,) = (fleet / "drive_b").glob("*.db3")
     (tmp_path / "empty").mkdir()
     found, problems = find_bags([mcap, db3, fleet, tmp_path / "empty", tmp_path / "missing"])
-    assert [p.name for p in found] == ["drive_a", "drive_b", "drive_c"]  # each once
+    assert [p.name for p in found] == ["drive_a", "drive_b", "drive_c", "drive_d"]  # each once
     assert [Path(path).name for path, _ in problems] == ["empty", "missing"]
     plans, _ = plan([fleet], ["/rear/image_raw/compressed"], window_s=2.0)
     assert [(p.name, p.topics, len(p.shards)) for p in plans if not p.failure] == [
         ("drive_b", ("/rear/image_raw/compressed",), 2), ("drive_c", ("/rear/image_raw/compressed",), 2)]
-    (without,) = [p for p in plans if p.failure]
-    assert without.name == "drive_a" and "its image topics: /front/image_raw" in without.failure
+    without = [p for p in plans if p.failure]
+    assert [p.name for p in without] == ["drive_a", "drive_d"]
+    assert "its image topics: /front/image_raw (sensor_msgs/msg/Image)" in without[0].failure
     again, _ = plan([fleet], ["/rear/image_raw/compressed"], window_s=2.0)
     assert [s.id for p in again for s in p.shards] == [s.id for p in plans for s in p.shards]  # deterministic
 
@@ -217,8 +235,9 @@ def test_the_report_opens_without_a_server_and_shows_every_track(mined, tmp_path
     page = (out / "report.html").resolve().as_uri()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,900"]
     dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
-    assert dom.count('class="card"') == len(FLEET)
-    assert "6 shown" in dom  # the page's script ran and counted the cards
+    assert dom.count('class="card"') == len(FLEET) + 1
+    assert f"{len(FLEET) + 1} shown" in dom  # the page's script ran and counted the cards
+    assert "m ahead" in dom  # the calibrated bag's distances
     screenshot = tmp_path / "report.png"
     subprocess.run([chromium, *flags, f"--screenshot={screenshot}", page], capture_output=True, timeout=120)
     import cv2

@@ -79,7 +79,7 @@ def run_mine(inputs, out_dir, config: ClipomalyConfig, topics: list[str] | None 
         log(f"skipped input {path}: {reason}")
     for bag in plans:
         if bag.failure:
-            log(f"skipped bag {bag.path}: {bag.failure}")
+            log(f"skipped a bag: {bag.failure}")
     shards = [shard for bag in plans for shard in bag.shards]
     done = committed_shards(out_dir)
     todo = [shard for shard in shards if shard.id not in done]

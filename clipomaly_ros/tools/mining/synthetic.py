@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from ...core.scenes import render_street
+from ...ros.bags import camera_info_topic_for
 
 FIRST_STAMP_NS = 1_700_000_000_000_000_000
 
@@ -26,6 +28,32 @@ class Appearance:
     box: tuple[int, int, int, int]
 
 
+@dataclass(frozen=True)
+class StandingAppearance:
+    """``name`` standing on the flat ground in front of a calibrated camera (:data:`CAMERA`) on ``topic``, from
+    frame ``first`` to frame ``last``: its front middle ``x`` m ahead (closing at ``speed`` m/s from the first
+    frame) and ``y`` m left, ``width`` by ``height`` m. The bag records the camera's camera_info beside the images."""
+
+    bag: str
+    topic: str
+    name: str
+    first: int
+    last: int
+    x: float
+    y: float
+    speed: float
+    width: float
+    height: float
+
+    def position(self, index: int) -> tuple[float, float]:
+        """(x, y) of its front middle at frame ``index``, in base_link metres."""
+        return self.x - self.speed * (index - self.first) / RATE_HZ, self.y
+
+
+CAMERA = dict(width=640, height=360, focal=500.0)
+"""The calibrated camera of :class:`StandingAppearance` topics, mounted as the ``camera_*`` defaults say (1.5 m up
+at base_link's origin, level)."""
+
 FLEET = (
     Appearance("drive_a", "/front/image_raw", "mattress", 3, 15, (120, 150, 200, 200)),
     Appearance("drive_a", "/front/image_raw", "deer", 24, 36, (90, 140, 150, 210)),
@@ -33,8 +61,10 @@ FLEET = (
     Appearance("drive_b", "/rear/image_raw/compressed", "dog", 22, 35, (180, 150, 240, 200)),
     Appearance("drive_c", "/front/image_raw", "mattress", 4, 14, (60, 150, 140, 200)),
     Appearance("drive_c", "/rear/image_raw/compressed", "cardboard box", 25, 37, (150, 150, 210, 205)),
+    StandingAppearance("drive_d", "/front/image_raw", "tire", 5, 30, 12.0, 0.6, 1.5, 1.0, 0.6),
 )
-"""Four seconds a topic at 10 frames/s; with 2 s windows every appearance lies inside one shard."""
+"""Four seconds a topic at 10 frames/s; with 2 s windows every appearance lies inside one shard but drive_d's
+tyre, which crosses a border (two rows, marked cut)."""
 FRAMES, RATE_HZ, SIZE = 40, 10.0, (240, 320)
 
 
@@ -69,23 +99,57 @@ def write_fleet(folder: Path, fleet=FLEET, frames: int = FRAMES) -> list[Path]:
             connections = {topic: writer.add_connection(
                 topic, "sensor_msgs/msg/CompressedImage" if topic.endswith("/compressed") else "sensor_msgs/msg/Image",
                 typestore=store) for topic in topics}
+            calibrated = {a.topic for a in mine if isinstance(a, StandingAppearance)}
+            infos = {topic: writer.add_connection(camera_info_topic_for(topic), "sensor_msgs/msg/CameraInfo",
+                                                  typestore=store) for topic in sorted(calibrated)}
             for index in range(frames):
                 stamp = FIRST_STAMP_NS + index * period
                 for topic in topics:
-                    objects = [(a.name, (a.box[0] + index - a.first, a.box[1], a.box[2] + index - a.first, a.box[3]))
-                               for a in mine if a.topic == topic and a.first <= index <= a.last]
-                    image, _ = render_street(*SIZE, objects, seed=index)
                     header = types["std_msgs/msg/Header"](
                         stamp=types["builtin_interfaces/msg/Time"](sec=stamp // 10**9, nanosec=stamp % 10**9),
                         frame_id="camera")
+                    in_view = [a for a in mine if a.topic == topic and a.first <= index <= a.last]
+                    if topic in calibrated:
+                        image = _perspective_frame(in_view, index)
+                        writer.write(infos[topic], stamp, store.serialize_cdr(_camera_info(types, header),
+                                                                              "sensor_msgs/msg/CameraInfo"))
+                    else:
+                        objects = [(a.name, (a.box[0] + index - a.first, a.box[1], a.box[2] + index - a.first,
+                                             a.box[3])) for a in in_view]
+                        image, _ = render_street(*SIZE, objects, seed=index)
                     if topic.endswith("/compressed"):
                         jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                                             [cv2.IMWRITE_JPEG_QUALITY, 92])[1]
                         message = types["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg",
                                                                            data=jpeg.ravel())
                     else:
-                        message = types["sensor_msgs/msg/Image"](header=header, height=SIZE[0], width=SIZE[1],
-                                                                 encoding="rgb8", is_bigendian=0, step=SIZE[1] * 3,
+                        height, width = image.shape[:2]
+                        message = types["sensor_msgs/msg/Image"](header=header, height=height, width=width,
+                                                                 encoding="rgb8", is_bigendian=0, step=width * 3,
                                                                  data=image.reshape(-1).copy())
                     writer.write(connections[topic], stamp, store.serialize_cdr(message, message.__msgtype__))
     return [folder / bag for bag in bags]
+
+
+def _camera():
+    from ...core.geometry import CameraModel
+
+    k = np.array([[CAMERA["focal"], 0, CAMERA["width"] / 2], [0, CAMERA["focal"], CAMERA["height"] / 2], [0, 0, 1]])
+    return CameraModel(CAMERA["width"], CAMERA["height"], k, np.zeros(5))
+
+
+def _perspective_frame(in_view, index: int) -> np.ndarray:
+    from ...core.geometry import CameraMounting
+    from ...core.scenes import StandingObject, render_perspective_street
+
+    objects = [StandingObject(a.name, *a.position(index), a.width, a.height) for a in in_view]
+    image, _ = render_perspective_street(_camera(), CameraMounting(), objects, seed=index)
+    return image
+
+
+def _camera_info(types, header):
+    camera = _camera()
+    return types["sensor_msgs/msg/CameraInfo"](
+        header=header, height=camera.height, width=camera.width, distortion_model="plumb_bob", d=np.zeros(5),
+        k=camera.k.ravel(), r=np.eye(3).ravel(), p=np.zeros(12), binning_x=0, binning_y=0,
+        roi=types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))

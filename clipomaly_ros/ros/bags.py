@@ -102,3 +102,12 @@ def camera_info_connections(reader: AnyReader, image_topic: str, topic: str | No
         available = ", ".join(sorted({c.topic for c in reader.connections if c.msgtype == CAMERA_INFO_TYPE}))
         raise BagError(f"no camera_info topic '{topic}' in the bag; camera_info topics: {available or 'none'}")
     return found, wanted
+
+
+TF_TYPE = "tf2_msgs/msg/TFMessage"
+
+
+def transform_connections(reader: AnyReader):
+    """``(static, dynamic)``: the bag's ``/tf_static`` and ``/tf`` connections of type tf2_msgs/TFMessage."""
+    transforms = [c for c in reader.connections if c.msgtype == TF_TYPE]
+    return [c for c in transforms if c.topic == "/tf_static"], [c for c in transforms if c.topic == "/tf"]

@@ -165,6 +165,10 @@ def compressed_msg_to_device(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
                                    f"decoded on {device}: {str(error).splitlines()[0][:200]}") from None
 
 
+UNDECODABLE = (ImageConversionError, ValueError, IndexError, AssertionError, TypeError)
+"""What deserialising and decoding one recorded image message may raise when the message is bad: the offline
+tools count such a frame as skipped and go on."""
+
 DECODERS: dict[str, Callable[..., np.ndarray]] = {
     "sensor_msgs/msg/Image": image_msg_to_rgb,
     "sensor_msgs/msg/CompressedImage": compressed_msg_to_rgb,

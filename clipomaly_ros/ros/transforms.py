@@ -28,6 +28,16 @@ def add_transforms(tree: FrameTree, message: Any) -> list[str]:
     return problems
 
 
+def recorded_static_transforms(reader, connections, log=lambda message: None) -> FrameTree:
+    """A :class:`FrameTree` with every transform of a bag's ``/tf_static`` ``connections`` (static: valid over the
+    whole recording, wherever it was recorded); each unusable one is passed to ``log``."""
+    tree = FrameTree()
+    for connection, _, raw in (reader.messages(connections=connections) if connections else ()):
+        for problem in add_transforms(tree, reader.deserialize(raw, connection.msgtype)):
+            log(f"left out a recorded {problem}")
+    return tree
+
+
 class MountingFinder:
     """Where a camera sits, for each frame: from ``tree`` when ``config.mounting_from_tf`` and the chain from
     ``config.base_frame`` to the image's ``frame_id`` is known, else the configuration's ``camera_*`` settings."""

@@ -1,8 +1,8 @@
 """``clipomaly replay``: run the pipeline over a recorded drive and write the node's outputs into a new bag.
 
 Offline and without a ROS runtime (rosbags). The output bag holds the input image topic (and its camera_info, /tf
-and /tf_static), copied byte for byte, and every per-frame output topic of the node under ``namespace`` with the node's message
-types, stamped with the input headers and recorded at the input messages' times, so Foxglove or ``ros2 bag play``
+and /tf_static), copied byte for byte, and every per-frame output topic of the node under ``namespace`` with the
+node's message types, stamped with the input headers and recorded at the input messages' times, so Foxglove or ``ros2 bag play``
 show them together. Tracks follow the images' header stamps, as in the node, so a replay gives the tracks the
 node would give if it processed every frame. The 3D outputs need the camera's ``camera_info`` in the bag (by
 default the image topic's sibling, ``/camera/image_raw`` -> ``/camera/camera_info``); without it they are left
@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.frames import FrameTree
 from ..core.planning import AnomalyFollower
 from .interrupt import GracefulStop
-from ..ros.bags import BagError, camera_info_connections, image_connections, open_bag, typestore_with_built_msgs
+from ..ros.bags import (BagError, camera_info_connections, image_connections, open_bag, transform_connections,
+                        typestore_with_built_msgs)
 from ..ros.autoware import autoware_style
-from ..ros.transforms import MountingFinder, add_transforms
-from ..ros.messages import (DECODERS, ON_DEMAND_OUTPUTS, OUTPUT_TYPES, ImageConversionError, MessageFactory,
-                            picture_messages, stamp_ns)
+from ..ros.messages import (DECODERS, ON_DEMAND_OUTPUTS, OUTPUT_TYPES, UNDECODABLE, MessageFactory, picture_messages,
+                            stamp_ns)
+from ..ros.transforms import MountingFinder, add_transforms, recorded_static_transforms
 
 
 @dataclass
@@ -91,12 +91,9 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
         connections = image_connections(reader, image_topic)
         info_connections, info_topic = camera_info_connections(reader, connections[0].topic, camera_info_topic)
         follower = AnomalyFollower(pipeline.name_embeddings, info_topic)
-        tf_connections = [c for c in reader.connections
-                          if c.topic in ("/tf", "/tf_static") and c.msgtype == "tf2_msgs/msg/TFMessage"]
-        tree = FrameTree()
-        static = [c for c in tf_connections if c.topic == "/tf_static"]
-        for connection, _, raw in _guarded(reader.messages(connections=static) if static else (), in_bag):
-            _add_transforms(tree, reader.deserialize(raw, connection.msgtype), log)  # static: valid all along
+        static, dynamic = transform_connections(reader)
+        tf_connections = static + dynamic
+        tree = recorded_static_transforms(reader, static, log)
         finder = MountingFinder(tree, "the bag's /tf_static and /tf")
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         writer = Writer(out_bag, version=9, storage_plugin=plugin)
@@ -124,14 +121,15 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
                     follower.set_camera_info(reader.deserialize(raw, connection.msgtype))
                     continue
                 if connection in tf_connections:
-                    if connection.topic == "/tf":
-                        _add_transforms(tree, reader.deserialize(raw, connection.msgtype), log)
+                    if connection in dynamic:
+                        for problem in add_transforms(tree, reader.deserialize(raw, connection.msgtype)):
+                            log(f"left out a recorded {problem}")
                     continue
                 summary.read += 1
                 try:
                     message = reader.deserialize(raw, connection.msgtype)
                     image = DECODERS[connection.msgtype](message)
-                except (ImageConversionError, ValueError, IndexError, AssertionError, TypeError) as error:
+                except UNDECODABLE as error:
                     summary.failed += 1
                     reason = f"frame {summary.read} at {timestamp} ns on {connection.topic}: {error}"
                     summary.failures.append(reason)
@@ -194,11 +192,6 @@ def _diagnostics(store, header, summary: ReplaySummary, name: str):
         level=0, name=f"{name}: pipeline", message=message, hardware_id="offline",
         values=[types["diagnostic_msgs/msg/KeyValue"](key=k, value=str(v)) for k, v in values.items()])
     return types["diagnostic_msgs/msg/DiagnosticArray"](header=header, status=[status])
-
-
-def _add_transforms(tree: FrameTree, message, log) -> None:
-    for problem in add_transforms(tree, message):
-        log(f"left out a recorded {problem}")
 
 
 def _guarded(messages, bag):

@@ -22,12 +22,11 @@ import cv2
 import numpy as np
 
 from ...core.config import ClipomalyConfig
-from ...core.frames import FrameTree
 from ...core.planning import AnomalyFollower
 from ...core.results import AnomalyRecord
-from ...ros.bags import BagError, camera_info_connections, open_bag
-from ...ros.messages import DECODERS, ImageConversionError, stamp_ns
-from ...ros.transforms import MountingFinder, add_transforms
+from ...ros.bags import BagError, camera_info_connections, open_bag, transform_connections
+from ...ros.messages import DECODERS, UNDECODABLE, stamp_ns
+from ...ros.transforms import MountingFinder, recorded_static_transforms
 from .plan import Shard
 
 SHARDS_FOLDER = "shards"
@@ -106,7 +105,8 @@ def mine_shard(pipeline, shard: Shard, rate_hz: float | None = None) -> ShardOut
             images = [c for c in reader.connections if c.topic == shard.topic]
             infos, info_topic = camera_info_connections(reader, shard.topic)
             follower = AnomalyFollower(pipeline.name_embeddings, info_topic)
-            finder = MountingFinder(_recorded_transforms(reader), "the bag's /tf_static")
+            finder = MountingFinder(recorded_static_transforms(reader, transform_connections(reader)[0]),
+                                    "the bag's /tf_static")
             if infos:  # the calibration in force at the window's start: the newest camera_info before it
                 before = list(reader.messages(connections=infos, stop=shard.start_ns))
                 if before:
@@ -124,7 +124,7 @@ def mine_shard(pipeline, shard: Shard, rate_hz: float | None = None) -> ShardOut
                         outcome.frames_thinned += 1  # --rate: not decoded at all
                         continue
                     image = DECODERS[connection.msgtype](message)
-                except (ImageConversionError, ValueError, IndexError, AssertionError, TypeError) as error:
+                except UNDECODABLE as error:
                     outcome.frames_skipped += 1
                     outcome.skipped_reasons.append(f"{shard.topic} frame {outcome.frames_read}: {error}")
                     continue
@@ -149,14 +149,6 @@ def mine_shard(pipeline, shard: Shard, rate_hz: float | None = None) -> ShardOut
             outcome.thumbnails[key] = summary.thumbnail
     outcome.seconds = time.perf_counter() - started
     return outcome
-
-
-def _recorded_transforms(reader) -> FrameTree:
-    tree = FrameTree()
-    static = [c for c in reader.connections if c.topic == "/tf_static" and c.msgtype == "tf2_msgs/msg/TFMessage"]
-    for connection, _, raw in (reader.messages(connections=static) if static else ()):
-        add_transforms(tree, reader.deserialize(raw, connection.msgtype))
-    return tree
 
 
 def _gather(tracks: dict[int, TrackSummary], records: list[AnomalyRecord], result, image, stamp: int,

@@ -2,12 +2,12 @@
 
 Offline and without a ROS runtime (rosbags). The output bag holds the input image topic (and its camera_info, /tf
 and /tf_static), copied byte for byte, and every per-frame output topic of the node under ``namespace`` with the
-node's message types, stamped with the input headers and recorded at the input messages' times, so Foxglove or ``ros2 bag play``
-show them together. Tracks follow the images' header stamps, as in the node, so a replay gives the tracks the
-node would give if it processed every frame. The 3D outputs need the camera's ``camera_info`` in the bag (by
-default the image topic's sibling, ``/camera/image_raw`` -> ``/camera/camera_info``); without it they are left
-out and the bag's /diagnostics says why. The camera's mounting comes from the bag's /tf_static and /tf (the chain from
-``base_frame`` to the images' frame) when they hold it, else from the ``camera_*`` settings.
+node's message types, stamped with the input headers and recorded at the input messages' times, so Foxglove or
+``ros2 bag play`` show them together. Tracks follow the images' header stamps, as in the node, so a replay gives
+the tracks the node would give if it processed every frame. The 3D outputs need the camera's ``camera_info`` in the
+bag (by default the image topic's sibling, ``/camera/image_raw`` -> ``/camera/camera_info``); without it they are
+left out and the bag's /diagnostics says why. The camera's mounting comes from the bag's /tf_static and /tf (the
+chain from ``base_frame`` to the images' frame) when they hold it, else from the ``camera_*`` settings.
 """
 
 from __future__ import annotations

@@ -104,12 +104,12 @@ def read_name_list(path: str | Path | None = None) -> tuple[str, ...]:
 
 def read_name_sections(path: str | Path | None = None) -> dict[str, frozenset[str]]:
     """The names of a dictionary file by section: a comment line of its own (``# animals``) starts a section named
-    by its text (``animals``), which runs to the next one. Names before any section are left out."""
+    by its text up to a ';' (``animals``), which runs to the next one. Names before any section are left out."""
     sections: dict[str, set[str]] = {}
     current = None
     for line in _dictionary_lines(path):
         if line.startswith("#"):
-            current = line.lstrip("#").strip()
+            current = line.lstrip("#").split(";")[0].strip()
             sections.setdefault(current, set())
         elif line and current is not None:
             sections[current].add(line)

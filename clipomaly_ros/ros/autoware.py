@@ -49,7 +49,7 @@ class AutowareLabels:
                 found = found if found is not None else _sections(dictionary or "")
                 if name[1:] not in found:
                     raise ValueError(f"autoware_labels: {entry!r} names no section of the naming dictionary; its "
-                                     f"sections are {', '.join(sorted(found))}")
+                                     f"sections are {' | '.join(sorted(found))}")
                 sections.append((found[name[1:]], value))
             else:
                 names[name] = value

@@ -267,7 +267,7 @@ class MessageFactory:
 
     def _box_3d(self, record: AnomalyRecord) -> Any:
         ground = record.ground
-        centre = np.array([ground.x, ground.y]) + line_of_sight(ground) * ASSUMED_DEPTH_M / 2
+        centre = box_centre(ground)
         vector = self.type("geometry_msgs/msg/Vector3")
         return self.type("vision_msgs/msg/BoundingBox3D")(
             center=self._pose(centre[0], centre[1], ground.z + ground.height / 2),
@@ -308,7 +308,7 @@ class MessageFactory:
         ground = record.ground
         name, score = record.label
         sight = line_of_sight(ground)
-        centre = np.array([ground.x, ground.y]) + sight * ASSUMED_DEPTH_M / 2
+        centre = box_centre(ground)
         point, vector = self.type("geometry_msgs/msg/Point"), self.type("geometry_msgs/msg/Vector3")
         if shape == "bounding_box":
             yaw = float(np.arctan2(sight[1], sight[0]))
@@ -432,6 +432,12 @@ def line_of_sight(ground) -> np.ndarray:
     """The unit ``(2,)`` horizontal direction from the base frame's origin to a ground estimate: the axis along which
     an anomaly's box extends :data:`ASSUMED_DEPTH_M` behind its front."""
     return np.array([ground.x, ground.y]) / max(ground.distance, 1e-9)
+
+
+def box_centre(ground) -> np.ndarray:
+    """The ``(2,)`` base-frame centre of an anomaly's 3D box: its front at the estimate, :data:`ASSUMED_DEPTH_M` deep
+    along the line of sight."""
+    return np.array([ground.x, ground.y]) + line_of_sight(ground) * ASSUMED_DEPTH_M / 2
 
 
 def footprint_points(ground, spacing: float = CLOUD_SPACING_M) -> np.ndarray:

@@ -29,9 +29,13 @@ CLIPOMALY = [sys.executable, "-m", "clipomaly_ros.tools.cli"]
 MINE_OPTIONS = ["--backend", "toy", "--inference-size", "240", "--workers", "2", "--no-progress"]
 
 
+NO_REPORTS = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+"""The runs' environment: Ray sends no usage report (the driver's default too, set here in case it changes)."""
+
+
 def mine(inputs, out_dir: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([*CLIPOMALY, "mine", *map(str, inputs), "-o", str(out_dir), *MINE_OPTIONS, *extra],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=NO_REPORTS)
 
 
 def comparable(table) -> list[dict]:
@@ -116,7 +120,8 @@ def test_a_driver_killed_after_its_first_commit_resumes_to_the_uninterrupted_row
     reference, _ = mined
     out = tmp_path / "out"
     driver = subprocess.Popen([*CLIPOMALY, "mine", str(fleet), "-o", str(out), *MINE_OPTIONS, "--window", "2"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env=NO_REPORTS)
     shards = out / "shards"
     try:
         deadline = time.monotonic() + 300
@@ -163,7 +168,7 @@ def test_a_worker_killed_midway_is_replaced_and_its_shard_mined_again(mined, fle
     reference, _ = mined
     out = tmp_path / "out"
     driver = subprocess.Popen([*CLIPOMALY, "mine", str(fleet), "-o", str(out), *MINE_OPTIONS, "--window", "2"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=NO_REPORTS)
     killed = None
     deadline = time.monotonic() + 300
     while killed is None and driver.poll() is None and time.monotonic() < deadline:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -124,6 +125,8 @@ def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, rate
     startup = 0.0
     started_here = not ray.is_initialized()
     if started_here:
+        # drives are sensitive data: Ray's usage reports to its makers stay off unless the user turns them on
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         # RAY_ADDRESS, when set, is read by ray.init itself: then this joins that cluster too
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="warning")
     try:

@@ -100,7 +100,9 @@ def test_rows_match_the_known_anomalies_one_track_per_object_per_shard(mined):
     assert summary["bags"] == 4 and summary["frames"] == 5 * 40 and summary["failed"] == []
     assert summary["anomalies_per_name"] == {"tire": 3, "mattress": 2, "cardboard box": 1, "deer": 1, "dog": 1}
     assert summary["hours"] == pytest.approx(4 * 3.9 / 3600, rel=0.01)
-    assert summary["shards"] == {"planned": PLANNED, "committed": PLANNED, "mined_this_run": PLANNED, "resumed": 0}
+    assert summary["shards"] == {"planned": PLANNED, "committed": PLANNED, "committed_of_plan": PLANNED,
+                                 "from_earlier_runs": 0, "failed": 0, "mined_this_run": PLANNED, "resumed": 0}
+    assert summary["truncated"] == []
     assert summary["frames_per_second"] > 0
     assert "8 anomaly tracks in 4 bag(s)" in completed.stdout and "drive_c" in completed.stdout
 
@@ -187,19 +189,27 @@ def test_a_worker_killed_midway_is_replaced_and_its_shard_mined_again(mined, fle
     assert comparable(read_index(out)) == comparable(read_index(reference))
 
 
-def test_a_truncated_bag_is_reported_and_the_others_are_mined(fleet, tmp_path):
+def test_a_cut_bag_keeps_its_rows_before_the_cut_and_an_unreadable_one_fails(fleet, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(fleet / "drive_a", broken / "drive_x")
     (recording,) = (broken / "drive_x").glob("*.mcap")
     recording.write_bytes(recording.read_bytes()[: recording.stat().st_size // 3])
+    shutil.copytree(fleet / "drive_a", broken / "drive_y")
+    (recording,) = (broken / "drive_y").glob("*.mcap")
+    recording.write_bytes(b"not an mcap file at all")
     out = tmp_path / "out"
     completed = mine([fleet / "drive_b", broken], out, "--window", "2")
-    assert completed.returncode == 1, completed.stderr[-3000:]  # something failed: said in the exit status too
+    assert completed.returncode == 1, completed.stderr[-3000:]  # drive_y failed: said in the exit status too
     summary = json.loads((out / "summary.json").read_text())
     (failure,) = summary["failed"]
-    assert failure["path"].endswith("drive_x") and ("truncated" in failure["reason"] or "corrupt" in failure["reason"])
-    assert summary["bags"] >= 1 and {row["bag"] for row in read_index(out).to_pylist()} == {"drive_b"}
-    assert "FAILED drive_x" in completed.stdout
+    assert failure["path"].endswith("drive_y") and ("truncated" in failure["reason"] or "corrupt" in failure["reason"])
+    (cut,) = summary["truncated"]  # drive_x: its file ends early; the frames before the cut were mined
+    assert cut["bag"] == "drive_x" and "EndOfFile" in cut["reason"]
+    (drive_x,) = [bag for bag in summary["per_bag"] if bag["bag"] == "drive_x"]
+    assert 0 < drive_x["frames"] < 40
+    assert {row["bag"] for row in read_index(out).to_pylist()} <= {"drive_b", "drive_x"}
+    assert "FAILED drive_y" in completed.stdout and "TRUNCATED drive_x" in completed.stdout
+    assert completed.stdout.strip().splitlines()[-1].startswith("FAILED: drive_y (not read): 0 shard(s) not committed")
 
 
 def test_inputs_are_bag_folders_their_files_or_folders_holding_bags(fleet, tmp_path):

@@ -34,19 +34,95 @@ def bag_directory(path: str | Path) -> Path:
 
 @contextmanager
 def open_bag(path: str | Path) -> Iterator[AnyReader]:
-    """``with open_bag(path) as reader:`` an opened ``AnyReader``; a missing, unreadable or truncated bag raises
-    :class:`BagError`."""
+    """``with open_bag(path) as reader:`` an opened ``AnyReader``; a missing, unreadable or damaged bag raises
+    :class:`BagError`. A single-file MCAP bag whose file ends early (a recorder killed mid-write leaves no summary,
+    and rosbags refuses it) opens as a :class:`CutMcapReader`: its messages up to the cut, in file order."""
     folder = bag_directory(path)
     reader = AnyReader([folder], default_typestore=get_typestore(Stores.ROS2_JAZZY))
     try:
         reader.open()
     except Exception as error:  # rosbags raises several types for broken bags
-        raise BagError(f"{folder}: cannot read the bag ({type(error).__name__}: {error}): it is truncated or "
-                       "corrupt, or not a rosbag2 folder with metadata.yaml") from None
+        cut = CutMcapReader.for_folder(folder)
+        if cut is None:
+            raise BagError(f"{folder}: cannot read the bag ({type(error).__name__}: {error}): it is truncated or "
+                           "corrupt, or not a rosbag2 folder with metadata.yaml") from error
+        reader = cut
     try:
         yield reader
     finally:
         reader.close()
+
+
+class CutMcapReader:
+    """The part of ``AnyReader`` the offline tools use, over one MCAP file that ends early: its records are read in
+    file order with the ``mcap`` library's stream reader, which needs no summary. Opening scans the file once for
+    its connections, message counts and times; :meth:`messages` ends at the cut by raising what the stream reader
+    raises there (``mcap.exceptions.EndOfFile``), so readers can tell a cut from an end."""
+
+    def __init__(self, file: Path):
+        from mcap.records import Channel, Message, Schema
+
+        self.file = file
+        self.cut = None
+        schemas: dict[int, str] = {}
+        channels: dict[int, tuple[str, str]] = {}
+        counts: dict[int, int] = {}
+        first = last = None
+        try:
+            for record in self._records():
+                if isinstance(record, Schema):
+                    schemas[record.id] = record.name
+                elif isinstance(record, Channel):
+                    channels[record.id] = (record.topic, schemas.get(record.schema_id, ""))
+                elif isinstance(record, Message):
+                    counts[record.channel_id] = counts.get(record.channel_id, 0) + 1
+                    first = record.log_time if first is None else min(first, record.log_time)
+                    last = record.log_time if last is None else max(last, record.log_time)
+        except Exception as error:  # noqa: BLE001 - where the file ends: what came before it is readable
+            self.cut = f"{type(error).__name__}: {error}".rstrip(": ")
+        if self.cut is None or first is None:
+            raise ValueError(f"{file}: not a cut MCAP file with messages")
+        from rosbags.interfaces import Connection, ConnectionExtRosbag2
+
+        self.connections = [Connection(id=channel, topic=topic, msgtype=msgtype, msgdef=None, digest="",
+                                       msgcount=counts.get(channel, 0), ext=ConnectionExtRosbag2("cdr", []),
+                                       owner=self) for channel, (topic, msgtype) in sorted(channels.items())]
+        self.start_time, self.end_time = first, last
+        self._store = typestore_with_built_msgs()
+
+    @classmethod
+    def for_folder(cls, folder: Path) -> "CutMcapReader | None":
+        """The reader of ``folder``'s single MCAP file when it is a cut one, else None."""
+        files = sorted(folder.glob("*.mcap"))
+        if len(files) != 1:
+            return None
+        try:
+            return cls(files[0])
+        except Exception:  # noqa: BLE001 - not a cut file we can read: the caller reports the original error
+            return None
+
+    def _records(self):
+        from mcap.stream_reader import StreamReader
+
+        with self.file.open("rb") as stream:
+            yield from StreamReader(stream).records
+
+    def messages(self, connections=(), start: int | None = None, stop: int | None = None):
+        """``(connection, log time in ns, raw bytes)`` of ``connections`` (all when empty) in
+        ``[start, stop)``, in file order; at the cut, the stream reader's error is raised."""
+        from mcap.records import Message
+
+        wanted = {c.id: c for c in (connections or self.connections)}
+        for record in self._records():
+            if isinstance(record, Message) and record.channel_id in wanted:
+                if (start is None or record.log_time >= start) and (stop is None or record.log_time < stop):
+                    yield wanted[record.channel_id], record.log_time, record.data
+
+    def deserialize(self, raw: bytes, msgtype: str):
+        return self._store.deserialize_cdr(raw, msgtype)
+
+    def close(self) -> None:
+        pass
 
 
 BUILT_MESSAGE_PACKAGES = ("vision_msgs", "tf2_msgs", "autoware_perception_msgs")

@@ -165,9 +165,33 @@ def compressed_msg_to_device(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
                                    f"decoded on {device}: {str(error).splitlines()[0][:200]}") from None
 
 
-UNDECODABLE = (ImageConversionError, ValueError, IndexError, AssertionError, TypeError)
-"""What deserialising and decoding one recorded image message may raise when the message is bad: the offline
-tools count such a frame as skipped and go on."""
+class BadRecordedFrame(ValueError):
+    """One recorded image message that cannot be used: its bytes do not deserialise, or the image in it does not
+    decode (:class:`ImageConversionError`). The offline tools count such a frame as skipped and go on; a bug in our
+    own code (a TypeError, an AttributeError...) is never caught as one."""
+
+
+def deserialize_recorded(reader: Any, raw: bytes, msgtype: str) -> Any:
+    """The message in ``raw`` (one recorded message of ``msgtype``), or :class:`BadRecordedFrame` when its bytes
+    are not a valid ``msgtype`` (rosbags' deserialisers raise many types for damaged bytes). Out of memory and I/O
+    errors pass through: they say nothing about the message."""
+    try:
+        return reader.deserialize(raw, msgtype)
+    except (MemoryError, OSError):
+        raise
+    except Exception as error:  # noqa: BLE001 - rosbags' code parsing the bytes: every failure means bad bytes
+        raise BadRecordedFrame(f"its {len(raw)} bytes are not a valid {msgtype} ({type(error).__name__}: "
+                               f"{error})") from None
+
+
+def decode_recorded(message: Any, msgtype: str) -> np.ndarray:
+    """The RGB image of a recorded ``sensor_msgs/Image`` or ``CompressedImage``; :class:`BadRecordedFrame` when it
+    does not decode."""
+    try:
+        return DECODERS[msgtype](message)
+    except ImageConversionError as error:
+        raise BadRecordedFrame(str(error)) from None
+
 
 DECODERS: dict[str, Callable[..., np.ndarray]] = {
     "sensor_msgs/msg/Image": image_msg_to_rgb,

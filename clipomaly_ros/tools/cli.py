@@ -610,19 +610,23 @@ def export(subparsers) -> None:
 
 
 def run_mine(args: argparse.Namespace) -> int:
-    from .mining import MineError, run_mine as mine
+    from .mining import EXIT_NOT_STARTED, MineError, failure_line, run_mine as mine
 
     topics = split_names(args.topics) if args.topics else None
     try:
         result = mine(args.inputs, args.output, config_from_args(args), topics=list(topics) if topics else None,
                       rate_hz=args.rate, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                      address=args.address, window_s=args.window, progress=not args.no_progress)
+                      address=args.address, window_s=args.window, progress=not args.no_progress,
+                      retries=args.retries, force_new=args.force_new)
     except MineError as error:
         print(f"clipomaly: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_NOT_STARTED
     print(result.table)
     print(f"wrote {args.output}/anomalies.parquet, thumbnails/, summary.json and report.html")
-    return 1 if result.summary["failed"] else 0
+    last = failure_line(result.summary)
+    if last:
+        print(last)
+    return result.exit_code
 
 
 @subcommand
@@ -631,8 +635,14 @@ def mine(subparsers) -> None:
         "mine", help="find anomalies in many recorded drives with Ray Data (one machine or a cluster)",
         description="Cut bags into shards (one bag, one image topic, one time window), mine them on a Ray Data "
                     "actor pool with one model per worker, and write a Parquet index, thumbnails, summary.json and "
-                    "report.html. Shards already committed in OUT_DIR are not mined again: after an interruption, "
-                    "run the same command.")
+                    "report.html from every shard committed in OUT_DIR. A shard is committed whole or not at all; "
+                    "one that raises (an I/O error, out of memory, a lost worker) is tried again --retries times, "
+                    "then reported as failed and left for the next run. Shards already committed are not mined "
+                    "again: after an interruption or a failure, run the same command. A bag whose file ends early "
+                    "(rosbags finds it cut) keeps its rows up to the cut, marked truncated in summary.json.",
+        epilog="exit status: 0 every planned shard committed; 1 some input, bag or shard failed (the last line "
+               "names them); 2 the run could not start (Ray, the model, the settings, or an OUT_DIR mined with "
+               "other settings)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="bag folders, their .mcap/.db3 files, or folders "
                                                                   "searched recursively for bags")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
@@ -646,6 +656,11 @@ def mine(subparsers) -> None:
     parser.add_argument("--workers", type=int, default=2, help="Ray actors, one model each (default 2)")
     parser.add_argument("--gpus-per-worker", type=float, metavar="F",
                         help="GPUs per actor (default: the cluster's GPUs shared out, at most 1; 0 without GPUs)")
+    parser.add_argument("--retries", type=int, default=2, metavar="N",
+                        help="attempts after the first at a shard that raised, 1 s apart and doubling (default 2)")
+    parser.add_argument("--force-new", action="store_true",
+                        help="delete the outputs of an earlier run in OUT_DIR (shards, index, thumbnails, summary, "
+                             "report) and start afresh, even with other settings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_options(parser)
     parser.set_defaults(run=run_mine)

@@ -24,8 +24,8 @@ from .interrupt import GracefulStop
 from ..ros.bags import (BagError, camera_info_connections, image_connections, open_bag, transform_connections,
                         typestore_with_built_msgs)
 from ..ros.autoware import autoware_style
-from ..ros.messages import (DECODERS, ON_DEMAND_OUTPUTS, OUTPUT_TYPES, UNDECODABLE, MessageFactory, picture_messages,
-                            stamp_ns)
+from ..ros.messages import (ON_DEMAND_OUTPUTS, OUTPUT_TYPES, BadRecordedFrame, MessageFactory, decode_recorded,
+                            deserialize_recorded, picture_messages, stamp_ns)
 from ..ros.transforms import MountingFinder, add_transforms, recorded_static_transforms
 
 
@@ -127,9 +127,9 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
                     continue
                 summary.read += 1
                 try:
-                    message = reader.deserialize(raw, connection.msgtype)
-                    image = DECODERS[connection.msgtype](message)
-                except UNDECODABLE as error:
+                    message = deserialize_recorded(reader, raw, connection.msgtype)
+                    image = decode_recorded(message, connection.msgtype)
+                except BadRecordedFrame as error:
                     summary.failed += 1
                     reason = f"frame {summary.read} at {timestamp} ns on {connection.topic}: {error}"
                     summary.failures.append(reason)

@@ -4,6 +4,8 @@
 :mod:`.report` writes the Parquet index, thumbnails, summary and report, :mod:`.driver` ties them together on Ray.
 """
 
-from .driver import MineError, MineResult, run_mine
+from .driver import (EXIT_COMPLETE, EXIT_NOT_STARTED, EXIT_SHARDS_FAILED, MineError, MineResult, failure_line,
+                     run_mine)
 
-__all__ = ["MineError", "MineResult", "run_mine"]
+__all__ = ["EXIT_COMPLETE", "EXIT_NOT_STARTED", "EXIT_SHARDS_FAILED", "MineError", "MineResult", "failure_line",
+           "run_mine"]

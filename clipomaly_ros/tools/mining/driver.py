@@ -8,23 +8,32 @@ same code runs on a cluster, where OUT_DIR and the bags must be on storage every
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...core.config import ClipomalyConfig
+from ...core.fingerprint import differences, settings_fingerprint
 from .plan import Shard, plan
-from .report import (committed_shards, copy_thumbnails, read_rows, report_html, summarise, write_index)
+from .report import committed_shards, copy_thumbnails, read_rows, report_html, summarise, write_index
+from .shard import RETRIES, SHARDS_FOLDER, ShardMiner, _plain, one_line
 
 RUN_FILE = "run.json"
-MINED_SETTINGS = ("backend", "model", "pretrained", "checkpoint", "random_weights", "dense_method", "inference_size",
-                  "window_layout", "known_classes", "anomaly_vocabulary", "naming_dictionary", "uncertainty_threshold",
-                  "min_region_area", "max_regions", "track_min_hits", "track_max_misses", "logit_scale")
-"""Settings that change what a shard's rows hold: an OUT_DIR mined with others is not resumed with these."""
+NOT_IN_ROWS = ("device", "window_batch_size", "cache_dir", "publish_unconfirmed", "contact_pixel_error",
+               "autoware_labels", "autoware_shape")
+"""Settings that change no row: where the model runs and how many windows it takes at once, a cache's folder, and
+what only the node's messages hold (unconfirmed tracks, covariances, Autoware's classes and shapes). Every other
+setting is part of the resume guard."""
+OUTPUTS = (RUN_FILE, "anomalies.parquet", "thumbnails", "summary.json", "report.html", SHARDS_FOLDER)
+"""What a run writes into OUT_DIR; ``--force-new`` removes these and nothing else."""
+
+EXIT_COMPLETE, EXIT_SHARDS_FAILED, EXIT_NOT_STARTED = 0, 1, 2
+"""``clipomaly mine``'s exit codes: every planned shard committed; some bag or shard failed (the last line names
+them; run the same command again to retry those alone); the run could not start (Ray, the model, the settings)."""
 
 
 class MineError(RuntimeError):
@@ -39,42 +48,71 @@ class MineResult:
     mined: int
     table: str
 
-
-def run_signature(config: ClipomalyConfig, topics, window_s: float, rate_hz: float | None) -> dict:
-    """What must stay the same for a later run to resume into the same OUT_DIR."""
-    values = config.as_dict()
-    settings = {name: values[name] for name in MINED_SETTINGS}
-    settings.update(topics=sorted(topics) if topics else None, window_s=window_s, rate_hz=rate_hz)
-    settings["digest"] = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return settings
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SHARDS_FAILED if self.summary["failed"] else EXIT_COMPLETE
 
 
-def _check_run_file(out_dir: Path, signature: dict) -> None:
+def run_fingerprint(config: ClipomalyConfig, topics, window_s: float, rate_hz: float | None) -> dict:
+    """What must stay the same for a later run to resume into the same OUT_DIR: every setting that changes a row
+    (files by the hash of their bytes), the topics, the window and the rate."""
+    try:
+        settings = settings_fingerprint(config, NOT_IN_ROWS)
+    except FileNotFoundError as error:
+        raise MineError(str(error)) from None
+    return settings | {"topics": sorted(topics) if topics else None, "window_s": window_s, "rate_hz": rate_hz}
+
+
+def _check_run_file(out_dir: Path, fingerprint: dict) -> None:
     path = out_dir / RUN_FILE
     if path.is_file():
-        earlier = json.loads(path.read_text())
-        if earlier.get("digest") != signature["digest"]:
-            changed = sorted(k for k in signature if k != "digest" and earlier.get(k) != signature[k])
+        earlier = json.loads(path.read_text()).get("fingerprint", {})
+        changed = differences(earlier, fingerprint)
+        if changed:
             raise MineError(f"{out_dir} holds a run with other settings ({', '.join(changed)} differ): its shards "
-                            "would not match; mine into a new OUT_DIR, or delete this one to start again")
+                            "would not match this run's rows; mine into a new OUT_DIR, or give --force-new to "
+                            "delete that run's outputs and start again")
     else:
-        path.write_text(json.dumps(signature, indent=1, default=str))
+        path.write_text(json.dumps({"fingerprint": fingerprint}, indent=1, default=str))
+
+
+def _clear_outputs(out_dir: Path, log) -> None:
+    """``--force-new``: the outputs of an earlier run in ``out_dir`` removed (only what :data:`OUTPUTS` names)."""
+    removed = []
+    for name in OUTPUTS:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        log(f"--force-new: removed the earlier run's {', '.join(removed)} from {out_dir}")
 
 
 def run_mine(inputs, out_dir, config: ClipomalyConfig, topics: list[str] | None = None, rate_hz: float | None = None,
              workers: int = 2, gpus_per_worker: float | None = None, address: str | None = None,
-             window_s: float = 60.0, progress: bool = True, log=lambda message: print(message, file=sys.stderr)
-             ) -> MineResult:
+             window_s: float = 60.0, progress: bool = True, retries: int = RETRIES, force_new: bool = False,
+             log=lambda message: print(message, file=sys.stderr), miner=None) -> MineResult:
     """Mine ``inputs`` into ``out_dir`` (see the module docstring). Shards already committed there are not done
-    again; a bag that cannot be read is reported in the summary and the others are mined."""
+    again. A shard whose every attempt fails (``retries`` after the first) is not committed, is named in the
+    summary's ``failed`` and is mined by the next run; the others go on. ``miner`` is the worker class
+    (:class:`~.shard.ShardMiner` by default). Raises :class:`MineError` when the run cannot start or no worker
+    can load the model."""
     if workers < 1:
         raise MineError(f"--workers must be at least 1, got {workers}")
     if window_s <= 0:
         raise MineError(f"--window must be positive, got {window_s}")
+    if retries < 0:
+        raise MineError(f"--retries must be 0 or more, got {retries}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    signature = run_signature(config, topics, window_s, rate_hz)
-    _check_run_file(out_dir, signature)
+    fingerprint = run_fingerprint(config, topics, window_s, rate_hz)
+    if force_new:
+        _clear_outputs(out_dir, log)
+    _check_run_file(out_dir, fingerprint)
     plans, problems = plan(inputs, topics, window_s)
     for path, reason in problems:
         log(f"skipped input {path}: {reason}")
@@ -87,30 +125,57 @@ def run_mine(inputs, out_dir, config: ClipomalyConfig, topics: list[str] | None 
     log(f"{len(plans)} bag(s), {len(shards)} shard(s): {len(shards) - len(todo)} already committed, "
         f"{len(todo)} to mine")
     started = time.perf_counter()
-    frames_now, startup = 0, 0.0
+    answers: dict[str, dict] = {}
+    startup, stopped = 0.0, None
     if todo:
-        frames_now, startup = _mine_on_ray(todo, out_dir, config, rate_hz, workers, gpus_per_worker, address,
-                                           progress, log)
+        answers, startup, stopped = _mine_on_ray(todo, out_dir, config, rate_hz, workers, gpus_per_worker, address,
+                                                 progress, retries, miner or ShardMiner, log)
     seconds = time.perf_counter() - started
     records = committed_shards(out_dir)
-    wanted = [shard.id for shard in shards if shard.id in records]
-    table = read_rows(out_dir, wanted)
+    failures = _shard_failures(todo, records, answers, stopped)
+    planned = {shard.id for shard in shards}
+    earlier = sorted(set(records) - planned)
+    if earlier:
+        bags = sorted({records[shard]["shard"]["bag_name"] for shard in earlier})
+        log(f"kept {len(earlier)} committed shard(s) of earlier runs that this run's inputs do not cover (bags "
+            f"{', '.join(bags)}): their rows stay in the index and the report")
+    table = read_rows(out_dir, list(records))
     write_index(out_dir, table)
-    copy_thumbnails(out_dir, wanted)
+    copy_thumbnails(out_dir, list(records))
+    frames_now = sum(records[s.id]["frames_processed"] for s in todo if s.id in records)
     run = {"mined": len([s for s in todo if s.id in records]), "resumed": len(shards) - len(todo),
            "frames_per_second": round(frames_now / seconds, 3) if frames_now and seconds else 0.0,
            "seconds": round(seconds, 3), "ray_startup_s": round(startup, 3),
-           "settings": {k: v for k, v in signature.items() if k != "digest"} | {"workers": workers}}
-    summary = summarise(plans, problems, {k: v for k, v in records.items() if k in set(wanted)}, table, run)
+           "settings": fingerprint | {"workers": workers, "retries": retries}}
+    summary = summarise(plans, problems, records, failures, table, run)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     (out_dir / "report.html").write_text(report_html(table, summary))
     return MineResult(summary, run["mined"], final_table(summary))
 
 
+def _shard_failures(todo: list[Shard], records: dict, answers: dict[str, dict], stopped: str | None) -> list[dict]:
+    """A record per shard of ``todo`` that is not committed: the failure its worker reported, or why none did."""
+    failures = []
+    for shard in todo:
+        if shard.id in records:
+            continue
+        answer = answers.get(shard.id)
+        if answer is not None:
+            reason = f"{answer['failure']} ({answer['attempts']} attempt(s))" if answer["attempts"] else \
+                answer["failure"]
+        else:
+            reason = f"not mined: {stopped or 'no worker answered for it'}"
+        failures.append({"bag": shard.bag_name, "path": shard.bag, "shard": shard.id, "topic": shard.topic,
+                         "start_ns": shard.start_ns, "stop_ns": shard.stop_ns, "reason": reason})
+    return failures
+
+
 def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, rate_hz, workers: int,
-                 gpus_per_worker, address, progress: bool, log) -> tuple[int, float]:
-    """Mine ``todo`` with a Ray Data actor pool of ``workers``; returns the frames processed and the seconds until
-    the first shard came back less that shard's own time (Ray's start, the workers' start and model loads)."""
+                 gpus_per_worker, address, progress: bool, retries: int, miner, log
+                 ) -> tuple[dict[str, dict], float, str | None]:
+    """Mine ``todo`` with a Ray Data actor pool of ``workers``; returns each answered shard's answer by id, the
+    seconds until the first shard came back less that shard's own time (Ray's start, the workers' start and model
+    loads), and why the run stopped early (a lost cluster), or None."""
     try:
         import ray
         import ray.data
@@ -119,8 +184,6 @@ def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, rate
                         "(or pip install 'ray[data]' pyarrow)") from None
     from tqdm import tqdm
 
-    from .shard import ShardMiner
-
     started = time.perf_counter()
     startup = 0.0
     started_here = not ray.is_initialized()
@@ -128,7 +191,12 @@ def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, rate
         # drives are sensitive data: Ray's usage reports to its makers stay off unless the user turns them on
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         # RAY_ADDRESS, when set, is read by ray.init itself: then this joins that cluster too
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        except Exception as error:  # noqa: BLE001 - Ray raises many types; the run cannot start
+            raise MineError(f"Ray could not start{f' or reach {address}' if address else ''}: "
+                            f"{one_line(error)}") from None
+    answers: dict[str, dict] = {}
     try:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0.0) if gpus_per_worker is None else gpus_per_worker
@@ -141,44 +209,51 @@ def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, rate
         context.enable_progress_bars = False  # ours counts frames, Ray's would count shards
         dataset = ray.data.from_items([shard.as_dict() for shard in todo], override_num_blocks=len(todo))
         mined = dataset.map_batches(
-            ShardMiner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
+            miner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=min(1.0, cpus / workers), num_gpus=per_worker_gpu,
             fn_constructor_kwargs={"config": config.as_dict(), "out_dir": str(out_dir.resolve()), "rate_hz": rate_hz,
-                                   "threads": threads})
-        frames = 0
+                                   "threads": threads, "retries": retries})
         bar = tqdm(total=sum(s.frames for s in todo), unit="frame", desc="mining", disable=not progress,
                    file=sys.stderr)
         try:
             for answer in mined.iter_rows():
+                answer = {key: _plain(value) for key, value in answer.items()}
+                answers[answer["id"]] = answer
                 if not startup:
                     startup = max(0.0, time.perf_counter() - started - float(answer["seconds"]))
-                frames += int(answer["frames"])
                 bar.update(int(answer["frames"]))
-                if answer["failure"]:
-                    log(f"shard {answer['id']}: {answer['failure'].splitlines()[0]}")
+                if answer["outcome"] != "committed":
+                    log(f"shard {answer['id']}: {answer['outcome']}: {answer['failure']}")
         finally:
             bar.close()
-        return frames, startup
     except Exception as error:  # noqa: BLE001 - a lost worker or cluster: what was committed stays
-        if isinstance(error, MineError):
-            raise
-        log(f"mining stopped early ({type(error).__name__}: {str(error).splitlines()[0][:300]}); the shards "
-            "committed so far are kept: run the same command again to mine the rest")
-        return 0, startup
+        stopped = f"mining stopped early ({one_line(error)[:300]})"
+        log(f"{stopped}; the shards committed so far are kept: run the same command again to mine the rest")
+        return answers, startup, stopped
     finally:
         if started_here:
             ray.shutdown()
+    loaded = [a for a in answers.values() if a["outcome"] != "model"]
+    if answers and not loaded:
+        reasons = sorted({a["failure"] for a in answers.values()})
+        raise MineError(f"no worker could load the model: {reasons[0]}")
+    return answers, startup, None
 
 
 def final_table(summary: dict) -> str:
-    """The table printed at the end: per bag its topics, shards committed of planned, frames and anomalies."""
+    """The table printed at the end: per bag its topics, shards committed of planned, frames and anomalies; what
+    failed and what was cut short."""
     lines = [f"{'bag':<28} {'topics':>6} {'shards':>9} {'frames':>8} {'skipped':>8}",
              "-" * 63]
     for bag in summary["per_bag"]:
         lines.append(f"{bag['bag'][:28]:<28} {len(bag['topics']):>6} "
-                     f"{bag['shards_committed']:>4}/{bag['shards']:<4} {bag['frames']:>8} {bag['frames_skipped']:>8}")
+                     f"{bag['shards_committed']:>4}/{bag['shards']:<4} {bag['frames']:>8} {bag['frames_skipped']:>8}"
+                     + ("  (earlier run)" if bag.get("earlier_run") else ""))
+    for cut in summary["truncated"]:
+        lines.append(f"TRUNCATED {cut['bag']} shard {cut['shard']}: {cut['reason'][:200]}")
     for failure in summary["failed"]:
-        lines.append(f"FAILED {failure.get('bag', failure['path'])}: {failure['reason'].splitlines()[0][:200]}")
+        where = f" shard {failure['shard']} ({failure['topic']})" if "shard" in failure else ""
+        lines.append(f"FAILED {failure.get('bag', failure['path'])}{where}: {failure['reason'].splitlines()[0][:200]}")
     lines.append(f"{summary['anomalies']} anomaly tracks in {summary['bags']} bag(s), {summary['hours']:.3f} h of "
                  f"data; {summary['shards']['mined_this_run']} shard(s) mined now at "
                  f"{summary['frames_per_second']:.1f} frames/s, {summary['shards']['resumed']} already committed")
@@ -186,3 +261,18 @@ def final_table(summary: dict) -> str:
     if names:
         lines.append(f"by name: {names}")
     return "\n".join(lines)
+
+
+def failure_line(summary: dict) -> str | None:
+    """The run's last line when something failed: the failed bags and shards, and what to do; None otherwise."""
+    failed = summary["failed"]
+    if not failed:
+        return None
+    shards: dict[str, list[str]] = {}
+    for failure in failed:
+        shards.setdefault(failure.get("bag", failure["path"]), []).extend(
+            [failure["shard"]] if "shard" in failure else [])
+    named = "; ".join(f"{bag} ({'shards ' + ', '.join(ids) if ids else 'not read'})" for bag, ids in shards.items())
+    count = sum(len(ids) for ids in shards.values())
+    return (f"FAILED: {named}: {count} shard(s) not committed. Run the same command again to retry them alone "
+            "(committed shards are kept)")

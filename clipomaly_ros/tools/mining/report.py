@@ -89,23 +89,33 @@ def copy_thumbnails(out_dir: Path, shard_ids) -> None:
                 shutil.copyfile(source, destination)
 
 
-def summarise(plans, input_problems, records: dict[str, dict], table: pa.Table, run: dict) -> dict:
-    """``summary.json``'s content: bags, frames, hours, anomalies per name, what failed and why, and the speed."""
+def summarise(plans, input_problems, records: dict[str, dict], shard_failures: list[dict], table: pa.Table,
+              run: dict) -> dict:
+    """``summary.json``'s content: bags (those of this run's plan, then those only earlier runs committed), frames,
+    hours, anomalies per name, what failed and why, what was cut short, and the speed."""
     failed = [{"path": path, "reason": reason} for path, reason in input_problems]
     failed += [{"bag": plan.name, "path": plan.path, "reason": plan.failure} for plan in plans if plan.failure]
-    bags = []
+    failed += shard_failures
+    bags, covered = [], set()
     for plan in plans:
         if plan.failure:
             continue
         mine = [records[s.id] for s in plan.shards if s.id in records]
-        bag_failures = sorted({r["failure"] for r in mine if r["failure"]})
-        failed += [{"bag": plan.name, "path": plan.path, "reason": reason} for reason in bag_failures]
-        bags.append({"bag": plan.name, "path": plan.path, "topics": list(plan.topics),
-                     "seconds": round(plan.seconds, 3),
-                     "shards": len(plan.shards), "shards_committed": len(mine),
-                     "frames": sum(r["frames_processed"] for r in mine),
-                     "frames_skipped": sum(r["frames_skipped"] for r in mine),
-                     "frames_thinned": sum(r.get("frames_thinned", 0) for r in mine)})
+        covered.update(s.id for s in plan.shards)
+        bags.append(_bag_entry(plan.name, plan.path, list(plan.topics), plan.seconds, len(plan.shards), mine))
+    earlier: dict[str, list[dict]] = {}
+    for shard_id, record in records.items():
+        if shard_id not in covered:
+            earlier.setdefault(record["shard"]["bag"], []).append(record)
+    for path, mine in sorted(earlier.items()):
+        shards = [record["shard"] for record in mine]
+        seconds = sum(shard["stop_ns"] - shard["start_ns"] for shard in shards) / 1e9 / max(
+            1, len({shard["topic"] for shard in shards}))
+        bags.append(_bag_entry(shards[0]["bag_name"], path, sorted({shard["topic"] for shard in shards}), seconds,
+                               len(mine), mine) | {"earlier_run": True})
+    truncated = [{"bag": record["shard"]["bag_name"], "shard": shard_id, "topic": record["shard"]["topic"],
+                  "reason": record.get("truncated") or record.get("failure")}
+                 for shard_id, record in sorted(records.items()) if record.get("truncated") or record.get("failure")]
     names = collections.Counter(table.column("name").to_pylist())
     return {
         "bags": len(bags), "bags_failed": len({f.get("path") for f in failed}),
@@ -113,11 +123,21 @@ def summarise(plans, input_problems, records: dict[str, dict], table: pa.Table, 
         "hours": round(sum(b["seconds"] for b in bags) / 3600, 6),
         "anomalies": table.num_rows, "anomalies_per_name": dict(sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))),
         "shards": {"planned": sum(len(p.shards) for p in plans), "committed": len(records),
+                   "committed_of_plan": len(covered & set(records)), "from_earlier_runs": len(records) - len(
+                       covered & set(records)), "failed": len(shard_failures),
                    "mined_this_run": run["mined"], "resumed": run["resumed"]},
         "frames_per_second": run["frames_per_second"], "seconds": run["seconds"],
         "ray_startup_s": run["ray_startup_s"],
-        "settings": run["settings"], "failed": failed, "per_bag": bags,
+        "settings": run["settings"], "failed": failed, "truncated": truncated, "per_bag": bags,
     }
+
+
+def _bag_entry(name: str, path: str, topics: list[str], seconds: float, planned: int, mine: list[dict]) -> dict:
+    return {"bag": name, "path": path, "topics": topics, "seconds": round(seconds, 3),
+            "shards": planned, "shards_committed": len(mine),
+            "frames": sum(r["frames_processed"] for r in mine),
+            "frames_skipped": sum(r["frames_skipped"] for r in mine),
+            "frames_thinned": sum(r.get("frames_thinned", 0) for r in mine)}
 
 
 PAGE = """<!DOCTYPE html>

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +24,10 @@ import numpy as np
 from ...core.config import ClipomalyConfig
 from ...core.planning import AnomalyFollower
 from ...core.results import AnomalyRecord
+from ...core.frames import FrameTree
 from ...ros.bags import BagError, camera_info_connections, open_bag, transform_connections
-from ...ros.messages import DECODERS, UNDECODABLE, stamp_ns
-from ...ros.transforms import MountingFinder, recorded_static_transforms
+from ...ros.messages import BadRecordedFrame, decode_recorded, deserialize_recorded, stamp_ns
+from ...ros.transforms import MountingFinder, add_transforms, recorded_static_transforms
 from .plan import Shard
 
 SHARDS_FOLDER = "shards"
@@ -56,7 +57,8 @@ class TrackSummary:
 @dataclass
 class ShardOutcome:
     """What mining a shard gave: the rows, the frames read, processed, skipped (bad images, with reasons) and
-    thinned out (``--rate``), the seconds it took, and the failure that ended it early (a truncated bag), if any."""
+    thinned out (``--rate``), the seconds it took, and ``truncated``: why the bag's data ended before the window
+    did (rosbags found the file cut or its data damaged), else None; the rows before the cut are kept."""
 
     rows: list[dict] = field(default_factory=list)
     thumbnails: dict[str, bytes] = field(default_factory=dict)
@@ -66,7 +68,37 @@ class ShardOutcome:
     frames_thinned: int = 0
     skipped_reasons: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    failure: str | None = None
+    truncated: str | None = None
+
+
+class ShardFailed(RuntimeError):
+    """An attempt at a shard that raised (an I/O error, out of memory, a bug, a model that cannot load): nothing
+    of it may be committed, and it is tried again. ``reason`` is one line naming the exception."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BagDataError(Exception):
+    """rosbags found the bag's own bytes cut short or damaged while reading it (see :func:`truncation`)."""
+
+
+DATA_ERROR_MODULES = ("rosbags", "mcap", "zstandard", "lz4", "sqlite3")
+"""Where the errors come from that mean a bag's own bytes are cut or damaged: the readers and decompressors that
+parse them."""
+
+
+def truncation(error: BaseException) -> bool:
+    """Whether ``error``, raised while reading a bag's messages, says the bag's own data ends early or is damaged,
+    as rosbags, the MCAP stream reader, the decompressors and SQLite report it. An ``OSError`` (EIO from a flaky
+    file system, a vanished mount) or ``MemoryError`` is never a truncation: the bytes may be whole, only the
+    reading failed, so the shard is tried again."""
+    if isinstance(error, (OSError, MemoryError)):
+        return False
+    if isinstance(error, (EOFError, struct.error)):
+        return True
+    return type(error).__module__.split(".")[0] in DATA_ERROR_MODULES
 
 
 def thumbnail(image: np.ndarray, box: tuple[int, int, int, int], mask: np.ndarray) -> bytes:
@@ -91,55 +123,26 @@ def thumbnail(image: np.ndarray, box: tuple[int, int, int, int], mask: np.ndarra
 
 def mine_shard(pipeline, shard: Shard, rate_hz: float | None = None) -> ShardOutcome:
     """Run ``pipeline`` over the shard's frames in stamp order (at most ``rate_hz`` a second of recorded time when
-    given) with tracking and, where the bag holds them, its camera_info and transforms; rows for its confirmed
-    tracks. A bag that breaks midway ends the shard with :attr:`ShardOutcome.failure` and keeps what was mined."""
+    given) with tracking and, where the bag holds them, its camera_info, /tf_static and /tf; rows for its
+    confirmed tracks. One pass over the bag reads the window's frames with their camera_info and transforms.
+
+    A bag whose data rosbags finds cut short or damaged ends the shard there, with the rows before the cut and
+    :attr:`ShardOutcome.truncated` saying why. Anything else that raises (an I/O error, out of memory, an error in
+    the pipeline, a bug) raises :class:`ShardFailed`: the attempt is lost whole, nothing of it is to be committed."""
     started = time.perf_counter()
     outcome = ShardOutcome()
     tracks: dict[int, TrackSummary] = {}
-    config = pipeline.config
-    last_processed: int | None = None
     last_frame_ids: set[int] = set()
-    first_frame = True
     try:
         with open_bag(shard.bag) as reader:
-            images = [c for c in reader.connections if c.topic == shard.topic]
-            infos, info_topic = camera_info_connections(reader, shard.topic)
-            follower = AnomalyFollower(pipeline.name_embeddings, info_topic)
-            finder = MountingFinder(recorded_static_transforms(reader, transform_connections(reader)[0]),
-                                    "the bag's /tf_static")
-            if infos:  # the calibration in force at the window's start: the newest camera_info before it
-                before = list(reader.messages(connections=infos, stop=shard.start_ns))
-                if before:
-                    follower.set_camera_info(reader.deserialize(before[-1][2], before[-1][0].msgtype))
-            for connection, _, raw in reader.messages(connections=images + infos, start=shard.start_ns,
-                                                      stop=shard.stop_ns):
-                if connection in infos:
-                    follower.set_camera_info(reader.deserialize(raw, connection.msgtype))
-                    continue
-                outcome.frames_read += 1
-                try:
-                    message = reader.deserialize(raw, connection.msgtype)
-                    stamp = stamp_ns(message.header)
-                    if rate_hz and last_processed is not None and stamp - last_processed < 1e9 / rate_hz - 1e3:
-                        outcome.frames_thinned += 1  # --rate: not decoded at all
-                        continue
-                    image = DECODERS[connection.msgtype](message)
-                except UNDECODABLE as error:
-                    outcome.frames_skipped += 1
-                    outcome.skipped_reasons.append(f"{shard.topic} frame {outcome.frames_read}: {error}")
-                    continue
-                last_processed = stamp
-                result = pipeline(image)
-                frame_config, _ = finder.find(message.header.frame_id, config)
-                frame = follower.update(result, stamp, frame_config)
-                outcome.frames_processed += 1
-                last_frame_ids = _gather(tracks, frame.records, result, image, stamp, first_frame)
-                first_frame = False
-    except BagError as error:
-        outcome.failure = str(error)
-    except Exception as error:  # noqa: BLE001 - rosbags raises many types for damaged files
-        outcome.failure = (f"{shard.bag}: reading {shard.topic} failed after {outcome.frames_read} frames "
-                           f"({type(error).__name__}: {error}); the bag is truncated or corrupt")
+            last_frame_ids = _mine_frames(reader, pipeline, shard, rate_hz, outcome, tracks)
+    except BagDataError as error:
+        outcome.truncated = str(error)
+    except BagError as error:  # the bag would not open: a cut file is found when planning, so this is the disk
+        raise ShardFailed(f"{shard.bag}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - whatever it is, this attempt is lost and must not be committed
+        raise ShardFailed(f"{type(error).__name__} after {outcome.frames_read} frames of {shard.topic}: "
+                          f"{str(error).splitlines()[0] if str(error) else '(no message)'}") from error
     for track_id in last_frame_ids:
         tracks[track_id].seen_last_frame = True
     for summary in sorted(tracks.values(), key=lambda t: t.track_id):
@@ -149,6 +152,93 @@ def mine_shard(pipeline, shard: Shard, rate_hz: float | None = None) -> ShardOut
             outcome.thumbnails[key] = summary.thumbnail
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _mine_frames(reader, pipeline, shard: Shard, rate_hz: float | None, outcome: ShardOutcome,
+                 tracks: dict[int, TrackSummary]) -> set[int]:
+    """The frames of ``shard`` through ``pipeline`` and the tracker, gathered into ``tracks``; the track ids seen in
+    the last frame. Reading errors that mean a cut or damaged bag raise :class:`BagDataError`."""
+    config = pipeline.config
+    images = [c for c in reader.connections if c.topic == shard.topic]
+    infos, info_topic = camera_info_connections(reader, shard.topic)
+    static, dynamic = transform_connections(reader)
+    follower = AnomalyFollower(pipeline.name_embeddings, info_topic)
+    # static transforms hold over the whole recording, wherever they were recorded
+    tree = recorded_static_transforms(reader, static) if static else FrameTree()
+    finder = MountingFinder(tree, "the bag's /tf_static and /tf")
+    last_processed: int | None = None
+    last_frame_ids: set[int] = set()
+    first_frame = True
+    latest_info = None
+    # the state the window starts in: the newest camera_info and the /tf sent before it (small messages only)
+    if shard.start_ns > 0 and (infos or dynamic):
+        for connection, _, raw in _data_guarded(reader.messages(connections=infos + dynamic, stop=shard.start_ns)):
+            if connection in infos:
+                latest_info = (raw, connection.msgtype)
+            else:
+                _add_recorded_transforms(tree, reader, raw, connection.msgtype, outcome)
+    # then one pass over the window: its frames with the camera_info and /tf recorded among them
+    window = reader.messages(connections=images + infos + dynamic, start=shard.start_ns, stop=shard.stop_ns)
+    for connection, _, raw in _data_guarded(window):
+        if connection in infos:
+            latest_info = (raw, connection.msgtype)  # deserialised only when a frame needs it
+            continue
+        if connection in dynamic:
+            _add_recorded_transforms(tree, reader, raw, connection.msgtype, outcome)
+            continue
+        outcome.frames_read += 1
+        try:
+            if latest_info is not None:  # only the newest one in force matters: deserialised once per frame at most
+                info, latest_info = latest_info, None
+                follower.set_camera_info(deserialize_recorded(reader, *info))
+            message = deserialize_recorded(reader, raw, connection.msgtype)
+            stamp = stamp_ns(message.header)
+            if rate_hz and last_processed is not None and stamp - last_processed < 1e9 / rate_hz - 1e3:
+                outcome.frames_thinned += 1  # --rate: not decoded at all
+                continue
+            image = decode_recorded(message, connection.msgtype)
+        except BadRecordedFrame as error:
+            outcome.frames_skipped += 1
+            outcome.skipped_reasons.append(f"{shard.topic} frame {outcome.frames_read}: {error}")
+            continue
+        last_processed = stamp
+        result = pipeline(image)
+        frame_config, _ = finder.find(message.header.frame_id, config)
+        frame = follower.update(result, stamp, frame_config)
+        outcome.frames_processed += 1
+        last_frame_ids = _gather(tracks, frame.records, result, image, stamp, first_frame)
+        first_frame = False
+    return last_frame_ids
+
+
+def _add_recorded_transforms(tree: FrameTree, reader, raw: bytes, msgtype: str, outcome: ShardOutcome) -> None:
+    """One recorded /tf message into ``tree``; a damaged one, or an unusable transform in it, is noted among the
+    skipped reasons (it cannot place a frame) and the shard goes on."""
+    try:
+        problems = add_transforms(tree, deserialize_recorded(reader, raw, msgtype))
+    except BadRecordedFrame as error:
+        problems = [f"a /tf message: {error}"]
+    outcome.skipped_reasons.extend(f"left out {problem}" for problem in problems)
+
+
+def _data_guarded(messages):
+    """``messages`` (a rosbags iterator) with an error that :func:`truncation` calls a cut or damaged bag turned
+    into :class:`BagDataError`; any other error passes as it is."""
+    count = 0
+    iterator = iter(messages)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except Exception as error:  # noqa: BLE001 - sorted by truncation(): data errors or not
+            if truncation(error):
+                detail = str(error).strip() or "the file ends in the middle of a record"
+                raise BagDataError(f"the bag's data ends or is damaged after {count} messages "
+                                   f"({type(error).__name__}: {detail}); the rows before it are kept") from error
+            raise
+        count += 1
+        yield item
 
 
 def _gather(tracks: dict[int, TrackSummary], records: list[AnomalyRecord], result, image, stamp: int,
@@ -213,7 +303,7 @@ def commit(out_dir: Path, shard: Shard, outcome: ShardOutcome) -> bool:
               "frames_processed": outcome.frames_processed, "frames_skipped": outcome.frames_skipped,
               "frames_thinned": outcome.frames_thinned, "skipped_reasons": outcome.skipped_reasons[:20],
               "seconds": round(outcome.seconds, 3),
-              "failure": outcome.failure, "rows": len(outcome.rows)}
+              "truncated": outcome.truncated, "rows": len(outcome.rows)}
     (work / "shard.json").write_text(json.dumps(record, indent=1))
     try:
         os.rename(work, final)
@@ -223,37 +313,98 @@ def commit(out_dir: Path, shard: Shard, outcome: ShardOutcome) -> bool:
     return True
 
 
+RETRIES = 2
+"""Attempts after the first at a shard that failed (``--retries``)."""
+BACKOFF_S = 1.0
+"""Seconds before the first retry; each later one waits twice as long."""
+
+
 class ShardMiner:
     """One worker: a pipeline built once from ``config`` (a :meth:`ClipomalyConfig.as_dict`), then shard after
     shard mined and committed into ``out_dir``. Called by Ray Data with a batch of shard dicts; returns one small
-    row per shard for the driver's progress."""
+    row per shard for the driver: ``outcome`` is ``committed``, ``truncated`` (committed up to the bag's cut),
+    ``failed`` (every attempt raised: nothing committed; ``failure`` says why) or ``model`` (the model did not load
+    in this worker: nothing tried).
 
-    def __init__(self, config: dict, out_dir: str, rate_hz: float | None = None, threads: int = 0):
+    A failed attempt is tried again up to ``retries`` times, after ``backoff_s``, then twice as long each time."""
+
+    def __init__(self, config: dict, out_dir: str, rate_hz: float | None = None, threads: int = 0,
+                 retries: int = RETRIES, backoff_s: float = BACKOFF_S):
         import torch
-
-        from ...core.pipeline import Clipomaly
 
         if threads:
             torch.set_num_threads(threads)
-        self.pipeline = Clipomaly(ClipomalyConfig(**config))
         self.out_dir = Path(out_dir)
         self.rate_hz = rate_hz
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.pipeline = None
+        self.load_error: str | None = None
+        try:
+            self.pipeline = self.build_pipeline(ClipomalyConfig(**config))
+        except Exception as error:  # noqa: BLE001 - said to the driver, which ends the run with it
+            self.load_error = one_line(error)
+
+    def build_pipeline(self, config: ClipomalyConfig):
+        from ...core.pipeline import Clipomaly
+
+        return Clipomaly(config)
+
+    def mine(self, shard: Shard) -> ShardOutcome:
+        """One attempt at ``shard`` (raises :class:`ShardFailed`)."""
+        return mine_shard(self.pipeline, shard, self.rate_hz)
+
+    def attempt(self, shard: Shard) -> tuple[str, ShardOutcome | None, str, int]:
+        """``(outcome, what was mined or None, failure, attempts)`` for ``shard``: mined and committed, or every
+        attempt failed."""
+        failure = ""
+        for attempt in range(self.retries + 1):
+            try:
+                outcome = self.mine(shard)
+                commit(self.out_dir, shard, outcome)
+                return ("truncated" if outcome.truncated else "committed"), outcome, "", attempt + 1
+            except Exception as error:  # noqa: BLE001 - a failed attempt: nothing of it was committed
+                failure = error.reason if isinstance(error, ShardFailed) else one_line(error)
+            _release_memory()
+            if attempt < self.retries:
+                time.sleep(self.backoff_s * 2 ** attempt)
+        return "failed", None, failure, self.retries + 1
 
     def __call__(self, batch: dict) -> dict:
-        answers: dict[str, list] = {"id": [], "frames": [], "rows": [], "committed": [], "failure": [],
-                                    "seconds": []}
+        answers: dict[str, list] = {key: [] for key in ("id", "outcome", "frames", "rows", "failure", "attempts",
+                                                         "seconds")}
         for values in _batch_rows(batch):
             shard = Shard.from_dict(values)
-            try:
-                outcome = mine_shard(self.pipeline, shard, self.rate_hz)
-            except Exception as error:  # noqa: BLE001 - one shard's bug must not end the worker
-                outcome = ShardOutcome(failure=f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
-            committed = commit(self.out_dir, shard, outcome)
-            for key, value in (("id", shard.id), ("frames", outcome.frames_processed), ("rows", len(outcome.rows)),
-                               ("committed", committed), ("failure", outcome.failure or ""),
-                               ("seconds", outcome.seconds)):
+            if self.load_error is not None:
+                kind, outcome, failure, attempts = "model", None, self.load_error, 0
+            else:
+                kind, outcome, failure, attempts = self.attempt(shard)
+            for key, value in (("id", shard.id), ("outcome", kind),
+                               ("frames", outcome.frames_processed if outcome else 0),
+                               ("rows", len(outcome.rows) if outcome else 0),
+                               ("failure", failure or (outcome.truncated if outcome and outcome.truncated else "")),
+                               ("attempts", attempts), ("seconds", outcome.seconds if outcome else 0.0)):
                 answers[key].append(value)
         return answers
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message``, what a failure is reported as."""
+    text = str(error).strip()
+    if hasattr(error, "render"):  # ModelLoadError: its settings written as command-line options
+        text = error.render("cli")
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else '(no message)'}"
+
+
+def _release_memory() -> None:
+    """After a failed attempt (out of memory, often): what Python and CUDA's cache hold is given back."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _batch_rows(batch: dict) -> list[dict]:

@@ -483,13 +483,18 @@ def calibrate(subparsers) -> None:
         description="Searches uncertainty_threshold, min_region_area, cleanup_radius and crop_weight on DATA "
                     "(images/ + labels/, as evaluate reads) for the --objective, with the dense features computed "
                     "once per image; writes OUT.yaml (a parameter file for the node and every command) and OUT.json "
-                    "(the whole search).")
+                    "(the whole search). The current settings are always a candidate and win ties; another setting "
+                    "is chosen only when it beats them by more than the noise margin (the spread over 200 bootstrap "
+                    "resamples of the frames), and the output says which happened.")
     parser.add_argument("dataset", type=Path, metavar="DATA")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="TUNED.yaml")
     parser.add_argument("--objective", choices=tuple(OBJECTIVES), default="f1",
-                        help="f1 or siou (component level), ap or fpr95 (pixel level); default f1")
+                        help="f1 or siou (component level; default f1), ap or fpr95 (pixel level, on the published "
+                             "continuous score: no searched setting changes them, so the current values are kept "
+                             "and the run says so)")
     parser.add_argument("--val", type=Path, metavar="DATA2", help="held-out frames: the chosen settings' figures "
-                                                                  "on data the search did not see")
+                                                                  "on data the search did not see (refused when "
+                                                                  "an image of it is also in DATA)")
     parser.add_argument("--anomaly-id", type=int, default=1, help="label value of anomaly pixels (default 1)")
     parser.add_argument("--ignore-id", type=int, default=255, help="label value of ignored pixels (default 255)")
     parser.add_argument("--limit", type=int, help="only the first N images (of DATA and of DATA2)")
@@ -502,8 +507,9 @@ def calibrate(subparsers) -> None:
     parser.add_argument("--crop-weights", type=number_list(float),
                         help="crop_weight values (default 0,0.25,0.5,0.75,1)")
     parser.add_argument("--memory-budget", type=float, default=2048.0, metavar="MB",
-                        help="dense features kept in memory, in MB (default 2048); beyond it they are read back "
-                             "from the disk cache for each setting")
+                        help="what the run keeps in memory, in MB: images, labels, known-class scores and dense "
+                             "features (default 2048); frames beyond it are read again from their files and the "
+                             "disk cache for each setting (slower, same result)")
     add_model_options(parser)
     parser.set_defaults(run=run_calibrate)
 

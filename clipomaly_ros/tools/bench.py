@@ -70,14 +70,16 @@ def calibration_cost(pipeline, size: tuple[int, int], evaluate_ms: float, settin
     """What ``clipomaly calibrate`` pays per setting and image once the dense pass is done, against
     ``evaluate_ms``, what an evaluate run pays per image (the pipeline's whole frame)."""
     from ..core.datasets import Sample
-    from .calibration import Calibrator, LabelledFrame
+    from .calibration import Calibrator, read_frames
 
     image, truth = labelled_street_frame(size)
-    frame = LabelledFrame(Sample("bench", Path("bench.png"), Path("bench.png")), image, truth,
-                          np.zeros_like(truth))
     with tempfile.TemporaryDirectory() as folder:
+        sample = Sample("bench", Path(folder) / "bench.png", Path(folder) / "bench_label.png")
+        cv2.imwrite(str(sample.image), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(sample.label), truth.astype(np.uint8))
+        (frame,) = read_frames([sample], anomaly_id=1, ignore_id=255)
         calibrator = Calibrator(pipeline, Path(folder))
-        first_pass_s = calibrator.prepare([frame], progress=False)
+        first_pass_s, _ = calibrator.prepare([frame], progress=False)
         times = []
         for threshold in np.linspace(0.5, 0.7, settings):
             start = time.perf_counter()

@@ -47,7 +47,7 @@ def test_overlay_draws_a_legend_of_the_classes_present_and_the_label():
     result = result_with_anomaly((60, 80, 100, 100))
     plain = render_overlay(image, result, legend=False)
     drawn = render_overlay(image, result)
-    legend_area = np.s_[0:40, 100:]  # top right corner
+    legend_area = np.s_[0:40, 80:]  # top right quarter: OpenCV's font metrics differ between versions
     assert (plain[legend_area] != drawn[legend_area]).any()
     for name in ("sky", "road", "mattress"):  # each present class has its swatch colour in the legend
         colour = np.array(class_colour(name))
@@ -153,6 +153,6 @@ def test_gif_keeps_the_legend_colours_exact(tmp_path):
         picture = np.asarray(gif.convert("RGB"))
         for name in result.labels:  # each swatch keeps every pixel of its exact colour
             colour = np.array(class_colour(name))
-            drawn = (frames[index][:40, 100:] == colour).all(axis=-1).sum()
-            kept = (picture[:40, 100:] == colour).all(axis=-1) & (frames[index][:40, 100:] == colour).all(axis=-1)
+            drawn = (frames[index][:40, 80:] == colour).all(axis=-1).sum()
+            kept = (picture[:40, 80:] == colour).all(axis=-1) & (frames[index][:40, 80:] == colour).all(axis=-1)
             assert drawn >= 9 and kept.sum() == drawn, (index, name)

@@ -54,7 +54,7 @@ setup(
     entry_points={
         "console_scripts": [
             "clipomaly = clipomaly_ros.tools.cli:main",
-            "clipomaly_node = clipomaly_ros.ros.node:main",
+            "clipomaly_node = clipomaly_ros.ros.process:main",
         ],
     },
 )

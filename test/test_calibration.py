@@ -234,7 +234,7 @@ def test_the_node_runs_with_the_tuned_file_and_reports_what_it_was_tuned_for(des
     environment = {**os.environ, "ROS_DOMAIN_ID": str(random.Random(os.getpid() + 7).randint(100, 200)),
                    "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4",
                    "AMENT_PREFIX_PATH": sys.prefix}
-    node = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file", str(tuned),
+    node = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "--params-file", str(tuned),
                              "-p", "publish_unconfirmed:=true", "-p", "input_reliability:=reliable", "-r",
                              "__ns:=/tuned"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)

@@ -16,7 +16,7 @@ from clipomaly_ros.core.pipeline import Clipomaly
 from clipomaly_ros.core.scenes import write_street_dataset
 from clipomaly_ros.ros.bags import typestore_with_built_msgs
 from clipomaly_ros.tools.cli import main
-from clipomaly_ros.tools.interrupt import EXIT_INTERRUPTED, GracefulStop
+from clipomaly_ros.core.interrupt import EXIT_INTERRUPTED, GracefulStop
 
 from helpers import toy_frames, write_image_bag
 

@@ -110,4 +110,4 @@ def test_console_scripts_point_at_existing_functions():
     scripts = {e.name: e for e in entry_points(group="console_scripts") if e.value.startswith("clipomaly_ros.")}
     assert set(scripts) == {"clipomaly", "clipomaly_node"}
     assert callable(scripts["clipomaly"].load())
-    assert scripts["clipomaly_node"].value == "clipomaly_ros.ros.node:main"
+    assert scripts["clipomaly_node"].value == "clipomaly_ros.ros.process:main"

@@ -67,7 +67,7 @@ class Probe:
 
 
 def start_node(params: Path, namespace: str, log: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file",
+    return subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "--params-file",
                              str(params), "-r", f"__ns:={namespace}", *extra], stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, env={**__import__("os").environ, **ROS_ENV})
 

@@ -30,7 +30,7 @@ from clipomaly_ros.ros.messages import image_msg_to_rgb  # noqa: E402
 
 from helpers import toy_frames, write_image_bag  # noqa: E402
 
-DOMAIN_ID = str(random.Random(os.getpid()).randint(100, 200))
+DOMAIN_ID = str(random.Random(os.getpid()).randint(1, 101))
 # Fast DDS's shared-memory transport stopped delivering to a subscriber after a burst of large images here;
 # UDP on loopback does not, so the tests (which send such bursts on purpose) use it.
 ROS_ENV = {"ROS_DOMAIN_ID": DOMAIN_ID, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
@@ -114,7 +114,7 @@ def nodes(tmp_path_factory):
     for namespace, transport in CAMERAS.items():
         log = open(folder / f"{namespace.strip('/')}.log", "w")
         processes[namespace] = (subprocess.Popen(
-            [sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file", str(params),
+            [sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "--params-file", str(params),
              "-p", f"input_transport:={transport}", "-r", f"__ns:={namespace}"],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ROS_ENV}), folder / log.name)
     yield processes
@@ -418,7 +418,7 @@ def test_overlay_is_published_to_subscribers(ros):
 def test_node_with_an_invalid_parameter_file_exits_with_the_reason(tmp_path):
     params = tmp_path / "bad.yaml"
     params.write_text("/**/clipomaly:\n  ros__parameters:\n    backend: toy\n    known_classes: []\n")
-    completed = subprocess.run([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file",
+    completed = subprocess.run([sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "--params-file",
                                 str(params), "-r", "__ns:=/itest_bad"], env={**os.environ, **ROS_ENV},
                                capture_output=True, text=True, timeout=60)
     assert completed.returncode == 1
@@ -451,7 +451,7 @@ def multi_camera_node(ros, tmp_path_factory):
     params.write_text(PARAMS + "    cameras: [front, rear]\n    front:\n      camera_z: 2.5\n")
     log = folder / "node.log"
     with open(log, "w") as stream:
-        process = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file",
+        process = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "--params-file",
                                     str(params), "-r", f"__ns:={MULTI}"], stdout=stream, stderr=subprocess.STDOUT,
                                    env={**os.environ, **ROS_ENV})
     kept: dict[str, list] = {}
@@ -645,7 +645,7 @@ def test_a_thousand_malformed_messages_never_stop_the_node(ros, nodes):
 def test_an_out_of_range_parameter_at_start_up_is_one_fatal_line_and_exit_code_1(tmp_path):
     params = tmp_path / "p.yaml"
     params.write_text(PARAMS)
-    completed = subprocess.run([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file",
+    completed = subprocess.run([sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "--params-file",
                                 str(params), "-p", "uncertainty_threshold:=1.7", "-r", "__ns:=/itest_range"],
                                env={**os.environ, **ROS_ENV}, capture_output=True, text=True, timeout=60)
     output = completed.stdout + completed.stderr
@@ -670,7 +670,7 @@ def test_a_node_runs_fine_tuned_weights_and_says_what_they_are(tmp_path, tiny_mo
     params = tmp_path / "p.yaml"
     params.write_text(f"/**/clipomaly:\n  ros__parameters:\n    model: {tiny_model_name}\n    checkpoint: {weights}\n"
                       "    inference_size: 128\n    device: cpu\n")
-    command = [sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file", str(params), "-r",
+    command = [sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "--params-file", str(params), "-r",
                "__ns:=/itest_tuned"]
     environment = {**os.environ, **ROS_ENV}
     process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -699,7 +699,7 @@ def test_a_node_reading_a_topic_of_another_type_says_so(ros, tmp_path):
     raw_on_the_named_topic = node.create_publisher(Image, "/itest_warn/cam/image_raw", 1)
     params = tmp_path / "p.yaml"
     params.write_text(PARAMS)
-    process = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "--params-file",
+    process = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "--params-file",
                                 str(params), "-p", "input_transport:=compressed", "-r", "__ns:=/itest_warn",
                                 "-r", "image/compressed:=/itest_warn/cam/image_raw"],
                                env={**os.environ, **ROS_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

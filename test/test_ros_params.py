@@ -37,7 +37,7 @@ class RunningNode:
         self.namespace = namespace
         self.log = log
         with open(log, "w") as stream:
-            self.process = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args",
+            self.process = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args",
                                              "-r", f"__ns:={namespace}", *arguments], stdout=stream,
                                             stderr=subprocess.STDOUT, env={**os.environ, **ROS_ENV})
 
@@ -156,7 +156,7 @@ def test_launch_overrides_apply_after_the_file(client, tmp_path):
 
 def test_missing_weights_at_start_name_the_parameters_not_command_line_flags(tmp_path):
     # the defaults: open_clip's 'openai' weights, which are not cached here and cannot be downloaded
-    completed = subprocess.run([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "-r",
+    completed = subprocess.run([sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "-r",
                                 "__ns:=/itest_noweights"], env={**os.environ, **ROS_ENV, "HF_HUB_OFFLINE": "1"},
                                capture_output=True, text=True, timeout=120)
     output = completed.stdout + completed.stderr

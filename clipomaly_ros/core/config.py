@@ -297,6 +297,10 @@ SETTINGS: tuple[Setting, ...] = (
             "/diagnostics reports ERROR (the inference thread is restarted if it has ended). Set it above the "
             "slowest frame time of the model on this machine.", "float", scope="node", minimum=0.5,
             maximum=3600.0),
+    Setting("expected_rate", 0.0, "The cameras' frame rate (Hz), for the estimate of frames missing from the "
+            "input in /diagnostics. 0: learned from the stamps of the images and camera_info (the smallest "
+            "interval seen steadily), which needs some frames to arrive back to back.", "float", scope="node",
+            minimum=0.0, maximum=1000.0),
     Setting("publish_overlay", True, "Publish 'overlay' (rgb8); it is only drawn while someone subscribes.",
             "bool", scope="node", live=True),
     Setting("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", "float", scope="node",

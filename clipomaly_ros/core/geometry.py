@@ -26,6 +26,23 @@ OPTICAL_TO_BODY = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]
 """Rotation taking optical-frame vectors (x right, y down, z forward) into the body frame (x forward, y left, z
 up)."""
 
+DOWN_ENOUGH = 0.5
+"""An image frame's y axis (image rows) must point at least this much down in the base frame (its z component
+below minus this) to be taken for an optical frame: a road camera's rows run downward, whatever its pitch."""
+
+
+def frame_convention(rotation: np.ndarray) -> str:
+    """Which convention an image's frame follows, from ``rotation`` (3x3, its vectors into a z-up base frame):
+    ``optical`` (REP-103's camera optical frame: z forward, x right, y down), ``body`` (x forward, y left, z up:
+    a camera_link published without its ``_optical`` child) or ``unknown``."""
+    rotation = np.asarray(rotation, dtype=np.float64)
+    if rotation[2, 1] < -DOWN_ENOUGH:
+        return "optical"
+    if (rotation @ OPTICAL_TO_BODY)[2, 1] < -DOWN_ENOUGH:
+        return "body"
+    return "unknown"
+
+
 CONTACT_BAND = 0.1
 """Columns whose lowest pixel lies within this fraction of the instance's height of its lowest row touch the
 ground; the others end above it (an overhang, or a part hidden behind something)."""
@@ -179,6 +196,17 @@ class GroundEstimate:
     truncated: bool = False
     along_sigma: float = 0.0
     across_sigma: float = 0.0
+    sight: tuple[float, float] | None = None
+    """The camera's line of sight to the point: a unit (x, y) vector in ``base_frame``, from the camera's origin,
+    not the base frame's (None: unknown, then taken from the base frame's origin)."""
+
+    def horizontal_covariance(self) -> np.ndarray:
+        """``(2, 2)`` covariance (m^2) of (x, y) in ``base_frame``: ``along_sigma`` along the camera's line of
+        sight, ``across_sigma`` across it."""
+        along = np.array(self.sight if self.sight is not None else (self.x, self.y), dtype=np.float64)
+        along = along / max(float(np.linalg.norm(along)), 1e-9)
+        across = np.array([-along[1], along[0]])
+        return self.along_sigma ** 2 * np.outer(along, along) + self.across_sigma ** 2 * np.outer(across, across)
 
     def to_dict(self) -> dict:
         return {"x": round(self.x, 3), "y": round(self.y, 3), "z": round(self.z, 3),
@@ -241,6 +269,7 @@ class GroundLocator:
         left, right, top_point = self._origin + edges * (reach / along)[:, None]
         middle = (left + right) / 2.0
         sight_range = float(np.linalg.norm(middle[:2] - self._origin[:2]))
+        sight_direction = (middle[:2] - self._origin[:2]) / max(sight_range, 1e-9)
         fx, fy = self.camera.k[0, 0], self.camera.k[1, 1]
         return GroundEstimate(
             x=float(middle[0]), y=float(middle[1]), z=float(self.mounting.ground_z),
@@ -248,7 +277,8 @@ class GroundLocator:
             height=float(max(0.0, top_point[2] - self.mounting.ground_z)),
             truncated=bool(y0 + lowest >= self.camera.height - 1),
             along_sigma=float(sight_range ** 2 * self.pixel_error / (fy * -drop)),
-            across_sigma=float(sight_range * self.pixel_error / fx))
+            across_sigma=float(sight_range * self.pixel_error / fx),
+            sight=(float(sight_direction[0]), float(sight_direction[1])))
 
 
 def project(camera: CameraModel, mounting: CameraMounting, points: np.ndarray) -> np.ndarray:

@@ -81,15 +81,12 @@ def existence_probability(record: AnomalyRecord) -> float:
 
 def position_covariance(ground) -> np.ndarray:
     """The row-major 6x6 pose covariance (x, y, z in m^2, then rotations about x, y, z in rad^2) in the base frame of
-    a :class:`~clipomaly_ros.core.geometry.GroundEstimate`: its ``along_sigma`` along the line of sight and
-    ``across_sigma`` across it, rotated into the frame; z from the across error (the object's height is measured
-    at the same range); rotations :data:`HEADING_VARIANCE`."""
-    along = np.array([ground.x, ground.y]) / max(ground.distance, 1e-9)
-    across = np.array([-along[1], along[0]])
-    horizontal = (ground.along_sigma ** 2 * np.outer(along, along)
-                  + ground.across_sigma ** 2 * np.outer(across, across))
+    a :class:`~clipomaly_ros.core.geometry.GroundEstimate`: its ``along_sigma`` along the camera's line of sight
+    (from the camera, wherever it is mounted) and ``across_sigma`` across it
+    (:meth:`~clipomaly_ros.core.geometry.GroundEstimate.horizontal_covariance`); z from the across error (the
+    object's height is measured at the same range); rotations :data:`HEADING_VARIANCE`."""
     covariance = np.zeros((6, 6))
-    covariance[:2, :2] = horizontal
+    covariance[:2, :2] = ground.horizontal_covariance()
     covariance[2, 2] = ground.across_sigma ** 2
     covariance[3:, 3:] = np.eye(3) * HEADING_VARIANCE
     return covariance.reshape(-1)

@@ -26,7 +26,8 @@ IMAGE_OUTPUTS = ("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances
 @dataclass
 class CameraCounters:
     """What happened to one camera's frames. ``received`` always equals ``processed + dropped + bad_inputs +
-    failed + skipped_paused`` plus the frame (at most one) waiting or in work. Guarded by the camera's lock."""
+    failed + skipped_paused + dropped_at_shutdown`` plus the frame (at most one) waiting or in work. Guarded by the
+    camera's lock. ``dropped_at_shutdown``: waiting or in work when the node was deactivated or stopped."""
 
     received: int = 0
     processed: int = 0
@@ -34,6 +35,7 @@ class CameraCounters:
     bad_inputs: int = 0
     failed: int = 0
     skipped_paused: int = 0
+    dropped_at_shutdown: int = 0
     frames_with_maps: int = 0
     published: collections.Counter = field(default_factory=collections.Counter)
     processing_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
@@ -45,35 +47,80 @@ class CameraCounters:
 class InputGaps:
     """Frames missing from a camera's input, estimated from gaps in their header stamps.
 
-    The camera's period is the median of the last intervals between stamps; a gap of ``n`` periods (rounded,
-    above 1.5) means ``n - 1`` frames that were published but never arrived: lost on the way, or never sent.
-    A repeated stamp counts nothing; a stamp that goes back (a restarted camera, a looped bag) starts the count
-    again from there, and a gap of more than ``pause`` periods is a pause of the camera, not lost frames. Plain
-    Python: fed by the node's callback."""
+    The camera's period is ``expected_period_ns`` when the camera's rate is declared, else the smallest interval
+    between stamps that recurs (``steady`` intervals within ``tolerance`` of each other, among the last
+    ``history`` intervals of the images and of camera_info, :meth:`add_reference`): a stream that loses frames
+    from its first one still has some frames back to back, while the median of its intervals would take the
+    lossy rate for the camera's own. A gap of ``n`` periods (rounded, above 1.5) means ``n - 1`` frames that were
+    published but never arrived. Every gap is kept (as a count per 0.1 ms), so when the period is learned or
+    corrected, the gaps before are counted again with it. A repeated stamp counts nothing; a stamp that goes back
+    (a restarted camera, a looped bag) starts the count again from there, and a gap of more than ``pause`` periods
+    is a pause of the camera, not lost frames. Plain Python: fed by the node's callbacks."""
 
-    def __init__(self, history: int = 31, pause: int = 20):
+    BIN_NS = 100_000
+
+    def __init__(self, expected_period_ns: float | None = None, history: int = 64, pause: int = 20, steady: int = 3,
+                 tolerance: float = 0.1):
+        self.expected_period_ns = expected_period_ns
         self.pause = pause
+        self.steady = steady
+        self.tolerance = tolerance
         self.intervals: collections.deque = collections.deque(maxlen=history)
+        self.reference_intervals: collections.deque = collections.deque(maxlen=history)
+        self.gaps: collections.Counter = collections.Counter()
+        """Every interval between received stamps, in units of :attr:`BIN_NS`, and how often it came."""
         self.last_ns: int | None = None
+        self.last_reference_ns: int | None = None
         self.missing = 0
+        self._counted_with: float | None = None
 
     @property
     def period_ns(self) -> float | None:
-        return float(np.median(self.intervals)) if len(self.intervals) >= 3 else None
+        """The camera's period (ns), or None while no interval has recurred ``steady`` times."""
+        if self.expected_period_ns:
+            return float(self.expected_period_ns)
+        values = np.sort(np.fromiter((*self.intervals, *self.reference_intervals), dtype=np.float64))
+        for index, smallest in enumerate(values):
+            close = values[index:np.searchsorted(values, smallest * (1.0 + self.tolerance), side="right")]
+            if close.size >= self.steady:
+                return float(np.median(close))
+        return None
 
     def add(self, stamp: int) -> None:
         """One received frame's header stamp in nanoseconds."""
         if self.last_ns is not None and stamp > self.last_ns:
             interval = stamp - self.last_ns
+            self.intervals.append(interval)
+            binned = round(interval / self.BIN_NS)
+            self.gaps[binned] += 1
             period = self.period_ns
-            if period is not None and interval > self.pause * period:
-                pass  # the camera paused or restarted: nothing was lost
-            elif period is not None and interval > 1.5 * period:
-                self.missing += round(interval / period) - 1
-            else:
-                self.intervals.append(interval)
+            if period != self._counted_with:
+                self._recount(period)
+            elif period is not None:
+                self.missing += self._lost_in(binned * self.BIN_NS, period)
         if stamp != self.last_ns:
             self.last_ns = stamp
+
+    def add_reference(self, stamp: int) -> None:
+        """A stamp of the camera's other stream (camera_info, sent with every frame and small, so rarely lost):
+        its intervals show the camera's period when the images lose many frames."""
+        if self.last_reference_ns is not None and stamp > self.last_reference_ns:
+            self.reference_intervals.append(stamp - self.last_reference_ns)
+            period = self.period_ns
+            if period != self._counted_with:
+                self._recount(period)
+        if stamp != self.last_reference_ns:
+            self.last_reference_ns = stamp
+
+    def _recount(self, period: float | None) -> None:
+        self._counted_with = period
+        self.missing = 0 if period is None else sum(
+            count * self._lost_in(binned * self.BIN_NS, period) for binned, count in self.gaps.items())
+
+    def _lost_in(self, interval: float, period: float) -> int:
+        if interval > self.pause * period or interval <= 1.5 * period:
+            return 0  # a pause or restart of the camera, or no frame lost
+        return round(interval / period) - 1
 
 
 def mean_and_p95(values) -> tuple[float, float]:
@@ -89,7 +136,8 @@ class CameraStream:
     ``follower`` (tracks and ground geometry, fed its camera_info) and its counters. ``publish`` sends one frame's
     outputs, building only those that have subscribers."""
 
-    def __init__(self, name: str, publishers: dict[str, Any], factory: MessageFactory, follower: AnomalyFollower):
+    def __init__(self, name: str, publishers: dict[str, Any], factory: MessageFactory, follower: AnomalyFollower,
+                 expected_rate: float = 0.0):
         self.name = name
         self.prefix = f"{name}/" if name else ""
         self.publishers = publishers
@@ -98,9 +146,9 @@ class CameraStream:
         self.counters = CameraCounters()
         self.lock = threading.Lock()
         self._published_labels: tuple | None = None
-        self.gaps = InputGaps()
-        self.input_qos = "not subscribed yet"
-        """The input subscription's reliability and why, for /diagnostics (the node sets it)."""
+        self.gaps = InputGaps(1e9 / expected_rate if expected_rate > 0 else None)
+        self.image_input = None
+        """Its :class:`~.image_input.ImageInput` while subscribed (the node sets it): the reliability and why."""
         self.mounting_source = "not known yet (no frame processed)"
         """Where the camera's mounting in the base frame came from for the last frame, for /diagnostics."""
 
@@ -109,6 +157,13 @@ class CameraStream:
         with self.lock:
             self.counters.received += 1
             self.gaps.add(stamp_ns(header))
+
+    def camera_info_arrived(self, info: Any) -> None:
+        """A camera_info message: its calibration for the 3D outputs, its stamp for the estimate of missing
+        frames."""
+        with self.lock:
+            self.gaps.add_reference(stamp_ns(info.header))
+        self.follower.set_camera_info(info)
 
     def wanted_outputs(self, overlay_allowed: bool) -> list[str]:
         """The image outputs that someone subscribes to now."""
@@ -120,10 +175,13 @@ class CameraStream:
         outputs (with a calibration), ``label_info`` (when the mapping changed) and the wanted image outputs."""
         frame = self.follower.update(result, stamp_ns(header), config)
         wanted = self.wanted_outputs(overlay_allowed)
-        # republished when an id's name changes, and when the vocabulary changed (a name moved between known
-        # classes and anomalies even if the list reads the same)
-        labels = (tuple(result.labels), result.known_count)
-        messages = self.factory.result_messages(header, result, frame, wanted, autoware_style(config))
+        # republished when an id's name changes, when the vocabulary changed (a name moved between known classes
+        # and anomalies even if the list reads the same) and when the threshold it carries changed: the latched
+        # message is what a late subscriber reads
+        labels = (tuple(result.labels), result.known_count, float(config.uncertainty_threshold))
+        messages = self.factory.result_messages(
+            header, result, frame, wanted, autoware_style(config) if "anomalies_objects" in self.publishers else None,
+            available=self.publishers)
         messages.update(picture_messages(self.factory, header, image, result, wanted, frame.published))
         if labels != self._published_labels:
             messages["label_info"] = self.factory.label_info(header, result.labels, config.uncertainty_threshold)
@@ -164,6 +222,7 @@ class CameraStream:
                 "frames received": counters.received, "frames processed": counters.processed,
                 "frames dropped": counters.dropped, "bad inputs": counters.bad_inputs,
                 "failed frames": counters.failed, "frames skipped while paused": counters.skipped_paused,
+                "frames dropped at shutdown": counters.dropped_at_shutdown,
                 "processed fps": f"{fps:.2f}", "processing ms": f"{processing:.1f}",
                 "processing ms p95": f"{processing_p95:.1f}",
                 "output ms": f"{mean_and_p95(counters.output_ms)[0]:.1f}",
@@ -171,7 +230,7 @@ class CameraStream:
                 "input to output latency ms p95": f"{latency_p95:.1f}",
                 "frames with full-resolution maps": counters.frames_with_maps,
                 "frames missing from the input (estimated)": self.gaps.missing,
-                "input qos": self.input_qos,
+                "input qos": self.image_input.qos_reason if self.image_input is not None else "not subscribed",
                 "mounting": self.mounting_source,
             }
             report.update({f"published {topic}": count for topic, count in sorted(counters.published.items())})

@@ -14,7 +14,7 @@ from __future__ import annotations
 import array as pyarray
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import cv2
 import numpy as np
@@ -420,12 +420,14 @@ class MessageFactory:
 
     def result_messages(self, header: Any, result: SegmentationResult, frame: PlannerFrame,
                         wanted=("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances"),
-                        autoware: tuple[AutowareLabels, str] | None = None) -> dict[str, Any]:
+                        autoware: tuple[AutowareLabels, str] | None = None,
+                        available: Collection[str] | None = None) -> dict[str, Any]:
         """The per-frame messages but the pictures (:func:`picture_messages`) and ``label_info``, keyed by
         relative topic name: ``anomalies`` and ``anomalies_on_road`` always; ``anomalies_3d``, ``anomaly_markers``,
         ``anomaly_points`` and, given ``autoware`` (labels and shape, :meth:`detected_objects`),
         ``anomalies_objects`` (stamped like ``header``, in ``frame.base_frame``) when the camera is calibrated; and
-        the image outputs named in ``wanted``. Maps not wanted are never computed."""
+        the image outputs named in ``wanted``. Maps not wanted are never computed. ``available``: the outputs whose
+        message package is installed (default: all); the others are never built."""
         build = {
             "semantic": lambda: self.image(header, result.semantic, "mono16"),
             "anomaly_score": lambda: self.image(header, result.anomaly_score, "32FC1"),
@@ -436,11 +438,13 @@ class MessageFactory:
                     "anomalies_on_road": self.detections(header, [r for r in frame.published if r.on_road])}
         if frame.no_3d_reason is None:
             base_header = self.type("std_msgs/msg/Header")(stamp=header.stamp, frame_id=frame.base_frame)
-            messages["anomalies_3d"] = self.detections_3d(base_header, frame.located)
-            messages["anomaly_markers"] = self.markers(base_header, frame.located)
-            messages["anomaly_points"] = self.points(base_header, frame.located)
+            located = {"anomalies_3d": lambda: self.detections_3d(base_header, frame.located),
+                       "anomaly_markers": lambda: self.markers(base_header, frame.located),
+                       "anomaly_points": lambda: self.points(base_header, frame.located)}
             if autoware is not None:
-                messages["anomalies_objects"] = self.detected_objects(base_header, frame.located, *autoware)
+                located["anomalies_objects"] = lambda: self.detected_objects(base_header, frame.located, *autoware)
+            messages.update({name: make() for name, make in located.items()
+                             if available is None or name in available})
         messages.update({name: make() for name, make in build.items() if name in wanted})
         return messages
 
@@ -453,8 +457,11 @@ FLOAT32 = 7  # sensor_msgs/PointField
 
 
 def line_of_sight(ground) -> np.ndarray:
-    """The unit ``(2,)`` horizontal direction from the base frame's origin to a ground estimate: the axis along which
-    an anomaly's box extends :data:`ASSUMED_DEPTH_M` behind its front."""
+    """The unit ``(2,)`` horizontal direction from the camera to a ground estimate (from the base frame's origin
+    for an estimate that does not know its camera): the axis along which an anomaly's box extends
+    :data:`ASSUMED_DEPTH_M` behind its front."""
+    if getattr(ground, "sight", None) is not None:
+        return np.asarray(ground.sight, dtype=np.float64)
     return np.array([ground.x, ground.y]) / max(ground.distance, 1e-9)
 
 
@@ -509,6 +516,9 @@ def uint8_array(array: np.ndarray) -> pyarray.array:
     return data
 
 
+OPTIONAL_OUTPUTS = ("anomalies_objects", "anomaly_markers")
+"""Outputs whose message package (autoware_perception_msgs, visualization_msgs) the node can run without: an
+output whose type is not installed is off, with one warning."""
 OUTPUT_TYPES = {
     "anomalies": "vision_msgs/msg/Detection2DArray",
     "anomalies_on_road": "vision_msgs/msg/Detection2DArray",

@@ -35,9 +35,9 @@ while another of the same camera waits replaces it and is counted as dropped.
 from __future__ import annotations
 
 import functools
+import sys
 import gc
 import importlib
-import sys
 import threading
 import time
 import traceback
@@ -49,10 +49,11 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool
 from tf2_msgs.msg import TFMessage
@@ -67,9 +68,11 @@ from ..core.frames import FrameTree
 from ..core.planning import AnomalyFollower
 from .autoware import autoware_style
 from .camera import CameraStream, LatestFrames, Watchdog, decode_frame
-from .messages import (DECODERS, OUTPUT_TYPES, ImageConversionError, MessageFactory, compressed_msg_to_device,
-                       uint8_array)
+from .messages import (DECODERS, OPTIONAL_OUTPUTS, OUTPUT_TYPES, ImageConversionError, MessageFactory,
+                       compressed_msg_to_device, uint8_array)
 from ..core.vocabulary import VocabularyError
+from ..core.interrupt import GracefulStop, StopRequested
+from .image_input import ImageInput
 from .transforms import MountingFinder, add_transforms
 
 PARAMETER_TYPES = {
@@ -81,6 +84,9 @@ INT_LIMIT = 2 ** 31 - 1
 PLANNER_OUTPUTS = ("anomalies", "anomalies_on_road", "anomalies_3d", "anomaly_markers", "anomaly_points",
                    "anomalies_objects")
 """Small per-frame messages a planner acts on: their publishers keep more history than the images'."""
+FINAL_COUNTS = ("frames received", "frames processed", "frames dropped", "bad inputs", "failed frames",
+                "frames skipped while paused", "frames dropped at shutdown")
+"""The counters of the node's last log line."""
 WARM_UP_SIZE = (720, 1280)
 """(height, width) of the frames a compiled runtime is warmed up for at start: the common vehicle camera; other
 sizes compile once on their first frame."""
@@ -122,13 +128,20 @@ class ClipomalyNode(LifecycleNode):
     docstring). A lifecycle node: with ``managed: false`` (the default) it configures and activates itself at
     start, with ``managed: true`` it waits unconfigured for a lifecycle manager."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, autostart: bool = True, **kwargs):
+        """``autostart``: start at once (:meth:`start`); ``main`` starts the node itself, so that a signal during
+        start-up finds the node to tear down."""
         super().__init__(NODE_NAME, **kwargs)
         self.pipeline = None
         self.active = False
         self._running = False
         self._failure = ""
         self._batch_lock = threading.Lock()
+        self._in_work: set[str] = set()
+        """Cameras whose frame the worker holds; each is settled once (:meth:`_settle`), by the worker or, after
+        the join time-out at shutdown, as dropped."""
+        self._in_work_lock = threading.Lock()
+        self._outputs_off: set[str] = set()
         self.frame_tree = FrameTree()
         self.mounting_finder = MountingFinder(self.frame_tree)
         self.transforms_rejected = 0
@@ -138,6 +151,12 @@ class ClipomalyNode(LifecycleNode):
             self.get_logger().fatal(f"cannot start: {error}")
             raise StartupError(str(error)) from None
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        if autostart:
+            self.start()
+
+    def start(self) -> None:
+        """With ``managed: false``, configure and activate (raises :class:`StartupError` after logging why not);
+        with ``managed: true``, wait for a lifecycle manager."""
         if self.managed:
             self.get_logger().info("managed: unconfigured, waiting for a lifecycle manager (or `ros2 lifecycle set "
                                    f"{self.get_fully_qualified_name()} configure`, then activate)")
@@ -232,10 +251,13 @@ class ClipomalyNode(LifecycleNode):
         for name, camera in self.cameras.items():
             info_topic = self.resolve_topic_name(f"{camera.prefix}camera_info")
             self.camera_info_subscriptions[name] = self.create_subscription(
-                CameraInfo, info_topic, camera.follower.set_camera_info,
+                CameraInfo, info_topic, camera.camera_info_arrived,
                 QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
             topic = f"{camera.prefix}image/compressed" if compressed else f"{camera.prefix}image"
-            self._subscribe_images(camera, self.resolve_topic_name(topic))
+            self.image_inputs[name] = ImageInput(
+                self, self.input_type, self.resolve_topic_name(topic), self.input_reliability,
+                lambda msg, camera=camera: self._on_image(camera, msg), self.get_logger().info)
+            camera.image_input = self.image_inputs[name]
         # as tf2's listener reads them: /tf_static latched, /tf reliable
         self.transform_subscriptions = [
             self.create_subscription(TFMessage, "/tf_static", self._on_transforms,
@@ -245,8 +267,8 @@ class ClipomalyNode(LifecycleNode):
                                      QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))]
         self.topic_check_timer = self.create_timer(2.0, self._check_input_topics)
         self.active = True
-        topics = ", ".join(f"{s.topic_name} ({self.cameras[name].input_qos})"
-                           for name, s in self.subscriptions_by_camera.items())
+        topics = ", ".join(f"{image_input.topic} ({image_input.qos_reason})"
+                           for image_input in self.image_inputs.values())
         self.get_logger().info(f"active: listening on {topics}, {self.input_transport}")
         return TransitionCallbackReturn.SUCCESS
 
@@ -256,7 +278,7 @@ class ClipomalyNode(LifecycleNode):
         self.active = False
         self._unsubscribe()
         for name in self.frames.clear():
-            self.cameras[name].count("skipped_paused")
+            self.cameras[name].count("dropped_at_shutdown")
         with self._batch_lock:  # the batch in work, if any, has published or given up
             pass
         self.watchdog.progress()
@@ -317,7 +339,7 @@ class ClipomalyNode(LifecycleNode):
         if compressed and torch.device(self.device).type == "cuda":  # JPEG decoded by nvJPEG, never by the CPU
             self._decode = functools.partial(compressed_msg_to_device, device=torch.device(self.device))
         self.cameras: dict[str, CameraStream] = {}
-        self.subscriptions_by_camera = {}
+        self.image_inputs = {}
         self.camera_info_subscriptions = {}
         self.transform_subscriptions = []
         self.topic_check_timer = None
@@ -325,7 +347,8 @@ class ClipomalyNode(LifecycleNode):
             prefix = f"{name}/" if name else ""
             info_topic = self.resolve_topic_name(f"{prefix}camera_info")
             self.cameras[name] = CameraStream(name, self._create_outputs(prefix), self.factory,
-                                              AnomalyFollower(self.pipeline.name_embeddings, info_topic))
+                                              AnomalyFollower(self.pipeline.name_embeddings, info_topic),
+                                              values["expected_rate"])
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.enable_service = self.create_service(SetBool, "~/enable", self._on_enable)
         self.diagnostics_timer = self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
@@ -336,10 +359,13 @@ class ClipomalyNode(LifecycleNode):
                                                              else ""))
 
     def _unsubscribe(self) -> None:
-        for subscription in [*self.subscriptions_by_camera.values(), *self.camera_info_subscriptions.values(),
-                             *self.transform_subscriptions]:
+        for image_input in self.image_inputs.values():
+            image_input.destroy()
+        for camera in getattr(self, "cameras", {}).values():
+            camera.image_input = None
+        for subscription in [*self.camera_info_subscriptions.values(), *self.transform_subscriptions]:
             self.destroy_subscription(subscription)
-        self.subscriptions_by_camera, self.camera_info_subscriptions, self.transform_subscriptions = {}, {}, []
+        self.image_inputs, self.camera_info_subscriptions, self.transform_subscriptions = {}, {}, []
         if self.topic_check_timer is not None:
             self.destroy_timer(self.topic_check_timer)
             self.topic_check_timer = None
@@ -355,7 +381,7 @@ class ClipomalyNode(LifecycleNode):
         if worker is not None and worker.is_alive() and worker is not threading.current_thread():
             worker.join(timeout=30.0)
         self.worker = None
-        if getattr(self, "subscriptions_by_camera", None) is not None:
+        if getattr(self, "image_inputs", None) is not None:
             self._unsubscribe()
         for camera in getattr(self, "cameras", {}).values():
             for publisher in camera.publishers.values():
@@ -381,45 +407,28 @@ class ClipomalyNode(LifecycleNode):
             self.get_logger().warning(f"left out {len(problems)} transform(s): {'; '.join(problems[:3])}",
                                       throttle_duration_sec=10.0)
 
-    # input QoS ----------------------------------------------------------------------------------------------
-    def _matching_reliability(self, topic: str) -> tuple[ReliabilityPolicy, str]:
-        """The reliability to read ``topic`` with, and why: the setting's, or with ``auto`` the publishers' (reliable
-        only when every publisher is: a best-effort reader takes both kinds, a reliable one only reliable
-        writers)."""
-        if self.input_reliability != "auto":
-            policy = (ReliabilityPolicy.RELIABLE if self.input_reliability == "reliable"
-                      else ReliabilityPolicy.BEST_EFFORT)
-            return policy, f"{self.input_reliability} (set)"
-        publishers = self.get_publishers_info_by_topic(topic)
-        if not publishers:
-            return ReliabilityPolicy.BEST_EFFORT, "best_effort (auto: no publisher yet)"
-        if all(info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in publishers):
-            return ReliabilityPolicy.RELIABLE, f"reliable (auto: {len(publishers)} reliable publisher(s))"
-        return ReliabilityPolicy.BEST_EFFORT, (f"best_effort (auto: {len(publishers)} publisher(s), not all "
-                                               "reliable)")
-
-    def _subscribe_images(self, camera: CameraStream, topic: str) -> None:
-        """(Re)subscribe ``camera``'s image input on ``topic`` with depth 1 and the matching reliability."""
-        policy, reason = self._matching_reliability(topic)
-        old = self.subscriptions_by_camera.get(camera.name)
-        if old is not None:
-            if old.qos_profile.reliability == policy:
-                camera.input_qos = reason
-                return
-            self.destroy_subscription(old)
-            self.get_logger().info(f"{topic}: now subscribed {reason}")
-        self.subscriptions_by_camera[camera.name] = self.create_subscription(
-            self.input_type, topic, lambda msg, camera=camera: self._on_image(camera, msg),
-            QoSProfile(depth=1, reliability=policy))
-        camera.input_qos = reason
-
     # start-up ------------------------------------------------------------------------------------------------
     def _create_outputs(self, prefix: str) -> dict:
         # reliable, with room for a few frames: a lost fragment is re-sent only after the writer's next
         # heartbeat, and a shorter history would already have let the sample go by then
-        publishers = {topic: self.create_publisher(ros_type(type_name), prefix + topic,
-                                                   10 if topic in PLANNER_OUTPUTS else 5)
-                      for topic, type_name in OUTPUT_TYPES.items() if topic != "label_info"}
+        publishers = {}
+        for topic, type_name in OUTPUT_TYPES.items():
+            if topic == "label_info":
+                continue
+            try:
+                message_type = ros_type(type_name)
+            except (ImportError, AttributeError) as error:
+                if topic not in OPTIONAL_OUTPUTS:
+                    raise ConfigError(f"the message type {type_name} of output '{topic}' is not installed "
+                                      f"({error}): install its package") from None
+                if topic not in self._outputs_off:
+                    self._outputs_off.add(topic)
+                    self.get_logger().warning(f"output '{topic}' is off: its message type {type_name} is not "
+                                              f"installed ({type(error).__name__}: {error}); install "
+                                              f"{type_name.split('/')[0]} to have it")
+                continue
+            publishers[topic] = self.create_publisher(message_type, prefix + topic,
+                                                      10 if topic in PLANNER_OUTPUTS else 5)
         # latched: transient local with a depth of 1, so a late subscriber's first message is the mapping in force
         # now, never an older vocabulary
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -509,6 +518,14 @@ class ClipomalyNode(LifecycleNode):
         return worker
 
     def _work(self, frames: LatestFrames) -> None:
+        try:
+            self._serve(frames)
+        except Exception:
+            if self._running:
+                raise  # the watchdog sees the thread gone, says so and starts another
+            # stopping: the node and its context may be gone under a frame that outlived the join time-out
+
+    def _serve(self, frames: LatestFrames) -> None:
         while self._running:
             waiting = frames.take_all(timeout=0.2)
             if not waiting:
@@ -517,15 +534,23 @@ class ClipomalyNode(LifecycleNode):
                 with self._batch_lock:
                     if not self.active:  # deactivated while the frames waited
                         for name in waiting:
-                            self.cameras[name].count("skipped_paused")
+                            self.cameras[name].count("dropped_at_shutdown")
                         continue
+                    with self._in_work_lock:
+                        self._in_work = set(waiting)
                     self._work_on(waiting)
             except Exception as error:  # a bug here must cost one batch, never the thread
                 for name in waiting:
-                    self.cameras[name].count("failed")
+                    if self._settle(name):
+                        self.cameras[name].count("failed")
+                if not self._running:
+                    continue
                 self.get_logger().error(f"processing failed: {type(error).__name__}: {error}",
                                         throttle_duration_sec=5.0)
             finally:
+                for name in waiting:  # a frame that no branch above counted is dropped, never lost
+                    if self._settle(name):
+                        self.cameras[name].count("dropped_at_shutdown")
                 self.watchdog.progress()  # every waiting frame was processed, rejected or failed
 
     def _work_on(self, waiting: dict) -> None:
@@ -535,7 +560,8 @@ class ClipomalyNode(LifecycleNode):
             try:
                 frames.append((camera, msg, received, decode_frame(self._decode, msg, self.max_input_pixels)))
             except ImageConversionError as error:
-                camera.count("bad_inputs")
+                if self._settle(camera.name):
+                    camera.count("bad_inputs")
                 self.get_logger().warning(f"{camera.name or 'image'}: skipped a bad input image: {error}",
                                           throttle_duration_sec=5.0)
         if frames:
@@ -552,10 +578,17 @@ class ClipomalyNode(LifecycleNode):
                     self._process([frame])
                 return
             camera = frames[0][0]
-            camera.count("failed")
+            if not self._running:  # stopping: the frame is dropped at shutdown, not failed
+                self._drop_in_work()
+                return
+            if self._settle(camera.name):
+                camera.count("failed")
             self.get_logger().error(f"{camera.name or 'image'}: segmentation failed: "
                                     f"{traceback.format_exc(limit=1).strip().splitlines()[-1]}",
                                     throttle_duration_sec=5.0)
+            return
+        if not self._running:  # stopped while the batch ran: its outputs would go to destroyed publishers
+            self._drop_in_work()
             return
         for (camera, msg, received, image), result in zip(frames, results):
             started = time.perf_counter()
@@ -563,12 +596,30 @@ class ClipomalyNode(LifecycleNode):
                 camera.publish(msg.header, on_host(image), result, self._camera_config(camera, msg.header.frame_id),
                                self.publish_overlay)
             except Exception as error:  # the node must outlive any one frame
-                camera.count("failed")
+                if self._settle(camera.name):
+                    camera.count("failed")
                 self.get_logger().error(f"{camera.name or 'image'}: publishing failed: {type(error).__name__}: "
                                         f"{error}", throttle_duration_sec=5.0)
                 continue
             done = time.perf_counter()
-            camera.record_processed(result.timings_ms["total"], 1000.0 * (done - started), 1000.0 * (done - received))
+            if self._settle(camera.name):
+                camera.record_processed(result.timings_ms["total"], 1000.0 * (done - started),
+                                        1000.0 * (done - received))
+
+    def _settle(self, camera: str) -> bool:
+        """True the first time ``camera``'s frame in work gets its outcome: exactly one counter counts it."""
+        with self._in_work_lock:
+            if camera not in self._in_work:
+                return False
+            self._in_work.discard(camera)
+            return True
+
+    def _drop_in_work(self) -> None:
+        """Count every frame in work that has no outcome yet as dropped at shutdown."""
+        with self._in_work_lock:
+            names, self._in_work = self._in_work, set()
+        for name in names:
+            self.cameras[name].count("dropped_at_shutdown")
 
     def _camera_config(self, camera: CameraStream, frame_id: str) -> ClipomalyConfig:
         """The settings for one camera's frame: its own mounting parameters over the node's, then the mounting
@@ -578,7 +629,9 @@ class ClipomalyNode(LifecycleNode):
         config, source = self.mounting_finder.find(frame_id, config.replace(**mounting) if mounting else config)
         if source != camera.mounting_source:
             camera.mounting_source = source
-            self.get_logger().info(f"{camera.name or 'image'}: camera mounting from {source}")
+            log = self.get_logger().info if self.mounting_finder.last_convention == "optical" \
+                else self.get_logger().warning
+            log(f"{camera.name or 'image'}: camera mounting from {source}")
         return config
 
     def _check_worker(self) -> str | None:
@@ -604,7 +657,8 @@ class ClipomalyNode(LifecycleNode):
                   "dictionary names": len(vocabulary.dictionary), "device": self.device, "enabled": self.enabled,
                   "lifecycle state": "active" if self.active else "inactive",
                   "inference thread restarts": self.worker_restarts, "transforms known": len(self.frame_tree),
-                  "transforms left out": self.transforms_rejected}
+                  "transforms left out": self.transforms_rejected,
+                  "outputs off (message type not installed)": ", ".join(sorted(self._outputs_off)) or "none"}
         statuses = []
         for name, camera in self.cameras.items():
             values = {**camera.report(), **common}
@@ -637,15 +691,43 @@ class ClipomalyNode(LifecycleNode):
         topic, say): then no data would ever arrive."""
         expected = "sensor_msgs/msg/CompressedImage" if self.input_type is CompressedImage else "sensor_msgs/msg/Image"
         types = dict(self.get_topic_names_and_types())
-        for name, subscription in list(self.subscriptions_by_camera.items()):
-            topic = subscription.topic_name
-            self._subscribe_images(self.cameras[name], topic)  # publishers come and go: match them again
+        for image_input in list(self.image_inputs.values()):
+            topic = image_input.topic
+            image_input.rematch()  # publishers come and go; a best-effort one gives a reliable reader no event
             found = [kind for kind in types.get(topic, []) if kind != expected]
             if found and topic not in self._warned_topics:
                 self._warned_topics.add(topic)
                 self.get_logger().warning(
                     f"{topic} carries {', '.join(found)}, but this node reads {expected} there: check "
                     "input_transport (compressed input reads <image>/compressed) and the image_topic remapping")
+
+    def shut_down(self, reason: str, join_timeout: float = 1.5) -> None:
+        """Stop for good, within about ``join_timeout`` seconds: no new frame is taken, the frames waiting and the
+        batch still in work after the time-out are counted as ``dropped at shutdown``, and one log line says why
+        the node stopped with each camera's final counts (also sent as a last /diagnostics)."""
+        self.active = False
+        self._running = False
+        frames = getattr(self, "frames", None)
+        if frames is not None:
+            for name in frames.clear():
+                self.cameras[name].count("dropped_at_shutdown")
+            frames.close()
+        worker = getattr(self, "worker", None)
+        if worker is not None and worker.is_alive():
+            worker.join(timeout=join_timeout)
+            if worker.is_alive():  # a frame longer than the time-out: the thread is a daemon, its frame is lost
+                self._drop_in_work()
+                self.worker = None
+        cameras = getattr(self, "cameras", {})
+        counts = "; ".join(f"{name or 'image'}: " + ", ".join(
+            f"{value} {key}" for key, value in camera.report().items()
+            if key in FINAL_COUNTS) for name, camera in cameras.items())
+        self.get_logger().info(f"stopping: {reason}" + (f"; {counts}" if counts else ""))
+        if getattr(self, "diagnostics_publisher", None) is not None and self.pipeline is not None:
+            try:
+                self._publish_diagnostics()
+            except Exception as error:  # noqa: BLE001 - the log line above already holds the counts
+                self.get_logger().warning(f"the last /diagnostics was not sent: {type(error).__name__}: {error}")
 
     def destroy_node(self):
         self.active = False
@@ -658,22 +740,31 @@ class ClipomalyNode(LifecycleNode):
         return super().destroy_node()
 
 
-def main(args=None) -> int:
-    rclpy.init(args=args)
+def spin_until_stopped(stop: GracefulStop, args=None) -> int:
+    """Start the node and spin it until ``stop`` is requested or ROS shuts down, then tear it down; returns the
+    exit status (see :func:`clipomaly_ros.ros.process.main`). ``stop.raising`` is on while the node starts."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
-        node = ClipomalyNode()
-        rclpy.spin(node)
+        node = ClipomalyNode(autostart=False)
+        node.start()
+        stop.raising = False
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.requested and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except StartupError:
         return 1  # the node has logged the reason as FATAL
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except (StopRequested, ExternalShutdownException):
         pass
     finally:
+        stop.raising = False
         if node is not None:
+            node.shut_down(f"{stop.signal_name} received" if stop.requested else "ROS shut down")
             node.destroy_node()
+        elif stop.requested:
+            print(f"clipomaly_node: stopping: {stop.signal_name} received while starting", file=sys.stderr,
+                  flush=True)
         rclpy.try_shutdown()
-    return 0
+    return stop.exit_code
 
-
-if __name__ == "__main__":
-    sys.exit(main())

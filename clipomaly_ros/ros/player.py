@@ -9,19 +9,23 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ..core.interrupt import GracefulStop
 from .bags import BagError, open_bag
 
 
 def play(bag: str | Path, topics: Sequence[str] | None = None, rate: float = 1.0, loop: bool = False,
          remap: dict[str, str] | None = None, wait_for_subscribers: float = 3.0, reliable: bool = False,
-         log=print) -> dict[str, int]:
+         log=print, stop: GracefulStop | None = None) -> dict[str, int]:
     """Publish ``bag`` (all topics, or ``topics``, named as recorded) at ``rate`` x the recorded speed, each
     under its ``remap`` name if it has one; returns messages per published topic name.
 
     Playback starts once every topic has a subscriber, or after ``wait_for_subscribers`` seconds. Messages go out
-    best effort, as camera drivers publish, unless ``reliable``."""
+    best effort, as camera drivers publish, unless ``reliable``. It ends early, within 0.1 s and between two
+    messages, once ``stop`` is requested (SIGINT, SIGTERM): rclpy's own signal handlers are off, as they would
+    shut the context down under a publish in flight."""
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.signals import SignalHandlerOptions
 
     from .node import ros_type
 
@@ -34,7 +38,9 @@ def play(bag: str | Path, topics: Sequence[str] | None = None, rate: float = 1.0
         missing = set(topics or ()) - {c.topic for c in connections}
         if missing:
             raise BagError(f"topics not in the bag: {', '.join(sorted(missing))}")
-        rclpy.init(args=[])  # not sys.argv: the command line's own arguments are no ROS arguments
+        stopped = (lambda: stop.requested) if stop is not None else (lambda: False)
+        # not sys.argv: the command line's own arguments are no ROS arguments
+        rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
         node = rclpy.create_node("clipomaly_player")
         try:
             qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if reliable
@@ -50,21 +56,23 @@ def play(bag: str | Path, topics: Sequence[str] | None = None, rate: float = 1.0
                 publishers[connection.id] = (name, node.create_publisher(message_type, name, qos))
             # messages sent before a subscriber has matched are lost: wait (bounded) until every topic has one
             deadline = time.monotonic() + wait_for_subscribers
-            while time.monotonic() < deadline and not all(
+            while time.monotonic() < deadline and not stopped() and not all(
                     publisher.get_subscription_count() for _, publisher in publishers.values()):
                 time.sleep(0.05)
             lonely = sorted(topic for topic, publisher in publishers.values() if not publisher.get_subscription_count())
             if lonely:
                 log(f"no subscriber after {wait_for_subscribers:.1f} s for: {', '.join(lonely)}; publishing anyway")
             time.sleep(0.2)  # matching is seen by the publisher slightly before the subscriber is ready
-            while True:
+            while not stopped():
                 start_wall, start_bag = time.monotonic(), None
                 for connection, timestamp, raw in reader.messages(
                         connections=[c for c in connections if c.id in publishers]):
                     start_bag = timestamp if start_bag is None else start_bag
-                    delay = (timestamp - start_bag) / 1e9 / rate - (time.monotonic() - start_wall)
-                    if delay > 0:
-                        time.sleep(delay)
+                    due = start_wall + (timestamp - start_bag) / 1e9 / rate
+                    while not stopped() and time.monotonic() < due:
+                        time.sleep(min(0.1, due - time.monotonic()))
+                    if stopped():
+                        break
                     topic, publisher = publishers[connection.id]
                     publisher.publish(bytes(raw))
                     published[topic] = published.get(topic, 0) + 1

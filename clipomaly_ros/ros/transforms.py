@@ -9,7 +9,7 @@ from typing import Any
 
 from ..core.config import ClipomalyConfig
 from ..core.frames import FrameTree, RigidTransform
-from ..core.geometry import CameraMounting
+from ..core.geometry import OPTICAL_TO_BODY, CameraMounting, frame_convention
 
 
 def add_transforms(tree: FrameTree, message: Any) -> list[str]:
@@ -45,10 +45,14 @@ class MountingFinder:
     def __init__(self, tree: FrameTree, source_name: str = "/tf_static, /tf"):
         self.tree = tree
         self.source_name = source_name
+        self.last_convention = "optical"
+        """The convention of the last image frame found in the transforms (see
+        :func:`~clipomaly_ros.core.geometry.frame_convention`): anything but ``optical`` deserves a warning."""
 
     def find(self, frame_id: str, config: ClipomalyConfig) -> tuple[ClipomalyConfig, str]:
         """``(config, source)``: ``config`` with the mounting in force, and what it came from in words (for the
         log and /diagnostics)."""
+        self.last_convention = "optical"
         if not config.mounting_from_tf:
             return config, "parameters (mounting_from_tf is false)"
         if not frame_id.strip("/"):
@@ -58,6 +62,18 @@ class MountingFinder:
             return config, (f"parameters (no transform from {config.base_frame} to '{frame_id.lstrip('/')}' on "
                             f"{self.source_name})")
         transform, frames = found
-        mounting = CameraMounting.from_optical_pose(config.base_frame, transform.rotation, transform.translation,
+        chain = f"{self.source_name}: {' <- '.join(reversed(frames))}"
+        rotation = transform.rotation
+        convention = self.last_convention = frame_convention(rotation)
+        frame = frame_id.lstrip("/")
+        if convention == "unknown":
+            return config, (f"parameters ('{frame}' is not an optical frame (z forward, x right, y down, REP-103) "
+                            f"nor x-forward in {chain}: publish the images in the camera's optical frame)")
+        if convention == "body":
+            # x forward, z up: a camera_link. Its optical frame is the same point turned by REP-103's rotation
+            rotation = rotation @ OPTICAL_TO_BODY
+            chain += (f" ('{frame}' is x-forward, not an optical frame: REP-103's optical rotation applied; publish "
+                      "the images in its _optical frame)")
+        mounting = CameraMounting.from_optical_pose(config.base_frame, rotation, transform.translation,
                                                     config.ground_z)
-        return config.replace(**mounting.as_settings()), f"{self.source_name}: {' <- '.join(reversed(frames))}"
+        return config.replace(**mounting.as_settings()), chain

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.config import BACKENDS, DENSE_METHODS, RUNTIMES, WINDOW_LAYOUTS, ConfigError, default_parameter_file, load_config, split_names
 from ..core.images import read_rgb
-from .interrupt import EXIT_INTERRUPTED, GracefulStop
+from ..core.interrupt import EXIT_INTERRUPTED, GracefulStop
 
 LOG = logging.getLogger("clipomaly")
 
@@ -349,9 +349,12 @@ def run_play(args: argparse.Namespace) -> int:
     if bad:
         raise ValueError(f"--remap {bad[0]!r}: write FROM:=TO, for example /camera/image_raw:=/cam1/image")
     remap = dict(item.split(":=", 1) for item in args.remap)
-    counts = play(args.bag, topics=args.topics, rate=args.rate, loop=args.loop, remap=remap, reliable=args.reliable)
-    print("published " + (", ".join(f"{n} on {t}" for t, n in sorted(counts.items())) or "nothing"))
-    return 0
+    with GracefulStop(announce=None) as stop:
+        counts = play(args.bag, topics=args.topics, rate=args.rate, loop=args.loop, remap=remap,
+                      reliable=args.reliable, stop=stop)
+    print("published " + (", ".join(f"{n} on {t}" for t, n in sorted(counts.items())) or "nothing")
+          + (f" (stopped by {stop.signal_name})" if stop.requested else ""))
+    return stop.exit_code
 
 
 @subcommand

@@ -31,9 +31,12 @@ import numpy as np
 
 from ..core.scenes import DRIVE_CAMERA, drive_camera, perspective_drive
 from ..ros.messages import stamp_ns
-from .interrupt import GracefulStop
+from ..core.interrupt import GracefulStop
 
 NAMESPACE = "/demo"
+DOMAIN_ID_MAX = 101
+"""The largest ROS_DOMAIN_ID that every RMW accepts on Linux without its ports reaching the ephemeral range
+(the demo draws from 1 to this; 0 is the default domain, which other ROS programs on the machine use)."""
 READY_TIMEOUT_S = 300.0  # real weights can take minutes to load and to encode the naming dictionary once
 ANSWER_TIMEOUT_S = 300.0  # real CLIP on a busy CPU may take a minute a frame, the toy backend well under a second
 RESEND_AFTER_S = 3.0
@@ -86,7 +89,7 @@ def local_ros_environment() -> dict[str, str]:
     (``clipomaly_ros/data/fastdds_local.xml``: camera-sized samples go through whole, see its comment)."""
     from importlib import resources
 
-    return {"ROS_DOMAIN_ID": str(random.Random(os.getpid()).randint(100, 200)),
+    return {"ROS_DOMAIN_ID": str(random.Random(os.getpid()).randint(1, DOMAIN_ID_MAX)),
             "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
             "FASTRTPS_DEFAULT_PROFILES_FILE": str(resources.files("clipomaly_ros").joinpath("data/fastdds_local.xml")),
             "AMENT_PREFIX_PATH": os.environ.get("AMENT_PREFIX_PATH") or sys.prefix}
@@ -154,7 +157,7 @@ def run_demo(out_dir: Path, seconds: float = 4.0, rate_hz: float = 10.0, model_p
     node_log = out_dir / "node.log"
     with open(node_log, "w") as log_file:
         # its own process group: a Ctrl-C in the terminal reaches the demo, which then stops the node itself
-        node = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.node", "--ros-args", "-r",
+        node = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "-r",
                                  f"__ns:={NAMESPACE}", "--params-file", str(params)],
                                 stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ),
                                 start_new_session=True)

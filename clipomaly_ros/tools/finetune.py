@@ -38,7 +38,7 @@ from ..core.datasets import Sample, find_samples, read_label
 from ..core.model.dense import DenseVisionEncoder
 from ..core.images import read_rgb
 from ..core.unknown import class_logits, resample
-from .interrupt import GracefulStop
+from ..core.interrupt import GracefulStop
 from .metrics import ConfusionMatrix
 
 IGNORE = 255

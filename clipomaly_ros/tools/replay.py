@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.planning import AnomalyFollower
-from .interrupt import GracefulStop
+from ..core.interrupt import GracefulStop
 from ..ros.bags import (BagError, camera_info_connections, image_connections, open_bag, transform_connections,
                         typestore_with_built_msgs)
 from ..ros.autoware import autoware_style

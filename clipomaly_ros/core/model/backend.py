@@ -118,15 +118,35 @@ class VisionLanguageBackend(Protocol):
         possible."""
 
 
+def available_devices() -> list[str]:
+    """The devices this machine has, as device strings: ``cpu`` and one ``cuda:N`` per visible CUDA GPU."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    return devices
+
+
 def resolve_device(requested: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; otherwise the named device, checked to exist."""
+    """``auto`` -> CUDA when present, else CPU; otherwise the named device, which must be one this machine has
+    (:func:`available_devices`): a bad name, a GPU index past the last GPU or CUDA without a GPU raises
+    :class:`ModelLoadError` in one line that lists what there is."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    present = available_devices()
+    choices = f"this machine has: {', '.join(present)} (or use auto)"
     try:
         device = torch.device(requested)
-    except RuntimeError:
-        raise ModelLoadError(f"device {requested!r} is not a device name: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {requested!r} asked for, but this machine has no CUDA GPU: set device to "
-                             "cpu or auto")
-    return device
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(f"device {requested!r} is not a device name; {choices}") from None
+    if device.type == "cpu" and device.index in (None, 0):
+        return torch.device("cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {requested!r} asked for, but this machine has no CUDA GPU; {choices}")
+        if device.index is None:
+            return device
+        if device.index < torch.cuda.device_count():
+            return device
+        raise ModelLoadError(f"device {requested!r} asked for, but this machine has {torch.cuda.device_count()} "
+                             f"CUDA GPU(s); {choices}")
+    raise ModelLoadError(f"device {requested!r} is not on this machine; {choices}")

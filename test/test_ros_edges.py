@@ -1,0 +1,575 @@
+"""The ROS edges as the real tools meet them: signals at any moment, a looping player stopped by Ctrl-C, the
+latched label_info after a threshold change, input loss from the first frame, a reliable camera that starts
+after the node, image frames that are not optical, the covariance along the camera's ray, optional message
+packages, device strings, the demo's domain and frames in flight at shutdown."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipomaly_ros.core.geometry import CameraModel, CameraMounting, GroundLocator
+from clipomaly_ros.ros.camera import InputGaps
+
+SECOND = 1_000_000_000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# plain Python: no DDS
+
+def test_an_input_that_loses_half_its_frames_from_the_first_is_estimated_at_half():
+    rng = np.random.default_rng(4)
+    period = SECOND // 30
+    for seed in range(5):
+        kept = [k * period for k in range(400) if rng.random() >= 0.5 or k == 0]
+        gaps = InputGaps()
+        for stamp in kept:
+            gaps.add(stamp)
+        lost = kept[-1] // period + 1 - len(kept)  # those after the last frame received cannot show
+        assert gaps.period_ns == pytest.approx(period, rel=0.01), seed
+        assert abs(gaps.missing / (gaps.missing + len(kept)) - 0.5) <= 0.1, (seed, gaps.missing, lost)
+        assert gaps.missing == lost, (seed, gaps.missing, lost)
+
+
+def test_a_camera_that_drops_every_other_frame_needs_its_rate_or_its_camera_info():
+    period = SECOND // 20
+    every_other = [k * period for k in range(0, 200, 2)]
+    learned = InputGaps()
+    for stamp in every_other:
+        learned.add(stamp)
+    assert learned.missing == 0  # no frame ever came back to back: nothing tells the stamps' own rate
+    declared = InputGaps(expected_period_ns=period)
+    for stamp in every_other:
+        declared.add(stamp)
+    assert declared.missing == 99
+    with_info = InputGaps()
+    for index, stamp in enumerate(every_other):
+        with_info.add_reference(stamp - period)  # camera_info goes with every frame, the lost ones too
+        with_info.add_reference(stamp)
+        with_info.add(stamp)
+    assert with_info.period_ns == pytest.approx(period)
+    assert with_info.missing == 99  # the gaps before the period was known are counted once it is
+
+
+def test_the_covariance_of_a_located_anomaly_lies_along_the_ray_from_the_camera():
+    from clipomaly_ros.ros.autoware import position_covariance
+    from clipomaly_ros.ros.messages import line_of_sight
+
+    camera = CameraModel(1280, 720, np.array([[1000.0, 0, 640], [0, 1000, 360], [0, 0, 1]]), np.zeros(5))
+    mounting = CameraMounting(y=1.5, z=1.6, pitch=0.05, yaw=-0.35)  # 1.5 m to the left, looking right of ahead
+    mask = np.ones((40, 60), dtype=bool)
+    box = (460, 500, 560, 620)  # y0, y1, x0, x1: low in the image, a few metres away
+    ground = GroundLocator(camera, mounting).locate(box, mask)
+    assert ground is not None and ground.along_sigma > 2 * ground.across_sigma
+    covariance = position_covariance(ground).reshape(6, 6)[:2, :2]
+    values, vectors = np.linalg.eigh(covariance)
+    major = vectors[:, np.argmax(values)]
+    from_camera = np.array([ground.x - mounting.x, ground.y - mounting.y])
+    from_camera /= np.linalg.norm(from_camera)
+    from_base = np.array([ground.x, ground.y]) / np.hypot(ground.x, ground.y)
+    assert abs(major @ from_camera) > 0.999
+    assert abs(from_base @ from_camera) < 0.99  # the two rays differ: the test tells them apart
+    assert abs(line_of_sight(ground) @ from_camera) > 0.999  # the 3D box is deep along the same ray
+
+
+def test_a_camera_frame_published_x_forward_gets_the_optical_rotation_or_a_diagnostic():
+    from clipomaly_ros.core.config import ClipomalyConfig
+    from clipomaly_ros.core.frames import FrameTree, RigidTransform
+    from clipomaly_ros.ros.transforms import MountingFinder
+
+    from scipy.spatial.transform import Rotation
+
+    config = ClipomalyConfig(backend="toy")
+    body = Rotation.from_euler("xyz", [0.0, 0.08, 0.2])  # camera_link: x forward, pitched down, yawed left
+    optical = Rotation.from_matrix([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # REP-103
+    tree = FrameTree()
+    tree.set("base_link", "camera_link", RigidTransform.from_quaternion((1.8, 0.3, 1.4), tuple(body.as_quat())))
+    tree.set("camera_link", "camera_link_optical", RigidTransform.from_quaternion((0, 0, 0), tuple(optical.as_quat())))
+    finder = MountingFinder(tree)
+    with_optical, source = finder.find("camera_link_optical", config)
+    assert finder.last_convention == "optical" and "not an optical frame" not in source
+    assert with_optical.camera_pitch == pytest.approx(0.08) and with_optical.camera_yaw == pytest.approx(0.2)
+    without_optical, source = finder.find("camera_link", config)
+    assert finder.last_convention == "body" and "not an optical frame" in source and "_optical" in source
+    for name in ("camera_x", "camera_y", "camera_z", "camera_roll", "camera_pitch", "camera_yaw"):
+        assert getattr(without_optical, name) == pytest.approx(getattr(with_optical, name), abs=1e-9), name
+    # a frame that is neither (rows running sideways): the parameters, and the reason
+    tree.set("base_link", "camera_sideways", RigidTransform.from_quaternion(
+        (1.8, 0.3, 1.4), tuple(Rotation.from_euler("y", np.pi / 2).as_quat())))
+    kept, source = finder.find("camera_sideways", config)
+    assert finder.last_convention == "unknown" and source.startswith("parameters") and "REP-103" in source
+    assert kept.camera_pitch == config.camera_pitch
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:7", "cuda", "cpu:1", "meta"])
+def test_a_device_this_machine_lacks_is_refused_listing_the_devices_it_has(device, monkeypatch):
+    import torch
+
+    from clipomaly_ros import Clipomaly, ClipomalyConfig
+    from clipomaly_ros.core.model.backend import ModelLoadError, available_devices
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        if device == "cuda":
+            pytest.skip("this machine has CUDA: plain 'cuda' is a device it has")
+    with pytest.raises(ModelLoadError) as refused:
+        Clipomaly(ClipomalyConfig(backend="toy", device=device))  # the toy backend checks it too
+    message = str(refused.value)
+    assert "\n" not in message and repr(device) in message
+    assert "this machine has: " + ", ".join(available_devices()) in message
+
+
+def test_the_demo_domain_is_one_every_rmw_accepts():
+    from clipomaly_ros.tools.demo import local_ros_environment
+
+    assert 0 <= int(local_ros_environment()["ROS_DOMAIN_ID"]) <= 101
+
+
+def wait_for_value(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not condition():
+        time.sleep(0.01)
+    return condition()
+
+
+def test_a_signal_while_a_long_command_works_gives_the_shell_its_code():
+    from clipomaly_ros.core.interrupt import GracefulStop, StopRequested
+
+    for number, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        with GracefulStop(announce=None, escalate=False) as stop:
+            os.kill(os.getpid(), number)
+            os.kill(os.getpid(), signal.SIGINT)  # a second one: counted, never raised
+            time.sleep(0.01)
+        assert stop.exit_code == code and stop.signals_received == 2
+    # SIGTERM, then SIGINT 50 ms later, both while the main thread is in C code (a node's rcl_wait): Python then
+    # runs the handlers by signal number, SIGINT first; the first to come must count
+    values = np.random.default_rng(0).random(6_000_000).tolist()
+    with GracefulStop(announce=None, escalate=False) as stop:
+        subprocess.Popen(["sh", "-c", f"kill -TERM {os.getpid()}; sleep 0.05; kill -INT {os.getpid()}"])
+        sorted(values)  # holds the interpreter for a second or so
+        assert wait_for_value(lambda: stop.signals_received == 2, 10)
+    assert stop.exit_code == 143
+    with pytest.raises(StopRequested):
+        with GracefulStop(announce=None, escalate=False) as stop:
+            stop.raising = True
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1.0)
+    assert stop.exit_code == 143
+
+
+class FakeGraphNode:
+    """The part of an rclpy node that :class:`ImageInput` uses, with a graph the test controls: matched events are
+    delivered by the test, as DDS would, and a subscription receives only what the test hands it."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.namespace = SimpleNamespace
+        self.graph: list = []
+        self.subscriptions: list = []
+        self.timers: list = []
+
+    def publisher(self, reliability):
+        return self.namespace(qos_profile=self.namespace(reliability=reliability))
+
+    def get_publishers_info_by_topic(self, topic):
+        return list(self.graph)
+
+    def create_subscription(self, kind, topic, callback, qos, event_callbacks=None):
+        subscription = self.namespace(qos_profile=qos, callback=callback, events=event_callbacks, alive=True)
+        self.subscriptions.append(subscription)
+        return subscription
+
+    def destroy_subscription(self, subscription):
+        subscription.alive = False
+
+    def create_timer(self, period, callback):
+        timer = self.namespace(period=period, callback=callback, alive=True)
+        self.timers.append(timer)
+        return timer
+
+    def destroy_timer(self, timer):
+        timer.alive = False
+
+    def live(self):
+        return [s for s in self.subscriptions if s.alive]
+
+    def matched(self, subscription, count, change):
+        subscription.events.matched(self.namespace(current_count=count, current_count_change=change))
+
+
+def test_a_reliable_publisher_switches_the_input_when_it_matches_without_losing_or_doubling_a_frame():
+    from types import SimpleNamespace
+
+    from rclpy.qos import ReliabilityPolicy
+
+    from clipomaly_ros.ros.image_input import ImageInput
+
+    def frame(second):
+        return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=second, nanosec=0), frame_id="cam"))
+
+    node, delivered = FakeGraphNode(), []
+    image_input = ImageInput(node, object, "/cam/image", "auto", delivered.append, lambda text: None)
+    (first,) = node.live()
+    assert first.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    # a reliable camera starts: DDS matches it to the best-effort reader, the graph has not heard of it yet
+    node.matched(first, 1, 1)
+    assert node.live() == [first] and [t for t in node.timers if t.alive]  # the graph is watched, not polled in 2 s
+    first.callback(frame(1))
+    node.graph.append(node.publisher(ReliabilityPolicy.RELIABLE))
+    node.timers[0].callback()  # 50 ms later the graph knows it
+    old, new = node.live()
+    assert old is first and new.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    assert not [t for t in node.timers if t.alive]
+    assert image_input.qos_reason.startswith("reliable (auto")
+    # make before break: the old reader lives until the new one has matched; a frame both deliver counts once
+    old.callback(frame(2))
+    new.callback(frame(2))
+    new.callback(frame(3))
+    old.callback(frame(3))
+    node.matched(new, 1, 1)
+    assert node.live() == [new]
+    new.callback(frame(4))
+    assert [m.header.stamp.sec for m in delivered] == [1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# real rclpy nodes in their own processes
+
+rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) not installed: run scripts/setup_ros.sh")
+pytest.importorskip("vision_msgs.msg", reason="vision_msgs not built: run scripts/setup_ros.sh")
+
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from vision_msgs.msg import LabelInfo  # noqa: E402
+
+from test_ros_input import diagnostics_of  # noqa: E402
+from test_ros_node import ROS_ENV, _header, set_parameter, wait_for  # noqa: E402
+from test_ros_params import RunningNode  # noqa: E402
+
+FINAL_LINE = re.compile(r"stopping: (SIG\w+) received; image: (.*)$", re.MULTILINE)
+
+
+def node_command(namespace: str, *arguments: str) -> list[str]:
+    return [sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "-r", f"__ns:={namespace}",
+            "-p", "backend:=toy", "-p", "inference_size:=240", "-p", "diagnostics_period:=0.3", *arguments]
+
+
+def final_counts(line: str) -> dict[str, int]:
+    return {key: int(value) for value, key in (part.split(" ", 1) for part in line.split(", "))}
+
+
+class Camera:
+    """Publishes 320x240 frames from a thread of this process, on a context of its own."""
+
+    def __init__(self, topics: list[str], rate_hz: float, reliable: bool = False, depth: int = 1):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("itest_edges_camera", context=self.context)
+        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable
+                         else ReliabilityPolicy.BEST_EFFORT)
+        self.publishers = [self.node.create_publisher(Image, topic, qos) for topic in topics]
+        self.rate_hz = rate_hz
+        self.sent = 0
+        self.running = True
+        self.image = (np.indices((240, 320)).sum(axis=0) % 256).astype(np.uint8)[..., None].repeat(3, axis=2)
+
+    def frame(self, stamp: int) -> Image:
+        return Image(header=_header(stamp), height=240, width=320, encoding="rgb8", step=960,
+                     data=self.image.tobytes())
+
+    def run(self) -> None:
+        stamp = 1_900_000_000 * SECOND
+        while self.running:
+            message = self.frame(stamp)
+            for publisher in self.publishers:
+                publisher.publish(message)
+            self.sent += 1
+            stamp += SECOND // 10
+            time.sleep(1.0 / self.rate_hz)
+
+    def start(self) -> "Camera":
+        threading.Thread(target=self.run, daemon=True).start()
+        return self
+
+    def close(self) -> None:
+        self.running = False
+        time.sleep(0.2)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def test_sigint_and_sigterm_at_any_moment_end_the_node_with_130_and_143_and_no_traceback(tmp_path):
+    """20 nodes, 4 at a time: 10 stopped by SIGINT, 10 by SIGTERM, at a random moment from start-up (imports,
+    model load, warm-up) to work (half of them get frames at 15 Hz) and idle; half get the signal twice, as a node
+    under ``ros2 launch`` gets Ctrl-C from the terminal and from launch. Not in the interpreter's own first
+    fraction of a second: until Python has run the node's first import, a signal has Python's default action."""
+    rng = random.Random(29)
+    plan = [signal.SIGINT] * 10 + [signal.SIGTERM] * 10
+    rng.shuffle(plan)
+    namespaces = [f"/itest_sig{slot}" for slot in range(4)]
+    camera = Camera([f"{ns}/image" for ns in namespaces[:2]], rate_hz=15.0).start()
+    outcomes = []
+    try:
+        for batch in range(0, len(plan), 4):
+            runs = []
+            for slot, number in enumerate(plan[batch:batch + 4]):
+                log = tmp_path / f"node{batch + slot}.log"
+                process = subprocess.Popen(node_command(namespaces[slot]), stdout=open(log, "w"),
+                                           stderr=subprocess.STDOUT, env={**os.environ, **ROS_ENV})
+                runs.append((process, number, rng.uniform(0.8, 9.0), rng.random() < 0.5, log, time.monotonic()))
+            for process, number, delay, twice, log, started in sorted(runs, key=lambda run: run[2]):
+                time.sleep(max(0.0, started + delay - time.monotonic()))
+                process.send_signal(number)
+                signalled = time.monotonic()
+                if twice:
+                    time.sleep(0.05)
+                    process.send_signal(signal.SIGINT)
+                try:
+                    code = process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    code = "hung"
+                outcomes.append((number, delay, twice, code, time.monotonic() - signalled, log))
+    finally:
+        camera.close()
+    for number, delay, twice, code, took, log in outcomes:
+        output = log.read_text()
+        what = f"{signal.Signals(number).name} at {delay:.1f} s{' twice' if twice else ''}: {output[-1500:]}"
+        assert code == 128 + number, what
+        assert "Traceback" not in output and "KeyboardInterrupt" not in output, what
+        assert took < 10.0, what  # ros2 launch escalates to SIGTERM after 5 s, SIGKILL later; we leave in ~1-2 s
+        stopped = FINAL_LINE.findall(output)
+        assert len(re.findall(r"stopping: SIG\w+ received", output)) == 1, what  # one line says why, always
+        if "active: listening" in output:  # started: one line says why it stopped, with counts that add up
+            assert len(stopped) == 1 and stopped[0][0] == signal.Signals(number).name, what
+            counts = final_counts(stopped[0][1])
+            assert counts["frames received"] == sum(counts[key] for key in (
+                "frames processed", "frames dropped", "bad inputs", "failed frames", "frames skipped while paused",
+                "frames dropped at shutdown")), what
+    print("signal to exit (s):", sorted(round(took, 2) for *_, took, _ in outcomes))
+
+
+def test_frames_in_work_when_the_node_stops_are_counted_as_dropped_at_shutdown(tiny_model_name):
+    """In this process: the segmentation of a frame is held until the node has given up waiting for it."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from clipomaly_ros.ros.node import ClipomalyNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = ClipomalyNode(context=context, namespace="/itest_inflight", parameter_overrides=[
+        Parameter("backend", value="toy"), Parameter("inference_size", value=128),
+        Parameter("input_reliability", value="reliable")])
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinning = threading.Thread(target=executor.spin, daemon=True)
+    spinning.start()
+    held, release = threading.Event(), threading.Event()
+    segment = node.pipeline.segment_batch
+
+    def slow_segment(images):
+        held.set()
+        release.wait(30)
+        return segment(images)
+
+    node.pipeline.segment_batch = slow_segment
+    camera = Camera(["/itest_inflight/image"], rate_hz=10.0, reliable=True, depth=5)
+    try:
+        assert wait_for(lambda: camera.publishers[0].get_subscription_count() > 0, 20)
+        time.sleep(0.5)
+        camera.publishers[0].publish(camera.frame(1_900_000_000 * SECOND))  # goes into work and is held there
+        assert wait_for(held.is_set, 20)
+        camera.publishers[0].publish(camera.frame(1_900_000_001 * SECOND))  # waits behind it
+        assert wait_for(lambda: node.cameras[""].counters.received == 2, 10)
+        node.shut_down("the test stops it", join_timeout=0.5)
+        counters = node.cameras[""].counters
+        assert counters.dropped_at_shutdown == 2 and counters.processed == counters.failed == 0
+        release.set()
+        time.sleep(0.5)  # the held frame ends after the node gave it up: counted once, never published
+        assert counters.dropped_at_shutdown == 2 and counters.processed == counters.failed == 0
+    finally:
+        release.set()
+        camera.close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_play_loop_stopped_by_a_signal_exits_with_its_code_and_no_traceback(number, tmp_path):
+    from helpers import toy_frames, write_image_bag
+
+    from rclpy.executors import SingleThreadedExecutor
+
+    write_image_bag(tmp_path / "bag", [image for image, _, _ in toy_frames(4, 60, 80)], topic="/itest_play/image")
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    probe = rclpy.create_node("itest_play_probe", context=context)
+    received: list = []
+    probe.create_subscription(Image, "/itest_play/image", received.append,
+                              QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(probe)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    process = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.tools.cli", "play", str(tmp_path / "bag"),
+                                "--loop", "--rate", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**os.environ, **ROS_ENV})
+    try:
+        assert wait_for(lambda: len(received) > 6, 60)  # it has looped
+        process.send_signal(number)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        executor.shutdown()
+        probe.destroy_node()
+        rclpy.try_shutdown(context=context)
+    assert process.returncode == 128 + number, output
+    assert "Traceback" not in output and "RCLError" not in output, output
+    published = int(re.search(r"published (\d+) on /itest_play/image", output).group(1))
+    assert published > 6, output
+    assert f"stopped by {signal.Signals(number).name}" in output
+
+
+def test_label_info_is_republished_when_only_the_threshold_changes(tmp_path):
+    from rclpy.executors import SingleThreadedExecutor
+
+    namespace = "/itest_labels"
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    probe = rclpy.create_node("itest_labels_probe", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(probe)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    received: list = []
+    latched = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    probe.create_subscription(LabelInfo, f"{namespace}/label_info", received.append, latched)
+    camera_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    publisher = probe.create_publisher(Image, f"{namespace}/image", camera_qos)
+    camera = Camera([], rate_hz=1.0)
+    try:
+        with RunningNode(namespace, ["-p", "backend:=toy", "-p", "inference_size:=240"],
+                         tmp_path / "node.log") as running:
+            assert wait_for(lambda: publisher.get_subscription_count() > 0, 60), running.log.read_text()[-2000:]
+            time.sleep(0.5)
+            publisher.publish(camera.frame(1_900_000_000 * SECOND))
+            assert wait_for(lambda: received, 20), running.log.read_text()[-2000:]
+            assert received[-1].threshold == pytest.approx(0.6)
+            result = set_parameter(probe, namespace, "uncertainty_threshold", 0.45)
+            assert result.successful, result.reason
+            publisher.publish(camera.frame(1_900_000_001 * SECOND))
+            assert wait_for(lambda: len(received) >= 2, 20), running.log.read_text()[-2000:]
+            assert received[-1].threshold == pytest.approx(0.45)
+            assert [c.class_name for c in received[-1].class_map] == [c.class_name for c in received[0].class_map]
+    finally:
+        camera.close()
+        executor.shutdown()
+        probe.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def test_a_camera_that_loses_half_its_frames_from_the_first_is_reported_at_half(tmp_path):
+    namespace = "/itest_loss"
+    read, close = diagnostics_of(namespace)
+    camera = Camera([f"{namespace}/image"], rate_hz=1.0, reliable=True, depth=10)
+    rng = random.Random(7)
+    try:
+        with RunningNode(namespace, ["-p", "backend:=toy", "-p", "inference_size:=240",
+                                     "-p", "diagnostics_period:=0.3"], tmp_path / "node.log") as running:
+            assert wait_for(lambda: camera.publishers[0].get_subscription_count() > 0, 60), \
+                running.log.read_text()[-2000:]
+            assert read(lambda v: v.get("input qos", "").startswith("reliable"), 20)
+            sent = 0
+            for index in range(160):  # a 30 Hz camera whose every frame is lost with a chance of one half
+                if index == 0 or rng.random() >= 0.5:
+                    camera.publishers[0].publish(camera.frame(1_900_000_000 * SECOND + index * SECOND // 30))
+                    sent += 1
+                    time.sleep(0.03)
+            values = read(lambda v: int(v["frames received"]) >= sent, 30)
+            assert int(values["frames received"]) == sent, values
+            missing = int(values["frames missing from the input (estimated)"])
+            assert abs(missing / (missing + sent) - 0.5) <= 0.1, (missing, sent)
+    finally:
+        camera.close()
+        close()
+
+
+def test_a_reliable_camera_that_starts_after_the_node_loses_no_frame(tmp_path):
+    namespace = "/itest_late"
+    read, close = diagnostics_of(namespace)
+    try:
+        with RunningNode(namespace, ["-p", "backend:=toy", "-p", "inference_size:=240",
+                                     "-p", "diagnostics_period:=0.3"], tmp_path / "node.log") as running:
+            assert read(lambda v: "no publisher yet" in v.get("input qos", ""), 60), running.log.read_text()[-2000:]
+            camera = Camera([f"{namespace}/image"], rate_hz=1.0, reliable=True, depth=10)
+            try:
+                assert wait_for(lambda: camera.publishers[0].get_subscription_count() > 0, 20)
+                time.sleep(0.2)  # a writer sees the match slightly before the reader is ready (Fast DDS)
+                stamp = 1_900_000_000 * SECOND
+                large = np.zeros((720, 1280, 3), np.uint8)  # 2.7 MB: best effort loses fragments of such frames
+                for index in range(50):  # 5 s at 10 Hz from the moment it matched: the old 2 s poll fell in here
+                    message = Image(header=_header(stamp + index * SECOND // 10), height=720, width=1280,
+                                    encoding="rgb8", step=3 * 1280, data=large.tobytes())
+                    camera.publishers[0].publish(message)
+                    time.sleep(0.1)
+                values = read(lambda v: int(v["frames received"]) >= 50, 20)
+            finally:
+                camera.close()
+            assert int(values["frames received"]) == 50, (values, running.log.read_text()[-2000:])
+            assert values["input qos"].startswith("reliable (auto"), values
+            assert values["frames missing from the input (estimated)"] == "0", values
+    finally:
+        close()
+
+
+def test_the_node_runs_without_an_optional_message_package_and_says_so_once(tmp_path):
+    """autoware_perception_msgs and visualization_msgs hidden from the node's process, as on a machine without
+    them: it starts, warns once per output, and the other outputs work."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('autoware_perception_msgs', 'visualization_msgs'):\n"
+        "            raise ModuleNotFoundError(f\"No module named '{name}'\", name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n")
+    namespace = "/itest_optional"
+    log = tmp_path / "node.log"
+    environment = {**os.environ, **ROS_ENV,
+                   "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
+    read, close = diagnostics_of(namespace)
+    process = subprocess.Popen(node_command(namespace), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                               env=environment)
+    try:
+        values = read(lambda v: "outputs off (message type not installed)" in v, 60)
+        assert values, log.read_text()[-3000:]
+        assert values["outputs off (message type not installed)"] == "anomalies_objects, anomaly_markers"
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+        close()
+    output = log.read_text()
+    warnings = [line for line in output.splitlines() if "is off: its message type" in line]
+    assert len(warnings) == 2 and "autoware_perception_msgs" in warnings[0] + warnings[1], output[-3000:]
+    assert "Traceback" not in output and process.returncode == 130
+
+
+def test_a_node_given_a_device_this_machine_lacks_exits_1_with_one_line(tmp_path):
+    completed = subprocess.run(node_command("/itest_device", "-p", "device:=cuda:7"),
+                               env={**os.environ, **ROS_ENV}, capture_output=True, text=True, timeout=120)
+    output = completed.stdout + completed.stderr
+    fatal = [line for line in output.splitlines() if "FATAL" in line]
+    assert completed.returncode == 1 and len(fatal) == 1, output
+    assert "'cuda:7'" in fatal[0] and "this machine has: cpu" in fatal[0] and "Traceback" not in output

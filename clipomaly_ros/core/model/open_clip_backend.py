@@ -26,6 +26,7 @@ from .dense import (DenseVisionEncoder, LayoutCost, WindowLayout, layout_cost, n
                     sliding_window_features)
 from .export import engine_spec
 from .runtimes import create_runtime
+from .staging import CudaCopyEngine, PinnedStaging
 
 LOG = logging.getLogger(__name__)
 
@@ -207,44 +208,38 @@ class OpenClipBackend:
         self.max_regions = config.max_regions
         self.description = (f"{config.model} ({self.weights_source}, dense {config.dense_method}, "
                             f"{self.runtime.description}) on {self.device}")
-        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}  # (slot, H, W, 3) -> reused upload buffer
+        # uploads through pinned buffers, each refilled only after its last copy is done (crops and the frames of
+        # several cameras are staged back to back, faster than the copies complete)
+        self.staging = PinnedStaging(CudaCopyEngine(self.device)) if self.device.type == "cuda" else None
 
     @property
     def mean_colour(self) -> tuple[int, int, int]:
         """The normalisation mean as an RGB uint8 colour: what a blank pixel looks like to the model."""
         return tuple(int(round(255 * float(m))) for m in self.mean.flatten())
 
-    def _pixels(self, image: np.ndarray | torch.Tensor, size: tuple[int, int] | None = None,
-                slot: int = 0) -> torch.Tensor:
+    def _pixels(self, image: np.ndarray | torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """An RGB uint8 ``(H, W, 3)`` image (array, or tensor such as a frame decoded on the GPU) on the device,
         resized to ``size`` (height, width): ``(3, h, w)`` float 0..255.
 
-        On CUDA the uint8 pixels go up through a reused pinned buffer without blocking and are resized on the
-        GPU (``slot`` tells images of one batch apart: each has its own buffer); on the CPU OpenCV resizes,
-        bilinear as the published dense-CLIP pipelines do (mmseg's Resize)."""
+        On CUDA the uint8 pixels go up through :class:`.staging.PinnedStaging` without blocking and are resized on
+        the GPU; on the CPU OpenCV resizes, bilinear as the published dense-CLIP pipelines do (mmseg's Resize)."""
         resize = size is not None and tuple(size) != tuple(image.shape[:2])
+        if isinstance(image, torch.Tensor) and self.device.type != "cuda":
+            image = image.cpu().numpy()
         if isinstance(image, torch.Tensor):  # decoded on the device already (or handed over as a tensor)
-            if self.device.type != "cuda":
-                return self._pixels(image.cpu().numpy(), size, slot)
-            tensor = image.to(self.device, non_blocking=True).permute(2, 0, 1)[None].float()
+            tensor = image.to(self.device, non_blocking=True)
+        elif self.staging is not None:
+            tensor = self.staging.upload(image)
+        else:
             if resize:
-                tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
-            return tensor[0]
-        if self.device.type == "cuda":
-            key = (slot, *image.shape)
-            pinned = self._pinned.get(key)
-            if pinned is None:
-                pinned = self._pinned[key] = torch.empty(image.shape, dtype=torch.uint8).pin_memory()
-            pinned.numpy()[...] = image
-            tensor = pinned.to(self.device, non_blocking=True).permute(2, 0, 1)[None].float()
-            if resize:
-                tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
-            return tensor[0]
-        if resize:
-            import cv2  # only here: the model side imports on a GPU machine without opencv
+                import cv2  # only here: the model side imports on a GPU machine without opencv
 
-            image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+                image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+            return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+        tensor = tensor.permute(2, 0, 1)[None].float()
+        if resize:
+            tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+        return tensor[0]
 
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -288,8 +283,7 @@ class OpenClipBackend:
     def dense_features_batch(self, images: Sequence[np.ndarray]) -> list[DenseFeatures]:
         layouts = [self.layout_for(tuple(image.shape[:2])) for image in images]
         # raw pixels: the normalisation is folded into the patch embedding, no pass over the image for it
-        tensors = [self._pixels(image, layout.resized, slot)
-                   for slot, (image, layout) in enumerate(zip(images, layouts))]
+        tensors = [self._pixels(image, layout.resized) for image, layout in zip(images, layouts)]
         with self.clock.measure(self.device):
             grids = sliding_window_features(self.runtime.dense, tensors, layouts, self.window_batch_size)
         return [DenseFeatures(grid, layout.resized, tensor) for grid, layout, tensor in zip(grids, layouts, tensors)]

@@ -125,6 +125,18 @@ class Clipomaly:
         if warm_up is not None and self.config.runtime != "torch":
             warm_up(image_size, cameras)
 
+    def runtime_health(self) -> dict[str, str | int]:
+        """What the model's runtime has had to give up on (a compiled graph run eagerly...), empty when nothing."""
+        runtime = getattr(self.backend, "runtime", None)
+        return runtime.health() if runtime is not None else {}
+
+    def close(self) -> None:
+        """Release what the runtime holds beside the model (compiled graphs keep the weights alive until then);
+        the pipeline is not used after."""
+        runtime = getattr(self.backend, "runtime", None)
+        if runtime is not None:
+            runtime.close()
+
     def __call__(self, image: np.ndarray) -> SegmentationResult:
         """Segment one RGB uint8 ``(H, W, 3)`` image; see :class:`SegmentationResult` for the outputs."""
         return self.segment_batch([image])[0]

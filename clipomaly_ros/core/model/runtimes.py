@@ -47,6 +47,12 @@ class WindowRuntime(Protocol):
         """Run (and so compile or build) the batch sizes expected: windows of ``window`` pixels, crops of
         ``crop``."""
 
+    def health(self) -> dict[str, str | int]:
+        """What the runtime has had to give up on so far, for ``/diagnostics`` (empty when nothing)."""
+
+    def close(self) -> None:
+        """Release what the runtime holds beside the model (compiled graphs, sessions)."""
+
 
 class EagerRuntime:
     """Eager PyTorch (``runtime: torch``)."""
@@ -66,6 +72,12 @@ class EagerRuntime:
     def warm_up(self, dense_batches: Iterable[int], crop_batches: Iterable[int], window: int, crop: int) -> None:
         pass
 
+    def health(self) -> dict[str, str | int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
 
 def bucket(count: int) -> int:
     """The batch size ``count`` windows are padded to: the next power of two."""
@@ -83,11 +95,27 @@ class CompiledRuntime:
         self.encoder = encoder
         self.cuda_graphs = device.type == "cuda"
         mode = "reduce-overhead" if self.cuda_graphs else None
-        self._dense = torch.compile(lambda windows: encoder.forward_pixels(windows)[1], mode=mode)
-        self._embed = torch.compile(lambda crops: image_encoder.forward_pixels(crops)[0], mode=mode)
+        self._eager = EagerRuntime(encoder, image_encoder)
+        self._dense = torch.compile(self._eager.dense, mode=mode)
+        self._embed = torch.compile(self._eager.embed, mode=mode)
         self.description = "torch.compile" + (" with CUDA graphs" if self.cuda_graphs else " (inductor, CPU)")
         # every bucket of both graphs may be compiled once; dynamo's default limit of 8 would fall back to eager
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+        # past the limit dynamo would run eager without a word: raise instead, so that it is counted and reported
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
+        self.ran_eager = 0
+        """Batches run eagerly because dynamo's recompile limit was hit (reported in ``/diagnostics``)."""
+        self.last_eager_reason = ""
+
+    def health(self) -> dict[str, str | int]:
+        if not self.ran_eager:
+            return {}
+        return {"batches run eager (recompile limit hit)": self.ran_eager, "last recompile": self.last_eager_reason}
+
+    def close(self) -> None:
+        """Drop the compiled graphs: dynamo's caches hold the model's weights until reset (process-wide)."""
+        self._dense = self._embed = None
+        torch._dynamo.reset()
 
     def _padded(self, compiled, batch: torch.Tensor) -> torch.Tensor:
         count = batch.shape[0]
@@ -101,11 +129,22 @@ class CompiledRuntime:
         # a CUDA graph's output is overwritten by its next replay: keep a copy of the rows asked for
         return compiled(batch)[:count].clone()
 
+    def _run(self, compiled, eager, batch: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._padded(compiled, batch)
+        except torch._dynamo.exc.FailOnRecompileLimitHit as error:
+            self.ran_eager += 1
+            self.last_eager_reason = f"{tuple(batch.shape)}: {str(error).splitlines()[0][:160]}"
+            if self.ran_eager == 1:
+                LOG.error("torch.compile hit its recompile limit on a batch of shape %s: it runs eagerly (slower) "
+                          "and /diagnostics counts it; warm up with the cameras and sizes you run", tuple(batch.shape))
+            return eager(batch)
+
     def dense(self, windows: torch.Tensor) -> torch.Tensor:
-        return self._padded(self._dense, windows)
+        return self._run(self._dense, self._eager.dense, windows)
 
     def embed(self, crops: torch.Tensor) -> torch.Tensor:
-        return self._padded(self._embed, crops)
+        return self._run(self._embed, self._eager.embed, crops)
 
     def warm_up(self, dense_batches: Iterable[int], crop_batches: Iterable[int], window: int, crop: int) -> None:
         device = self.encoder.weight.device
@@ -233,6 +272,12 @@ class OnnxRuntime:
     def warm_up(self, dense_batches: Iterable[int], crop_batches: Iterable[int], window: int, crop: int) -> None:
         for size in sorted({min(n, self.max_batch) for n in (*dense_batches, *crop_batches) if n > 0}):
             self._run(torch.zeros(size, 3, window, window, device=self.device))
+
+    def health(self) -> dict[str, str | int]:
+        return {}
+
+    def close(self) -> None:
+        self.session = None
 
 
 def default_engine_path(cache_dir: Path, spec: EngineSpec, dtype: torch.dtype) -> Path:

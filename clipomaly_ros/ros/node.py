@@ -137,6 +137,14 @@ class ClipomalyNode(LifecycleNode):
         self._running = False
         self._failure = ""
         self._batch_lock = threading.Lock()
+        self.worker = None
+        self.worker_join_timeout = 30.0
+        """Seconds that cleanup and deactivate wait for the frame in work; a worker still running after them is
+        reported and kept in :attr:`_lingering_worker`, and no other starts while it lives."""
+        self._lingering_worker: threading.Thread | None = None
+        self.warm_up_thread: int | None = None
+        """The thread that warmed the runtime up; frames are served on it (compiled CUDA graphs are per thread)."""
+        self.serving_thread: int | None = None
         self._in_work: set[str] = set()
         """Cameras whose frame the worker holds; each is settled once (:meth:`_settle`), by the worker or, after
         the join time-out at shutdown, as dropped."""
@@ -279,8 +287,14 @@ class ClipomalyNode(LifecycleNode):
         self._unsubscribe()
         for name in self.frames.clear():
             self.cameras[name].count("dropped_at_shutdown")
-        with self._batch_lock:  # the batch in work, if any, has published or given up
-            pass
+        # the batch in work, if any, publishes or gives up first; one that outlives the time-out is dropped, and
+        # _process publishes nothing for it while inactive
+        if self._batch_lock.acquire(timeout=self.worker_join_timeout):
+            self._batch_lock.release()
+        else:
+            self._drop_in_work()
+            self.get_logger().error(f"the frame in work did not finish within {self.worker_join_timeout:g} s: it is "
+                                    "counted as dropped at shutdown, and its outputs are not published")
         self.watchdog.progress()
         self.get_logger().info("inactive: processing stopped, the model stays loaded")
         return TransitionCallbackReturn.SUCCESS
@@ -303,6 +317,7 @@ class ClipomalyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
+        self._refuse_while_lingering()
         values = {s.name: self._initial_value(s) for s in SETTINGS}
         for name, value in values.items():
             values[name] = SETTINGS_BY_NAME[name].validate(value)  # raises ConfigError naming the parameter
@@ -329,7 +344,7 @@ class ClipomalyNode(LifecycleNode):
         self._last_reported: dict[str, tuple[int, int]] = {}
         self.watchdog = Watchdog(self.stall_timeout)
         self.worker_restarts = 0
-        self._warm_up(max(1, len(values["cameras"])))
+        self.warm_up_cameras = max(1, len(values["cameras"]))
 
         self.input_reliability = values["input_reliability"]
         self.input_transport = values["input_transport"]
@@ -354,7 +369,7 @@ class ClipomalyNode(LifecycleNode):
         self.diagnostics_timer = self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
         self._warned_topics: set[str] = set()
         self._running = True
-        self.worker = self._start_worker()
+        self.worker = self._start_worker(first=True)
         self.get_logger().info("configured: model loaded" + ("; activate to start processing" if self.managed
                                                              else ""))
 
@@ -379,7 +394,14 @@ class ClipomalyNode(LifecycleNode):
             self.frames.close()
         worker = getattr(self, "worker", None)
         if worker is not None and worker.is_alive() and worker is not threading.current_thread():
-            worker.join(timeout=30.0)
+            worker.join(timeout=self.worker_join_timeout)
+            if worker.is_alive():
+                self._lingering_worker = worker
+                self._drop_in_work()
+                self.get_logger().error(
+                    f"the inference thread did not stop within {self.worker_join_timeout:g} s (a frame still runs "
+                    "in the model): its frame is counted as dropped, the model's memory is freed when it ends, and "
+                    "no new inference thread starts until then")
         self.worker = None
         if getattr(self, "image_inputs", None) is not None:
             self._unsubscribe()
@@ -394,6 +416,8 @@ class ClipomalyNode(LifecycleNode):
                 destroy(entity)
                 setattr(self, name, None)
         on_cuda = self.pipeline is not None and torch.device(self.device).type == "cuda"
+        if self.pipeline is not None and self._lingering_worker is None:
+            self.pipeline.close()
         self.pipeline = None
         self.factory = None
         gc.collect()
@@ -437,13 +461,20 @@ class ClipomalyNode(LifecycleNode):
                                                          latched)
         return publishers
 
-    def _warm_up(self, cameras: int) -> None:
+    def _warm_up(self, cameras: int, first: bool = True) -> None:
+        """Compile or build the runtime for ``cameras`` and run one frame, on the calling thread: the inference
+        thread, which serves the frames after (a CUDA graph recorded on one thread is not replayed on another,
+        pytorch#123177). A restarted thread (``first`` false) warms the runtime up again, without the log."""
         started = time.perf_counter()
+        self.warm_up_thread = threading.get_ident()
         if self.pipeline.config.runtime != "torch":
-            self.get_logger().info(f"warming up runtime {self.pipeline.config.runtime} for {cameras} camera(s) at "
-                                   f"{WARM_UP_SIZE[1]}x{WARM_UP_SIZE[0]} ...")
+            if first:
+                self.get_logger().info(f"warming up runtime {self.pipeline.config.runtime} for {cameras} camera(s) "
+                                       f"at {WARM_UP_SIZE[1]}x{WARM_UP_SIZE[0]} ...")
             self.pipeline.warm_up(WARM_UP_SIZE, cameras)
         self.pipeline(np.full((480, 640, 3), 128, dtype=np.uint8))
+        if not first:
+            return
         vocabulary = self.pipeline.vocabulary.current
         self.get_logger().info(
             f"ready: {getattr(self.pipeline.backend, 'description', self.pipeline.backend.identity)}; "
@@ -512,13 +543,42 @@ class ClipomalyNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     # inference -----------------------------------------------------------------------------------------------
-    def _start_worker(self) -> threading.Thread:
-        worker = threading.Thread(target=self._work, args=(self.frames,), name="clipomaly-inference", daemon=True)
+    def _start_worker(self, first: bool = False) -> threading.Thread:
+        """The inference thread, warmed up on itself before it serves. At configure (``first``) this waits for the
+        warm-up and raises what it raised. Refused while a thread that outlived its join time-out still runs a
+        frame: two would share the device."""
+        self._refuse_while_lingering()
+        warmed, outcome = threading.Event(), {}
+        worker = threading.Thread(target=self._work, args=(self.frames, first, warmed, outcome),
+                                  name="clipomaly-inference", daemon=True)
         worker.start()
+        if first:
+            warmed.wait()
+            if "error" in outcome:
+                raise outcome["error"]
         return worker
 
-    def _work(self, frames: LatestFrames) -> None:
+    def _refuse_while_lingering(self) -> None:
+        lingering = self._lingering_worker
+        if lingering is not None and lingering.is_alive():
+            raise ConfigError("the previous inference thread is still running a frame (it did not stop within "
+                              f"{self.worker_join_timeout:g} s at the last cleanup): no second model is loaded and "
+                              "no second thread started on the device while it lives; configure again once it has "
+                              "ended")
+        self._lingering_worker = None
+
+    def _work(self, frames: LatestFrames, first: bool, warmed: threading.Event, outcome: dict) -> None:
         try:
+            try:
+                self._warm_up(self.warm_up_cameras, first)
+            except Exception as error:  # noqa: BLE001 - handed to the thread that configures
+                outcome["error"] = error
+                if not first and self._running:
+                    self.get_logger().error(f"the restarted inference thread failed to warm up: "
+                                            f"{type(error).__name__}: {error}")
+                return
+            finally:
+                warmed.set()
             self._serve(frames)
         except Exception:
             if self._running:
@@ -530,6 +590,7 @@ class ClipomalyNode(LifecycleNode):
             waiting = frames.take_all(timeout=0.2)
             if not waiting:
                 continue
+            self.serving_thread = threading.get_ident()
             try:
                 with self._batch_lock:
                     if not self.active:  # deactivated while the frames waited
@@ -587,10 +648,12 @@ class ClipomalyNode(LifecycleNode):
                                     f"{traceback.format_exc(limit=1).strip().splitlines()[-1]}",
                                     throttle_duration_sec=5.0)
             return
-        if not self._running:  # stopped while the batch ran: its outputs would go to destroyed publishers
+        if not self._running or not self.active:  # stopped or deactivated while the batch ran
             self._drop_in_work()
             return
         for (camera, msg, received, image), result in zip(frames, results):
+            if camera.name not in self._in_work:  # dropped by a deactivate that timed out while it ran
+                continue
             started = time.perf_counter()
             try:
                 camera.publish(msg.header, on_host(image), result, self._camera_config(camera, msg.header.frame_id),
@@ -653,12 +716,14 @@ class ClipomalyNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         problem = self._check_worker()
         vocabulary = self.pipeline.vocabulary.current
+        runtime_health = self.pipeline.runtime_health()
         common = {"known classes": len(vocabulary.known), "anomaly vocabulary": len(vocabulary.anomaly),
                   "dictionary names": len(vocabulary.dictionary), "device": self.device, "enabled": self.enabled,
                   "lifecycle state": "active" if self.active else "inactive",
                   "inference thread restarts": self.worker_restarts, "transforms known": len(self.frame_tree),
                   "transforms left out": self.transforms_rejected,
-                  "outputs off (message type not installed)": ", ".join(sorted(self._outputs_off)) or "none"}
+                  "outputs off (message type not installed)": ", ".join(sorted(self._outputs_off)) or "none",
+                  **runtime_health}
         statuses = []
         for name, camera in self.cameras.items():
             values = {**camera.report(), **common}
@@ -673,6 +738,9 @@ class ClipomalyNode(LifecycleNode):
                 status.level = DiagnosticStatus.WARN
                 status.message = (f"{problems[0] - last[0]} bad inputs, {problems[1] - last[1]} failed frames since "
                                   "the last report")
+            elif runtime_health:
+                status.level = DiagnosticStatus.WARN
+                status.message = "runtime: " + "; ".join(f"{key} {value}" for key, value in runtime_health.items())
             else:
                 status.level = DiagnosticStatus.OK
                 status.message = ("inactive (lifecycle): nothing is processed" if not self.active

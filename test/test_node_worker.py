@@ -113,3 +113,28 @@ def test_an_inference_thread_that_outlives_its_join_time_out_is_reported_and_blo
         probe.executor.remove_node(node)
         node.destroy_node()
         probe.close()
+
+
+def test_a_runtime_that_fell_back_is_a_warning_in_diagnostics(monkeypatch):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    probe = Probe("clipomaly_worker_health_probe")
+    node, name = managed_node(probe, "/whealth", Parameter("backend", value="toy"),
+                              Parameter("inference_size", value=120), Parameter("anomaly_vocabulary", value=["tire"]))
+    sent = []
+    try:
+        assert probe.change(name, Transition.TRANSITION_CONFIGURE)
+        monkeypatch.setattr(node.diagnostics_publisher, "publish", sent.append)
+        node._publish_diagnostics()
+        assert sent[-1].status[0].level == DiagnosticStatus.OK
+        monkeypatch.setattr(node.pipeline, "runtime_health", lambda: {
+            "batches run eager (recompile limit hit)": 3, "last recompile": "(5, 3, 224, 224): limit 32"})
+        node._publish_diagnostics()
+        status = sent[-1].status[0]
+        values = {value.key: value.value for value in status.values}
+        assert status.level == DiagnosticStatus.WARN and status.message.startswith("runtime: batches run eager")
+        assert values["batches run eager (recompile limit hit)"] == "3"
+    finally:
+        probe.executor.remove_node(node)
+        node.destroy_node()
+        probe.close()

@@ -22,24 +22,52 @@ def load_script():
 def test_make_gpu_check_on_the_cpu_measures_every_runtime_and_layout(tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "out"
-    arguments = f"--out {out} --frames 2 --cameras 1,2 --wheels {tmp_path / 'no-wheels'}"
+    readme = tmp_path / "README.md"
+    gpu_check = load_script()
+    readme.write_text(f"# r\n\nbefore\n{gpu_check.README_BEGIN}\nnot measured\n{gpu_check.README_END}\nafter\n")
+    arguments = f"--out {out} --frames 2 --cameras 1,2 --wheels {tmp_path / 'no-wheels'} --readme {readme}"
     completed = subprocess.run(["make", "-s", "gpu-check", "DEVICE=cpu", f"GPU_CHECK_ARGS={arguments}",
                                 f"GPU_PYTHON={sys.executable}"], cwd=REPO, capture_output=True, text=True,
                                timeout=1200)
-    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
-    rows = {(row["layout"], row["runtime"]): row for row in report["results"]}
-    assert set(rows) == {(layout, runtime) for layout in ("official", "light")
+    rows = {(row["layout"], row["runtime"], row["precision"]): row for row in report["results"]}
+    assert set(rows) == {(layout, runtime, "fp32") for layout in ("official", "light")
                          for runtime in ("torch", "compile", "onnx")}
-    for (layout, runtime), row in rows.items():
-        assert "error" not in row, row
+    for (layout, runtime, _), row in rows.items():
+        assert row["status"] == "ok", row
         assert row["frames"] == 2 and row["measured"] == "pipeline"
-        assert 0 < row["backbone_ms"] < row["ms_per_frame"] and row["fps"] > 0
+        assert 0 < row["backbone_ms"] < row["ms_per_frame"] <= row["p99_ms"] and row["fps"] > 0
+        assert row["first_frame_ms"] > 0
         assert set(row["cameras"]) == {"1", "2"} and row["cameras"]["2"]["ms_per_batch"] > 0
-        if runtime != "torch":
-            assert row["cosine_vs_eager"] >= 0.9999, (layout, runtime)
-    assert rows[("light", "torch")]["tokens"] < rows[("official", "torch")]["tokens"]
-    assert "clipomaly gpu check" in completed.stdout and "light    onnx" in completed.stdout
+        if runtime == "torch":
+            assert "cosine_vs_fp32" not in row  # the reference is not compared with itself
+        else:
+            assert row["cosine_vs_fp32"] >= 0.9999, (layout, runtime)
+    assert rows[("light", "torch", "fp32")]["tokens"] < rows[("official", "torch", "fp32")]["tokens"]
+    checks = {check["check"]: check for check in report["checks"]}
+    assert checks["CUDA tests"]["status"] == "ok" and "passed" in checks["CUDA tests"]["detail"]
+    assert checks["names on cpu = names on cpu"]["status"] == "ok"
+    assert "SUMMARY" in completed.stdout and "gpu check passed" in completed.stdout
+    table = (out / "gpu_check.md").read_text()
+    assert "| light | `onnx` | fp32 |" in table
+    written = readme.read_text()
+    assert table in written and "not measured" not in written and written.endswith("after\n")
+
+
+def test_a_runtime_that_cannot_run_is_a_failure_with_its_reason_and_a_non_zero_exit(tmp_path, monkeypatch,
+                                                                                     capsys):
+    gpu_check = load_script()
+    monkeypatch.setattr(gpu_check, "onnx_unavailable", lambda device: "onnxruntime is not installed here")
+    code = gpu_check.main(["--device", "cpu", "--frames", "1", "--cameras", "1", "--runtimes", "torch,onnx",
+                           "--skip-tests", "--out", str(tmp_path), "--wheels", str(tmp_path / "none")])
+    assert code == 1
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    failed = [row for row in report["results"] if row["status"] != "ok"]
+    assert [(row["layout"], row["runtime"]) for row in failed] == [("official", "onnx"), ("light", "onnx")]
+    assert all("onnxruntime is not installed" in row["reason"] for row in failed)
+    printed = capsys.readouterr().out
+    assert "gpu check FAILED: 2 case(s)" in printed and "onnx     fp32" in printed
 
 
 def test_only_the_wheels_this_python_lacks_are_unpacked(tmp_path):

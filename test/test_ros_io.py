@@ -74,24 +74,48 @@ def test_compressed_png_and_jpeg_and_corrupt_data():
 
 
 def test_jpeg_decoded_where_the_model_runs_equals_the_cpu_decoder():
-    from clipomaly_ros.ros.messages import compressed_msg_to_device
+    from clipomaly_ros.ros.messages import DeviceDecoder
 
     scene = cv2.resize(RGB, (64, 48), interpolation=cv2.INTER_NEAREST)
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(scene, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
     message = SimpleNamespace(format="jpeg", data=jpeg.tobytes())
+    decode = DeviceDecoder(torch.device("cpu"))
     # torchvision's decoder (nvJPEG on a GPU; libjpeg on the CPU, the only one here) against OpenCV's
-    decoded = compressed_msg_to_device(message, device=torch.device("cpu"))
+    decoded = decode(message)
     assert isinstance(decoded, torch.Tensor) and decoded.dtype == torch.uint8 and tuple(decoded.shape) == (48, 64, 3)
     difference = np.abs(decoded.numpy().astype(int) - compressed_msg_to_rgb(message).astype(int))
     assert difference.max() <= 2
     ok, png = cv2.imencode(".png", cv2.cvtColor(scene, cv2.COLOR_RGB2BGR))
-    np.testing.assert_array_equal(compressed_msg_to_device(SimpleNamespace(format="png", data=png.tobytes()),
-                                                           device=torch.device("cpu")), scene)  # PNG: the CPU's
-    with pytest.raises(ImageConversionError, match="could not be decoded on cpu"):
-        compressed_msg_to_device(SimpleNamespace(format="jpeg", data=jpeg.tobytes()[:len(jpeg) // 2]),
-                                 device=torch.device("cpu"))
+    np.testing.assert_array_equal(decode(SimpleNamespace(format="png", data=png.tobytes())), scene)  # the CPU's
+    with pytest.raises(ImageConversionError, match="could not be decoded"):
+        decode(SimpleNamespace(format="jpeg", data=jpeg.tobytes()[:len(jpeg) // 2]))
     with pytest.raises(ImageConversionError, match="more than max_input_pixels"):
-        compressed_msg_to_device(message, max_pixels=100, device=torch.device("cpu"))
+        decode(message, max_pixels=100)
+    assert decode.health() == {}  # bad bytes are bad inputs, never device failures
+
+
+def test_a_device_decoder_failure_falls_back_to_the_cpu_warns_once_per_kind_and_is_counted(monkeypatch):
+    from clipomaly_ros.core import images
+    from clipomaly_ros.ros.messages import DeviceDecoder
+
+    scene = cv2.resize(RGB, (64, 48), interpolation=cv2.INTER_NEAREST)
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(scene, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    message = SimpleNamespace(format="jpeg", data=jpeg.tobytes())
+    errors = iter([RuntimeError("nvjpeg: NVJPEG_STATUS_EXECUTION_FAILED"), RuntimeError("nvjpeg: "
+                   "NVJPEG_STATUS_EXECUTION_FAILED"), torch.cuda.OutOfMemoryError("CUDA out of memory")])
+
+    def failing_device(data, device):
+        raise next(errors)
+
+    monkeypatch.setattr(images, "decode_jpeg_on_device", failing_device)
+    warnings = []
+    decode = DeviceDecoder(torch.device("cuda"), warnings.append)
+    for _ in range(3):
+        np.testing.assert_array_equal(decode(message), compressed_msg_to_rgb(message))  # the CPU decoded it
+    assert len(warnings) == 2 and "NVJPEG_STATUS_EXECUTION_FAILED" in warnings[0] and "OutOfMemory" in warnings[1]
+    health = decode.health()
+    assert health["device decode failures (decoded on the CPU)"] == 3
+    assert "RuntimeError: nvjpeg: NVJPEG_STATUS_EXECUTION_FAILED x2" in health["device decode failure kinds"]
 
 
 def test_output_fields_round_trip():

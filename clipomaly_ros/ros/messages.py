@@ -148,21 +148,52 @@ def _decode_on_cpu(msg: Any, data: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def compressed_msg_to_device(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
-                             device: Any = "cuda") -> np.ndarray | Any:
-    """A ``sensor_msgs/CompressedImage`` decoded where the model runs: a JPEG stream by nvJPEG on ``device``
+class DeviceDecoder:
+    """Decodes ``sensor_msgs/CompressedImage`` frames where the model runs: a JPEG stream by nvJPEG on ``device``
     (an RGB uint8 ``(H, W, 3)`` tensor there, :func:`~clipomaly_ros.core.images.decode_jpeg_on_device`), a PNG
-    stream by the CPU as :func:`compressed_msg_to_rgb` does. Checked as that function checks."""
-    from ..core.images import decode_jpeg_on_device
+    stream by the CPU as :func:`compressed_msg_to_rgb` does; checked as that function checks.
 
-    data = _compressed_stream(msg, max_pixels)
-    if data[:2].tobytes() != b"\xff\xd8":  # PNG: nvJPEG cannot decode it
-        return _decode_on_cpu(msg, data)
-    try:
-        return decode_jpeg_on_device(data, device)
-    except RuntimeError as error:
-        raise ImageConversionError(f"compressed image ({msg.format or 'no format'}, {data.size} bytes) could not be "
-                                   f"decoded on {device}: {str(error).splitlines()[0][:200]}") from None
+    A JPEG the device cannot decode but the CPU can is a device failure, not a bad input: the frame is decoded by
+    the CPU instead, each kind of failure (its exception and first line) is warned about once through ``warn`` and
+    counted (:meth:`health`, for ``/diagnostics``). One the CPU cannot decode either is a bad input
+    (:class:`ImageConversionError`). Called from the inference thread; :meth:`health` from any."""
+
+    def __init__(self, device: Any, warn: Callable[[str], None] = lambda message: None):
+        import threading
+
+        self.device = device
+        self.warn = warn
+        self.failures: dict[str, int] = {}
+        """Frames the device failed to decode and the CPU decoded, by kind of failure."""
+        self._lock = threading.Lock()
+
+    def __call__(self, msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | Any:
+        from ..core import images
+
+        data = _compressed_stream(msg, max_pixels)
+        if data[:2].tobytes() != b"\xff\xd8":  # PNG: nvJPEG cannot decode it
+            return _decode_on_cpu(msg, data)
+        try:
+            return images.decode_jpeg_on_device(data, self.device)
+        except Exception as error:  # noqa: BLE001 - nvJPEG and CUDA raise RuntimeError and more; the CPU decides
+            kind = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:120]}"
+        decoded = _decode_on_cpu(msg, data)  # raises ImageConversionError: the bytes are bad, not the device
+        with self._lock:
+            self.failures[kind] = self.failures.get(kind, 0) + 1
+            first = self.failures[kind] == 1
+        if first:
+            self.warn(f"the {self.device} decoder failed on a JPEG frame that the CPU decodes ({kind}): each frame it "
+                      "fails on is decoded on the CPU, and counted in /diagnostics as a device decode failure")
+        return decoded
+
+    def health(self) -> dict[str, str | int]:
+        """What ``/diagnostics`` says about the device decoder (empty while it has not failed)."""
+        with self._lock:
+            if not self.failures:
+                return {}
+            return {"device decode failures (decoded on the CPU)": sum(self.failures.values()),
+                    "device decode failure kinds": "; ".join(f"{kind} x{count}" for kind, count in
+                                                              self.failures.items())}
 
 
 class BadRecordedFrame(ValueError):

@@ -101,6 +101,7 @@ class PixelMeanEncoder(torch.nn.Module):
 def test_a_compiled_runtime_past_its_recompile_limit_runs_eager_and_says_so():
     from clipomaly_ros.core.model.runtimes import CompiledRuntime
 
+    torch._dynamo.reset()  # graphs compiled by earlier tests in this process would count against the limit
     encoder = PixelMeanEncoder()
     runtime = CompiledRuntime(encoder, encoder, torch.device("cpu"))
     try:
@@ -127,6 +128,7 @@ def test_closing_a_compiled_runtime_drops_its_compiled_graphs_and_weights():
 
     from clipomaly_ros.core.model.runtimes import CompiledRuntime, EagerRuntime
 
+    torch._dynamo.reset()
     encoder = PixelMeanEncoder()
     weight = weakref.ref(encoder.proj.weight)
     runtime = CompiledRuntime(encoder, encoder, torch.device("cpu"))

@@ -138,3 +138,43 @@ def test_a_runtime_that_fell_back_is_a_warning_in_diagnostics(monkeypatch):
         probe.executor.remove_node(node)
         node.destroy_node()
         probe.close()
+
+
+def test_a_frame_decoded_on_the_device_is_copied_to_the_host_once(monkeypatch):
+    """As nvJPEG hands the node a tensor: the pipeline's host copy is the one the outputs (overlay) read."""
+    import torch
+
+    from clipomaly_ros.core import pipeline as pipeline_module
+    from clipomaly_ros.ros import node as node_module
+
+    copies = []
+
+    def counting_on_host(image):
+        if isinstance(image, torch.Tensor):
+            copies.append(tuple(image.shape))
+            return image.cpu().numpy().copy()  # a real copy, as from a device
+        return image
+
+    monkeypatch.setattr(pipeline_module, "on_host", counting_on_host)
+    monkeypatch.setattr(node_module, "on_host", counting_on_host)
+    probe = Probe("clipomaly_worker_copy_probe")
+    node, name = managed_node(probe, "/wcopy", Parameter("backend", value="toy"),
+                              Parameter("inference_size", value=120), Parameter("anomaly_vocabulary", value=["tire"]),
+                              Parameter("publish_overlay", value=True))
+    try:
+        assert probe.change(name, Transition.TRANSITION_CONFIGURE)
+        image = toy_frames(1, 120, 160)[0][0]
+        node._decode = lambda msg, max_pixels: torch.from_numpy(image.copy())  # a frame decoded on the device
+        assert probe.change(name, Transition.TRANSITION_ACTIVATE)
+        camera = node.cameras[""]
+        overlays = []
+        probe.node.create_subscription(Image, "/wcopy/overlay", overlays.append, 10)
+        assert wait_for(lambda: camera.publishers["overlay"].get_subscription_count() > 0, timeout=30)
+        node._on_image(camera, image_msg(image, 1))
+        assert wait_for(lambda: camera.counters.processed == 1, timeout=60), camera.counters
+        assert camera.counters.published["overlay"] == 1
+        assert copies == [(120, 160, 3)]
+    finally:
+        probe.executor.remove_node(node)
+        node.destroy_node()
+        probe.close()

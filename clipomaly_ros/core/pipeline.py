@@ -163,6 +163,7 @@ class Clipomaly:
             for image, frame_features in zip(host_images, features):
                 timings = {"features": features_ms}
                 result = self._segment(image, frame_features, config, vocabulary, timings)
+                result.image = image  # the one host copy: the caller's outputs read it, never copy the frame again
                 timings["backbone"] = features_backbone_ms + (clock.take() if clock is not None else 0.0)
                 timings["total"] = (time.perf_counter() - start) * 1000.0
                 results.append(result)

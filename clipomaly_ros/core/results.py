@@ -87,6 +87,9 @@ class SegmentationResult:
     - ``anomaly_mask``: ``(H, W)`` bool, pixels that landed on a new name;
     - ``instances``: ``(H, W)`` uint16 anomaly instance ids, 0 = none.
 
+    ``image``: the RGB uint8 ``(H, W, 3)`` host array the frame was segmented from, the pipeline's one host copy
+    of a frame decoded on the device (outputs such as the overlay read it; None for a result built otherwise).
+
     ``computed_maps`` says which maps have been made. A result can also be built from ready arrays (tests, tools).
     """
 
@@ -94,8 +97,9 @@ class SegmentationResult:
                  rejected: list[str] | None = None, timings_ms: dict[str, float] | None = None,
                  maps: FrameMaps | None = None, semantic: np.ndarray | None = None,
                  anomaly_score: np.ndarray | None = None, anomaly_mask: np.ndarray | None = None,
-                 instances: np.ndarray | None = None):
+                 instances: np.ndarray | None = None, image: np.ndarray | None = None):
         self.labels = labels
+        self.image = image
         self.anomalies = anomalies
         self.known_count = known_count
         self.rejected = rejected if rejected is not None else []

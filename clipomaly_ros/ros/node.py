@@ -34,7 +34,6 @@ while another of the same camera waits replaces it and is counted as dropped.
 
 from __future__ import annotations
 
-import functools
 import sys
 import gc
 import importlib
@@ -69,7 +68,7 @@ from ..core.planning import AnomalyFollower
 from .autoware import autoware_style
 from .camera import CameraStream, LatestFrames, Watchdog, decode_frame
 from .messages import (DECODERS, OPTIONAL_OUTPUTS, OUTPUT_TYPES, ImageConversionError, MessageFactory,
-                       compressed_msg_to_device, uint8_array)
+                       DeviceDecoder, uint8_array)
 from ..core.vocabulary import VocabularyError
 from ..core.interrupt import GracefulStop, StopRequested
 from .image_input import ImageInput
@@ -352,7 +351,7 @@ class ClipomalyNode(LifecycleNode):
         self.input_type = CompressedImage if compressed else Image
         self._decode = DECODERS["sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"]
         if compressed and torch.device(self.device).type == "cuda":  # JPEG decoded by nvJPEG, never by the CPU
-            self._decode = functools.partial(compressed_msg_to_device, device=torch.device(self.device))
+            self._decode = DeviceDecoder(torch.device(self.device), self.get_logger().warning)
         self.cameras: dict[str, CameraStream] = {}
         self.image_inputs = {}
         self.camera_info_subscriptions = {}
@@ -656,7 +655,8 @@ class ClipomalyNode(LifecycleNode):
                 continue
             started = time.perf_counter()
             try:
-                camera.publish(msg.header, on_host(image), result, self._camera_config(camera, msg.header.frame_id),
+                host_image = result.image if result.image is not None else on_host(image)  # the pipeline's copy
+                camera.publish(msg.header, host_image, result, self._camera_config(camera, msg.header.frame_id),
                                self.publish_overlay)
             except Exception as error:  # the node must outlive any one frame
                 if self._settle(camera.name):
@@ -717,6 +717,7 @@ class ClipomalyNode(LifecycleNode):
         problem = self._check_worker()
         vocabulary = self.pipeline.vocabulary.current
         runtime_health = self.pipeline.runtime_health()
+        runtime_health.update(getattr(self._decode, "health", dict)())
         common = {"known classes": len(vocabulary.known), "anomaly vocabulary": len(vocabulary.anomaly),
                   "dictionary names": len(vocabulary.dictionary), "device": self.device, "enabled": self.enabled,
                   "lifecycle state": "active" if self.active else "inactive",

@@ -199,12 +199,14 @@ class OpenClipBackend:
         self.encoder.normalise_pixels(self.mean, self.std)
         self.image_encoder = DenseVisionEncoder(self.model.visual, "none")  # whole-image embeddings (crops)
         self.image_encoder.normalise_pixels(self.mean, self.std)
+        # naming crops at the model's native size under every runtime (onnx: on a second graph of that size)
+        self.crop_size = native_window(self.encoder)
         self.runtime = create_runtime(config.runtime, self.encoder, self.image_encoder, self.device,
                                       spec_of=lambda: engine_spec(config.model, self.encoder, self.window),
                                       engine=config.engine, cache_dir=config.cache_path,
-                                      max_batch=config.window_batch_size or 256)
-        # an exported graph takes windows of one size only: crops are resized to it
-        self.crop_size = self.window if config.runtime == "onnx" else native_window(self.encoder)
+                                      max_batch=config.window_batch_size or 256,
+                                      crop_spec_of=lambda: engine_spec(config.model, self.image_encoder,
+                                                                       self.crop_size))
         self.max_regions = config.max_regions
         self.description = (f"{config.model} ({self.weights_source}, dense {config.dense_method}, "
                             f"{self.runtime.description}) on {self.device}")

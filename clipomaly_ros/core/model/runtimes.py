@@ -233,6 +233,8 @@ class OnnxRuntime:
         recorded = EngineSpec.from_metadata(self.session.get_modelmeta().custom_metadata_map)
         check_engine(engine, recorded, expected)
         self.patch = expected.patch
+        self.side = expected.window
+        self.engine_name = engine.name
         self.depth = int(self.session.get_outputs()[0].shape[1])
         self.providers = self.session.get_providers()
         self.input_dtype = torch.float16 if "float16" in self.session.get_inputs()[0].type else torch.float32
@@ -271,13 +273,42 @@ class OnnxRuntime:
 
     def warm_up(self, dense_batches: Iterable[int], crop_batches: Iterable[int], window: int, crop: int) -> None:
         for size in sorted({min(n, self.max_batch) for n in (*dense_batches, *crop_batches) if n > 0}):
-            self._run(torch.zeros(size, 3, window, window, device=self.device))
+            self._run(torch.zeros(size, 3, self.side, self.side, device=self.device))
 
     def health(self) -> dict[str, str | int]:
         return {}
 
     def close(self) -> None:
         self.session = None
+
+
+class OnnxPair:
+    """``runtime: onnx`` as the backend runs it: the dense graph for windows, and CLIP's own image encoder exported
+    at its native size for the naming crops, so a crop is scored at the size eager PyTorch scores it (one graph
+    for both would resize every crop to the window)."""
+
+    name = "onnx"
+
+    def __init__(self, windows: OnnxRuntime, crops: OnnxRuntime):
+        self.windows, self.crops = windows, crops
+        self.description = windows.description + f", crops on {crops.engine_name}"
+
+    def dense(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.windows.dense(windows)
+
+    def embed(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.crops.embed(crops)
+
+    def warm_up(self, dense_batches: Iterable[int], crop_batches: Iterable[int], window: int, crop: int) -> None:
+        self.windows.warm_up(dense_batches, (), window, crop)
+        self.crops.warm_up((), crop_batches, window, crop)
+
+    def health(self) -> dict[str, str | int]:
+        return {}
+
+    def close(self) -> None:
+        self.windows.close()
+        self.crops.close()
 
 
 def default_engine_path(cache_dir: Path, spec: EngineSpec, dtype: torch.dtype) -> Path:
@@ -289,10 +320,11 @@ def default_engine_path(cache_dir: Path, spec: EngineSpec, dtype: torch.dtype) -
 
 def create_runtime(name: str, encoder: DenseVisionEncoder, image_encoder: DenseVisionEncoder,
                    device: torch.device, spec_of=None, engine: str = "", cache_dir: Path | None = None,
-                   max_batch: int = 64) -> WindowRuntime:
+                   max_batch: int = 64, crop_spec_of=None) -> WindowRuntime:
     """The runtime called ``name``. For ``onnx``: ``spec_of()`` gives the configuration's
     :class:`~.export.EngineSpec`; ``engine`` is the ONNX file, or empty to export one into ``cache_dir/engines``
-    (once; later starts reuse it)."""
+    (once; later starts reuse it). ``crop_spec_of()``, when given, is the spec of ``image_encoder`` at the crops'
+    size: the crops then run on a second graph, exported into ``cache_dir/engines`` once (:class:`OnnxPair`)."""
     if name == "torch":
         return EagerRuntime(encoder, image_encoder)
     if name == "compile":
@@ -307,12 +339,24 @@ def create_runtime(name: str, encoder: DenseVisionEncoder, image_encoder: DenseV
             raise ModelLoadError(f"engine {path} does not exist: write it with 'clipomaly export -o {path}', or "
                                  "clear 'engine' to have one exported on start")
     else:
-        path = default_engine_path(cache_dir, spec, encoder.weight.dtype)
-        if not path.is_file():
-            LOG.warning("exporting the window encoder to %s (once; later starts reuse it)", path)
-            export_onnx(encoder, spec, path)
-    return OnnxRuntime(path, spec, device, cache_dir, max_batch)
+        path = cached_export(encoder, spec, cache_dir, "the window encoder")
+    windows = OnnxRuntime(path, spec, device, cache_dir, max_batch)
+    if crop_spec_of is None:
+        return windows
+    crop_spec = crop_spec_of()
+    crops = OnnxRuntime(cached_export(image_encoder, crop_spec, cache_dir, "the crop encoder"), crop_spec, device,
+                        cache_dir, max_batch)
+    return OnnxPair(windows, crops)
 
 
-__all__ = ["WindowRuntime", "EagerRuntime", "CompiledRuntime", "OnnxRuntime", "create_runtime", "bucket",
+def cached_export(encoder: DenseVisionEncoder, spec: EngineSpec, cache_dir: Path, what: str) -> Path:
+    """``encoder`` exported under ``cache_dir/engines`` (:func:`default_engine_path`), once."""
+    path = default_engine_path(cache_dir, spec, encoder.weight.dtype)
+    if not path.is_file():
+        LOG.warning("exporting %s to %s (once; later starts reuse it)", what, path)
+        export_onnx(encoder, spec, path)
+    return path
+
+
+__all__ = ["WindowRuntime", "EagerRuntime", "CompiledRuntime", "OnnxRuntime", "OnnxPair", "create_runtime", "bucket",
            "choose_providers", "tensorrt_cache_dir", "import_onnxruntime"]

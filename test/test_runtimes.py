@@ -206,3 +206,30 @@ def test_clipomaly_export_writes_a_checked_engine_that_the_node_settings_can_run
                  "--dtype", "fp16"]) == 0
     engine = onnxruntime.InferenceSession(str(half), providers=["CPUExecutionProvider"])
     assert engine.get_inputs()[0].type == "tensor(float16)"
+
+
+def test_an_fp16_export_types_layernorm_and_softmax_fp32_for_a_strongly_typed_tensorrt_build(tiny, tmp_path):
+    """TensorRT is given the export's own types (strongly typed: its fp16 flag stays off), so the export must carry
+    the precision: fp16 matmuls, every LayerNormalization and Softmax fed in fp32."""
+    import collections
+
+    import onnx
+
+    from clipomaly_ros.core.model.runtimes import choose_providers
+
+    half = OpenClipBackend(ClipomalyConfig(model="clipomaly-tiny-vit", random_weights=True, device="cpu",
+                                           window_size=TINY_WINDOW, cache_dir=str(tmp_path)), precision="fp16")
+    path = export_onnx(half.encoder, engine_spec("clipomaly-tiny-vit", half.encoder, TINY_WINDOW),
+                       tmp_path / "half.onnx")
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    types = {value.name: value.type.tensor_type.elem_type
+             for value in [*graph.value_info, *graph.input, *graph.output]}
+    types.update({initializer.name: initializer.data_type for initializer in graph.initializer})
+    fed = collections.Counter((node.op_type, onnx.TensorProto.DataType.Name(types.get(node.input[0], 0)))
+                              for node in graph.node if node.op_type in ("LayerNormalization", "Softmax", "MatMul"))
+    assert fed[("LayerNormalization", "FLOAT")] >= 2 and fed[("Softmax", "FLOAT")] >= 2
+    assert fed[("LayerNormalization", "FLOAT16")] == 0 and fed[("Softmax", "FLOAT16")] == 0
+    assert fed[("MatMul", "FLOAT16")] > fed[("MatMul", "FLOAT")]  # the heavy work stays in fp16
+    providers = choose_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+                                 torch.device("cuda"), tmp_path / "trt", 8, TINY_WINDOW)
+    assert providers[0][0] == "TensorrtExecutionProvider" and providers[0][1]["trt_fp16_enable"] is False

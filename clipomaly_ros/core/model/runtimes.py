@@ -193,8 +193,12 @@ def choose_providers(available: list[str], device: torch.device, trt_cache: Path
         if "TensorrtExecutionProvider" in available and trt_cache is not None:
             trt_cache.mkdir(parents=True, exist_ok=True)
             chosen.append(("TensorrtExecutionProvider", {
-                # fp16 kernels, but LayerNorm's reductions in fp32: the fp16 overflow trap (TensorRT #2564)
-                "device_id": device_id, "trt_fp16_enable": True, "trt_layer_norm_fp32_fallback": True,
+                # Strongly typed: with its fp16 flag off, ONNX Runtime's TensorRT provider builds a strongly typed
+                # network (TensorRT 10 and later; onnxruntime#18707), so every layer runs in the type the export
+                # gave it: an fp16 export's matmuls in fp16, its LayerNorm and softmax in fp32. The weakly typed
+                # fp16 flag lets TensorRT choose fp16 for LayerNormalization, which overflows in a ViT
+                # (TensorRT #2564); its layer-norm fallback only covers LayerNorm written as Pow + ReduceMean.
+                "device_id": device_id, "trt_fp16_enable": False,
                 "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": str(trt_cache), "trt_timing_cache_enable": True,
                 "trt_timing_cache_path": str(trt_cache),

@@ -33,7 +33,7 @@ add_if_it_fits() {  # add_if_it_fits NAME PACKAGE...
 # open_clip and what it imports beyond torch and torchvision (huggingface_hub is optional to it: no downloads there),
 # and pytest for the CUDA test cases
 download "$out" open_clip_torch ftfy wcwidth regex safetensors timm tqdm pyyaml filelock fsspec packaging \
-  pytest pluggy iniconfig \
+  pytest pluggy iniconfig pygments \
   typing_extensions
 add_if_it_fits onnx-export onnx onnxscript onnx_ir ml_dtypes protobuf
 add_if_it_fits scipy scipy

@@ -237,7 +237,7 @@ def pooled_feature(pipeline, image, mask) -> np.ndarray:
 
 
 def test_objects_no_label_covers_are_still_named_after_fine_tuning(tmp_path, tiny_model_name):
-    """Measured over seeds 0 to 4 (the README has the table): the pretrained tiny ViT named 10 to 12 of 16
+    """Measured over seeds 0 to 4 (docs/finetune.md has the table): the pretrained tiny ViT named 10 to 12 of 16
     objects; after fine-tuning on the known classes it named 8 to 12 with the preservation term and 1 to 6 without
     it (2 to 10 fewer); the objects' features kept a cosine of 0.990 to 0.994 to the pretrained ones with the term
     and 0.840 to 0.918 without. The margins below hold for each of those seeds with room to spare."""

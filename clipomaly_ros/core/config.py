@@ -3,7 +3,7 @@
 Every setting is a :class:`Setting` in :data:`SETTINGS`: its default, type, allowed range or choices, whether it
 can change while running (``live``) and which layer reads it (``core`` for the ROS-free pipeline, ``node`` for the
 ROS node only). The library, the command line tool and the node all read the same ROS 2 parameter file
-(``clipomaly: ros__parameters: ...``), so a setting means the same everywhere.
+(``/**/clipomaly: ros__parameters: ...``), so a setting means the same everywhere.
 """
 
 from __future__ import annotations

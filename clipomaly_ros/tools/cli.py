@@ -1,7 +1,7 @@
 """The ``clipomaly`` command line tool.
 
 Subcommands: ``segment`` (images to maps, overlays and JSON), ``scene`` (write the toy street scene used in the
-README and tests), ``defaults`` (print a parameter file with every setting at its default); more are added by the
+docs and tests), ``defaults`` (print a parameter file with every setting at its default); more are added by the
 offline-processing tools.
 """
 

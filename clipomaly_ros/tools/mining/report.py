@@ -25,7 +25,7 @@ ROW_SCHEMA = pa.schema([
     ("on_road", pa.bool_()), ("distance_m", pa.float64()), ("lateral_m", pa.float64()),
     ("cut_at_start", pa.bool_()), ("cut_at_end", pa.bool_()), ("thumbnail", pa.string()),
 ])
-"""One row per anomaly track per shard; the README documents every column."""
+"""One row per anomaly track per shard; docs/mining.md documents every column."""
 
 
 def committed_shards(out_dir: Path) -> dict[str, dict]:

@@ -17,7 +17,7 @@ packages come from ``.gpu-wheels`` (``make gpu-wheels`` fills it on a connected 
 Every case has a status. A runtime that cannot run here, a cosine under 0.999, a first frame that recompiled, a
 failing test or unequal names is FAIL with its reason, and the script then exits 1 (2: no CUDA device). It keeps to
 a time budget (``--budget-s``, 480 s by default): a part that would not fit is FAIL "time budget". It writes
-``gpu_check.json`` and ``gpu_check.md`` (the table the README's GPU section is made of, ``--readme`` puts it there)
+``gpu_check.json`` and ``gpu_check.md`` (the table of docs/measurements.md's GPU section, ``--markdown`` puts it there)
 under ``--out`` and ends with one summary table. ``--device cpu`` runs the same steps on a CPU with a few frames and
 the bundled tiny ViT, which is how CI proves this script.
 """
@@ -382,7 +382,7 @@ def summary_table(report: dict) -> str:
 
 
 def markdown_table(report: dict) -> str:
-    """The GPU section's table for the README (``--readme``)."""
+    """The GPU table for docs/measurements.md (``--markdown``)."""
     lines = [f"Measured by `make gpu-check` on {report['device_name']} ({report['model']}, random weights, "
              f"{report['size']}, torch {report['torch']}, {report['date']}): {report['verdict']}.", "",
              "| layout | runtime | precision | p50 ms | p99 ms | backbone ms | host ms | first frame ms | frames/s | "
@@ -405,18 +405,18 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-README_BEGIN = "<!-- gpu-check table: begin (written by scripts/gpu_check.py --readme) -->"
-README_END = "<!-- gpu-check table: end -->"
+TABLE_BEGIN = "<!-- gpu-check table: begin (written by scripts/gpu_check.py --markdown) -->"
+TABLE_END = "<!-- gpu-check table: end -->"
 
 
-def write_into_readme(readme: Path, table: str) -> None:
-    """Replace what lies between the README's gpu-check markers by ``table``."""
-    text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise SystemExit(f"{readme} has no gpu-check markers ({README_BEGIN} ... {README_END})")
-    before, rest = text.split(README_BEGIN, 1)
-    after = rest.split(README_END, 1)[1]
-    readme.write_text(f"{before}{README_BEGIN}\n{table}{README_END}{after}")
+def write_into_markdown(page: Path, table: str) -> None:
+    """Replace what lies between ``page``'s gpu-check markers by ``table``."""
+    text = page.read_text()
+    if TABLE_BEGIN not in text or TABLE_END not in text:
+        raise SystemExit(f"{page} has no gpu-check markers ({TABLE_BEGIN} ... {TABLE_END})")
+    before, rest = text.split(TABLE_BEGIN, 1)
+    after = rest.split(TABLE_END, 1)[1]
+    page.write_text(f"{before}{TABLE_BEGIN}\n{table}{TABLE_END}{after}")
 
 
 def main(argv=None) -> int:
@@ -435,7 +435,8 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=480.0, help="time budget in seconds (default 480)")
     parser.add_argument("--wheels", type=Path, default=REPO / ".gpu-wheels")
     parser.add_argument("--out", type=Path, default=REPO / "gpu_check_out")
-    parser.add_argument("--readme", type=Path, help="also write the table into this README between its markers")
+    parser.add_argument("--markdown", type=Path, help="also write the table into this Markdown file between its "
+                        "gpu-check markers (docs/measurements.md)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     budget = Budget(args.budget_s)
@@ -514,8 +515,8 @@ def main(argv=None) -> int:
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown_table(report)
     (args.out / "gpu_check.md").write_text(table)
-    if args.readme is not None:
-        write_into_readme(args.readme, table)
+    if args.markdown is not None:
+        write_into_markdown(args.markdown, table)
     print(format_table(report))
     print(summary_table(report))
     print(f"wrote {args.out / 'gpu_check.json'} and gpu_check.md")

@@ -22,10 +22,10 @@ def load_script():
 def test_make_gpu_check_on_the_cpu_measures_every_runtime_and_layout(tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "out"
-    readme = tmp_path / "README.md"
+    readme = tmp_path / "measurements.md"
     gpu_check = load_script()
-    readme.write_text(f"# r\n\nbefore\n{gpu_check.README_BEGIN}\nnot measured\n{gpu_check.README_END}\nafter\n")
-    arguments = f"--out {out} --frames 2 --cameras 1,2 --wheels {tmp_path / 'no-wheels'} --readme {readme}"
+    readme.write_text(f"# r\n\nbefore\n{gpu_check.TABLE_BEGIN}\nnot measured\n{gpu_check.TABLE_END}\nafter\n")
+    arguments = f"--out {out} --frames 2 --cameras 1,2 --wheels {tmp_path / 'no-wheels'} --markdown {readme}"
     completed = subprocess.run(["make", "-s", "gpu-check", "DEVICE=cpu", f"GPU_CHECK_ARGS={arguments}",
                                 f"GPU_PYTHON={sys.executable}"], cwd=REPO, capture_output=True, text=True,
                                timeout=1200)

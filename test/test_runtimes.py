@@ -12,9 +12,9 @@ from clipomaly_ros import ClipomalyConfig
 from clipomaly_ros.core.config import DENSE_METHODS
 from clipomaly_ros.core.model.backend import ModelLoadError
 from clipomaly_ros.core.model.dense import DenseVisionEncoder, plan_windows
-from clipomaly_ros.core.model.export import EngineSpec, engine_spec, export_onnx, weights_digest
+from clipomaly_ros.core.model.export import ExportedGraph, describe_graph, export_onnx, weights_digest
 from clipomaly_ros.core.model.open_clip_backend import OpenClipBackend
-from clipomaly_ros.core.model.runtimes import EagerRuntime, OnnxRuntime, bucket, create_runtime
+from clipomaly_ros.core.model.runtimes import EagerRuntime, OnnxGraphRuntime, bucket, create_runtime
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM WEIGHTS")
 onnxruntime = pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
@@ -55,8 +55,9 @@ def test_the_onnx_export_equals_eager_pytorch_for_every_dense_method(model, meth
     backend = request.getfixturevalue(model)
     encoder = DenseVisionEncoder(backend.model.visual, method)
     encoder.normalise_pixels(backend.mean, backend.std)
-    spec = engine_spec(backend.model_name, encoder, backend.window)
-    engine = OnnxRuntime(export_onnx(encoder, spec, tmp_path / "encoder.onnx"), spec, torch.device("cpu"), tmp_path)
+    spec = describe_graph(backend.model_name, encoder, backend.window)
+    engine = OnnxGraphRuntime(export_onnx(encoder, spec, tmp_path / "encoder.onnx"), spec, torch.device("cpu"),
+                              tmp_path)
     eager = EagerRuntime(encoder, backend.image_encoder)
     windows = random_windows(3, backend.window)  # the export traced 2: the batch size is dynamic
     with torch.inference_mode():
@@ -69,13 +70,13 @@ def test_the_onnx_export_equals_eager_pytorch_for_every_dense_method(model, meth
 def test_the_exported_graph_has_written_out_attention_and_its_record(tiny, tmp_path):
     import onnx
 
-    spec = engine_spec(tiny.model_name, tiny.encoder, tiny.window)
+    spec = describe_graph(tiny.model_name, tiny.encoder, tiny.window)
     model = onnx.load(str(export_onnx(tiny.encoder, spec, tmp_path / "encoder.onnx")))
     operators = {node.op_type for node in model.graph.node}
     assert {"MatMul", "Softmax", "TopK"} <= operators  # SC-CLIP's outlier factor is inside the graph
     assert not {"Attention", "MultiHeadAttention", "ScaledDotProductAttention"} & operators
     assert max(opset.version for opset in model.opset_import if opset.domain == "") >= 17
-    recorded = EngineSpec.from_metadata({entry.key: entry.value for entry in model.metadata_props})
+    recorded = ExportedGraph.from_metadata({entry.key: entry.value for entry in model.metadata_props})
     assert recorded == spec and recorded.dense_method == "scclip" and recorded.window == TINY_WINDOW
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch axis
 
@@ -83,22 +84,22 @@ def test_the_exported_graph_has_written_out_attention_and_its_record(tiny, tmp_p
 def test_an_engine_for_another_configuration_is_refused_with_a_one_line_reason(tiny, tiny_model_name, tmp_path):
     naclip = DenseVisionEncoder(tiny.model.visual, "naclip")
     naclip.normalise_pixels(tiny.mean, tiny.std)
-    path = export_onnx(naclip, engine_spec(tiny_model_name, naclip, TINY_WINDOW), tmp_path / "naclip.onnx")
+    path = export_onnx(naclip, describe_graph(tiny_model_name, naclip, TINY_WINDOW), tmp_path / "naclip.onnx")
     with pytest.raises(ModelLoadError) as refused:
         backend_for(tiny_model_name, tmp_path, window_size=TINY_WINDOW, runtime="onnx", engine=str(path))
     message = str(refused.value)
     assert "\n" not in message and "dense_method 'naclip' (configured: 'scclip')" in message
-    other_weights = EngineSpec(tiny_model_name, "0" * 16, "naclip", TINY_WINDOW, 16)
+    other_weights = ExportedGraph(tiny_model_name, "0" * 16, "naclip", TINY_WINDOW, 16)
     with pytest.raises(ModelLoadError, match="weights '[0-9a-f]{16}' \\(configured: '0{16}'\\)"):
-        OnnxRuntime(path, other_weights, torch.device("cpu"), tmp_path)
-    other_window = EngineSpec(tiny_model_name, weights_digest(naclip.visual), "naclip", 64, 16)
+        OnnxGraphRuntime(path, other_weights, torch.device("cpu"), tmp_path)
+    other_window = ExportedGraph(tiny_model_name, weights_digest(naclip.visual), "naclip", 64, 16)
     with pytest.raises(ModelLoadError, match="window 128 \\(configured: 64\\)"):
-        OnnxRuntime(path, other_window, torch.device("cpu"), tmp_path)
+        OnnxGraphRuntime(path, other_window, torch.device("cpu"), tmp_path)
     bare = tmp_path / "bare.onnx"
     torch.onnx.export(torch.nn.Conv2d(3, 4, 16, 16).eval(), (random_windows(1, 64),), str(bare), dynamo=True,
                       input_names=["windows"])
     with pytest.raises(ModelLoadError, match="no clipomaly metadata"):
-        OnnxRuntime(bare, other_weights, torch.device("cpu"), tmp_path)
+        OnnxGraphRuntime(bare, other_weights, torch.device("cpu"), tmp_path)
 
 
 def test_runtime_onnx_exports_once_into_the_cache_and_reuses_it(tiny_model_name, tmp_path):
@@ -219,7 +220,7 @@ def test_an_fp16_export_types_layernorm_and_softmax_fp32_for_a_strongly_typed_te
 
     half = OpenClipBackend(ClipomalyConfig(model="clipomaly-tiny-vit", random_weights=True, device="cpu",
                                            window_size=TINY_WINDOW, cache_dir=str(tmp_path)), precision="fp16")
-    path = export_onnx(half.encoder, engine_spec("clipomaly-tiny-vit", half.encoder, TINY_WINDOW),
+    path = export_onnx(half.encoder, describe_graph("clipomaly-tiny-vit", half.encoder, TINY_WINDOW),
                        tmp_path / "half.onnx")
     graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
     types = {value.name: value.type.tensor_type.elem_type

@@ -573,26 +573,26 @@ def bench(subparsers) -> None:
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from ..core.model.export import engine_spec, export_onnx
+    from ..core.model.export import describe_graph, export_onnx
     from ..core.model.open_clip_backend import OpenClipBackend
 
     config = config_from_args(args, runtime="torch")  # the export itself traces the eager graph
     if config.backend != "open_clip":
         raise ValueError("export needs the open_clip backend (--backend open_clip): the toy backend has no network")
     backend = OpenClipBackend(config, precision=args.dtype)
-    spec = engine_spec(config.model, backend.encoder, backend.window)
+    spec = describe_graph(config.model, backend.encoder, backend.window)
     path = export_onnx(backend.encoder, spec, args.output)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MB): {spec.model}, weights {spec.weights}, dense method "
           f"{spec.dense_method}, window {spec.window}, {args.dtype}. Run it with runtime: onnx, engine: {path}")
     if args.dtype == "fp32":
         import importlib.util
 
-        from ..core.model.runtimes import OnnxRuntime
+        from ..core.model.runtimes import OnnxGraphRuntime
 
         if importlib.util.find_spec("onnxruntime") is None:
             print("not checked against eager PyTorch: onnxruntime is not installed")
             return 0
-        engine = OnnxRuntime(path, spec, torch.device("cpu"), config.cache_path)
+        engine = OnnxGraphRuntime(path, spec, torch.device("cpu"), config.cache_path)
         windows = torch.rand(2, 3, spec.window, spec.window, generator=torch.Generator().manual_seed(0)) * 255
         with torch.inference_mode():
             eager = backend.encoder.forward_pixels(windows.to(backend.device))[1].float().cpu()

@@ -11,7 +11,7 @@ softmax runs in fp32 and LayerNorm casts to fp32 (open_clip's fp16 LayerNorm) - 
 for exported fused attention (NVIDIA/TensorRT #4333, #4328) and fp16 LayerNorm overflows (#2564, #2709).
 
 The ONNX metadata (``clipomaly.*``) records the model, a hash of the visual weights, the dense method, the window,
-the patch and the pixel convention; :func:`check_engine` refuses an engine whose record does not match.
+the patch and the pixel convention; :func:`check_exported_graph` refuses an engine whose record does not match.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ ONNX_EXTRA_HINT = "pip install 'clipomaly_ros[onnx]' (on a GPU machine also onnx
 
 
 @dataclass(frozen=True)
-class EngineSpec:
-    """What an exported window encoder was made from; an engine runs only where all of it matches."""
+class ExportedGraph:
+    """What an exported window encoder was made from (recorded in its ONNX metadata); a graph runs only where all of
+    it matches the configuration."""
 
     model: str
     weights: str
@@ -52,7 +53,7 @@ class EngineSpec:
         return {f"clipomaly.{key}": str(value) for key, value in asdict(self).items()}
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str]) -> "EngineSpec | None":
+    def from_metadata(cls, metadata: dict[str, str]) -> "ExportedGraph | None":
         """The spec an ONNX model's metadata records, or None when it has no clipomaly record."""
         values = {f.name: metadata.get(f"clipomaly.{f.name}") for f in fields(cls)}
         if any(value is None for value in values.values()):
@@ -69,18 +70,18 @@ def weights_digest(module: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def engine_spec(model_name: str, encoder: DenseVisionEncoder, window: int) -> EngineSpec:
+def describe_graph(model_name: str, encoder: DenseVisionEncoder, window: int) -> ExportedGraph:
     """The spec of ``encoder`` (its method and weights) at ``window`` pixels."""
-    return EngineSpec(model_name, weights_digest(encoder.visual), encoder.method, window, encoder.patch_size[0])
+    return ExportedGraph(model_name, weights_digest(encoder.visual), encoder.method, window, encoder.patch_size[0])
 
 
-def check_engine(path: Path, recorded: EngineSpec | None, expected: EngineSpec) -> None:
+def check_exported_graph(path: Path, recorded: ExportedGraph | None, expected: ExportedGraph) -> None:
     """Raise :class:`ModelLoadError` with a one-line reason unless ``recorded`` (an engine's metadata) is
     ``expected`` (the configuration's)."""
     if recorded is None:
         raise ModelLoadError(f"engine {path} has no clipomaly metadata: write it with 'clipomaly export'")
     wrong = [f"{f.name} {getattr(recorded, f.name)!r} (configured: {getattr(expected, f.name)!r})"
-             for f in fields(EngineSpec) if getattr(recorded, f.name) != getattr(expected, f.name)]
+             for f in fields(ExportedGraph) if getattr(recorded, f.name) != getattr(expected, f.name)]
     if wrong:
         raise ModelLoadError(f"engine {path} does not match the configuration: it was exported with "
                              f"{'; '.join(wrong)}. Export it again with 'clipomaly export' for this configuration, "
@@ -98,7 +99,7 @@ class WindowEncoder(nn.Module):
         return self.encoder.forward_pixels(windows, clip_embedding=True)
 
 
-def export_onnx(encoder: DenseVisionEncoder, spec: EngineSpec, path: str | Path, max_batch: int = 1024) -> Path:
+def export_onnx(encoder: DenseVisionEncoder, spec: ExportedGraph, path: str | Path, max_batch: int = 1024) -> Path:
     """Write ``encoder`` (already told its pixel normalisation) as ONNX to ``path`` with ``spec`` in its metadata.
 
     The graph is traced in the encoder's own dtype (fp16 weights give an fp16 engine) on its device, with the
@@ -131,4 +132,5 @@ def export_onnx(encoder: DenseVisionEncoder, spec: EngineSpec, path: str | Path,
     return path
 
 
-__all__ = ["EngineSpec", "weights_digest", "engine_spec", "check_engine", "export_onnx", "WindowEncoder", "OPSET"]
+__all__ = ["ExportedGraph", "weights_digest", "describe_graph", "check_exported_graph", "export_onnx", "WindowEncoder",
+           "OPSET"]

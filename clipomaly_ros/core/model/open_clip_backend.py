@@ -24,7 +24,7 @@ from ..config import ClipomalyConfig
 from .backend import BackboneClock, DenseFeatures, ModelLoadError, resolve_device
 from .dense import (DenseVisionEncoder, LayoutCost, WindowLayout, layout_cost, native_window, plan_windows,
                     sliding_window_features)
-from .export import engine_spec
+from .export import describe_graph
 from .runtimes import create_runtime
 from .staging import CudaCopyEngine, PinnedStaging
 
@@ -202,10 +202,10 @@ class OpenClipBackend:
         # naming crops at the model's native size under every runtime (onnx: on a second graph of that size)
         self.crop_size = native_window(self.encoder)
         self.runtime = create_runtime(config.runtime, self.encoder, self.image_encoder, self.device,
-                                      spec_of=lambda: engine_spec(config.model, self.encoder, self.window),
+                                      spec_of=lambda: describe_graph(config.model, self.encoder, self.window),
                                       engine=config.engine, cache_dir=config.cache_path,
                                       max_batch=config.window_batch_size or 256,
-                                      crop_spec_of=lambda: engine_spec(config.model, self.image_encoder,
+                                      crop_spec_of=lambda: describe_graph(config.model, self.image_encoder,
                                                                        self.crop_size))
         self.max_regions = config.max_regions
         self.description = (f"{config.model} ({self.weights_source}, dense {config.dense_method}, "

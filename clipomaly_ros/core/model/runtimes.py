@@ -11,7 +11,7 @@ compile  ``torch.compile`` of the same two; on CUDA with CUDA graphs. The batch 
          batches are padded to a power of two, so a new number of cameras or regions records one more CUDA graph
          instead of compiling again; :meth:`warm_up` runs the expected sizes at start, so the first frame is not
          slow
-onnx     ONNX Runtime on an exported model (:mod:`.export`): TensorRT (fp16, engines cached on disk), then CUDA,
+onnx     ONNX Runtime on an exported model (:mod:`.export`): TensorRT (strongly typed, engines cached), then CUDA,
          then CPU, whichever the installed build has; one graph answers both questions
 ======== =======================================================================================================
 """
@@ -28,7 +28,7 @@ import torch
 
 from .backend import ModelLoadError
 from .dense import DenseVisionEncoder
-from .export import ONNX_EXTRA_HINT, EngineSpec, check_engine, export_onnx
+from .export import ONNX_EXTRA_HINT, ExportedGraph, check_exported_graph, export_onnx
 
 LOG = logging.getLogger(__name__)
 
@@ -211,15 +211,15 @@ def choose_providers(available: list[str], device: torch.device, trt_cache: Path
     return chosen
 
 
-class OnnxRuntime:
-    """An exported window encoder under ONNX Runtime (``runtime: onnx``).
+class OnnxGraphRuntime:
+    """Our adapter that runs one exported graph (:mod:`.export`) in an ONNX Runtime session (``runtime: onnx``).
 
     On CUDA with a GPU provider, windows and outputs stay on the GPU (I/O binding to the torch tensors); otherwise
     they pass through host memory."""
 
     name = "onnx"
 
-    def __init__(self, engine: Path, expected: EngineSpec, device: torch.device, cache_dir: Path,
+    def __init__(self, engine: Path, expected: ExportedGraph, device: torch.device, cache_dir: Path,
                  max_batch: int = 64):
         ort = import_onnxruntime()
         self.device = device
@@ -234,8 +234,8 @@ class OnnxRuntime:
             raise ModelLoadError(f"engine {engine} could not be loaded by ONNX Runtime "
                                  f"({str(error).splitlines()[0][:200]}): export it again with 'clipomaly "
                                  "export'") from None
-        recorded = EngineSpec.from_metadata(self.session.get_modelmeta().custom_metadata_map)
-        check_engine(engine, recorded, expected)
+        recorded = ExportedGraph.from_metadata(self.session.get_modelmeta().custom_metadata_map)
+        check_exported_graph(engine, recorded, expected)
         self.patch = expected.patch
         self.side = expected.window
         self.engine_name = engine.name
@@ -286,14 +286,14 @@ class OnnxRuntime:
         self.session = None
 
 
-class OnnxPair:
+class OnnxGraphPair:
     """``runtime: onnx`` as the backend runs it: the dense graph for windows, and CLIP's own image encoder exported
     at its native size for the naming crops, so a crop is scored at the size eager PyTorch scores it (one graph
     for both would resize every crop to the window)."""
 
     name = "onnx"
 
-    def __init__(self, windows: OnnxRuntime, crops: OnnxRuntime):
+    def __init__(self, windows: OnnxGraphRuntime, crops: OnnxGraphRuntime):
         self.windows, self.crops = windows, crops
         self.description = windows.description + f", crops on {crops.engine_name}"
 
@@ -315,7 +315,7 @@ class OnnxPair:
         self.crops.close()
 
 
-def default_engine_path(cache_dir: Path, spec: EngineSpec, dtype: torch.dtype) -> Path:
+def default_export_path(cache_dir: Path, spec: ExportedGraph, dtype: torch.dtype) -> Path:
     """Where ``runtime: onnx`` with an empty ``engine`` keeps the model it exported."""
     precision = "fp16" if dtype == torch.float16 else "fp32"
     name = f"{spec.model.replace('/', '_').replace(':', '_')}-{spec.dense_method}-w{spec.window}-{spec.weights}"
@@ -326,9 +326,9 @@ def create_runtime(name: str, encoder: DenseVisionEncoder, image_encoder: DenseV
                    device: torch.device, spec_of=None, engine: str = "", cache_dir: Path | None = None,
                    max_batch: int = 64, crop_spec_of=None) -> WindowRuntime:
     """The runtime called ``name``. For ``onnx``: ``spec_of()`` gives the configuration's
-    :class:`~.export.EngineSpec`; ``engine`` is the ONNX file, or empty to export one into ``cache_dir/engines``
+    :class:`~.export.ExportedGraph`; ``engine`` is the ONNX file, or empty to export one into ``cache_dir/engines``
     (once; later starts reuse it). ``crop_spec_of()``, when given, is the spec of ``image_encoder`` at the crops'
-    size: the crops then run on a second graph, exported into ``cache_dir/engines`` once (:class:`OnnxPair`)."""
+    size: the crops then run on a second graph, exported into ``cache_dir/engines`` once (:class:`OnnxGraphPair`)."""
     if name == "torch":
         return EagerRuntime(encoder, image_encoder)
     if name == "compile":
@@ -344,23 +344,23 @@ def create_runtime(name: str, encoder: DenseVisionEncoder, image_encoder: DenseV
                                  "clear 'engine' to have one exported on start")
     else:
         path = cached_export(encoder, spec, cache_dir, "the window encoder")
-    windows = OnnxRuntime(path, spec, device, cache_dir, max_batch)
+    windows = OnnxGraphRuntime(path, spec, device, cache_dir, max_batch)
     if crop_spec_of is None:
         return windows
     crop_spec = crop_spec_of()
-    crops = OnnxRuntime(cached_export(image_encoder, crop_spec, cache_dir, "the crop encoder"), crop_spec, device,
+    crops = OnnxGraphRuntime(cached_export(image_encoder, crop_spec, cache_dir, "the crop encoder"), crop_spec, device,
                         cache_dir, max_batch)
-    return OnnxPair(windows, crops)
+    return OnnxGraphPair(windows, crops)
 
 
-def cached_export(encoder: DenseVisionEncoder, spec: EngineSpec, cache_dir: Path, what: str) -> Path:
-    """``encoder`` exported under ``cache_dir/engines`` (:func:`default_engine_path`), once."""
-    path = default_engine_path(cache_dir, spec, encoder.weight.dtype)
+def cached_export(encoder: DenseVisionEncoder, spec: ExportedGraph, cache_dir: Path, what: str) -> Path:
+    """``encoder`` exported under ``cache_dir/engines`` (:func:`default_export_path`), once."""
+    path = default_export_path(cache_dir, spec, encoder.weight.dtype)
     if not path.is_file():
         LOG.warning("exporting %s to %s (once; later starts reuse it)", what, path)
         export_onnx(encoder, spec, path)
     return path
 
 
-__all__ = ["WindowRuntime", "EagerRuntime", "CompiledRuntime", "OnnxRuntime", "OnnxPair", "create_runtime", "bucket",
-           "choose_providers", "tensorrt_cache_dir", "import_onnxruntime"]
+__all__ = ["WindowRuntime", "EagerRuntime", "CompiledRuntime", "OnnxGraphRuntime", "OnnxGraphPair", "create_runtime",
+           "bucket", "choose_providers", "tensorrt_cache_dir", "import_onnxruntime"]

@@ -265,7 +265,7 @@ from rcl_interfaces.srv import GetParameters
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray
 from clipomaly_ros.ros.messages import MessageFactory
-from clipomaly_ros.ros.node import ros_type
+from clipomaly_ros.ros.messages import ros_type
 
 rclpy.init()
 node = rclpy.create_node("probe", namespace="/tuned")

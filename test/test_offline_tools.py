@@ -13,7 +13,7 @@ from clipomaly_ros.core.overlay import class_colour
 from clipomaly_ros.core.scenes import render_street_scene
 from clipomaly_ros.core.model.toy_backend import TOY_LEXICON
 from clipomaly_ros.ros.bags import typestore_with_built_msgs
-from clipomaly_ros.ros.messages import image_msg_to_rgb
+from clipomaly_ros.ros.decoding import image_msg_to_rgb
 from clipomaly_ros.tools.cli import main
 
 from helpers import FIRST_STAMP_NS, STORE, image_message, toy_frames, write_image_bag

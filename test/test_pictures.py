@@ -114,7 +114,7 @@ def test_replayed_overlay_outlines_no_unconfirmed_track(tmp_path, capsys):
 
     from clipomaly_ros.core.overlay import ANOMALY_COLOUR
     from clipomaly_ros.ros.bags import typestore_with_built_msgs
-    from clipomaly_ros.ros.messages import image_msg_to_rgb
+    from clipomaly_ros.ros.decoding import image_msg_to_rgb
     from clipomaly_ros.tools.cli import main
 
     from helpers import toy_frames, write_image_bag

@@ -63,7 +63,7 @@ def test_a_camera_that_drops_every_other_frame_needs_its_rate_or_its_camera_info
 
 def test_the_covariance_of_a_located_anomaly_lies_along_the_ray_from_the_camera():
     from clipomaly_ros.ros.autoware import position_covariance
-    from clipomaly_ros.ros.messages import line_of_sight
+    from clipomaly_ros.core.geometry import line_of_sight
 
     camera = CameraModel(1280, 720, np.array([[1000.0, 0, 640], [0, 1000, 360], [0, 0, 1]]), np.zeros(5))
     mounting = CameraMounting(y=1.5, z=1.6, pitch=0.05, yaw=-0.35)  # 1.5 m to the left, looking right of ahead

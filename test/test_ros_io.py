@@ -11,8 +11,8 @@ from clipomaly_ros.ros.bags import typestore_with_built_msgs
 from clipomaly_ros.core.geometry import GroundEstimate
 from clipomaly_ros.core.planning import PlannerFrame
 from clipomaly_ros.core.results import AnomalyRecord, SegmentationResult
-from clipomaly_ros.ros.messages import (OUTPUT_TYPES, ImageConversionError, MessageFactory, published_instances, array_to_image_fields, compressed_msg_to_rgb,
-                                  image_msg_to_rgb)
+from clipomaly_ros.ros.messages import OUTPUT_TYPES, MessageFactory, published_instances, array_to_image_fields
+from clipomaly_ros.ros.decoding import ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb
 
 RNG = np.random.default_rng(3)
 RGB = RNG.integers(0, 255, (5, 7, 3), dtype=np.uint8)
@@ -74,7 +74,7 @@ def test_compressed_png_and_jpeg_and_corrupt_data():
 
 
 def test_jpeg_decoded_where_the_model_runs_equals_the_cpu_decoder():
-    from clipomaly_ros.ros.messages import DeviceDecoder
+    from clipomaly_ros.ros.decoding import DeviceDecoder
 
     scene = cv2.resize(RGB, (64, 48), interpolation=cv2.INTER_NEAREST)
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(scene, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -96,7 +96,7 @@ def test_jpeg_decoded_where_the_model_runs_equals_the_cpu_decoder():
 
 def test_a_device_decoder_failure_falls_back_to_the_cpu_warns_once_per_kind_and_is_counted(monkeypatch):
     from clipomaly_ros.core import images
-    from clipomaly_ros.ros.messages import DeviceDecoder
+    from clipomaly_ros.ros.decoding import DeviceDecoder
 
     scene = cv2.resize(RGB, (64, 48), interpolation=cv2.INTER_NEAREST)
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(scene, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -189,7 +189,7 @@ def png_header_declaring(width, height):
 
 
 def test_declared_sizes_are_read_without_decoding():
-    from clipomaly_ros.ros.messages import compressed_image_size
+    from clipomaly_ros.ros.decoding import compressed_image_size
 
     image = np.zeros((37, 53, 3), np.uint8)
     for extension, options in ((".png", []), (".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])):

@@ -292,3 +292,41 @@ def project(camera: CameraModel, mounting: CameraMounting, points: np.ndarray) -
         pixels, _ = cv2.projectPoints(optical.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), camera.k,
                                       camera.d if camera.d.any() else None)
     return pixels.reshape(-1, 2)
+
+
+# the 3D box that one camera's ground estimate stands for (the outputs' boxes, markers and point cloud) ---
+ASSUMED_DEPTH_M = 0.5
+"""Depth (along the line of sight) given to an anomaly's 3D box: one camera sees its front, not how deep it is."""
+CLOUD_SPACING_M = 0.1
+"""Largest distance between neighbouring points of ``anomaly_points``: a 5 cm costmap cell still sees a wall."""
+
+
+def line_of_sight(ground) -> np.ndarray:
+    """The unit ``(2,)`` horizontal direction from the camera to a ground estimate (from the base frame's origin
+    for an estimate that does not know its camera): the axis along which an anomaly's box extends
+    :data:`ASSUMED_DEPTH_M` behind its front."""
+    if getattr(ground, "sight", None) is not None:
+        return np.asarray(ground.sight, dtype=np.float64)
+    return np.array([ground.x, ground.y]) / max(ground.distance, 1e-9)
+
+
+def box_centre(ground) -> np.ndarray:
+    """The ``(2,)`` base-frame centre of an anomaly's 3D box: its front at the estimate, :data:`ASSUMED_DEPTH_M` deep
+    along the line of sight."""
+    return np.array([ground.x, ground.y]) + line_of_sight(ground) * ASSUMED_DEPTH_M / 2
+
+
+def footprint_points(ground, spacing: float = CLOUD_SPACING_M) -> np.ndarray:
+    """``(N, 3)`` points in the base frame filling the box of a :class:`~clipomaly_ros.core.geometry.GroundEstimate`
+    (its front at the estimate, :data:`ASSUMED_DEPTH_M` deep along the line of sight, ``width`` across it, from
+    the ground to ``height``), at most ``spacing`` apart along each axis."""
+    along = line_of_sight(ground)
+    across = np.array([-along[1], along[0]])
+
+    def steps(length: float) -> np.ndarray:
+        return np.linspace(0.0, length, max(2, int(np.ceil(length / spacing)) + 1))
+
+    depth, lateral, height = np.meshgrid(steps(ASSUMED_DEPTH_M), steps(ground.width) - ground.width / 2,
+                                         steps(max(ground.height, 0.0)), indexing="ij")
+    xy = np.array([ground.x, ground.y]) + depth.reshape(-1, 1) * along + lateral.reshape(-1, 1) * across
+    return np.column_stack([xy, ground.z + height.reshape(-1)])

@@ -17,7 +17,8 @@ import numpy as np
 from ..core.config import ClipomalyConfig
 from ..core.planning import AnomalyFollower
 from .autoware import autoware_style
-from .messages import ON_DEMAND_OUTPUTS, ImageConversionError, MessageFactory, picture_messages, stamp_ns
+from .messages import ON_DEMAND_OUTPUTS, MessageFactory, picture_messages, stamp_ns
+from .decoding import ImageConversionError
 
 IMAGE_OUTPUTS = ("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances") + ON_DEMAND_OUTPUTS
 """Outputs that are images: each is computed and published only while it has a subscriber."""

@@ -27,7 +27,7 @@ def play(bag: str | Path, topics: Sequence[str] | None = None, rate: float = 1.0
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rclpy.signals import SignalHandlerOptions
 
-    from .node import ros_type
+    from .messages import ros_type
 
     if rate <= 0:
         raise ValueError(f"--rate must be positive, got {rate}")

@@ -100,7 +100,7 @@ class NodeOutputs:
 
         from ..ros.camera import IMAGE_OUTPUTS, CameraStream
         from ..ros.messages import OUTPUT_TYPES, MessageFactory, uint8_array
-        from ..ros.node import ros_type
+        from ..ros.messages import ros_type
 
         self.rclpy = rclpy
         self.context = rclpy.Context()

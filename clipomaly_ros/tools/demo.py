@@ -215,8 +215,9 @@ class _Drive:
         from sensor_msgs.msg import CameraInfo, Image
         from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 
-        from ..ros.messages import MessageFactory, image_msg_to_rgb
-        from ..ros.node import ros_type
+        from ..ros.messages import MessageFactory
+        from ..ros.decoding import image_msg_to_rgb
+        from ..ros.messages import ros_type
 
         rclpy.init(args=[])
         camera = rclpy.create_node("demo_camera", namespace=NAMESPACE)

@@ -24,8 +24,8 @@ from ..core.interrupt import GracefulStop
 from ..ros.bags import (BagError, camera_info_connections, image_connections, open_bag, transform_connections,
                         typestore_with_built_msgs)
 from ..ros.autoware import autoware_style
-from ..ros.messages import (ON_DEMAND_OUTPUTS, OUTPUT_TYPES, BadRecordedFrame, MessageFactory, decode_recorded,
-                            deserialize_recorded, picture_messages, stamp_ns)
+from ..ros.messages import ON_DEMAND_OUTPUTS, OUTPUT_TYPES, MessageFactory, picture_messages, stamp_ns
+from ..ros.decoding import BadRecordedFrame, decode_recorded, deserialize_recorded
 from ..ros.transforms import MountingFinder, add_transforms, recorded_static_transforms
 
 

@@ -26,7 +26,8 @@ from ...core.planning import AnomalyFollower
 from ...core.results import AnomalyRecord
 from ...core.frames import FrameTree
 from ...ros.bags import BagError, camera_info_connections, open_bag, transform_connections
-from ...ros.messages import BadRecordedFrame, decode_recorded, deserialize_recorded, stamp_ns
+from ...ros.messages import stamp_ns
+from ...ros.decoding import BadRecordedFrame, decode_recorded, deserialize_recorded
 from ...ros.transforms import MountingFinder, add_transforms, recorded_static_transforms
 from .plan import Shard
 

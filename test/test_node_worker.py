@@ -145,7 +145,7 @@ def test_a_frame_decoded_on_the_device_is_copied_to_the_host_once(monkeypatch):
     import torch
 
     from clipomaly_ros.core import pipeline as pipeline_module
-    from clipomaly_ros.ros import node as node_module
+    from clipomaly_ros.ros import inference as inference_module
 
     copies = []
 
@@ -156,7 +156,7 @@ def test_a_frame_decoded_on_the_device_is_copied_to_the_host_once(monkeypatch):
         return image
 
     monkeypatch.setattr(pipeline_module, "on_host", counting_on_host)
-    monkeypatch.setattr(node_module, "on_host", counting_on_host)
+    monkeypatch.setattr(inference_module, "on_host", counting_on_host)
     probe = Probe("clipomaly_worker_copy_probe")
     node, name = managed_node(probe, "/wcopy", Parameter("backend", value="toy"),
                               Parameter("inference_size", value=120), Parameter("anomaly_vocabulary", value=["tire"]),

@@ -26,7 +26,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
-from clipomaly_ros.ros.messages import image_msg_to_rgb  # noqa: E402
+from clipomaly_ros.ros.decoding import image_msg_to_rgb  # noqa: E402
 
 from helpers import toy_frames, write_image_bag  # noqa: E402
 
@@ -722,7 +722,7 @@ def test_a_node_reading_a_topic_of_another_type_says_so(ros, tmp_path):
 
 def test_an_rclpy_image_message_keeps_the_one_copy_it_was_built_from():
     from clipomaly_ros.ros.messages import MessageFactory, uint8_array
-    from clipomaly_ros.ros.node import ros_type
+    from clipomaly_ros.ros.messages import ros_type
 
     made = []
 

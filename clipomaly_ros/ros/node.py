@@ -1,116 +1,57 @@
 """The ROS 2 node ``clipomaly``: camera images in, anomalies, maps and diagnostics out.
 
-Topics (relative to the node's namespace):
-
-- in: ``image`` (sensor_msgs/Image) or, with ``input_transport: compressed``, ``image/compressed``
-  (sensor_msgs/CompressedImage); depth 1, reliability from ``input_reliability``;
-- in: ``camera_info`` (sensor_msgs/CameraInfo, best effort, the newest kept): intrinsics and distortion for the
-  3D outputs;
-- in: ``/tf_static`` and ``/tf`` (tf2_msgs/TFMessage): the camera's mounting in ``base_frame`` is the chain from
-  there to the images' frame; the ``camera_*`` parameters while none is known;
-- out, stamped with the input's header and at its resolution: ``anomalies`` and ``anomalies_on_road``
-  (vision_msgs/Detection2DArray; ``id`` = track id; only confirmed tracks unless ``publish_unconfirmed``) and
-  ``label_info`` (vision_msgs/LabelInfo, transient local) always; with a camera_info, ``anomalies_3d``
-  (vision_msgs/Detection3DArray), ``anomaly_markers`` (visualization_msgs/MarkerArray), ``anomaly_points``
-  (sensor_msgs/PointCloud2, for Nav2) and ``anomalies_objects`` (autoware_perception_msgs/DetectedObjects),
-  stamped with the image and in ``base_frame``; the images ``semantic`` (mono16),
-  ``anomaly_score`` (32FC1), ``anomaly_mask`` (mono8), ``anomaly_instances`` (mono16: pixel value k belongs to
-  the k-th detection of ``anomalies`` with the same stamp), ``overlay`` and ``semantic_color`` (rgb8) are
-  computed and published only while they have subscribers;
-- ``/diagnostics`` (diagnostic_msgs/DiagnosticArray) every ``diagnostics_period`` seconds, one status per camera;
-- service ``~/enable`` (std_srvs/SetBool) pauses and resumes processing with the model kept loaded.
-
-With ``cameras: [front, rear]`` the node serves several cameras with one model: each has its topics under its
-name (``front/image``, ``front/anomalies``, ...), its own newest-frame slot and counters, and the frames waiting
-from all cameras go through the backbone in one batch.
+In, relative to its namespace: ``image`` or ``image/compressed``, ``camera_info``, ``/tf_static`` and ``/tf``. Out,
+stamped with the input's header: ``anomalies`` and ``anomalies_on_road`` (vision_msgs/Detection2DArray, one
+detection per confirmed track), ``label_info``; with a camera_info ``anomalies_3d``, ``anomaly_markers``,
+``anomaly_points`` and ``anomalies_objects`` in ``base_frame``; the label and score images only while subscribed;
+``/diagnostics``; the service ``~/enable``. With ``cameras: [front, rear]`` one model serves several cameras, their
+waiting frames in one batch. docs/ros.md has every topic, its QoS and the lifecycle.
 
 A lifecycle node: with ``managed: false`` (the default) it configures and activates itself at start; with
-``managed: true`` it waits unconfigured for a lifecycle manager. Configure loads the model, activate subscribes,
-deactivate stops processing with the model kept, cleanup frees it.
-
-Only the newest frame of each camera is processed: inference runs on a worker thread, and a frame that arrives
-while another of the same camera waits replaces it and is counted as dropped.
+``managed: true`` it waits for a lifecycle manager. Configure loads the model, activate subscribes, deactivate
+stops processing with the model kept, cleanup frees it. Only the newest frame of each camera is processed, on the
+inference thread (:mod:`.inference`); a frame that arrives while another of the same camera waits replaces it and
+is counted as dropped.
 """
 
 from __future__ import annotations
 
-import sys
 import gc
-import importlib
+import sys
 import threading
-import time
 import traceback
-from typing import Any
 
-import numpy as np
 import rclpy
 import torch
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult
-from rclpy.exceptions import ParameterException, ParameterUninitializedException
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import SetBool
-from tf2_msgs.msg import TFMessage
 
+from ..core.config import NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError
+from ..core.frames import FrameTree
+from ..core.interrupt import GracefulStop, StopRequested
 from ..core.model.adaptation import describe_sidecar
 from ..core.model.backend import ModelLoadError
-from ..core.config import (NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError, Setting,
-                           per_camera_setting)
-from ..core.images import on_host
 from ..core.pipeline import Clipomaly
-from ..core.frames import FrameTree
 from ..core.planning import AnomalyFollower
-from .autoware import autoware_style
-from .camera import CameraStream, LatestFrames, Watchdog, decode_frame
-from .messages import (DECODERS, OPTIONAL_OUTPUTS, OUTPUT_TYPES, ImageConversionError, MessageFactory,
-                       DeviceDecoder, uint8_array)
 from ..core.vocabulary import VocabularyError
-from ..core.interrupt import GracefulStop, StopRequested
-from .image_input import ImageInput
-from .transforms import MountingFinder, add_transforms
+from .autoware import autoware_style
+from .camera import CameraStream, LatestFrames, Watchdog
+from .decoding import DECODERS, DeviceDecoder
+from .inference import InferenceLoop
+from .messages import MessageFactory, ros_type, uint8_array
+from .node_diagnostics import NodeDiagnostics
+from .parameters import NodeParameters
+from .topics import NodeTopics
+from .transforms import MountingFinder
 
-PARAMETER_TYPES = {
-    "str": ParameterType.PARAMETER_STRING, "int": ParameterType.PARAMETER_INTEGER,
-    "float": ParameterType.PARAMETER_DOUBLE, "bool": ParameterType.PARAMETER_BOOL,
-    "str_list": ParameterType.PARAMETER_STRING_ARRAY,
-}
-INT_LIMIT = 2 ** 31 - 1
-PLANNER_OUTPUTS = ("anomalies", "anomalies_on_road", "anomalies_3d", "anomaly_markers", "anomaly_points",
-                   "anomalies_objects")
-"""Small per-frame messages a planner acts on: their publishers keep more history than the images'."""
 FINAL_COUNTS = ("frames received", "frames processed", "frames dropped", "bad inputs", "failed frames",
                 "frames skipped while paused", "frames dropped at shutdown")
 """The counters of the node's last log line."""
-WARM_UP_SIZE = (720, 1280)
-"""(height, width) of the frames a compiled runtime is warmed up for at start: the common vehicle camera; other
-sizes compile once on their first frame."""
-
-
-def ros_type(name: str) -> Any:
-    """The rclpy message class for ``"package/msg/Type"``."""
-    package, kind, type_name = name.split("/")
-    return getattr(importlib.import_module(f"{package}.{kind}"), type_name)
-
-
-def descriptor_for(setting: Setting, name: str | None = None) -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(name=name or setting.name, type=PARAMETER_TYPES[setting.kind],
-                                     description=setting.description, read_only=not setting.live)
-    if setting.choices:
-        descriptor.additional_constraints = f"one of: {', '.join(setting.choices)}"
-    if setting.kind == "int" and (setting.minimum is not None or setting.maximum is not None):
-        descriptor.integer_range = [IntegerRange(
-            from_value=int(setting.minimum if setting.minimum is not None else -INT_LIMIT),
-            to_value=int(setting.maximum if setting.maximum is not None else INT_LIMIT), step=1)]
-    if setting.kind == "float" and (setting.minimum is not None or setting.maximum is not None):
-        descriptor.floating_point_range = [FloatingPointRange(
-            from_value=float(setting.minimum if setting.minimum is not None else -1e300),
-            to_value=float(setting.maximum if setting.maximum is not None else 1e300), step=0.0)]
-    return descriptor
 
 
 class StartupError(RuntimeError):
@@ -122,10 +63,15 @@ STARTUP_ERRORS = (ConfigError, ModelLoadError, VocabularyError, ParameterExcepti
 never a crash."""
 
 
-class ClipomalyNode(LifecycleNode):
+class ClipomalyNode(NodeParameters, NodeTopics, InferenceLoop, NodeDiagnostics, LifecycleNode):
     """Runs :class:`~clipomaly_ros.core.pipeline.Clipomaly` on one or more camera streams (see the module
     docstring). A lifecycle node: with ``managed: false`` (the default) it configures and activates itself at
-    start, with ``managed: true`` it waits unconfigured for a lifecycle manager."""
+    start, with ``managed: true`` it waits unconfigured for a lifecycle manager.
+
+    Its rooms: :class:`~.parameters.NodeParameters` (declared, read and live-set parameters),
+    :class:`~.topics.NodeTopics` (subscriptions and publishers), :class:`~.inference.InferenceLoop` (the thread that
+    runs the frames), :class:`~.node_diagnostics.NodeDiagnostics` (``/diagnostics``); this class holds the lifecycle
+    and what configure makes and cleanup releases."""
 
     def __init__(self, autostart: bool = True, **kwargs):
         """``autostart``: start at once (:meth:`start`); ``main`` starts the node itself, so that a signal during
@@ -174,63 +120,6 @@ class ClipomalyNode(LifecycleNode):
             raise StartupError(self._failure)
 
     # parameters ----------------------------------------------------------------------------------------------
-    def _declare_settings(self) -> None:
-        """Declare every setting as a parameter (values are read and checked on configure) and the per-camera
-        mountings given at start (``front.camera_x``, ...)."""
-        overrides = getattr(self, "_parameter_overrides", {})
-        given_managed = overrides.get("managed")
-        self.managed = bool(SETTINGS_BY_NAME["managed"].validate(given_managed.value)) \
-            if given_managed is not None and given_managed.type_ != Parameter.Type.NOT_SET else False
-        for setting in SETTINGS:
-            given = overrides.get(setting.name)
-            if given is not None and given.type_ != Parameter.Type.NOT_SET:
-                setting.validate(given.value)  # before rclpy's own range check, which would not say the range
-            default = list(setting.default) if isinstance(setting.default, tuple) else setting.default
-            if default == [] and setting.kind == "str_list":
-                default = Parameter.Type.STRING_ARRAY  # rclpy would type an empty list as a byte array
-            descriptor = descriptor_for(setting)
-            if self.managed and setting.name != "managed":
-                # an unconfigured managed node takes any setting: _on_set_parameters refuses the ones that are
-                # not live while it is configured
-                descriptor.read_only = False
-            # an empty list: the default, or "[]" in a parameter file, which rcl reads as a value without a type
-            unset = setting.kind == "str_list" and (given.type_ == Parameter.Type.NOT_SET if given is not None
-                                                    else default == Parameter.Type.STRING_ARRAY)
-            if unset:
-                # declared by type only it would have no value, and one such parameter empties every answer of
-                # get_parameters (`ros2 param dump` wrote nothing); rclpy types an empty list as bytes and a
-                # read-only parameter cannot be given one after declaring: writable here, refused when running by
-                # _on_set_parameters as every setting that is not live is
-                descriptor.read_only = False
-            self.declare_parameter(setting.name, Parameter.Type.STRING_ARRAY if unset else default, descriptor)
-            if unset:
-                self.set_parameters([Parameter(setting.name, Parameter.Type.STRING_ARRAY, [])])
-        self.mounting_parameters = []
-        for name in sorted(overrides):
-            found = per_camera_setting(name)
-            if found is not None:
-                self.declare_parameter(name, found[1].validate(overrides[name].value), descriptor_for(found[1], name))
-                self.mounting_parameters.append(name)
-
-    def _initial_value(self, setting: Setting):
-        try:
-            return self.get_parameter(setting.name).value
-        except ParameterUninitializedException:
-            raise ConfigError(f"parameter {setting.name} has no value: set it, or remove it from the parameter file "
-                              "to get its default") from None
-
-    def _mountings(self, cameras: tuple[str, ...]) -> dict[str, dict[str, float]]:
-        """The per-camera mountings (``front.camera_x``, ...), checked against ``cameras``; a camera without them
-        uses the plain ``camera_*`` parameters."""
-        mountings: dict[str, dict[str, float]] = {}
-        for name in self.mounting_parameters:
-            camera, setting = per_camera_setting(name)
-            if camera not in cameras:
-                raise ConfigError(f"parameter {name} is for camera '{camera}', which is not in cameras "
-                                  f"({', '.join(cameras) or 'empty'})")
-            mountings.setdefault(camera, {})[setting.name] = setting.validate(self.get_parameter(name).value)
-        return mountings
-
     # lifecycle -----------------------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Parameters read and checked, the model and text embeddings loaded and warmed up, publishers, the enable
@@ -249,34 +138,6 @@ class ClipomalyNode(LifecycleNode):
                 self.get_logger().fatal(f"cannot start: {self._failure}")
             self._release()
             return TransitionCallbackReturn.FAILURE
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Subscriptions to the images, camera_info and the robot's transforms; from now on frames are
-        processed and published."""
-        compressed = self.input_type is CompressedImage
-        for name, camera in self.cameras.items():
-            info_topic = self.resolve_topic_name(f"{camera.prefix}camera_info")
-            self.camera_info_subscriptions[name] = self.create_subscription(
-                CameraInfo, info_topic, camera.camera_info_arrived,
-                QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
-            topic = f"{camera.prefix}image/compressed" if compressed else f"{camera.prefix}image"
-            self.image_inputs[name] = ImageInput(
-                self, self.input_type, self.resolve_topic_name(topic), self.input_reliability,
-                lambda msg, camera=camera: self._on_image(camera, msg), self.get_logger().info)
-            camera.image_input = self.image_inputs[name]
-        # as tf2's listener reads them: /tf_static latched, /tf reliable
-        self.transform_subscriptions = [
-            self.create_subscription(TFMessage, "/tf_static", self._on_transforms,
-                                     QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                                                reliability=ReliabilityPolicy.RELIABLE)),
-            self.create_subscription(TFMessage, "/tf", self._on_transforms,
-                                     QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))]
-        self.topic_check_timer = self.create_timer(2.0, self._check_input_topics)
-        self.active = True
-        topics = ", ".join(f"{image_input.topic} ({image_input.qos_reason})"
-                           for image_input in self.image_inputs.values())
-        self.get_logger().info(f"active: listening on {topics}, {self.input_transport}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -372,18 +233,6 @@ class ClipomalyNode(LifecycleNode):
         self.get_logger().info("configured: model loaded" + ("; activate to start processing" if self.managed
                                                              else ""))
 
-    def _unsubscribe(self) -> None:
-        for image_input in self.image_inputs.values():
-            image_input.destroy()
-        for camera in getattr(self, "cameras", {}).values():
-            camera.image_input = None
-        for subscription in [*self.camera_info_subscriptions.values(), *self.transform_subscriptions]:
-            self.destroy_subscription(subscription)
-        self.image_inputs, self.camera_info_subscriptions, self.transform_subscriptions = {}, {}, []
-        if self.topic_check_timer is not None:
-            self.destroy_timer(self.topic_check_timer)
-            self.topic_check_timer = None
-
     def _release(self) -> None:
         """Undo :meth:`_configure` as far as it got: the inference thread stopped, every entity destroyed, the
         pipeline dropped and the memory it held returned (GPU memory to the driver's cache pool, then freed)."""
@@ -423,353 +272,9 @@ class ClipomalyNode(LifecycleNode):
         if on_cuda:
             torch.cuda.empty_cache()
 
-    def _on_transforms(self, message) -> None:
-        problems = add_transforms(self.frame_tree, message)
-        if problems:
-            self.transforms_rejected += len(problems)
-            self.get_logger().warning(f"left out {len(problems)} transform(s): {'; '.join(problems[:3])}",
-                                      throttle_duration_sec=10.0)
-
     # start-up ------------------------------------------------------------------------------------------------
-    def _create_outputs(self, prefix: str) -> dict:
-        # reliable, with room for a few frames: a lost fragment is re-sent only after the writer's next
-        # heartbeat, and a shorter history would already have let the sample go by then
-        publishers = {}
-        for topic, type_name in OUTPUT_TYPES.items():
-            if topic == "label_info":
-                continue
-            try:
-                message_type = ros_type(type_name)
-            except (ImportError, AttributeError) as error:
-                if topic not in OPTIONAL_OUTPUTS:
-                    raise ConfigError(f"the message type {type_name} of output '{topic}' is not installed "
-                                      f"({error}): install its package") from None
-                if topic not in self._outputs_off:
-                    self._outputs_off.add(topic)
-                    self.get_logger().warning(f"output '{topic}' is off: its message type {type_name} is not "
-                                              f"installed ({type(error).__name__}: {error}); install "
-                                              f"{type_name.split('/')[0]} to have it")
-                continue
-            publishers[topic] = self.create_publisher(message_type, prefix + topic,
-                                                      10 if topic in PLANNER_OUTPUTS else 5)
-        # latched: transient local with a depth of 1, so a late subscriber's first message is the mapping in force
-        # now, never an older vocabulary
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                             reliability=ReliabilityPolicy.RELIABLE)
-        publishers["label_info"] = self.create_publisher(ros_type(OUTPUT_TYPES["label_info"]), prefix + "label_info",
-                                                         latched)
-        return publishers
-
-    def _warm_up(self, cameras: int, first: bool = True) -> None:
-        """Compile or build the runtime for ``cameras`` and run one frame, on the calling thread: the inference
-        thread, which serves the frames after (a CUDA graph recorded on one thread is not replayed on another,
-        pytorch#123177). A restarted thread (``first`` false) warms the runtime up again, without the log."""
-        started = time.perf_counter()
-        self.warm_up_thread = threading.get_ident()
-        if self.pipeline.config.runtime != "torch":
-            if first:
-                self.get_logger().info(f"warming up runtime {self.pipeline.config.runtime} for {cameras} camera(s) "
-                                       f"at {WARM_UP_SIZE[1]}x{WARM_UP_SIZE[0]} ...")
-            self.pipeline.warm_up(WARM_UP_SIZE, cameras)
-        self.pipeline(np.full((480, 640, 3), 128, dtype=np.uint8))
-        if not first:
-            return
-        vocabulary = self.pipeline.vocabulary.current
-        self.get_logger().info(
-            f"ready: {getattr(self.pipeline.backend, 'description', self.pipeline.backend.identity)}; "
-            f"device {self.device}; vocabulary: {len(vocabulary.known)} known "
-            f"classes, {len(vocabulary.anomaly)} anomaly names, {len(vocabulary.dictionary)} dictionary names "
-            f"({len(vocabulary.excluded)} excluded as known); warm-up {1000 * (time.perf_counter() - started):.0f} ms")
-
     # callbacks -----------------------------------------------------------------------------------------------
-    def _on_image(self, camera: CameraStream, msg) -> None:
-        camera.frame_arrived(msg.header)
-        if not self.enabled:
-            camera.count("skipped_paused")
-            return
-        self.watchdog.frame_waiting()
-        if self.frames.put(camera.name, (msg, time.perf_counter())):
-            camera.count("dropped")
-
-    def _on_enable(self, request, response):
-        self.enabled = bool(request.data)
-        if not request.data:
-            for name in self.frames.clear():
-                self.cameras[name].count("skipped_paused")
-            self.watchdog.progress()
-        response.success = True
-        response.message = "processing resumed" if request.data else "processing paused (model stays loaded)"
-        self.get_logger().info(response.message)
-        return response
-
-    def _on_set_parameters(self, parameters) -> SetParametersResult:
-        changes, mountings = {}, {}
-        for parameter in parameters:
-            per_camera = per_camera_setting(parameter.name)
-            setting = per_camera[1] if per_camera else SETTINGS_BY_NAME.get(parameter.name)
-            if setting is None:
-                continue
-            if parameter.name == "managed":
-                return SetParametersResult(successful=False, reason="managed is chosen at start")
-            if not setting.live and (self.pipeline is not None or not self.managed):
-                return SetParametersResult(successful=False, reason=(
-                    f"{parameter.name} cannot change while the node is configured: deactivate and clean it up "
-                    "(ros2 lifecycle set NODE cleanup), set it, and configure again" if self.managed else
-                    f"{parameter.name} cannot change while running: restart the node with the new value"))
-            try:
-                value = setting.validate(parameter.value)
-            except ConfigError as error:
-                return SetParametersResult(successful=False, reason=str(error))
-            if per_camera:
-                mountings.setdefault(per_camera[0], {})[setting.name] = value
-            else:
-                changes[parameter.name] = value
-        if self.pipeline is None:  # unconfigured: the values are read on configure
-            return SetParametersResult(successful=True)
-        core = {name: value for name, value in changes.items() if SETTINGS_BY_NAME[name].scope == "core"}
-        try:
-            if core:
-                autoware_style(self.pipeline.config.replace(**core))
-                self.pipeline.configure(**core)
-        except (ConfigError, VocabularyError) as error:
-            return SetParametersResult(successful=False, reason=str(error))
-        if "publish_overlay" in changes:
-            self.publish_overlay = changes["publish_overlay"]
-        for camera, values in mountings.items():
-            self.mountings[camera] = {**self.mountings[camera], **values}
-        if core:
-            self.get_logger().info(f"applied {', '.join(sorted(core))}; the next frame uses them")
-        return SetParametersResult(successful=True)
-
     # inference -----------------------------------------------------------------------------------------------
-    def _start_worker(self, first: bool = False) -> threading.Thread:
-        """The inference thread, warmed up on itself before it serves. At configure (``first``) this waits for the
-        warm-up and raises what it raised. Refused while a thread that outlived its join time-out still runs a
-        frame: two would share the device."""
-        self._refuse_while_lingering()
-        warmed, outcome = threading.Event(), {}
-        worker = threading.Thread(target=self._work, args=(self.frames, first, warmed, outcome),
-                                  name="clipomaly-inference", daemon=True)
-        worker.start()
-        if first:
-            warmed.wait()
-            if "error" in outcome:
-                raise outcome["error"]
-        return worker
-
-    def _refuse_while_lingering(self) -> None:
-        lingering = self._lingering_worker
-        if lingering is not None and lingering.is_alive():
-            raise ConfigError("the previous inference thread is still running a frame (it did not stop within "
-                              f"{self.worker_join_timeout:g} s at the last cleanup): no second model is loaded and "
-                              "no second thread started on the device while it lives; configure again once it has "
-                              "ended")
-        self._lingering_worker = None
-
-    def _work(self, frames: LatestFrames, first: bool, warmed: threading.Event, outcome: dict) -> None:
-        try:
-            try:
-                self._warm_up(self.warm_up_cameras, first)
-            except Exception as error:  # noqa: BLE001 - handed to the thread that configures
-                outcome["error"] = error
-                if not first and self._running:
-                    self.get_logger().error(f"the restarted inference thread failed to warm up: "
-                                            f"{type(error).__name__}: {error}")
-                return
-            finally:
-                warmed.set()
-            self._serve(frames)
-        except Exception:
-            if self._running:
-                raise  # the watchdog sees the thread gone, says so and starts another
-            # stopping: the node and its context may be gone under a frame that outlived the join time-out
-
-    def _serve(self, frames: LatestFrames) -> None:
-        while self._running:
-            waiting = frames.take_all(timeout=0.2)
-            if not waiting:
-                continue
-            self.serving_thread = threading.get_ident()
-            try:
-                with self._batch_lock:
-                    if not self.active:  # deactivated while the frames waited
-                        for name in waiting:
-                            self.cameras[name].count("dropped_at_shutdown")
-                        continue
-                    with self._in_work_lock:
-                        self._in_work = set(waiting)
-                    self._work_on(waiting)
-            except Exception as error:  # a bug here must cost one batch, never the thread
-                for name in waiting:
-                    if self._settle(name):
-                        self.cameras[name].count("failed")
-                if not self._running:
-                    continue
-                self.get_logger().error(f"processing failed: {type(error).__name__}: {error}",
-                                        throttle_duration_sec=5.0)
-            finally:
-                for name in waiting:  # a frame that no branch above counted is dropped, never lost
-                    if self._settle(name):
-                        self.cameras[name].count("dropped_at_shutdown")
-                self.watchdog.progress()  # every waiting frame was processed, rejected or failed
-
-    def _work_on(self, waiting: dict) -> None:
-        frames = []
-        for name, (msg, received) in waiting.items():
-            camera = self.cameras[name]
-            try:
-                frames.append((camera, msg, received, decode_frame(self._decode, msg, self.max_input_pixels)))
-            except ImageConversionError as error:
-                if self._settle(camera.name):
-                    camera.count("bad_inputs")
-                self.get_logger().warning(f"{camera.name or 'image'}: skipped a bad input image: {error}",
-                                          throttle_duration_sec=5.0)
-        if frames:
-            self._process(frames)
-
-    def _process(self, frames: list) -> None:
-        """Segment the frames of several cameras in one batch and publish each camera's outputs. When the batch
-        fails, each frame is tried alone, so one camera's bad frame cannot take another camera's output."""
-        try:
-            results = self.pipeline.segment_batch([image for _, _, _, image in frames])
-        except Exception:  # noqa: BLE001 - isolated below, frame by frame
-            if len(frames) > 1:
-                for frame in frames:
-                    self._process([frame])
-                return
-            camera = frames[0][0]
-            if not self._running:  # stopping: the frame is dropped at shutdown, not failed
-                self._drop_in_work()
-                return
-            if self._settle(camera.name):
-                camera.count("failed")
-            self.get_logger().error(f"{camera.name or 'image'}: segmentation failed: "
-                                    f"{traceback.format_exc(limit=1).strip().splitlines()[-1]}",
-                                    throttle_duration_sec=5.0)
-            return
-        if not self._running or not self.active:  # stopped or deactivated while the batch ran
-            self._drop_in_work()
-            return
-        for (camera, msg, received, image), result in zip(frames, results):
-            if camera.name not in self._in_work:  # dropped by a deactivate that timed out while it ran
-                continue
-            started = time.perf_counter()
-            try:
-                host_image = result.image if result.image is not None else on_host(image)  # the pipeline's copy
-                camera.publish(msg.header, host_image, result, self._camera_config(camera, msg.header.frame_id),
-                               self.publish_overlay)
-            except Exception as error:  # the node must outlive any one frame
-                if self._settle(camera.name):
-                    camera.count("failed")
-                self.get_logger().error(f"{camera.name or 'image'}: publishing failed: {type(error).__name__}: "
-                                        f"{error}", throttle_duration_sec=5.0)
-                continue
-            done = time.perf_counter()
-            if self._settle(camera.name):
-                camera.record_processed(result.timings_ms["total"], 1000.0 * (done - started),
-                                        1000.0 * (done - received))
-
-    def _settle(self, camera: str) -> bool:
-        """True the first time ``camera``'s frame in work gets its outcome: exactly one counter counts it."""
-        with self._in_work_lock:
-            if camera not in self._in_work:
-                return False
-            self._in_work.discard(camera)
-            return True
-
-    def _drop_in_work(self) -> None:
-        """Count every frame in work that has no outcome yet as dropped at shutdown."""
-        with self._in_work_lock:
-            names, self._in_work = self._in_work, set()
-        for name in names:
-            self.cameras[name].count("dropped_at_shutdown")
-
-    def _camera_config(self, camera: CameraStream, frame_id: str) -> ClipomalyConfig:
-        """The settings for one camera's frame: its own mounting parameters over the node's, then the mounting
-        from the robot's transforms when known (:class:`MountingFinder`); a change of source is logged."""
-        config = self.pipeline.config
-        mounting = self.mountings.get(camera.name)
-        config, source = self.mounting_finder.find(frame_id, config.replace(**mounting) if mounting else config)
-        if source != camera.mounting_source:
-            camera.mounting_source = source
-            log = self.get_logger().info if self.mounting_finder.last_convention == "optical" \
-                else self.get_logger().warning
-            log(f"{camera.name or 'image'}: camera mounting from {source}")
-        return config
-
-    def _check_worker(self) -> str | None:
-        """The watchdog's verdict: None when all is well, else why /diagnostics must say ERROR."""
-        if self._running and not self.worker.is_alive():
-            self.worker_restarts += 1
-            self.get_logger().error("the inference thread ended; restarting it")
-            self.worker = self._start_worker()
-            self.watchdog.progress()
-            return "the inference thread had ended and was restarted"
-        stalled = self.watchdog.stalled_for()
-        if stalled is not None:
-            message = (f"frames are waiting but none was processed for {stalled:.1f} s (stall_timeout "
-                       f"{self.stall_timeout:g} s)")
-            self.get_logger().error(message, throttle_duration_sec=5.0)
-            return message
-        return None
-
-    def _publish_diagnostics(self) -> None:
-        problem = self._check_worker()
-        vocabulary = self.pipeline.vocabulary.current
-        runtime_health = self.pipeline.runtime_health()
-        runtime_health.update(getattr(self._decode, "health", dict)())
-        common = {"known classes": len(vocabulary.known), "anomaly vocabulary": len(vocabulary.anomaly),
-                  "dictionary names": len(vocabulary.dictionary), "device": self.device, "enabled": self.enabled,
-                  "lifecycle state": "active" if self.active else "inactive",
-                  "inference thread restarts": self.worker_restarts, "transforms known": len(self.frame_tree),
-                  "transforms left out": self.transforms_rejected,
-                  "outputs off (message type not installed)": ", ".join(sorted(self._outputs_off)) or "none",
-                  **runtime_health}
-        statuses = []
-        for name, camera in self.cameras.items():
-            values = {**camera.report(), **common}
-            problems = (values["bad inputs"], values["failed frames"])
-            status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: camera {name or 'image'}",
-                                      hardware_id=self.device,
-                                      values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-            last = self._last_reported.get(name, (0, 0))
-            if problem is not None:
-                status.level, status.message = DiagnosticStatus.ERROR, problem
-            elif problems != last:
-                status.level = DiagnosticStatus.WARN
-                status.message = (f"{problems[0] - last[0]} bad inputs, {problems[1] - last[1]} failed frames since "
-                                  "the last report")
-            elif runtime_health:
-                status.level = DiagnosticStatus.WARN
-                status.message = "runtime: " + "; ".join(f"{key} {value}" for key, value in runtime_health.items())
-            else:
-                status.level = DiagnosticStatus.OK
-                status.message = ("inactive (lifecycle): nothing is processed" if not self.active
-                                  else "processing" if self.enabled else "paused")
-            if camera.follower.no_3d_reason is not None and problem is None:
-                status.message += f"; no 3D output: {camera.follower.no_3d_reason}"
-            self._last_reported[name] = problems
-            statuses.append(status)
-        array = DiagnosticArray(status=statuses)
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_publisher.publish(array)
-
-    def _check_input_topics(self) -> None:
-        """Every 2 s: match the input's reliability to the publishers again (``input_reliability: auto``), and
-        warn once per topic when an input topic exists with another message type (a compressed stream on the raw
-        topic, say): then no data would ever arrive."""
-        expected = "sensor_msgs/msg/CompressedImage" if self.input_type is CompressedImage else "sensor_msgs/msg/Image"
-        types = dict(self.get_topic_names_and_types())
-        for image_input in list(self.image_inputs.values()):
-            topic = image_input.topic
-            image_input.rematch()  # publishers come and go; a best-effort one gives a reliable reader no event
-            found = [kind for kind in types.get(topic, []) if kind != expected]
-            if found and topic not in self._warned_topics:
-                self._warned_topics.add(topic)
-                self.get_logger().warning(
-                    f"{topic} carries {', '.join(found)}, but this node reads {expected} there: check "
-                    "input_transport (compressed input reads <image>/compressed) and the image_topic remapping")
-
     def shut_down(self, reason: str, join_timeout: float = 1.5) -> None:
         """Stop for good, within about ``join_timeout`` seconds: no new frame is taken, the frames waiting and the
         batch still in work after the time-out are counted as ``dropped at shutdown``, and one log line says why

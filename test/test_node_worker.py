@@ -3,6 +3,7 @@ graphs are per thread), and one that outlives its join time-out is reported and 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -29,13 +30,26 @@ def image_msg(image: np.ndarray, stamp_s: int) -> Image:
     return msg
 
 
-def managed_node(probe: Probe, namespace: str, *parameters: Parameter):
+TOY = (Parameter("backend", value="toy"), Parameter("inference_size", value=120),
+       Parameter("anomaly_vocabulary", value=["tire"]))
+
+
+@contextlib.contextmanager
+def managed_node(namespace: str, *parameters: Parameter):
+    """A managed node in this process under ``namespace``, spun by a probe of its own: ``(probe, node, name)``,
+    torn down after."""
     from clipomaly_ros.ros.node import ClipomalyNode
 
+    probe = Probe(f"clipomaly_worker_probe{namespace.replace('/', '_')}")
     node = ClipomalyNode(context=probe.context, namespace=namespace,
                          parameter_overrides=[Parameter("managed", value=True), *parameters])
     probe.executor.add_node(node)
-    return node, f"{namespace}/clipomaly"
+    try:
+        yield probe, node, f"{namespace}/clipomaly"
+    finally:
+        probe.executor.remove_node(node)
+        node.destroy_node()
+        probe.close()
 
 
 def counters(node):
@@ -45,12 +59,10 @@ def counters(node):
 def test_runtime_compile_warms_up_and_serves_on_the_inference_thread(tiny_model_name):
     """torch.compile (inductor on the CPU) through the node's own worker: warm-up and every frame on one thread,
     not the executor's, and no batch falls back to eager."""
-    probe = Probe("clipomaly_worker_compile_probe")
-    node, name = managed_node(
-        probe, "/wcompile", Parameter("model", value=tiny_model_name), Parameter("random_weights", value=True),
-        Parameter("runtime", value="compile"), Parameter("inference_size", value=128),
-        Parameter("max_regions", value=2), Parameter("anomaly_vocabulary", value=["tire"]))
-    try:
+    with managed_node("/wcompile", Parameter("model", value=tiny_model_name), Parameter("random_weights", value=True),
+                      Parameter("runtime", value="compile"), Parameter("inference_size", value=128),
+                      Parameter("max_regions", value=2),
+                      Parameter("anomaly_vocabulary", value=["tire"])) as (probe, node, name):
         assert probe.change(name, Transition.TRANSITION_CONFIGURE)
         assert "torch.compile" in node.pipeline.backend.runtime.description
         assert node.warm_up_thread is not None and node.warm_up_thread != threading.get_ident()
@@ -62,18 +74,12 @@ def test_runtime_compile_warms_up_and_serves_on_the_inference_thread(tiny_model_
             assert wait_for(lambda: counters(node).processed > before, timeout=300), counters(node)
         assert node.serving_thread == node.warm_up_thread
         assert counters(node).failed == 0 and node.pipeline.runtime_health() == {}
-    finally:
-        probe.executor.remove_node(node)
-        node.destroy_node()
-        probe.close()
 
 
 def test_an_inference_thread_that_outlives_its_join_time_out_is_reported_and_blocks_a_second(monkeypatch):
-    probe = Probe("clipomaly_worker_linger_probe")
-    node, name = managed_node(probe, "/wlinger", Parameter("backend", value="toy"),
-                              Parameter("inference_size", value=120), Parameter("anomaly_vocabulary", value=["tire"]))
     release, entered = threading.Event(), threading.Event()
-    try:
+    with managed_node("/wlinger", *TOY) as (probe, node, name), contextlib.ExitStack() as cleanup:
+        cleanup.callback(release.set)  # a failing assertion must not leave the stuck frame waiting
         assert probe.change(name, Transition.TRANSITION_CONFIGURE)
         assert probe.change(name, Transition.TRANSITION_ACTIVATE)
         node.worker_join_timeout = 0.5
@@ -108,21 +114,13 @@ def test_an_inference_thread_that_outlives_its_join_time_out_is_reported_and_blo
         assert dict(camera.counters.published) == published  # the late frame's outputs were never published
         assert probe.change(name, Transition.TRANSITION_CONFIGURE)
         assert node.worker is not stuck_worker and node.worker.is_alive()
-    finally:
-        release.set()
-        probe.executor.remove_node(node)
-        node.destroy_node()
-        probe.close()
 
 
 def test_a_runtime_that_fell_back_is_a_warning_in_diagnostics(monkeypatch):
     from diagnostic_msgs.msg import DiagnosticStatus
 
-    probe = Probe("clipomaly_worker_health_probe")
-    node, name = managed_node(probe, "/whealth", Parameter("backend", value="toy"),
-                              Parameter("inference_size", value=120), Parameter("anomaly_vocabulary", value=["tire"]))
     sent = []
-    try:
+    with managed_node("/whealth", *TOY) as (probe, node, name):
         assert probe.change(name, Transition.TRANSITION_CONFIGURE)
         monkeypatch.setattr(node.diagnostics_publisher, "publish", sent.append)
         node._publish_diagnostics()
@@ -134,10 +132,6 @@ def test_a_runtime_that_fell_back_is_a_warning_in_diagnostics(monkeypatch):
         values = {value.key: value.value for value in status.values}
         assert status.level == DiagnosticStatus.WARN and status.message.startswith("runtime: batches run eager")
         assert values["batches run eager (recompile limit hit)"] == "3"
-    finally:
-        probe.executor.remove_node(node)
-        node.destroy_node()
-        probe.close()
 
 
 def test_a_frame_decoded_on_the_device_is_copied_to_the_host_once(monkeypatch):
@@ -157,11 +151,7 @@ def test_a_frame_decoded_on_the_device_is_copied_to_the_host_once(monkeypatch):
 
     monkeypatch.setattr(pipeline_module, "on_host", counting_on_host)
     monkeypatch.setattr(inference_module, "on_host", counting_on_host)
-    probe = Probe("clipomaly_worker_copy_probe")
-    node, name = managed_node(probe, "/wcopy", Parameter("backend", value="toy"),
-                              Parameter("inference_size", value=120), Parameter("anomaly_vocabulary", value=["tire"]),
-                              Parameter("publish_overlay", value=True))
-    try:
+    with managed_node("/wcopy", *TOY, Parameter("publish_overlay", value=True)) as (probe, node, name):
         assert probe.change(name, Transition.TRANSITION_CONFIGURE)
         image = toy_frames(1, 120, 160)[0][0]
         node._decode = lambda msg, max_pixels: torch.from_numpy(image.copy())  # a frame decoded on the device
@@ -174,7 +164,3 @@ def test_a_frame_decoded_on_the_device_is_copied_to_the_host_once(monkeypatch):
         assert wait_for(lambda: camera.counters.processed == 1, timeout=60), camera.counters
         assert camera.counters.published["overlay"] == 1
         assert copies == [(120, 160, 3)]
-    finally:
-        probe.executor.remove_node(node)
-        node.destroy_node()
-        probe.close()

@@ -242,15 +242,10 @@ def measure(config, precision: str, image, frames: int, camera_counts, full: boo
 
 
 def onnx_unavailable(device: str) -> str:
-    """Why runtime onnx cannot run on ``device`` here, or "" when it can."""
-    if not can_import("onnxruntime", "onnx", "onnxscript"):
-        return "onnxruntime, onnx or onnxscript is not installed here"
-    import onnxruntime
+    """Why runtime onnx cannot run on ``device`` here, or "" when it can (a seam the tests replace)."""
+    from clipomaly_ros.core.model.runtimes import onnx_unavailable as reason
 
-    providers = onnxruntime.get_available_providers()
-    if device.startswith("cuda") and not {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(providers):
-        return f"this onnxruntime has no GPU provider (only {', '.join(providers)}): install onnxruntime-gpu"
-    return ""
+    return reason(device)
 
 
 def run_cuda_tests(budget: Budget, out: Path) -> dict:

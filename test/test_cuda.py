@@ -32,6 +32,7 @@ def test_pipeline_runs_in_fp16_on_the_gpu_and_keeps_its_maps_there(tiny_model_na
 def test_every_runtime_and_precision_matches_eager_fp32_on_the_gpu(tiny_model_name, tmp_path):
     """The real reference is eager PyTorch in fp32; a runtime that cannot run here fails with its reason."""
     from clipomaly_ros.core.model.open_clip_backend import OpenClipBackend
+    from clipomaly_ros.core.model.runtimes import onnx_unavailable
 
     settings = dict(model=tiny_model_name, random_weights=True, device="cuda", window_size=128,
                     inference_size=256, cache_dir=str(tmp_path))
@@ -39,7 +40,7 @@ def test_every_runtime_and_precision_matches_eager_fp32_on_the_gpu(tiny_model_na
     reference = OpenClipBackend(ClipomalyConfig(**settings), precision="fp32").dense_features(image).grid.float()
     failures = []
     for runtime in ("torch", "compile", "onnx"):
-        missing = _gpu_onnxruntime_missing() if runtime == "onnx" else ""
+        missing = onnx_unavailable("cuda") if runtime == "onnx" else ""
         if missing:
             failures.append(f"onnx cannot run here: {missing}")
             continue
@@ -53,17 +54,6 @@ def test_every_runtime_and_precision_matches_eager_fp32_on_the_gpu(tiny_model_na
             assert backend.runtime.health() == {}, (runtime, precision)
             backend.runtime.close()
     assert not failures, failures
-
-
-def _gpu_onnxruntime_missing() -> str:
-    try:
-        import onnxruntime
-    except ImportError:
-        return "onnxruntime is not installed (install onnxruntime-gpu)"
-    providers = onnxruntime.get_available_providers()
-    if not {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(providers):
-        return f"this onnxruntime has no GPU provider ({', '.join(providers)}): install onnxruntime-gpu"
-    return ""
 
 
 def test_a_jpeg_decoded_on_the_gpu_goes_through_without_a_cpu_decode(tiny_model_name, tmp_path):

@@ -153,6 +153,21 @@ class CompiledRuntime:
                 run(torch.zeros(size, 3, side, side, device=device))
 
 
+def onnx_unavailable(device: str) -> str:
+    """Why ``runtime: onnx`` cannot run on ``device`` here (ONNX Runtime or the exporter missing, or no GPU provider
+    for a CUDA device), or "" when it can."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(module) is None for module in ("onnxruntime", "onnx", "onnxscript")):
+        return "onnxruntime, onnx or onnxscript is not installed here"
+    import onnxruntime
+
+    providers = onnxruntime.get_available_providers()
+    if str(device).startswith("cuda") and not {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(providers):
+        return f"this onnxruntime has no GPU provider (only {', '.join(providers)}): install onnxruntime-gpu"
+    return ""
+
+
 def import_onnxruntime():
     """``onnxruntime``, or a one-line :class:`ModelLoadError` naming the extra to install."""
     try:
@@ -363,4 +378,4 @@ def cached_export(encoder: DenseVisionEncoder, spec: ExportedGraph, cache_dir: P
 
 
 __all__ = ["WindowRuntime", "EagerRuntime", "CompiledRuntime", "OnnxGraphRuntime", "OnnxGraphPair", "create_runtime",
-           "bucket", "choose_providers", "tensorrt_cache_dir", "import_onnxruntime"]
+           "bucket", "choose_providers", "tensorrt_cache_dir", "import_onnxruntime", "onnx_unavailable"]

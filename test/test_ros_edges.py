@@ -360,6 +360,59 @@ def test_sigint_and_sigterm_at_any_moment_end_the_node_with_130_and_143_and_no_t
     print("signal to exit (s):", sorted(round(took, 2) for *_, took, _ in outcomes))
 
 
+SLOW_WARM_UP = """
+import sys, time, torch
+from pathlib import Path
+from clipomaly_ros.ros import inference
+from clipomaly_ros.ros.process import main
+
+warm_up, seconds, marker = inference.InferenceLoop._warm_up, float(sys.argv[1]), Path(sys.argv[2])
+
+def slow_warm_up(self, *args, **kwargs):
+    print("WARMING UP", flush=True)
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:  # in torch's native code most of the time, as a compile or a first frame is
+        torch.linalg.svd(torch.randn(96, 96))
+    marker.write_text("the slow part ended")
+    warm_up(self, *args, **kwargs)
+
+inference.InferenceLoop._warm_up = slow_warm_up
+sys.argv[1:3] = []
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("warm_up_s", [0.5, 20.0])
+def test_a_signal_during_the_warm_up_exits_130_without_an_abort(warm_up_s, tmp_path):
+    """SIGINT while the inference thread warms the model up (the main thread waits for it in configure). A warm-up
+    within shut_down's join time-out (1.5 s) is waited for; a longer one (a compile on a GPU) is left, and the
+    process ends at once with 130. Before, the thread was never joined, and Python's finalization stopped it inside
+    torch's native code: "terminate called without an active exception", exit -6."""
+    marker = tmp_path / "warmed"
+    process = subprocess.Popen([sys.executable, "-c", SLOW_WARM_UP, str(warm_up_s), str(marker),
+                                "--ros-args", "-r", "__ns:=/itest_warm", "-p", "backend:=toy",
+                                "-p", "inference_size:=240"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, **ROS_ENV})
+    try:
+        assert process.stdout.readline().startswith("[INFO]")  # loading the toy backend
+        assert process.stdout.readline().strip() == "WARMING UP"
+        process.send_signal(signal.SIGINT)
+        signalled = time.monotonic()
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    took = time.monotonic() - signalled
+    assert process.returncode == 130, output
+    assert "terminate called" not in output and "Traceback" not in output, output
+    assert len(re.findall(r"stopping: SIGINT received", output)) == 1, output
+    if warm_up_s < 1.5:  # joined: the warm-up went on to its end before the process ended
+        assert marker.exists(), output
+    else:  # left behind, and said so
+        assert not marker.exists() and took < 10.0, output
+        assert "exiting with 130 while clipomaly-inference still runs" in output, output
+
+
 def test_frames_in_work_when_the_node_stops_are_counted_as_dropped_at_shutdown(tiny_model_name):
     """In this process: the segmentation of a frame is held until the node has given up waiting for it."""
     from rclpy.executors import SingleThreadedExecutor

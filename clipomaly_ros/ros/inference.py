@@ -64,6 +64,9 @@ class InferenceLoop:
                                   name="clipomaly-inference", daemon=True)
         worker.start()
         if first:
+            # held before the wait: a signal that stops the start-up here leaves a thread in the model, which
+            # shut_down must join (one left running in native code when Python exits aborts the process)
+            self.worker = worker
             warmed.wait()
             if "error" in outcome:
                 raise outcome["error"]

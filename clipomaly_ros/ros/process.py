@@ -13,8 +13,10 @@ which the spin loop reads within 0.1 s. The handler prints nothing: the node's l
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 
 from ..core.interrupt import GracefulStop, StopRequested
 
@@ -25,10 +27,10 @@ def main(args=None) -> int:
     try:
         from .node import spin_until_stopped  # torch, rclpy and the model code: seconds to import
 
-        return spin_until_stopped(stop, args)
+        code = spin_until_stopped(stop, args)
     except StopRequested:  # before the node existed: nothing to tear down
         print(f"clipomaly_node: stopping: {stop.signal_name} received while starting", file=sys.stderr, flush=True)
-        return stop.exit_code
+        code = stop.exit_code
     finally:
         stop.raising = False
         # the process ends now. Python's finalization puts the default action back on a signal it handles (death
@@ -36,6 +38,22 @@ def main(args=None) -> int:
         # can; an ignored one it leaves alone
         for number in GracefulStop.SIGNALS:
             signal.signal(number, signal.SIG_IGN)
+    exit_before_finalization_if_threads_run(code)
+    return code
+
+
+def exit_before_finalization_if_threads_run(code: int) -> None:
+    """End the process with ``code`` at once when a thread other than the main one still runs (an inference
+    thread in a frame or a warm-up that outlived its join time-out). Python's finalization would stop it wherever
+    it is, inside torch's native code, and the C++ runtime aborts the process there ("terminate called without an
+    active exception", exit -6) instead of ending it with ``code``. Everything that needs closing is closed."""
+    running = [thread.name for thread in threading.enumerate()
+               if thread is not threading.main_thread() and thread.is_alive()]
+    if not running:
+        return
+    print(f"clipomaly_node: exiting with {code} while {', '.join(running)} still runs", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ import numpy as np
 from ..core.config import ClipomalyConfig
 from ..core.planning import AnomalyFollower
 from .autoware import autoware_style
-from .messages import ON_DEMAND_OUTPUTS, MessageFactory, picture_messages, stamp_ns
 from .decoding import ImageConversionError
+from .frame_step import FrameStep
+from .messages import ON_DEMAND_OUTPUTS, MessageFactory, stamp_ns
 
 IMAGE_OUTPUTS = ("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances") + ON_DEMAND_OUTPUTS
 """Outputs that are images: each is computed and published only while it has a subscriber."""
@@ -144,9 +145,9 @@ class CameraStream:
         self.publishers = publishers
         self.factory = factory
         self.follower = follower
+        self.step = FrameStep(follower, factory)
         self.counters = CameraCounters()
         self.lock = threading.Lock()
-        self._published_labels: tuple | None = None
         self.gaps = InputGaps(1e9 / expected_rate if expected_rate > 0 else None)
         self.image_input = None
         """Its :class:`~.image_input.ImageInput` while subscribed (the node sets it): the reliability and why."""
@@ -172,21 +173,12 @@ class CameraStream:
                 and (overlay_allowed or name != "overlay")]
 
     def publish(self, header: Any, image: np.ndarray, result, config: ClipomalyConfig, overlay_allowed: bool) -> None:
-        """Track the frame's anomalies, then publish ``anomalies`` and ``anomalies_on_road`` (always), the 3D
-        outputs (with a calibration), ``label_info`` (when the mapping changed) and the wanted image outputs."""
-        frame = self.follower.update(result, stamp_ns(header), config)
+        """Run the frame step (tracking, 3D, messages; see :class:`~.frame_step.FrameStep`) with the image outputs
+        someone subscribes to, and publish what it built."""
         wanted = self.wanted_outputs(overlay_allowed)
-        # republished when an id's name changes, when the vocabulary changed (a name moved between known classes
-        # and anomalies even if the list reads the same) and when the threshold it carries changed: the latched
-        # message is what a late subscriber reads
-        labels = (tuple(result.labels), result.known_count, float(config.uncertainty_threshold))
-        messages = self.factory.result_messages(
-            header, result, frame, wanted, autoware_style(config) if "anomalies_objects" in self.publishers else None,
-            available=self.publishers)
-        messages.update(picture_messages(self.factory, header, image, result, wanted, frame.published))
-        if labels != self._published_labels:
-            messages["label_info"] = self.factory.label_info(header, result.labels, config.uncertainty_threshold)
-            self._published_labels = labels
+        _, messages = self.step(header, image, result, config, wanted,
+                                autoware_style(config) if "anomalies_objects" in self.publishers else None,
+                                available=self.publishers)
         for topic, message in messages.items():
             self.publishers[topic].publish(message)
         with self.lock:

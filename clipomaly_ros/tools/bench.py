@@ -155,20 +155,24 @@ def calibrated_follower(pipeline) -> AnomalyFollower:
     return follower
 
 
-def _offline_publish_ms(image, result, all_outputs: bool, follower: AnomalyFollower, config,
-                        stamp_ns: int) -> float:
-    """Message building and CDR serialisation with rosbags, where rclpy is absent."""
+def offline_step(pipeline):
+    """The per-frame step after segmentation (:class:`~clipomaly_ros.ros.frame_step.FrameStep`) with a calibrated
+    camera and rosbags' message types, for where rclpy is absent."""
+    from ..ros.frame_step import FrameStep
+    from ..ros.messages import MessageFactory
+
+    return FrameStep(calibrated_follower(pipeline), MessageFactory(_offline_store().types))
+
+
+def _offline_publish_ms(image, result, all_outputs: bool, step, config, stamp_ns: int) -> float:
+    """Tracking, message building and CDR serialisation with rosbags, where rclpy is absent."""
     from ..ros.camera import IMAGE_OUTPUTS
-    from ..ros.messages import OUTPUT_TYPES, MessageFactory, picture_messages
+    from ..ros.messages import OUTPUT_TYPES
 
     store = _offline_store()
-    factory = MessageFactory(store.types)
-    header = factory.header(stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000, "camera")
-    wanted = IMAGE_OUTPUTS if all_outputs else ()
+    header = step.factory.header(stamp_ns // 1_000_000_000, stamp_ns % 1_000_000_000, "camera")
     start = time.perf_counter()
-    frame = follower.update(result, stamp_ns, config)
-    messages = factory.result_messages(header, result, frame, wanted)
-    messages.update(picture_messages(factory, header, image, result, wanted))
+    _, messages = step(header, image, result, config, IMAGE_OUTPUTS if all_outputs else ())
     for topic, message in messages.items():
         store.serialize_cdr(message, OUTPUT_TYPES[topic])
     return (time.perf_counter() - start) * 1000.0
@@ -237,11 +241,11 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
     frame_s = time.perf_counter() - started
     log(f"bench: one frame took {frame_s:.1f} s; the rest of this run will take about "
         f"{bench_duration_s(frame_s, frames, cameras, soak_frames, geometry):.0f} s")
-    follower = calibrated_follower(pipeline)
+    step, step_config = offline_step(pipeline), pipeline.config
     frame_index = iter(range(10**9))
 
     def offline_publish_ms(result, all_outputs: bool) -> float:
-        return _offline_publish_ms(image, result, all_outputs, follower, pipeline.config,
+        return _offline_publish_ms(image, result, all_outputs, step, step_config,
                                    next(frame_index) * 100_000_000)
 
     try:
@@ -348,14 +352,14 @@ def soak(config: ClipomalyConfig, size: tuple[int, int], frames: int, log=print)
     small = config if config.backend == "toy" else config.replace(model=SOAK_MODEL, random_weights=True,
                                                                    checkpoint="")
     pipeline = Clipomaly(small)
-    follower = calibrated_follower(pipeline)
+    step = offline_step(pipeline)
     scenes = [street_frame(size, planted) for planted in ("mattress", "tire", "deer", None)]
     resident = []
     for index in tqdm(range(frames), desc=f"memory soak ({small.model if small.backend != 'toy' else 'toy'})",
                       unit="frame", leave=False):
         image = scenes[index % len(scenes)]
         result = pipeline(image)
-        _offline_publish_ms(image, result, True, follower, small, index * 100_000_000)
+        _offline_publish_ms(image, result, True, step, small, index * 100_000_000)
         if index == 0 or index == frames - 1:
             gc.collect()
             resident.append(_resident_mb())

@@ -19,19 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.planning import AnomalyFollower
 from ..core.interrupt import GracefulStop
-from ..ros.bags import (BagError, camera_info_connections, image_connections, open_bag, transform_connections,
-                        typestore_with_built_msgs)
+from ..core.planning import AnomalyFollower
 from ..ros.autoware import autoware_style
-from ..ros.messages import ON_DEMAND_OUTPUTS, OUTPUT_TYPES, MessageFactory, picture_messages, stamp_ns
-from ..ros.decoding import BadRecordedFrame, decode_recorded, deserialize_recorded
-from ..ros.transforms import MountingFinder, add_transforms, recorded_static_transforms
+from ..ros.bags import BagError, image_connections, open_bag, typestore_with_built_msgs
+from ..ros.camera import IMAGE_OUTPUTS
+from ..ros.frame_step import FrameStep
+from ..ros.messages import ON_DEMAND_OUTPUTS, OUTPUT_TYPES, MessageFactory, stamp_ns
+from ..ros.recorded import ProcessedFrame, RecordedDrive
 
 
 @dataclass
 class ReplaySummary:
-    """What a replay did: frame counts, per-frame milliseconds of the pipeline, and failures by reason."""
+    """What a replay did: frame counts, per-frame milliseconds of the pipeline, and what was left out, one line
+    each (skipped frames with their reasons, damaged camera_info or /tf messages)."""
 
     read: int = 0
     processed: int = 0
@@ -65,6 +66,18 @@ class ReplaySummary:
         return (f"{counts}; pipeline ms per frame: mean {times.mean():.1f}, p95 {np.percentile(times, 95):.1f}; "
                 f"{self.tracks} tracks; {three_d}; camera mounting from {self.mounting}")
 
+    def add(self, processed: ProcessedFrame, drive: RecordedDrive, follower: AnomalyFollower) -> None:
+        """One processed frame's figures, with the drive's counts and the follower's so far."""
+        self.read, self.processed, self.failed = drive.counts.read, drive.counts.processed, drive.counts.skipped
+        self.milliseconds.append(processed.result.timings_ms["total"])
+        self.mounting = processed.mounting
+        self.published.update(list(processed.messages))
+        self.tracks = follower.tracker.issued
+        self.located = follower.counters.located
+        self.without_ground_contact = follower.counters.without_ground_contact
+        self.hidden_contact = follower.counters.hidden_contact
+        self.no_3d_reason = follower.no_3d_reason
+
 
 def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str | None = None,
            namespace: str = "", storage: str = "mcap", overlay: bool = True, progress: bool = True,
@@ -72,7 +85,6 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
     """Segment every frame of ``image_topic`` in ``in_bag`` and write ``out_bag`` (see the module docstring);
     ``camera_info_topic`` overrides the image topic's sibling ``camera_info``. Ctrl-C or SIGTERM stops it after
     the current frame with ``out_bag`` closed and readable (``summary.interrupted_at``)."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
     from tqdm import tqdm
 
     out_bag = Path(out_bag)
@@ -80,100 +92,98 @@ def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str |
         raise BagError(f"{out_bag} exists already: choose a new output path")
     if storage not in ("mcap", "sqlite3"):
         raise ValueError(f"storage must be mcap or sqlite3, got {storage!r}")
-    autoware_style(pipeline.config)  # an unknown dictionary section in autoware_labels fails here, not mid-bag
-    store = typestore_with_built_msgs()
-    factory = MessageFactory(store.types)
-    prefix = "/" + namespace.strip("/") if namespace.strip("/") else ""
-    topics = {name: f"{prefix}/{name}" for name in OUTPUT_TYPES if overlay or name not in ON_DEMAND_OUTPUTS}
+    autoware = autoware_style(pipeline.config)  # an unknown dictionary section in autoware_labels fails here
     summary = ReplaySummary()
-    threshold = pipeline.config.uncertainty_threshold
+
+    def report(line: str) -> None:
+        summary.failures.append(line)
+        log(line)
+
     with GracefulStop(log) as stop, open_bag(in_bag) as reader:
-        connections = image_connections(reader, image_topic)
-        info_connections, info_topic = camera_info_connections(reader, connections[0].topic, camera_info_topic)
-        follower = AnomalyFollower(pipeline.name_embeddings, info_topic)
-        static, dynamic = transform_connections(reader)
-        tf_connections = static + dynamic
-        tree = recorded_static_transforms(reader, static, log)
-        finder = MountingFinder(tree, "the bag's /tf_static and /tf")
-        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        writer = Writer(out_bag, version=9, storage_plugin=plugin)
-        writer.open()
-        try:
-            copies = {c.id: writer.add_connection(c.topic, c.msgtype, typestore=store)
-                      for c in connections + info_connections + tf_connections}
-            outputs = {name: writer.add_connection(topic, OUTPUT_TYPES[name], typestore=store)
-                       for name, topic in topics.items()}
-            diagnostics_connection = writer.add_connection("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray",
-                                                           typestore=store)
-            published_labels, last_diagnostics, last_stamp = None, None, 0
-            last_header, last_processed_at = None, None
-            summary.total = sum(c.msgcount for c in connections)
-            messages = reader.messages(connections=connections + info_connections + tf_connections)
-            for connection, timestamp, raw in tqdm(_guarded(messages, in_bag), unit="message",
-                                                   total=sum(c.msgcount for c in connections + info_connections
-                                                             + tf_connections),
-                                                   desc="replaying", disable=not progress):
-                if stop.requested:
-                    summary.interrupted_at = last_stamp
-                    break
-                writer.write(copies[connection.id], timestamp, bytes(raw))
-                if connection in info_connections:
-                    follower.set_camera_info(reader.deserialize(raw, connection.msgtype))
-                    continue
-                if connection in tf_connections:
-                    if connection in dynamic:
-                        for problem in add_transforms(tree, reader.deserialize(raw, connection.msgtype)):
-                            log(f"left out a recorded {problem}")
-                    continue
-                summary.read += 1
-                try:
-                    message = deserialize_recorded(reader, raw, connection.msgtype)
-                    image = decode_recorded(message, connection.msgtype)
-                except BadRecordedFrame as error:
-                    summary.failed += 1
-                    reason = f"frame {summary.read} at {timestamp} ns on {connection.topic}: {error}"
-                    summary.failures.append(reason)
-                    log(f"skipped {reason}")
-                    continue
-                result = pipeline(image)
-                summary.processed += 1
-                summary.milliseconds.append(result.timings_ms["total"])
-                header = message.header
-                last_stamp = stamp_ns(header)
-                config, summary.mounting = finder.find(header.frame_id, pipeline.config)
-                frame = follower.update(result, last_stamp, config)
-                outputs_of_frame = factory.result_messages(header, result, frame, autoware=autoware_style(config))
-                if (tuple(result.labels), result.known_count) != published_labels:
-                    outputs_of_frame["label_info"] = factory.label_info(header, result.labels, threshold)
-                    published_labels = (tuple(result.labels), result.known_count)
-                if overlay:
-                    outputs_of_frame.update(picture_messages(factory, header, image, result, ON_DEMAND_OUTPUTS,
-                                                                 frame.published))
-                for name, output in outputs_of_frame.items():
-                    writer.write(outputs[name], timestamp, store.serialize_cdr(output, OUTPUT_TYPES[name]))
-                summary.published.update(list(outputs_of_frame))
-                summary.tracks = follower.tracker.issued
-                summary.located = follower.counters.located
-                summary.without_ground_contact = follower.counters.without_ground_contact
-                summary.hidden_contact = follower.counters.hidden_contact
-                summary.no_3d_reason = follower.no_3d_reason
-                if last_diagnostics is None or timestamp - last_diagnostics >= DIAGNOSTICS_PERIOD_NS:
-                    diagnostics = _diagnostics(store, header, summary, f"{prefix}/clipomaly")
-                    writer.write(diagnostics_connection, timestamp,
-                                 store.serialize_cdr(diagnostics, "diagnostic_msgs/msg/DiagnosticArray"))
-                    last_diagnostics = timestamp
-                last_header, last_processed_at = header, timestamp
-            if summary.processed and last_diagnostics != last_processed_at:  # the final counts, at the last frame
-                writer.write(diagnostics_connection, last_processed_at, store.serialize_cdr(
-                    _diagnostics(store, last_header, summary, f"{prefix}/clipomaly"),
-                    "diagnostic_msgs/msg/DiagnosticArray"))
-        finally:
-            # also after an error or a second Ctrl-C: the bag gets its index and metadata.yaml and keeps the
-            # frames written so far
-            writer.close()
+        drive = RecordedDrive(reader, image_connections(reader, image_topic), camera_info_topic, report,
+                              guard=lambda messages: _guarded(messages, in_bag))
+        summary.total = drive.total_frames
+        with ReplayBag(out_bag, storage, namespace, drive, overlay) as bag, \
+                tqdm(unit="message", total=drive.total_messages(with_static=True), desc="replaying",
+                     disable=not progress) as bar:
+            step = FrameStep(AnomalyFollower(pipeline.name_embeddings, drive.camera_info_topic), bag.factory)
+
+            def copy(connection, timestamp: int, raw: bytes) -> None:
+                bag.copy(connection, timestamp, raw)
+                bar.update()
+
+            wanted = [name for name in IMAGE_OUTPUTS if name in bag.topics]
+            for processed in drive.frames(pipeline, step, on_message=copy, stop_requested=lambda: stop.requested,
+                                          wanted=wanted, autoware=autoware):
+                bag.write_outputs(processed)
+                summary.add(processed, drive, step.follower)
+                bag.write_diagnostics(processed, summary)
+            summary.read, summary.failed = drive.counts.read, drive.counts.skipped
+            if drive.stopped_early:
+                summary.interrupted_at = bag.last_stamp
+            bag.write_diagnostics(None, summary)
     return summary
 
 
+class ReplayBag:
+    """The output bag of a replay: the input's image, camera_info and transform topics copied byte for byte, the
+    node's outputs under ``namespace`` (the pictures only with ``overlay``) and a /diagnostics a second of recorded
+    time. Closed on leaving ``with``, also after an error or a second Ctrl-C: the bag gets its index and
+    metadata.yaml and keeps the frames written so far."""
+
+    def __init__(self, path: Path, storage: str, namespace: str, drive: RecordedDrive, overlay: bool):
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        self.store = typestore_with_built_msgs()
+        self.factory = MessageFactory(self.store.types)
+        prefix = "/" + namespace.strip("/") if namespace.strip("/") else ""
+        self.topics = {name: f"{prefix}/{name}" for name in OUTPUT_TYPES if overlay or name not in ON_DEMAND_OUTPUTS}
+        self.diagnostics_name = f"{prefix}/clipomaly"
+        self.writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap"
+                             else StoragePlugin.SQLITE3)
+        self.writer.open()
+        self.copies = {connection.id: self.writer.add_connection(connection.topic, connection.msgtype,
+                                                                 typestore=self.store)
+                       for connection in drive.images + drive.infos + drive.static + drive.dynamic}
+        self.outputs = {name: self.writer.add_connection(topic, OUTPUT_TYPES[name], typestore=self.store)
+                        for name, topic in self.topics.items()}
+        self.diagnostics = self.writer.add_connection("/diagnostics", DIAGNOSTICS_TYPE, typestore=self.store)
+        self.last_stamp = 0
+        self._last: ProcessedFrame | None = None
+        self._diagnostics_at: int | None = None
+
+    def __enter__(self) -> "ReplayBag":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.writer.close()
+
+    def copy(self, connection, timestamp: int, raw: bytes) -> None:
+        self.writer.write(self.copies[connection.id], timestamp, bytes(raw))
+
+    def write_outputs(self, processed: ProcessedFrame) -> None:
+        """The frame's outputs, at the input message's time."""
+        for name, message in processed.messages.items():
+            self.writer.write(self.outputs[name], processed.timestamp,
+                              self.store.serialize_cdr(message, OUTPUT_TYPES[name]))
+        self.last_stamp = stamp_ns(processed.header)
+        self._last = processed
+
+    def write_diagnostics(self, processed: ProcessedFrame | None, summary: ReplaySummary) -> None:
+        """The counts so far after ``processed`` once a second of recorded time; with None, the final counts at
+        the last frame, unless they were written there already."""
+        frame = processed or self._last
+        if frame is None:
+            return
+        due = (self._diagnostics_at is None or frame.timestamp - self._diagnostics_at >= DIAGNOSTICS_PERIOD_NS
+               if processed is not None else self._diagnostics_at != frame.timestamp)
+        if due:
+            message = _diagnostics(self.store, frame.header, summary, self.diagnostics_name)
+            self.writer.write(self.diagnostics, frame.timestamp, self.store.serialize_cdr(message, DIAGNOSTICS_TYPE))
+            self._diagnostics_at = frame.timestamp
+
+
+DIAGNOSTICS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
 DIAGNOSTICS_PERIOD_NS = 1_000_000_000  # one status a second of recorded time, as the node publishes
 
 
@@ -191,7 +201,7 @@ def _diagnostics(store, header, summary: ReplaySummary, name: str):
     status = types["diagnostic_msgs/msg/DiagnosticStatus"](
         level=0, name=f"{name}: pipeline", message=message, hardware_id="offline",
         values=[types["diagnostic_msgs/msg/KeyValue"](key=k, value=str(v)) for k, v in values.items()])
-    return types["diagnostic_msgs/msg/DiagnosticArray"](header=header, status=[status])
+    return types[DIAGNOSTICS_TYPE](header=header, status=[status])
 
 
 def _guarded(messages, bag):

@@ -24,11 +24,10 @@ import numpy as np
 from ...core.config import ClipomalyConfig
 from ...core.planning import AnomalyFollower
 from ...core.results import AnomalyRecord
-from ...core.frames import FrameTree
-from ...ros.bags import BagError, camera_info_connections, open_bag, transform_connections
+from ...ros.bags import BagError, open_bag
+from ...ros.frame_step import FrameStep
 from ...ros.messages import stamp_ns
-from ...ros.decoding import BadRecordedFrame, decode_recorded, deserialize_recorded
-from ...ros.transforms import MountingFinder, add_transforms, recorded_static_transforms
+from ...ros.recorded import RecordedDrive
 from .plan import Shard
 
 SHARDS_FOLDER = "shards"
@@ -157,69 +156,23 @@ def mine_shard(pipeline, shard: Shard, rate_hz: float | None = None) -> ShardOut
 
 def _mine_frames(reader, pipeline, shard: Shard, rate_hz: float | None, outcome: ShardOutcome,
                  tracks: dict[int, TrackSummary]) -> set[int]:
-    """The frames of ``shard`` through ``pipeline`` and the tracker, gathered into ``tracks``; the track ids seen in
-    the last frame. Reading errors that mean a cut or damaged bag raise :class:`BagDataError`."""
-    config = pipeline.config
+    """The frames of ``shard`` through ``pipeline`` and the tracker (the loop replay runs, without messages),
+    gathered into ``tracks``; the track ids seen in the last frame. Reading errors that mean a cut or damaged bag
+    raise :class:`BagDataError`."""
     images = [c for c in reader.connections if c.topic == shard.topic]
-    infos, info_topic = camera_info_connections(reader, shard.topic)
-    static, dynamic = transform_connections(reader)
-    follower = AnomalyFollower(pipeline.name_embeddings, info_topic)
-    # static transforms hold over the whole recording, wherever they were recorded
-    tree = recorded_static_transforms(reader, static) if static else FrameTree()
-    finder = MountingFinder(tree, "the bag's /tf_static and /tf")
-    last_processed: int | None = None
+    drive = RecordedDrive(reader, images, report=outcome.skipped_reasons.append, guard=_data_guarded)
+    step = FrameStep(AnomalyFollower(pipeline.name_embeddings, drive.camera_info_topic))
     last_frame_ids: set[int] = set()
     first_frame = True
-    latest_info = None
-    # the state the window starts in: the newest camera_info and the /tf sent before it (small messages only)
-    if shard.start_ns > 0 and (infos or dynamic):
-        for connection, _, raw in _data_guarded(reader.messages(connections=infos + dynamic, stop=shard.start_ns)):
-            if connection in infos:
-                latest_info = (raw, connection.msgtype)
-            else:
-                _add_recorded_transforms(tree, reader, raw, connection.msgtype, outcome)
-    # then one pass over the window: its frames with the camera_info and /tf recorded among them
-    window = reader.messages(connections=images + infos + dynamic, start=shard.start_ns, stop=shard.stop_ns)
-    for connection, _, raw in _data_guarded(window):
-        if connection in infos:
-            latest_info = (raw, connection.msgtype)  # deserialised only when a frame needs it
-            continue
-        if connection in dynamic:
-            _add_recorded_transforms(tree, reader, raw, connection.msgtype, outcome)
-            continue
-        outcome.frames_read += 1
-        try:
-            if latest_info is not None:  # only the newest one in force matters: deserialised once per frame at most
-                info, latest_info = latest_info, None
-                follower.set_camera_info(deserialize_recorded(reader, *info))
-            message = deserialize_recorded(reader, raw, connection.msgtype)
-            stamp = stamp_ns(message.header)
-            if rate_hz and last_processed is not None and stamp - last_processed < 1e9 / rate_hz - 1e3:
-                outcome.frames_thinned += 1  # --rate: not decoded at all
-                continue
-            image = decode_recorded(message, connection.msgtype)
-        except BadRecordedFrame as error:
-            outcome.frames_skipped += 1
-            outcome.skipped_reasons.append(f"{shard.topic} frame {outcome.frames_read}: {error}")
-            continue
-        last_processed = stamp
-        result = pipeline(image)
-        frame_config, _ = finder.find(message.header.frame_id, config)
-        frame = follower.update(result, stamp, frame_config)
-        outcome.frames_processed += 1
-        last_frame_ids = _gather(tracks, frame.records, result, image, stamp, first_frame)
-        first_frame = False
-    return last_frame_ids
-
-
-def _add_recorded_transforms(tree: FrameTree, reader, raw: bytes, msgtype: str, outcome: ShardOutcome) -> None:
-    """One recorded /tf message into ``tree``; a damaged one, or an unusable transform in it, is noted among the
-    skipped reasons (it cannot place a frame) and the shard goes on."""
     try:
-        problems = add_transforms(tree, deserialize_recorded(reader, raw, msgtype))
-    except BadRecordedFrame as error:
-        problems = [f"a /tf message: {error}"]
-    outcome.skipped_reasons.extend(f"left out {problem}" for problem in problems)
+        for processed in drive.frames(pipeline, step, start=shard.start_ns, stop=shard.stop_ns, rate_hz=rate_hz):
+            last_frame_ids = _gather(tracks, processed.frame.records, processed.result, processed.image,
+                                     stamp_ns(processed.header), first_frame)
+            first_frame = False
+    finally:
+        outcome.frames_read, outcome.frames_processed = drive.counts.read, drive.counts.processed
+        outcome.frames_skipped, outcome.frames_thinned = drive.counts.skipped, drive.counts.thinned
+    return last_frame_ids
 
 
 def _data_guarded(messages):

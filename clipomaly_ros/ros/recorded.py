@@ -1,0 +1,161 @@
+"""The one per-frame loop over a recorded drive, shared by ``clipomaly replay`` and ``clipomaly mine``: a camera's
+frames read from a bag in recorded order, each after the camera_info and /tf recorded before it, through the
+pipeline and the :class:`~.frame_step.FrameStep` the node runs on live frames.
+
+Plain Python over rosbags: no ROS runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from ..core.config import ClipomalyConfig
+from ..core.planning import PlannerFrame
+from ..core.results import SegmentationResult
+from .bags import camera_info_connections, transform_connections
+from .decoding import BadRecordedFrame, decode_recorded, deserialize_recorded
+from .frame_step import FrameStep
+from .messages import stamp_ns
+from .transforms import MountingFinder, add_transforms, recorded_static_transforms
+
+
+@dataclass
+class DriveCounts:
+    """Frames of the drive so far: ``read`` (image messages met), ``processed`` (through the pipeline), ``skipped``
+    (their bytes do not deserialise or the image does not decode) and ``thinned`` (left out by ``rate_hz``)."""
+
+    read: int = 0
+    processed: int = 0
+    skipped: int = 0
+    thinned: int = 0
+
+
+@dataclass
+class ProcessedFrame:
+    """One recorded frame after the per-frame step: its ``header``, recorded ``timestamp`` (ns, the bag's log
+    time), decoded ``image`` (H x W x 3 uint8 RGB), the pipeline's ``result``, the followed ``frame``, the settings
+    in force for it (``config``, with the camera's mounting) and where that mounting came from, and the output
+    ``messages`` the step built (relative topic -> message; empty without a message factory)."""
+
+    header: Any
+    timestamp: int
+    image: np.ndarray
+    result: SegmentationResult
+    frame: PlannerFrame
+    config: ClipomalyConfig
+    mounting: str
+    messages: dict[str, Any] = field(default_factory=dict)
+
+
+class RecordedDrive:
+    """One camera's recording in an open bag (``reader``): the image ``connections`` of its topic, its camera_info
+    (``camera_info_topic``, default the image topic's sibling) and the bag's /tf_static (read whole at once: static
+    transforms hold over the whole recording) and /tf (applied in recorded order).
+
+    ``report`` gets one line for each thing left out on the way: a skipped frame, a damaged camera_info or /tf
+    message, an unusable transform. ``guard`` wraps the bag's message iterator (how the caller wants a storage
+    failure midway reported)."""
+
+    def __init__(self, reader, connections: list, camera_info_topic: str | None = None,
+                 report: Callable[[str], None] = lambda line: None,
+                 guard: Callable[[Iterable], Iterable] = lambda messages: messages):
+        self.reader = reader
+        self.images = connections
+        self.topic = connections[0].topic
+        self.infos, self.camera_info_topic = camera_info_connections(reader, self.topic, camera_info_topic)
+        self.static, self.dynamic = transform_connections(reader)
+        self.report = report
+        self.guard = guard
+        self.tree = recorded_static_transforms(reader, self.static, report)
+        self.finder = MountingFinder(self.tree, "the bag's /tf_static and /tf")
+        self.counts = DriveCounts()
+        self._latest_info: tuple[bytes, str] | None = None
+        self.stopped_early = False
+        """Whether the last pass ended because ``stop_requested()`` was true, before the end of its window."""
+
+    @property
+    def total_frames(self) -> int:
+        return sum(connection.msgcount for connection in self.images)
+
+    def total_messages(self, with_static: bool = False) -> int:
+        """The messages a pass reads: frames, camera_info and /tf (and /tf_static with ``with_static``)."""
+        return sum(connection.msgcount for connection in self._connections(with_static))
+
+    def _connections(self, with_static: bool) -> list:
+        return self.images + self.infos + self.dynamic + (self.static if with_static else [])
+
+    def frames(self, pipeline, step: FrameStep, start: int | None = None, stop: int | None = None,
+               rate_hz: float | None = None, on_message: Callable[[Any, int, bytes], None] | None = None,
+               stop_requested: Callable[[], bool] = lambda: False, **outputs) -> Iterator[ProcessedFrame]:
+        """Every frame of the drive recorded in ``[start, stop)`` (ns of log time; whole drive by default) through
+        ``pipeline`` and ``step``, which also gets ``outputs`` (``wanted``, ``autoware``). The newest camera_info
+        and the /tf recorded before ``start`` are in force at its first frame. ``rate_hz``: at most that many
+        frames a second of the images' stamps; the others are counted as thinned and not decoded.
+        ``on_message(connection, timestamp, raw)`` sees every message read (frames, camera_info, /tf and, with it,
+        /tf_static too), before the frame it may belong to is processed. The pass ends early once
+        ``stop_requested()`` is true, before the next message."""
+        if start and (self.infos or self.dynamic):
+            for connection, _, raw in self.guard(self.reader.messages(connections=self.infos + self.dynamic,
+                                                                      stop=start)):
+                self._take_state(connection, raw)
+        last_stamp: int | None = None
+        self.stopped_early = False
+        window = self.reader.messages(connections=self._connections(on_message is not None), start=start,
+                                      stop=stop)
+        for connection, timestamp, raw in self.guard(window):
+            if stop_requested():
+                self.stopped_early = True
+                return
+            if on_message is not None:
+                on_message(connection, timestamp, raw)
+            if connection not in self.images:
+                self._take_state(connection, raw)
+                continue
+            self.counts.read += 1
+            try:
+                message = deserialize_recorded(self.reader, raw, connection.msgtype)
+                stamp = stamp_ns(message.header)
+                if rate_hz and last_stamp is not None and stamp - last_stamp < 1e9 / rate_hz - 1e3:
+                    self.counts.thinned += 1
+                    continue
+                image = decode_recorded(message, connection.msgtype)
+            except BadRecordedFrame as error:
+                self.counts.skipped += 1
+                self.report(f"skipped frame {self.counts.read} at {timestamp} ns on {connection.topic}: {error}")
+                continue
+            last_stamp = stamp
+            yield self._step(pipeline, step, message.header, timestamp, image, outputs)
+
+    def _step(self, pipeline, step: FrameStep, header, timestamp: int, image: np.ndarray,
+              outputs: dict) -> ProcessedFrame:
+        self._apply_camera_info(step)
+        result = pipeline(image)
+        config, mounting = self.finder.find(header.frame_id, pipeline.config)
+        frame, messages = step(header, image, result, config, **outputs)
+        self.counts.processed += 1
+        return ProcessedFrame(header, timestamp, image, result, frame, config, mounting, messages)
+
+    def _take_state(self, connection, raw: bytes) -> None:
+        """A camera_info (kept raw: only the newest in force at a frame is deserialised) or a /tf message (into
+        the transform tree); /tf_static was read whole at the start."""
+        if connection in self.infos:
+            self._latest_info = (raw, connection.msgtype)
+        elif connection in self.dynamic:
+            try:
+                problems = add_transforms(self.tree, deserialize_recorded(self.reader, raw, connection.msgtype))
+            except BadRecordedFrame as error:
+                problems = [f"a /tf message: {error}"]
+            for problem in problems:
+                self.report(f"left out a recorded {problem}")
+
+    def _apply_camera_info(self, step: FrameStep) -> None:
+        if self._latest_info is None:
+            return
+        (raw, msgtype), self._latest_info = self._latest_info, None
+        try:
+            step.follower.set_camera_info(deserialize_recorded(self.reader, raw, msgtype))
+        except BadRecordedFrame as error:  # the calibration in force stays
+            self.report(f"left out a recorded camera_info on {self.camera_info_topic}: {error}")

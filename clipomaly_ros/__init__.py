@@ -17,11 +17,11 @@ def __getattr__(name):
     # torch, open_clip and opencv load only when the pipeline or its results are first asked for, so `import
     # clipomaly_ros` stays light and the model side (core.model) imports on a machine with PyTorch alone
     if name == "Clipomaly":
-        from .core.pipeline import Clipomaly
+        from .core.method.pipeline import Clipomaly
 
         return Clipomaly
     if name in ("AnomalyRecord", "SegmentationResult"):
-        from .core import results
+        from .core.method import results
 
         return getattr(results, name)
     raise AttributeError(name)

@@ -89,7 +89,7 @@ def test_frame(size: tuple[int, int], with_scene: bool):
     if with_scene:
         import cv2
 
-        from clipomaly_ros.core.scenes import render_street_scene
+        from clipomaly_ros.tools.scenes import render_street_scene
 
         image, _ = render_street_scene(360, 640, planted="mattress")
         return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
@@ -120,7 +120,7 @@ class Subject:
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu-check-serving")
         self.backend = self.on_thread(OpenClipBackend, config, precision)
         if full:
-            from clipomaly_ros.core.pipeline import Clipomaly
+            from clipomaly_ros.core.method.pipeline import Clipomaly
 
             self.pipeline = Clipomaly(config, backend=self.backend)
         else:

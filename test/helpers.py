@@ -10,7 +10,7 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from clipomaly_ros.core.scenes import render_street_scene
+from clipomaly_ros.tools.scenes import render_street_scene
 
 STORE = get_typestore(Stores.ROS2_JAZZY)
 FIRST_STAMP_NS = 1_700_000_000_000_000_000
@@ -143,8 +143,8 @@ def mounted_drive(frames: int = 30, rate_hz: float = 10.0):
     left of the path, 22 m ahead at first and closing at 4 m/s, and from 1 s on a deer (0.8 x 1.2 m) crossing 13 m
     ahead from left to right at 2.5 m/s. Returns ``(camera, mounting, [(stamp_ns, image, {name: (x, y)})])`` with
     each object's front middle in base_link."""
-    from clipomaly_ros.core.geometry import CameraModel, CameraMounting
-    from clipomaly_ros.core.scenes import StandingObject, render_perspective_street
+    from clipomaly_ros.core.scene.geometry import CameraModel, CameraMounting
+    from clipomaly_ros.tools.scenes import StandingObject, render_perspective_street
 
     camera = CameraModel(640, 360, np.array([[500.0, 0, 320], [0, 500, 180], [0, 0, 1]]), np.zeros(5))
     mounting = CameraMounting(**MOUNTED_CAMERA)

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from clipomaly_ros.core.config import ClipomalyConfig, load_config
-from clipomaly_ros.core.pipeline import Clipomaly
+from clipomaly_ros.core.method.pipeline import Clipomaly
 from clipomaly_ros.core.model.toy_backend import TOY_LEXICON, ToyColourBackend
 from clipomaly_ros.tools.calibration import CalibrationError, SearchSpace, calibrate, read_frames
 from clipomaly_ros.tools.cli import main
@@ -188,7 +188,7 @@ def test_clear_errors_for_data_without_anomalies_and_ids_that_do_not_exist(desig
 def test_evaluate_reports_each_instance_its_size_and_distance(tmp_path, capsys):
     """Objects standing 8 to 40 m ahead of a calibrated camera: each instance found or missed, with its size and
     the distance placed from the dataset's camera.yaml (within 5 % of the truth)."""
-    from clipomaly_ros.core.scenes import StandingObject, drive_camera, render_perspective_street
+    from clipomaly_ros.tools.scenes import StandingObject, drive_camera, render_perspective_street
 
     camera, mounting = drive_camera()
     (tmp_path / "set" / "images").mkdir(parents=True)
@@ -429,7 +429,7 @@ BUDGET_SCRIPT = """
 import json, os, sys, threading, time
 from pathlib import Path
 from clipomaly_ros.core.config import ClipomalyConfig
-from clipomaly_ros.core.pipeline import Clipomaly
+from clipomaly_ros.core.method.pipeline import Clipomaly
 from clipomaly_ros.tools.calibration import SearchSpace, calibrate, read_frames
 from clipomaly_ros.tools.evaluation import find_samples
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from clipomaly_ros.tools.cli import main
-from clipomaly_ros.core.scenes import render_street_scene
+from clipomaly_ros.tools.scenes import render_street_scene
 
 
 def write_scene(path, planted="mattress"):
@@ -35,7 +35,7 @@ def test_segment_writes_maps_overlay_and_json(tmp_path, capsys):
 
 
 def test_segment_tracks_an_image_sequence(tmp_path, capsys):
-    from clipomaly_ros.core.scenes import render_street
+    from clipomaly_ros.tools.scenes import render_street
 
     paths = []
     for index in range(4):  # a tyre rolling right, frame by frame

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from clipomaly_ros import Clipomaly, ClipomalyConfig
-from clipomaly_ros.core.scenes import render_street_scene
+from clipomaly_ros.tools.scenes import render_street_scene
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine"),
               pytest.mark.filterwarnings("ignore:.*RANDOM WEIGHTS")]

@@ -25,7 +25,7 @@ def run_demo_command(out, *options):
 
 def test_demo_runs_the_node_on_a_synthetic_drive_and_prints_every_frame(tmp_path):
     """Paced: every frame is answered, so what it prints does not depend on how busy the CPU is."""
-    from clipomaly_ros.core.overlay import class_colour
+    from clipomaly_ros.core.method.overlay import class_colour
 
     out = tmp_path / "demo"
     stdout = run_demo_command(out, "--seconds", "3")

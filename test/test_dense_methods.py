@@ -186,7 +186,7 @@ def test_a_batch_of_windows_gives_what_each_window_gives_alone(visual):
 
 
 def test_pamr_sharpens_a_blurred_class_boundary_along_the_image_edge():
-    from clipomaly_ros.core.pamr import PixelAdaptiveRefinement
+    from clipomaly_ros.core.method.pamr import PixelAdaptiveRefinement
 
     image = torch.zeros(3, 40, 80)
     image[:, :, 40:] = 1.0  # the edge lies between columns 39 and 40
@@ -207,7 +207,7 @@ def test_the_pipeline_with_pamr_still_finds_and_names_the_object(toy_config):
     import numpy as np
 
     from clipomaly_ros import Clipomaly
-    from clipomaly_ros.core.scenes import render_street_scene
+    from clipomaly_ros.tools.scenes import render_street_scene
 
     image, truth = render_street_scene(240, 320, planted="tire")
     result = Clipomaly(toy_config.replace(pamr_steps=3))(image)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clipomaly_ros.core.config import CITYSCAPES_CLASSES, ClipomalyConfig, ConfigError
-from clipomaly_ros.core.scenes import labelled_street_scene, write_street_dataset
+from clipomaly_ros.tools.scenes import labelled_street_scene, write_street_dataset
 from clipomaly_ros.tools.cli import main
 from clipomaly_ros.tools.finetune import FinetuneError, FinetuneSettings, finetune
 
@@ -61,7 +61,7 @@ def test_a_short_cpu_run_raises_the_held_out_miou_far_above_its_start(trained):
 def test_the_weights_load_in_open_clip_and_clipomaly_with_the_text_tower_unchanged(trained):
     import open_clip
 
-    from clipomaly_ros.core.pipeline import Clipomaly
+    from clipomaly_ros.core.method.pipeline import Clipomaly
 
     _, output = trained
     loaded = open_clip.create_model("clipomaly-tiny-vit", pretrained=str(output))  # plain open_clip
@@ -159,7 +159,7 @@ def region_name(pipeline, image, mask):
     """The name the pipeline's namer gives the region ``mask`` (H, W) bool, from its mask-pooled dense features."""
     import cv2
 
-    from clipomaly_ros.core.unknown import CandidateRegion
+    from clipomaly_ros.core.method.unknown import CandidateRegion
 
     with torch.inference_mode():
         (features,) = pipeline.backend.dense_features_batch([image])
@@ -182,7 +182,7 @@ def naming_experiment(folder, seed: int) -> dict:
     fine-tuned one, how many of 16 planted objects its namer names right (``named``) and how close the objects'
     pooled features stay to the pretrained model's (``kept``: mean cosine), plus the known-class mIoU before and
     after. Deterministic for a ``seed`` (fixed threads, deterministic algorithms)."""
-    from clipomaly_ros.core.pipeline import Clipomaly
+    from clipomaly_ros.core.method.pipeline import Clipomaly
 
     with deterministic_torch():
         labels = {name: len(CITYSCAPES_CLASSES) + index for index, name in enumerate(OBJECTS)}

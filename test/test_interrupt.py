@@ -12,8 +12,8 @@ import sys
 import pytest
 from rosbags.highlevel import AnyReader
 
-from clipomaly_ros.core.pipeline import Clipomaly
-from clipomaly_ros.core.scenes import write_street_dataset
+from clipomaly_ros.core.method.pipeline import Clipomaly
+from clipomaly_ros.tools.scenes import write_street_dataset
 from clipomaly_ros.ros.bags import typestore_with_built_msgs
 from clipomaly_ros.tools.cli import main
 from clipomaly_ros.core.interrupt import EXIT_INTERRUPTED, GracefulStop

@@ -47,7 +47,7 @@ def layer_of(module: str) -> int | None:
 
 def test_imports_flow_from_tools_to_ros_to_core_only():
     graph = package_imports()
-    assert {"clipomaly_ros.core.pipeline", "clipomaly_ros.ros.node", "clipomaly_ros.tools.cli"} <= set(graph)
+    assert {"clipomaly_ros.core.method.pipeline", "clipomaly_ros.ros.node", "clipomaly_ros.tools.cli"} <= set(graph)
     upward = [(module, target) for module, targets in graph.items() for target in targets
               if layer_of(module) is not None and layer_of(target) is not None and layer_of(target) > layer_of(module)]
     assert upward == [], f"a lower layer imports a higher one: {upward}"
@@ -83,6 +83,31 @@ def test_the_model_room_reads_only_the_settings_from_the_rest_of_the_core():
     outside = sorted((m, t) for m in model for t in graph[m]
                      if not t.startswith("clipomaly_ros.core.model") and t != "clipomaly_ros.core.config")
     assert outside == [], f"the model side imports the pipeline's stages: {outside}"
+
+
+CORE_ROOMS = ("model", "method", "scene")
+"""The core's rooms by kind, each may import only the ones before it (and the core's own helpers: settings,
+images, interrupt, datasets)."""
+
+
+def core_room(module: str) -> int | None:
+    parts = module.split(".")
+    return CORE_ROOMS.index(parts[2]) if len(parts) > 2 and parts[1] == "core" and parts[2] in CORE_ROOMS else None
+
+
+def test_the_core_has_rooms_by_kind_with_imports_flowing_model_method_scene():
+    graph = package_imports()
+    for room, member in (("method", "pipeline"), ("method", "naming"), ("scene", "tracking"), ("scene", "geometry")):
+        assert f"clipomaly_ros.core.{room}.{member}" in graph
+    upward = sorted((m, t) for m, targets in graph.items() for t in targets
+                    if core_room(m) is not None and core_room(t) is not None and core_room(t) > core_room(m))
+    assert upward == [], f"a room of the core imports one after it: {upward}"
+    helpers = {m for m in graph if m.startswith("clipomaly_ros.core.") and core_room(m) is None}
+    into_rooms = sorted((m, t) for m in helpers for t in graph[m] if core_room(t) is not None
+                        and m != "clipomaly_ros.core.datasets")
+    assert into_rooms == [], f"a helper of the core imports a room: {into_rooms}"
+    # the synthetic scenes are test and demo data, outside the runtime core
+    assert not any(m.startswith("clipomaly_ros.core.") and "scenes" in m for m in graph)
 
 
 def test_importing_the_whole_core_pulls_in_neither_rclpy_nor_rosbags():

@@ -19,7 +19,7 @@ pytest.importorskip("ray.data", reason="Ray Data not installed: pip install -e '
 
 import mining_faults  # noqa: E402
 from clipomaly_ros.core.config import ClipomalyConfig  # noqa: E402
-from clipomaly_ros.core.pipeline import Clipomaly  # noqa: E402
+from clipomaly_ros.core.method.pipeline import Clipomaly  # noqa: E402
 from clipomaly_ros.tools.cli import main  # noqa: E402
 from clipomaly_ros.tools.mining import MineError, run_mine  # noqa: E402
 from clipomaly_ros.tools.mining.plan import plan  # noqa: E402

@@ -1,11 +1,11 @@
 import numpy as np
 import torch
 
-from clipomaly_ros.core.naming import RegionNamer, mask_pooled_embedding, region_crop
-from clipomaly_ros.core.scenes import render_street_scene
+from clipomaly_ros.core.method.naming import RegionNamer, mask_pooled_embedding, region_crop
+from clipomaly_ros.tools.scenes import render_street_scene
 from clipomaly_ros.core.model.toy_backend import ToyColourBackend
-from clipomaly_ros.core.unknown import CandidateRegion
-from clipomaly_ros.core.vocabulary import TextEmbedder, VocabularyManager
+from clipomaly_ros.core.method.unknown import CandidateRegion
+from clipomaly_ros.core.method.vocabulary import TextEmbedder, VocabularyManager
 
 
 def region_from_mask(mask):

@@ -138,7 +138,7 @@ def test_a_frame_decoded_on_the_device_is_copied_to_the_host_once(monkeypatch):
     """As nvJPEG hands the node a tensor: the pipeline's host copy is the one the outputs (overlay) read."""
     import torch
 
-    from clipomaly_ros.core import pipeline as pipeline_module
+    from clipomaly_ros.core.method import pipeline as pipeline_module
     from clipomaly_ros.ros import inference as inference_module
 
     copies = []

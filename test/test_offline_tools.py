@@ -9,8 +9,8 @@ from mcap.reader import make_reader
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from clipomaly_ros.core.overlay import class_colour
-from clipomaly_ros.core.scenes import render_street_scene
+from clipomaly_ros.core.method.overlay import class_colour
+from clipomaly_ros.tools.scenes import render_street_scene
 from clipomaly_ros.core.model.toy_backend import TOY_LEXICON
 from clipomaly_ros.ros.bags import typestore_with_built_msgs
 from clipomaly_ros.ros.decoding import image_msg_to_rgb

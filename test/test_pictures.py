@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipomaly_ros.core.overlay import class_colour, colour_semantic, label_position, render_overlay
-from clipomaly_ros.core.results import AnomalyRecord, SegmentationResult
-from clipomaly_ros.core.scenes import synthetic_drive
+from clipomaly_ros.core.method.overlay import class_colour, colour_semantic, label_position, render_overlay
+from clipomaly_ros.core.method.results import AnomalyRecord, SegmentationResult
+from clipomaly_ros.tools.scenes import synthetic_drive
 from clipomaly_ros.ros.messages import OUTPUT_TYPES
 
 REPOSITORY = Path(__file__).parent.parent
@@ -99,7 +99,7 @@ def test_foxglove_layout_shows_the_nodes_topics():
 
 
 def test_overlay_outlines_only_the_anomalies_given():
-    from clipomaly_ros.core.overlay import ANOMALY_COLOUR
+    from clipomaly_ros.core.method.overlay import ANOMALY_COLOUR
 
     image = np.full((120, 160, 3), 90, np.uint8)
     result = result_with_anomaly((60, 80, 100, 100))
@@ -112,7 +112,7 @@ def test_replayed_overlay_outlines_no_unconfirmed_track(tmp_path, capsys):
     """publish_unconfirmed: false keeps a track off the overlay until it is confirmed (its third frame)."""
     from rosbags.highlevel import AnyReader
 
-    from clipomaly_ros.core.overlay import ANOMALY_COLOUR
+    from clipomaly_ros.core.method.overlay import ANOMALY_COLOUR
     from clipomaly_ros.ros.bags import typestore_with_built_msgs
     from clipomaly_ros.ros.decoding import image_msg_to_rgb
     from clipomaly_ros.tools.cli import main

@@ -6,7 +6,7 @@ import pytest
 from clipomaly_ros import Clipomaly, ClipomalyConfig, ConfigError
 from clipomaly_ros.core.model.backend import ModelLoadError
 from clipomaly_ros.core.images import InvalidImageError
-from clipomaly_ros.core.scenes import render_street_scene
+from clipomaly_ros.tools.scenes import render_street_scene
 
 
 def iou(a, b):
@@ -212,7 +212,7 @@ def reference_anomaly_mask(pipeline, image):
     import torch
     from scipy import ndimage
 
-    from clipomaly_ros.core.unknown import CandidateRegion, class_statistics, similarity_maps
+    from clipomaly_ros.core.method.unknown import CandidateRegion, class_statistics, similarity_maps
 
     config, vocabulary = pipeline.config, pipeline.vocabulary.current
     features = pipeline.backend.dense_features(image)
@@ -250,7 +250,7 @@ def reference_anomaly_mask(pipeline, image):
 
 
 def end_to_end_scenes():
-    from clipomaly_ros.core.scenes import synthetic_drive
+    from clipomaly_ros.tools.scenes import synthetic_drive
 
     scenes = [render_street_scene(240, 320, planted=name)[0] for name in ("mattress", "tire", "deer")]
     scenes += [frame.image for frame in synthetic_drive(seconds=4.0)[10::12]]
@@ -266,7 +266,7 @@ def test_device_side_coarse_regions_give_the_anomalies_of_the_full_resolution_al
 
 
 def test_max_regions_and_min_region_area_hold_for_the_final_instances(toy_config):
-    from clipomaly_ros.core.scenes import render_street
+    from clipomaly_ros.tools.scenes import render_street
 
     objects = []
     names = ["mattress", "tire", "deer", "cardboard box", "traffic cone", "dog"]
@@ -309,8 +309,8 @@ def test_a_batch_of_frames_gives_what_each_frame_gives_alone(toy_pipeline):
 def test_sampling_pixels_equals_resampling_the_whole_map():
     import torch
 
-    from clipomaly_ros.core.maps import sample_points
-    from clipomaly_ros.core.unknown import resample
+    from clipomaly_ros.core.method.maps import sample_points
+    from clipomaly_ros.core.method.unknown import resample
 
     grid = torch.randn(5, 7, 11)
     full = resample(grid, (45, 100))
@@ -319,7 +319,7 @@ def test_sampling_pixels_equals_resampling_the_whole_map():
 
 
 def test_every_frame_of_the_synthetic_drive_finds_what_is_in_view(toy_config):
-    from clipomaly_ros.core.scenes import synthetic_drive
+    from clipomaly_ros.tools.scenes import synthetic_drive
 
     pipeline = Clipomaly(toy_config)
     for frame in synthetic_drive(seconds=4.0)[::2]:  # small and far objects included: no flicker

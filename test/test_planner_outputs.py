@@ -15,8 +15,8 @@ from rosbags.rosbag2 import Writer
 from scipy.spatial.transform import Rotation
 
 from clipomaly_ros.core.config import ConfigError, load_config
-from clipomaly_ros.core.frames import FrameTree, RigidTransform
-from clipomaly_ros.core.geometry import CameraMounting
+from clipomaly_ros.core.scene.frames import FrameTree, RigidTransform
+from clipomaly_ros.core.scene.geometry import CameraMounting
 from clipomaly_ros.ros.autoware import OBJECT_LABELS, AutowareLabels, autoware_style, existence_probability
 from clipomaly_ros.ros.bags import BUILT_MESSAGE_PACKAGES, typestore_with_built_msgs
 from clipomaly_ros.tools.cli import main
@@ -221,7 +221,7 @@ def test_autoware_labels_map_names_sections_and_the_rest():
 
 
 def test_existence_probability_counts_sightings_and_misses():
-    from clipomaly_ros.core.results import AnomalyRecord
+    from clipomaly_ros.core.method.results import AnomalyRecord
 
     record = AnomalyRecord(1, "tire", 0.8, (0, 0, 9, 9), 100, (5.0, 5.0), ())
     assert existence_probability(record) == 0.5

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from clipomaly_ros.core.config import ClipomalyConfig, ConfigError
-from clipomaly_ros.core.geometry import CalibrationError, CameraModel, CameraMounting, GroundLocator, project
-from clipomaly_ros.core.pipeline import Clipomaly
-from clipomaly_ros.core.planning import AnomalyFollower
-from clipomaly_ros.core.results import AnomalyRecord
-from clipomaly_ros.core.scenes import StandingObject, render_perspective_street, render_street
-from clipomaly_ros.core.tracking import AnomalyTracker
+from clipomaly_ros.core.scene.geometry import CalibrationError, CameraModel, CameraMounting, GroundLocator, project
+from clipomaly_ros.core.method.pipeline import Clipomaly
+from clipomaly_ros.core.scene.planning import AnomalyFollower
+from clipomaly_ros.core.method.results import AnomalyRecord
+from clipomaly_ros.tools.scenes import StandingObject, render_perspective_street, render_street
+from clipomaly_ros.core.scene.tracking import AnomalyTracker
 
 CAMERA = CameraModel(1280, 720, np.array([[1000.0, 0, 640], [0, 1000, 360], [0, 0, 1]]), np.zeros(5))
 PERIOD_NS = 100_000_000
@@ -301,8 +301,8 @@ def test_track_settings_apply_live(street_pipeline):
 
 
 def test_the_overlay_label_says_track_road_and_distance():
-    from clipomaly_ros.core.geometry import GroundEstimate
-    from clipomaly_ros.core.overlay import anomaly_label
+    from clipomaly_ros.core.scene.geometry import GroundEstimate
+    from clipomaly_ros.core.method.overlay import anomaly_label
 
     plain = record(1, "mattress", 0, 0)
     assert anomaly_label(plain) == "mattress 0.90"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipomaly_ros.core.geometry import CameraModel, CameraMounting, GroundLocator
+from clipomaly_ros.core.scene.geometry import CameraModel, CameraMounting, GroundLocator
 from clipomaly_ros.ros.camera import InputGaps
 
 SECOND = 1_000_000_000
@@ -63,7 +63,7 @@ def test_a_camera_that_drops_every_other_frame_needs_its_rate_or_its_camera_info
 
 def test_the_covariance_of_a_located_anomaly_lies_along_the_ray_from_the_camera():
     from clipomaly_ros.ros.autoware import position_covariance
-    from clipomaly_ros.core.geometry import line_of_sight
+    from clipomaly_ros.core.scene.geometry import line_of_sight
 
     camera = CameraModel(1280, 720, np.array([[1000.0, 0, 640], [0, 1000, 360], [0, 0, 1]]), np.zeros(5))
     mounting = CameraMounting(y=1.5, z=1.6, pitch=0.05, yaw=-0.35)  # 1.5 m to the left, looking right of ahead
@@ -84,7 +84,7 @@ def test_the_covariance_of_a_located_anomaly_lies_along_the_ray_from_the_camera(
 
 def test_a_camera_frame_published_x_forward_gets_the_optical_rotation_or_a_diagnostic():
     from clipomaly_ros.core.config import ClipomalyConfig
-    from clipomaly_ros.core.frames import FrameTree, RigidTransform
+    from clipomaly_ros.core.scene.frames import FrameTree, RigidTransform
     from clipomaly_ros.ros.transforms import MountingFinder
 
     from scipy.spatial.transform import Rotation

@@ -8,9 +8,9 @@ import torch
 import pytest
 
 from clipomaly_ros.ros.bags import typestore_with_built_msgs
-from clipomaly_ros.core.geometry import GroundEstimate
-from clipomaly_ros.core.planning import PlannerFrame
-from clipomaly_ros.core.results import AnomalyRecord, SegmentationResult
+from clipomaly_ros.core.scene.geometry import GroundEstimate
+from clipomaly_ros.core.scene.planning import PlannerFrame
+from clipomaly_ros.core.method.results import AnomalyRecord, SegmentationResult
 from clipomaly_ros.ros.messages import OUTPUT_TYPES, MessageFactory, published_instances, array_to_image_fields
 from clipomaly_ros.ros.decoding import ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb
 

@@ -556,8 +556,8 @@ def test_each_camera_of_a_node_has_its_own_mounting_and_it_changes_live(multi_ca
     from sensor_msgs.msg import CameraInfo
     from vision_msgs.msg import Detection3DArray
 
-    from clipomaly_ros.core.geometry import CameraModel, CameraMounting
-    from clipomaly_ros.core.scenes import StandingObject, render_perspective_street
+    from clipomaly_ros.core.scene.geometry import CameraModel, CameraMounting
+    from clipomaly_ros.tools.scenes import StandingObject, render_perspective_street
 
     node, publishers, received, diagnostics, keeper = multi_camera_node
     camera = CameraModel(480, 270, np.array([[400.0, 0, 240], [0, 400, 135], [0, 0, 1]]), np.zeros(5))
@@ -659,7 +659,7 @@ def test_an_out_of_range_parameter_at_start_up_is_one_fatal_line_and_exit_code_1
 
 def test_a_node_runs_fine_tuned_weights_and_says_what_they_are(tmp_path, tiny_model_name):
     from clipomaly_ros.core.config import ClipomalyConfig
-    from clipomaly_ros.core.scenes import write_street_dataset
+    from clipomaly_ros.tools.scenes import write_street_dataset
     from clipomaly_ros.tools.finetune import FinetuneSettings, finetune
 
     write_street_dataset(tmp_path / "data", 4)
@@ -742,8 +742,8 @@ def test_3d_detections_and_markers_follow_camera_info_with_image_stamps_and_trac
     from vision_msgs.msg import Detection3DArray
     from visualization_msgs.msg import MarkerArray
 
-    from clipomaly_ros.core.geometry import CameraModel, CameraMounting
-    from clipomaly_ros.core.scenes import StandingObject, render_perspective_street
+    from clipomaly_ros.core.scene.geometry import CameraModel, CameraMounting
+    from clipomaly_ros.tools.scenes import StandingObject, render_perspective_street
 
     node, listeners, publishers = ros
     listener = listeners["/itest_raw"]

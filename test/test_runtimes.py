@@ -140,8 +140,8 @@ def test_compile_equals_eager_and_pads_batches_to_powers_of_two(tiny):
 
 def named_regions(runtime: str, model: str, cache_dir) -> list[list[tuple]]:
     """Each frame's anomalies on a short synthetic drive: name, box, and every candidate name with its score."""
-    from clipomaly_ros.core.pipeline import Clipomaly
-    from clipomaly_ros.core.scenes import synthetic_drive
+    from clipomaly_ros.core.method.pipeline import Clipomaly
+    from clipomaly_ros.tools.scenes import synthetic_drive
 
     pipeline = Clipomaly(ClipomalyConfig(model=model, random_weights=True, device="cpu", cache_dir=str(cache_dir),
                                          window_size=TINY_WINDOW, inference_size=TINY_WINDOW, runtime=runtime,
@@ -179,8 +179,8 @@ def test_the_light_layout_has_a_quarter_of_the_official_tokens_and_the_published
 
 
 def test_a_frame_decoded_into_a_tensor_gives_what_its_array_gives(tiny_model_name, tmp_path):
-    from clipomaly_ros.core.pipeline import Clipomaly
-    from clipomaly_ros.core.scenes import synthetic_drive
+    from clipomaly_ros.core.method.pipeline import Clipomaly
+    from clipomaly_ros.tools.scenes import synthetic_drive
 
     pipeline = Clipomaly(ClipomalyConfig(model=tiny_model_name, random_weights=True, device="cpu",
                                          cache_dir=str(tmp_path), uncertainty_threshold=0.6, min_region_area=50))

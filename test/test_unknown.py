@@ -3,7 +3,7 @@ import math
 import numpy as np
 import torch
 
-from clipomaly_ros.core.unknown import find_unknown_regions, normalized_entropy, similarity_maps
+from clipomaly_ros.core.method.unknown import find_unknown_regions, normalized_entropy, similarity_maps
 
 
 def test_normalized_entropy_is_zero_for_certain_and_one_for_uniform():
@@ -48,7 +48,7 @@ def test_cleanup_removes_thin_lines():
 
 
 def test_class_statistics_agree_with_softmax_and_entropy():
-    from clipomaly_ros.core.unknown import class_statistics
+    from clipomaly_ros.core.method.unknown import class_statistics
 
     # seeded: the global generator's state depends on which tests ran before, and a near one-hot pixel is where
     # float32 rounding of the two formulas differs most

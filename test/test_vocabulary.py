@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from clipomaly_ros.core.model.toy_backend import ToyColourBackend
-from clipomaly_ros.core.vocabulary import TextEmbedder, VocabularyError, VocabularyManager, read_name_list
+from clipomaly_ros.core.method.vocabulary import TextEmbedder, VocabularyError, VocabularyManager, read_name_list
 
 TEMPLATES = ("a photo of a {}.", "a photo of the {}.")
 

@@ -1,16 +1,18 @@
-"""The ROS-free core: image in, :class:`~.results.SegmentationResult` out. Imports neither rclpy nor a bag library.
+"""The ROS-free core: image in, :class:`~.method.results.SegmentationResult` out. Imports neither rclpy nor a bag
+library.
 
-One module per stage, in the order a frame passes through them:
+Three rooms by kind, imports flowing one way (``model`` <- ``method`` <- ``scene``), on top of a few helpers:
 
 ==================  ==============================================================================================
-``config``          every setting, declared once as data; parameter files
-``model``           the model side, a package of its own: backends (open_clip, toy), dense CLIP methods and
-                    sliding windows, runtimes (eager, compiled, ONNX), export and fine-tuned adapters
-``vocabulary``      prompt ensembles, text-embedding caches, the live vocabulary and the naming dictionary
-``unknown``         class statistics, uncertainty, unknown regions
-``naming``          a name for each unknown region
-``pipeline``        :class:`Clipomaly`: the stages above, then the extended segmentation
-``results``         typed results; ``overlay`` draws them; ``images`` checks and reads images; ``scenes`` draws
-                    synthetic street scenes and drives
+``model``           the model side: backends (open_clip, toy), dense CLIP methods and sliding windows, runtimes
+                    (eager, compiled, ONNX), export and fine-tuned adapters
+``method``          the per-frame method: vocabulary, unknown regions, naming, extension, the pipeline
+                    (:class:`Clipomaly`) and its typed results
+``scene``           over frames and around the camera: tracking, ground geometry, transforms, the planner's step
+``config``          helpers: every setting declared once as data, with parameter files; ``fingerprint`` what a
+                    result depends on; ``images`` checks and reads images; ``interrupt`` stops long commands
+                    cleanly; ``datasets`` reads labelled image folders
 ==================  ==============================================================================================
+
+The synthetic street scenes of the tests and the demo are not runtime code: :mod:`clipomaly_ros.tools.scenes`.
 """

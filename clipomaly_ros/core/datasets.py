@@ -114,7 +114,7 @@ def dataset_ground_locator(dataset: Path, max_distance: float = 150.0):
     file that cannot be used."""
     import yaml
 
-    from .geometry import CalibrationError, CameraModel, CameraMounting, GroundLocator
+    from .scene.geometry import CalibrationError, CameraModel, CameraMounting, GroundLocator
 
     path = Path(dataset) / CAMERA_FILE
     if not path.is_file():

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.config import ClipomalyConfig
-from ..core.planning import AnomalyFollower
+from ..core.scene.planning import AnomalyFollower
 from .autoware import autoware_style
 from .decoding import ImageConversionError
 from .frame_step import FrameStep

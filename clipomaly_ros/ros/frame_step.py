@@ -8,8 +8,8 @@ from typing import Any, Collection
 import numpy as np
 
 from ..core.config import ClipomalyConfig
-from ..core.planning import AnomalyFollower, PlannerFrame
-from ..core.results import SegmentationResult
+from ..core.scene.planning import AnomalyFollower, PlannerFrame
+from ..core.method.results import SegmentationResult
 from .messages import MessageFactory, picture_messages, stamp_ns
 
 

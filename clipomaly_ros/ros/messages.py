@@ -5,7 +5,7 @@ messages through a :class:`MessageFactory` that holds the message classes of eit
 offline tools share them, so the node runs where cv_bridge is absent and an offline bag holds exactly what the
 node would publish.
 
-Decoding the input images is :mod:`.decoding`; the 3D boxes come from :mod:`~clipomaly_ros.core.geometry`.
+Decoding the input images is :mod:`.decoding`; the 3D boxes come from :mod:`~clipomaly_ros.core.scene.geometry`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 
-from ..core.geometry import ASSUMED_DEPTH_M, box_centre, footprint_points, line_of_sight
-from ..core.overlay import class_colour, colour_semantic, render_overlay
-from ..core.planning import PlannerFrame
-from ..core.results import AnomalyRecord, SegmentationResult
+from ..core.scene.geometry import ASSUMED_DEPTH_M, box_centre, footprint_points, line_of_sight
+from ..core.method.overlay import class_colour, colour_semantic, render_overlay
+from ..core.scene.planning import PlannerFrame
+from ..core.method.results import AnomalyRecord, SegmentationResult
 from .autoware import (ORIENTATION_UNAVAILABLE, SHAPE_TYPES, AutowareLabels, existence_probability,
                        position_covariance)
 
@@ -130,7 +130,7 @@ class MessageFactory:
     def points(self, header: Any, records: list[AnomalyRecord]) -> Any:
         """``sensor_msgs/PointCloud2`` (x, y, z float32) in ``header.frame_id`` (the base frame) for a costmap's
         obstacle layer: every located anomaly's footprint (its 3D box's, :meth:`detections_3d`) filled from the
-        ground to its top, at most :data:`~clipomaly_ros.core.geometry.CLOUD_SPACING_M` apart."""
+        ground to its top, at most :data:`~clipomaly_ros.core.scene.geometry.CLOUD_SPACING_M` apart."""
         cloud = np.concatenate([footprint_points(record.ground) for record in records] or [np.zeros((0, 3))])
         cloud = np.ascontiguousarray(cloud, dtype=np.float32)
         field = self.type("sensor_msgs/msg/PointField")

@@ -32,13 +32,13 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import SetBool
 
 from ..core.config import NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError
-from ..core.frames import FrameTree
+from ..core.scene.frames import FrameTree
 from ..core.interrupt import GracefulStop, StopRequested
 from ..core.model.adaptation import describe_sidecar
 from ..core.model.backend import ModelLoadError
-from ..core.pipeline import Clipomaly
-from ..core.planning import AnomalyFollower
-from ..core.vocabulary import VocabularyError
+from ..core.method.pipeline import Clipomaly
+from ..core.scene.planning import AnomalyFollower
+from ..core.method.vocabulary import VocabularyError
 from .autoware import autoware_style
 from .camera import CameraStream, LatestFrames, Watchdog
 from .decoding import DECODERS, DeviceDecoder
@@ -64,7 +64,7 @@ never a crash."""
 
 
 class ClipomalyNode(NodeParameters, NodeTopics, InferenceLoop, NodeDiagnostics, LifecycleNode):
-    """Runs :class:`~clipomaly_ros.core.pipeline.Clipomaly` on one or more camera streams (see the module
+    """Runs :class:`~clipomaly_ros.core.method.pipeline.Clipomaly` on one or more camera streams (see the module
     docstring). A lifecycle node: with ``managed: false`` (the default) it configures and activates itself at
     start, with ``managed: true`` it waits unconfigured for a lifecycle manager.
 

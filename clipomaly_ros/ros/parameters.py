@@ -8,7 +8,7 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 
 from ..core.config import SETTINGS, SETTINGS_BY_NAME, ConfigError, Setting, per_camera_setting
-from ..core.vocabulary import VocabularyError
+from ..core.method.vocabulary import VocabularyError
 from .autoware import autoware_style
 
 PARAMETER_TYPES = {

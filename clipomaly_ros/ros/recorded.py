@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ..core.config import ClipomalyConfig
-from ..core.planning import PlannerFrame
-from ..core.results import SegmentationResult
+from ..core.scene.planning import PlannerFrame
+from ..core.method.results import SegmentationResult
 from .bags import camera_info_connections, transform_connections
 from .decoding import BadRecordedFrame, decode_recorded, deserialize_recorded
 from .frame_step import FrameStep

@@ -1,5 +1,5 @@
 """The camera's mounting from the robot's own transforms (``tf2_msgs/TFMessage`` on ``/tf_static`` and ``/tf``),
-without tf2_ros: messages feed a :class:`~clipomaly_ros.core.frames.FrameTree`, and :class:`MountingFinder` turns
+without tf2_ros: messages feed a :class:`~clipomaly_ros.core.scene.frames.FrameTree`, and :class:`MountingFinder` turns
 the chain from ``base_frame`` to an image's frame into the ``camera_*`` settings, falling back to the parameters.
 Plain Python: the node and replay feed it."""
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.config import ClipomalyConfig
-from ..core.frames import FrameTree, RigidTransform
-from ..core.geometry import OPTICAL_TO_BODY, CameraMounting, frame_convention
+from ..core.scene.frames import FrameTree, RigidTransform
+from ..core.scene.geometry import OPTICAL_TO_BODY, CameraMounting, frame_convention
 
 
 def add_transforms(tree: FrameTree, message: Any) -> list[str]:
@@ -47,7 +47,7 @@ class MountingFinder:
         self.source_name = source_name
         self.last_convention = "optical"
         """The convention of the last image frame found in the transforms (see
-        :func:`~clipomaly_ros.core.geometry.frame_convention`): anything but ``optical`` deserves a warning."""
+        :func:`~clipomaly_ros.core.scene.geometry.frame_convention`): anything but ``optical`` deserves a warning."""
 
     def find(self, frame_id: str, config: ClipomalyConfig) -> tuple[ClipomalyConfig, str]:
         """``(config, source)``: ``config`` with the mounting in force, and what it came from in words (for the

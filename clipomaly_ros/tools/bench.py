@@ -33,11 +33,11 @@ import numpy as np
 import torch
 
 from ..core.config import ClipomalyConfig
-from ..core.geometry import CameraModel, CameraMounting
-from ..core.planning import AnomalyFollower
-from ..core.results import AnomalyRecord
-from ..core.scenes import StandingObject, render_perspective_street, render_street_scene
-from ..core.tracking import AnomalyTracker
+from ..core.scene.geometry import CameraModel, CameraMounting
+from ..core.scene.planning import AnomalyFollower
+from ..core.method.results import AnomalyRecord
+from .scenes import StandingObject, render_perspective_street, render_street_scene
+from ..core.scene.tracking import AnomalyTracker
 
 NEW_NAMES = ("lost luggage", "fallen ladder", "loose tarp", "stray goat", "broken pallet", "spilled gravel",
              "lost hubcap", "dropped helmet", "runaway trolley", "abandoned sofa")
@@ -222,8 +222,8 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
               soak_frames: int = 0, geometry: bool = False, log=print) -> dict:
     """Measure the pipeline on a ``size`` = (width, height) street scene over ``frames`` frames; the memory soak
     (``soak_frames``), the ground check (``geometry``) and camera batches (``cameras`` > 1) are opt-in."""
-    from ..core.pipeline import Clipomaly
-    from ..core.vocabulary import TextEmbedder
+    from ..core.method.pipeline import Clipomaly
+    from ..core.method.vocabulary import TextEmbedder
 
     image = street_frame(size)
     started = time.perf_counter()
@@ -347,7 +347,7 @@ def soak(config: ClipomalyConfig, size: tuple[int, int], frames: int, log=print)
     toy backend when that is the configured one), every map and message built each frame."""
     from tqdm import tqdm
 
-    from ..core.pipeline import Clipomaly
+    from ..core.method.pipeline import Clipomaly
 
     small = config if config.backend == "toy" else config.replace(model=SOAK_MODEL, random_weights=True,
                                                                    checkpoint="")
@@ -395,7 +395,7 @@ def ground_errors(log=print) -> dict:
     """Distance and lateral errors of the ground estimates for a 1.8 x 0.6 m object at 5 to 40 m, 0.8 m left
     and 1.5 m right of the lane's middle, on 1280x720 perspective scenes (camera 1.5 m up, pitched 2 degrees
     down, focal length 1000 px) segmented by the toy backend."""
-    from ..core.pipeline import Clipomaly
+    from ..core.method.pipeline import Clipomaly
 
     config = ClipomalyConfig(backend="toy", camera_z=1.5, camera_pitch=np.radians(2.0), track_min_hits=1)
     pipeline = Clipomaly(config)

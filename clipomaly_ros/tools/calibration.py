@@ -370,8 +370,8 @@ def banded_anomaly_score(known_logits: torch.Tensor, output_size: tuple[int, int
     """The published ``anomaly_score`` ``(H, W)`` float32 (the normalised entropy of the known-class logits,
     bilinearly resampled to ``output_size``), made ``rows`` image rows at a time: the ``(K, H, W)`` logits at the
     full resolution never exist at once (158 MB for 19 classes at 1920 x 1080), so the memory budget holds."""
-    from ..core.maps import sample_points
-    from ..core.unknown import class_statistics
+    from ..core.method.maps import sample_points
+    from ..core.method.unknown import class_statistics
 
     height, width = output_size
     classes = known_logits.shape[0]

@@ -75,7 +75,7 @@ def config_from_args(args: argparse.Namespace, **extra):
 
 def build_pipeline(args: argparse.Namespace):
     """A :class:`Clipomaly` from the parameter file and the command line overrides."""
-    from ..core.pipeline import Clipomaly
+    from ..core.method.pipeline import Clipomaly
 
     return Clipomaly(config_from_args(args), progress=True)
 
@@ -92,7 +92,7 @@ def write_outputs(out_dir: Path, stem: str, image: np.ndarray, result) -> None:
     ``<stem>_overlay.png`` and ``<stem>_anomalies.json``."""
     import cv2
 
-    from ..core.overlay import render_overlay
+    from ..core.method.overlay import render_overlay
 
     cv2.imwrite(str(out_dir / f"{stem}_semantic.png"), result.semantic)
     score = np.round(result.anomaly_score * 65535.0).astype(np.uint16)
@@ -112,7 +112,7 @@ def run_segment(args: argparse.Namespace) -> int:
     stems: dict[str, int] = {}
     follower = None
     if args.sequence_rate is not None:
-        from ..core.planning import AnomalyFollower
+        from ..core.scene.planning import AnomalyFollower
 
         follower = AnomalyFollower(pipeline.name_embeddings)
     done, interrupted = 0, False
@@ -136,7 +136,7 @@ def _segment_one(args, pipeline, follower, index: int, path: Path, stems: dict[s
     appended to ``failed``)."""
     from tqdm import tqdm
 
-    from ..core.overlay import anomaly_label
+    from ..core.method.overlay import anomaly_label
 
     try:
         image = read_rgb(path)
@@ -175,7 +175,7 @@ def segment(subparsers) -> None:
 def run_scene(args: argparse.Namespace) -> int:
     import cv2
 
-    from ..core.scenes import render_street_scene
+    from .scenes import render_street_scene
 
     image, _ = render_street_scene(args.height, args.width, planted=args.object)
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +199,7 @@ def scene(subparsers) -> None:
 
 
 def run_dataset(args: argparse.Namespace) -> int:
-    from ..core.scenes import write_street_dataset
+    from .scenes import write_street_dataset
 
     if args.count < 1 or args.width < 16 or args.height < 16:
         raise ValueError("--count must be at least 1 and --width/--height at least 16")
@@ -698,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger().handlers[0].addFilter(
             lambda record: record.levelno >= logging.WARNING or record.name.startswith("clipomaly"))
     from ..core.model.backend import ModelLoadError
-    from ..core.vocabulary import VocabularyError
+    from ..core.method.vocabulary import VocabularyError
     from ..ros.bags import BagError
     from .calibration import CalibrationError
     from .demo import DemoError

@@ -1,7 +1,7 @@
 """``clipomaly demo``: the node as a vehicle runs it, on a synthetic drive generated on the spot.
 
 A few seconds of a drive seen through a calibrated camera (a mattress ahead, a tyre rolling across the road; see
-:func:`~clipomaly_ros.core.scenes.perspective_drive`) are published as a camera driver publishes them (reliable,
+:func:`~clipomaly_ros.tools.scenes.perspective_drive`) are published as a camera driver publishes them (reliable,
 depth 1, each with its ``camera_info``) into a real ``clipomaly_node`` process over DDS kept
 on this machine. What the node publishes is printed as a planner subscribed to ``anomalies`` and ``anomalies_3d``
 sees it, and its ``overlay`` images become an animated GIF.
@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..core.scenes import DRIVE_CAMERA, drive_camera, perspective_drive
+from .scenes import DRIVE_CAMERA, drive_camera, perspective_drive
 from ..ros.messages import stamp_ns
 from ..core.interrupt import GracefulStop
 
@@ -367,7 +367,7 @@ class _Drive:
             self.log(line)
 
     def _write(self, out_dir: Path) -> DemoSummary:
-        from ..core.overlay import class_colour
+        from ..core.method.overlay import class_colour
 
         summary = self.summary
         with self.condition:

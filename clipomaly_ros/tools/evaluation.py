@@ -70,7 +70,7 @@ def _distance(locator, label: np.ndarray):
     """``distance(box, mask)`` in metres for :meth:`ComponentScores.add`, or None without a calibration."""
     if locator is None:
         return None
-    from ..core.geometry import GroundLocator
+    from ..core.scene.geometry import GroundLocator
 
     height, width = label.shape
     # the labels' size: calibrated for another size of the same camera, the intrinsics scale

@@ -37,7 +37,7 @@ from ..core.config import ClipomalyConfig
 from ..core.datasets import Sample, find_samples, read_label
 from ..core.model.dense import DenseVisionEncoder
 from ..core.images import read_rgb
-from ..core.unknown import class_logits, resample
+from ..core.method.unknown import class_logits, resample
 from ..core.interrupt import GracefulStop
 from .metrics import ConfusionMatrix
 
@@ -235,7 +235,7 @@ def finetune(config: ClipomalyConfig, settings: FinetuneSettings, log=lambda m: 
     from tqdm import tqdm
 
     from ..core.model.open_clip_backend import OpenClipBackend
-    from ..core.vocabulary import TextEmbedder
+    from ..core.method.vocabulary import TextEmbedder
 
     if config.backend != "open_clip":
         raise FinetuneError("finetune trains an open_clip model: set backend to open_clip (not the toy backend)")

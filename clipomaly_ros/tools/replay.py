@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.interrupt import GracefulStop
-from ..core.planning import AnomalyFollower
+from ..core.scene.planning import AnomalyFollower
 from ..ros.autoware import autoware_style
 from ..ros.bags import BagError, image_connections, open_bag, typestore_with_built_msgs
 from ..ros.camera import IMAGE_OUTPUTS

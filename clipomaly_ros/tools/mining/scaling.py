@@ -25,7 +25,7 @@ def mining_scaling(config: ClipomalyConfig, folder: Path, workers=(1, 2), window
     ``replay`` bag by bag, topic by topic; :func:`mine_shard` over every shard in this process; and ``run_mine``
     with each count of ``workers``. Each figure: wall seconds including model loads and Ray's start, frames,
     frames/s."""
-    from ...core.pipeline import Clipomaly
+    from ...core.method.pipeline import Clipomaly
     from ..replay import replay
     from .driver import run_mine
 

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from ...core.config import ClipomalyConfig
-from ...core.planning import AnomalyFollower
-from ...core.results import AnomalyRecord
+from ...core.scene.planning import AnomalyFollower
+from ...core.method.results import AnomalyRecord
 from ...ros.bags import BagError, open_bag
 from ...ros.frame_step import FrameStep
 from ...ros.messages import stamp_ns
@@ -300,7 +300,7 @@ class ShardMiner:
             self.load_error = one_line(error)
 
     def build_pipeline(self, config: ClipomalyConfig):
-        from ...core.pipeline import Clipomaly
+        from ...core.method.pipeline import Clipomaly
 
         return Clipomaly(config)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ...core.scenes import render_street
+from ..scenes import render_street
 from ...ros.bags import camera_info_topic_for
 
 FIRST_STAMP_NS = 1_700_000_000_000_000_000
@@ -132,15 +132,15 @@ def write_fleet(folder: Path, fleet=FLEET, frames: int = FRAMES) -> list[Path]:
 
 
 def _camera():
-    from ...core.geometry import CameraModel
+    from ...core.scene.geometry import CameraModel
 
     k = np.array([[CAMERA["focal"], 0, CAMERA["width"] / 2], [0, CAMERA["focal"], CAMERA["height"] / 2], [0, 0, 1]])
     return CameraModel(CAMERA["width"], CAMERA["height"], k, np.zeros(5))
 
 
 def _perspective_frame(in_view, index: int) -> np.ndarray:
-    from ...core.geometry import CameraMounting
-    from ...core.scenes import StandingObject, render_perspective_street
+    from ...core.scene.geometry import CameraMounting
+    from ..scenes import StandingObject, render_perspective_street
 
     objects = [StandingObject(a.name, *a.position(index), a.width, a.height) for a in in_view]
     image, _ = render_perspective_street(_camera(), CameraMounting(), objects, seed=index)

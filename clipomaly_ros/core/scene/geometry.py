@@ -4,7 +4,7 @@ Frames follow REP 103: ``base_frame`` has x forward, y left, z up, and the groun
 The camera's *body* frame (x forward, y left, z up) sits in ``base_frame`` at a :class:`CameraMounting`; its
 *optical* frame (x right, y down, z forward) is the one the intrinsics project from. The mounting is a small,
 separate value: the ``camera_*`` settings give it, or a lookup in the robot's transforms
-(:mod:`~clipomaly_ros.core.frames`, :meth:`CameraMounting.from_optical_pose`).
+(:mod:`~clipomaly_ros.core.scene.frames`, :meth:`CameraMounting.from_optical_pose`).
 
 For one anomaly instance the lowest mask pixel of each column near the instance's bottom is its contact with the
 road. Their rays, undistorted and turned into ``base_frame``, meet the ground at the anomaly's front; the
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
+
+from ..method.results import GroundEstimate
 
 OPTICAL_TO_BODY = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 """Rotation taking optical-frame vectors (x right, y down, z forward) into the body frame (x forward, y left, z
@@ -174,46 +176,6 @@ class CameraMounting:
                    config.camera_pitch, config.camera_yaw, config.ground_z)
 
 
-@dataclass(frozen=True)
-class GroundEstimate:
-    """An anomaly placed on the ground, in ``base_frame`` metres.
-
-    ``x``, ``y``: the middle of its front (the side facing the camera) on the ground; ``distance``: the
-    horizontal distance from the ``base_frame`` origin to that point; ``width``: its extent across the line of
-    sight; ``height``: its top above the ground. ``truncated``: the instance touches the image's bottom edge, so its
-    real contact may lie nearer than seen. ``along_sigma`` and ``across_sigma``: one standard deviation (m) of the
-    position along the camera's line of sight and across it, from :attr:`GroundLocator.pixel_error`: a contact
-    row off by dv pixels at range Z moves the point by about Z^2 dv / (f h) on flat ground (f the focal length in
-    pixels, h the camera's height above the ground), a column off by du by Z du / f.
-    """
-
-    x: float
-    y: float
-    z: float
-    distance: float
-    width: float
-    height: float
-    truncated: bool = False
-    along_sigma: float = 0.0
-    across_sigma: float = 0.0
-    sight: tuple[float, float] | None = None
-    """The camera's line of sight to the point: a unit (x, y) vector in ``base_frame``, from the camera's origin,
-    not the base frame's (None: unknown, then taken from the base frame's origin)."""
-
-    def horizontal_covariance(self) -> np.ndarray:
-        """``(2, 2)`` covariance (m^2) of (x, y) in ``base_frame``: ``along_sigma`` along the camera's line of
-        sight, ``across_sigma`` across it."""
-        along = np.array(self.sight if self.sight is not None else (self.x, self.y), dtype=np.float64)
-        along = along / max(float(np.linalg.norm(along)), 1e-9)
-        across = np.array([-along[1], along[0]])
-        return self.along_sigma ** 2 * np.outer(along, along) + self.across_sigma ** 2 * np.outer(across, across)
-
-    def to_dict(self) -> dict:
-        return {"x": round(self.x, 3), "y": round(self.y, 3), "z": round(self.z, 3),
-                "distance": round(self.distance, 3), "width": round(self.width, 3),
-                "height": round(self.height, 3), "truncated": self.truncated}
-
-
 class GroundLocator:
     """Places anomaly instances on the ground seen by one camera (see the module docstring).
 
@@ -317,7 +279,7 @@ def box_centre(ground) -> np.ndarray:
 
 
 def footprint_points(ground, spacing: float = CLOUD_SPACING_M) -> np.ndarray:
-    """``(N, 3)`` points in the base frame filling the box of a :class:`~clipomaly_ros.core.geometry.GroundEstimate`
+    """``(N, 3)`` points in the base frame filling the box of a :class:`~clipomaly_ros.core.scene.geometry.GroundEstimate`
     (its front at the estimate, :data:`ASSUMED_DEPTH_M` deep along the line of sight, ``width`` across it, from
     the ground to ``height``), at most ``spacing`` apart along each axis."""
     along = line_of_sight(ground)

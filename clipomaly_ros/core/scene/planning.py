@@ -11,9 +11,9 @@ import dataclasses
 import numpy as np
 from dataclasses import dataclass
 
-from .config import ClipomalyConfig
+from ..config import ClipomalyConfig
 from .geometry import CalibrationError, CameraModel, CameraMounting, GroundLocator
-from .results import AnomalyRecord, SegmentationResult
+from ..method.results import AnomalyRecord, SegmentationResult
 from .tracking import AnomalyTracker, NameEmbedding
 
 

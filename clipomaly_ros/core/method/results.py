@@ -6,8 +6,47 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .geometry import GroundEstimate
 from .maps import FrameMaps
+
+
+@dataclass(frozen=True)
+class GroundEstimate:
+    """An anomaly placed on the ground, in ``base_frame`` metres.
+
+    ``x``, ``y``: the middle of its front (the side facing the camera) on the ground; ``distance``: the
+    horizontal distance from the ``base_frame`` origin to that point; ``width``: its extent across the line of
+    sight; ``height``: its top above the ground. ``truncated``: the instance touches the image's bottom edge, so its
+    real contact may lie nearer than seen. ``along_sigma`` and ``across_sigma``: one standard deviation (m) of the
+    position along the camera's line of sight and across it, from :attr:`~clipomaly_ros.core.scene.geometry.GroundLocator.pixel_error`: a contact
+    row off by dv pixels at range Z moves the point by about Z^2 dv / (f h) on flat ground (f the focal length in
+    pixels, h the camera's height above the ground), a column off by du by Z du / f.
+    """
+
+    x: float
+    y: float
+    z: float
+    distance: float
+    width: float
+    height: float
+    truncated: bool = False
+    along_sigma: float = 0.0
+    across_sigma: float = 0.0
+    sight: tuple[float, float] | None = None
+    """The camera's line of sight to the point: a unit (x, y) vector in ``base_frame``, from the camera's origin,
+    not the base frame's (None: unknown, then taken from the base frame's origin)."""
+
+    def horizontal_covariance(self) -> np.ndarray:
+        """``(2, 2)`` covariance (m^2) of (x, y) in ``base_frame``: ``along_sigma`` along the camera's line of
+        sight, ``across_sigma`` across it."""
+        along = np.array(self.sight if self.sight is not None else (self.x, self.y), dtype=np.float64)
+        along = along / max(float(np.linalg.norm(along)), 1e-9)
+        across = np.array([-along[1], along[0]])
+        return self.along_sigma ** 2 * np.outer(along, along) + self.across_sigma ** 2 * np.outer(across, across)
+
+    def to_dict(self) -> dict:
+        return {"x": round(self.x, 3), "y": round(self.y, 3), "z": round(self.z, 3),
+                "distance": round(self.distance, 3), "width": round(self.width, 3),
+                "height": round(self.height, 3), "truncated": self.truncated}
 
 
 @dataclass(frozen=True)
@@ -21,7 +60,7 @@ class AnomalyRecord:
 
     ``road_fraction``: the share (0..1) of a band beside and under the instance that the segmentation calls a
     drivable class, and ``on_road`` whether it reaches ``on_road_fraction`` (both ``None`` without drivable
-    classes). ``ground``: where it stands in the vehicle frame (:class:`~.geometry.GroundEstimate`), when a
+    classes). ``ground``: where it stands in the vehicle frame (:class:`GroundEstimate`), when a
     calibrated camera saw its ground contact.
 
     Set by :class:`~.tracking.AnomalyTracker` (``None`` before): ``track_id`` (stable over frames, never reused

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .results import AnomalyRecord
+from ..method.results import AnomalyRecord
 
 NameEmbedding = Callable[[Sequence[str]], np.ndarray]
 """Names -> ``(N, D)`` L2-normalised text embeddings."""

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .model.toy_backend import TOY_LEXICON
+from ..core.model.toy_backend import TOY_LEXICON
 
 
 Box = tuple[int, int, int, int]
@@ -167,7 +167,7 @@ def labelled_street_scene(height: int = 128, width: int = 256, seed: int = 0, pl
     one from at random), ``planted_size`` of the image's sides, is labelled 255 (ignored: it is not a known class),
     or ``planted_labels[name]``.
     """
-    from .config import CITYSCAPES_CLASSES
+    from ..core.config import CITYSCAPES_CLASSES
 
     rng = np.random.default_rng(seed)
     labels = np.full((height, width), CITYSCAPES_CLASSES.index("sky"), dtype=np.uint8)
@@ -237,7 +237,7 @@ rad down, looking along the road."""
 
 def drive_camera():
     """``(CameraModel, CameraMounting)`` of :func:`perspective_drive`."""
-    from .geometry import CameraModel, CameraMounting
+    from ..core.scene.geometry import CameraModel, CameraMounting
 
     spec = DRIVE_CAMERA
     k = np.array([[spec["focal"], 0, spec["width"] / 2], [0, spec["focal"], spec["height"] / 2], [0, 0, 1]])

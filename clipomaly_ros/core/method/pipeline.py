@@ -28,12 +28,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .model.adaptation import check_sidecar, read_sidecar
-from .model.backend import VisionLanguageBackend
-from .config import LIVE_SETTINGS, ClipomalyConfig, ConfigError, load_config
+from ..model.adaptation import check_sidecar, read_sidecar
+from ..model.backend import VisionLanguageBackend
+from ..config import LIVE_SETTINGS, ClipomalyConfig, ConfigError, load_config
 from .extension import extend
-from .model.factory import create_backend
-from .images import check_image, on_host
+from ..model.factory import create_backend
+from ..images import check_image, on_host
 from .maps import FrameMaps, road_fraction
 from .naming import RegionNamer
 from .pamr import PixelAdaptiveRefinement

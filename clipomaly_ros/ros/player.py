@@ -27,8 +27,6 @@ def play(bag: str | Path, topics: Sequence[str] | None = None, rate: float = 1.0
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rclpy.signals import SignalHandlerOptions
 
-    from .messages import ros_type
-
     if rate <= 0:
         raise ValueError(f"--rate must be positive, got {rate}")
     remap = remap or {}
@@ -45,37 +43,11 @@ def play(bag: str | Path, topics: Sequence[str] | None = None, rate: float = 1.0
         try:
             qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE if reliable
                              else ReliabilityPolicy.BEST_EFFORT)
-            publishers = {}
-            for connection in connections:
-                try:
-                    message_type = ros_type(connection.msgtype)
-                except (ImportError, AttributeError):
-                    log(f"skipping {connection.topic}: message type {connection.msgtype} is not installed")
-                    continue
-                name = remap.get(connection.topic, connection.topic)
-                publishers[connection.id] = (name, node.create_publisher(message_type, name, qos))
-            # messages sent before a subscriber has matched are lost: wait (bounded) until every topic has one
-            deadline = time.monotonic() + wait_for_subscribers
-            while time.monotonic() < deadline and not stopped() and not all(
-                    publisher.get_subscription_count() for _, publisher in publishers.values()):
-                time.sleep(0.05)
-            lonely = sorted(topic for topic, publisher in publishers.values() if not publisher.get_subscription_count())
-            if lonely:
-                log(f"no subscriber after {wait_for_subscribers:.1f} s for: {', '.join(lonely)}; publishing anyway")
-            time.sleep(0.2)  # matching is seen by the publisher slightly before the subscriber is ready
+            publishers = _publishers(node, connections, remap, qos, log)
+            _wait_for_subscribers(publishers, wait_for_subscribers, stopped, log)
             while not stopped():
-                start_wall, start_bag = time.monotonic(), None
-                for connection, timestamp, raw in reader.messages(
-                        connections=[c for c in connections if c.id in publishers]):
-                    start_bag = timestamp if start_bag is None else start_bag
-                    due = start_wall + (timestamp - start_bag) / 1e9 / rate
-                    while not stopped() and time.monotonic() < due:
-                        time.sleep(min(0.1, due - time.monotonic()))
-                    if stopped():
-                        break
-                    topic, publisher = publishers[connection.id]
-                    publisher.publish(bytes(raw))
-                    published[topic] = published.get(topic, 0) + 1
+                _publish_once(reader, [c for c in connections if c.id in publishers], publishers, rate, stopped,
+                              published)
                 if not loop or not publishers:
                     break
             time.sleep(0.2)  # let the last messages leave before the node goes
@@ -83,3 +55,48 @@ def play(bag: str | Path, topics: Sequence[str] | None = None, rate: float = 1.0
             node.destroy_node()
             rclpy.try_shutdown()
     return published
+
+
+def _publishers(node, connections, remap: dict[str, str], qos, log) -> dict:
+    """connection id -> (published topic name, publisher), for the connections whose message type is installed."""
+    from .messages import ros_type
+
+    publishers = {}
+    for connection in connections:
+        try:
+            message_type = ros_type(connection.msgtype)
+        except (ImportError, AttributeError):
+            log(f"skipping {connection.topic}: message type {connection.msgtype} is not installed")
+            continue
+        name = remap.get(connection.topic, connection.topic)
+        publishers[connection.id] = (name, node.create_publisher(message_type, name, qos))
+    return publishers
+
+
+def _wait_for_subscribers(publishers: dict, seconds: float, stopped, log) -> None:
+    """Messages sent before a subscriber has matched are lost: wait (at most ``seconds``) until every topic has
+    one, and say which have none."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not stopped() and not all(
+            publisher.get_subscription_count() for _, publisher in publishers.values()):
+        time.sleep(0.05)
+    lonely = sorted(topic for topic, publisher in publishers.values() if not publisher.get_subscription_count())
+    if lonely:
+        log(f"no subscriber after {seconds:.1f} s for: {', '.join(lonely)}; publishing anyway")
+    time.sleep(0.2)  # matching is seen by the publisher slightly before the subscriber is ready
+
+
+def _publish_once(reader, connections, publishers: dict, rate: float, stopped, published: dict[str, int]) -> None:
+    """One pass over the bag at ``rate`` x the recorded timing, counting into ``published``; ends between two
+    messages (within 0.1 s) once ``stopped()``."""
+    start_wall, start_bag = time.monotonic(), None
+    for connection, timestamp, raw in reader.messages(connections=connections):
+        start_bag = timestamp if start_bag is None else start_bag
+        due = start_wall + (timestamp - start_bag) / 1e9 / rate
+        while not stopped() and time.monotonic() < due:
+            time.sleep(min(0.1, due - time.monotonic()))
+        if stopped():
+            return
+        topic, publisher = publishers[connection.id]
+        publisher.publish(bytes(raw))
+        published[topic] = published.get(topic, 0) + 1

@@ -223,7 +223,6 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
     """Measure the pipeline on a ``size`` = (width, height) street scene over ``frames`` frames; the memory soak
     (``soak_frames``), the ground check (``geometry``) and camera batches (``cameras`` > 1) are opt-in."""
     from ..core.method.pipeline import Clipomaly
-    from ..core.method.vocabulary import TextEmbedder
 
     image = street_frame(size)
     started = time.perf_counter()
@@ -241,93 +240,28 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
     frame_s = time.perf_counter() - started
     log(f"bench: one frame took {frame_s:.1f} s; the rest of this run will take about "
         f"{bench_duration_s(frame_s, frames, cameras, soak_frames, geometry):.0f} s")
-    step, step_config = offline_step(pipeline), pipeline.config
-    frame_index = iter(range(10**9))
-
-    def offline_publish_ms(result, all_outputs: bool) -> float:
-        return _offline_publish_ms(image, result, all_outputs, step, step_config,
-                                   next(frame_index) * 100_000_000)
-
-    try:
-        node = NodeOutputs(pipeline)
-    except ImportError:
-        node = None
-        log("ROS 2 (rclpy) is not installed: node-side cost is message building and CDR serialisation only")
-
-    stages: dict[str, list[float]] = {}
-    for _ in range(frames):
-        _synchronize(device)
-        result = pipeline(image)
-        _synchronize(device)
-        for stage, ms in result.timings_ms.items():
-            stages.setdefault(stage, []).append(ms)
-        stages.setdefault("host", []).append(result.timings_ms["total"] - result.timings_ms["backbone"])
-    # node-side cost: fresh results each time, so a map that is not wanted is never computed
-    publish = {"anomalies only": [], "every image output": []}
-    for label, images_on in (("anomalies only", False), ("every image output", True)):
-        if node is not None:
-            node.subscribe_images(images_on)
-        for _ in range(max(2, min(frames, 5))):
-            result = pipeline(image)
-            publish[label].append(node.publish_ms(image, result) if node is not None
-                                  else offline_publish_ms(result, images_on))
-    if node is not None:
-        node.subscribe_images(False)
-
-    # end to end: one camera, then several cameras through one model (their frames batched)
-    end_to_end = {}
-    for count in sorted({1, cameras}):
-        times = []
-        for _ in range(max(2, min(frames, 3))):
-            start = time.perf_counter()
-            results = pipeline.segment_batch([image] * count)
-            for result in results:
-                if node is not None:
-                    node.publish_ms(image, result)
-                else:
-                    offline_publish_ms(result, False)
-            _synchronize(device)
-            times.append(time.perf_counter() - start)
-        end_to_end[count] = count / median(times)
-    if node is not None:
-        node.close()
-
-    planner_ms = []
-    planner = calibrated_follower(pipeline)
-    for index in range(max(3, min(frames, 10))):
-        result = pipeline(image)
-        start = time.perf_counter()
-        planner.update(result, index * 100_000_000, pipeline.config)
-        planner_ms.append((time.perf_counter() - start) * 1000.0)
-
-    start = time.perf_counter()
-    TextEmbedder(pipeline.backend, config.prompt_templates).embed(list(config.known_classes))
-    known_text_ms = (time.perf_counter() - start) * 1000.0
-    start = time.perf_counter()
-    pipeline.set_vocabulary(anomaly_vocabulary=list(config.anomaly_vocabulary) + list(NEW_NAMES))
-    vocabulary_change_ms = (time.perf_counter() - start) * 1000.0
-
+    outputs = BenchOutputs(pipeline, image, log)
+    stages = _stage_times(pipeline, image, frames, device)
+    publish = _publish_times(pipeline, image, frames, outputs)
+    end_to_end = _cameras_fps(pipeline, image, frames, cameras, outputs, device)
+    outputs.close()
     report = {
         "device": str(device), "backend": getattr(pipeline.backend, "description", config.backend),
         "size": f"{size[0]}x{size[1]}", "frames": frames, "model_load_s": round(load_s, 2),
         "stage_ms": {stage: round(median(values), 2) for stage, values in stages.items()},
         "host_ms_outside_backbone": round(median(stages["host"]), 2),
         "node_publish_ms": {label: round(median(values), 2) for label, values in publish.items()},
-        "node_publish_with": "rclpy" if node is not None else "rosbags CDR (no ROS runtime)",
+        "node_publish_with": "rclpy" if outputs.node is not None else "rosbags CDR (no ROS runtime)",
         "fps": {f"{count} camera{'s' if count > 1 else ''}": round(fps, 3) for count, fps in end_to_end.items()},
-        "text_known_classes_ms": round(known_text_ms, 1),
-        "vocabulary_change_10_names_ms": round(vocabulary_change_ms, 1),
-        "planner_ms": round(median(planner_ms), 3),
+        **_vocabulary_times(pipeline, config),
+        "planner_ms": _planner_ms(pipeline, image, frames),
         "tracker_ms": tracker_cost(pipeline, config.max_regions),
     }
     if clock is not None:
         layout = pipeline.backend.layout_for(image.shape[:2])
-        report["windows"] = len(layout.origins)
-        report["working_size"] = f"{layout.resized[1]}x{layout.resized[0]}"
-        report["backbone_ms"] = report["stage_ms"]["backbone"]
-        report["runtime"] = config.runtime
-        report["window_layout"] = config.window_layout
-        report["layouts"] = layout_profiles(pipeline, size)
+        report.update({"windows": len(layout.origins), "working_size": f"{layout.resized[1]}x{layout.resized[0]}",
+                       "backbone_ms": report["stage_ms"]["backbone"], "runtime": config.runtime,
+                       "window_layout": config.window_layout, "layouts": layout_profiles(pipeline, size)})
     if torch.device(device).type == "cuda":
         report["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     report["calibration"] = calibration_cost(pipeline, size, report["stage_ms"]["total"])
@@ -340,6 +274,103 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
         report["memory"] = soak(config, size, soak_frames, log)
     report["peak_resident_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return report
+
+
+class BenchOutputs:
+    """The node's per-frame output work for the bench: on real rclpy publishers (:class:`NodeOutputs`) where ROS 2
+    is installed, else message building and CDR serialisation with rosbags."""
+
+    def __init__(self, pipeline, image: np.ndarray, log=print):
+        self.image = image
+        try:
+            self.node = NodeOutputs(pipeline)
+        except ImportError:
+            self.node = None
+            log("ROS 2 (rclpy) is not installed: node-side cost is message building and CDR serialisation only")
+        self.step, self.config = offline_step(pipeline), pipeline.config
+        self.frames = 0
+
+    def subscribe_images(self, on: bool) -> None:
+        if self.node is not None:
+            self.node.subscribe_images(on)
+
+    def publish_ms(self, result, all_outputs: bool) -> float:
+        """Milliseconds to track ``result`` and build and send its outputs (the image outputs only with
+        ``all_outputs``; on rclpy, with what :meth:`subscribe_images` switched on)."""
+        if self.node is not None:
+            return self.node.publish_ms(self.image, result)
+        self.frames += 1
+        return _offline_publish_ms(self.image, result, all_outputs, self.step, self.config,
+                                   self.frames * 100_000_000)
+
+    def close(self) -> None:
+        if self.node is not None:
+            self.node.close()
+
+
+def _stage_times(pipeline, image: np.ndarray, frames: int, device) -> dict[str, list[float]]:
+    """Each stage's milliseconds over ``frames`` frames, and ``host``: the total less the backbone."""
+    stages: dict[str, list[float]] = {}
+    for _ in range(frames):
+        _synchronize(device)
+        result = pipeline(image)
+        _synchronize(device)
+        for stage, ms in result.timings_ms.items():
+            stages.setdefault(stage, []).append(ms)
+        stages.setdefault("host", []).append(result.timings_ms["total"] - result.timings_ms["backbone"])
+    return stages
+
+
+def _publish_times(pipeline, image: np.ndarray, frames: int, outputs: BenchOutputs) -> dict[str, list[float]]:
+    """The node-side cost of a frame with ``anomalies`` only and with every image output; fresh results each
+    time, so a map that is not wanted is never computed."""
+    publish: dict[str, list[float]] = {}
+    for label, images_on in (("anomalies only", False), ("every image output", True)):
+        outputs.subscribe_images(images_on)
+        publish[label] = [outputs.publish_ms(pipeline(image), images_on) for _ in range(max(2, min(frames, 5)))]
+    outputs.subscribe_images(False)
+    return publish
+
+
+def _cameras_fps(pipeline, image: np.ndarray, frames: int, cameras: int, outputs: BenchOutputs,
+                 device) -> dict[int, float]:
+    """Frames a second end to end, for one camera and for ``cameras`` through one model (their frames batched)."""
+    fps = {}
+    for count in sorted({1, cameras}):
+        times = []
+        for _ in range(max(2, min(frames, 3))):
+            start = time.perf_counter()
+            for result in pipeline.segment_batch([image] * count):
+                outputs.publish_ms(result, False)
+            _synchronize(device)
+            times.append(time.perf_counter() - start)
+        fps[count] = count / median(times)
+    return fps
+
+
+def _planner_ms(pipeline, image: np.ndarray, frames: int) -> float:
+    """The median milliseconds of the follower's step (placement, tracking, filtering) on a calibrated camera."""
+    planner_ms = []
+    planner = calibrated_follower(pipeline)
+    for index in range(max(3, min(frames, 10))):
+        result = pipeline(image)
+        start = time.perf_counter()
+        planner.update(result, index * 100_000_000, pipeline.config)
+        planner_ms.append((time.perf_counter() - start) * 1000.0)
+    return round(median(planner_ms), 3)
+
+
+def _vocabulary_times(pipeline, config: ClipomalyConfig) -> dict[str, float]:
+    """Milliseconds to embed the known classes' prompts, and to add ten anomaly names at run time."""
+    from ..core.method.vocabulary import TextEmbedder
+
+    start = time.perf_counter()
+    TextEmbedder(pipeline.backend, config.prompt_templates).embed(list(config.known_classes))
+    known_text_ms = (time.perf_counter() - start) * 1000.0
+    start = time.perf_counter()
+    pipeline.set_vocabulary(anomaly_vocabulary=list(config.anomaly_vocabulary) + list(NEW_NAMES))
+    return {"text_known_classes_ms": round(known_text_ms, 1),
+            "vocabulary_change_10_names_ms": round((time.perf_counter() - start) * 1000.0, 1)}
 
 
 def soak(config: ClipomalyConfig, size: tuple[int, int], frames: int, log=print) -> dict:

@@ -229,130 +229,174 @@ class FinetuneReport:
     """Ctrl-C or SIGTERM ended the run between two steps; the files hold that step's resumable state."""
 
 
+class Training:
+    """One fine-tuning run's state (see :func:`finetune`): the backend with its adapters, the frozen text embeddings
+    of the known classes, the frozen copy of the starting image encoder (with ``preserve``), the optimiser, its
+    schedule and the loss scaler."""
+
+    def __init__(self, config: ClipomalyConfig, settings: FinetuneSettings):
+        from ..core.method.vocabulary import TextEmbedder
+        from ..core.model.open_clip_backend import OpenClipBackend
+
+        self.config, self.settings = config, settings
+        torch.manual_seed(settings.seed)
+        backend = self.backend = OpenClipBackend(config, precision="fp32")
+        self.device = backend.device
+        # a copy made outside inference mode: the embeddings are constants of the graph, not inference tensors
+        self.text = TextEmbedder(backend, config.prompt_templates).embed(list(config.known_classes)).float().clone()
+        self.text_before = {k: v.clone() for k, v in backend.model.state_dict().items()
+                            if not k.startswith("visual.")}
+        self.original = None
+        if settings.preserve > 0:  # a frozen copy of the starting image encoder gives the features to keep
+            self.original = DenseVisionEncoder(copy.deepcopy(backend.model.visual),
+                                               config.dense_method).requires_grad_(False)
+            self.original.normalise_pixels(backend.mean, backend.std)
+        self.trainable = add_query_value_adapters(backend.model.visual, settings.rank, settings.alpha)
+        self.crop = settings.crop or backend.window
+        patch = backend.encoder.patch_size[0]
+        if self.crop % patch:
+            raise FinetuneError(f"--crop {self.crop} must be a multiple of the model's patch size {patch}")
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, WarmupCosine(settings.warmup,
+                                                                                       settings.steps))
+        self.amp_dtype = None
+        if self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.trainable)
+
+    def describe(self, images: int) -> str:
+        settings = self.settings
+        return (f"training {self.parameters:,} adapter parameters (rank {settings.rank}, query and value of "
+                f"{len(self.trainable) // 4} blocks) on {images} images, {self.crop}x{self.crop} crops, batch "
+                f"{settings.batch_size} x {settings.accumulate}, {settings.steps} steps on {self.device}"
+                + (f" with {str(self.amp_dtype).split('.')[-1]} autocast" if self.amp_dtype else ""))
+
+    def resume(self, resumed: dict, report: FinetuneReport) -> int:
+        """The adapters, optimiser, schedule, scaler, random state and history of a saved step; returns the step."""
+        load_adapter_state(self.backend.model.visual, resumed["adapters"])
+        self.optimizer.load_state_dict(resumed["optimizer"])
+        self.schedule.load_state_dict(resumed["schedule"])
+        self.scaler.load_state_dict(resumed["scaler"])
+        torch.set_rng_state(resumed["rng"])
+        report.history = list(resumed["history"])
+        report.start_val_miou = resumed.get("start_val_miou")
+        return int(resumed["step"])
+
+    def batches(self, samples: list, step: int, end: int):
+        """An iterator of ``(pixels, labels)`` batches for steps ``step`` to ``end``: the same crops, in the same
+        order, as an uninterrupted run draws for them."""
+        settings, per_step = self.settings, self.settings.batch_size * self.settings.accumulate
+        return iter(torch.utils.data.DataLoader(
+            RandomCrops(samples, self.crop, self.config.working_short_side, settings.scale, settings.seed),
+            batch_size=settings.batch_size, sampler=range(step * per_step, end * per_step),
+            num_workers=settings.workers, pin_memory=self.device.type == "cuda", persistent_workers=False,
+            worker_init_fn=_ignore_interrupts))
+
+    def step(self, batches, step: int) -> tuple[float, float]:
+        """One optimiser step over ``accumulate`` batches; ``(loss, learning rate)``."""
+        settings, device, amp = self.settings, self.device, self.amp_dtype
+        total_loss = 0.0
+        for _ in range(settings.accumulate):
+            pixels, labels = next(batches)
+            pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                features = crop_features(self.backend.encoder, pixels)
+                logits = crop_logits(features, self.text, self.config.logit_scale, pixels.shape[-2:])
+            loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
+            if self.original is not None:
+                with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    reference = crop_features(self.original, pixels)
+                loss = loss + settings.preserve * preservation_loss(features, reference, labels)
+            loss = loss / settings.accumulate
+            if not torch.isfinite(loss):
+                raise FinetuneError(f"the loss became {loss.item()} at step {step + 1}: lower --lr")
+            self.scaler.scale(loss).backward()
+            total_loss += loss.item()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.trainable, 1.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        learning_rate = self.schedule.get_last_lr()[0]
+        self.schedule.step()
+        return total_loss, learning_rate
+
+    def validate(self, samples: list) -> float:
+        return validate(self.backend, self.text, samples, self.config.logit_scale)
+
+    def validate_before(self, samples: list, report: FinetuneReport, log) -> None:
+        """The validation mIoU of the starting weights, as the history's step 0."""
+        report.start_val_miou = self.validate(samples)
+        report.history.append({"step": 0, "loss": None, "lr": 0.0, "images_per_s": None,
+                               "val_miou": report.start_val_miou})
+        log(f"validation mIoU before training: {100 * report.start_val_miou:.1f} %")
+
+    def save(self, report: FinetuneReport, step: int) -> list[Path]:
+        return _save(self.backend, self.settings, self.config, report, step, self.optimizer, self.schedule,
+                     self.scaler, self.text_before)
+
+
 def finetune(config: ClipomalyConfig, settings: FinetuneSettings, log=lambda m: print(m, file=sys.stderr),
              progress: bool = True) -> FinetuneReport:
     """Train (see the module docstring); returns the :class:`FinetuneReport`."""
     from tqdm import tqdm
 
-    from ..core.model.open_clip_backend import OpenClipBackend
-    from ..core.method.vocabulary import TextEmbedder
-
     if config.backend != "open_clip":
         raise FinetuneError("finetune trains an open_clip model: set backend to open_clip (not the toy backend)")
     samples = find_samples(settings.data)
     val_samples = find_samples(settings.val, settings.val_limit or None) if settings.val else []
-    classes = len(config.known_classes)
-    check_samples(samples, classes, str(settings.data))
+    check_samples(samples, len(config.known_classes), str(settings.data))
     if val_samples:
-        check_samples(val_samples, classes, str(settings.val))
+        check_samples(val_samples, len(config.known_classes), str(settings.val))
     else:
         log("no --val data: the run reports no validation mIoU")
     resumed = _read_resume(settings.resume, config) if settings.resume else None
-
-    torch.manual_seed(settings.seed)
-    backend = OpenClipBackend(config, precision="fp32")
-    device = backend.device
-    # a copy made outside inference mode: the embeddings are constants of the graph, not inference tensors
-    text = TextEmbedder(backend, config.prompt_templates).embed(list(config.known_classes)).float().clone()
-    text_before = {k: v.clone() for k, v in backend.model.state_dict().items() if not k.startswith("visual.")}
-    original = None
-    if settings.preserve > 0:  # a frozen copy of the starting image encoder gives the features to keep
-        original = DenseVisionEncoder(copy.deepcopy(backend.model.visual), config.dense_method).requires_grad_(False)
-        original.normalise_pixels(backend.mean, backend.std)
-    trainable = add_query_value_adapters(backend.model.visual, settings.rank, settings.alpha)
-    crop = settings.crop or backend.window
-    patch = backend.encoder.patch_size[0]
-    if crop % patch:
-        raise FinetuneError(f"--crop {crop} must be a multiple of the model's patch size {patch}")
-    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(settings.warmup, settings.steps))
-    amp_dtype = None
-    if device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    report = FinetuneReport(trainable_parameters=sum(p.numel() for p in trainable))
+    training = Training(config, settings)
+    report = FinetuneReport(trainable_parameters=training.parameters)
     step = 0
     if resumed is not None:
-        load_adapter_state(backend.model.visual, resumed["adapters"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        schedule.load_state_dict(resumed["schedule"])
-        scaler.load_state_dict(resumed["scaler"])
-        torch.set_rng_state(resumed["rng"])
-        step = int(resumed["step"])
-        report.history = list(resumed["history"])
-        report.start_val_miou = resumed.get("start_val_miou")
+        step = training.resume(resumed, report)
         log(f"resumed from {settings.resume} at step {step}")
-    log(f"training {report.trainable_parameters:,} adapter parameters (rank {settings.rank}, query and value of "
-        f"{len(trainable) // 4} blocks) on {len(samples)} images, {crop}x{crop} crops, batch {settings.batch_size} x "
-        f"{settings.accumulate}, {settings.steps} steps on {device}"
-        + (f" with {str(amp_dtype).split('.')[-1]} autocast" if amp_dtype else ""))
+    log(training.describe(len(samples)))
     if val_samples and step == 0:
-        report.start_val_miou = validate(backend, text, val_samples, config.logit_scale)
-        report.history.append({"step": 0, "loss": None, "lr": 0.0, "images_per_s": None,
-                               "val_miou": report.start_val_miou})
-        log(f"validation mIoU before training: {100 * report.start_val_miou:.1f} %")
+        training.validate_before(val_samples, report, log)
 
-    per_step = settings.batch_size * settings.accumulate
     end = min(settings.steps, settings.stop_after) if settings.stop_after else settings.steps
-    loader = torch.utils.data.DataLoader(
-        RandomCrops(samples, crop, config.working_short_side, settings.scale, settings.seed),
-        batch_size=settings.batch_size, sampler=range(step * per_step, end * per_step),
-        num_workers=settings.workers, pin_memory=device.type == "cuda", persistent_workers=False,
-        worker_init_fn=_ignore_interrupts)
-    batches = iter(loader)
+    batches = training.batches(samples, step, end)
     bar = tqdm(total=settings.steps, initial=step, desc="finetune", unit="step", disable=not progress)
     started, seen = time.perf_counter(), 0
     with GracefulStop(bar.write) as stop:
         try:
             while step < end and not stop.requested:
-                total_loss = 0.0
-                for _ in range(settings.accumulate):
-                    pixels, labels = next(batches)
-                    pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        features = crop_features(backend.encoder, pixels)
-                        logits = crop_logits(features, text, config.logit_scale, pixels.shape[-2:])
-                    loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
-                    if original is not None:
-                        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                            reference = crop_features(original, pixels)
-                        loss = loss + settings.preserve * preservation_loss(features, reference, labels)
-                    loss = loss / settings.accumulate
-                    if not torch.isfinite(loss):
-                        raise FinetuneError(f"the loss became {loss.item()} at step {step + 1}: lower --lr")
-                    scaler.scale(loss).backward()
-                    total_loss += loss.item()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                learning_rate = schedule.get_last_lr()[0]
-                schedule.step()
+                loss, learning_rate = training.step(batches, step)
                 step += 1
-                seen += per_step
+                seen += settings.batch_size * settings.accumulate
                 rate = seen / (time.perf_counter() - started)
-                row = {"step": step, "loss": total_loss, "lr": learning_rate, "images_per_s": rate, "val_miou": None}
+                row = {"step": step, "loss": loss, "lr": learning_rate, "images_per_s": rate, "val_miou": None}
                 if val_samples and (step % settings.val_every == 0 or step == settings.steps):
-                    row["val_miou"] = validate(backend, text, val_samples, config.logit_scale)
+                    row["val_miou"] = training.validate(val_samples)
                     bar.write(f"step {step}: validation mIoU {100 * row['val_miou']:.1f} %")
                 report.history.append(row)
-                bar.set_postfix(loss=f"{total_loss:.3f}", lr=f"{learning_rate:.2e}", img_s=f"{rate:.1f}")
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{learning_rate:.2e}", img_s=f"{rate:.1f}")
                 bar.update(1)
                 if step % settings.save_every == 0 and step < end:  # the last step is saved below, once
-                    _save(backend, settings, config, report, step, optimizer, schedule, scaler, text_before)
+                    training.save(report, step)
         except KeyboardInterrupt:  # a second Ctrl-C: no waiting for the step to end
             bar.write(f"interrupted at step {step}: saving a checkpoint to resume from")
-            _save(backend, settings, config, report, step, optimizer, schedule, scaler, text_before)
+            training.save(report, step)
             raise
         finally:
             bar.close()
     report.interrupted = stop.requested and step < end
     report.images_per_second = seen / max(time.perf_counter() - started, 1e-9)
     report.finished = step >= settings.steps
-    measured = [row["val_miou"] for row in report.history if row["val_miou"] is not None]
-    report.final_val_miou = measured[-1] if measured else None
-    report.files = _save(backend, settings, config, report, step, optimizer, schedule, scaler, text_before)
+    report.final_val_miou = next((row["val_miou"] for row in reversed(report.history)
+                                  if row["val_miou"] is not None), None)
+    report.files = training.save(report, step)
     return report
 
 

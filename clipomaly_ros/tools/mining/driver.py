@@ -182,54 +182,26 @@ def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, rate
     except ImportError:
         raise MineError("clipomaly mine needs Ray Data: pip install 'clipomaly_ros[mine]' "
                         "(or pip install 'ray[data]' pyarrow)") from None
-    from tqdm import tqdm
 
     started = time.perf_counter()
-    startup = 0.0
-    started_here = not ray.is_initialized()
-    if started_here:
-        # drives are sensitive data: Ray's usage reports to its makers stay off unless the user turns them on
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        # RAY_ADDRESS, when set, is read by ray.init itself: then this joins that cluster too
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="warning")
-        except Exception as error:  # noqa: BLE001 - Ray raises many types; the run cannot start
-            raise MineError(f"Ray could not start{f' or reach {address}' if address else ''}: "
-                            f"{one_line(error)}") from None
+    started_here = _start_ray(ray, address)
     answers: dict[str, dict] = {}
+    startup = [0.0]
     try:
-        resources = ray.cluster_resources()
-        gpus = resources.get("GPU", 0.0) if gpus_per_worker is None else gpus_per_worker
-        per_worker_gpu = min(1.0, gpus / workers) if gpus_per_worker is None else gpus_per_worker
-        cpus = resources.get("CPU", 1.0)
-        threads = max(1, int(cpus // workers)) if address is None else 0
-        log(f"ray: {cpus:g} CPU, {resources.get('GPU', 0.0):g} GPU in the cluster; {workers} worker(s), "
-            f"{per_worker_gpu:g} GPU each")
+        pool = _pool_settings(ray, workers, gpus_per_worker, address, log)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours counts frames, Ray's would count shards
         dataset = ray.data.from_items([shard.as_dict() for shard in todo], override_num_blocks=len(todo))
         mined = dataset.map_batches(
-            miner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=min(1.0, cpus / workers), num_gpus=per_worker_gpu,
-            fn_constructor_kwargs={"config": config.as_dict(), "out_dir": str(out_dir.resolve()), "rate_hz": rate_hz,
-                                   "threads": threads, "retries": retries})
-        bar = tqdm(total=sum(s.frames for s in todo), unit="frame", desc="mining", disable=not progress,
-                   file=sys.stderr)
-        try:
-            for answer in mined.iter_rows():
-                answer = {key: _plain(value) for key, value in answer.items()}
-                answers[answer["id"]] = answer
-                if not startup:
-                    startup = max(0.0, time.perf_counter() - started - float(answer["seconds"]))
-                bar.update(int(answer["frames"]))
-                if answer["outcome"] != "committed":
-                    log(f"shard {answer['id']}: {answer['outcome']}: {answer['failure']}")
-        finally:
-            bar.close()
+            miner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=pool["cpus"],
+            num_gpus=pool["gpus"], fn_constructor_kwargs={
+                "config": config.as_dict(), "out_dir": str(out_dir.resolve()), "rate_hz": rate_hz,
+                "threads": pool["threads"], "retries": retries})
+        _collect(mined, sum(s.frames for s in todo), answers, startup, started, progress, log)
     except Exception as error:  # noqa: BLE001 - a lost worker or cluster: what was committed stays
         stopped = f"mining stopped early ({one_line(error)[:300]})"
         log(f"{stopped}; the shards committed so far are kept: run the same command again to mine the rest")
-        return answers, startup, stopped
+        return answers, startup[0], stopped
     finally:
         if started_here:
             ray.shutdown()
@@ -237,7 +209,56 @@ def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, rate
     if answers and not loaded:
         reasons = sorted({a["failure"] for a in answers.values()})
         raise MineError(f"no worker could load the model: {reasons[0]}")
-    return answers, startup, None
+    return answers, startup[0], None
+
+
+def _start_ray(ray, address) -> bool:
+    """Start Ray here, or join the cluster at ``address`` (or ``RAY_ADDRESS``), unless it runs already; whether
+    this call started it (and must shut it down)."""
+    if ray.is_initialized():
+        return False
+    # drives are sensitive data: Ray's usage reports to its makers stay off unless the user turns them on
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # RAY_ADDRESS, when set, is read by ray.init itself: then this joins that cluster too
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    except Exception as error:  # noqa: BLE001 - Ray raises many types; the run cannot start
+        raise MineError(f"Ray could not start{f' or reach {address}' if address else ''}: "
+                        f"{one_line(error)}") from None
+    return True
+
+
+def _pool_settings(ray, workers: int, gpus_per_worker, address, log) -> dict:
+    """Each worker's share of the cluster: ``cpus``, ``gpus`` (the GPUs spread over the workers unless given) and
+    torch ``threads`` (0: left to torch on a remote cluster)."""
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0.0) if gpus_per_worker is None else gpus_per_worker
+    per_worker_gpu = min(1.0, gpus / workers) if gpus_per_worker is None else gpus_per_worker
+    cpus = resources.get("CPU", 1.0)
+    log(f"ray: {cpus:g} CPU, {resources.get('GPU', 0.0):g} GPU in the cluster; {workers} worker(s), "
+        f"{per_worker_gpu:g} GPU each")
+    return {"cpus": min(1.0, cpus / workers), "gpus": per_worker_gpu,
+            "threads": max(1, int(cpus // workers)) if address is None else 0}
+
+
+def _collect(mined, frames: int, answers: dict[str, dict], startup: list[float], started: float, progress: bool,
+             log) -> None:
+    """Each shard's answer into ``answers`` as it comes back, with a progress bar over ``frames``; ``startup[0]``:
+    the seconds until the first answer, less that shard's own time."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=frames, unit="frame", desc="mining", disable=not progress, file=sys.stderr)
+    try:
+        for answer in mined.iter_rows():
+            answer = {key: _plain(value) for key, value in answer.items()}
+            answers[answer["id"]] = answer
+            if not startup[0]:
+                startup[0] = max(0.0, time.perf_counter() - started - float(answer["seconds"]))
+            bar.update(int(answer["frames"]))
+            if answer["outcome"] != "committed":
+                log(f"shard {answer['id']}: {answer['outcome']}: {answer['failure']}")
+    finally:
+        bar.close()
 
 
 def final_table(summary: dict) -> str:

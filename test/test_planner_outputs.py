@@ -26,7 +26,9 @@ from helpers import MOUNTED_CAMERA, STORE, image_message, mounted_drive, static_
 LABEL = {name: value for value, name in enumerate(OBJECT_LABELS)}
 
 
-def write_drive_bag(path: Path, with_transforms: bool = True) -> list:
+def write_drive_bag(path: Path, with_transforms: bool = True, damaged_info_at: int | None = None) -> list:
+    """The :func:`mounted_drive` with its camera_info and /tf_static; ``damaged_info_at``: that frame's
+    camera_info is written as bytes that do not deserialise."""
     camera, mounting, drive = mounted_drive()
     types = STORE.types
     with Writer(path, version=9) as writer:
@@ -36,14 +38,15 @@ def write_drive_bag(path: Path, with_transforms: bool = True) -> list:
             static = writer.add_connection("/tf_static", "tf2_msgs/msg/TFMessage", typestore=STORE)
             writer.write(static, drive[0][0] - 1, STORE.serialize_cdr(static_transforms(mounting),
                                                                       "tf2_msgs/msg/TFMessage"))
-        for stamp, image, _ in drive:
+        for index, (stamp, image, _) in enumerate(drive):
             message = image_message(image, stamp, frame_id="camera_optical_frame")
             info = types["sensor_msgs/msg/CameraInfo"](
                 header=message.header, height=camera.height, width=camera.width, distortion_model="plumb_bob",
                 d=np.zeros(5), k=camera.k.ravel(), r=np.eye(3).ravel(), p=np.zeros(12), binning_x=0, binning_y=0,
                 roi=types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
                                                               do_rectify=False))
-            writer.write(infos, stamp, STORE.serialize_cdr(info, "sensor_msgs/msg/CameraInfo"))
+            raw = STORE.serialize_cdr(info, "sensor_msgs/msg/CameraInfo")
+            writer.write(infos, stamp, raw[:12] if index == damaged_info_at else raw)
             writer.write(images, stamp, STORE.serialize_cdr(message, "sensor_msgs/msg/Image"))
     return drive
 
@@ -181,6 +184,40 @@ def test_without_the_transforms_the_parameters_place_the_anomalies_and_say_so(tm
     errors = [min(np.hypot(*(f - t)) / np.hypot(*t) for t in truth.values())
               for f, (_, _, truth) in zip(fronts, drive[-len(fronts):])]
     assert np.median(errors) > 0.05
+
+
+def test_replay_and_mining_run_one_loop_with_the_bag_s_transforms_and_a_damaged_camera_info_left_out(tmp_path,
+                                                                                                     capsys):
+    """Mining runs the replay's per-frame loop: the mounting from /tf_static places its rows' anomalies where the
+    drive put them, and a camera_info whose bytes are damaged is left out and reported alike by both (replay used
+    to stop on it)."""
+    pytest.importorskip("pyarrow")
+    from clipomaly_ros.core.config import ClipomalyConfig
+    from clipomaly_ros.core.method.pipeline import Clipomaly
+    from clipomaly_ros.tools.mining.plan import plan
+    from clipomaly_ros.tools.mining.shard import mine_shard
+
+    drive = write_drive_bag(tmp_path / "in", damaged_info_at=5)
+    assert main(["replay", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--backend", "toy",
+                 "--inference-size", "240", "--no-overlay"]) == 0
+    reported = [line for line in capsys.readouterr().err.splitlines() if "camera_info" in line]
+    assert len(reported) == 1 and reported[0].startswith("left out a recorded camera_info on /cam/camera_info")
+    assert len(read_outputs(tmp_path / "out", ("/anomalies",))["/anomalies"]) == len(drive)
+
+    plans, problems = plan([tmp_path / "in"], None, 60.0)
+    assert not problems and len(plans[0].shards) == 1
+    outcome = mine_shard(Clipomaly(ClipomalyConfig(backend="toy", inference_size=240)), plans[0].shards[0])
+    assert outcome.frames_processed == len(drive) and outcome.skipped_reasons == [reported[0]]
+    truth = {stamp: objects for stamp, _, objects in drive}
+    placed = 0
+    for row in outcome.rows:
+        assert row["distance_m"] is not None, row
+        front = np.array([row["distance_m"], row["lateral_m"]])
+        x, y = min(truth[row["best_stamp_ns"]].values(), key=lambda xy: abs(np.hypot(*xy) - front[0]))
+        # distance and lateral offset from the transforms' mounting: the parameters' would be far more off
+        assert abs(front[0] - np.hypot(x, y)) < 0.05 * np.hypot(x, y) and abs(front[1] - y) < 0.5, (row, (x, y))
+        placed += 1
+    assert placed >= 2
 
 
 def test_frame_tree_composes_a_chain_through_the_common_ancestor():

@@ -81,11 +81,14 @@ class ReplaySummary:
 
 def replay(pipeline, in_bag: str | Path, out_bag: str | Path, image_topic: str | None = None,
            namespace: str = "", storage: str = "mcap", overlay: bool = True, progress: bool = True,
-           log=lambda message: print(message, file=sys.stderr), camera_info_topic: str | None = None) -> ReplaySummary:
+           log=None, camera_info_topic: str | None = None) -> ReplaySummary:
     """Segment every frame of ``image_topic`` in ``in_bag`` and write ``out_bag`` (see the module docstring);
     ``camera_info_topic`` overrides the image topic's sibling ``camera_info``. Ctrl-C or SIGTERM stops it after
-    the current frame with ``out_bag`` closed and readable (``summary.interrupted_at``)."""
+    the current frame with ``out_bag`` closed and readable (``summary.interrupted_at``). ``log`` gets each line
+    to tell (default: standard error, above the progress bar)."""
     from tqdm import tqdm
+
+    log = log or (lambda message: tqdm.write(message, file=sys.stderr))
 
     out_bag = Path(out_bag)
     if out_bag.exists():

@@ -392,7 +392,7 @@ def test_the_feature_cache_key_changes_with_everything_that_changes_features(tmp
     changes = {"backend": "open_clip", "model": "ViT-L-14", "pretrained": "laion2b_s32b_b82k",
                "random_weights": True, "dense_method": "naclip", "window_layout": "light", "inference_size": 320,
                "window_size": 160, "window_stride": 100, "runtime": "onnx", "pamr_steps": 3}
-    assert set(changes) | {"checkpoint", "engine"} == set(FEATURE_SETTINGS)
+    assert set(changes) | {"checkpoint", "onnx_model"} == set(FEATURE_SETTINGS)
     for name, value in changes.items():
         extra = {"checkpoint": ""} if name == "random_weights" else {}  # the two exclude each other
         changed = base.replace(**{name: value}, **extra)
@@ -401,7 +401,7 @@ def test_the_feature_cache_key_changes_with_everything_that_changes_features(tmp
     assert feature_key(SimpleNamespace(config=base, backend=backend)) != key
     engine = tmp_path / "e.onnx"
     engine.write_bytes(b"graph")
-    assert feature_key(SimpleNamespace(config=base.replace(engine=str(engine)), backend=backend)) != feature_key(
+    assert feature_key(SimpleNamespace(config=base.replace(onnx_model=str(engine)), backend=backend)) != feature_key(
         SimpleNamespace(config=base, backend=backend))
     fp16 = SimpleNamespace(identity="toy:colour", model=torch.nn.Linear(1, 1).half())
     assert feature_key(SimpleNamespace(config=base, backend=fp16)) != feature_key(

@@ -71,6 +71,13 @@ def test_parameter_file_overrides_and_unknown_keys(tmp_path):
     path.write_text(yaml.safe_dump({"other_node": {"ros__parameters": {"a": 1}}}))
     with pytest.raises(ConfigError, match="no section for node /clipomaly"):
         load_config(path)
+    # a renamed setting is named with its new name, never ignored
+    path.write_text(yaml.safe_dump({"clipomaly": {"ros__parameters": {"runtime": "onnx", "engine": "vit.onnx"}}}))
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) engine \(renamed: engine is now onnx_model\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="renamed: engine is now onnx_model"):
+        ClipomalyConfig().replace(engine="vit.onnx")
+    assert load_config(onnx_model="vit.onnx").onnx_model == "vit.onnx"
 
 
 def test_replace_validates():

@@ -620,6 +620,15 @@ def test_the_node_runs_without_an_optional_message_package_and_says_so_once(tmp_
     assert "Traceback" not in output and process.returncode == 130
 
 
+def test_a_node_given_a_renamed_parameter_exits_1_naming_the_new_one():
+    completed = subprocess.run(node_command("/itest_renamed", "-p", "runtime:=onnx", "-p", "engine:=vit.onnx"),
+                               env={**os.environ, **ROS_ENV}, capture_output=True, text=True, timeout=120)
+    output = completed.stdout + completed.stderr
+    fatal = [line for line in output.splitlines() if "FATAL" in line]
+    assert completed.returncode == 1 and len(fatal) == 1, output
+    assert "engine renamed: give onnx_model instead" in fatal[0] and "Traceback" not in output, output
+
+
 def test_a_node_given_a_device_this_machine_lacks_exits_1_with_one_line(tmp_path):
     completed = subprocess.run(node_command("/itest_device", "-p", "device:=cuda:7"),
                                env={**os.environ, **ROS_ENV}, capture_output=True, text=True, timeout=120)

@@ -86,7 +86,7 @@ def test_an_engine_for_another_configuration_is_refused_with_a_one_line_reason(t
     naclip.normalise_pixels(tiny.mean, tiny.std)
     path = export_onnx(naclip, describe_graph(tiny_model_name, naclip, TINY_WINDOW), tmp_path / "naclip.onnx")
     with pytest.raises(ModelLoadError) as refused:
-        backend_for(tiny_model_name, tmp_path, window_size=TINY_WINDOW, runtime="onnx", engine=str(path))
+        backend_for(tiny_model_name, tmp_path, window_size=TINY_WINDOW, runtime="onnx", onnx_model=str(path))
     message = str(refused.value)
     assert "\n" not in message and "dense_method 'naclip' (configured: 'scclip')" in message
     other_weights = ExportedGraph(tiny_model_name, "0" * 16, "naclip", TINY_WINDOW, 16)
@@ -200,7 +200,7 @@ def test_clipomaly_export_writes_a_checked_engine_that_the_node_settings_can_run
     printed = capsys.readouterr().out
     assert path.is_file() and "dense method naclip, window 64, fp32" in printed
     assert float(printed.split("per-patch cosine >= ")[1].split()[0]) >= 0.9999
-    backend = backend_for(tiny_model_name, tmp_path, dense_method="naclip", runtime="onnx", engine=str(path))
+    backend = backend_for(tiny_model_name, tmp_path, dense_method="naclip", runtime="onnx", onnx_model=str(path))
     assert backend.runtime.name == "onnx" and "tiny_naclip.onnx" in backend.description
     half = tmp_path / "tiny_fp16.onnx"
     assert main(["export", "-o", str(half), "--model", tiny_model_name, "--random-weights", "--device", "cpu",

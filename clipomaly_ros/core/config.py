@@ -171,7 +171,7 @@ SETTINGS: tuple[Setting, ...] = (
             "CUDA graphs on a GPU, window batches padded to powers of two, warmed up at start) or onnx (ONNX "
             "Runtime: TensorRT, then CUDA, then CPU, whichever the installed build has; pip install "
             "'clipomaly_ros[onnx]').", "str", choices=RUNTIMES),
-    Setting("engine", "", "The ONNX model for runtime onnx, written by 'clipomaly export'; it must match model, "
+    Setting("onnx_model", "", "The ONNX model for runtime onnx, written by 'clipomaly export'; it must match model, "
             "weights, dense_method and window_size. Empty: exported on first start into cache_dir/engines.",
             "str"),
     Setting("pamr_steps", 0, "Steps of pixel-adaptive mask refinement (PAMR, NACLIP's post-processing: class "
@@ -391,7 +391,7 @@ class ClipomalyConfig(_ClipomalyConfigBase):
     def replace(self, **changes: Any) -> "ClipomalyConfig":
         unknown = set(changes) - set(CORE_SETTINGS)
         if unknown:
-            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}{renamed_hint(unknown)}")
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
@@ -479,8 +479,20 @@ def read_parameter_file(path: str | Path, node_name: str = NODE_NAME, namespace:
     unknown = sorted(name for name in set(parameters) - set(SETTINGS_BY_NAME)
                      if not is_ros_standard_parameter(name) and per_camera_setting(name) is None)
     if unknown:
-        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS_BY_NAME)}")
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}{renamed_hint(unknown)}; known: "
+                          f"{', '.join(SETTINGS_BY_NAME)}")
     return parameters
+
+
+RENAMED_SETTINGS = {"engine": "onnx_model"}
+"""Settings that were renamed (old name -> new name): a file or command that still gives the old name is told the
+new one, never silently ignored."""
+
+
+def renamed_hint(names) -> str:
+    """`` (renamed: engine is now onnx_model)`` for the renamed settings among ``names``, else ``""``."""
+    renamed = [f"{name} is now {RENAMED_SETTINGS[name]}" for name in sorted(names) if name in RENAMED_SETTINGS]
+    return f" (renamed: {', '.join(renamed)})" if renamed else ""
 
 
 def load_config(path: str | Path | None = None, namespace: str = "/", **overrides: Any) -> ClipomalyConfig:
@@ -494,7 +506,7 @@ def load_config(path: str | Path | None = None, namespace: str = "/", **override
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(values) - set(CORE_SETTINGS)
     if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}{renamed_hint(unknown)}")
     return ClipomalyConfig(**values)
 
 

@@ -7,7 +7,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 
-from ..core.config import SETTINGS, SETTINGS_BY_NAME, ConfigError, Setting, per_camera_setting
+from ..core.config import RENAMED_SETTINGS, SETTINGS, SETTINGS_BY_NAME, ConfigError, Setting, per_camera_setting
 from ..core.method.vocabulary import VocabularyError
 from .autoware import autoware_style
 
@@ -44,6 +44,10 @@ class NodeParameters:
         """Declare every setting as a parameter (values are read and checked on configure) and the per-camera
         mountings given at start (``front.camera_x``, ...)."""
         overrides = getattr(self, "_parameter_overrides", {})
+        renamed = [name for name in overrides if name in RENAMED_SETTINGS]
+        if renamed:  # the old name would be ignored: the node would run without what it names
+            raise ConfigError(f"parameter(s) {', '.join(sorted(renamed))} renamed: give "
+                              f"{', '.join(RENAMED_SETTINGS[name] for name in sorted(renamed))} instead")
         given_managed = overrides.get("managed")
         self.managed = bool(SETTINGS_BY_NAME["managed"].validate(given_managed.value)) \
             if given_managed is not None and given_managed.type_ != Parameter.Type.NOT_SET else False

@@ -60,7 +60,7 @@ CHANGED_BY = {"component": SEARCHED, "pixel": ()}
 """Which searched settings can change an objective of each level: the components come from the reported mask,
 which all of them shape; the continuous score is computed before any of them acts."""
 FEATURE_SETTINGS = ("backend", "model", "pretrained", "checkpoint", "random_weights", "dense_method",
-                    "window_layout", "inference_size", "window_size", "window_stride", "runtime", "engine",
+                    "window_layout", "inference_size", "window_size", "window_stride", "runtime", "onnx_model",
                     "pamr_steps")
 """The settings that change a frame's dense features: the feature cache is keyed by them (files by content)."""
 BOOTSTRAP_ROUNDS = 200

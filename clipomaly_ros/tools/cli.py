@@ -59,7 +59,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--window-layout", choices=WINDOW_LAYOUTS, help="official (the method's published sliding "
                                                                        "windows) or light (a quarter of the tokens)")
     group.add_argument("--runtime", choices=RUNTIMES, help="torch, compile (torch.compile) or onnx (ONNX Runtime)")
-    group.add_argument("--engine", help="ONNX model for --runtime onnx (written by 'clipomaly export')")
+    group.add_argument("--onnx-model", help="ONNX model for --runtime onnx (written by 'clipomaly export')")
 
 
 def config_from_args(args: argparse.Namespace, **extra):
@@ -68,7 +68,7 @@ def config_from_args(args: argparse.Namespace, **extra):
                      random_weights=args.random_weights, anomaly_vocabulary=split_names(args.vocab),
                      known_classes=split_names(args.known), device=args.device, inference_size=args.inference_size,
                      dense_method=args.dense_method, window_layout=args.window_layout, runtime=args.runtime,
-                     engine=args.engine)
+                     onnx_model=args.onnx_model)
     overrides.update(extra)
     return load_config(args.config, **overrides)
 
@@ -583,7 +583,7 @@ def run_export(args: argparse.Namespace) -> int:
     spec = describe_graph(config.model, backend.encoder, backend.window)
     path = export_onnx(backend.encoder, spec, args.output)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MB): {spec.model}, weights {spec.weights}, dense method "
-          f"{spec.dense_method}, window {spec.window}, {args.dtype}. Run it with runtime: onnx, engine: {path}")
+          f"{spec.dense_method}, window {spec.window}, {args.dtype}. Run it with runtime: onnx, onnx_model: {path}")
     if args.dtype == "fp32":
         import importlib.util
 

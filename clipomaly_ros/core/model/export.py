@@ -85,7 +85,7 @@ def check_exported_graph(path: Path, recorded: ExportedGraph | None, expected: E
     if wrong:
         raise ModelLoadError(f"engine {path} does not match the configuration: it was exported with "
                              f"{'; '.join(wrong)}. Export it again with 'clipomaly export' for this configuration, "
-                             "or clear 'engine' to have it exported on start")
+                             "or clear 'onnx_model' to have it exported on start")
 
 
 class WindowEncoder(nn.Module):

@@ -203,7 +203,7 @@ class OpenClipBackend:
         self.crop_size = native_window(self.encoder)
         self.runtime = create_runtime(config.runtime, self.encoder, self.image_encoder, self.device,
                                       spec_of=lambda: describe_graph(config.model, self.encoder, self.window),
-                                      engine=config.engine, cache_dir=config.cache_path,
+                                      onnx_model=config.onnx_model, cache_dir=config.cache_path,
                                       max_batch=config.window_batch_size or 256,
                                       crop_spec_of=lambda: describe_graph(config.model, self.image_encoder,
                                                                        self.crop_size))

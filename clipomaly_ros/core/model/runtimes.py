@@ -331,17 +331,17 @@ class OnnxGraphPair:
 
 
 def default_export_path(cache_dir: Path, spec: ExportedGraph, dtype: torch.dtype) -> Path:
-    """Where ``runtime: onnx`` with an empty ``engine`` keeps the model it exported."""
+    """Where ``runtime: onnx`` with an empty ``onnx_model`` keeps the model it exported."""
     precision = "fp16" if dtype == torch.float16 else "fp32"
     name = f"{spec.model.replace('/', '_').replace(':', '_')}-{spec.dense_method}-w{spec.window}-{spec.weights}"
     return cache_dir / "engines" / f"{name}-{precision}.onnx"
 
 
 def create_runtime(name: str, encoder: DenseVisionEncoder, image_encoder: DenseVisionEncoder,
-                   device: torch.device, spec_of=None, engine: str = "", cache_dir: Path | None = None,
+                   device: torch.device, spec_of=None, onnx_model: str = "", cache_dir: Path | None = None,
                    max_batch: int = 64, crop_spec_of=None) -> WindowRuntime:
     """The runtime called ``name``. For ``onnx``: ``spec_of()`` gives the configuration's
-    :class:`~.export.ExportedGraph`; ``engine`` is the ONNX file, or empty to export one into ``cache_dir/engines``
+    :class:`~.export.ExportedGraph`; ``onnx_model`` is the ONNX file, or empty to export one into ``cache_dir/engines``
     (once; later starts reuse it). ``crop_spec_of()``, when given, is the spec of ``image_encoder`` at the crops'
     size: the crops then run on a second graph, exported into ``cache_dir/engines`` once (:class:`OnnxGraphPair`)."""
     if name == "torch":
@@ -352,11 +352,11 @@ def create_runtime(name: str, encoder: DenseVisionEncoder, image_encoder: DenseV
         raise ValueError(f"unknown runtime {name!r}")
     import_onnxruntime()  # the one-line error before any export work
     spec = spec_of()
-    if engine:
-        path = Path(engine).expanduser()
+    if onnx_model:
+        path = Path(onnx_model).expanduser()
         if not path.is_file():
             raise ModelLoadError(f"engine {path} does not exist: write it with 'clipomaly export -o {path}', or "
-                                 "clear 'engine' to have one exported on start")
+                                 "clear 'onnx_model' to have one exported on start")
     else:
         path = cached_export(encoder, spec, cache_dir, "the window encoder")
     windows = OnnxGraphRuntime(path, spec, device, cache_dir, max_batch)

@@ -108,6 +108,52 @@ def test_the_search_finds_the_threshold_the_scenes_were_made_for(designed, tmp_p
             assert (trial["mean_f1"] == pytest.approx(1.0)) == inside, trial
 
 
+def test_each_setting_scores_as_a_full_pipeline_run_though_naming_and_extension_run_once_per_distinct_input(
+        tmp_path, monkeypatch):
+    """The search names a region once per crop_weight and extends once per set of names and min_region_area, and
+    its scores are, setting by setting and frame by frame, those of the pipeline's whole segmentation."""
+    from clipomaly_ros.core.method import pipeline as pipeline_module
+    from clipomaly_ros.tools.calibration import Calibrator
+    from clipomaly_ros.tools.metrics import ComponentScores
+
+    from clipomaly_ros.tools.scenes import render_street_scene
+
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "labels").mkdir()
+    for index, (planted, side) in enumerate([("mattress", 12), ("tire", 22), ("deer", 34), ("mattress", 44),
+                                             ("tire", 60), ("deer", 16)]):
+        x, y = 40 + 37 * index % 200, 120 + 11 * index
+        image, mask = render_street_scene(240, 320, planted, (x, y, x + side, y + side), seed=index)
+        cv2.imwrite(str(tmp_path / "data" / "images" / f"{index}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(tmp_path / "data" / "labels" / f"{index}.png"), mask.astype(np.uint8))
+    frames = read_frames(find_samples(tmp_path / "data"), 1, 255)
+    pipeline = toy_pipeline(tmp_path)
+    calibrator = Calibrator(pipeline, tmp_path / "features")
+    calibrator.prepare(frames, progress=False)
+    extensions = []
+    original = pipeline_module.Clipomaly.extended_instances
+    monkeypatch.setattr(pipeline_module.Clipomaly, "extended_instances",
+                        lambda self, *args: extensions.append(1) or original(self, *args))
+    space = SearchSpace(thresholds=(0.3, 0.5, 0.7, 0.9), areas=(25, 400, 1600), radii=(0, 8), crop_weights=(0.0, 1.0))
+    settings = [dict(uncertainty_threshold=t, min_region_area=a, cleanup_radius=r, crop_weight=w)
+                for t in space.thresholds for a in space.areas for r in space.radii for w in space.crop_weights]
+    found = {}
+    for setting in settings:
+        found[tuple(setting.values())] = calibrator.score(frames, setting)[1]
+    assert 0 < len(extensions) < len(settings) * len(frames) / 2  # the same input is never extended twice
+    monkeypatch.undo()
+    with torch.inference_mode():
+        for setting in settings:
+            config = pipeline.config.replace(**setting)
+            for frame, scores in zip(frames, found[tuple(setting.values())]):
+                prepared, features = calibrator._frame(frame)
+                result = pipeline._segment(prepared.image, features, config, pipeline.vocabulary.current, {},
+                                           known=prepared.known)
+                whole = ComponentScores()
+                whole.add(result.anomaly_mask, prepared.is_anomaly, prepared.void)
+                assert (scores.siou, scores.ppv) == (whole.siou, whole.ppv), (setting, frame.sample.image)
+
+
 def test_a_second_run_makes_no_backbone_pass(designed, tmp_path, monkeypatch):
     folder = designed[0]
     calls = []

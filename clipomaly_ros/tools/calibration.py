@@ -305,6 +305,13 @@ class Calibrator:
         self.budget = MemoryBudget(memory_budget_mb)
         self.store = FeatureStore(pipeline, cache_folder or cache_dir / "calibration", self.budget)
         self._prepared: dict[str, PreparedFrame] = {}
+        self._named: dict[tuple, RegionVerdict] = {}
+        """(frame, region, crop_weight) -> the naming's verdict for that region."""
+        self._embeddings: dict[str, torch.Tensor] = {}
+        """name -> its ``(D,)`` text embedding, for the names the naming gave."""
+        self._scored: dict[tuple, ComponentScores] = {}
+        """(frame, new names, min_region_area) -> the frame's component scores: the extension and the metrics
+        depend on nothing else once the known-class scores are fixed."""
         self.streamed = 0
         """Frames that did not fit the budget: read again for each setting."""
 
@@ -349,17 +356,64 @@ class Calibrator:
         """The component metrics of ``settings`` (values of :data:`SEARCHED`) on ``frames`` (prepared), and each
         frame's own component scores (for the bootstrap)."""
         config = self.pipeline.config.replace(**settings)
-        vocabulary = self.pipeline.vocabulary.current
-        per_frame = []
         with torch.inference_mode():
-            for frame in frames:
-                prepared, features = self._frame(frame)
-                result = self.pipeline._segment(prepared.image, features, config, vocabulary, {},
-                                                known=prepared.known)
-                components = ComponentScores()
-                components.add(result.anomaly_mask, prepared.is_anomaly, prepared.void)
-                per_frame.append(components)
+            per_frame = [self._frame_scores(frame, config) for frame in frames]
         return pooled(per_frame).summary(), per_frame
+
+    def _frame_scores(self, frame: LabelledFrame, config: ClipomalyConfig) -> ComponentScores:
+        """One frame's component scores under ``config``: the pipeline's stages after the known-class scores
+        (:meth:`~clipomaly_ros.core.method.pipeline.Clipomaly._segment` does the same), each done once per
+        distinct input. Many settings find the same regions (a region is named once per ``crop_weight``), and
+        different regions often get the same names (the extension, which depends only on the names and
+        ``min_region_area``, runs once per such set): the scores are those of a full run, found faster."""
+        prepared, features = self._frame(frame)
+        output_size = prepared.image.shape[:2]
+        vocabulary = self.pipeline.vocabulary.current
+        regions = self.pipeline.unknown_regions(features, prepared.known, config, output_size)
+        keys = [(frame.digest, region_key(region), config.crop_weight) for region in regions]
+        verdicts = [self._named.get(key) for key in keys]
+        unnamed = [index for index, verdict in enumerate(verdicts) if verdict is None]
+        if unnamed:
+            named = self.pipeline.name_regions(prepared.image, features.grid, [regions[i] for i in unnamed],
+                                               config, vocabulary)
+            for index, verdict in zip(unnamed, named):
+                self._embeddings.setdefault(verdict.name, verdict.embedding.clone())
+                verdicts[index] = self._named[keys[index]] = RegionVerdict(verdict.name, verdict.is_known)
+        new_names = list(dict.fromkeys(verdict.name for verdict in verdicts if not verdict.is_known))
+        embeddings = torch.stack([self._embeddings[name] for name in new_names]) if new_names else None
+        key = (frame.digest, tuple(new_names), config.min_region_area if new_names else 0)
+        scores = self._scored.get(key)
+        if scores is None:
+            instances, _ = self.pipeline.extended_instances(features, prepared.known, new_names, embeddings, config,
+                                                            vocabulary, output_size)
+            scores = self._scored[key] = ComponentScores()
+            scores.add(anomaly_mask(instances, output_size), prepared.is_anomaly, prepared.void)
+        return scores
+
+
+@dataclass(frozen=True)
+class RegionVerdict:
+    """What the extension needs of a region's naming: its name and whether that is a known class (not the
+    region's masks, the candidates or a tensor: thousands of small tensors kept among the frames' large
+    temporaries fragment the heap, and the process kept gigabytes it no longer used)."""
+
+    name: str
+    is_known: bool
+
+
+def region_key(region) -> bytes:
+    """What names a region: its mask on the coarse map (its box and area follow from it)."""
+    return hashlib.blake2b(np.packbits(region.mask).tobytes() + str(region.mask.shape).encode(),
+                           digest_size=16).digest()
+
+
+def anomaly_mask(instances: list, output_size: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` bool: the pixels of any of the ``instances`` (what a result's ``anomaly_mask`` holds)."""
+    mask = torch.zeros(output_size, dtype=torch.bool)
+    for instance in instances:
+        y0, y1, x0, x1 = instance.mask.box
+        mask[y0:y1, x0:x1] |= instance.mask.mask.cpu()
+    return mask.numpy()
 
 
 SCORE_BAND_ROWS = 64

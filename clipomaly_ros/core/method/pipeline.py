@@ -182,6 +182,34 @@ class Clipomaly:
         coarse = coarse_size(features.working_size, round(working_cell))
         return KnownScores(known_logits, class_statistics(resample(known_logits, coarse)), coarse, refine)
 
+    def unknown_regions(self, features, known: KnownScores, config: ClipomalyConfig,
+                        output_size: tuple[int, int]) -> list:
+        """The frame's unknown regions on the coarse map, with ``min_region_area`` and ``cleanup_radius`` (output
+        and working pixels) turned into cells."""
+        coarse = known.coarse_size
+        cells_per_pixel = coarse[0] * coarse[1] / (output_size[0] * output_size[1])
+        cell_side = features.working_size[0] / coarse[0]
+        return find_unknown_regions(known.coarse.uncertainty, config.uncertainty_threshold,
+                                    max(1, math.floor(config.min_region_area * cells_per_pixel)),
+                                    config.max_regions, math.floor(config.cleanup_radius / cell_side))
+
+    def name_regions(self, image: np.ndarray, grid: torch.Tensor, regions: list, config: ClipomalyConfig,
+                     vocabulary: Vocabulary) -> list:
+        """One verdict per region (each named on its own: its name depends on its mask and the image only)."""
+        return self.namer.name_regions(
+            image, grid, regions, vocabulary, top_k=config.naming_top_k, logit_scale=config.logit_scale,
+            crop_margin=config.crop_margin, crop_background=config.crop_background, crop_weight=config.crop_weight,
+            reported=config.candidates_reported)
+
+    def extended_instances(self, features, known: KnownScores, new_names: list[str],
+                           embeddings: torch.Tensor | None, config: ClipomalyConfig, vocabulary: Vocabulary,
+                           output_size: tuple[int, int]) -> tuple[list, list]:
+        """The anomaly instances over known + ``new_names`` (``embeddings`` ``(N, D)``, their text embeddings)
+        and the names that kept one (see :func:`~.extension.extend`)."""
+        return extend(features.grid, known.logits, known.coarse, new_names, embeddings, output_size,
+                      config.logit_scale, len(vocabulary.known), config.min_region_area, config.max_regions,
+                      known.refine)
+
     def _segment(self, image: np.ndarray, features, config: ClipomalyConfig, vocabulary: Vocabulary,
                  timings: dict[str, float], known: KnownScores | None = None) -> SegmentationResult:
         clock = time.perf_counter()
@@ -195,28 +223,16 @@ class Clipomaly:
         output_size = image.shape[:2]
         grid = features.grid
         known = known if known is not None else self.known_scores(features, config, vocabulary)
-        known_logits, known_coarse, coarse, refine = known.logits, known.coarse, known.coarse_size, known.refine
-        cells_per_pixel = coarse[0] * coarse[1] / (output_size[0] * output_size[1])
-        cell_side = features.working_size[0] / coarse[0]
-        regions = find_unknown_regions(known_coarse.uncertainty, config.uncertainty_threshold,
-                                       max(1, math.floor(config.min_region_area * cells_per_pixel)),
-                                       config.max_regions, math.floor(config.cleanup_radius / cell_side))
+        known_logits = known.logits
+        regions = self.unknown_regions(features, known, config, output_size)
         lap("unknown")
 
-        named = self.namer.name_regions(
-            image, grid, regions, vocabulary, top_k=config.naming_top_k, logit_scale=config.logit_scale,
-            crop_margin=config.crop_margin, crop_background=config.crop_background, crop_weight=config.crop_weight,
-            reported=config.candidates_reported)
+        named = self.name_regions(image, grid, regions, config, vocabulary)
         lap("naming")
 
-        new_names: dict[str, torch.Tensor] = {}
-        for verdict in named:
-            if not verdict.is_known and verdict.name not in new_names:
-                new_names[verdict.name] = verdict.embedding
-        embeddings = torch.stack(list(new_names.values())) if new_names else None
-        instances, kept_names = extend(grid, known_logits, known_coarse, list(new_names), embeddings, output_size,
-                                       config.logit_scale, len(vocabulary.known), config.min_region_area,
-                                       config.max_regions, refine)
+        new_names, embeddings = new_names_of(named)
+        instances, kept_names = self.extended_instances(features, known, new_names, embeddings, config,
+                                                        vocabulary, output_size)
         lap("extension")
 
         candidates_of: dict[str, tuple] = {}
@@ -237,3 +253,13 @@ class Clipomaly:
             maps=FrameMaps(known_logits, output_size, [instance.mask for instance in instances]))
         lap("output")
         return result
+
+
+def new_names_of(named: list) -> tuple[list[str], torch.Tensor | None]:
+    """The new names among the naming's verdicts (not a known class), in order of first appearance, and their
+    ``(N, D)`` text embeddings (None when there are none)."""
+    new_names: dict[str, torch.Tensor] = {}
+    for verdict in named:
+        if not verdict.is_known and verdict.name not in new_names:
+            new_names[verdict.name] = verdict.embedding
+    return list(new_names), (torch.stack(list(new_names.values())) if new_names else None)

@@ -124,6 +124,10 @@ def test_each_setting_scores_as_a_full_pipeline_run_though_naming_and_extension_
                                              ("tire", 60), ("deer", 16)]):
         x, y = 40 + 37 * index % 200, 120 + 11 * index
         image, mask = render_street_scene(240, 320, planted, (x, y, x + side, y + side), seed=index)
+        # a smaller one of the same kind: at min_region_area 1600 it is no region of its own, and the extension
+        # over that name keeps it only at the smaller areas
+        small = cv2.resize(image[y:y + side, x:x + side], (28, 28), interpolation=cv2.INTER_NEAREST)
+        image[196:224, 20:48], mask[196:224, 20:48] = small, True
         cv2.imwrite(str(tmp_path / "data" / "images" / f"{index}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(tmp_path / "data" / "labels" / f"{index}.png"), mask.astype(np.uint8))
     frames = read_frames(find_samples(tmp_path / "data"), 1, 255)

@@ -81,9 +81,9 @@ def existence_probability(record: AnomalyRecord) -> float:
 
 def position_covariance(ground) -> np.ndarray:
     """The row-major 6x6 pose covariance (x, y, z in m^2, then rotations about x, y, z in rad^2) in the base frame of
-    a :class:`~clipomaly_ros.core.scene.geometry.GroundEstimate`: its ``along_sigma`` along the camera's line of sight
+    a :class:`~clipomaly_ros.core.method.results.GroundEstimate`: its ``along_sigma`` along the camera's line of sight
     (from the camera, wherever it is mounted) and ``across_sigma`` across it
-    (:meth:`~clipomaly_ros.core.scene.geometry.GroundEstimate.horizontal_covariance`); z from the across error (the
+    (:meth:`~clipomaly_ros.core.method.results.GroundEstimate.horizontal_covariance`); z from the across error (the
     object's height is measured at the same range); rotations :data:`HEADING_VARIANCE`."""
     covariance = np.zeros((6, 6))
     covariance[:2, :2] = ground.horizontal_covariance()

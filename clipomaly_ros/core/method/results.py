@@ -17,7 +17,8 @@ class GroundEstimate:
     horizontal distance from the ``base_frame`` origin to that point; ``width``: its extent across the line of
     sight; ``height``: its top above the ground. ``truncated``: the instance touches the image's bottom edge, so its
     real contact may lie nearer than seen. ``along_sigma`` and ``across_sigma``: one standard deviation (m) of the
-    position along the camera's line of sight and across it, from :attr:`~clipomaly_ros.core.scene.geometry.GroundLocator.pixel_error`: a contact
+    position along the camera's line of sight and across it, from
+    :attr:`~clipomaly_ros.core.scene.geometry.GroundLocator.pixel_error`: a contact
     row off by dv pixels at range Z moves the point by about Z^2 dv / (f h) on flat ground (f the focal length in
     pixels, h the camera's height above the ground), a column off by du by Z du / f.
     """

@@ -279,9 +279,10 @@ def box_centre(ground) -> np.ndarray:
 
 
 def footprint_points(ground, spacing: float = CLOUD_SPACING_M) -> np.ndarray:
-    """``(N, 3)`` points in the base frame filling the box of a :class:`~clipomaly_ros.core.scene.geometry.GroundEstimate`
-    (its front at the estimate, :data:`ASSUMED_DEPTH_M` deep along the line of sight, ``width`` across it, from
-    the ground to ``height``), at most ``spacing`` apart along each axis."""
+    """``(N, 3)`` points in the base frame filling the box of a
+    :class:`~clipomaly_ros.core.method.results.GroundEstimate` (its front at the estimate, :data:`ASSUMED_DEPTH_M`
+    deep along the line of sight, ``width`` across it, from the ground to ``height``), at most ``spacing`` apart
+    along each axis."""
     along = line_of_sight(ground)
     across = np.array([-along[1], along[0]])
 

@@ -92,6 +92,12 @@ def test_bench_reports_stages_host_share_node_cost_cameras_and_memory(tmp_path, 
     assert report["host_ms_outside_backbone"] == pytest.approx(stages["host"])
     assert set(report["node_publish_ms"]) == {"anomalies only", "every image output"}
     assert set(report["fps"]) == {"1 camera", "3 cameras"} and all(v > 0 for v in report["fps"].values())
+    host = report["host_ms_per_frame"]  # wall less the transformer, per frame, at both window layouts
+    assert set(host) == {"official", "light"}
+    for table in host.values():
+        assert set(table) == {"anomalies only", "every output"}
+        assert all(set(row) == {"1 camera", "3 cameras"} and all(ms > 0 for ms in row.values())
+                   for row in table.values())
     assert report["memory"]["frames"] == 6 and report["memory"]["resident_mb_last"] > 0
     assert report["windows"] >= 1 and report["vocabulary_change_10_names_ms"] > 0
     calibration = report["calibration"]
@@ -102,6 +108,7 @@ def test_bench_reports_stages_host_share_node_cost_cameras_and_memory(tmp_path, 
     text = capsys.readouterr().out
     assert "calibrate, per setting and image after the first pass" in text
     assert "host time outside the backbone" in text and "3 cameras" in text and "RANDOM" in text
+    assert "host ms a frame outside the transformer, light layout: anomalies only: 1 camera" in text
     assert "the rest of this run will take about" in text and "Jetson AGX Orin" in text
 
 
@@ -116,6 +123,8 @@ def test_bench_is_quick_by_default_and_runs_each_runtime(tmp_path, tiny_model_na
     assert set(report["fps"]) == {"1 camera"}  # camera batches, the soak and the ground check are opt-in
     assert "memory" not in report and "ground_errors" not in report
     assert ("ONNX Runtime" if runtime == "onnx" else "torch.compile") in report["backend"]
+    assert set(report["host_ms_per_frame"]["official"]["every output"]) == {"1 camera"}
+    assert report["host_ms_per_frame"]["light"] == f"not measured: runtime {runtime} would build again for it"
 
 
 def test_bench_rejects_a_bad_size(capsys):

@@ -244,6 +244,7 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
     stages = _stage_times(pipeline, image, frames, device)
     publish = _publish_times(pipeline, image, frames, outputs)
     end_to_end = _cameras_fps(pipeline, image, frames, cameras, outputs, device)
+    host = host_ms_by_layout(pipeline, config, image, frames, cameras, outputs, device)
     outputs.close()
     report = {
         "device": str(device), "backend": getattr(pipeline.backend, "description", config.backend),
@@ -253,6 +254,7 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
         "node_publish_ms": {label: round(median(values), 2) for label, values in publish.items()},
         "node_publish_with": "rclpy" if outputs.node is not None else "rosbags CDR (no ROS runtime)",
         "fps": {f"{count} camera{'s' if count > 1 else ''}": round(fps, 3) for count, fps in end_to_end.items()},
+        "host_ms_per_frame": host,
         **_vocabulary_times(pipeline, config),
         "planner_ms": _planner_ms(pipeline, image, frames),
         "tracker_ms": tracker_cost(pipeline, config.max_regions),
@@ -346,6 +348,59 @@ def _cameras_fps(pipeline, image: np.ndarray, frames: int, cameras: int, outputs
             times.append(time.perf_counter() - start)
         fps[count] = count / median(times)
     return fps
+
+
+def host_ms_per_frame(pipeline, image: np.ndarray, frames: int, cameras: int, outputs: BenchOutputs,
+                      device) -> dict[str, dict[str, float]]:
+    """Host milliseconds per frame: the wall time of a batch of frames through the pipeline and the node's outputs,
+    less the time inside the vision transformer (the backbone clock: patch embedding and blocks, for the windows
+    and the naming crops), divided by the frames; with ``anomalies`` alone and with every output subscribed, for
+    one camera and for ``cameras``. The rest is what Python and the host add to the GPU's work."""
+    clock = getattr(pipeline.backend, "clock", None)
+    table = {}
+    for label, images_on in (("anomalies only", False), ("every output", True)):
+        outputs.subscribe_images(images_on)
+        row = {}
+        for count in sorted({1, cameras}):
+            values = []
+            for _ in range(max(2, min(frames, 3))):
+                if clock is not None:
+                    clock.take()
+                _synchronize(device)
+                start = time.perf_counter()
+                for result in pipeline.segment_batch([image] * count):
+                    outputs.publish_ms(result, images_on)
+                _synchronize(device)
+                inside = clock.take() if clock is not None else 0.0
+                values.append(((time.perf_counter() - start) * 1000.0 - inside) / count)
+            row[f"{count} camera{'s' if count > 1 else ''}"] = round(median(values), 2)
+        table[label] = row
+    outputs.subscribe_images(False)
+    return table
+
+
+def host_ms_by_layout(pipeline, config: ClipomalyConfig, image: np.ndarray, frames: int, cameras: int,
+                      outputs: BenchOutputs, device) -> dict[str, dict | str]:
+    """:func:`host_ms_per_frame` at the configured window layout and, with the eager runtime, at the other one
+    too (a second model; a compiled or exported runtime would compile again for it, so it is left out there)."""
+    from ..core.method.pipeline import Clipomaly
+
+    host: dict[str, dict | str] = {config.window_layout: host_ms_per_frame(pipeline, image, frames, cameras,
+                                                                           outputs, device)}
+    other = "light" if config.window_layout == "official" else "official"
+    if config.runtime != "torch" or config.backend != "open_clip":
+        reason = "not measured: " + ("the toy backend has no windows" if config.backend != "open_clip" else
+                                     f"runtime {config.runtime} would build again for it")
+        host[other] = reason
+        return host
+    second = Clipomaly(config.replace(window_layout=other))
+    clock = getattr(second.backend, "clock", None)
+    if clock is not None:
+        clock.synchronize = True
+    second(image)  # warm-up
+    host[other] = host_ms_per_frame(second, image, frames, cameras, outputs, device)
+    second.close()
+    return host
 
 
 def _planner_ms(pipeline, image: np.ndarray, frames: int) -> float:
@@ -474,6 +529,10 @@ def format_bench(report: dict) -> str:
     lines += ["", f"node cost measured with {report['node_publish_with']}",
               "end to end (pipeline + anomalies published): "
               + ", ".join(f"{label}: {fps:.3f} frames/s" for label, fps in report["fps"].items())]
+    for layout, table in report.get("host_ms_per_frame", {}).items():
+        lines.append(f"host ms a frame outside the transformer, {layout} layout: " + (table if isinstance(table, str)
+                     else "; ".join(f"{label}: " + ", ".join(f"{count} {ms:.1f}" for count, ms in row.items())
+                                    for label, row in table.items())))
     if "calibration" in report:
         cost = report["calibration"]
         lines.append(f"calibrate, per setting and image after the first pass: {cost['per_setting_ms']:.1f} ms, against "

@@ -62,11 +62,13 @@ class InferenceLoop:
         warmed, outcome = threading.Event(), {}
         worker = threading.Thread(target=self._work, args=(self.frames, first, warmed, outcome),
                                   name="clipomaly-inference", daemon=True)
+        if first:
+            # held before the thread starts: a signal that stops the start-up as soon as it runs leaves a thread in
+            # the model, which shut_down must join (one left running in native code when Python exits aborts the
+            # process). Held after start(), a signal between the two left it unjoined (seen in CI, under load).
+            self.worker = worker
         worker.start()
         if first:
-            # held before the wait: a signal that stops the start-up here leaves a thread in the model, which
-            # shut_down must join (one left running in native code when Python exits aborts the process)
-            self.worker = worker
             warmed.wait()
             if "error" in outcome:
                 raise outcome["error"]

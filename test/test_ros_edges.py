@@ -562,10 +562,13 @@ def test_a_camera_that_loses_half_its_frames_from_the_first_is_reported_at_half(
                     # the stamps say 30 Hz; sent slower, so that a busy machine's node takes each one before the
                     # next (its input keeps only the newest frame, by design)
                     time.sleep(0.15)
-            values = read(lambda v: int(v["frames received"]) >= sent, 30)
-            assert int(values["frames received"]) == sent, values
+            values = read(lambda v: int(v["frames received"]) >= sent, 15)
+            # on a machine under load a frame may still be overwritten in the depth-1 input before the node takes
+            # it (CI: 67 of 68 once); the node cannot tell it from a frame lost on the way, and counts it missing
+            received = int(values["frames received"])
+            assert sent - 3 <= received <= sent, values
             missing = int(values["frames missing from the input (estimated)"])
-            assert abs(missing / (missing + sent) - 0.5) <= 0.1, (missing, sent)
+            assert abs(missing / (missing + received) - 0.5) <= 0.1, (missing, received, sent)
     finally:
         camera.close()
         close()

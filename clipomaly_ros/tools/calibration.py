@@ -175,7 +175,7 @@ def nbytes(*items) -> int:
 
 
 class CachedCrops:
-    """A backend whose ``encode_images`` remembers each crop's embedding by the crop's pixels; everything else
+    """A backend whose ``encode_crops`` remembers each crop's embedding by the crop's pixels; everything else
     is the wrapped backend's. ``encoded`` counts the crops that really went through the encoder."""
 
     def __init__(self, backend):
@@ -186,12 +186,13 @@ class CachedCrops:
     def __getattr__(self, name):
         return getattr(self._backend, name)
 
-    def encode_images(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
-        keys = [hashlib.blake2b(np.ascontiguousarray(c).tobytes() + str(c.shape).encode(), digest_size=16).digest()
-                for c in crops]
+    def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """``(N, D)`` embeddings of crops ``(N, 3, S, S)``, each encoded once per distinct pixels."""
+        keys = [hashlib.blake2b(crop.cpu().numpy().tobytes() + str(tuple(crop.shape)).encode(),
+                                digest_size=16).digest() for crop in crops]
         missing = [i for i, key in enumerate(keys) if key not in self._embeddings]
         if missing:
-            embedded = self._backend.encode_images([crops[i] for i in missing])
+            embedded = self._backend.encode_crops(crops[missing])
             self.encoded += len(missing)
             for i, row in zip(missing, embedded):
                 self._embeddings[keys[i]] = row

@@ -16,6 +16,9 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+# at import, not on the first region: open_clip loads it anyway, and with the toy backend a first load in the
+# middle of a run would add its ~160 MB of libraries to that run's memory
+from torchvision.ops import roi_align
 
 from .unknown import CandidateRegion
 from .vocabulary import Vocabulary
@@ -46,25 +49,13 @@ def mask_pooled_embedding(features: torch.Tensor, mask: np.ndarray) -> torch.Ten
     return F.normalize(pooled, dim=-1)
 
 
-def resize_square(image: np.ndarray, side: int) -> np.ndarray:
-    """An RGB uint8 image resized to ``side`` x ``side``: antialiased bilinear when shrinking, bicubic when
-    enlarging, close to CLIP's own preprocessing (area and nearest filters would alias or blur)."""
-    if side * side >= image.shape[0] * image.shape[1]:
-        return cv2.resize(image, (side, side), interpolation=cv2.INTER_CUBIC)
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
-    return F.interpolate(tensor, size=(side, side), mode="bilinear", antialias=True)[0].permute(1, 2, 0).numpy()
+def crop_box(image_size: tuple[int, int], region: CandidateRegion, margin: float) -> tuple[int, int, int, int]:
+    """The square crop around ``region`` in an image of ``image_size`` (height, width): ``(left, top, right,
+    bottom)`` in pixels, half-open, inside the image (a square as large as the image's short side at most).
 
-
-def region_crop(image: np.ndarray, region: CandidateRegion, margin: float, background: float,
-                fill: tuple[int, int, int], side: int | None = None) -> np.ndarray:
-    """A square RGB crop of ``image`` around ``region`` with the background faded towards ``fill``.
-
-    ``region`` may be on a map of any resolution (its cells are scaled to the image); ``margin`` widens the box
-    by that fraction of its size; ``background`` is how much of the original background remains (0: ``fill``
-    only). With ``side`` the crop is resized to ``side`` x ``side`` pixels first (:func:`resize_square`), so its
-    cost does not grow with the region.
-    """
-    height, width = image.shape[:2]
+    ``region`` may be on a map of any resolution (its cells are scaled to the image); ``margin`` widens the box by
+    that fraction of its size."""
+    height, width = image_size
     region_h, region_w = region.mask.shape
     scale_y, scale_x = height / region_h, width / region_w
     x0, y0, x1, y1 = region.box
@@ -73,18 +64,54 @@ def region_crop(image: np.ndarray, region: CandidateRegion, margin: float, backg
     extent = min(extent, max(height, width))
     left = int(np.clip(round(centre_x - extent / 2), 0, max(0, width - extent)))
     top = int(np.clip(round(centre_y - extent / 2), 0, max(0, height - extent)))
-    right, bottom = min(width, left + int(round(extent))), min(height, top + int(round(extent)))
-    crop = image[top:bottom, left:right]
-    if side is not None and crop.shape[:2] != (side, side):
-        crop = resize_square(crop, side)
-    # nearest-neighbour lookup of the region's cells for the crop's pixels only
-    rows = np.minimum(((top + (np.arange(crop.shape[0]) + 0.5) * (bottom - top) / crop.shape[0]) / scale_y)
-                      .astype(int), region_h - 1)
-    cols = np.minimum(((left + (np.arange(crop.shape[1]) + 0.5) * (right - left) / crop.shape[1]) / scale_x)
-                      .astype(int), region_w - 1)
-    keep = region.mask[np.ix_(rows, cols)].astype(np.uint8)
-    faded = cv2.addWeighted(crop, background, np.full_like(crop, fill), 1.0 - background, 0.0)
-    return cv2.copyTo(crop, keep, faded)
+    return left, top, min(width, left + int(round(extent))), min(height, top + int(round(extent)))
+
+
+def region_crops(frame: torch.Tensor, regions: list[CandidateRegion], margin: float, background: float,
+                 fill: tuple[int, int, int], side: int) -> torch.Tensor:
+    """Square crops around ``regions`` (see :func:`crop_box`) of an RGB uint8 ``(H, W, 3)`` ``frame`` (on any
+    device), each ``side`` x ``side`` pixels with its background faded towards ``fill``: ``(N, 3, side, side)``
+    float32 0..255 on the frame's device, in one batched op whatever the number of regions.
+
+    Each crop is resampled by ``torchvision.ops.roi_align`` (bilinear samples averaged over each output pixel's
+    footprint, as an antialiased resize does when shrinking); a crop pixel keeps ``background`` of its colour
+    (the rest is ``fill``) unless its centre lies on a region cell. Only the union of the boxes is converted to
+    float."""
+    height, width = frame.shape[:2]
+    boxes = np.array([crop_box((height, width), region, margin) for region in regions], dtype=np.int64)
+    left, top = boxes[:, :2].min(axis=0)
+    right, bottom = boxes[:, 2:].max(axis=0)
+    union = frame[top:bottom, left:right].permute(2, 0, 1)[None].float()
+    device = frame.device
+    shifted = torch.as_tensor(boxes - np.array([left, top, left, top]), dtype=torch.float32, device=device)
+    rois = torch.cat([torch.zeros(len(regions), 1, device=device), shifted], dim=1)
+    # A crop shrunk by s >= 2 is sampled from the level of a 2x box-filter pyramid that leaves 1 <= s < 2, with
+    # at most 2 x 2 bilinear samples per output pixel: what an antialiased resize gives, at a fraction of the
+    # samples roi_align takes from full resolution (s^2 per pixel, slow on a CPU). One roi_align per level.
+    extents = (boxes[:, 2] - boxes[:, 0]).astype(np.float64)
+    levels = np.floor(np.log2(np.maximum(extents / side, 1.0))).astype(int)
+    pyramid = [union]
+    for _ in range(levels.max()):
+        pyramid.append(F.avg_pool2d(pyramid[-1], 2, ceil_mode=True))
+    crops = union.new_empty(len(regions), 3, side, side)
+    for level in np.unique(levels):
+        chosen = torch.from_numpy(np.flatnonzero(levels == level))
+        # aligned: pixel i covers [i, i + 1), as in F.interpolate(align_corners=False)
+        crops[chosen.to(device)] = roi_align(pyramid[level], rois[chosen.to(device)], output_size=side,
+                                             spatial_scale=0.5 ** level, sampling_ratio=-1, aligned=True)
+    # nearest-neighbour lookup of each region's cells at its crop's pixel centres
+    centres = (torch.arange(side, dtype=torch.float64) + 0.5) / side
+    boxes_t = torch.from_numpy(boxes).double()
+    region_h, region_w = regions[0].mask.shape
+    rows = ((boxes_t[:, 1:2] + centres * (boxes_t[:, 3:4] - boxes_t[:, 1:2])) * (region_h / height)).long()
+    cols = ((boxes_t[:, 0:1] + centres * (boxes_t[:, 2:3] - boxes_t[:, 0:1])) * (region_w / width)).long()
+    rows, cols = rows.clamp(max=region_h - 1), cols.clamp(max=region_w - 1)
+    masks = torch.from_numpy(np.stack([region.mask for region in regions]))
+    keep = masks[torch.arange(len(regions))[:, None, None], rows[:, :, None], cols[:, None, :]]
+    keep = keep.to(device)[:, None]
+    colour = torch.tensor(fill, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    faded = background * crops + (1.0 - background) * colour
+    return torch.where(keep, crops, faded)
 
 
 class RegionNamer:
@@ -93,16 +120,17 @@ class RegionNamer:
     def __init__(self, backend):
         self.backend = backend
 
-    def name_regions(self, image: np.ndarray, features: torch.Tensor, regions: list[CandidateRegion],
+    def name_regions(self, frame: np.ndarray | torch.Tensor, features: torch.Tensor, regions: list[CandidateRegion],
                      vocabulary: Vocabulary, *, top_k: int, logit_scale: float,
                      crop_margin: float, crop_background: float, crop_weight: float,
                      reported: int) -> list[RegionName]:
         if not regions:
             return []
-        fill = tuple(self.backend.mean_colour)
-        side = getattr(self.backend, "crop_size", None)
-        crops = [region_crop(image, region, crop_margin, crop_background, fill, side) for region in regions]
-        crop_embeddings = self.backend.encode_images(crops).to(features.device)
+        if not isinstance(frame, torch.Tensor):
+            frame = torch.from_numpy(frame)
+        crops = region_crops(frame, regions, crop_margin, crop_background, tuple(self.backend.mean_colour),
+                             self.backend.crop_size)
+        crop_embeddings = self.backend.encode_crops(crops).to(features.device)
         known = set(vocabulary.known)
         results = []
         for region, crop_embedding in zip(regions, crop_embeddings):

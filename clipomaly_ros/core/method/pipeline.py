@@ -193,9 +193,10 @@ class Clipomaly:
                                     max(1, math.floor(config.min_region_area * cells_per_pixel)),
                                     config.max_regions, math.floor(config.cleanup_radius / cell_side))
 
-    def name_regions(self, image: np.ndarray, grid: torch.Tensor, regions: list, config: ClipomalyConfig,
-                     vocabulary: Vocabulary) -> list:
-        """One verdict per region (each named on its own: its name depends on its mask and the image only)."""
+    def name_regions(self, image: np.ndarray | torch.Tensor, grid: torch.Tensor, regions: list,
+                     config: ClipomalyConfig, vocabulary: Vocabulary) -> list:
+        """One verdict per region (each named on its own: its name depends on its mask and the image only);
+        ``image`` is the RGB uint8 ``(H, W, 3)`` frame, on the host or where the model runs."""
         return self.namer.name_regions(
             image, grid, regions, vocabulary, top_k=config.naming_top_k, logit_scale=config.logit_scale,
             crop_margin=config.crop_margin, crop_background=config.crop_background, crop_weight=config.crop_weight,
@@ -227,7 +228,8 @@ class Clipomaly:
         regions = self.unknown_regions(features, known, config, output_size)
         lap("unknown")
 
-        named = self.name_regions(image, grid, regions, config, vocabulary)
+        frame = getattr(features, "frame", None)  # the frame where the model runs, when it was put there
+        named = self.name_regions(image if frame is None else frame, grid, regions, config, vocabulary)
         lap("naming")
 
         new_names, embeddings = new_names_of(named)

@@ -49,13 +49,17 @@ class DenseFeatures:
     cosine similarity or the mean of several;
     ``working_size``: (height, width) in pixels of the resized image the grid was computed on; every map the
     pipeline derives from the features lives at this resolution before being resized to the input's;
-    ``image``: ``(3, H, W)`` the normalised image at the working resolution (for mask refinement), or None.
+    ``image``: ``(3, H, W)`` the normalised image at the working resolution (for mask refinement), or None;
+    ``frame``: the RGB uint8 ``(H, W, 3)`` input where the model runs, when it was put there (what naming crops
+    are cut from without a second upload), or None.
     """
 
-    def __init__(self, grid: torch.Tensor, working_size: tuple[int, int], image: torch.Tensor | None = None):
+    def __init__(self, grid: torch.Tensor, working_size: tuple[int, int], image: torch.Tensor | None = None,
+                 frame: torch.Tensor | None = None):
         self.grid = grid
         self.working_size = working_size
         self.image = image
+        self.frame = frame
 
 
 class BackboneClock:
@@ -98,14 +102,18 @@ class VisionLanguageBackend(Protocol):
     """D, the size of the joint embedding space."""
     mean_colour: tuple[int, int, int]
     """RGB uint8 colour that normalises to zero: what region crops fade their background towards."""
-    crop_size: int | None
-    """Side in pixels that region crops are resized to before :meth:`encode_images` (the model's input)."""
+    crop_size: int
+    """Side in pixels of the region crops that :meth:`encode_crops` takes (the model's input)."""
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """``(N, D)`` float32 L2-normalised embeddings of ``prompts``."""
 
     def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """``(N, D)`` float32 L2-normalised global embeddings of RGB uint8 images of any size."""
+
+    def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """``(N, D)`` float32 L2-normalised global embeddings of crops ``(N, 3, crop_size, crop_size)`` float
+        0..255 RGB on any device (see :func:`~clipomaly_ros.core.method.naming.region_crops`)."""
 
     clock: BackboneClock | None
     """Time spent in the vision transformer (None for a backend without one)."""

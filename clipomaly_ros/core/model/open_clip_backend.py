@@ -228,10 +228,8 @@ class OpenClipBackend:
         resize = size is not None and tuple(size) != tuple(image.shape[:2])
         if isinstance(image, torch.Tensor) and self.device.type != "cuda":
             image = image.cpu().numpy()
-        if isinstance(image, torch.Tensor):  # decoded on the device already (or handed over as a tensor)
-            tensor = image.to(self.device, non_blocking=True)
-        elif self.staging is not None:
-            tensor = self.staging.upload(image)
+        if self.device.type == "cuda":
+            tensor = self._upload(image)
         else:
             if resize:
                 import cv2  # only here: the model side imports on a GPU machine without opencv
@@ -242,6 +240,13 @@ class OpenClipBackend:
         if resize:
             tensor = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
         return tensor[0]
+
+    def _upload(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """An RGB uint8 ``(H, W, 3)`` image on the CUDA device (through the pinned staging; a tensor decoded there
+        already stays), without waiting for the copy."""
+        if isinstance(image, torch.Tensor):
+            return image.to(self.device, non_blocking=True)
+        return self.staging.upload(image)
 
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -255,10 +260,13 @@ class OpenClipBackend:
     @torch.inference_mode()
     def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         side = self.crop_size
-        batch = torch.stack([self._pixels(image, (side, side)) for image in images])
+        return self.encode_crops(torch.stack([self._pixels(image, (side, side)) for image in images]))
+
+    @torch.inference_mode()
+    def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:
         with self.clock.measure(self.device):
             # CLIP's own image embedding (the unchanged network), on 0..255 pixels like the dense pass
-            embeddings = self.runtime.embed(batch)
+            embeddings = self.runtime.embed(crops.to(self.device))
         return F.normalize(embeddings.float(), dim=-1)
 
     def layout_for(self, image_size: tuple[int, int]) -> WindowLayout:
@@ -285,7 +293,11 @@ class OpenClipBackend:
     def dense_features_batch(self, images: Sequence[np.ndarray]) -> list[DenseFeatures]:
         layouts = [self.layout_for(tuple(image.shape[:2])) for image in images]
         # raw pixels: the normalisation is folded into the patch embedding, no pass over the image for it
-        tensors = [self._pixels(image, layout.resized) for image, layout in zip(images, layouts)]
+        # on CUDA each frame goes up once: the dense pass resizes it there, and naming crops are cut from it
+        frames = [self._upload(image) if self.device.type == "cuda" else None for image in images]
+        tensors = [self._pixels(image if frame is None else frame, layout.resized)
+                   for image, frame, layout in zip(images, frames, layouts)]
         with self.clock.measure(self.device):
             grids = sliding_window_features(self.runtime.dense, tensors, layouts, self.window_batch_size)
-        return [DenseFeatures(grid, layout.resized, tensor) for grid, layout, tensor in zip(grids, layouts, tensors)]
+        return [DenseFeatures(grid, layout.resized, tensor, frame)
+                for grid, layout, tensor, frame in zip(grids, layouts, tensors, frames)]

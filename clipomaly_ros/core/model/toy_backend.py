@@ -94,9 +94,11 @@ class ToyColourBackend:
         return F.normalize(rows, dim=-1)
 
     # images ----------------------------------------------------------------------------------------------------
-    def _colour_similarities(self, image: np.ndarray) -> torch.Tensor:
-        """``(H, W, C)`` Gaussian similarity of every pixel to each of the C lexicon colours."""
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).float().reshape(-1, 3)
+    def _colour_similarities(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(H, W, C)`` Gaussian similarity of every pixel of an ``(H, W, 3)`` RGB image (0..255) to each of the
+        C lexicon colours."""
+        pixels = torch.as_tensor(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
+        pixels = pixels.float().reshape(-1, 3)
         # |p - c|^2 expanded into one matrix product: exact on integer colours, and far cheaper than a
         # broadcast difference over every pixel and colour
         distance2 = (pixels * pixels).sum(-1, keepdim=True) - 2.0 * pixels @ self.palette.T + self._palette_norms
@@ -113,6 +115,10 @@ class ToyColourBackend:
     def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         rows = [self._pixel_embeddings(image).reshape(-1, self.embed_dim).mean(0) for image in images]
         return F.normalize(torch.stack(rows), dim=-1)
+
+    def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(N, D)`` of crops ``(N, 3, S, S)`` (0..255): the mean of their pixels' embeddings."""
+        return self.encode_images(list(crops.permute(0, 2, 3, 1)))
 
     clock = None  # no vision transformer
     crop_size = 64  # the colour of a region does not need more pixels

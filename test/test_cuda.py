@@ -70,3 +70,31 @@ def test_a_jpeg_decoded_on_the_gpu_goes_through_without_a_cpu_decode(tiny_model_
     on_gpu, on_host = pipeline(decoded), pipeline(cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR),
                                                                cv2.COLOR_BGR2RGB))
     assert (on_gpu.semantic == on_host.semantic).mean() > 0.95  # two JPEG decoders, fp16
+
+
+def test_naming_crops_cut_on_the_gpu_equal_the_cpu_s_and_the_pipeline_cuts_them_there(tiny_model_name, tmp_path,
+                                                                                      monkeypatch):
+    """roi_align's CUDA kernel against its CPU kernel, over crops that shrink (pyramid levels) and enlarge; and the
+    pipeline on CUDA hands naming the frame it uploaded, so no crop is cut on the host."""
+    from clipomaly_ros.core.method import naming
+    from clipomaly_ros.core.method.unknown import CandidateRegion
+
+    image, _ = render_street_scene(720, 1280, planted="mattress")
+    regions = []
+    for top, left, height, width in ((10, 20, 4, 4), (30, 40, 40, 100), (0, 0, 90, 160), (60, 100, 12, 30)):
+        mask = np.zeros((90, 160), bool)
+        mask[top:top + height, left:left + width] = True
+        regions.append(CandidateRegion(mask, int(mask.sum()), (left, top, left + width - 1, top + height - 1)))
+    on_cpu = naming.region_crops(torch.from_numpy(image), regions, 0.25, 0.3, (122, 116, 104), 224)
+    on_gpu = naming.region_crops(torch.from_numpy(image).cuda(), regions, 0.25, 0.3, (122, 116, 104), 224)
+    assert on_gpu.device.type == "cuda"
+    assert (on_gpu.cpu() - on_cpu).abs().max() < 0.05  # grey levels: float rounding only
+
+    devices = []
+    cut = naming.region_crops
+    monkeypatch.setattr(naming, "region_crops", lambda frame, *args: devices.append(frame.device.type) or cut(
+        frame, *args))
+    pipeline = Clipomaly(ClipomalyConfig(device="cuda", model=tiny_model_name, random_weights=True,
+                                         inference_size=224, uncertainty_threshold=0.0, cache_dir=str(tmp_path)))
+    pipeline(image)
+    assert devices and set(devices) == {"cuda"}, devices

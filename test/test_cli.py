@@ -156,3 +156,27 @@ def test_bench_help_lists_every_dense_method(capsys):
         main(["bench", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(method in text for method in DENSE_METHODS) and "scclip" in text
+
+
+def test_bench_host_time_leaves_out_the_transformer_that_the_pipeline_clocks_frame_by_frame():
+    import time
+    import types
+
+    from clipomaly_ros.core.model.backend import BackboneClock
+    from clipomaly_ros.tools.bench import host_ms_per_frame
+
+    clock = BackboneClock()
+
+    def segment_batch(images):  # as the pipeline: 0.2 s in the transformer per frame, the clock taken each frame
+        results = []
+        for _ in images:
+            with clock.measure(types.SimpleNamespace(type="cpu")):
+                time.sleep(0.2)
+            results.append(clock.take())
+        return results
+
+    pipeline = types.SimpleNamespace(backend=types.SimpleNamespace(clock=clock), segment_batch=segment_batch)
+    outputs = types.SimpleNamespace(subscribe_images=lambda on: None, publish_ms=lambda result, on: 0.0)
+    table = host_ms_per_frame(pipeline, np.zeros((8, 8, 3), np.uint8), 2, 2, outputs, "cpu")
+    for row in table.values():  # wall time was >= 200 ms a frame, all of it inside the transformer
+        assert set(row) == {"1 camera", "2 cameras"} and all(0 <= ms < 100 for ms in row.values()), row

@@ -63,7 +63,8 @@ class DenseFeatures:
 
 
 class BackboneClock:
-    """Milliseconds spent in the vision transformer, accumulated until :meth:`take`.
+    """Milliseconds spent in the vision transformer, accumulated until :meth:`take`; :attr:`total_ms` keeps
+    counting across takes (the pipeline takes once per frame, a caller timing several frames reads the total).
 
     With ``synchronize`` set (the bench does), CUDA is synchronised around each pass so that the figure is the
     device's time; otherwise nothing waits for the device and the figure is only the host's share.
@@ -72,6 +73,7 @@ class BackboneClock:
     def __init__(self):
         self.synchronize = False
         self._elapsed_ms = 0.0
+        self.total_ms = 0.0
 
     @contextmanager
     def measure(self, device: torch.device) -> Iterator[None]:
@@ -84,7 +86,9 @@ class BackboneClock:
         finally:
             if wait:
                 torch.cuda.synchronize(device)
-            self._elapsed_ms += (time.perf_counter() - start) * 1000.0
+            elapsed = (time.perf_counter() - start) * 1000.0
+            self._elapsed_ms += elapsed
+            self.total_ms += elapsed
 
     def take(self) -> float:
         """The milliseconds accumulated since the last call."""

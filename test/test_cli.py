@@ -91,6 +91,12 @@ def test_bench_reports_stages_host_share_node_cost_cameras_and_memory(tmp_path, 
     assert 0 < stages["backbone"] < stages["total"]
     assert report["host_ms_outside_backbone"] == pytest.approx(stages["host"])
     assert set(report["node_publish_ms"]) == {"anomalies only", "every image output"}
+    parts = report["every_output_ms"]  # maps, pictures and message building, each output's building named
+    assert set(parts["building_by_output"]) == {"detections and 3D outputs", "semantic", "anomaly_score",
+                                                "anomaly_mask", "anomaly_instances", "overlay", "semantic_color"}
+    assert parts["maps"] > 0 and parts["pictures"] > 0
+    assert parts["building"] > 0 and all(ms >= 0 for ms in parts["building_by_output"].values())
+    assert list(parts["building_by_output"].values()) == sorted(parts["building_by_output"].values(), reverse=True)
     assert set(report["fps"]) == {"1 camera", "3 cameras"} and all(v > 0 for v in report["fps"].values())
     host = report["host_ms_per_frame"]  # wall less the transformer, per frame, at both window layouts
     assert set(host) == {"official", "light"}
@@ -108,6 +114,7 @@ def test_bench_reports_stages_host_share_node_cost_cameras_and_memory(tmp_path, 
     text = capsys.readouterr().out
     assert "calibrate, per setting and image after the first pass" in text
     assert "host time outside the backbone" in text and "3 cameras" in text and "RANDOM" in text
+    assert "every output, its parts: full-size maps" in text
     assert "host ms a frame outside the transformer, light layout: anomalies only: 1 camera" in text
     assert "the rest of this run will take about" in text and "Jetson AGX Orin" in text
 

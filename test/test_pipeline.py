@@ -325,3 +325,24 @@ def test_every_frame_of_the_synthetic_drive_finds_what_is_in_view(toy_config):
     for frame in synthetic_drive(seconds=4.0)[::2]:  # small and far objects included: no flicker
         in_view = {name for name, mask in frame.objects.items() if mask.sum() >= toy_config.min_region_area}
         assert {a.name for a in pipeline(frame.image).anomalies} == in_view, frame.stamp_ns
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_semantic_map_resampled_along_class_edges_equals_resampling_every_pixel(seed):
+    import torch
+
+    from clipomaly_ros.core.method.maps import EDGE_SHARE_FOR_FULL_RESAMPLING, best_class_map
+    from clipomaly_ros.core.method.unknown import resample
+
+    generator = torch.Generator().manual_seed(seed)
+    height, width = 100 + 7 * seed, 180 + 5 * seed
+    # a scene's map: a few large regions, each class ahead inside its own, and small noise everywhere
+    blocks = torch.randint(0, 19, (3, 4), generator=generator)
+    owner = blocks.repeat_interleave(-(-height // 3), 0)[:height].repeat_interleave(-(-width // 4), 1)[:, :width]
+    logits = torch.randn(19, height, width, generator=generator) * 0.3
+    logits += 4.0 * torch.nn.functional.one_hot(owner, 19).permute(2, 0, 1)
+    output = (720 - 37 * seed, 1280 - 91 * seed)
+    best = logits.argmax(dim=0)
+    edges = (best[:-1, :-1] != best[1:, :-1]) | (best[:-1, :-1] != best[:-1, 1:]) | (best[:-1, :-1] != best[1:, 1:])
+    assert edges.float().mean() < EDGE_SHARE_FOR_FULL_RESAMPLING  # the edge-by-edge path is the one tested
+    assert torch.equal(best_class_map(logits, output), resample(logits, output).argmax(dim=0))

@@ -720,21 +720,41 @@ def test_a_node_reading_a_topic_of_another_type_says_so(ros, tmp_path):
         node.destroy_publisher(raw_on_the_named_topic)
 
 
-def test_an_rclpy_image_message_keeps_the_one_copy_it_was_built_from():
-    from clipomaly_ros.ros.messages import MessageFactory, uint8_array
-    from clipomaly_ros.ros.messages import ros_type
+def test_an_rclpy_image_message_holds_the_map_itself_and_publishes_its_bytes():
+    import rclpy
+    from sensor_msgs.msg import Image
 
-    made = []
+    from clipomaly_ros.ros.messages import MessageFactory, ros_type, uint8_array
+
+    copies = []
 
     def counting_copy(array):
-        made.append(uint8_array(array))
-        return made[-1]
+        copies.append(uint8_array(array))
+        return copies[-1]
 
     factory = MessageFactory(ros_type, byte_array=counting_copy, data_by_reference=True)
-    semantic = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    semantic = np.arange(12 * 7, dtype=np.uint16).reshape(7, 12) * 700
     message = factory.image(factory.header(1, 2, "cam"), semantic, "mono16")
-    assert len(made) == 1 and message.data is made[0]  # the message holds that buffer, no second copy
-    assert np.array_equal(np.frombuffer(bytes(message.data), np.uint16).reshape(3, 4), semantic)
+    assert copies == [] and np.shares_memory(message.data, semantic)  # no copy while building
+    context = rclpy.Context()
+    rclpy.init(args=[], context=context)
+    try:  # rclpy serialises the shared buffer: a subscriber gets the map's bytes
+        node = rclpy.create_node("share_data_probe", context=context)
+        received = []
+        node.create_subscription(Image, "share_data_probe", received.append, 5)
+        publisher = node.create_publisher(Image, "share_data_probe", 5)
+        executor = rclpy.executors.SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            if publisher.get_subscription_count():
+                publisher.publish(message)
+            executor.spin_once(timeout_sec=0.1)
+        assert received, "the probe received nothing in 10 s"
+        assert np.array_equal(np.frombuffer(bytes(received[0].data), np.uint16).reshape(7, 12), semantic)
+        assert (received[0].height, received[0].width, received[0].step) == (7, 12, 24)
+    finally:
+        rclpy.try_shutdown(context=context)
 
 
 def test_3d_detections_and_markers_follow_camera_info_with_image_stamps_and_track_ids(ros):

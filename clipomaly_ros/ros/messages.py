@@ -59,8 +59,8 @@ class MessageFactory:
     ``types`` maps names such as ``"sensor_msgs/msg/Image"`` to classes that accept every field as a keyword
     (rclpy message classes, rosbags dataclasses). ``byte_array`` adapts a uint8 numpy array to what the classes
     store for ``uint8[]`` (:func:`uint8_array` for rclpy, the array itself for rosbags). With
-    ``data_by_reference`` (rclpy) an image's ``data`` is assigned after construction with field checks on, the
-    one way rclpy keeps an ``array.array`` as it is instead of copying it again.
+    ``data_by_reference`` (rclpy) an image's ``data`` is the map's own buffer (:func:`share_data`): no copy is
+    made while building; publishing serialises it once.
     """
 
     def __init__(self, types: Callable[[str], Any] | Mapping[str, Any],
@@ -83,8 +83,8 @@ class MessageFactory:
                       is_bigendian=fields.is_bigendian, step=fields.step)
         if not self.data_by_reference:
             return image_type(**values, data=self.byte_array(fields.data))
-        message = image_type(**values, check_fields=True)
-        message.data = self.byte_array(fields.data)
+        message = image_type(**values)
+        share_data(message, fields.data, self.byte_array)
         return message
 
     def detections(self, header: Any, records: list[AnomalyRecord]) -> Any:
@@ -253,12 +253,6 @@ class MessageFactory:
         ``anomalies_objects`` (stamped like ``header``, in ``frame.base_frame``) when the camera is calibrated; and
         the image outputs named in ``wanted``. Maps not wanted are never computed. ``available``: the outputs whose
         message package is installed (default: all); the others are never built."""
-        build = {
-            "semantic": lambda: self.image(header, result.semantic, "mono16"),
-            "anomaly_score": lambda: self.image(header, result.anomaly_score, "32FC1"),
-            "anomaly_mask": lambda: self.image(header, result.anomaly_mask.view(np.uint8) * np.uint8(255), "mono8"),
-            "anomaly_instances": lambda: self.image(header, published_instances(result, frame.published), "mono16"),
-        }
         messages = {"anomalies": self.detections(header, frame.published),
                     "anomalies_on_road": self.detections(header, [r for r in frame.published if r.on_road])}
         if frame.no_3d_reason is None:
@@ -270,7 +264,8 @@ class MessageFactory:
                 located["anomalies_objects"] = lambda: self.detected_objects(base_header, frame.located, *autoware)
             messages.update({name: make() for name, make in located.items()
                              if available is None or name in available})
-        messages.update({name: make() for name, make in build.items() if name in wanted})
+        messages.update({name: self.image(header, *map_image(name, result, frame.published))
+                         for name in MAP_OUTPUTS if name in wanted})
         return messages
 
 
@@ -294,6 +289,23 @@ def detection_id(record: AnomalyRecord) -> str:
     return str(record.track_id if record.track_id is not None else record.id)
 
 
+MAP_OUTPUTS = ("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances")
+"""The image outputs that publish one of the result's maps (:func:`map_image`)."""
+
+
+def map_image(name: str, result: SegmentationResult, published: list[AnomalyRecord]) -> tuple[np.ndarray, str]:
+    """The array and encoding that image output ``name`` (one of :data:`MAP_OUTPUTS`) publishes for ``result``."""
+    if name == "semantic":
+        return result.semantic, "mono16"
+    if name == "anomaly_score":
+        return result.anomaly_score, "32FC1"
+    if name == "anomaly_mask":
+        return result.anomaly_mask.view(np.uint8) * np.uint8(255), "mono8"
+    if name == "anomaly_instances":
+        return published_instances(result, published), "mono16"
+    raise KeyError(f"no map output {name!r}: {', '.join(MAP_OUTPUTS)}")
+
+
 def published_instances(result: SegmentationResult, published: list[AnomalyRecord]) -> np.ndarray:
     """The ``anomaly_instances`` image: ``(H, W)`` uint16 where pixel value k (k >= 1) belongs to
     ``published[k - 1]``, the k-th detection of ``anomalies`` with the same stamp, and 0 to everything else
@@ -302,6 +314,20 @@ def published_instances(result: SegmentationResult, published: list[AnomalyRecor
     for position, record in enumerate(published, start=1):
         lookup[record.id] = position
     return lookup[result.instances]
+
+
+def share_data(message: Any, data: np.ndarray, copy: Callable[[np.ndarray], Any]) -> None:
+    """Set an rclpy message's ``uint8[]`` field ``data`` to the uint8 array ``data`` itself, without a copy.
+
+    rclpy's setter copies anything but an ``array.array`` (a 1280x720 frame's seven images are ~14 MB, 1-2 ms of
+    copying on a small CPU), while its C serialiser reads any object with the buffer protocol. So the array goes
+    into the field's slot as it is; ``data`` must not change until the message is published (the maps are fresh
+    per frame and never written again). A message class without that slot gets ``copy(data)`` through its
+    setter."""
+    if "_data" in getattr(type(message), "__slots__", ()):
+        message._data = data
+    else:
+        message.data = copy(data)
 
 
 def uint8_array(array: np.ndarray) -> pyarray.array:

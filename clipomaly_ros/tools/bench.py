@@ -243,6 +243,7 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
     outputs = BenchOutputs(pipeline, image, log)
     stages = _stage_times(pipeline, image, frames, device)
     publish = _publish_times(pipeline, image, frames, outputs)
+    output_parts = every_output_parts(pipeline, image, frames, outputs)
     end_to_end = _cameras_fps(pipeline, image, frames, cameras, outputs, device)
     host = host_ms_by_layout(pipeline, config, image, frames, cameras, outputs, device)
     outputs.close()
@@ -253,6 +254,7 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
         "host_ms_outside_backbone": round(median(stages["host"]), 2),
         "node_publish_ms": {label: round(median(values), 2) for label, values in publish.items()},
         "node_publish_with": "rclpy" if outputs.node is not None else "rosbags CDR (no ROS runtime)",
+        "every_output_ms": output_parts,
         "fps": {f"{count} camera{'s' if count > 1 else ''}": round(fps, 3) for count, fps in end_to_end.items()},
         "host_ms_per_frame": host,
         **_vocabulary_times(pipeline, config),
@@ -308,6 +310,50 @@ class BenchOutputs:
     def close(self) -> None:
         if self.node is not None:
             self.node.close()
+
+
+def every_output_parts(pipeline, image: np.ndarray, frames: int, outputs: BenchOutputs) -> dict[str, dict]:
+    """Where a frame's outputs with every output subscribed spend their time (median ms over fresh results):
+    ``maps`` (the full-resolution maps, made on first use), ``pictures`` (overlay and class colours drawn),
+    ``building`` (every message made from those arrays by the node's message factory, with rclpy's classes
+    where installed) and ``building_by_output``, each output's share of it, costliest first (the detections and
+    3D outputs together)."""
+    from ..core.method.overlay import colour_semantic, render_overlay
+    from ..ros.messages import MAP_OUTPUTS, map_image
+
+    factory = outputs.node.factory if outputs.node is not None else outputs.step.factory
+    follower = calibrated_follower(pipeline)
+    parts: dict[str, list[float]] = {"maps": [], "pictures": [], "building": []}
+    by_output: dict[str, list[float]] = {}
+    for index in range(max(3, min(frames, 5))):
+        result = pipeline(image)
+        header = factory.header(1, index * 100_000_000, "camera")
+        frame = follower.update(result, index * 100_000_000, pipeline.config)
+        start = time.perf_counter()
+        for name in ("semantic", "anomaly_score", "anomaly_mask", "instances"):
+            getattr(result, name)
+        parts["maps"].append((time.perf_counter() - start) * 1000.0)
+        start = time.perf_counter()
+        pictures = {"overlay": render_overlay(image, result, records=frame.published),
+                    "semantic_color": colour_semantic(result)}
+        parts["pictures"].append((time.perf_counter() - start) * 1000.0)
+        builds = {"detections and 3D outputs": lambda: factory.result_messages(header, result, frame, ())}
+        builds.update({name: functools.partial(lambda n: factory.image(header, *map_image(n, result, frame.published)),
+                                               name) for name in MAP_OUTPUTS})
+        builds.update({name: functools.partial(lambda p: factory.image(header, p, "rgb8"), picture)
+                       for name, picture in pictures.items()})
+        total = 0.0
+        for name, build in builds.items():
+            start = time.perf_counter()
+            build()
+            elapsed = (time.perf_counter() - start) * 1000.0
+            total += elapsed
+            by_output.setdefault(name, []).append(elapsed)
+        parts["building"].append(total)
+    report = {part: round(median(values), 3) for part, values in parts.items()}
+    report["building_by_output"] = dict(sorted(((name, round(median(values), 3)) for name, values in by_output.items()),
+                                               key=lambda item: -item[1]))
+    return report
 
 
 def _stage_times(pipeline, image: np.ndarray, frames: int, device) -> dict[str, list[float]]:
@@ -526,6 +572,11 @@ def format_bench(report: dict) -> str:
     lines.append(f"{'live vocabulary change, 10 names':<44}{report['vocabulary_change_10_names_ms']:>10.1f}")
     lines.append(f"{'planner step (3D + tracks) of this frame':<44}{report['planner_ms']:>10.2f}")
     lines.append(f"{'tracker alone, max_regions anomalies':<44}{report['tracker_ms']:>10.2f}")
+    parts = report["every_output_ms"]
+    lines.append(f"every output, its parts: full-size maps {parts['maps']:.1f} ms, pictures drawn "
+                 f"{parts['pictures']:.1f} ms, messages built {parts['building']:.2f} ms ("
+                 + ", ".join(f"{name} {ms:.2f}" for name, ms in list(parts["building_by_output"].items())[:3])
+                 + ", ...)")
     lines += ["", f"node cost measured with {report['node_publish_with']}",
               "end to end (pipeline + anomalies published): "
               + ", ".join(f"{label}: {fps:.3f} frames/s" for label, fps in report["fps"].items())]

@@ -75,6 +75,17 @@ class ClassStatistics:
     uncertainty: torch.Tensor
 
 
+def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """The normalised entropy of the softmax of ``(K, H, W)`` logits over dim 0: ``(H, W)`` float32 in [0, 1], the
+    ``uncertainty`` of :func:`class_statistics` without its other maps."""
+    classes = logits.shape[0]
+    if classes < 2:
+        return torch.zeros(logits.shape[1:], device=logits.device)
+    log_normaliser = torch.logsumexp(logits, dim=0)
+    expected_logit = (torch.exp(logits - log_normaliser) * logits).sum(dim=0)
+    return ((log_normaliser - expected_logit) / math.log(classes)).clamp(0.0, 1.0).float()
+
+
 def class_statistics(logits: torch.Tensor) -> ClassStatistics:
     """Softmax statistics of ``(K, H, W)`` logits in one pass over them (entropy = logsumexp - E[logit])."""
     log_normaliser = torch.logsumexp(logits, dim=0)

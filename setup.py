@@ -22,7 +22,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(where=os.path.relpath(HERE), exclude=["test", "test.*"]),
-    package_data={PACKAGE: ["data/*.txt", "data/*.xml", "data/*/msg/*.msg", "data/model_configs/*.json"]},
+    package_data={PACKAGE: ["data/*.txt", "data/*.xml", "data/*/msg/*.msg", "data/model_configs/*.json",
+                           "data/ram_plus/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", files(f"resource/{PACKAGE}")),
         (f"share/{PACKAGE}", files("package.xml")),

@@ -4,8 +4,9 @@
 
 Arguments: namespace; image_topic (the camera's base topic, remapped onto the node's 'image'; with compressed
 input the node reads <image_topic>/compressed, as image_transport does); camera_info_topic (the calibration,
-default: image_topic's sibling camera_info); compressed, use_sim_time, managed, backend, device and checkpoint
-(override the parameter file only when given); params_file (default: the package's config/clipomaly.yaml). The file
+default: image_topic's sibling camera_info); compressed, use_sim_time, managed, backend, device, checkpoint,
+tagger_weights, naming_source and tagger_period (override the parameter file only when given); params_file
+(default: the package's config/clipomaly.yaml). The file
 is handed to the node, so rcl reads it as for `ros2 run --params-file`: every section that matches the node, in file
 order; the given arguments come after it. The decisions are plain functions in clipomaly_ros.ros.launch_logic.
 """
@@ -64,5 +65,12 @@ def generate_launch_description():
                               description="auto, cpu, cuda or cuda:N; empty: as the parameter file says"),
         DeclareLaunchArgument("checkpoint", default_value="",
                               description="local weights file; empty: as the parameter file says"),
+        DeclareLaunchArgument("tagger_weights", default_value="",
+                              description="RAM++ checkpoint (ram_plus_swin_large_14m.pth) for tag-named anomalies; "
+                                          "empty: as the parameter file says"),
+        DeclareLaunchArgument("naming_source", default_value="",
+                              description="dictionary, tagger or both; empty: as the parameter file says"),
+        DeclareLaunchArgument("tagger_period", default_value="",
+                              description="frames per camera between tagger runs; empty: as the parameter file says"),
         OpaqueFunction(function=_node),
     ])

@@ -74,14 +74,17 @@ def test_launch_arguments_override_the_file_only_when_given(tmp_path):
     assert kept["input_transport"] == "compressed" and "use_sim_time" not in kept and overrides == {}
     overridden, overrides, _ = node_parameters(path, "/front", {
         "compressed": "false", "use_sim_time": "true", "managed": "true", "backend": "toy", "device": "cpu",
-        "checkpoint": "/w.pt"})
+        "checkpoint": "/w.pt", "tagger_weights": "/ram.pth", "naming_source": "both", "tagger_period": "3"})
     assert overrides == {"input_transport": "raw", "use_sim_time": True, "managed": True, "backend": "toy",
-                         "device": "cpu", "checkpoint": "/w.pt"}
+                         "device": "cpu", "checkpoint": "/w.pt", "tagger_weights": "/ram.pth", "naming_source": "both",
+                         "tagger_period": 3}
     assert overridden["input_transport"] == "raw" and overridden["uncertainty_threshold"] == 0.7
     with pytest.raises(ValueError, match="compressed"):
         node_parameters(path, "/front", {"compressed": "maybe"})
     with pytest.raises(ValueError, match="managed"):
         node_parameters(path, "/front", {"managed": "later"})
+    with pytest.raises(ValueError, match="tagger_period:='often' must be a whole number"):
+        node_parameters(path, "/front", {"tagger_period": "often"})
 
 
 def test_the_image_topic_is_a_base_topic_as_in_image_transport():

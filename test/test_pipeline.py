@@ -60,7 +60,9 @@ def test_result_maps_have_the_input_resolution_and_consistent_ids(toy_pipeline):
     assert record.centroid == pytest.approx((xs.mean(), ys.mean()))
     assert record.candidates[0][0] == record.name and 0 < record.score <= 1
     assert iou(result.anomaly_mask, truth) >= 0.9
-    assert set(result.timings_ms) == {"features", "unknown", "naming", "extension", "output", "backbone", "total"}
+    assert set(result.timings_ms) == {"features", "tagging", "unknown", "naming", "extension", "output", "backbone",
+                                      "total"}
+    assert result.timings_ms["tagging"] < 1.0 and result.tags is None  # no tagger: nothing to run
 
 
 def test_anomaly_score_means_the_same_with_and_without_regions(toy_pipeline):

@@ -223,6 +223,18 @@ SETTINGS: tuple[Setting, ...] = (
             "float", live=True, minimum=0.0, maximum=1.0),
     Setting("candidates_reported", 5, "Runner-up names reported per anomaly.", "int", live=True, minimum=1,
             maximum=50),
+    Setting("naming_source", "dictionary", "Where a region's candidate names come from: dictionary (the naming "
+            "dictionary's names nearest the region), tagger (the tags RAM++ fires on the frame, needs "
+            "tagger_weights) or both; the anomaly vocabulary is always a candidate.", "str", live=True,
+            choices=("dictionary", "tagger", "both")),
+    Setting("tagger_weights", "", "The RAM++ checkpoint ram_plus_swin_large_14m.pth (a local file); empty: no "
+            "tagger, naming_source must be dictionary.", "str"),
+    Setting("tagger_period", 5, "Frames per camera between two tagger runs; the last tags are reused between, "
+            "and a frame with a new unknown region is tagged at once. 1 = every frame.", "int", live=True,
+            minimum=1, maximum=1000),
+    Setting("tagger_threshold", 0.5, "Probability above which an anomaly_vocabulary name that RAM++ does not "
+            "know fires as a tag (open-set tagging); the released tags keep their own thresholds.", "float",
+            live=True, minimum=0.0, maximum=1.0),
     # --- planner outputs: on the road, tracks, ground geometry -----------------------------------------------------
     Setting("drivable_classes", ("road",), "Known classes a vehicle drives on. An anomaly is on the road when at "
             "least on_road_fraction of a band beside and under it is segmented as one of them. Empty: no on-road "
@@ -363,6 +375,10 @@ class ClipomalyConfig(_ClipomalyConfigBase):
                               f"{'is a known class' if len(known) == 1 else 'are known classes'}: a region named so "
                               "would be known, never an anomaly; remove it from anomaly_vocabulary (or from "
                               "known_classes)")
+        if self.naming_source != "dictionary" and not self.tagger_weights:
+            raise ConfigError(f"naming_source {self.naming_source} needs the RAM++ tagger: give tagger_weights "
+                              "(ram_plus_swin_large_14m.pth, see the README's tagger section), or set naming_source "
+                              "to dictionary")
         missing = [name for name in self.drivable_classes if name not in self.known_classes]
         if missing:
             raise ConfigError(f"drivable_classes: {', '.join(map(repr, missing))} not among known_classes; list "

@@ -20,7 +20,8 @@ class FrameStep:
     ``factory``, ``messages`` holds the outputs (relative topic -> message): ``anomalies`` and
     ``anomalies_on_road`` always, the 3D ones with a calibration, the image outputs in ``wanted``, and
     ``label_info`` whenever its mapping or its threshold changed (it is latched: a late subscriber reads the last
-    one). Without a factory (mining), only the frame."""
+    one), and ``tags`` (the RAM++ tags the frame was named with, fresh or the camera's last) when the tagger named
+    its regions. Without a factory (mining), only the frame."""
 
     def __init__(self, follower: AnomalyFollower, factory: MessageFactory | None = None):
         self.follower = follower
@@ -38,6 +39,9 @@ class FrameStep:
             return frame, {}
         messages = self.factory.result_messages(header, result, frame, wanted, autoware, available=available)
         messages.update(picture_messages(self.factory, header, image, result, wanted, frame.published))
+        tags = getattr(result, "tags", None)
+        if tags is not None and (available is None or "tags" in available):
+            messages["tags"] = self.factory.classification(header, tags.names, tags.scores)
         # a name can move between known classes and anomalies while the list reads the same
         labels = (tuple(result.labels), result.known_count, float(config.uncertainty_threshold))
         if labels != self._published_labels:

@@ -148,7 +148,8 @@ class InferenceLoop:
         """Segment the frames of several cameras in one batch and publish each camera's outputs. When the batch
         fails, each frame is tried alone, so one camera's bad frame cannot take another camera's output."""
         try:
-            results = self.pipeline.segment_batch([image for _, _, _, image in frames])
+            results = self.pipeline.segment_batch([image for _, _, _, image in frames],
+                                                  cameras=[camera.name for camera, _, _, _ in frames])
         except Exception:  # noqa: BLE001 - isolated below, frame by frame
             if len(frames) > 1:
                 for frame in frames:

@@ -21,23 +21,30 @@ def parse_bool(text: str, argument: str) -> bool:
     raise ValueError(f"launch argument {argument}:={text!r} must be true or false")
 
 
-LAUNCH_OVERRIDES = ("compressed", "use_sim_time", "managed", "backend", "device", "checkpoint")
+LAUNCH_OVERRIDES = ("compressed", "use_sim_time", "managed", "backend", "device", "checkpoint", "tagger_weights",
+                    "naming_source", "tagger_period")
 """Launch arguments that override the parameter file, each only when given (a non-empty value)."""
 
 
 def launch_overrides(arguments: Mapping[str, str]) -> dict[str, Any]:
     """The parameters that the given launch ``arguments`` set: ``compressed`` as ``input_transport``,
-    ``use_sim_time``, ``managed``, ``backend``, ``device`` and ``checkpoint``; an empty argument sets nothing, so the
-    file's value, or the node's default, stays."""
+    ``use_sim_time``, ``managed``, ``backend``, ``device``, ``checkpoint``, ``tagger_weights``, ``naming_source``
+    and ``tagger_period``; an empty argument sets nothing, so the file's value, or the node's default, stays."""
     overrides: dict[str, Any] = {}
     if arguments.get("compressed", ""):
         overrides["input_transport"] = "compressed" if parse_bool(arguments["compressed"], "compressed") else "raw"
     for name in ("use_sim_time", "managed"):
         if arguments.get(name, ""):
             overrides[name] = parse_bool(arguments[name], name)
-    for name in ("backend", "device", "checkpoint"):
+    for name in ("backend", "device", "checkpoint", "tagger_weights", "naming_source"):
         if arguments.get(name, ""):
             overrides[name] = arguments[name]
+    if arguments.get("tagger_period", ""):
+        try:
+            overrides["tagger_period"] = int(arguments["tagger_period"])
+        except ValueError:
+            raise ValueError(f"launch argument tagger_period:={arguments['tagger_period']!r} must be a whole number "
+                             "of frames") from None
     return overrides
 
 

@@ -14,7 +14,7 @@ import array as pyarray
 import importlib
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -237,6 +237,13 @@ class MessageFactory:
         hypothesis = self.type("vision_msgs/msg/ObjectHypothesis")(class_id=name, score=float(score))
         return self.type("vision_msgs/msg/ObjectHypothesisWithPose")(hypothesis=hypothesis, pose=with_covariance)
 
+    def classification(self, header: Any, names: Sequence[str], scores: Sequence[float]) -> Any:
+        """``vision_msgs/Classification``: one hypothesis per (name, probability), in the given order."""
+        hypothesis = self.type("vision_msgs/msg/ObjectHypothesis")
+        return self.type("vision_msgs/msg/Classification")(
+            header=header,
+            results=[hypothesis(class_id=name, score=float(score)) for name, score in zip(names, scores)])
+
     def label_info(self, header: Any, labels: list[str], threshold: float) -> Any:
         """``vision_msgs/LabelInfo`` mapping every id of ``semantic`` to its name."""
         vision_class = self.type("vision_msgs/msg/VisionClass")
@@ -355,8 +362,12 @@ OUTPUT_TYPES = {
     "anomaly_instances": "sensor_msgs/msg/Image",
     "overlay": "sensor_msgs/msg/Image",
     "semantic_color": "sensor_msgs/msg/Image",
+    "tags": "vision_msgs/msg/Classification",
 }
-"""The node's per-frame output topics (relative names) and their message types."""
+"""The node's per-frame output topics (relative names; :data:`PRIVATE_OUTPUTS` in the node's private namespace) and
+their message types."""
+PRIVATE_OUTPUTS = ("tags",)
+"""Outputs under ``~/`` (the node's own namespace): the frame's RAM++ tags, a view of the node's working."""
 
 ON_DEMAND_OUTPUTS = ("overlay", "semantic_color")
 """Pictures for people (rgb8), drawn only for a subscriber (the node) or when asked for (replay)."""

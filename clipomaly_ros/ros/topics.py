@@ -10,7 +10,7 @@ from tf2_msgs.msg import TFMessage
 
 from ..core.config import ConfigError
 from .image_input import ImageInput
-from .messages import OPTIONAL_OUTPUTS, OUTPUT_TYPES, ros_type
+from .messages import OPTIONAL_OUTPUTS, OUTPUT_TYPES, PRIVATE_OUTPUTS, ros_type
 from .transforms import add_transforms
 
 PLANNER_OUTPUTS = ("anomalies", "anomalies_on_road", "anomalies_3d", "anomaly_markers", "anomaly_points",
@@ -87,7 +87,8 @@ class NodeTopics:
                                               f"installed ({type(error).__name__}: {error}); install "
                                               f"{type_name.split('/')[0]} to have it")
                 continue
-            publishers[topic] = self.create_publisher(message_type, prefix + topic,
+            name = ("~/" if topic in PRIVATE_OUTPUTS else "") + prefix + topic
+            publishers[topic] = self.create_publisher(message_type, name,
                                                       10 if topic in PLANNER_OUTPUTS else 5)
         # latched: transient local with a depth of 1, so a late subscriber's first message is the mapping in force
         # now, never an older vocabulary

@@ -559,7 +559,8 @@ def format_bench(report: dict) -> str:
     lines = [f"clipomaly bench: {report['backend']}; {report['size']} input"
              + (f", working {report['working_size']}, {report['windows']} windows" if "windows" in report else "")
              + f"; median of {report['frames']} frames", "", f"{'stage':<44}{'ms':>10}", "-" * 54]
-    names = {"features": "dense image features", "unknown": "unknown detection", "naming": "naming",
+    names = {"features": "dense image features", "tagging": "RAM++ tagger (a batch's run; 0 between runs)",
+             "unknown": "unknown detection", "naming": "naming",
              "extension": "final segmentation (extension)", "output": "results (records; maps are lazy)",
              "total": "pipeline total", "backbone": "  of which inside the vision transformer"}
     for stage, label in names.items():

@@ -60,6 +60,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                                                                        "windows) or light (a quarter of the tokens)")
     group.add_argument("--runtime", choices=RUNTIMES, help="torch, compile (torch.compile) or onnx (ONNX Runtime)")
     group.add_argument("--onnx-model", help="ONNX model for --runtime onnx (written by 'clipomaly export')")
+    group.add_argument("--tagger-weights", help="RAM++ checkpoint (ram_plus_swin_large_14m.pth): name anomalies "
+                                                "from the frame's tags (with --naming-source tagger or both)")
+    group.add_argument("--naming-source", choices=("dictionary", "tagger", "both"),
+                       help="candidate names from the naming dictionary, the RAM++ tags, or both (default: tagger "
+                            "when --tagger-weights is given, else dictionary)")
+    group.add_argument("--tagger-period", type=int, help="frames per camera between tagger runs (default 5)")
 
 
 def config_from_args(args: argparse.Namespace, **extra):
@@ -68,7 +74,11 @@ def config_from_args(args: argparse.Namespace, **extra):
                      random_weights=args.random_weights, anomaly_vocabulary=split_names(args.vocab),
                      known_classes=split_names(args.known), device=args.device, inference_size=args.inference_size,
                      dense_method=args.dense_method, window_layout=args.window_layout, runtime=args.runtime,
-                     onnx_model=args.onnx_model)
+                     onnx_model=args.onnx_model, tagger_weights=getattr(args, "tagger_weights", None),
+                     naming_source=getattr(args, "naming_source", None),
+                     tagger_period=getattr(args, "tagger_period", None))
+    if overrides["tagger_weights"] and not overrides["naming_source"]:
+        overrides["naming_source"] = "tagger"  # weights given on the command line: the paper's best variant
     overrides.update(extra)
     return load_config(args.config, **overrides)
 
@@ -170,6 +180,68 @@ def segment(subparsers) -> None:
                              "(track ids in the JSON and overlays)")
     add_model_options(parser)
     parser.set_defaults(run=run_segment)
+
+
+def run_tag(args: argparse.Namespace) -> int:
+    """One JSON line per image with its RAM++ tags; ``--scores-out``: every image's probabilities of the released
+    tags, (N, T) float32 in the tag list's order (a row of NaN for an image that could not be read)."""
+    from ..core.images import read_rgb
+    from ..core.model.backend import resolve_device
+    from ..core.model.tagger import load_tagger, tagger_input
+
+    device = resolve_device(args.device or "auto")
+    model = load_tagger(args.tagger_weights, device=device)
+    names, thresholds = model.tags.names, torch_tensor(model.tags.thresholds, device)
+    rows, failed = [], 0
+    for path in args.images:
+        try:
+            image = read_rgb(path)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+            rows.append(np.full(len(names), np.nan, dtype=np.float32))
+            continue
+        probabilities = tag_probabilities(model, tagger_input, image, device)
+        fired = np.flatnonzero(probabilities > thresholds.cpu().numpy())
+        fired = fired[np.argsort(-probabilities[fired], kind="stable")]
+        print(json.dumps({"image": str(path), "tags": [names[i] for i in fired],
+                          "scores": {names[i]: round(float(probabilities[i]), 4) for i in fired}}))
+        rows.append(probabilities)
+    if args.scores_out:
+        args.scores_out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.scores_out, np.stack(rows).astype(np.float32))
+        print(f"wrote {args.scores_out}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def torch_tensor(array: np.ndarray, device):
+    import torch
+
+    return torch.from_numpy(array).to(device)
+
+
+def tag_probabilities(model, tagger_input, image: np.ndarray, device) -> np.ndarray:
+    """The released tags' probabilities (T,) float32 of one RGB uint8 image."""
+    import torch
+
+    with torch.inference_mode():
+        return model(tagger_input(torch.from_numpy(image).to(device)[None]))[0].float().cpu().numpy()
+
+
+@subcommand
+def tag(subparsers) -> None:
+    parser = subparsers.add_parser("tag", help="tag images with RAM++ (what the tagger naming source sees)",
+                                   description="Prints one JSON line per image: {\"image\": ..., \"tags\": [...], "
+                                               "\"scores\": {...}}, the tags above their released thresholds, best "
+                                               "first. An unreadable image is one error line; the others go on and "
+                                               "the exit status is 1.")
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    parser.add_argument("--tagger-weights", required=True, help="RAM++ checkpoint (ram_plus_swin_large_14m.pth)")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--scores-out", type=Path, metavar="OUT.npy",
+                        help="also write every image's probabilities of the 4,585 released tags, (N, 4585) float32 "
+                             "in the tag list's order")
+    parser.set_defaults(run=run_tag)
 
 
 def run_scene(args: argparse.Namespace) -> int:

@@ -123,7 +123,11 @@ class RegionNamer:
     def name_regions(self, frame: np.ndarray | torch.Tensor, features: torch.Tensor, regions: list[CandidateRegion],
                      vocabulary: Vocabulary, *, top_k: int, logit_scale: float,
                      crop_margin: float, crop_background: float, crop_weight: float,
-                     reported: int) -> list[RegionName]:
+                     reported: int, tagged: tuple[list[str], torch.Tensor] | None = None,
+                     use_dictionary: bool = True) -> list[RegionName]:
+        """A verdict per region. Candidates: the ``top_k`` dictionary names nearest the region's pooled embedding
+        (with ``use_dictionary``), the ``tagged`` names and their ``(N, D)`` embeddings (the frame's tags), the
+        anomaly vocabulary and the known classes, each once."""
         if not regions:
             return []
         if not isinstance(frame, torch.Tensor):
@@ -135,7 +139,7 @@ class RegionNamer:
         results = []
         for region, crop_embedding in zip(regions, crop_embeddings):
             pooled = mask_pooled_embedding(features, region.mask)
-            names, embeddings = self._candidates(pooled, vocabulary, top_k)
+            names, embeddings = self._candidates(pooled, vocabulary, top_k if use_dictionary else 0, tagged)
             score = crop_weight * (embeddings @ crop_embedding) + (1 - crop_weight) * (embeddings @ pooled)
             probabilities = torch.softmax(logit_scale * score, dim=0)
             order = torch.argsort(probabilities, descending=True).tolist()
@@ -147,15 +151,21 @@ class RegionNamer:
         return results
 
     @staticmethod
-    def _candidates(pooled: torch.Tensor, vocabulary: Vocabulary, top_k: int) -> tuple[list[str], torch.Tensor]:
+    def _candidates(pooled: torch.Tensor, vocabulary: Vocabulary, top_k: int,
+                    tagged: tuple[list[str], torch.Tensor] | None = None) -> tuple[list[str], torch.Tensor]:
         names: list[str] = []
         parts = []
-        if vocabulary.dictionary:
+        if vocabulary.dictionary and top_k > 0:
             similarity = vocabulary.dictionary_embeddings @ pooled
             top = torch.topk(similarity, min(top_k, len(vocabulary.dictionary))).indices
             names += [vocabulary.dictionary[i] for i in top.tolist()]
             parts.append(vocabulary.dictionary_embeddings[top])
         taken = set(names)
+        if tagged is not None and tagged[0]:
+            fresh = [i for i, name in enumerate(tagged[0]) if name not in taken and name not in vocabulary.known]
+            names += [tagged[0][i] for i in fresh]
+            parts.append(tagged[1][fresh].to(pooled.device))
+            taken = set(names)
         extra = [i for i, name in enumerate(vocabulary.anomaly) if name not in taken]
         names += [vocabulary.anomaly[i] for i in extra]
         parts.append(vocabulary.anomaly_embeddings[extra])

@@ -6,7 +6,8 @@ Stages (each timed in ``SegmentationResult.timings_ms``):
    batch of frames) and reused by every later stage;
 2. ``unknown``: known-class logits on the grid, their statistics on a coarse map, candidate regions
    (:mod:`.unknown`);
-3. ``naming``: a name for each region (:mod:`.naming`);
+3. ``naming``: a name for each region (:mod:`.naming`), its candidates from the naming dictionary, the RAM++
+   tagger's tags of the frame (:mod:`.tagging`, timed as ``tagging``) or both (``naming_source``);
 4. ``extension``: segmentation over known + new names; pixels on a new name form the anomaly instances,
    refined at the input resolution inside their boxes (:mod:`.extension`);
 5. ``output``: the anomaly records; the full-resolution maps are made only when read (:mod:`.maps`).
@@ -38,6 +39,7 @@ from .maps import FrameMaps, road_fraction
 from .naming import RegionNamer
 from .pamr import PixelAdaptiveRefinement
 from .results import AnomalyRecord, SegmentationResult
+from .tagging import FrameTagger, FrameTags
 from .unknown import class_logits, class_statistics, coarse_size, find_unknown_regions, resample
 from .vocabulary import TextEmbedder, Vocabulary, VocabularyManager, read_name_list
 
@@ -80,7 +82,21 @@ class Clipomaly:
                                             cache_dir, progress=progress)
         self.vocabulary.set(self.config.known_classes, self.config.anomaly_vocabulary)
         self.namer = RegionNamer(self.backend)
+        self.tagger = self._load_tagger(self.config)
+        """The RAM++ :class:`FrameTagger` when ``tagger_weights`` is given, else None."""
         self._settings_lock = threading.Lock()
+
+    def _load_tagger(self, config: ClipomalyConfig) -> FrameTagger | None:
+        if not config.tagger_weights:
+            return None
+        from ..model.tagger import load_tagger
+
+        tagger = FrameTagger(load_tagger(config.tagger_weights, device=self.backend.device), self.embedder)
+        try:
+            tagger.set_open_set(config.anomaly_vocabulary, config.tagger_threshold)
+        except ValueError as error:
+            raise ConfigError(f"tagger_weights: {error}") from None
+        return tagger
 
     @classmethod
     def from_parameter_file(cls, path: str | Path | None, **overrides: Any) -> "Clipomaly":
@@ -108,6 +124,11 @@ class Clipomaly:
             check_sidecar(config, self.finetuned)
             if {"known_classes", "anomaly_vocabulary", "exclusion_similarity"} & set(changes):
                 self.vocabulary.set(config.known_classes, config.anomaly_vocabulary, config.exclusion_similarity)
+            if self.tagger is not None and {"anomaly_vocabulary", "tagger_threshold"} & set(changes):
+                try:
+                    self.tagger.set_open_set(config.anomaly_vocabulary, config.tagger_threshold)
+                except ValueError as error:
+                    raise ConfigError(f"anomaly_vocabulary: {error}") from None
             self.config = config
         return config
 
@@ -141,10 +162,13 @@ class Clipomaly:
         """Segment one RGB uint8 ``(H, W, 3)`` image; see :class:`SegmentationResult` for the outputs."""
         return self.segment_batch([image])[0]
 
-    def segment_batch(self, images: Sequence[np.ndarray | torch.Tensor]) -> list[SegmentationResult]:
+    def segment_batch(self, images: Sequence[np.ndarray | torch.Tensor],
+                      cameras: Sequence[str] | None = None) -> list[SegmentationResult]:
         """Segment several RGB uint8 images (one per camera; sizes may differ; numpy arrays, or tensors such as
         frames decoded on the GPU, :func:`.images.decode_jpeg_on_device`) with one backbone pass over all
-        their windows. Each result's ``timings_ms['features']`` is the shared pass's time."""
+        their windows. Each result's ``timings_ms['features']`` is the shared pass's time, and ``tagging`` the
+        shared tagger run's (0 when no frame was due). ``cameras``: a name per image, for the tagger's schedule
+        per camera (default: the images' positions)."""
         images = [check_image(image) for image in images]
         # frames decoded on the GPU go to the dense pass as they are; every later stage reads a host copy
         host_images = [on_host(image) for image in images]
@@ -159,15 +183,43 @@ class Clipomaly:
             features = self.backend.dense_features_batch(images)
             features_ms = (time.perf_counter() - start) * 1000.0
             features_backbone_ms = clock.take() if clock is not None else 0.0
+            cameras = list(cameras) if cameras is not None else [str(index) for index in range(len(images))]
+            knowns = [self.known_scores(frame_features, config, vocabulary) for frame_features in features]
+            regions = [self.unknown_regions(frame_features, known, config, image.shape[:2])
+                       for image, frame_features, known in zip(host_images, features, knowns)]
+            start_tagging = time.perf_counter()
+            tags = self._frame_tags(cameras, host_images, features, regions, config)
+            tagging_ms = (time.perf_counter() - start_tagging) * 1000.0
             results = []
-            for image, frame_features in zip(host_images, features):
-                timings = {"features": features_ms}
-                result = self._segment(image, frame_features, config, vocabulary, timings)
+            for index, (image, frame_features) in enumerate(zip(host_images, features)):
+                timings = {"features": features_ms, "tagging": tagging_ms}
+                result = self._segment(image, frame_features, config, vocabulary, timings, knowns[index],
+                                       regions[index], tags[index])
                 result.image = image  # the one host copy: the caller's outputs read it, never copy the frame again
                 timings["backbone"] = features_backbone_ms + (clock.take() if clock is not None else 0.0)
                 timings["total"] = (time.perf_counter() - start) * 1000.0
                 results.append(result)
         return results
+
+    def _frame_tags(self, cameras: list[str], images: list[np.ndarray], features: list, regions: list[list],
+                    config: ClipomalyConfig) -> list[FrameTags | None]:
+        """Each frame's tags under a tagging ``naming_source``: the frames due (see :class:`FrameTagger`) tagged
+        in one batch, the others with their camera's last tags; None for each without a tagger."""
+        if self.tagger is None or config.naming_source == "dictionary":
+            return [None] * len(images)
+        due = [self.tagger.due(camera, len(found), config.tagger_period) for camera, found in zip(cameras, regions)]
+        chosen = [index for index, is_due in enumerate(due) if is_due]
+        # the frame where the model runs when it was put there, else the host's
+        frames = [getattr(features[i], "frame", None) if getattr(features[i], "frame", None) is not None
+                  else images[i] for i in chosen]
+        clock = getattr(self.backend, "clock", None)
+        if clock is not None:
+            with clock.measure(self.tagger.device):
+                fresh = self.tagger.tag([cameras[i] for i in chosen], frames, [len(regions[i]) for i in chosen])
+        else:
+            fresh = self.tagger.tag([cameras[i] for i in chosen], frames, [len(regions[i]) for i in chosen])
+        tagged = dict(zip(chosen, fresh))
+        return [tagged[index] if index in tagged else self.tagger.last(camera) for index, camera in enumerate(cameras)]
 
     def known_scores(self, features, config: ClipomalyConfig, vocabulary: Vocabulary) -> KnownScores:
         """What a frame's known classes say, from its dense ``features``: computed once per frame, and reused by
@@ -194,13 +246,20 @@ class Clipomaly:
                                     config.max_regions, math.floor(config.cleanup_radius / cell_side))
 
     def name_regions(self, image: np.ndarray | torch.Tensor, grid: torch.Tensor, regions: list,
-                     config: ClipomalyConfig, vocabulary: Vocabulary) -> list:
-        """One verdict per region (each named on its own: its name depends on its mask and the image only);
-        ``image`` is the RGB uint8 ``(H, W, 3)`` frame, on the host or where the model runs."""
+                     config: ClipomalyConfig, vocabulary: Vocabulary, tags: FrameTags | None = None) -> list:
+        """One verdict per region (each named on its own: its name depends on its mask, the image and the frame's
+        ``tags``); ``image`` is the RGB uint8 ``(H, W, 3)`` frame, on the host or where the model runs. The
+        candidates follow ``naming_source``: the dictionary's nearest names, the frame's tags (not meaning a known
+        class), or both; the anomaly vocabulary and the known classes always."""
+        tagged = None
+        if tags is not None and self.tagger is not None:
+            tagged = self.tagger.candidates(tags, vocabulary.known, vocabulary.known_embeddings,
+                                            config.exclusion_similarity)
         return self.namer.name_regions(
             image, grid, regions, vocabulary, top_k=config.naming_top_k, logit_scale=config.logit_scale,
             crop_margin=config.crop_margin, crop_background=config.crop_background, crop_weight=config.crop_weight,
-            reported=config.candidates_reported)
+            reported=config.candidates_reported, tagged=tagged,
+            use_dictionary=config.naming_source != "tagger" or tags is None)
 
     def extended_instances(self, features, known: KnownScores, new_names: list[str],
                            embeddings: torch.Tensor | None, config: ClipomalyConfig, vocabulary: Vocabulary,
@@ -212,7 +271,8 @@ class Clipomaly:
                       known.refine)
 
     def _segment(self, image: np.ndarray, features, config: ClipomalyConfig, vocabulary: Vocabulary,
-                 timings: dict[str, float], known: KnownScores | None = None) -> SegmentationResult:
+                 timings: dict[str, float], known: KnownScores | None = None, regions: list | None = None,
+                 tags: FrameTags | None = None) -> SegmentationResult:
         clock = time.perf_counter()
 
         def lap(stage: str) -> None:
@@ -225,11 +285,11 @@ class Clipomaly:
         grid = features.grid
         known = known if known is not None else self.known_scores(features, config, vocabulary)
         known_logits = known.logits
-        regions = self.unknown_regions(features, known, config, output_size)
+        regions = regions if regions is not None else self.unknown_regions(features, known, config, output_size)
         lap("unknown")
 
         frame = getattr(features, "frame", None)  # the frame where the model runs, when it was put there
-        named = self.name_regions(image if frame is None else frame, grid, regions, config, vocabulary)
+        named = self.name_regions(image if frame is None else frame, grid, regions, config, vocabulary, tags)
         lap("naming")
 
         new_names, embeddings = new_names_of(named)
@@ -253,6 +313,7 @@ class Clipomaly:
             labels=list(vocabulary.known) + kept_names, anomalies=records, known_count=len(vocabulary.known),
             rejected=[verdict.name for verdict in named if verdict.is_known], timings_ms=timings,
             maps=FrameMaps(known_logits, output_size, [instance.mask for instance in instances]))
+        result.tags = tags
         lap("output")
         return result
 

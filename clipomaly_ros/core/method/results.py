@@ -140,6 +140,8 @@ class SegmentationResult:
                  instances: np.ndarray | None = None, image: np.ndarray | None = None):
         self.labels = labels
         self.image = image
+        self.tags = None
+        """The frame's RAM++ tags (:class:`~.tagging.FrameTags`) when the tagger named its regions, else None."""
         self.anomalies = anomalies
         self.known_count = known_count
         self.rejected = rejected if rejected is not None else []
@@ -217,4 +219,6 @@ class SegmentationResult:
             "anomalies": [record.to_dict() for record in self.anomalies],
             "rejected_regions": list(self.rejected),
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            **({"tags": {"names": list(self.tags.names), "scores": [round(v, 4) for v in self.tags.scores],
+                         "fresh": self.tags.fresh}} if self.tags is not None else {}),
         }

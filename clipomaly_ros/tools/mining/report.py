@@ -24,6 +24,7 @@ ROW_SCHEMA = pa.schema([
     ("peak_score", pa.float64()), ("mean_score", pa.float64()), ("box", pa.list_(pa.int64())),
     ("on_road", pa.bool_()), ("distance_m", pa.float64()), ("lateral_m", pa.float64()),
     ("cut_at_start", pa.bool_()), ("cut_at_end", pa.bool_()), ("thumbnail", pa.string()),
+    ("tags", pa.list_(pa.string())),
 ])
 """One row per anomaly track per shard; docs/mining.md documents every column."""
 

@@ -49,6 +49,7 @@ class TrackSummary:
     best_score: float = -1.0
     best_ns: int = 0
     best: AnomalyRecord | None = None
+    best_tags: tuple[str, ...] = ()
     thumbnail: bytes = b""
     seen_first_frame: bool = False
     seen_last_frame: bool = False
@@ -212,6 +213,7 @@ def _gather(tracks: dict[int, TrackSummary], records: list[AnomalyRecord], resul
         summary.name = record.track_name or record.name
         if record.score > summary.best_score:
             summary.best_score, summary.best_ns, summary.best = float(record.score), stamp, record
+            summary.best_tags = result.tags.names if getattr(result, "tags", None) is not None else ()
             summary.thumbnail = thumbnail(image, *result.instance_mask(record.id))
     return seen
 
@@ -230,7 +232,7 @@ def _row(shard: Shard, track: TrackSummary, key: str) -> dict:
         "lateral_m": None if ground is None else float(ground.y),
         "cut_at_start": track.seen_first_frame and not shard.first,
         "cut_at_end": track.seen_last_frame and not shard.last,
-        "thumbnail": f"thumbnails/{key}.jpg",
+        "thumbnail": f"thumbnails/{key}.jpg", "tags": list(track.best_tags),
     }
 
 

@@ -1,0 +1,318 @@
+"""RAM++ (Recognize Anything Plus), the image tagger whose tags name anomalies in the paper's best variant.
+
+Our own inference code for the released ``ram_plus_swin_large_14m.pth``: a timm Swin transformer and a small
+plain-PyTorch head, nothing from the authors' repository, transformers or a tokenizer.
+
+- The Swin at 384 x 384 gives 144 image tokens of width 1536 and their mean; ``image_proj`` maps all 145 to 512.
+- Each tag has 51 description embeddings (``label_embed``); the image's (mean-token) embedding reweights them by a
+  softmax (``reweight_scale``) into one 512-d embedding per tag, mapped to 768 by ``wordvec_proj`` and a ReLU.
+- Those tag queries attend to the image tokens in two cross-attention-only BERT layers (hidden 768, 4 heads,
+  FFN 3072, LayerNorm after each residual, eps 1e-12); ``fc`` and a sigmoid give one probability per tag.
+- A tag fires above its own threshold (the released list, :class:`TagList`).
+
+Open set: names the release does not know get one query each from a CLIP text embedding (the pipeline's template
+ensemble), as the authors' open-set mode does; the queries do not see each other, so they leave the released tags'
+probabilities unchanged.
+
+Loading is strict (:func:`load_tagger`): every tensor of the file is used, every parameter filled.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zipfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backend import ModelLoadError
+
+TAGGER_IMAGE_SIZE = 384
+"""The released model's input side in pixels."""
+HEAD_ATTENTION_HEADS = 4
+HEAD_LAYER_NORM_EPS = 1e-12
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SWIN_LARGE = "swin_large_patch4_window12_384"
+"""The timm architecture the release's image encoder is (checked against the file's shapes when loading)."""
+
+
+class TaggerLoadError(ModelLoadError):
+    """The tagger's weights file cannot be used; the message is one line that says what to do."""
+
+
+@dataclass(frozen=True)
+class TagList:
+    """The tagger's vocabulary: ``names`` in the model's output order and each one's firing ``thresholds``
+    ``(T,)`` (probabilities)."""
+
+    names: tuple[str, ...]
+    thresholds: np.ndarray
+
+    def __post_init__(self):
+        if len(self.names) != len(self.thresholds):
+            raise ValueError(f"{len(self.names)} tag names but {len(self.thresholds)} thresholds")
+
+    @classmethod
+    def released(cls) -> "TagList":
+        """RAM++'s 4,585 tags and per-tag thresholds, as released by the Recognize Anything authors (Apache-2.0;
+        package data in ``clipomaly_ros/data/ram_plus``)."""
+        folder = resources.files("clipomaly_ros") / "data" / "ram_plus"
+        names = tuple((folder / "tag_list.txt").read_text(encoding="utf-8").splitlines())
+        thresholds = np.array([float(line) for line in (folder / "tag_thresholds.txt").read_text().split()],
+                              dtype=np.float32)
+        return cls(names, thresholds)
+
+    def head(self, count: int) -> "TagList":
+        """The first ``count`` tags (a small test model's vocabulary)."""
+        return TagList(self.names[:count], self.thresholds[:count])
+
+
+@dataclass(frozen=True)
+class TaggerArchitecture:
+    """The sizes of a RAM++ model, read off a checkpoint's shapes (:meth:`from_state_dict`).
+
+    Swin: ``embed_dim`` channels after the patch embedding, ``depths`` and ``heads`` per stage, ``window`` in
+    tokens; ``tags`` x ``descriptions`` embeddings of width ``width`` (512, CLIP's); the head's ``hidden`` width,
+    ``ffn`` width and ``layers``."""
+
+    embed_dim: int
+    depths: tuple[int, ...]
+    heads: tuple[int, ...]
+    window: int
+    tags: int
+    descriptions: int
+    width: int
+    hidden: int
+    ffn: int
+    layers: int
+
+    @property
+    def vision_width(self) -> int:
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], tags: int) -> "TaggerArchitecture":
+        """The architecture of a state dict in our key layout (see :func:`release_to_ours`) for ``tags`` tags."""
+        try:
+            stages = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"swin\.layers\.(\d+)\.", k)))
+            depths = tuple(1 + max(int(m.group(1)) for k in state
+                                   if (m := re.match(rf"swin\.layers\.{stage}\.blocks\.(\d+)\.", k)))
+                           for stage in range(stages))
+            heads = tuple(int(state[f"swin.layers.{stage}.blocks.0.attn.relative_position_bias_table"].shape[1])
+                          for stage in range(stages))
+            table = state["swin.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
+            layers = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"head\.layers\.(\d+)\.", k)))
+            label_rows, width = state["label_embed"].shape
+            return cls(embed_dim=int(state["swin.patch_embed.proj.weight"].shape[0]), depths=depths, heads=heads,
+                       window=(math.isqrt(int(table)) + 1) // 2, tags=tags, descriptions=int(label_rows) // tags,
+                       width=int(width), hidden=int(state["wordvec_proj.weight"].shape[0]),
+                       ffn=int(state["head.layers.0.ffn_in.weight"].shape[0]), layers=layers)
+        except (KeyError, ValueError, IndexError) as error:
+            raise TaggerLoadError(f"not a RAM++ checkpoint: {type(error).__name__} {error} while reading its "
+                                  "shapes") from None
+
+
+class CrossAttentionLayer(nn.Module):
+    """One layer of the tagging head: the tag queries attend to the image tokens (no self-attention among the
+    queries), then a feed-forward block; LayerNorm after each residual sum, as in BERT."""
+
+    def __init__(self, hidden: int, image_width: int, heads: int, ffn: int):
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(image_width, hidden)
+        self.value = nn.Linear(image_width, hidden)
+        self.attention_out = nn.Linear(hidden, hidden)
+        self.attention_norm = nn.LayerNorm(hidden, eps=HEAD_LAYER_NORM_EPS)
+        self.ffn_in = nn.Linear(hidden, ffn)
+        self.ffn_out = nn.Linear(ffn, hidden)
+        self.ffn_norm = nn.LayerNorm(hidden, eps=HEAD_LAYER_NORM_EPS)
+
+    def forward(self, queries: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``queries`` (B, T, hidden), ``image`` (B, L, image_width) -> (B, T, hidden)."""
+        batch, count, hidden = queries.shape
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, -1, self.heads, hidden // self.heads).transpose(1, 2)
+
+        attended = F.scaled_dot_product_attention(split(self.query(queries)), split(self.key(image)),
+                                                  split(self.value(image)))
+        attended = attended.transpose(1, 2).reshape(batch, count, hidden)
+        queries = self.attention_norm(self.attention_out(attended) + queries)
+        return self.ffn_norm(self.ffn_out(F.gelu(self.ffn_in(queries))) + queries)
+
+
+class RamPlus(nn.Module):
+    """The RAM++ tagger: ``model(images)`` with ``images`` (B, 3, S, S) float, ImageNet-normalised
+    (:func:`tagger_input`), gives (B, T + K) sigmoid probabilities: the released tags, then the ``K`` open-set
+    names (:meth:`set_open_set`)."""
+
+    def __init__(self, architecture: TaggerArchitecture, tags: TagList, image_size: int = TAGGER_IMAGE_SIZE):
+        super().__init__()
+        from timm.models.swin_transformer import SwinTransformer
+
+        if len(tags.names) != architecture.tags:
+            raise ValueError(f"{architecture.tags} tags in the model, {len(tags.names)} in the tag list")
+        self.architecture = architecture
+        self.tags = tags
+        self.image_size = image_size
+        self.swin = SwinTransformer(img_size=image_size, patch_size=4, window_size=architecture.window,
+                                    embed_dim=architecture.embed_dim, depths=architecture.depths,
+                                    num_heads=architecture.heads, num_classes=0)
+        self.image_proj = nn.Linear(architecture.vision_width, architecture.width)
+        self.label_embed = nn.Parameter(torch.zeros(architecture.tags * architecture.descriptions,
+                                                    architecture.width))
+        self.reweight_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.wordvec_proj = nn.Linear(architecture.width, architecture.hidden)
+        self.head = nn.Module()
+        self.head.layers = nn.ModuleList(
+            CrossAttentionLayer(architecture.hidden, architecture.width, HEAD_ATTENTION_HEADS, architecture.ffn)
+            for _ in range(architecture.layers))
+        self.fc = nn.Linear(architecture.hidden, 1)
+        self.register_buffer("open_set_embed", torch.zeros(0, architecture.width), persistent=False)
+        self.open_set_names: tuple[str, ...] = ()
+
+    def set_open_set(self, names: tuple[str, ...], embeddings: torch.Tensor) -> None:
+        """Tag ``names`` too, each by its (K, width) text embedding (unit vectors of the CLIP space that the
+        release's descriptions come from). Replaces the previous open-set names."""
+        if embeddings.shape != (len(names), self.architecture.width):
+            raise ValueError(f"open-set names need ({len(names)}, {self.architecture.width}) embeddings, got "
+                             f"{tuple(embeddings.shape)}: the text model's width must be the tagger's "
+                             f"{self.architecture.width} (CLIP ViT-B/16's)")
+        self.open_set_embed = embeddings.to(self.label_embed)
+        self.open_set_names = tuple(names)
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, 1 + L, width): the projected mean token, then the L Swin tokens."""
+        tokens = self.swin.forward_features(images).flatten(1, 2)  # timm's Swin is (B, H, W, C)
+        return self.image_proj(torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        image = self.image_tokens(images)
+        batch = image.shape[0]
+        width, descriptions = self.architecture.width, self.architecture.descriptions
+        cls = F.normalize(image[:, 0], dim=-1)
+        descriptions_embed = self.label_embed.view(-1, descriptions, width)
+        weights = torch.softmax(self.reweight_scale.exp() * (cls @ self.label_embed.t()).view(batch, -1, descriptions),
+                                dim=2)
+        queries = torch.einsum("btd,tdw->btw", weights, descriptions_embed)
+        if self.open_set_embed.shape[0]:
+            # one embedding per open-set name: its softmax over one description is 1
+            queries = torch.cat([queries, self.open_set_embed.expand(batch, -1, -1)], dim=1)
+        queries = F.relu(self.wordvec_proj(queries))
+        for layer in self.head.layers:
+            queries = layer(queries, image)
+        return torch.sigmoid(self.fc(queries).squeeze(-1))
+
+
+def tagger_input(frames: torch.Tensor, size: int = TAGGER_IMAGE_SIZE) -> torch.Tensor:
+    """RGB uint8 frames (B, H, W, 3) on any device -> (B, 3, size, size) float32, resized with antialiasing and
+    ImageNet-normalised, as the release was trained."""
+    images = frames.permute(0, 3, 1, 2).float().div(255.0)
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+RELEASE_RENAMES = (
+    # the release's Swin (downsampling at the end of a stage) -> timm's (at the start of the next stage)
+    (re.compile(r"^visual_encoder\.layers\.(\d+)\.downsample\."),
+     lambda m: f"swin.layers.{int(m.group(1)) + 1}.downsample."),
+    (re.compile(r"^visual_encoder\."), lambda m: "swin."),
+    # the release's BERT head (also saved as vision_multi) -> our cross-attention layers
+    (re.compile(r"^(?:tagging_head|vision_multi)\.encoder\.layer\.(\d+)\.crossattention\.self\.(query|key|value)\."),
+     lambda m: f"head.layers.{m.group(1)}.{m.group(2)}."),
+    (re.compile(r"^(?:tagging_head|vision_multi)\.encoder\.layer\.(\d+)\.crossattention\.output\.dense\."),
+     lambda m: f"head.layers.{m.group(1)}.attention_out."),
+    (re.compile(r"^(?:tagging_head|vision_multi)\.encoder\.layer\.(\d+)\.crossattention\.output\.LayerNorm\."),
+     lambda m: f"head.layers.{m.group(1)}.attention_norm."),
+    (re.compile(r"^(?:tagging_head|vision_multi)\.encoder\.layer\.(\d+)\.intermediate\.dense\."),
+     lambda m: f"head.layers.{m.group(1)}.ffn_in."),
+    (re.compile(r"^(?:tagging_head|vision_multi)\.encoder\.layer\.(\d+)\.output\.dense\."),
+     lambda m: f"head.layers.{m.group(1)}.ffn_out."),
+    (re.compile(r"^(?:tagging_head|vision_multi)\.encoder\.layer\.(\d+)\.output\.LayerNorm\."),
+     lambda m: f"head.layers.{m.group(1)}.ffn_norm."),
+)
+DERIVED_BUFFERS = re.compile(r"\.(relative_position_index|attn_mask)$")
+"""Swin buffers the release saved that timm computes itself: checked equal to timm's, not loaded."""
+
+
+def release_to_ours(key: str) -> str:
+    """A release key (the authors' module names) in our layout; a key no rule matches is returned unchanged."""
+    for pattern, replace in RELEASE_RENAMES:
+        if pattern.match(key):
+            return pattern.sub(replace, key, count=1)
+    return key
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a RAM++ file (``{"model": state}`` as released, or the state itself), loaded with
+    ``weights_only=True``; any failure is one :class:`TaggerLoadError` line."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaggerLoadError(f"tagger weights {path} not found: download ram_plus_swin_large_14m.pth on a connected "
+                              "machine (see the README's tagger section) and give its path as {tagger_weights=PATH}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged file and the safe unpickler's refusals come as many types
+        if not zipfile.is_zipfile(path):
+            raise TaggerLoadError(f"tagger weights {path} cannot be read: not a PyTorch checkpoint (truncated, or "
+                                  "another kind of file); download it again") from None
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise TaggerLoadError(f"tagger weights {path} refused by the safe loader (weights_only): "
+                              f"{type(error).__name__}: {first[:160]}; it holds more than tensors or is damaged: "
+                              "use the released file") from None
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TaggerLoadError(f"tagger weights {path} hold no state dict of tensors (a dict with 'model' or the "
+                              "state itself): not a RAM++ checkpoint")
+    return state
+
+
+def load_tagger(path: str | Path, tags: TagList | None = None, device: str | torch.device = "cpu") -> RamPlus:
+    """The RAM++ model of ``path``, strictly: every tensor of the file fills a parameter of ours (or equals a
+    buffer timm computes), every parameter is filled, every shape agrees; otherwise one
+    :class:`TaggerLoadError` line names the first offending key. ``tags``: the tag list (default the released
+    4,585)."""
+    tags = tags or TagList.released()
+    release = read_checkpoint(path)
+    state = {release_to_ours(key): value for key, value in release.items()}
+    derived = {key: value for key, value in state.items() if DERIVED_BUFFERS.search(key)}
+    state = {key: value for key, value in state.items() if key not in derived}
+    if "label_embed" in state and state["label_embed"].shape[0] % len(tags.names):
+        raise TaggerLoadError(f"label_embed has {state['label_embed'].shape[0]} rows, not a multiple of the "
+                              f"{len(tags.names)} tags of the tag list: the file is for another tag list")
+    model = RamPlus(TaggerArchitecture.from_state_dict(state, len(tags.names)), tags)
+    ours = model.state_dict()
+    for key in sorted(set(state) - set(ours)):
+        raise TaggerLoadError(f"unexpected key {_release_name(key, release)} in {path}: not a RAM++ "
+                              f"{SWIN_LARGE} checkpoint of this layout")
+    for key in sorted(set(ours) - set(state)):
+        raise TaggerLoadError(f"missing key {key} in {path}: the file is incomplete or of another model")
+    for key, value in state.items():
+        if value.shape != ours[key].shape:
+            raise TaggerLoadError(f"key {_release_name(key, release)} in {path} has shape {tuple(value.shape)}, "
+                                  f"the model needs {tuple(ours[key].shape)}")
+    buffers = dict(model.named_buffers())
+    for key, value in derived.items():
+        if key not in buffers or buffers[key] is None:
+            raise TaggerLoadError(f"unexpected key {_release_name(key, release)} in {path}: no such buffer in "
+                                  f"a Swin of this layout")
+        if value.shape != buffers[key].shape or not torch.equal(value.to(buffers[key].dtype), buffers[key]):
+            raise TaggerLoadError(f"buffer {_release_name(key, release)} in {path} differs from the Swin's own: "
+                                  "another window arrangement or input size")
+    model.load_state_dict(state, strict=True)
+    return model.eval().requires_grad_(False).to(device)
+
+
+def _release_name(key: str, release: dict) -> str:
+    """The release's own name of one of our keys (for messages)."""
+    return next((name for name in release if release_to_ours(name) == key), key)

@@ -1,0 +1,314 @@
+"""The RAM++ tagger: strict loading of the release's layout, each refusal in one line, open-set names."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from clipomaly_ros.core.model.tagger import (RamPlus, TaggerLoadError, TagList, load_tagger, release_to_ours,
+                                             tagger_input)
+from tagger_fixture import TINY, release_state, tiny_model, tiny_tags, write_checkpoint
+
+
+def frames(count=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (count, 180, 320, 3), dtype=torch.uint8, generator=generator)
+
+
+def test_the_released_tag_list_has_4585_tags_with_thresholds():
+    tags = TagList.released()
+    assert len(tags.names) == 4585 == len(set(tags.names)) and tags.names[:2] == ("3D CG rendering", "3D glasses")
+    assert tags.thresholds.dtype == np.float32 and 0.4 < tags.thresholds.min() < tags.thresholds.max() <= 1.0
+
+
+def test_a_release_layout_file_loads_strictly_and_gives_the_same_probabilities(tmp_path):
+    model = tiny_model()
+    loaded = load_tagger(write_checkpoint(tmp_path / "ram.pth", model), tiny_tags())
+    assert loaded.architecture == TINY and not any(p.requires_grad for p in loaded.parameters())
+    images = tagger_input(frames())
+    with torch.no_grad():
+        expected = model(images)
+    assert torch.equal(loaded(images), expected) and expected.shape == (2, TINY.tags)
+    assert 0 < float(expected.min()) and float(expected.max()) < 1
+
+
+def test_the_swin_keys_of_the_release_map_onto_timm_by_renaming_only():
+    # the release downsamples at the end of a stage, timm at the start of the next
+    assert release_to_ours("visual_encoder.layers.0.downsample.reduction.weight") == \
+        "swin.layers.1.downsample.reduction.weight"
+    assert release_to_ours("visual_encoder.layers.2.blocks.17.attn.qkv.weight") == \
+        "swin.layers.2.blocks.17.attn.qkv.weight"
+    assert release_to_ours("vision_multi.encoder.layer.1.output.LayerNorm.bias") == "head.layers.1.ffn_norm.bias"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda s: s.pop("fc.bias"), "missing key fc.bias"),
+    (lambda s: s.update({"text_decoder.bias": torch.zeros(3)}), "unexpected key text_decoder.bias"),
+    (lambda s: s.update({"fc.weight": torch.zeros(1, TINY.hidden + 1)}), "key fc.weight in"),
+    (lambda s: s.update({"visual_encoder.layers.0.blocks.1.attn_mask":
+                         s["visual_encoder.layers.0.blocks.1.attn_mask"] + 1.0}),
+     "buffer visual_encoder.layers.0.blocks.1.attn_mask"),
+    (lambda s: s.update({"visual_encoder.layers.0.blocks.0.attn_mask": torch.zeros(1)}),
+     "unexpected key visual_encoder.layers.0.blocks.0.attn_mask"),
+    (lambda s: s.update({"label_embed": torch.zeros(TINY.tags * TINY.descriptions + 1, TINY.width)}),
+     "not a multiple of the 6 tags"),
+])
+def test_a_missing_extra_or_misshaped_key_is_refused_in_one_line_naming_it(tmp_path, damage, message):
+    state = release_state(tiny_model())
+    damage(state)
+    with pytest.raises(TaggerLoadError) as refused:
+        load_tagger(write_checkpoint(tmp_path / "ram.pth", state=state), tiny_tags())
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_head_saved_as_vision_multi_loads_too(tmp_path):
+    state = {key.replace("tagging_head.", "vision_multi."): value for key, value in release_state(tiny_model()).items()}
+    load_tagger(write_checkpoint(tmp_path / "ram.pth", state=state), tiny_tags())
+
+
+class Foreign:
+    pass
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda path: path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2]), "cannot be read"),
+    (lambda path: path.write_bytes(b"<html>404 not found</html>"), "cannot be read"),
+    (lambda path: path.write_bytes(pickle.dumps({"model": Foreign()})), "ram.pth"),
+    (lambda path: torch.save({"model": {"a": 1}}, path), "no state dict of tensors"),
+    (lambda path: path.unlink(), "not found: download ram_plus_swin_large_14m.pth"),
+])
+def test_a_truncated_foreign_or_missing_file_is_one_clear_line(tmp_path, write, message):
+    path = write_checkpoint(tmp_path / "ram.pth")
+    write(path)
+    with pytest.raises(TaggerLoadError) as refused:
+        load_tagger(path, tiny_tags())
+    assert message in str(refused.value) and "\n" not in str(refused.value) and str(path) in str(refused.value)
+
+
+def test_a_file_with_a_different_tag_count_needs_its_tag_list(tmp_path):
+    path = write_checkpoint(tmp_path / "ram.pth")
+    with pytest.raises(TaggerLoadError, match="not a multiple of the 4585 tags"):
+        load_tagger(path)  # the released list: 6 x 3 rows is not a multiple of 4585
+
+
+def test_open_set_names_are_tagged_from_their_text_embedding_without_changing_the_released_tags():
+    model = tiny_model()
+    with torch.no_grad():  # tag 2's descriptions all say v: its reweighted query is v, whatever the image
+        vector = torch.nn.functional.normalize(torch.randn(TINY.width), dim=0)
+        model.label_embed.view(TINY.tags, TINY.descriptions, TINY.width)[2] = vector
+    images = tagger_input(frames(3))
+    with torch.no_grad():
+        released = model(images)
+        model.set_open_set(("road debris", "tag two again"), torch.stack([-vector, vector]))
+        both = model(images)
+    assert both.shape == (3, TINY.tags + 2) and model.open_set_names == ("road debris", "tag two again")
+    torch.testing.assert_close(both[:, :TINY.tags], released)  # the queries do not see each other
+    torch.testing.assert_close(both[:, TINY.tags + 1], released[:, 2])  # the same query, the same probability
+    assert not torch.allclose(both[:, TINY.tags], released[:, 2])
+    with pytest.raises(ValueError, match="must be the tagger's 16"):
+        model.set_open_set(("x",), torch.zeros(1, 32))
+
+
+def test_tagger_input_is_an_antialiased_384_square_normalised_as_imagenet():
+    white = torch.full((1, 50, 90, 3), 255, dtype=torch.uint8)
+    images = tagger_input(white)
+    assert images.shape == (1, 3, 384, 384)
+    torch.testing.assert_close(images[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) /
+                               torch.tensor([0.229, 0.224, 0.225]))
+
+
+def test_the_model_is_a_timm_swin_and_a_plain_head():
+    model = RamPlus(TINY, tiny_tags())
+    assert type(model.swin).__module__ == "timm.models.swin_transformer"
+    assert {type(m).__module__.split(".")[0] for m in model.head.modules()} <= {"torch", "clipomaly_ros"}
+
+
+# --- in the pipeline (the toy backend's text space: synonyms share an axis) -----------------------------------------
+def toy_tagger_file(tmp_path, fired, names=("mattress", "automobile", "street", "road", "abacus", "deer")):
+    """A tiny tagger over ``names`` whose ``fired`` names always fire (threshold 0) and the others never (1)."""
+    import dataclasses
+
+    from clipomaly_ros.core.model.toy_backend import ToyColourBackend
+
+    tags = TagList(tuple(names), np.array([0.0 if name in fired else 1.0 for name in names], dtype=np.float32))
+    architecture = dataclasses.replace(TINY, tags=len(names), width=ToyColourBackend().embed_dim)
+    return write_checkpoint(tmp_path / "ram.pth", tiny_model(architecture=architecture, tags=tags)), tags
+
+
+def toy_pipeline(monkeypatch, weights, tags, **settings):
+    from clipomaly_ros import Clipomaly, ClipomalyConfig
+    from clipomaly_ros.core.model import tagger
+
+    monkeypatch.setattr(tagger.TagList, "released", classmethod(lambda cls: tags))
+    return Clipomaly(ClipomalyConfig(backend="toy", inference_size=240, tagger_weights=str(weights), **settings))
+
+
+def street(planted="mattress", seed=0):
+    from clipomaly_ros.tools.scenes import render_street_scene
+
+    return render_street_scene(240, 320, planted=planted, seed=seed)[0]
+
+
+def test_tags_that_mean_a_known_class_are_not_candidates(tmp_path, monkeypatch):
+    from clipomaly_ros.core.method.tagging import FrameTags
+
+    weights, tags = toy_tagger_file(tmp_path, fired=set())
+    pipeline = toy_pipeline(monkeypatch, weights, tags)
+    vocabulary = pipeline.vocabulary.current
+    names, embeddings = pipeline.tagger.candidates(FrameTags(tags.names, (0.9,) * 6, True), vocabulary.known,
+                                                   vocabulary.known_embeddings, 0.9)
+    # road is a known class; automobile and street mean car and road (the dictionary's exclusion rule)
+    assert names == ["mattress", "abacus", "deer"]
+    torch.testing.assert_close(embeddings, pipeline.embedder.embed(names))
+    assert set(vocabulary.excluded) >= {"automobile", "street"}  # the same rule cleans the dictionary
+
+
+@pytest.mark.parametrize("fired, expected", [({"mattress", "deer"}, "mattress"), ({"deer", "abacus"}, None)])
+def test_under_naming_source_tagger_a_region_is_named_from_the_frames_tags(tmp_path, monkeypatch, fired, expected):
+    weights, tags = toy_tagger_file(tmp_path, fired)
+    pipeline = toy_pipeline(monkeypatch, weights, tags, naming_source="tagger", anomaly_vocabulary=("rock",))
+    result = pipeline(street())
+    assert result.tags.fresh and set(result.tags.names) == fired
+    names = [anomaly.name for anomaly in result.anomalies]
+    if expected:
+        assert names == [expected]
+    else:  # no tag names the mattress, and the dictionary is not asked
+        assert "mattress" not in names and all(name in fired | {"rock"} for name in names)
+    pipeline.configure(naming_source="dictionary")  # live: the dictionary names it
+    dictionary = pipeline(street())
+    assert [a.name for a in dictionary.anomalies] == ["mattress"] and dictionary.tags is None
+
+
+def test_the_tagger_runs_every_period_frames_per_camera_early_for_a_new_region_and_batched(tmp_path, monkeypatch):
+    weights, tags = toy_tagger_file(tmp_path, fired={"mattress"})
+    pipeline = toy_pipeline(monkeypatch, weights, tags, naming_source="both", tagger_period=3)
+    batches = []
+    pipeline.tagger.model.register_forward_hook(lambda module, inputs, output: batches.append(len(inputs[0])))
+    fresh = [pipeline.segment_batch([street()], cameras=["front"])[0].tags.fresh for _ in range(7)]
+    assert fresh == [True, False, False, True, False, False, True] and batches == [1, 1, 1]
+    reused = pipeline.segment_batch([street()], cameras=["front"])[0]
+    assert not reused.tags.fresh and reused.tags.names == ("mattress",)  # the last tags, reused
+    assert [a.name for a in reused.anomalies] == ["mattress"]
+    # two cameras due together: one tagger batch; an empty street, then a frame with a new object, is tagged at once
+    both = pipeline.segment_batch([street(None), street(None)], cameras=["left", "right"])
+    assert [r.tags.fresh for r in both] == [True, True] and batches[-1] == 2
+    assert not pipeline.segment_batch([street(None)], cameras=["left"])[0].tags.fresh
+    assert pipeline.segment_batch([street("deer")], cameras=["left"])[0].tags.fresh
+    pipeline.configure(tagger_period=1)
+    assert pipeline.segment_batch([street(None)], cameras=["left"])[0].tags.fresh
+
+
+def test_a_vocabulary_word_the_release_lacks_is_tagged_open_set_with_its_threshold(tmp_path, monkeypatch):
+    weights, tags = toy_tagger_file(tmp_path, fired=set())
+    pipeline = toy_pipeline(monkeypatch, weights, tags, naming_source="tagger", anomaly_vocabulary=("garden gnome",),
+                            tagger_threshold=0.0, tagger_period=1)
+    assert pipeline.tagger.model.open_set_names == ("garden gnome",)
+    assert pipeline(street()).tags.names == ("garden gnome",)
+    pipeline.configure(tagger_threshold=1.0)
+    assert pipeline(street()).tags.names == ()
+    pipeline.configure(anomaly_vocabulary=("garden gnome", "lost hubcap"), tagger_threshold=0.0)
+    assert set(pipeline(street()).tags.names) == {"garden gnome", "lost hubcap"}
+
+
+def test_a_tagging_naming_source_without_weights_is_refused_with_what_to_do():
+    from clipomaly_ros import ClipomalyConfig, ConfigError
+
+    with pytest.raises(ConfigError, match="naming_source tagger needs the RAM\\+\\+ tagger: give tagger_weights"):
+        ClipomalyConfig(backend="toy", naming_source="tagger")
+    with pytest.raises(ConfigError, match="naming_source must be one of dictionary, tagger, both"):
+        ClipomalyConfig(backend="toy", naming_source="ram")
+
+
+def test_clipomaly_tag_prints_a_json_line_per_image_and_writes_every_probability(tmp_path, monkeypatch, capsys):
+    import json
+
+    import cv2
+
+    from clipomaly_ros.core.model import tagger
+    from clipomaly_ros.tools.cli import main
+
+    tags = TagList(("mattress", "deer", "abacus", "zoo", "tire", "rock"), np.array([0.0, 1.0, 0.0, 1.0, 1.0, 0.0],
+                                                                                  dtype=np.float32))
+    monkeypatch.setattr(tagger.TagList, "released", classmethod(lambda cls: tags))
+    model = tiny_model(tags=tags)
+    weights = write_checkpoint(tmp_path / "ram.pth", model)
+    paths = []
+    for index in range(2):
+        paths.append(tmp_path / f"street{index}.png")
+        cv2.imwrite(str(paths[-1]), cv2.cvtColor(street(seed=index), cv2.COLOR_RGB2BGR))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "scores.npy"
+    code = main(["tag", str(paths[0]), str(tmp_path / "broken.png"), str(paths[1]), "--tagger-weights", str(weights),
+                 "--device", "cpu", "--scores-out", str(out)])
+    assert code == 1  # one image was bad; the others were tagged
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [line["image"] for line in lines] == [str(paths[0]), str(paths[1])]
+    assert "broken.png: not a readable image" in captured.err
+    scores = np.load(out)
+    assert scores.shape == (3, 6) and scores.dtype == np.float32 and np.isnan(scores[1]).all()
+    with torch.no_grad():
+        expected = model(tagger_input(torch.from_numpy(street(seed=0))[None]))[0].numpy()
+    np.testing.assert_allclose(scores[0], expected, atol=1e-6)
+    assert set(lines[0]["tags"]) == {"mattress", "abacus", "rock"}  # threshold 0 fires, 1 never does
+    assert lines[0]["tags"] == sorted(lines[0]["tags"], key=lambda name: -lines[0]["scores"][name])
+    assert main(["tag", str(paths[0]), "--tagger-weights", str(tmp_path / "gone.pth")]) == 2
+    assert "tagger weights" in capsys.readouterr().err
+
+
+def test_the_node_publishes_each_frames_tags_on_its_private_tags_topic_and_takes_the_parameters(tmp_path,
+                                                                                             monkeypatch):
+    pytest.importorskip("rclpy", reason="ROS 2 (rclpy) not installed: run scripts/setup_ros.sh")
+    from lifecycle_msgs.msg import Transition
+    from rclpy.parameter import Parameter
+    from vision_msgs.msg import Classification
+
+    from test_node_worker import TOY, image_msg, managed_node
+    from test_ros_node import wait_for
+
+    weights, tags = toy_tagger_file(tmp_path, fired={"mattress", "deer"})
+    from clipomaly_ros.core.model import tagger
+
+    monkeypatch.setattr(tagger.TagList, "released", classmethod(lambda cls: tags))
+    with managed_node("/wtag", *TOY, Parameter("tagger_weights", value=str(weights)),
+                      Parameter("naming_source", value="tagger"), Parameter("tagger_period", value=2)) \
+            as (probe, node, name):
+        received = []
+        probe.node.create_subscription(Classification, f"{name}/tags", received.append, 10)
+        assert probe.change(name, Transition.TRANSITION_CONFIGURE)
+        assert probe.change(name, Transition.TRANSITION_ACTIVATE)
+        assert node.pipeline.tagger is not None and node.pipeline.config.tagger_period == 2
+        assert wait_for(lambda: node.count_subscribers(f"{name}/tags") > 0, timeout=10)
+        for second in (1, 2):
+            before = node.cameras[""].counters.processed
+            node._on_image(node.cameras[""], image_msg(street(), second))
+            assert wait_for(lambda: node.cameras[""].counters.processed > before, timeout=60)
+        assert wait_for(lambda: len(received) >= 2, timeout=10)
+        assert [m.header.stamp.sec for m in received[:2]] == [1, 2]
+        for message in received[:2]:  # the second frame reuses the first's tags (period 2)
+            assert {r.class_id for r in message.results} == {"mattress", "deer"}
+            assert all(0 < r.score < 1 for r in message.results)
+        result = node.set_parameters([Parameter("naming_source", value="dictionary")])[0]
+        assert result.successful and node.pipeline.config.naming_source == "dictionary"
+        assert not node.set_parameters([Parameter("naming_source", value="ram")])[0].successful
+
+
+def test_mining_rows_carry_the_best_frames_tags(tmp_path, monkeypatch):
+    pytest.importorskip("pyarrow")
+    import dataclasses
+
+    from clipomaly_ros.tools.mining.report import ROW_SCHEMA
+    from clipomaly_ros.tools.mining.shard import _gather, _row
+
+    weights, tags = toy_tagger_file(tmp_path, fired={"mattress", "deer"})
+    pipeline = toy_pipeline(monkeypatch, weights, tags, naming_source="tagger")
+    image = street()
+    result = pipeline(image)
+    records = [dataclasses.replace(record, track_id=7) for record in result.anomalies]
+    tracks = {}
+    _gather(tracks, records, result, image, 1_000, True)
+    shard = type("Shard", (), {"bag_name": "drive", "topic": "/cam", "id": "s1", "first": True, "last": True})()
+    row = _row(shard, tracks[7], "s1-7")
+    assert row["tags"] == list(result.tags.names) and set(row["tags"]) == {"mattress", "deer"}
+    assert set(row) == set(ROW_SCHEMA.names)

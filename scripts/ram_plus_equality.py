@@ -37,8 +37,12 @@ def authors_side(repo: Path, work: Path, images: list[Path]) -> None:
     from PIL import Image
 
     sys.path.insert(0, str(repo))
-    import ram.models.ram_plus as ram_plus_module
+    import importlib
+
     from ram import get_transform
+
+    # the package's __init__ binds the name ram_plus to the factory function: the module itself from sys.modules
+    ram_plus_module = importlib.import_module("ram.models.ram_plus")
 
     class LengthOnly(list):  # the tokenizer's one use at inference: resize_token_embeddings(len(tokenizer))
         def __len__(self):

@@ -184,7 +184,13 @@ def test_the_tagger_runs_every_period_frames_per_camera_early_for_a_new_region_a
     weights, tags = toy_tagger_file(tmp_path, fired={"mattress"})
     pipeline = toy_pipeline(monkeypatch, weights, tags, naming_source="both", tagger_period=3)
     batches = []
-    pipeline.tagger.model.register_forward_hook(lambda module, inputs, output: batches.append(len(inputs[0])))
+    run = pipeline.tagger.runner
+
+    def counted(images, open_set):
+        batches.append(len(images))
+        return run(images, open_set)
+
+    pipeline.tagger.runner = counted
     fresh = [pipeline.segment_batch([street()], cameras=["front"])[0].tags.fresh for _ in range(7)]
     assert fresh == [True, False, False, True, False, False, True] and batches == [1, 1, 1]
     reused = pipeline.segment_batch([street()], cameras=["front"])[0]
@@ -312,3 +318,43 @@ def test_mining_rows_carry_the_best_frames_tags(tmp_path, monkeypatch):
     row = _row(shard, tracks[7], "s1-7")
     assert row["tags"] == list(result.tags.names) and set(row["tags"]) == {"mattress", "deer"}
     assert set(row) == set(ROW_SCHEMA.names)
+
+
+def test_the_exported_tagger_equals_eager_and_runs_under_runtime_onnx(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    from clipomaly_ros.core.model.backend import ModelLoadError
+    from clipomaly_ros.core.model.tagger import OnnxTagger, default_tagger_graph_path, load_tagger
+    from clipomaly_ros.tools.cli import main
+
+    few = tiny_tags()
+    monkeypatch.setattr(TagList, "released", classmethod(lambda cls: few))
+    weights = write_checkpoint(tmp_path / "ram.pth")
+    graph = tmp_path / "tagger.onnx"
+    assert main(["export", "--tagger", "--tagger-weights", str(weights), "-o", str(graph)]) == 0
+    assert "check: ONNX Runtime (CPU) against eager PyTorch" in capsys.readouterr().out
+    model = load_tagger(weights)
+    runner = OnnxTagger(graph, model, torch.device("cpu"))
+    images = tagger_input(frames(3))
+    with torch.no_grad():  # no open-set names (the graph takes a blank one), then two
+        torch.testing.assert_close(runner(images, model.open_set_embed), model(images), atol=1e-4, rtol=0)
+        names = torch.nn.functional.normalize(torch.randn(2, TINY.width), dim=-1)
+        torch.testing.assert_close(runner(images, names), model.probabilities(images, names), atol=1e-4, rtol=0)
+    other = write_checkpoint(tmp_path / "other.pth", tiny_model(seed=1))
+    with pytest.raises(ModelLoadError, match="was exported from other weights"):
+        OnnxTagger(graph, load_tagger(other), torch.device("cpu"))
+    # runtime onnx: the pipeline's tagger runs an exported graph (exported into the cache on the first start)
+    from clipomaly_ros.core.method.pipeline import Clipomaly
+
+    class Pipeline(Clipomaly):  # the toy backend has no windows to export; only the tagger's choice is tested
+        def __init__(self, config):
+            self.backend = type("Backend", (), {"device": torch.device("cpu")})()
+            self.tagger_runner = self._tagger_runner(config, model)
+
+    from clipomaly_ros import ClipomalyConfig
+
+    config = ClipomalyConfig(backend="toy", runtime="onnx", cache_dir=str(tmp_path / "cache"),
+                             tagger_weights=str(weights))
+    built = Pipeline(config).tagger_runner
+    assert isinstance(built, OnnxTagger) and default_tagger_graph_path(tmp_path / "cache", model).is_file()
+    with pytest.raises(ModelLoadError, match="not found: write it with 'clipomaly export --tagger'"):
+        Pipeline(config.replace(tagger_onnx_model=str(tmp_path / "gone.onnx")))

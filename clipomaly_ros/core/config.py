@@ -229,6 +229,9 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("dictionary", "tagger", "both")),
     Setting("tagger_weights", "", "The RAM++ checkpoint ram_plus_swin_large_14m.pth (a local file); empty: no "
             "tagger, naming_source must be dictionary.", "str"),
+    Setting("tagger_onnx_model", "", "The RAM++ tagger's ONNX graph for runtime onnx, written by 'clipomaly export "
+            "--tagger'; it must match tagger_weights. Empty: exported into cache_dir on the first start with runtime "
+            "onnx and reused.", "str"),
     Setting("tagger_period", 5, "Frames per camera between two tagger runs; the last tags are reused between, "
             "and a frame with a new unknown region is tagged at once. 1 = every frame.", "int", live=True,
             minimum=1, maximum=1000),

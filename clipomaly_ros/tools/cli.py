@@ -642,12 +642,43 @@ def bench(subparsers) -> None:
     parser.set_defaults(run=run_bench)
 
 
+def run_export_tagger(args: argparse.Namespace) -> int:
+    """``clipomaly export --tagger``: the RAM++ tagger as ONNX, checked against eager PyTorch on the CPU."""
+    import importlib.util
+
+    import torch
+
+    from ..core.model.tagger import OnnxTagger, export_tagger, load_tagger, tagger_digest
+
+    if not args.tagger_weights:
+        raise ValueError("export --tagger needs --tagger-weights (the RAM++ checkpoint)")
+    if args.dtype != "fp32":
+        raise ValueError("export --tagger writes fp32 only (ONNX Runtime's GPU provider runs it as it is)")
+    model = load_tagger(args.tagger_weights)
+    path = export_tagger(model, args.output)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MB): RAM++ with {len(model.tags.names)} tags, weights "
+          f"{tagger_digest(model)}. Run it with runtime: onnx, tagger_onnx_model: {path}")
+    if importlib.util.find_spec("onnxruntime") is None:
+        print("not checked against eager PyTorch: onnxruntime is not installed")
+        return 0
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, model.image_size, model.image_size, generator=generator)
+    open_set = torch.nn.functional.normalize(torch.randn(1, model.architecture.width, generator=generator), dim=-1)
+    with torch.inference_mode():
+        eager = model.probabilities(images, open_set)
+    worst = float((OnnxTagger(path, model, torch.device("cpu"))(images, open_set) - eager).abs().max())
+    print(f"check: ONNX Runtime (CPU) against eager PyTorch on 2 random inputs, max |dp| {worst:.2e}")
+    return 0 if worst <= 1e-4 else 1
+
+
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
     from ..core.model.export import describe_graph, export_onnx
     from ..core.model.open_clip_backend import OpenClipBackend
 
+    if args.tagger:
+        return run_export_tagger(args)
     config = config_from_args(args, runtime="torch")  # the export itself traces the eager graph
     if config.backend != "open_clip":
         raise ValueError("export needs the open_clip backend (--backend open_clip): the toy backend has no network")
@@ -686,6 +717,9 @@ def export(subparsers) -> None:
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                         help="precision of the weights and the input (fp16 for TensorRT on a GPU; LayerNorm and "
                              "softmax stay fp32 inside)")
+    parser.add_argument("--tagger", action="store_true",
+                        help="write the RAM++ tagger of --tagger-weights instead (normalised 384 x 384 images and "
+                             "open-set name embeddings in, tag probabilities out; checked against eager PyTorch)")
     add_model_options(parser)
     parser.set_defaults(run=run_export)
 

@@ -91,7 +91,8 @@ class Clipomaly:
             return None
         from ..model.tagger import load_tagger
 
-        tagger = FrameTagger(load_tagger(config.tagger_weights, device=self.backend.device), self.embedder)
+        model = load_tagger(config.tagger_weights, device=self.backend.device)
+        tagger = FrameTagger(model, self.embedder, self._tagger_runner(config, model))
         try:
             tagger.set_open_set(config.anomaly_vocabulary, config.tagger_threshold)
         except ValueError as error:
@@ -104,6 +105,23 @@ class Clipomaly:
         return cls(load_config(path, **overrides))
 
     # live changes ----------------------------------------------------------------------------------------------
+    def _tagger_runner(self, config: ClipomalyConfig, model):
+        """The tagger's exported graph under ``runtime: onnx`` (``tagger_onnx_model``, or one exported into the cache
+        on the first start), else None (the eager model)."""
+        if config.runtime != "onnx":
+            return None
+        from ..model.backend import ModelLoadError
+        from ..model.tagger import OnnxTagger, default_tagger_graph_path, export_tagger
+
+        path = Path(config.tagger_onnx_model) if config.tagger_onnx_model else default_tagger_graph_path(
+            config.cache_path, model)
+        if not path.is_file():
+            if config.tagger_onnx_model:
+                raise ModelLoadError(f"tagger graph {path} not found: write it with 'clipomaly export --tagger', or "
+                                     "clear {tagger_onnx_model=''} to have it exported on start")
+            export_tagger(model, path)
+        return OnnxTagger(path, model, self.backend.device)
+
     def set_vocabulary(self, known_classes: Sequence[str] | None = None,
                        anomaly_vocabulary: Sequence[str] | None = None) -> Vocabulary:
         """Replace the known classes and/or the anomaly vocabulary; only new names are encoded."""
@@ -209,9 +227,7 @@ class Clipomaly:
             return [None] * len(images)
         due = [self.tagger.due(camera, len(found), config.tagger_period) for camera, found in zip(cameras, regions)]
         chosen = [index for index, is_due in enumerate(due) if is_due]
-        # the frame where the model runs when it was put there, else the host's
-        frames = [getattr(features[i], "frame", None) if getattr(features[i], "frame", None) is not None
-                  else images[i] for i in chosen]
+        frames = [images[i] for i in chosen]  # the host copy: resized by PIL, exactly as the release was trained
         clock = getattr(self.backend, "clock", None)
         if clock is not None:
             with clock.measure(self.tagger.device):

@@ -49,11 +49,14 @@ class _CameraState:
 class FrameTagger:
     """Tags frames with ``model`` on its device, per camera, on a schedule (see the module docstring).
 
-    ``embedder``: the pipeline's text embedder (open-set names and the tags' candidate embeddings). Thread-safe
-    for :meth:`set_open_set` against a running batch."""
+    ``embedder``: the pipeline's text embedder (open-set names and the tags' candidate embeddings); ``runner``:
+    what computes the probabilities (default the eager model; ``runtime: onnx`` gives its exported graph).
+    Thread-safe for :meth:`set_open_set` against a running batch."""
 
-    def __init__(self, model: RamPlus, embedder: TextEmbedder):
+    def __init__(self, model: RamPlus, embedder: TextEmbedder, runner=None):
         self.model = model
+        self.runner = runner if runner is not None else model.probabilities
+        """``runner(images, open_set)``: the model's probabilities (eager, or an exported graph: ``OnnxTagger``)."""
         self.embedder = embedder
         self.device = next(model.parameters()).device
         self._thresholds = torch.from_numpy(model.tags.thresholds).to(self.device)
@@ -88,13 +91,14 @@ class FrameTagger:
 
     def tag(self, cameras: Sequence[str], frames: Sequence[np.ndarray | torch.Tensor],
             regions: Sequence[int]) -> list[FrameTags]:
-        """Tag ``frames`` (RGB uint8 (H, W, 3), one per camera in ``cameras``) in one batch; each camera keeps
-        these as its last tags."""
+        """Tag ``frames`` (RGB uint8 (H, W, 3) host arrays, one per camera in ``cameras``) in one batch; each camera
+        keeps these as its last tags. The host copy is resized (PIL, as the release was trained) and only the
+        (B, 3, 384, 384) batch goes to the model's device."""
         if not frames:
             return []
-        batch = torch.cat([tagger_input(torch.as_tensor(frame).to(self.device)[None]) for frame in frames])
+        batch = tagger_input(list(frames), device=self.device)
         with self._lock, torch.inference_mode():
-            probabilities = self.model(batch)
+            probabilities = self.runner(batch, self.model.open_set_embed)
             released = len(self.model.tags.names)
             thresholds = torch.cat([self._thresholds, torch.full((probabilities.shape[1] - released,),
                                                                  self._open_set[1], device=self.device)])

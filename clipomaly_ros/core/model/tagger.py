@@ -25,6 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -195,6 +196,11 @@ class RamPlus(nn.Module):
         return self.image_proj(torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.probabilities(images, self.open_set_embed)
+
+    def probabilities(self, images: torch.Tensor, open_set: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images and (K, width) open-set embeddings (K may be 0) -> (B, T + K) probabilities: what
+        an exported graph computes, with the open-set names as an input."""
         image = self.image_tokens(images)
         batch = image.shape[0]
         width, descriptions = self.architecture.width, self.architecture.descriptions
@@ -203,20 +209,41 @@ class RamPlus(nn.Module):
         weights = torch.softmax(self.reweight_scale.exp() * (cls @ self.label_embed.t()).view(batch, -1, descriptions),
                                 dim=2)
         queries = torch.einsum("btd,tdw->btw", weights, descriptions_embed)
-        if self.open_set_embed.shape[0]:
-            # one embedding per open-set name: its softmax over one description is 1
-            queries = torch.cat([queries, self.open_set_embed.expand(batch, -1, -1)], dim=1)
+        # one embedding per open-set name: its softmax over one description is 1
+        queries = torch.cat([queries, open_set.to(queries.dtype).expand(batch, -1, -1)], dim=1)
         queries = F.relu(self.wordvec_proj(queries))
         for layer in self.head.layers:
             queries = layer(queries, image)
         return torch.sigmoid(self.fc(queries).squeeze(-1))
 
 
-def tagger_input(frames: torch.Tensor, size: int = TAGGER_IMAGE_SIZE) -> torch.Tensor:
-    """RGB uint8 frames (B, H, W, 3) on any device -> (B, 3, size, size) float32, resized with antialiasing and
-    ImageNet-normalised, as the release was trained."""
-    images = frames.permute(0, 3, 1, 2).float().div(255.0)
-    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+def tagger_input(frames: torch.Tensor | np.ndarray | Sequence[np.ndarray], size: int = TAGGER_IMAGE_SIZE,
+                 device: str | torch.device | None = None) -> torch.Tensor:
+    """RGB uint8 frames -> (B, 3, size, size) float32 on ``device`` (default: the frames'), resized and
+    ImageNet-normalised as the release's own preprocessing does.
+
+    ``frames``: (B, H, W, 3) or (H, W, 3) arrays or tensors, or a sequence of (H, W, 3) arrays (sizes may differ).
+    Frames on the host are resized by PIL's bilinear filter on 8-bit pixels, exactly what the authors' code runs
+    (PyTorch's own 8-bit resize leaves about 1 % of the pixels one grey level off, enough to move a tag across its
+    threshold); frames on a GPU by PyTorch's antialiased bilinear resize rounded to whole grey levels (about 12 % of
+    the pixels one level off PIL's), as no GPU library has PIL's arithmetic."""
+    from PIL import Image
+
+    if isinstance(frames, torch.Tensor) and frames.device.type != "cpu":
+        batch = frames if frames.dim() == 4 else frames[None]
+        resized = F.interpolate(batch.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear",
+                                align_corners=False, antialias=True).round_().clamp_(0.0, 255.0)
+    else:
+        if isinstance(frames, torch.Tensor):
+            frames = frames.numpy()
+        if isinstance(frames, np.ndarray) and frames.ndim == 3:
+            frames = [frames]
+        pictures = [np.asarray(Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)).resize(
+            (size, size), Image.BILINEAR)) for frame in frames]
+        resized = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float()
+    if device is not None:
+        resized = resized.to(device)
+    images = resized.div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
     return (images - mean) / std
@@ -316,3 +343,98 @@ def load_tagger(path: str | Path, tags: TagList | None = None, device: str | tor
 def _release_name(key: str, release: dict) -> str:
     """The release's own name of one of our keys (for messages)."""
     return next((name for name in release if release_to_ours(name) == key), key)
+
+
+# --- the tagger as an ONNX graph (runtime: onnx) ---------------------------------------------------------------------
+TAGGER_GRAPH_FORMAT = "1"
+
+
+class TaggerGraph(nn.Module):
+    """What is exported: ``images`` (B, 3, S, S) normalised and ``open_set`` (K >= 1, width) in, ``probabilities``
+    (B, T + K) out (:meth:`RamPlus.probabilities`)."""
+
+    def __init__(self, model: RamPlus):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, open_set: torch.Tensor) -> torch.Tensor:
+        return self.model.probabilities(images, open_set)
+
+
+def tagger_digest(model: RamPlus) -> str:
+    """sha256 (16 hex digits) of the tagger's weights: what ties an exported graph to them."""
+    from .export import weights_digest
+
+    return weights_digest(model)
+
+
+def default_tagger_graph_path(cache_dir: Path, model: RamPlus) -> Path:
+    """Where ``runtime: onnx`` with an empty ``tagger_onnx_model`` keeps the tagger graph it exported."""
+    return Path(cache_dir) / "engines" / f"ram_plus-{len(model.tags.names)}tags-{tagger_digest(model)}-fp32.onnx"
+
+
+def export_tagger(model: RamPlus, path: str | Path, max_batch: int = 64) -> Path:
+    """Write ``model`` as an ONNX graph (:class:`TaggerGraph`; batch and open-set names dynamic, opset 18) with its
+    weights' digest in the metadata. Needs the ``[onnx]`` extra."""
+    from .export import ONNX_EXTRA_HINT, OPSET
+
+    for module in ("onnx", "onnxscript"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ModelLoadError(f"exporting ONNX needs the '{module}' package: {ONNX_EXTRA_HINT}") from None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    images = torch.zeros(2, 3, model.image_size, model.image_size, device=device)
+    open_set = F.normalize(torch.ones(2, model.architecture.width, device=device), dim=-1)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            TaggerGraph(model).eval(), (images, open_set), dynamo=True, opset_version=OPSET, verbose=False,
+            input_names=["images", "open_set"], output_names=["probabilities"],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=max_batch)},
+                            "open_set": {0: torch.export.Dim("names", min=1, max=4096)}})
+    program.model.metadata_props.update({"clipomaly.tagger_weights": tagger_digest(model),
+                                         "clipomaly.tagger_tags": str(len(model.tags.names)),
+                                         "clipomaly.tagger_format": TAGGER_GRAPH_FORMAT})
+    temporary = path.with_suffix(".partial")
+    program.save(str(temporary))
+    temporary.replace(path)
+    return path
+
+
+class OnnxTagger:
+    """The exported tagger in an ONNX Runtime session: ``tagger(images, open_set)`` as
+    :meth:`RamPlus.probabilities`, on ``device`` (through the host where the session runs on the CPU). Refuses a
+    graph whose recorded weights are not ``model``'s."""
+
+    def __init__(self, path: Path, model: RamPlus, device: torch.device):
+        from .runtimes import choose_providers, import_onnxruntime
+
+        ort = import_onnxruntime()
+        self.device = device
+        self.width = model.architecture.width
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        providers = [p for p in choose_providers(ort.get_available_providers(), device, None, 64, model.image_size)
+                     if p != "TensorrtExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types for bad files
+            raise ModelLoadError(f"tagger graph {path} could not be loaded by ONNX Runtime "
+                                 f"({str(error).splitlines()[0][:200]}): write it again with 'clipomaly export "
+                                 "--tagger'") from None
+        recorded = self.session.get_modelmeta().custom_metadata_map.get("clipomaly.tagger_weights")
+        if recorded != tagger_digest(model):
+            raise ModelLoadError(f"tagger graph {path} was exported from other weights ({recorded}, these are "
+                                 f"{tagger_digest(model)}): write it again with 'clipomaly export --tagger', or clear "
+                                 "tagger_onnx_model to have it exported on start")
+        self.description = f"ONNX Runtime ({self.session.get_providers()[0]}) on {Path(path).name}"
+
+    def __call__(self, images: torch.Tensor, open_set: torch.Tensor) -> torch.Tensor:
+        padded = open_set.shape[0] == 0  # the graph takes at least one open-set name: a blank one, dropped after
+        names = torch.zeros(1, self.width) if padded else open_set
+        (probabilities,) = self.session.run(["probabilities"], {
+            "images": images.float().cpu().numpy(), "open_set": names.float().cpu().numpy()})
+        probabilities = torch.from_numpy(probabilities).to(self.device)
+        return probabilities[:, :-1] if padded else probabilities

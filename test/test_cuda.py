@@ -98,3 +98,33 @@ def test_naming_crops_cut_on_the_gpu_equal_the_cpu_s_and_the_pipeline_cuts_them_
                                          inference_size=224, uncertainty_threshold=0.0, cache_dir=str(tmp_path)))
     pipeline(image)
     assert devices and set(devices) == {"cuda"}, devices
+
+
+def test_the_ram_tagger_on_the_gpu_gives_the_cpus_probabilities_and_tags_a_pipeline_there(tiny_model_name, tmp_path,
+                                                                                         monkeypatch):
+    import dataclasses
+
+    from clipomaly_ros.core.model import tagger
+    from clipomaly_ros.core.model.tagger import TagList, load_tagger, tagger_input
+    from tagger_fixture import TINY, tiny_model, write_checkpoint
+
+    image, _ = render_street_scene(360, 640, planted="mattress")
+    names = ("mattress", "deer", "abacus", "zoo", "tire", "rock")
+    tags = TagList(names, np.array([0.0, 0.0, 1.0, 1.0, 1.0, 1.0], dtype=np.float32))
+    monkeypatch.setattr(tagger.TagList, "released", classmethod(lambda cls: tags))
+    width = Clipomaly(ClipomalyConfig(model=tiny_model_name, random_weights=True, device="cpu",
+                                      cache_dir=str(tmp_path))).backend.embed_dim
+    weights = write_checkpoint(tmp_path / "ram.pth",
+                               tiny_model(architecture=dataclasses.replace(TINY, width=width), tags=tags))
+    cpu, gpu = load_tagger(weights, device="cpu"), load_tagger(weights, device="cuda")
+    host = tagger_input([image])
+    on_device = tagger_input(torch.from_numpy(image).cuda())  # the GPU resize: within a grey level of PIL's
+    assert float((on_device.cpu() - host).abs().max()) <= 1.01 / 255 / 0.224
+    with torch.no_grad():  # cuDNN may run the patch embedding in TF32
+        torch.testing.assert_close(gpu(host.cuda()).cpu(), cpu(host), atol=2e-3, rtol=0)
+    pipeline = Clipomaly(ClipomalyConfig(model=tiny_model_name, random_weights=True, device="cuda",
+                                         cache_dir=str(tmp_path), tagger_weights=str(weights), naming_source="tagger",
+                                         inference_size=224, tagger_threshold=1.0))  # no open-set name fires
+    assert next(pipeline.tagger.model.parameters()).device.type == "cuda"
+    result = pipeline(image)
+    assert result.tags.fresh and set(result.tags.names) == {"mattress", "deer"}

@@ -358,3 +358,40 @@ def test_the_exported_tagger_equals_eager_and_runs_under_runtime_onnx(tmp_path, 
     assert isinstance(built, OnnxTagger) and default_tagger_graph_path(tmp_path / "cache", model).is_file()
     with pytest.raises(ModelLoadError, match="not found: write it with 'clipomaly export --tagger'"):
         Pipeline(config.replace(tagger_onnx_model=str(tmp_path / "gone.onnx")))
+
+
+def test_bench_reports_the_taggers_cost_a_run_and_amortised_per_frame(tmp_path, monkeypatch, capsys):
+    import json
+
+    from clipomaly_ros.tools.cli import main
+
+    weights, tags = toy_tagger_file(tmp_path, fired={"mattress"})
+    from clipomaly_ros.core.model import tagger
+
+    monkeypatch.setattr(tagger.TagList, "released", classmethod(lambda cls: tags))
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--backend", "toy", "--size", "200x120", "--frames", "6", "--tagger-weights", str(weights),
+                 "--tagger-period", "3", "--json", str(out)]) == 0
+    cost = json.loads(out.read_text())["tagger"]
+    assert cost["period"] == 3 and cost["frames"] == 6 and 1 <= cost["runs"] <= 3
+    assert cost["gflop_per_run"] > 0 and cost["gflop_per_frame"] == pytest.approx(
+        cost["gflop_per_run"] * cost["runs"] / 6, abs=0.1)
+    assert cost["ms_per_run"] > 0 and cost["ms_per_frame"] <= cost["ms_per_run"]
+    assert "RAM++ tagger (every 3 frames" in capsys.readouterr().out
+
+
+def test_the_demo_hands_the_tagger_to_the_node(monkeypatch, tmp_path):
+    from clipomaly_ros.tools import demo
+    from clipomaly_ros.tools.cli import main
+
+    handed = {}
+
+    def fake_run_demo(out_dir, seconds, rate_hz, model_parameters, realtime):
+        handed.update(model_parameters)
+        raise KeyboardInterrupt  # stop here: the node is not started
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    main(["demo", "-o", str(tmp_path), "--tagger-weights", "/models/ram_plus_swin_large_14m.pth"])
+    assert handed == {"tagger_weights": "/models/ram_plus_swin_large_14m.pth", "naming_source": "tagger"}
+    text = demo.demo_parameters(handed)
+    assert 'tagger_weights: "/models/ram_plus_swin_large_14m.pth"' in text and 'naming_source: "tagger"' in text

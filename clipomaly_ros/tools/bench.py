@@ -184,6 +184,25 @@ ORIN_EFFICIENCY = (0.35, 0.7)
 """Share of that peak a TensorRT ViT keeps (the issue's 40-100 ms for 1.1-1.6 TFLOP lies in it)."""
 
 
+def tagger_cost(pipeline, tagging_ms: list[float]) -> dict:
+    """The RAM++ tagger's cost from the timed frames' ``tagging`` times (one camera): milliseconds a run (the frames
+    it ran on) and a frame amortised over all of them, and GFLOP a run (counted by PyTorch's FLOP counter on one
+    384 x 384 image) and a frame at that rate."""
+    import torch.utils.flop_counter
+
+    tagger = pipeline.tagger
+    size = tagger.model.image_size
+    with torch.inference_mode(), torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        tagger.model(torch.zeros(1, 3, size, size, device=tagger.device))
+    gflop = counter.get_total_flops() / 1e9
+    runs = [ms for ms in tagging_ms if ms > 0.5]  # a frame without a run spends only the schedule's bookkeeping
+    share = len(runs) / len(tagging_ms)
+    return {"period": pipeline.config.tagger_period, "frames": len(tagging_ms), "runs": len(runs),
+            "ms_per_run": round(median(runs), 1) if runs else 0.0,
+            "ms_per_frame": round(sum(tagging_ms) / len(tagging_ms), 1),
+            "gflop_per_run": round(gflop, 1), "gflop_per_frame": round(gflop * share, 1)}
+
+
 def layout_profiles(pipeline, size: tuple[int, int]) -> dict:
     """Per window layout (official, light, as each defines its short side and stride; the model's window): windows,
     tokens and GFLOP of one ``size`` = (width, height) frame, and
@@ -268,6 +287,8 @@ def run_bench(config: ClipomalyConfig, size: tuple[int, int], frames: int, camer
                        "window_layout": config.window_layout, "layouts": layout_profiles(pipeline, size)})
     if torch.device(device).type == "cuda":
         report["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if pipeline.tagger is not None:
+        report["tagger"] = tagger_cost(pipeline, stages["tagging"])
     report["calibration"] = calibration_cost(pipeline, size, report["stage_ms"]["total"])
     report["runtime_health"] = pipeline.runtime_health()  # a compiled graph run eagerly makes the figures eager's
     pipeline.close()  # a compiled runtime's graphs would outlive it and hold the next run's memory
@@ -585,6 +606,11 @@ def format_bench(report: dict) -> str:
         lines.append(f"host ms a frame outside the transformer, {layout} layout: " + (table if isinstance(table, str)
                      else "; ".join(f"{label}: " + ", ".join(f"{count} {ms:.1f}" for count, ms in row.items())
                                     for label, row in table.items())))
+    if "tagger" in report:
+        cost = report["tagger"]
+        lines.append(f"RAM++ tagger (every {cost['period']} frames; {cost['runs']} runs in {cost['frames']} frames): "
+                     f"{cost['ms_per_run']:.1f} ms and {cost['gflop_per_run']:.1f} GFLOP a run, "
+                     f"{cost['ms_per_frame']:.1f} ms and {cost['gflop_per_frame']:.1f} GFLOP a frame amortised")
     if "calibration" in report:
         cost = report["calibration"]
         lines.append(f"calibrate, per setting and image after the first pass: {cost['per_setting_ms']:.1f} ms, against "

@@ -359,9 +359,12 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ValueError("--seconds and --rate must be positive")
     model = {name: value for name, value in (("model", args.model), ("pretrained", args.pretrained),
                                              ("checkpoint", args.checkpoint), ("device", args.device),
-                                             ("inference_size", args.inference_size)) if value is not None}
+                                             ("inference_size", args.inference_size),
+                                             ("tagger_weights", args.tagger_weights)) if value is not None}
     if args.pretrained or args.checkpoint:
         model["backend"] = "open_clip"
+    if args.tagger_weights:
+        model["naming_source"] = "tagger"  # the regions named from the frames' RAM++ tags (published on ~/tags)
     summary = run_demo(args.output, seconds=args.seconds, rate_hz=args.rate, model_parameters=model,
                        realtime=args.realtime)
     found = ", ".join(f"{name} in {count} frames" for name, count in sorted(summary.anomalies_by_name.items()))
@@ -408,6 +411,8 @@ def demo(subparsers) -> None:
     weights.add_argument("--checkpoint", help="local weights file: real CLIP instead of the toy backend")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--inference-size", type=int, help="short side of the working resolution (default 240)")
+    parser.add_argument("--tagger-weights", help="RAM++ checkpoint: the node names anomalies from the frames' tags "
+                                                 "(naming_source tagger) and publishes them on ~/tags")
     parser.set_defaults(run=run_demo)
 
 

@@ -395,3 +395,37 @@ def test_the_demo_hands_the_tagger_to_the_node(monkeypatch, tmp_path):
     assert handed == {"tagger_weights": "/models/ram_plus_swin_large_14m.pth", "naming_source": "tagger"}
     text = demo.demo_parameters(handed)
     assert 'tagger_weights: "/models/ram_plus_swin_large_14m.pth"' in text and 'naming_source: "tagger"' in text
+
+
+def test_replay_and_evaluate_name_with_the_tagger_and_replay_records_the_tags(tmp_path, monkeypatch, capsys):
+    import json
+
+    import cv2
+    from rosbags.highlevel import AnyReader
+
+    from clipomaly_ros.ros.bags import typestore_with_built_msgs
+    from clipomaly_ros.tools.cli import main
+    from clipomaly_ros.tools.scenes import render_street_scene
+    from helpers import toy_frames, write_image_bag
+
+    weights, tags = toy_tagger_file(tmp_path, fired={"mattress", "deer"})
+    from clipomaly_ros.core.model import tagger
+
+    monkeypatch.setattr(tagger.TagList, "released", classmethod(lambda cls: tags))
+    toy = ["--backend", "toy", "--inference-size", "240", "--tagger-weights", str(weights), "--tagger-period", "1"]
+    write_image_bag(tmp_path / "in", [frame for frame, _, _ in toy_frames(3)], topic="/camera/image_raw")
+    assert main(["replay", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--namespace", "cam"] + toy) == 0
+    with AnyReader([tmp_path / "out"], default_typestore=typestore_with_built_msgs()) as reader:
+        connections = [c for c in reader.connections if c.topic == "/cam/tags"]
+        assert connections and connections[0].msgtype == "vision_msgs/msg/Classification"
+        messages = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages(connections=connections)]
+    assert len(messages) == 3 and all({r.class_id for r in m.results} == {"mattress", "deer"} for m in messages)
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    (tmp_path / "set" / "labels").mkdir()
+    for index in range(2):
+        image, truth = render_street_scene(240, 320, planted="mattress", seed=index)
+        cv2.imwrite(str(tmp_path / "set" / "images" / f"{index}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(tmp_path / "set" / "labels" / f"{index}.png"), truth.astype(np.uint8))
+    assert main(["evaluate", str(tmp_path / "set"), "--json", str(tmp_path / "r.json")] + toy) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["instances"] and all(instance["found"] for instance in report["instances"])

@@ -85,7 +85,7 @@ def test_naming_crops_cut_on_the_gpu_equal_the_cpu_s_and_the_pipeline_cuts_them_
         mask = np.zeros((90, 160), bool)
         mask[top:top + height, left:left + width] = True
         regions.append(CandidateRegion(mask, int(mask.sum()), (left, top, left + width - 1, top + height - 1)))
-    on_cpu = naming.region_crops(torch.from_numpy(image), regions, 0.25, 0.3, (122, 116, 104), 224)
+    on_cpu = naming.region_crops(torch.from_numpy(image), regions, 0.25, 0.3, (122, 116, 104), 224, "roi_align")
     on_gpu = naming.region_crops(torch.from_numpy(image).cuda(), regions, 0.25, 0.3, (122, 116, 104), 224)
     assert on_gpu.device.type == "cuda"
     assert (on_gpu.cpu() - on_cpu).abs().max() < 0.05  # grey levels: float rounding only

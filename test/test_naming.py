@@ -73,8 +73,9 @@ def coarse_regions(image, seed):
     return regions
 
 
+@pytest.mark.parametrize("method", ["roi_align", "opencv"])
 @pytest.mark.parametrize("side", [64, 224])
-def test_batched_crops_equal_the_host_crops_within_interpolation_error(side):
+def test_batched_crops_equal_the_host_crops_within_interpolation_error(side, method):
     """One batched resampling of all crops (roi_align over a box-filter pyramid) against the per-crop host resize
     it replaced: crops that shrink (by up to 20x), that enlarge and that keep their size, at the toy model's and a
     ViT-B/16's crop size."""
@@ -83,7 +84,7 @@ def test_batched_crops_equal_the_host_crops_within_interpolation_error(side):
     image, _ = render_street_scene(720, 1280, planted="garden gnome")
     for seed in range(3):
         regions = coarse_regions(image, seed)
-        crops = region_crops(torch.from_numpy(image), regions, 0.25, 0.3, (122, 116, 104), side)
+        crops = region_crops(torch.from_numpy(image), regions, 0.25, 0.3, (122, 116, 104), side, method)
         for region, crop in zip(regions, crops):
             expected = host_crop(image, region, 0.25, 0.3, (122, 116, 104), side).astype(np.float32)
             difference = np.abs(crop.permute(1, 2, 0).numpy() - expected)

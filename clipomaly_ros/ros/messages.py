@@ -296,8 +296,9 @@ def detection_id(record: AnomalyRecord) -> str:
     return str(record.track_id if record.track_id is not None else record.id)
 
 
-MAP_OUTPUTS = ("semantic", "anomaly_score", "anomaly_mask", "anomaly_instances")
-"""The image outputs that publish one of the result's maps (:func:`map_image`)."""
+MAP_OUTPUTS = ("anomaly_score", "semantic", "anomaly_mask", "anomaly_instances")
+"""The image outputs that publish one of the result's maps (:func:`map_image`); the score first, as making it makes
+the semantic map too."""
 
 
 def map_image(name: str, result: SegmentationResult, published: list[AnomalyRecord]) -> tuple[np.ndarray, str]:
@@ -320,6 +321,8 @@ def published_instances(result: SegmentationResult, published: list[AnomalyRecor
     lookup = np.zeros(max((r.id for r in result.anomalies), default=0) + 1, dtype=np.uint16)
     for position, record in enumerate(published, start=1):
         lookup[record.id] = position
+    if np.array_equal(lookup, np.arange(len(lookup))):  # every instance published, in id order: the map itself
+        return result.instances
     return lookup[result.instances]
 
 

@@ -128,8 +128,12 @@ class FrameMaps:
             return sorted(self._maps)
 
     def _known_maps(self) -> None:
-        # the entropy needs every class at every pixel; the (K, H, W) logits are freed right after
-        self._maps["anomaly_score"] = softmax_entropy(resample(self.known_logits, self.output_size))
+        # the entropy needs every class at every pixel: the same resampled logits give the semantic map, if it is
+        # not made yet, for one argmax; the (K, H, W) logits are freed right after
+        logits = resample(self.known_logits, self.output_size)
+        self._maps["anomaly_score"] = softmax_entropy(logits)
+        if "semantic" not in self._maps:
+            self._maps["semantic"] = self._paste(logits.argmax(dim=0).int(), "label")
 
     def _instance_map(self) -> torch.Tensor:
         blank = torch.zeros(self.output_size, dtype=torch.int32, device=self.known_logits.device)

@@ -202,15 +202,19 @@ class Clipomaly:
             features_ms = (time.perf_counter() - start) * 1000.0
             features_backbone_ms = clock.take() if clock is not None else 0.0
             cameras = list(cameras) if cameras is not None else [str(index) for index in range(len(images))]
-            knowns = [self.known_scores(frame_features, config, vocabulary) for frame_features in features]
-            regions = [self.unknown_regions(frame_features, known, config, image.shape[:2])
-                       for image, frame_features, known in zip(host_images, features, knowns)]
+            # every frame's unknown regions first: the tagger's schedule looks at them, and tags all due frames at once
+            knowns, regions, unknown_ms = [], [], []
+            for image, frame_features in zip(host_images, features):
+                started = time.perf_counter()
+                knowns.append(self.known_scores(frame_features, config, vocabulary))
+                regions.append(self.unknown_regions(frame_features, knowns[-1], config, image.shape[:2]))
+                unknown_ms.append((time.perf_counter() - started) * 1000.0)
             start_tagging = time.perf_counter()
             tags = self._frame_tags(cameras, host_images, features, regions, config)
             tagging_ms = (time.perf_counter() - start_tagging) * 1000.0
             results = []
             for index, (image, frame_features) in enumerate(zip(host_images, features)):
-                timings = {"features": features_ms, "tagging": tagging_ms}
+                timings = {"features": features_ms, "tagging": tagging_ms, "unknown": unknown_ms[index]}
                 result = self._segment(image, frame_features, config, vocabulary, timings, knowns[index],
                                        regions[index], tags[index])
                 result.image = image  # the one host copy: the caller's outputs read it, never copy the frame again
@@ -291,10 +295,10 @@ class Clipomaly:
                  tags: FrameTags | None = None) -> SegmentationResult:
         clock = time.perf_counter()
 
-        def lap(stage: str) -> None:
+        def lap(stage: str) -> None:  # adds to a stage begun before (the unknown regions of a batch)
             nonlocal clock
             now = time.perf_counter()
-            timings[stage] = (now - clock) * 1000.0
+            timings[stage] = timings.get(stage, 0.0) + (now - clock) * 1000.0
             clock = now
 
         output_size = image.shape[:2]

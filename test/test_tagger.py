@@ -144,6 +144,13 @@ def toy_pipeline(monkeypatch, weights, tags, **settings):
     return Clipomaly(ClipomalyConfig(backend="toy", inference_size=240, tagger_weights=str(weights), **settings))
 
 
+def placed(planted, left, seed=0):
+    """A street with ``planted`` standing ``left`` pixels from the left edge (64 x 54 pixels, on the road)."""
+    from clipomaly_ros.tools.scenes import render_street_scene
+
+    return render_street_scene(240, 320, planted=planted, planted_box=(left, 150, left + 64, 204), seed=seed)[0]
+
+
 def street(planted="mattress", seed=0):
     from clipomaly_ros.tools.scenes import render_street_scene
 
@@ -201,8 +208,26 @@ def test_the_tagger_runs_every_period_frames_per_camera_early_for_a_new_region_a
     assert [r.tags.fresh for r in both] == [True, True] and batches[-1] == 2
     assert not pipeline.segment_batch([street(None)], cameras=["left"])[0].tags.fresh
     assert pipeline.segment_batch([street("deer")], cameras=["left"])[0].tags.fresh
+    # the object moving on is no new object; one object going as another comes elsewhere is (the count stays one)
+    assert not pipeline.segment_batch([placed("deer", 140)], cameras=["left"])[0].tags.fresh
+    assert pipeline.segment_batch([placed("mattress", 20)], cameras=["left"])[0].tags.fresh
     pipeline.configure(tagger_period=1)
     assert pipeline.segment_batch([street(None)], cameras=["left"])[0].tags.fresh
+
+
+def test_a_new_region_is_one_that_overlaps_none_of_the_previous_frames():
+    from clipomaly_ros.core.method.tagging import has_new_region
+
+    def box(x0, y0, x1, y1):
+        mask = np.zeros((20, 30), bool)
+        mask[y0:y1, x0:x1] = True
+        return mask
+
+    assert has_new_region([box(2, 2, 6, 6)], [])  # nothing before
+    assert not has_new_region([box(3, 3, 7, 7)], [box(2, 2, 6, 6)])  # moved a little
+    assert has_new_region([box(3, 3, 7, 7), box(20, 10, 25, 15)], [box(2, 2, 6, 6)])  # one more
+    assert has_new_region([box(20, 10, 25, 15)], [box(2, 2, 6, 6)])  # one gone, another elsewhere
+    assert not has_new_region([], [box(2, 2, 6, 6)])  # gone: nothing new to name
 
 
 def test_a_vocabulary_word_the_release_lacks_is_tagged_open_set_with_its_threshold(tmp_path, monkeypatch):

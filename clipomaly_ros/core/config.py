@@ -233,8 +233,8 @@ SETTINGS: tuple[Setting, ...] = (
             "--tagger'; it must match tagger_weights. Empty: exported into cache_dir on the first start with runtime "
             "onnx and reused.", "str"),
     Setting("tagger_period", 5, "Frames per camera between two tagger runs; the last tags are reused between, "
-            "and a frame with a new unknown region is tagged at once. 1 = every frame.", "int", live=True,
-            minimum=1, maximum=1000),
+            "and a frame with a new object (a region overlapping none of the previous frame's) is tagged at once. "
+            "1 = every frame.", "int", live=True, minimum=1, maximum=1000),
     Setting("tagger_threshold", 0.5, "Probability above which an anomaly_vocabulary name that RAM++ does not "
             "know fires as a tag (open-set tagging); the released tags keep their own thresholds.", "float",
             live=True, minimum=0.0, maximum=1.0),

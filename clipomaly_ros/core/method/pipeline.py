@@ -229,15 +229,16 @@ class Clipomaly:
         in one batch, the others with their camera's last tags; None for each without a tagger."""
         if self.tagger is None or config.naming_source == "dictionary":
             return [None] * len(images)
-        due = [self.tagger.due(camera, len(found), config.tagger_period) for camera, found in zip(cameras, regions)]
+        due = [self.tagger.due(camera, [region.mask for region in found], config.tagger_period)
+               for camera, found in zip(cameras, regions)]
         chosen = [index for index, is_due in enumerate(due) if is_due]
         frames = [images[i] for i in chosen]  # the host copy: resized by PIL, exactly as the release was trained
         clock = getattr(self.backend, "clock", None)
         if clock is not None:
             with clock.measure(self.tagger.device):
-                fresh = self.tagger.tag([cameras[i] for i in chosen], frames, [len(regions[i]) for i in chosen])
+                fresh = self.tagger.tag([cameras[i] for i in chosen], frames)
         else:
-            fresh = self.tagger.tag([cameras[i] for i in chosen], frames, [len(regions[i]) for i in chosen])
+            fresh = self.tagger.tag([cameras[i] for i in chosen], frames)
         tagged = dict(zip(chosen, fresh))
         return [tagged[index] if index in tagged else self.tagger.last(camera) for index, camera in enumerate(cameras)]
 

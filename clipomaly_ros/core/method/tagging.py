@@ -1,8 +1,9 @@
 """Candidate names from the RAM++ image tagger (the paper's "RAM + CLIP-Best"): what the frame shows, by tag.
 
-A :class:`FrameTagger` tags a camera's frame every ``tagger_period`` frames, and at once when a frame has more
-unknown regions than the camera's last tagged frame had (a new object came into view); between runs it reuses
-the camera's last tags. The frames due in one batch of cameras go through the tagger together.
+A :class:`FrameTagger` tags a camera's frame every ``tagger_period`` frames, and at once when a new object comes
+into view: an unknown region that overlaps none of the camera's previous frame's regions (the start of a new,
+still unnamed track, followed frame to frame as the tracker would); between runs it reuses the camera's last
+tags. The frames due in one batch of cameras go through the tagger together.
 
 A frame's candidates (:meth:`FrameTagger.candidates`) are its fired tags minus those that mean a known class, by
 the rule that cleans the naming dictionary (the exact name, or a text embedding at least
@@ -41,9 +42,22 @@ class FrameTags:
 @dataclass
 class _CameraState:
     frames_since: int = 0
-    regions_when_tagged: int = 0
+    previous: list[np.ndarray] = field(default_factory=list)
+    """The previous frame's region masks (coarse map)."""
     last: FrameTags = field(default_factory=FrameTags)
     tagged_once: bool = False
+
+
+def has_new_region(masks: Sequence[np.ndarray], previous: Sequence[np.ndarray]) -> bool:
+    """Whether a region of ``masks`` ((h, w) bool, one frame) overlaps none of ``previous`` (the frame before, the
+    same map size): an object that was not in view a frame ago. A region that moved keeps overlapping itself at
+    camera rates."""
+    if not masks:
+        return False
+    if not previous or previous[0].shape != masks[0].shape:
+        return True
+    seen = np.logical_or.reduce(previous)
+    return any(not (mask & seen).any() for mask in masks)
 
 
 class FrameTagger:
@@ -81,16 +95,18 @@ class FrameTagger:
             self.model.set_open_set(unknown, embeddings.reshape(len(unknown), self.model.architecture.width))
             self._open_set = (unknown, threshold)
 
-    def due(self, camera: str, regions: int, period: int) -> bool:
-        """Whether ``camera``'s frame with ``regions`` unknown regions is to be tagged (counts the frame)."""
+    def due(self, camera: str, masks: Sequence[np.ndarray], period: int) -> bool:
+        """Whether ``camera``'s frame, with its unknown regions' ``masks`` ((h, w) bool on the coarse map), is to
+        be tagged: its first frame, ``period`` frames after the last run, or a new region (:func:`has_new_region`).
+        Counts the frame."""
         with self._lock:
             state = self._cameras.setdefault(camera, _CameraState())
             state.frames_since += 1
-            return (not state.tagged_once or state.frames_since >= period
-                    or regions > state.regions_when_tagged)
+            new = has_new_region(masks, state.previous)
+            state.previous = list(masks)
+            return not state.tagged_once or state.frames_since >= period or new
 
-    def tag(self, cameras: Sequence[str], frames: Sequence[np.ndarray | torch.Tensor],
-            regions: Sequence[int]) -> list[FrameTags]:
+    def tag(self, cameras: Sequence[str], frames: Sequence[np.ndarray | torch.Tensor]) -> list[FrameTags]:
         """Tag ``frames`` (RGB uint8 (H, W, 3) host arrays, one per camera in ``cameras``) in one batch; each camera
         keeps these as its last tags. The host copy is resized (PIL, as the release was trained) and only the
         (B, 3, 384, 384) batch goes to the model's device."""
@@ -106,12 +122,12 @@ class FrameTagger:
             fired = (probabilities > thresholds).cpu().numpy()
             values = probabilities.float().cpu().numpy()
             results = []
-            for camera, row, scores, count in zip(cameras, fired, values, regions):
+            for camera, row, scores in zip(cameras, fired, values):
                 order = sorted(np.flatnonzero(row), key=lambda index: -scores[index])
                 tags = FrameTags(tuple(names[i] for i in order), tuple(float(scores[i]) for i in order), True,
                                  scores[:released])
                 state = self._cameras.setdefault(camera, _CameraState())
-                state.frames_since, state.regions_when_tagged, state.last, state.tagged_once = 0, count, tags, True
+                state.frames_since, state.last, state.tagged_once = 0, tags, True
                 results.append(tags)
             self.runs += len(frames)
         return results

@@ -75,15 +75,15 @@ def region_crops(frame: torch.Tensor, regions: list[CandidateRegion], margin: fl
 
     ``method``: ``roi_align`` (default on a GPU) resamples every crop in one batched op per pyramid level:
     ``torchvision.ops.roi_align``, bilinear samples averaged over each output pixel's footprint, as an antialiased
-    resize does when shrinking; only the union of the boxes is converted to float. ``opencv`` (default on the CPU,
-    where the frame already is) resizes each crop on the host (8-bit antialiased bilinear when shrinking, bicubic
-    when enlarging), a quarter of roi_align's CPU time. Either way a crop pixel keeps ``background`` of its colour (the rest is ``fill``) unless
-    its centre lies on a region cell."""
+    resize does when shrinking; only the union of the boxes is converted to float. ``host`` (default on the CPU,
+    where the frame already is) resizes each crop in 8 bits (antialiased bilinear when shrinking, bicubic when
+    enlarging), a quarter of roi_align's CPU time. Either way a crop pixel keeps ``background`` of its colour (the
+    rest is ``fill``) unless its centre lies on a region cell."""
     height, width = frame.shape[:2]
     boxes = np.array([crop_box((height, width), region, margin) for region in regions], dtype=np.int64)
-    method = method or ("opencv" if frame.device.type == "cpu" else "roi_align")
-    if method not in ("opencv", "roi_align"):
-        raise ValueError(f"unknown crop method {method!r}: roi_align or opencv")
+    method = method or ("host" if frame.device.type == "cpu" else "roi_align")
+    if method not in ("host", "roi_align"):
+        raise ValueError(f"unknown crop method {method!r}: roi_align or host")
     device = frame.device
     # nearest-neighbour lookup of each region's cells at its crop's pixel centres
     centres = (np.arange(side, dtype=np.float64) + 0.5) / side
@@ -92,7 +92,7 @@ def region_crops(frame: torch.Tensor, regions: list[CandidateRegion], margin: fl
     cols = ((boxes[:, 0:1] + centres * (boxes[:, 2:3] - boxes[:, 0:1])) * (region_w / width)).astype(np.int64)
     rows, cols = np.minimum(rows, region_h - 1), np.minimum(cols, region_w - 1)
     keep = np.stack([region.mask[np.ix_(r, c)] for region, r, c in zip(regions, rows, cols)])
-    if method == "opencv":
+    if method == "host":
         return _resized_on_host(frame.numpy(), boxes, side, keep, background, fill)
     crops = _resampled_by_roi_align(frame, boxes, side)
     keep = torch.from_numpy(keep).to(device)[:, None]

@@ -454,3 +454,24 @@ def test_replay_and_evaluate_name_with_the_tagger_and_replay_records_the_tags(tm
     assert main(["evaluate", str(tmp_path / "set"), "--json", str(tmp_path / "r.json")] + toy) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["instances"] and all(instance["found"] for instance in report["instances"])
+
+
+def test_runtime_compile_runs_the_tagger_compiled_warmed_up_for_the_cameras(tmp_path, monkeypatch):
+    """torch.compile (inductor on the CPU): a graph for one frame and one for a batch, compiled by the warm-up,
+    equal to eager."""
+    from clipomaly_ros.core.model.tagger import CompiledTagger
+
+    weights, tags = toy_tagger_file(tmp_path, fired={"mattress"})
+    pipeline = toy_pipeline(monkeypatch, weights, tags, naming_source="tagger", runtime="compile", tagger_period=1)
+    runner = pipeline.tagger.runner
+    assert isinstance(runner, CompiledTagger)
+    pipeline.warm_up((240, 320), cameras=2)
+    images = tagger_input(frames(2))
+    with torch.no_grad():
+        eager = pipeline.tagger.model(images)
+        torch.testing.assert_close(runner(images, pipeline.tagger.model.open_set_embed), eager, atol=1e-4, rtol=0)
+        torch.testing.assert_close(runner(images[:1], pipeline.tagger.model.open_set_embed), eager[:1], atol=1e-4,
+                                   rtol=0)
+    results = pipeline.segment_batch([street(), street(seed=1)], cameras=["left", "right"])
+    assert all(result.tags.fresh and result.tags.names == ("mattress",) for result in results)
+    assert runner.ran_eager == 0 and pipeline.runtime_health() == {}

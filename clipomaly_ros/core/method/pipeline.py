@@ -106,8 +106,13 @@ class Clipomaly:
 
     # live changes ----------------------------------------------------------------------------------------------
     def _tagger_runner(self, config: ClipomalyConfig, model):
-        """The tagger's exported graph under ``runtime: onnx`` (``tagger_onnx_model``, or one exported into the cache
-        on the first start), else None (the eager model)."""
+        """What runs the tagger under the model's runtime: its exported graph under ``runtime: onnx``
+        (``tagger_onnx_model``, or one exported into the cache on the first start), ``torch.compile`` under
+        ``compile``, else None (the eager model)."""
+        if config.runtime == "compile":
+            from ..model.tagger import CompiledTagger
+
+            return CompiledTagger(model)
         if config.runtime != "onnx":
             return None
         from ..model.backend import ModelLoadError
@@ -163,11 +168,16 @@ class Clipomaly:
         warm_up = getattr(self.backend, "warm_up", None)
         if warm_up is not None and self.config.runtime != "torch":
             warm_up(image_size, cameras)
+        tagger_warm_up = getattr(self.tagger.runner, "warm_up", None) if self.tagger is not None else None
+        if tagger_warm_up is not None:
+            tagger_warm_up(cameras)
 
     def runtime_health(self) -> dict[str, str | int]:
         """What the model's runtime has had to give up on (a compiled graph run eagerly...), empty when nothing."""
         runtime = getattr(self.backend, "runtime", None)
-        return runtime.health() if runtime is not None else {}
+        health = runtime.health() if runtime is not None else {}
+        tagger_health = getattr(self.tagger.runner, "health", None) if self.tagger is not None else None
+        return {**health, **(tagger_health() if tagger_health is not None else {})}
 
     def close(self) -> None:
         """Release what the runtime holds beside the model (compiled graphs keep the weights alive until then);

@@ -438,3 +438,36 @@ class OnnxTagger:
             "images": images.float().cpu().numpy(), "open_set": names.float().cpu().numpy()})
         probabilities = torch.from_numpy(probabilities).to(self.device)
         return probabilities[:, :-1] if padded else probabilities
+
+
+class CompiledTagger:
+    """``runtime: compile``: the tagger's :meth:`RamPlus.probabilities` under ``torch.compile``, called as
+    ``tagger(images, open_set)``. One graph for a single frame and one with a dynamic batch for several cameras;
+    :meth:`warm_up` compiles them before the first frames. A call past dynamo's recompile limit runs eagerly and is
+    counted (:meth:`health`)."""
+
+    def __init__(self, model: RamPlus):
+        self.model = model
+        self._compiled = torch.compile(model.probabilities)
+        self.ran_eager = 0
+        self.description = "torch.compile"
+
+    def __call__(self, images: torch.Tensor, open_set: torch.Tensor) -> torch.Tensor:
+        if images.shape[0] > 1:  # every batch size above 1 shares one graph
+            torch._dynamo.mark_dynamic(images, 0)
+        try:
+            return self._compiled(images, open_set)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            self.ran_eager += 1
+            return self.model.probabilities(images, open_set)
+
+    def warm_up(self, cameras: int) -> None:
+        """Compile for one frame and for ``cameras`` frames at once (the open-set names in force now)."""
+        device = next(self.model.parameters()).device
+        size = self.model.image_size
+        with torch.inference_mode():
+            for batch in sorted({1, cameras}):
+                self(torch.zeros(batch, 3, size, size, device=device), self.model.open_set_embed)
+
+    def health(self) -> dict[str, int]:
+        return {"tagger calls run eager (recompile limit hit)": self.ran_eager} if self.ran_eager else {}

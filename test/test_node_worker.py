@@ -85,10 +85,10 @@ def test_an_inference_thread_that_outlives_its_join_time_out_is_reported_and_blo
         node.worker_join_timeout = 0.5
         pipeline, segment_batch = node.pipeline, node.pipeline.segment_batch
 
-        def stuck(images):
+        def stuck(images, cameras=None):
             entered.set()
             release.wait(60)  # a frame that hangs in the model (a driver stall)
-            return segment_batch(images)
+            return segment_batch(images, cameras)
 
         monkeypatch.setattr(pipeline, "segment_batch", stuck)
         camera = node.cameras[""]  # cleanup forgets the cameras: their counters are read from here on

@@ -444,10 +444,10 @@ def test_frames_in_work_when_the_node_stops_are_counted_as_dropped_at_shutdown(t
     held, release = threading.Event(), threading.Event()
     segment = node.pipeline.segment_batch
 
-    def slow_segment(images):
+    def slow_segment(images, cameras=None):
         held.set()
         release.wait(30)
-        return segment(images)
+        return segment(images, cameras)
 
     node.pipeline.segment_batch = slow_segment
     camera = Camera(["/itest_inflight/image"], rate_hz=10.0, reliable=True, depth=5)

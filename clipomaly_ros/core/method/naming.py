@@ -116,7 +116,8 @@ def _resized_on_host(frame: np.ndarray, boxes: np.ndarray, side: int, keep: np.n
             resized = cv2.resize(piece, (side, side), interpolation=cv2.INTER_CUBIC)
         cv2.addWeighted(resized, background, blank, 1.0 - background, 0.0, dst=crop)
         cv2.copyTo(resized, inside, crop)
-    return torch.from_numpy(crops).permute(0, 3, 1, 2).float()
+    # contiguous (N, 3, S, S): a channels-last stride would send a compiled encoder to compile again
+    return torch.from_numpy(crops).permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
 
 
 def _resampled_by_roi_align(frame: torch.Tensor, boxes: np.ndarray, side: int) -> torch.Tensor:

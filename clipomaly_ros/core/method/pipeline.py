@@ -99,12 +99,6 @@ class Clipomaly:
             raise ConfigError(f"tagger_weights: {error}") from None
         return tagger
 
-    @classmethod
-    def from_parameter_file(cls, path: str | Path | None, **overrides: Any) -> "Clipomaly":
-        """Build from a ROS 2 parameter file (``config/clipomaly.yaml``) with optional overrides."""
-        return cls(load_config(path, **overrides))
-
-    # live changes ----------------------------------------------------------------------------------------------
     def _tagger_runner(self, config: ClipomalyConfig, model):
         """What runs the tagger under the model's runtime: its exported graph under ``runtime: onnx``
         (``tagger_onnx_model``, or one exported into the cache on the first start), ``torch.compile`` under
@@ -127,6 +121,12 @@ class Clipomaly:
             export_tagger(model, path)
         return OnnxTagger(path, model, self.backend.device)
 
+    @classmethod
+    def from_parameter_file(cls, path: str | Path | None, **overrides: Any) -> "Clipomaly":
+        """Build from a ROS 2 parameter file (``config/clipomaly.yaml``) with optional overrides."""
+        return cls(load_config(path, **overrides))
+
+    # live changes ----------------------------------------------------------------------------------------------
     def set_vocabulary(self, known_classes: Sequence[str] | None = None,
                        anomaly_vocabulary: Sequence[str] | None = None) -> Vocabulary:
         """Replace the known classes and/or the anomaly vocabulary; only new names are encoded."""
@@ -163,8 +163,8 @@ class Clipomaly:
     # inference -------------------------------------------------------------------------------------------------
     def warm_up(self, image_size: tuple[int, int] = (720, 1280), cameras: int = 1) -> None:
         """Compile (``runtime: compile``) or build engines (``onnx``) now for ``cameras`` frames of
-        ``image_size`` (height, width) and their naming crops, so that the first frames are not slow; nothing to
-        do for eager PyTorch or the toy backend."""
+        ``image_size`` (height, width) and their naming crops, and the RAM++ tagger's compiled graphs, so that the
+        first frames are not slow; nothing to do for eager PyTorch or the toy backend."""
         warm_up = getattr(self.backend, "warm_up", None)
         if warm_up is not None and self.config.runtime != "torch":
             warm_up(image_size, cameras)
@@ -220,7 +220,7 @@ class Clipomaly:
                 regions.append(self.unknown_regions(frame_features, knowns[-1], config, image.shape[:2]))
                 unknown_ms.append((time.perf_counter() - started) * 1000.0)
             start_tagging = time.perf_counter()
-            tags = self._frame_tags(cameras, host_images, features, regions, config)
+            tags = self._frame_tags(cameras, host_images, regions, config)
             tagging_ms = (time.perf_counter() - start_tagging) * 1000.0
             results = []
             for index, (image, frame_features) in enumerate(zip(host_images, features)):
@@ -233,7 +233,7 @@ class Clipomaly:
                 results.append(result)
         return results
 
-    def _frame_tags(self, cameras: list[str], images: list[np.ndarray], features: list, regions: list[list],
+    def _frame_tags(self, cameras: list[str], images: list[np.ndarray], regions: list[list],
                     config: ClipomalyConfig) -> list[FrameTags | None]:
         """Each frame's tags under a tagging ``naming_source``: the frames due (see :class:`FrameTagger`) tagged
         in one batch, the others with their camera's last tags; None for each without a tagger."""

@@ -99,17 +99,23 @@ class WindowEncoder(nn.Module):
         return self.encoder.forward_pixels(windows, clip_embedding=True)
 
 
+def require_export_packages() -> None:
+    """Raise :class:`ModelLoadError` naming the missing package unless ``onnx`` and ``onnxscript`` (what
+    ``torch.onnx.export`` needs) are installed."""
+    for module in ("onnx", "onnxscript"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ModelLoadError(f"exporting ONNX needs the '{module}' package: {ONNX_EXTRA_HINT}") from None
+
+
 def export_onnx(encoder: DenseVisionEncoder, spec: ExportedGraph, path: str | Path, max_batch: int = 1024) -> Path:
     """Write ``encoder`` (already told its pixel normalisation) as ONNX to ``path`` with ``spec`` in its metadata.
 
     The graph is traced in the encoder's own dtype (fp16 weights give an fp16 engine) on its device, with the
     attention written out; the encoder is left as it was. Needs ``onnx`` and ``onnxscript`` (the ``[onnx]``
     extra)."""
-    for module in ("onnx", "onnxscript"):
-        try:
-            __import__(module)
-        except ImportError:
-            raise ModelLoadError(f"exporting ONNX needs the '{module}' package: {ONNX_EXTRA_HINT}") from None
+    require_export_packages()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype, device = encoder.weight.dtype, encoder.weight.device
@@ -132,5 +138,5 @@ def export_onnx(encoder: DenseVisionEncoder, spec: ExportedGraph, path: str | Pa
     return path
 
 
-__all__ = ["ExportedGraph", "weights_digest", "describe_graph", "check_exported_graph", "export_onnx", "WindowEncoder",
+__all__ = ["require_export_packages", "ExportedGraph", "weights_digest", "describe_graph", "check_exported_graph", "export_onnx", "WindowEncoder",
            "OPSET"]

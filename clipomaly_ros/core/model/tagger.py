@@ -240,7 +240,8 @@ def tagger_input(frames: torch.Tensor | np.ndarray | Sequence[np.ndarray], size:
             frames = [frames]
         pictures = [np.asarray(Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)).resize(
             (size, size), Image.BILINEAR)) for frame in frames]
-        resized = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float()
+        resized = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).to(
+            torch.float32, memory_format=torch.contiguous_format)  # channels-last strides would recompile a graph
     if device is not None:
         resized = resized.to(device)
     images = resized.div_(255.0)
@@ -376,13 +377,9 @@ def default_tagger_graph_path(cache_dir: Path, model: RamPlus) -> Path:
 def export_tagger(model: RamPlus, path: str | Path, max_batch: int = 64) -> Path:
     """Write ``model`` as an ONNX graph (:class:`TaggerGraph`; batch and open-set names dynamic, opset 18) with its
     weights' digest in the metadata. Needs the ``[onnx]`` extra."""
-    from .export import ONNX_EXTRA_HINT, OPSET
+    from .export import OPSET, require_export_packages
 
-    for module in ("onnx", "onnxscript"):
-        try:
-            __import__(module)
-        except ImportError:
-            raise ModelLoadError(f"exporting ONNX needs the '{module}' package: {ONNX_EXTRA_HINT}") from None
+    require_export_packages()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device

@@ -138,5 +138,5 @@ def export_onnx(encoder: DenseVisionEncoder, spec: ExportedGraph, path: str | Pa
     return path
 
 
-__all__ = ["require_export_packages", "ExportedGraph", "weights_digest", "describe_graph", "check_exported_graph", "export_onnx", "WindowEncoder",
-           "OPSET"]
+__all__ = ["require_export_packages", "ExportedGraph", "weights_digest", "describe_graph", "check_exported_graph",
+           "export_onnx", "WindowEncoder", "OPSET"]

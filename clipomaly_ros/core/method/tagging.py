@@ -64,13 +64,14 @@ class FrameTagger:
     """Tags frames with ``model`` on its device, per camera, on a schedule (see the module docstring).
 
     ``embedder``: the pipeline's text embedder (open-set names and the tags' candidate embeddings); ``runner``:
-    what computes the probabilities (default the eager model; ``runtime: onnx`` gives its exported graph).
+    what computes the probabilities (default the eager model; ``runtime: compile`` and ``onnx`` give a
+    ``CompiledTagger`` and an ``OnnxTagger``).
     Thread-safe for :meth:`set_open_set` against a running batch."""
 
     def __init__(self, model: RamPlus, embedder: TextEmbedder, runner=None):
         self.model = model
         self.runner = runner if runner is not None else model.probabilities
-        """``runner(images, open_set)``: the model's probabilities (eager, or an exported graph: ``OnnxTagger``)."""
+        """``runner(images, open_set)``: the model's probabilities (:meth:`RamPlus.probabilities`)."""
         self.embedder = embedder
         self.device = next(model.parameters()).device
         self._thresholds = torch.from_numpy(model.tags.thresholds).to(self.device)
@@ -82,7 +83,8 @@ class FrameTagger:
 
     def set_open_set(self, names: Sequence[str], threshold: float) -> None:
         """Tag ``names`` that the release does not know, each above ``threshold``, from their text embeddings."""
-        unknown = tuple(name for name in dict.fromkeys(names) if name not in set(self.model.tags.names))
+        released = set(self.model.tags.names)
+        unknown = tuple(name for name in dict.fromkeys(names) if name not in released)
         with self._lock:
             if (unknown, threshold) == self._open_set:
                 return

@@ -8,16 +8,13 @@ from pathlib import Path
 
 import torch
 
-from clipomaly_ros.core.model.tagger import (DERIVED_BUFFERS, RamPlus, TaggerArchitecture, TagList,
-                                             release_to_ours)
+from clipomaly_ros.core.model.tagger import (DERIVED_BUFFERS, RELEASE_HEAD_NAMES, RamPlus, TaggerArchitecture,
+                                             TagList, release_to_ours)
 
 TINY = TaggerArchitecture(embed_dim=8, depths=(2, 2, 2, 2), heads=(1, 1, 2, 2), window=12, tags=6, descriptions=3,
                           width=16, hidden=16, ffn=32, layers=2)
 
-HEAD_NAMES = {"query": "crossattention.self.query", "key": "crossattention.self.key",
-              "value": "crossattention.self.value", "attention_out": "crossattention.output.dense",
-              "attention_norm": "crossattention.output.LayerNorm", "ffn_in": "intermediate.dense",
-              "ffn_out": "output.dense", "ffn_norm": "output.LayerNorm"}
+HEAD_NAMES = {ours: release for release, ours in RELEASE_HEAD_NAMES.items()}
 
 
 def ours_to_release(key: str) -> str:

@@ -250,34 +250,29 @@ def tagger_input(frames: torch.Tensor | np.ndarray | Sequence[np.ndarray], size:
     return (images - mean) / std
 
 
-RELEASE_RENAMES = (
-    # the release's Swin (downsampling at the end of a stage) -> timm's (at the start of the next stage)
-    (re.compile(r"^visual_encoder\.layers\.(\d+)\.downsample\."),
-     lambda m: f"swin.layers.{int(m.group(1)) + 1}.downsample."),
-    (re.compile(r"^visual_encoder\."), lambda m: "swin."),
-    # the release's BERT head (also saved as vision_multi) -> our cross-attention layers
-    (re.compile(r"^(?:tagging_head|vision_multi)\.encoder\.layer\.(\d+)\.crossattention\.self\.(query|key|value)\."),
-     lambda m: f"head.layers.{m.group(1)}.{m.group(2)}."),
-    (re.compile(r"^(?:tagging_head|vision_multi)\.encoder\.layer\.(\d+)\.crossattention\.output\.dense\."),
-     lambda m: f"head.layers.{m.group(1)}.attention_out."),
-    (re.compile(r"^(?:tagging_head|vision_multi)\.encoder\.layer\.(\d+)\.crossattention\.output\.LayerNorm\."),
-     lambda m: f"head.layers.{m.group(1)}.attention_norm."),
-    (re.compile(r"^(?:tagging_head|vision_multi)\.encoder\.layer\.(\d+)\.intermediate\.dense\."),
-     lambda m: f"head.layers.{m.group(1)}.ffn_in."),
-    (re.compile(r"^(?:tagging_head|vision_multi)\.encoder\.layer\.(\d+)\.output\.dense\."),
-     lambda m: f"head.layers.{m.group(1)}.ffn_out."),
-    (re.compile(r"^(?:tagging_head|vision_multi)\.encoder\.layer\.(\d+)\.output\.LayerNorm\."),
-     lambda m: f"head.layers.{m.group(1)}.ffn_norm."),
-)
+RELEASE_HEAD_NAMES = {
+    "crossattention.self.query": "query", "crossattention.self.key": "key", "crossattention.self.value": "value",
+    "crossattention.output.dense": "attention_out", "crossattention.output.LayerNorm": "attention_norm",
+    "intermediate.dense": "ffn_in", "output.dense": "ffn_out", "output.LayerNorm": "ffn_norm",
+}
+"""The release's BERT module of a head layer -> ours (:class:`CrossAttentionLayer`)."""
+RELEASE_HEAD_KEY = re.compile(r"^(?:tagging_head|vision_multi)\.encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
+"""A head key of the release (also saved as ``vision_multi``): layer, module, tensor."""
+
+
 DERIVED_BUFFERS = re.compile(r"\.(relative_position_index|attn_mask)$")
 """Swin buffers the release saved that timm computes itself: checked equal to timm's, not loaded."""
 
 
 def release_to_ours(key: str) -> str:
     """A release key (the authors' module names) in our layout; a key no rule matches is returned unchanged."""
-    for pattern, replace in RELEASE_RENAMES:
-        if pattern.match(key):
-            return pattern.sub(replace, key, count=1)
+    if match := re.match(r"^visual_encoder\.layers\.(\d+)\.downsample\.(.*)$", key):
+        # the release downsamples at the end of a stage, timm at the start of the next
+        return f"swin.layers.{int(match.group(1)) + 1}.downsample.{match.group(2)}"
+    if key.startswith("visual_encoder."):
+        return "swin." + key[len("visual_encoder."):]
+    if (match := RELEASE_HEAD_KEY.match(key)) and match.group(2) in RELEASE_HEAD_NAMES:
+        return f"head.layers.{match.group(1)}.{RELEASE_HEAD_NAMES[match.group(2)]}.{match.group(3)}"
     return key
 
 

@@ -49,7 +49,7 @@ setup(
         # runtime: onnx and `clipomaly export`; on a GPU machine install onnxruntime-gpu instead of onnxruntime
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         # `clipomaly mine`: Ray Data runs it on one machine or a cluster; pyarrow writes the Parquet index
-        "mine": ["ray[data]>=2.50,<3", "pyarrow>=14"],
+        "mine": ["ray[data]>=2.50,<3", "pyarrow>=14", "pycocotools>=2.0.7"],
     },
     zip_safe=True,
     entry_points={

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ...core.config import ClipomalyConfig, load_config
+from ...core.config import ClipomalyConfig
 from ..calibration import SEARCHED, CalibrationError, SearchSpace
 from .frames import ReviewedFrame, calibration_label, finetune_label, read_frame_images, reviewed_frames, split_by_drive
 from .inputs import CONFIRMED, CONFLICT_POLICIES, MinedRun, ReleaseError, check_same_weights, read_mined
@@ -52,15 +52,15 @@ class ReleaseOptions:
                     self.space.thresholds, self.space.areas, self.space.radii, self.space.crop_weights)]}
 
 
-def parent_release(parent: Path | None, **overrides) -> tuple[ClipomalyConfig | None, str | None]:
-    """The parent release's settings and id (``--from``), or ``(None, None)``."""
+def parent_release(parent: Path | None) -> tuple[Path | None, str | None]:
+    """The parent release's parameter file and id (``--from``), or ``(None, None)``."""
     if parent is None:
         return None, None
     files = [Path(parent) / PARAMETER_FILE, Path(parent) / RELEASE_FILE]
     if not all(f.is_file() for f in files):
         raise ReleaseError(f"--from {parent}: not a release folder (no {PARAMETER_FILE} and {RELEASE_FILE}); give "
                            "a folder that clipomaly release wrote")
-    return load_config(files[0], **overrides), json.loads(files[1].read_text())["release_id"]
+    return files[0], json.loads(files[1].read_text())["release_id"]
 
 
 def build_release(options: ReleaseOptions, log=print) -> dict:
@@ -68,7 +68,7 @@ def build_release(options: ReleaseOptions, log=print) -> dict:
     if options.conflicts not in CONFLICT_POLICIES:
         raise ReleaseError(f"--conflicts {options.conflicts}: choose one of {', '.join(CONFLICT_POLICIES)}")
     config = options.config
-    parent_id = (json.loads((options.parent / RELEASE_FILE).read_text())["release_id"] if options.parent else None)
+    _, parent_id = parent_release(options.parent)
     runs = [read_mined(folder, options.conflicts) for folder in options.mined]
     check_same_weights(runs, weights_of(config), str(options.parent or "the settings given"))
     problems = _problems(runs, config)

@@ -81,3 +81,20 @@ def diff_text(old: Path, new: Path, figures: dict | None = None) -> str:
     if figures is not None:
         lines += ["", figures_table(figures, old_record["release_id"], new_record["release_id"])]
     return "\n".join(lines)
+
+
+def release_diff(old: Path, new: Path, eval_data: Path | None = None, picture: Path | None = None) -> str:
+    """``clipomaly release diff``: :func:`diff_text`, with ``eval_data`` both releases run over its labelled frames
+    (figures side by side) and the frames where they disagree most drawn into ``picture``."""
+    if eval_data is None:
+        return diff_text(old, new)
+    from ...core.config import load_config
+    from ...core.method.pipeline import Clipomaly
+    from .compare import compare, disagreement_picture
+
+    pipelines = [Clipomaly(load_config(Path(folder) / PARAMETER_FILE)) for folder in (old, new)]
+    figures, worst = compare(*pipelines, eval_data)
+    text = diff_text(old, new, figures)
+    written = disagreement_picture(worst, picture or Path(new) / "diff.png", Path(old).name, Path(new).name)
+    return text + (f"\nthe frames where they disagree most: {written}" if written else
+                   "\nthe two releases agree on every frame")

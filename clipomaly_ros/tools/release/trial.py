@@ -142,14 +142,16 @@ TRIAL_CONFIG = dict(backend="toy", inference_size=SIZE[0])
 """The parent's settings: the toy backend at the drives' own size, its shipped vocabulary (no gnome)."""
 
 
-def prepare_trial(folder: Path, error_rate: float = 0.1, seed: int = 0) -> tuple[Path, Path, ClipomalyConfig]:
+def prepare_trial(folder: Path, error_rate: float = 0.1, seed: int = 0,
+                  held_out: tuple[int, int] = (3, 4)) -> tuple[Path, Path, ClipomalyConfig]:
     """In ``folder``: the trial fleet's bags, its reviewed index (``mined/``, reviewed by the script with
-    ``error_rate`` wrong) and held-out drives (``held_out/``); returns those two folders and the parent's settings."""
+    ``error_rate`` wrong) and ``held_out`` (drives, frames each) other drives (``held_out/``); returns those two
+    folders and the parent's settings."""
     config = ClipomalyConfig(**TRIAL_CONFIG)
     bags = write_fleet(folder / "bags", TRIAL_FLEET, TRIAL_FRAMES)
     mined = folder / "mined"
     write_reviews(mined, scripted_reviews(truth_index(mined, bags, config), error_rate, seed))
-    return mined, held_out_drives(folder / "held_out"), config
+    return mined, held_out_drives(folder / "held_out", *held_out), config
 
 
 def run_trial(folder: Path, error_rate: float = 0.1, seed: int = 0, space=None, log=print) -> dict:

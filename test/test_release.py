@@ -92,14 +92,38 @@ def test_the_same_inputs_give_the_same_id_and_identical_files(trial, tmp_path):
         assert (second / path.relative_to(first)).read_bytes() == path.read_bytes(), path.name
 
 
-def test_a_child_release_names_its_parent(trial, tmp_path):
-    parent = trial["options"].output
-    options = trial["options"]
-    child = ReleaseOptions(options.mined, tmp_path / "child", options.config, parent=parent, space=options.space)
-    record = build_release(child, log=lambda message: None)
+def test_a_child_release_made_by_the_command_names_its_parent(trial, tmp_path, capsys):
+    from clipomaly_ros.tools.cli import main
+
+    parent, child = trial["options"].output, tmp_path / "child"
+    assert main(["release", str(trial["mined"]), "-o", str(child), "--from", str(parent), "--finetune"]) == 0
+    record = json.loads((child / "release.json").read_text())
     assert record["parent"] == trial["record"]["release_id"] != record["release_id"]
-    changelog = (child.output / "CHANGELOG.md").read_text()
+    changelog = (child / "CHANGELOG.md").read_text()
     assert changelog.count("## rel-") == 2 and f"parent {trial['record']['release_id']}" in changelog
+    printed = capsys.readouterr().out
+    assert f"added {GNOME}" not in printed and "already in anomaly_vocabulary" in printed  # the parent has it
+    labels = sorted((child / "finetune" / "labels").glob("*.png"))
+    assert labels and record["finetune"]["command"].startswith("clipomaly finetune child/finetune")
+    from clipomaly_ros.core.datasets import read_label
+
+    car = trial["config"].known_classes.index("car")
+    assert {int(v) for label in labels for v in set(read_label(label).ravel().tolist())} == {car, 255}
+
+
+def test_the_command_refuses_with_one_line(trial, tmp_path, capsys):
+    from clipomaly_ros.tools.cli import main
+
+    release = str(trial["options"].output)
+    for argv, expected in (
+            (["release", str(trial["mined"])], "-o RELEASE_DIR"),
+            (["release", "diff", release], "two release folders"),
+            (["release", str(trial["mined"]), "-o", str(tmp_path / "r"), "--from", release, "--config", "x.yaml"],
+             "--from and --config both given"),
+            (["release", str(tmp_path / "nowhere"), "-o", str(tmp_path / "r")], "no such folder")):
+        assert main(argv) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and expected in error[0], error
 
 
 def _copy_mined(trial, tmp_path) -> Path:

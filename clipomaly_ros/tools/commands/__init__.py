@@ -6,5 +6,5 @@ A new verb is one new module here plus its name in :data:`VERBS`. The modules im
 the top, so building the whole parser (``clipomaly --help``) stays cheap; the work is imported inside ``run``."""
 
 VERBS = ("segment", "tag", "scene", "dataset", "finetune", "demo", "play", "replay", "evaluate", "calibrate", "bench",
-         "export", "mine", "defaults")
+         "export", "mine", "release", "defaults")
 """Every verb, in the order ``clipomaly --help`` lists them; each names its module in this package."""

@@ -67,6 +67,9 @@ def test_the_parameter_file_is_taken_as_it_is_and_carries_the_release_id(trial):
                                           if line.startswith("#   ")))
     assert provenance["inputs"]["mined"][0]["reviews"] == tree_hash(trial["mined"] / REVIEWS)
     assert provenance["inputs"]["dictionary"].startswith("sha256:")
+    calibration = trial["record"]["calibration"]
+    assert provenance["calibration"]["figures"]["searched"]["chosen"] == calibration["figures"]["chosen"]["mean_f1"]
+    assert provenance["calibration"]["figures"]["held_out"]["starting"] == calibration["held_out"]["default"]["mean_f1"]
 
 
 def test_the_dvc_file_lists_every_output_with_its_md5(trial):
@@ -174,6 +177,10 @@ def test_reviews_of_a_run_mined_with_other_weights_are_refused_naming_both(trial
     (mined / REVIEWS).write_text(line + "\n")
     run_file.write_text(json.dumps(json.loads((trial["mined"] / "run.json").read_text())))
     with pytest.raises(ReleaseError, match=f"weights:0123456789ab.*{first.weights_id}"):
+        read_mined(mined)
+    line = json.dumps({"candidate_id": sorted(first.rows)[0], "decision": "reject", "model_version": "clipomaly-x"})
+    (mined / REVIEWS).write_text(line + "\n")
+    with pytest.raises(ReleaseError, match="reviewed against clipomaly-x, but .* was mined with clipomaly-"):
         read_mined(mined)
 
 

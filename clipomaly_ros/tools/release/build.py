@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from ...core.config import ClipomalyConfig
-from ..calibration import SEARCHED, CalibrationError, SearchSpace
+from ..calibration import OBJECTIVES, SEARCHED, CalibrationError, SearchSpace
 from .frames import ReviewedFrame, calibration_label, finetune_label, read_frame_images, reviewed_frames, split_by_drive
 from .inputs import CONFIRMED, CONFLICT_POLICIES, MinedRun, ReleaseError, check_same_weights, read_mined
 from .provenance import (CHANGELOG, DVC_FILE, PARAMETER_FILE, RELEASE_FILE, dvc_file, input_hashes, package_version,
@@ -245,7 +245,20 @@ def _provenance(record: dict) -> dict:
     return {"release_id": record["release_id"], "parent": record["parent"],
             "package_version": record["package_version"], "inputs": record["inputs"], "reviews": record["reviews"],
             "calibration": {key: calibration.get(key) for key in ("objective", "decision", "rule", "why_not")
-                            if calibration.get(key) is not None}}
+                            if calibration.get(key) is not None} | _calibration_figures(calibration)}
+
+
+def _calibration_figures(calibration: dict) -> dict:
+    """The calibration's objective for the chosen and the starting settings, on the searched frames and on the
+    held-out drives, as the parameter file's comments give them."""
+    if not calibration.get("ran"):
+        return {}
+    key = OBJECTIVES[calibration["objective"]][1]
+    figures = {"searched": {side: calibration["figures"][side].get(key) for side in ("chosen", "starting")}}
+    if calibration.get("held_out"):
+        figures["held_out"] = {side: calibration["held_out"][part].get(key) for side, part in
+                               (("chosen", "chosen"), ("starting", "default"))}
+    return {"figures": figures}
 
 
 def changelog(record: dict, parent: Path | None) -> str:

@@ -97,15 +97,16 @@ def read_index(folder: Path) -> dict[str, dict]:
     return rows
 
 
-def read_weights(folder: Path) -> dict:
-    """Which weights mined ``MINED`` (:data:`WEIGHTS_KEYS` of its run fingerprint)."""
+def read_fingerprint(folder: Path) -> dict:
+    """The run fingerprint of ``MINED`` (``run.json``, else ``summary.json``'s settings): every setting that changes a
+    row, files by the hash of their bytes."""
     for name in (RUN_FILE, "summary.json"):
         path = folder / name
         if path.is_file():
             content = json.loads(path.read_text())
             fingerprint = content.get("fingerprint") or content.get("settings")
             if fingerprint:
-                return {key: fingerprint.get(key) for key in WEIGHTS_KEYS}
+                return fingerprint
     raise ReleaseError(f"{folder}: no run fingerprint ({RUN_FILE}): cannot tell which weights mined it, and a "
                        "release never mixes weights; give the folder clipomaly mine wrote")
 
@@ -136,9 +137,10 @@ def _parse(line: str, number: int, last: bool, rows: dict, problems: list[str]) 
     return None
 
 
-def read_reviews(folder: Path, rows: dict, weights_id: str) -> tuple[list[dict], list[str], int]:
+def read_reviews(folder: Path, rows: dict, identities: dict[str, str]) -> tuple[list[dict], list[str], int]:
     """The usable lines of ``MINED/reviews.jsonl`` in file order, the problems (one line each) and the number of
-    lines. A line made against other weights (its ``weights`` key) is refused with :class:`ReleaseError`."""
+    lines. A line made against another run (its ``weights`` or ``model_version`` key differs from ``identities``'s)
+    is refused with :class:`ReleaseError`, naming both."""
     path = folder / REVIEWS
     if not path.is_file():
         raise ReleaseError(f"{folder}: no {REVIEWS}: review the candidates first (clipomaly review {folder})")
@@ -151,10 +153,11 @@ def read_reviews(folder: Path, rows: dict, weights_id: str) -> tuple[list[dict],
         entry = _parse(line, number, cut and number == len(lines), rows, problems)
         if entry is None:
             continue
-        if entry.get("weights") not in (None, weights_id):
-            raise ReleaseError(f"{path} line {number} was reviewed against {entry['weights']}, but {folder} was "
-                               f"mined with {weights_id}: a release never mixes weights; review this run's own "
-                               "candidates")
+        for key, identity in identities.items():
+            if entry.get(key) not in (None, identity):
+                raise ReleaseError(f"{path} line {number} was reviewed against {entry[key]}, but {folder} was "
+                                   f"mined with {identity}: a release never mixes weights; review this run's own "
+                                   "candidates")
         entries.append(entry)
     return entries, problems, len(numbered)
 
@@ -196,9 +199,11 @@ def read_mined(folder: Path, conflicts: str = "leave-out") -> MinedRun:
     if not folder.is_dir():
         raise ReleaseError(f"{folder}: no such folder; give the OUT_DIR of clipomaly mine")
     rows = read_index(folder)
-    weights = read_weights(folder)
-    run = MinedRun(folder, rows, {}, weights, tree_hash(folder / INDEX), "")
-    entries, run.problems, run.lines = read_reviews(folder, rows, run.weights_id)
+    fingerprint = read_fingerprint(folder)
+    run = MinedRun(folder, rows, {}, {key: fingerprint.get(key) for key in WEIGHTS_KEYS}, tree_hash(folder / INDEX), "")
+    model_version = "clipomaly-" + hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    entries, run.problems, run.lines = read_reviews(folder, rows, {"weights": run.weights_id,
+                                                                   "model_version": model_version})
     run.reviews_hash = tree_hash(folder / REVIEWS)
     run.decisions, run.conflicts = decisions_in_force(entries, conflicts)
     counts: dict = {"decisions": collections.Counter(), "reviewers": collections.Counter()}

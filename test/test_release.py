@@ -10,8 +10,8 @@ import yaml
 
 from clipomaly_ros.core.config import read_parameter_file
 from clipomaly_ros.tools.calibration import SearchSpace
-from clipomaly_ros.tools.release import ReleaseError, ReleaseOptions, build_release
-from clipomaly_ros.tools.release.inputs import REVIEWS, check_same_weights, read_mined, tree_hash
+from clipomaly_ros.tools.release.build import ReleaseOptions, build_release
+from clipomaly_ros.tools.release.inputs import REVIEWS, ReleaseError, check_same_weights, read_mined, tree_hash
 from clipomaly_ros.tools.release.trial import GNOME, prepare_trial
 from clipomaly_ros.tools.release.vocabulary import merge_vocabulary, normalise
 

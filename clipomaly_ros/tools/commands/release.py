@@ -7,9 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..release.inputs import CONFLICT_POLICIES
 from .options import add_model_options, config_from_args
-
-CONFLICT_CHOICES = ("leave-out", "latest", "refuse")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -34,7 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                                   "without it measures on its held-out drives")
     parser.add_argument("--picture", type=Path, metavar="PNG", help="diff: where to draw the frames the two "
                                                                     "releases disagree on (default NEW/diff.png)")
-    parser.add_argument("--conflicts", choices=CONFLICT_CHOICES, default="leave-out",
+    parser.add_argument("--conflicts", choices=CONFLICT_POLICIES, default="leave-out",
                         help="reviewers who disagree on a candidate: leave it out (default), take the latest "
                              "decision, or refuse the release")
     parser.add_argument("--strict", action="store_true", help="refuse the release when any review line is bad "
@@ -44,8 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..release import ReleaseError, ReleaseOptions, build_release
-    from ..release.build import parent_release
+    from ..release.build import ReleaseOptions, build_release, parent_release
+    from ..release.inputs import ReleaseError
     from ..release.report import changelog_entry, release_diff
 
     if args.inputs[0] == "diff":

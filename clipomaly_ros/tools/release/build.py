@@ -47,7 +47,10 @@ class ReleaseOptions:
 
     def hashed(self) -> dict:
         """The options that change what is built (part of the release id)."""
+        from .inputs import tree_hash
+
         return {"finetune": self.finetune, "conflicts": self.conflicts, "strict": self.strict,
+                "eval": tree_hash(self.eval_data) if self.eval_data and self.eval_data.exists() else None,
                 "objective": self.objective, "space": [list(v) for v in (
                     self.space.thresholds, self.space.areas, self.space.radii, self.space.crop_weights)]}
 

@@ -25,6 +25,8 @@ CONFIRMED = ("accept", "rename")
 WEIGHTS_KEYS = ("backend", "model", "pretrained", "checkpoint", "random_weights")
 """The run fingerprint's entries that say which weights mined it (the checkpoint by the hash of its bytes)."""
 CONFLICT_POLICIES = ("leave-out", "latest", "refuse")
+INDEX_COLUMNS = ("candidate_id", "mask", "bag_id", "source_path", "topic", "best_stamp_ns")
+"""The index columns a release reads: the candidate, its mask, and where its frame is (bag, topic, stamp)."""
 
 
 class ReleaseError(ValueError):
@@ -85,9 +87,10 @@ def read_index(folder: Path) -> dict[str, dict]:
     if not path.exists():
         raise ReleaseError(f"{folder}: no {INDEX}: give a folder that clipomaly mine wrote")
     table = ds.dataset(path, format="parquet", partitioning="hive").to_table()
-    if "candidate_id" not in table.column_names or "mask" not in table.column_names:
-        raise ReleaseError(f"{path} has no candidate_id or mask column: it was mined by an older version; mine "
-                           "the drives again to review and release them")
+    missing = [name for name in INDEX_COLUMNS if name not in table.column_names]
+    if missing:
+        raise ReleaseError(f"{path} lacks the column(s) {', '.join(missing)}: it was mined by an older version; "
+                           "mine the drives again to review and release them")
     rows = {}
     for row in table.to_pylist():
         if row["candidate_id"] in rows:

@@ -79,7 +79,7 @@ def parameter_file(config: ClipomalyConfig, identity: str, provenance: dict) -> 
     """The release's parameter file: ``/**/clipomaly`` with :func:`parameter_values`, its provenance as YAML in
     comments above it (rcl and :func:`~clipomaly_ros.core.config.read_parameter_file` read only the section)."""
     header = [f"# Release {identity} of clipomaly_ros {package_version()}, made by clipomaly release.",
-              "# Use: clipomaly_node --ros-args --params-file THIS_FILE, or --config THIS_FILE for replay and evaluate.",
+              "# Use: clipomaly_node --ros-args --params-file THIS_FILE; --config THIS_FILE for replay and evaluate.",
               "# The node logs release_id at start and reports it in /diagnostics. Everything else is in release.json.",
               "# provenance:"]
     comment = yaml.safe_dump(provenance, sort_keys=True, default_flow_style=False, width=1000)

@@ -75,8 +75,9 @@ def diff_text(old: Path, new: Path, figures: dict | None = None) -> str:
     for name in SEARCHED:
         before, after = old_values.get(name), new_values.get(name)
         lines.append(f"{name}: {before} -> {after}" + ("" if before != after else " (unchanged)"))
+    shown = (*SEARCHED, "anomaly_vocabulary", "release_id")
     others = sorted(n for n in set(old_values) | set(new_values)
-                    if n not in (*SEARCHED, "anomaly_vocabulary", "release_id") and old_values.get(n) != new_values.get(n))
+                    if n not in shown and old_values.get(n) != new_values.get(n))
     lines += [f"{name}: {old_values.get(name)} -> {new_values.get(name)}" for name in others]
     if figures is not None:
         lines += ["", figures_table(figures, old_record["release_id"], new_record["release_id"])]

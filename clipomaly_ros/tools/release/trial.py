@@ -55,8 +55,8 @@ def _row(bag: Path, topic: str, index: int, name: str, mask: np.ndarray, reporte
 def truth_index(out_dir: Path, bags: list[Path], config: ClipomalyConfig) -> dict[str, str]:
     """``OUT_DIR`` as ``clipomaly mine`` with the review issue's columns would write it for the trial fleet: one
     candidate per appearance at its middle frame (the gnomes unreported: no name fits them today) plus the
-    :data:`FALSE_ALARMS` in the frame of each drive's first candidate; returns each candidate's true name (a known class for false
-    alarms on one, "" for nothing)."""
+    :data:`FALSE_ALARMS` in the frame of each drive's first candidate; returns each candidate's true name (a known
+    class for false alarms on one, "" for nothing)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

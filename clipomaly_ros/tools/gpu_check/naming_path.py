@@ -114,8 +114,8 @@ class CpuNaming:
         cosine = float(torch.nn.functional.cosine_similarity(reference, on_device, dim=-1).min())
         problems = []
         if unequal:
-            problems.append(f"names differ from the CPU's on crops {unequal}: "
-                            f"{[NAMES[names_device[i]] for i in unequal]} against {[NAMES[names_cpu[i]] for i in unequal]}")
+            device_names, cpu_names = [NAMES[names_device[i]] for i in unequal], [NAMES[names_cpu[i]] for i in unequal]
+            problems.append(f"names differ from the CPU's on crops {unequal}: {device_names} against {cpu_names}")
         if not cosine >= MIN_CROP_COSINE[precision]:  # NaN fails too
             problems.append(f"a crop embedding's cosine to the CPU's is {cosine:.6f} < {MIN_CROP_COSINE[precision]}")
         if waits < 1:

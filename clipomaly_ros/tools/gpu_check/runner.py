@@ -113,17 +113,22 @@ def child_environment() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths + ([inherited] if inherited else []))}
 
 
+def row_command(row: Row, settings: Settings, result: Path, limit_s: float) -> list[str]:
+    """The command that runs ``row`` alone and writes its record to ``result``."""
+    return [sys.executable, "-m", "clipomaly_ros.tools.gpu_check", "--child", row.name, "--settings",
+            json.dumps(dataclasses.asdict(settings)), "--result", str(result), "--limit-s", f"{limit_s:.1f}"]
+
+
 def run_in_process(row: Row, settings: Settings, limit_s: float, out: Path, current: list) -> dict:
     """``row`` in a process of its own, killed (with what it started) after ``limit_s`` seconds."""
     slug = row.name.replace(" ", "-").replace("/", "-")
     result, log = out / "rows" / f"{slug}.json", out / "rows" / f"{slug}.log"
     result.parent.mkdir(parents=True, exist_ok=True)
     result.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "clipomaly_ros.tools.gpu_check", "--child", row.name, "--settings",
-               json.dumps(dataclasses.asdict(settings)), "--result", str(result), "--limit-s", f"{limit_s:.1f}"]
     with open(log, "w") as stream:
-        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=REPO,
-                                   env=child_environment(), start_new_session=True)
+        process = subprocess.Popen(row_command(row, settings, result, limit_s), stdout=stream,
+                                   stderr=subprocess.STDOUT, cwd=REPO, env=child_environment(),
+                                   start_new_session=True)
         current[:] = [process]
         try:
             code = process.wait(timeout=limit_s)

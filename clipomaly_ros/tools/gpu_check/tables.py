@@ -81,7 +81,8 @@ def _cells(row: dict) -> list[str]:
     cameras = row.get("cameras") or {}
     names = (f"{'equal' if naming['names_equal'] else 'DIFFER'} ({naming['crops_decided']}/{naming['crops']}, "
              f"ring waits {naming['staging_waits']})" if naming else "-")
-    dense = _figure(row, "cosine_vs_fp32", 6) if "cosine_vs_fp32" in row else ("reference" if row.get("frames") else "-")
+    dense = _figure(row, "cosine_vs_fp32", 6) if "cosine_vs_fp32" in row else (
+        "reference" if row.get("frames") else "-")
     status = row["status"] + (f": {row['reason']}" if row.get("reason") else "")
     detail = row.get("ran_on") or row.get("detail") or ""
     for extra in ("typing", "note"):

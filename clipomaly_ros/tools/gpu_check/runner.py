@@ -119,7 +119,7 @@ def row_command(row: Row, settings: Settings, result: Path, limit_s: float) -> l
             json.dumps(dataclasses.asdict(settings)), "--result", str(result), "--limit-s", f"{limit_s:.1f}"]
 
 
-def run_in_process(row: Row, settings: Settings, limit_s: float, out: Path, current: list) -> dict:
+def run_in_process(row: Row, settings: Settings, limit_s: float, out: Path) -> dict:
     """``row`` in a process of its own, killed (with what it started) after ``limit_s`` seconds."""
     slug = row.name.replace(" ", "-").replace("/", "-")
     result, log = out / "rows" / f"{slug}.json", out / "rows" / f"{slug}.log"
@@ -129,14 +129,14 @@ def run_in_process(row: Row, settings: Settings, limit_s: float, out: Path, curr
         process = subprocess.Popen(row_command(row, settings, result, limit_s), stdout=stream,
                                    stderr=subprocess.STDOUT, cwd=REPO, env=child_environment(),
                                    start_new_session=True)
-        current[:] = [process]
         try:
             code = process.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
             kill_group(process)
             return {"status": "FAIL", "reason": f"timed out after {limit_s:.0f} s (log rows/{log.name})"}
-        finally:
-            current.clear()
+        except BaseException:  # stopped by a signal (Stopped): the row's processes go with the check
+            kill_group(process)
+            raise
     if result.is_file():
         return json.loads(result.read_text())
     last = (log.read_text().strip().splitlines() or ["no output"])[-1][:300]
@@ -171,7 +171,6 @@ def run_plan(rows: tuple[Row, ...], settings: Settings, plan: dict, log: RowLog,
     """Each row in turn, recorded and printed as it ends; a signal records the current row as killed, then
     stops (:class:`Stopped`)."""
     deadline = time.monotonic() + plan["budget_s"]
-    current: list = []
 
     def stop(signum, frame):
         raise Stopped(signum)
@@ -187,10 +186,8 @@ def run_plan(rows: tuple[Row, ...], settings: Settings, plan: dict, log: RowLog,
                 record = {"status": "not run", "reason": f"no time left of the {plan['budget_s']:.0f} s budget"}
             else:
                 try:
-                    record = run_in_process(row, settings, min(planned["budget_s"], left), out, current)
+                    record = run_in_process(row, settings, min(planned["budget_s"], left), out)
                 except Stopped as stopped:
-                    if current:
-                        kill_group(current[0])
                     log.write(row_record(row, {"status": "FAIL", "reason": f"killed by {stopped} during this row"},
                                          started))
                     raise

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 PLAN_BUDGET_S = 480.0
 """The whole plan's time budget on a GPU: 8 minutes, so that one call fits a 10-minute machine with room to start
 and to copy the results back."""
-CPU_TIME_SCALE = 5.0
+CPU_TIME_SCALE = 10.0
 """On a CPU (``--device cpu``, the rehearsal) every row's budget is this many times its GPU budget."""
 CAMERA_COUNTS = (1, 8)
 """Cameras batched through one model in every runtime row: warmed up, served and timed; 8 is required."""

@@ -10,17 +10,19 @@ from pathlib import Path
 from ..release.inputs import CONFLICT_POLICIES
 from .options import add_model_options, config_from_args
 
+DESCRIPTION = (
+    "clipomaly release MINED... -o RELEASE_DIR [--from PARENT]: the names reviewers confirmed join anomaly_vocabulary, "
+    "the reviewed frames become labelled frames (split by drive) that calibrate the thresholds, and RELEASE_DIR gets "
+    "clipomaly.yaml (a parameter file for the node, replay and evaluate), release.json (provenance and figures), "
+    "CHANGELOG.md, release.dvc and the frames. clipomaly release diff OLD NEW [--eval DATA]: vocabulary and "
+    "thresholds from OLD to NEW, with --eval both releases' figures on the same labelled frames and the frames they "
+    "disagree on.")
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "release", help="turn reviewed finds into a release (parameter file, provenance, changelog); "
-                        "'release diff OLD NEW' compares two",
-        description="clipomaly release MINED... -o RELEASE_DIR [--from PARENT]: the names reviewers confirmed join "
-                    "anomaly_vocabulary, the reviewed frames become labelled frames (split by drive) that calibrate "
-                    "the thresholds, and RELEASE_DIR gets clipomaly.yaml (a parameter file for the node, replay and "
-                    "evaluate), release.json (provenance and figures), CHANGELOG.md, release.dvc and the frames. "
-                    "clipomaly release diff OLD NEW [--eval DATA]: vocabulary and thresholds from OLD to NEW, with "
-                    "--eval both releases' figures on the same labelled frames and the frames they disagree on.")
+    summary = ("turn reviewed finds into a release (parameter file, provenance, changelog); 'release diff OLD NEW' "
+               "compares two")
+    parser = subparsers.add_parser("release", help=summary, description=DESCRIPTION)
     parser.add_argument("inputs", nargs="+", metavar="MINED", help="reviewed mined folders (clipomaly mine's "
                                                                    "OUT_DIR with reviews.jsonl); or: diff OLD NEW")
     parser.add_argument("-o", "--output", type=Path, metavar="RELEASE_DIR", help="the release folder to write")

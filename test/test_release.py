@@ -208,3 +208,31 @@ def test_diff_shows_the_vocabulary_the_thresholds_and_both_sides_figures(trial, 
 
 def values_of(release: Path) -> dict:
     return yaml.safe_load((release / "clipomaly.yaml").read_text())["/**/clipomaly"]["ros__parameters"]
+
+
+def test_labels_from_decisions_confirmed_one_known_or_rejected_zero_undecided_ignored():
+    import numpy as np
+
+    from clipomaly_ros.tools.release.frames import ReviewedFrame, calibration_label, finetune_label
+    from clipomaly_ros.tools.release.inputs import Decision
+    from clipomaly_ros.tools.release.trial import encode_mask
+
+    def square(x0: int) -> np.ndarray:
+        mask = np.zeros((20, 40), bool)
+        mask[5:15, x0:x0 + 8] = True
+        return mask
+
+    corrected = square(30)
+    corrected[5:15, 30:34] = False  # the reviewer's corrected mask: half the square
+    rows = [{"candidate_id": str(i), "mask": encode_mask(square(x0))} for i, x0 in enumerate((0, 10, 20, 30))]
+    decisions = [Decision("0", "known_class", "", "car", "ana", None), None,
+                 Decision("2", "reject", "", "", "ana", None),
+                 Decision("3", "rename", GNOME, "", "ana", encode_mask(corrected))]
+    frame = ReviewedFrame("bag", "drive", "/image", 1, list(zip(rows, decisions)))
+    label = calibration_label(frame, (20, 40))
+    assert (label[square(0)] == 0).all() and (label[square(10)] == 255).all() and (label[square(20)] == 0).all()
+    assert (label[corrected] == 1).all() and (label[square(30) & ~corrected] == 0).all()
+    assert (label == 1).sum() == corrected.sum()
+    tuned = finetune_label(frame, (20, 40), ("road", "car"))
+    assert (tuned[square(0)] == 1).all() and (tuned[~square(0)] == 255).all()
+    assert finetune_label(frame, (20, 40), ("road",)) is None  # car is no known class there: nothing to learn

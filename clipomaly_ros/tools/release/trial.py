@@ -35,7 +35,8 @@ reviewer) and a patch of road (rejected)."""
 WRONG_NAMES = ("rock", "dog", "traffic cone")
 
 
-def _rle(mask: np.ndarray) -> dict:
+def encode_mask(mask: np.ndarray) -> dict:
+    """COCO compressed RLE of an ``(H, W)`` bool mask, as the index and reviews.jsonl hold it."""
     from pycocotools import mask as coco_mask
 
     encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -49,7 +50,7 @@ def _row(bag: Path, topic: str, index: int, name: str, mask: np.ndarray, reporte
             "source_path": str(bag), "topic": topic, "track": number, "best_stamp_ns": stamp,
             "first_stamp_ns": stamp, "last_stamp_ns": stamp, "name": name if reported else "",
             "box": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())], "reported": reported,
-            "peak_score": 0.9, "mask": _rle(mask)}
+            "peak_score": 0.9, "mask": encode_mask(mask)}
 
 
 def truth_index(out_dir: Path, bags: list[Path], config: ClipomalyConfig) -> dict[str, str]:

@@ -236,3 +236,25 @@ def test_labels_from_decisions_confirmed_one_known_or_rejected_zero_undecided_ig
     tuned = finetune_label(frame, (20, 40), ("road", "car"))
     assert (tuned[square(0)] == 1).all() and (tuned[~square(0)] == 255).all()
     assert finetune_label(frame, (20, 40), ("road",)) is None  # car is no known class there: nothing to learn
+
+
+def test_an_index_without_bag_id_and_source_path_finds_its_bags_through_the_summary(trial, tmp_path):
+    import pyarrow.parquet as pq
+
+    from clipomaly_ros.tools.release.frames import read_frame_images, reviewed_frames
+
+    mined = _copy_mined(trial, tmp_path)
+    part = mined / "anomalies.parquet" / "part-0.parquet"
+    table = pq.read_table(part)
+    paths = dict(zip(table.column("bag").to_pylist(), table.column("source_path").to_pylist()))
+    pq.write_table(table.drop_columns(["bag_id", "source_path"]), part)
+    summary = json.loads((mined / "summary.json").read_text())
+    (mined / "summary.json").write_text(json.dumps(summary | {"per_bag": [{"bag": b, "path": p}
+                                                                          for b, p in paths.items()]}))
+    problems: list[str] = []
+    frames = reviewed_frames([read_mined(mined)])
+    assert len(read_frame_images(frames, problems)) == len(frames) > 0 and problems == []
+    (mined / "summary.json").write_text(json.dumps(summary))
+    problems = []
+    assert read_frame_images(reviewed_frames([read_mined(mined)]), problems) == {}
+    assert len(problems) == 1 and "no source_path" in problems[0]

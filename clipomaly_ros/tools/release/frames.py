@@ -110,7 +110,12 @@ def read_frame_images(frames: list[ReviewedFrame], problems: list[str]) -> dict[
         by_bag[frame.bag].append(frame)
     images: dict[str, np.ndarray] = {}
     unreadable = set()
-    for bag, wanted in sorted(by_bag.items()):
+    for bag, wanted in sorted(by_bag.items(), key=lambda item: str(item[0])):
+        if bag is None:
+            problems.append(f"{len(wanted)} reviewed frames of a bag the index gives no path for (no source_path, "
+                            "none in summary.json): left out")
+            unreadable.add(bag)
+            continue
         try:
             with open_bag(bag) as reader:
                 for topic in sorted({f.topic for f in wanted}):

@@ -25,8 +25,10 @@ CONFIRMED = ("accept", "rename")
 WEIGHTS_KEYS = ("backend", "model", "pretrained", "checkpoint", "random_weights")
 """The run fingerprint's entries that say which weights mined it (the checkpoint by the hash of its bytes)."""
 CONFLICT_POLICIES = ("leave-out", "latest", "refuse")
-INDEX_COLUMNS = ("candidate_id", "mask", "bag_id", "source_path", "topic", "best_stamp_ns")
-"""The index columns a release reads: the candidate, its mask, and where its frame is (bag, topic, stamp)."""
+INDEX_COLUMNS = ("candidate_id", "mask", "bag", "topic", "best_stamp_ns")
+"""The index columns a release needs: the candidate, its mask, and where its frame is (bag, topic, stamp). The bag's
+content identity (``bag_id``) and folder (``source_path``) are read where the index has them; else the bag's name
+and ``summary.json``'s path for it stand in."""
 
 
 class ReleaseError(ValueError):
@@ -91,13 +93,23 @@ def read_index(folder: Path) -> dict[str, dict]:
     if missing:
         raise ReleaseError(f"{path} lacks the column(s) {', '.join(missing)}: it was mined by an older version; "
                            "mine the drives again to review and release them")
+    paths = _bag_paths(folder)
     rows = {}
     for row in table.to_pylist():
         if row["candidate_id"] in rows:
             raise ReleaseError(f"{path}: candidate {row['candidate_id']} is there twice; the index is damaged, "
                                "mine again")
+        row["bag_id"] = row.get("bag_id") or row["bag"]
+        row["source_path"] = row.get("source_path") or paths.get(row["bag"])
         rows[row["candidate_id"]] = row
     return rows
+
+
+def _bag_paths(folder: Path) -> dict[str, str]:
+    """Bag name -> its folder, from ``summary.json``'s bags (for an index without ``source_path``)."""
+    summary = folder / "summary.json"
+    bags = json.loads(summary.read_text()).get("per_bag", []) if summary.is_file() else []
+    return {bag["bag"]: bag["path"] for bag in bags if "bag" in bag and "path" in bag}
 
 
 def read_fingerprint(folder: Path) -> dict:

@@ -184,7 +184,7 @@ def test_reviews_of_a_run_mined_with_other_weights_are_refused_naming_both(trial
         read_mined(mined)
 
 
-def test_diff_shows_the_vocabulary_the_thresholds_and_both_sides_figures(trial, tmp_path):
+def test_diff_shows_the_vocabulary_the_thresholds_and_both_sides_figures(trial, tmp_path, capsys):
     from clipomaly_ros.tools.release.report import release_diff
 
     new = trial["options"].output
@@ -204,6 +204,10 @@ def test_diff_shows_the_vocabulary_the_thresholds_and_both_sides_figures(trial, 
     assert "| named-anomaly accuracy |" in text and "| component F1 |" in text and "| FPR95" in text
     assert (tmp_path / "diff.png").is_file()
     assert "vocabulary added: none" in release_diff(new, new) and "(unchanged)" in release_diff(new, new)
+    from clipomaly_ros.tools.cli import main
+
+    assert main(["release", "diff", str(old), str(new)]) == 0
+    assert f"vocabulary added: {GNOME}" in capsys.readouterr().out
 
 
 def values_of(release: Path) -> dict:

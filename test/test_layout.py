@@ -110,6 +110,16 @@ def test_the_core_has_rooms_by_kind_with_imports_flowing_model_method_scene():
     assert not any(m.startswith("clipomaly_ros.core.") and "scenes" in m for m in graph)
 
 
+def test_the_parameter_file_rules_are_a_room_of_their_own_that_the_settings_use():
+    graph = package_imports()
+    assert graph["clipomaly_ros.core.parameter_files"] == set()  # the file's rules know no setting
+    assert "clipomaly_ros.core.parameter_files" in graph["clipomaly_ros.core.config"]
+    config = ast.parse((PACKAGE_DIR / "core" / "config.py").read_text())
+    defined = {node.name for node in ast.walk(config) if isinstance(node, ast.FunctionDef)}
+    rules = {"select_section", "section_matches", "node_fqn", "flatten_parameters", "is_ros_standard_parameter"}
+    assert defined & rules == set(), "rcl's parameter-file rules are back in core/config.py"
+
+
 def test_importing_the_whole_core_pulls_in_neither_rclpy_nor_rosbags():
     code = ("import pkgutil, sys, importlib, clipomaly_ros.core as core; "
             "[importlib.import_module(m.name) for m in pkgutil.walk_packages(core.__path__, 'clipomaly_ros.core.')]; "

@@ -177,9 +177,10 @@ def oversize_code() -> list[str]:
 
 
 def test_no_file_or_function_is_over_the_house_limits():
-    over = [entry for entry in oversize_code() if entry.split(" ")[0].split(":")[0] not in KNOWN_OVERSIZE]
+    found = oversize_code()
+    over = [entry for entry in found if entry.split(" ")[0].split(":")[0] not in KNOWN_OVERSIZE]
     assert over == [], f"over the limits ({ROS_FILE_LINES} lines in ros/, {FILE_LINES} elsewhere, " \
                        f"{FUNCTION_LINES} a function): {over}"
-    still_over = {entry.split(" ")[0].split(":")[0] for entry in oversize_code()}
+    still_over = {entry.split(" ")[0].split(":")[0] for entry in found}
     assert KNOWN_OVERSIZE <= still_over, f"no longer over the limits, drop from KNOWN_OVERSIZE: " \
                                          f"{sorted(KNOWN_OVERSIZE - still_over)}"

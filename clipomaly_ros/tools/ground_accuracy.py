@@ -17,9 +17,10 @@ GROUND_LATERALS = (0.8, -1.5)
 """Lateral offsets in metres of the object from the lane's middle (positive: left)."""
 
 
-def ground_errors(log=print, ranges: tuple[float, ...] = GROUND_RANGES) -> dict[str, dict[str, float]]:
-    """Per distance of ``ranges`` (``"5 m"``, ...): the worst over :data:`GROUND_LATERALS` of the distance error in
-    percent of the true range and the lateral error in metres, for a 1.8 x 0.6 m object on 1280x720 perspective
+def ground_errors(log=print, ranges: tuple[float, ...] = GROUND_RANGES,
+                  laterals: tuple[float, ...] = GROUND_LATERALS) -> dict[str, dict[str, float]]:
+    """Per distance of ``ranges`` (``"5 m"``, ...): the worst over ``laterals`` of the distance error in percent of
+    the true range and the lateral error in metres, for a 1.8 x 0.6 m object on 1280x720 perspective
     scenes (camera 1.5 m up, pitched 2 degrees down, focal length 1000 px) segmented by the toy backend. An object
     not located at all is an infinite distance error (and a line through ``log``)."""
     from ..core.method.pipeline import Clipomaly
@@ -31,7 +32,7 @@ def ground_errors(log=print, ranges: tuple[float, ...] = GROUND_RANGES) -> dict[
     errors = {}
     for distance in ranges:
         worst_distance, worst_lateral = 0.0, 0.0
-        for lateral in GROUND_LATERALS:
+        for lateral in laterals:
             image, _ = render_perspective_street(camera, mounting, [StandingObject("mattress", distance, lateral,
                                                                                    1.8, 0.6)])
             follower = AnomalyFollower()

@@ -43,6 +43,18 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_utc(text: str) -> str:
+    """An ISO 8601 time (with a zone; none means UTC) as :func:`utc_now` writes it; raises :class:`DecisionError`."""
+    try:
+        moment = datetime.datetime.fromisoformat(str(text))
+    except ValueError:
+        raise DecisionError(f"time {str(text)[:40]!r} is not ISO 8601") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    moment = moment.astimezone(datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def default_reviewer() -> str:
     try:
         return getpass.getuser()
@@ -79,7 +91,7 @@ def make_decision(candidate_id: str, decision: str, *, reviewer: str, name: str 
                                 or not 0 <= seconds < 86_400 * 365):
         raise DecisionError("seconds must be a non-negative number")
     line = {"candidate_id": candidate_id, "decision": decision, "name": name, "known_class": known_class,
-            "reviewer": _text(reviewer, "reviewer", True), "time": time or utc_now(),
+            "reviewer": _text(reviewer, "reviewer", True), "time": iso_utc(time) if time else utc_now(),
             "seconds": None if seconds is None else round(float(seconds), 3)}
     if mask is not None:
         line["mask"] = masks.checked(mask)

@@ -94,7 +94,10 @@ def make_decision(candidate_id: str, decision: str, *, reviewer: str, name: str 
             "reviewer": _text(reviewer, "reviewer", True), "time": iso_utc(time) if time else utc_now(),
             "seconds": None if seconds is None else round(float(seconds), 3)}
     if mask is not None:
-        line["mask"] = masks.checked(mask)
+        try:
+            line["mask"] = masks.checked(mask)
+        except masks.MaskError as error:
+            raise DecisionError(str(error)) from None
     return line | {key: value for key, value in extra.items() if value is not None}
 
 
@@ -105,7 +108,7 @@ def append(folder: Path, lines: list[dict]) -> None:
     if not lines:
         return
     data = "".join(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n" for line in lines).encode()
-    descriptor = os.open(Path(folder) / REVIEWS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    descriptor = os.open(Path(folder) / REVIEWS_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         size = os.fstat(descriptor).st_size

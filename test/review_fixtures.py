@@ -31,8 +31,10 @@ def island_mask(index: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndar
     return mask
 
 
-def write_mined(folder: Path, count: int = 12, bags: int = 2, frames: bool = True, unreported_every: int = 4) -> list[dict]:
-    """``count`` candidates over ``bags`` bags into ``folder`` (a mined folder's layout); the rows written."""
+def write_mined(folder: Path, count: int = 12, bags: int = 2, frames: bool = True, unreported_every: int = 4,
+                shared_thumbnail: bool = False) -> list[dict]:
+    """``count`` candidates over ``bags`` bags into ``folder`` (a mined folder's layout); the rows written. Every
+    ``unreported_every``-th is one naming dropped; ``shared_thumbnail``: one thumbnail file for all (big indexes)."""
     folder = Path(folder)
     (folder / "thumbnails").mkdir(parents=True, exist_ok=True)
     thumbnail = cv2.imencode(".jpg", np.full((24, 32, 3), 90, np.uint8))[1].tobytes()
@@ -42,7 +44,7 @@ def write_mined(folder: Path, count: int = 12, bags: int = 2, frames: bool = Tru
         name = NAMES[index % len(NAMES)]
         bag = f"drive{index % bags}"
         stamp = 1_700_000_000_000_000_000 + index * 100_000_000
-        key = f"{index:016x}-{index}"
+        key = "shared" if shared_thumbnail else f"{index:016x}-{index}"
         rows.append({
             "bag": bag, "topic": "/camera/image_raw", "shard": f"{index:016x}", "track": index,
             "first_stamp_ns": stamp, "last_stamp_ns": stamp, "best_stamp_ns": stamp, "frames": 3, "name": name,

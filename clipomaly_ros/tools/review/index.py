@@ -7,13 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from ...core.config import CITYSCAPES_CLASSES, ClipomalyConfig
-from ...core.method.vocabulary import read_name_list
 
 INDEX_FOLDER = "anomalies.parquet"
 MASK_TYPE = pa.struct([("size", pa.list_(pa.int64())), ("counts", pa.string())])
@@ -73,10 +73,17 @@ def load_index(folder: Path) -> MinedIndex:
     settings = _run_settings(folder)
     known = tuple(settings.get("known_classes") or CITYSCAPES_CLASSES)
     vocabulary = tuple(settings.get("anomaly_vocabulary") or ClipomalyConfig().anomaly_vocabulary)
-    dictionary = read_name_list(None)
+    dictionary = shipped_dictionary()
     names = tuple(sorted({*dictionary, *vocabulary, *(row["name"] for row in rows)} - set(known)))
     version = "clipomaly-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return MinedIndex(folder, rows, by_id, known, names, version)
+
+
+def shipped_dictionary() -> list[str]:
+    """The naming dictionary shipped with the package (read as text: the vocabulary module would bring torch into
+    a server that needs none of it)."""
+    text = resources.files("clipomaly_ros").joinpath("data/naming_dictionary.txt").read_text()
+    return [" ".join(line.split()) for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def _run_settings(folder: Path) -> dict:

@@ -136,18 +136,11 @@ def test_review_by_keyboard_and_mouse_and_reload(browser, tmp_path):
         server.server_close()
 
 
-SERVER = """
-import sys
-from clipomaly_ros.tools.review.service import start
-server = start(sys.argv[1], "ann", port=0, announce=lambda line: print(line, flush=True))
-server.serve_forever()
-"""
-
-
 def test_ten_thousand_candidates_key_to_next_candidate(browser, tmp_path):
     folder = tmp_path / "mined"
     write_mined(folder, count=10_000, bags=20, frames=False, shared_thumbnail=True)
-    process = subprocess.Popen([sys.executable, "-c", SERVER, str(folder)], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.tools.cli", "review", str(folder), "--port", "0",
+                                "--reviewer", "ann"], stdout=subprocess.PIPE, text=True)
     try:
         url = ""
         while not url.startswith("open "):

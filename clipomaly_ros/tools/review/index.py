@@ -64,7 +64,7 @@ def load_index(folder: Path) -> MinedIndex:
     if missing:
         raise MinedFolderError(f"{parquet} lacks the column(s) {', '.join(missing)}: it was mined by an older version; "
                           "mine the drives again into a new OUT_DIR (or with --force-new)")
-    columns = [name for name in dataset.schema.names if name in set(NEEDED) | set(SHOWN) | {"shard", "track"}]
+    columns = [name for name in dataset.schema.names if name in set(NEEDED) | set(SHOWN) | {"source_path"}]
     rows = dataset.to_table(columns=columns).to_pylist()
     rows.sort(key=lambda row: (-(row["peak_score"] or 0.0), row["candidate_id"]))
     by_id = {row["candidate_id"]: row for row in rows}

@@ -43,7 +43,7 @@ def _loopback(host: str) -> bool:
 
 
 def serve(folder: Path, reviewer: str, host: str = "127.0.0.1", port: int = 8765, frame_reader=None,
-          announce: Callable[[str], None] = print) -> int:
+          announce: Callable[[str], None] = lambda line: print(line, flush=True)) -> int:
     """Run the review server until Ctrl-C; 0."""
     server = start(folder, reviewer, host, port, frame_reader, announce)
     try:

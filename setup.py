@@ -49,8 +49,9 @@ setup(
         "test": ["pytest>=7", "scikit-learn>=1.3", "selenium>=4.20"],
         # runtime: onnx and `clipomaly export`; on a GPU machine install onnxruntime-gpu instead of onnxruntime
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
-        # `clipomaly mine`: Ray Data runs it on one machine or a cluster; pyarrow writes the Parquet index
-        "mine": ["ray[data]>=2.50,<3", "pyarrow>=14"],
+        # `clipomaly mine`: Ray Data runs it on one machine or a cluster; pyarrow writes the Parquet index, pycocotools
+        # its masks
+        "mine": ["ray[data]>=2.50,<3", "pyarrow>=14", "pycocotools>=2.0.7"],
         # `clipomaly review`, `export MINED --format`, `import`: masks as COCO RLE, the index read with pyarrow
         "review": ["pycocotools>=2.0.7", "pyarrow>=14"],
     },

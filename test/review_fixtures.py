@@ -12,12 +12,13 @@ import pyarrow as pa
 
 from clipomaly_ros.tools.mining.report import ROW_SCHEMA, write_index
 from clipomaly_ros.tools.review import masks
-from clipomaly_ros.tools.review.index import REVIEW_FIELDS, frame_key
+from clipomaly_ros.tools.review.index import frame_key
 
 HEIGHT, WIDTH = 48, 64
 NAMES = ("mattress", "tire", "deer", "cardboard box", "traffic cone")
-SCHEMA = pa.schema(list(ROW_SCHEMA) + [pa.field(name, kind) for name, kind in REVIEW_FIELDS
+SCHEMA = pa.schema(list(ROW_SCHEMA) + [pa.field(name, pa.string()) for name in ("bag_id", "source_path")
                                        if name not in ROW_SCHEMA.names])
+"""The index's schema with the frame reference's columns (the bag's content id and path)."""
 
 
 def island_mask(index: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:

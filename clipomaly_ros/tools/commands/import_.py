@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .options import add_reviewer_option
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ..review.decisions import default_reviewer
-
     parser = subparsers.add_parser(
         "import", help="read a labelling tool's reviewed export back into MINED/reviews.jsonl",
         description="Reads COCO instances JSON, Label Studio tasks JSON or CVAT for images 1.1 XML (as 'clipomaly "
@@ -22,8 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--into", type=Path, required=True, metavar="MINED", help="the mined folder")
     parser.add_argument("--format", choices=("coco", "label-studio", "cvat"),
                         help="the file's format (default: detected)")
-    parser.add_argument("--reviewer", default=default_reviewer(),
-                        help="who reviewed, where the file does not say (default: the user name)")
+    add_reviewer_option(parser, ", where the file names no reviewer")
     return parser
 
 

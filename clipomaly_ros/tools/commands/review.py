@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .options import add_reviewer_option
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ..review.decisions import default_reviewer
-
     parser = subparsers.add_parser(
         "review", help="review mined candidates in a local web page (decisions go to MINED/reviews.jsonl)",
         description="Serves a page over MINED (the OUT_DIR of 'clipomaly mine'): the candidates by score with "
@@ -23,8 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any free port)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 exposes it)")
-    parser.add_argument("--reviewer", default=default_reviewer(),
-                        help="the name the decisions are signed with (default: the user name)")
+    add_reviewer_option(parser)
     parser.add_argument("--conflicts", action="store_true",
                         help="list the candidates on which reviewers' latest decisions disagree, and exit")
     return parser

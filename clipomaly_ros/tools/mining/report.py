@@ -27,6 +27,12 @@ ROW_SCHEMA = pa.schema([
     ("tags", pa.list_(pa.string())),
 ])
 """One row per anomaly track per shard; docs/mining.md documents every column."""
+ROW_SCHEMA = pa.schema(list(ROW_SCHEMA) + [
+    ("candidate_id", pa.string()), ("reported", pa.bool_()),
+    ("mask", pa.struct([("size", pa.list_(pa.int64())), ("counts", pa.string())])),
+])
+"""With the review's columns: ``candidate_id`` (stable over runs), ``reported`` (false for a region naming dropped)
+and ``mask`` (COCO compressed RLE of the best frame's mask, full-frame pixels)."""
 
 
 def committed_shards(out_dir: Path) -> dict[str, dict]:

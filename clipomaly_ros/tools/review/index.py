@@ -10,17 +10,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.dataset as ds
 
 from ...core.config import CITYSCAPES_CLASSES, ClipomalyConfig
 
 INDEX_FOLDER = "anomalies.parquet"
-MASK_TYPE = pa.struct([("size", pa.list_(pa.int64())), ("counts", pa.string())])
-"""The ``mask`` column: COCO compressed RLE of the track's mask at its best frame, full-frame pixels."""
-REVIEW_FIELDS = [("candidate_id", pa.string()), ("mask", MASK_TYPE), ("reported", pa.bool_()),
-                 ("bag_id", pa.string()), ("source_path", pa.string())]
-"""The index columns the review needs beside the mining report's."""
 NEEDED = ("candidate_id", "mask", "name", "candidates", "peak_score", "bag", "topic", "best_stamp_ns", "box",
           "on_road", "distance_m", "lateral_m", "thumbnail", "frames")
 SHOWN = ("candidate_id", "name", "peak_score", "bag", "topic", "best_stamp_ns", "box", "on_road", "distance_m",

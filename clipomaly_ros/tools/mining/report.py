@@ -165,6 +165,8 @@ header {{ display: flex; gap: 1em; align-items: center; flex-wrap: wrap; margin-
 <label>name <select id="name"><option value="">all</option>{options}</select></label>
 <label>on the road <select id="road"><option value="">any</option><option value="true">on the road</option>
 <option value="false">off the road</option></select></label>
+<label>kind <select id="reported"><option value="true">reported by the node</option>
+<option value="false">dropped by naming</option><option value="">both</option></select></label>
 <label>search <input id="search" type="search" placeholder="name, bag or topic"></label>
 <span id="count"></span>
 </header>
@@ -172,19 +174,19 @@ header {{ display: flex; gap: 1em; align-items: center; flex-wrap: wrap; margin-
 {cards}
 </div>
 <script>
-const controls = ["name", "road", "search"].map(id => document.getElementById(id));
+const controls = ["name", "road", "search", "reported"].map(id => document.getElementById(id));
 function apply() {{
-  const [name, road, search] = controls.map(c => c.value.toLowerCase());
+  const [name, road, search, reported] = controls.map(c => c.value.toLowerCase());
   let shown = 0;
   for (const card of document.querySelectorAll(".card")) {{
     const ok = (!name || card.dataset.name === name) && (!road || card.dataset.road === road)
-      && (!search || card.dataset.text.includes(search));
+      && (!search || card.dataset.text.includes(search)) && (!reported || card.dataset.reported === reported);
     card.style.display = ok ? "" : "none";
     shown += ok;
   }}
   document.getElementById("count").textContent = shown + " shown";
 }}
-controls.forEach(c => c.addEventListener("input", apply));
+controls.forEach(c => ["input", "change"].forEach(kind => c.addEventListener(kind, apply)));
 apply();
 </script>
 </body></html>
@@ -199,7 +201,8 @@ def stamp_text(stamp_ns: int) -> str:
 
 def report_html(table: pa.Table, summary: dict) -> str:
     """A static page (no server, no network) with a gallery of every track sorted by peak score: its thumbnail,
-    name, score, bag, topic, stamp, road and distance; filters by name and road and a search box."""
+    name, score, bag, topic, stamp, road and distance; filters by name, road and kind (reported by the node, the
+    default, or dropped by naming) and a search box."""
     rows = sorted(table.to_pylist(), key=lambda r: (-r["peak_score"], r["bag"], r["best_stamp_ns"]))
     cards = []
     for row in rows:
@@ -210,6 +213,7 @@ def report_html(table: pa.Table, summary: dict) -> str:
         text = f"{row['name']} {row['bag']} {row['topic']}".lower()
         cards.append(
             f'<div class="card" data-name="{html.escape(row["name"].lower())}" data-road="{road}" '
+            f'data-reported="{str(row.get("reported") is not False).lower()}" '
             f'data-text="{html.escape(text)}">'
             f'<img src="{html.escape(row["thumbnail"])}" alt="{html.escape(row["name"])}">'
             f'<h3>{html.escape(row["name"])} {row["peak_score"]:.2f}</h3>'

@@ -15,7 +15,8 @@ import pytest
 from review_fixtures import island_mask, write_mined
 
 from clipomaly_ros.tools.review import decisions, masks
-from clipomaly_ros.tools.review.formats import FormatError, detect, export, import_file
+from clipomaly_ros.tools.review.exchange import detect, export, import_file
+from clipomaly_ros.tools.review.formats import FormatError
 from clipomaly_ros.tools.review.index import load_index
 
 EXAMPLE = Path(__file__).parent / "data" / "label_studio_brush.json"

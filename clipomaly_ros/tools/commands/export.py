@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_mined(args: argparse.Namespace) -> int:
     """``clipomaly export MINED --format F -o OUT``: the mined candidates for a labelling tool."""
-    from ..review.formats import export
+    from ..review.exchange import export
     from ..review.index import load_index
 
     if args.mined is None or args.format is None:

@@ -28,7 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..review import decisions
-    from ..review.formats import import_file
+    from ..review.exchange import import_file
     from ..review.index import load_index
 
     outcome = import_file(load_index(args.into), args.file, args.format, args.reviewer)

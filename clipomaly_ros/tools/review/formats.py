@@ -1,6 +1,5 @@
-"""The labelling tools' formats both ways: what every format shares (the frame of a candidate, the name a review
-gives it, a tool's label read back as a decision) and the dispatch of ``clipomaly export MINED --format`` and
-``clipomaly import FILE --into MINED``.
+"""What the labelling tools' formats share: the frame of a candidate, the name a review gives it, a tool's label
+read back as a decision, and what an import found (:mod:`.exchange` picks the format).
 
 An import turns a tool's reviewed annotations into decision lines appended to ``reviews.jsonl`` (``source`` says
 which tool). A mask the tool changed becomes the decision's ``mask``; the index keeps the original beside it.
@@ -16,9 +15,6 @@ import numpy as np
 
 from . import decisions, masks
 from .index import MinedIndex, frame_key
-
-FORMATS = ("coco", "label-studio", "cvat", "fiftyone")
-
 
 class FormatError(ValueError):
     """A file that is not the format it should be (one line: what is wrong)."""
@@ -81,57 +77,8 @@ def with_mask(outcome: ImportOutcome, line: dict, row: dict, mask: np.ndarray | 
     return line
 
 
-def export(index: MinedIndex, kind: str, output: Path) -> str:
-    """Write the index (with the latest decisions) as ``kind`` to ``output``; what was written, in a line."""
-    latest = decisions.read_log(index.folder).latest
-    if kind == "coco":
-        from .coco import export_coco
-        return export_coco(index, latest, output)
-    if kind == "label-studio":
-        from .label_studio import export_tasks
-        return export_tasks(index, latest, output)
-    if kind == "cvat":
-        from .cvat import export_cvat
-        return export_cvat(index, latest, output)
-    if kind == "fiftyone":
-        from .fiftyone_export import export_fiftyone
-        return export_fiftyone(index, latest, output)
-    raise FormatError(f"--format must be one of {', '.join(FORMATS)}, got {kind!r}")
-
-
-def detect(path: Path) -> str:
-    """The format of a file to import: CVAT's XML, a COCO instances JSON, or Label Studio's tasks JSON."""
-    head = path.read_bytes()[:4096].lstrip()
-    if head.startswith(b"<"):
-        return "cvat"
-    data = load_json(path)
-    if isinstance(data, dict) and "annotations" in data and "images" in data:
-        return "coco"
-    if isinstance(data, list) and all(isinstance(task, dict) and "data" in task for task in data):
-        return "label-studio"
-    raise FormatError(f"{path} is neither CVAT XML, COCO instances JSON nor Label Studio tasks JSON: give --format")
-
-
 def load_json(path: Path):
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as error:
         raise FormatError(f"{path} is not JSON ({error})") from None
-
-
-def import_file(index: MinedIndex, path: Path, kind: str | None, reviewer: str) -> ImportOutcome:
-    """Read a tool's file into decision lines (not yet appended)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path} is not a file: give the file the labelling tool exported")
-    kind = kind or detect(path)
-    if kind == "coco":
-        from .coco import import_coco
-        return import_coco(index, load_json(path), reviewer)
-    if kind == "label-studio":
-        from .label_studio import import_tasks
-        return import_tasks(index, load_json(path), reviewer)
-    if kind == "cvat":
-        from .cvat import import_cvat
-        return import_cvat(index, path, reviewer)
-    raise FormatError(f"import reads coco, label-studio or cvat, not {kind!r}")

@@ -33,7 +33,7 @@ setup(
     ],
     install_requires=[
         "numpy>=1.24",
-        "torch>=2.1",
+        "torch>=2.7",  # runtime compile: dynamo's recompile_limit and FailOnRecompileLimitHit (2.7)
         "open_clip_torch>=2.24",
         "opencv-python-headless>=4.8",
         "scipy>=1.10",

@@ -111,7 +111,8 @@ def test_review_by_keyboard_and_mouse_and_reload(browser, tmp_path):
         assert [(line["candidate_id"], line["decision"], line["name"], line["known_class"]) for line in lines] == [
             ("c00000", "accept", "mattress", None), ("c00001", "reject", None, None),
             ("c00002", "rename", "sofa", None), ("c00003", "known_class", None, "car"),
-            ("c00004", "skip", None, None), ("c00008", "reject", None, None), ("c00009", "accept", "traffic cone", None)]
+            ("c00004", "skip", None, None), ("c00008", "reject", None, None),
+            ("c00009", "accept", "traffic cone", None)]
         assert all(line["reviewer"] == "ann" and line["seconds"] >= 0 for line in lines)
         WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "progress").text == "6 of 12 reviewed")
 

@@ -63,7 +63,8 @@ def load_index(folder: Path) -> MinedIndex:
     rows.sort(key=lambda row: (-(row["peak_score"] or 0.0), row["candidate_id"]))
     by_id = {row["candidate_id"]: row for row in rows}
     if len(by_id) != len(rows):
-        raise MinedFolderError(f"{parquet} holds a candidate_id twice: the index is damaged; mine again into a new OUT_DIR")
+        raise MinedFolderError(f"{parquet} holds a candidate_id twice: the index is damaged; mine again into a new "
+                               "OUT_DIR")
     settings = _run_settings(folder)
     known = tuple(settings.get("known_classes") or CITYSCAPES_CLASSES)
     vocabulary = tuple(settings.get("anomaly_vocabulary") or ClipomalyConfig().anomaly_vocabulary)

@@ -10,7 +10,7 @@ import pytest
 
 from clipomaly_ros import Clipomaly, ClipomalyConfig
 from clipomaly_ros.tools.mining.plan import plan
-from clipomaly_ros.tools.mining.report import ROW_SCHEMA, write_index
+from clipomaly_ros.tools.mining.report import ROW_SCHEMA, report_html, summarise, write_index
 from clipomaly_ros.tools.mining.shard import mine_shard
 from clipomaly_ros.tools.mining.synthetic import Appearance, write_fleet
 from clipomaly_ros.tools.review import masks
@@ -62,6 +62,11 @@ def test_regions_naming_dropped_are_rows_not_reported(shard, tmp_path):
     out.mkdir()
     (out / "thumbnails").mkdir()
     write_index(out, pa.Table.from_pylist(rows, schema=ROW_SCHEMA))
+    table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+    summary = summarise([], [], {}, [], table, {"mined": 1, "resumed": 0, "frames_per_second": 1.0, "seconds": 1.0,
+                                               "ray_startup_s": 0.0, "settings": {}})
+    assert (summary["anomalies"], summary["dropped_by_naming"], summary["anomalies_per_name"]) == (0, 2, {})
+    assert report_html(table, summary).count('data-reported="false"') == 2
     index = load_index(out)
     assert [index.shown(row)["reported"] for row in index.rows] == [False, False]
     assert np.array_equal(masks.decode(index.rows[0]["mask"]),

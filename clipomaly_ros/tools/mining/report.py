@@ -123,12 +123,14 @@ def summarise(plans, input_problems, records: dict[str, dict], shard_failures: l
     truncated = [{"bag": record["shard"]["bag_name"], "shard": shard_id, "topic": record["shard"]["topic"],
                   "reason": record.get("truncated") or record.get("failure")}
                  for shard_id, record in sorted(records.items()) if record.get("truncated") or record.get("failure")]
-    names = collections.Counter(table.column("name").to_pylist())
+    reported = [flag is not False for flag in table.column("reported").to_pylist()]  # null: mined before the column
+    names = collections.Counter(name for name, flag in zip(table.column("name").to_pylist(), reported) if flag)
     return {
         "bags": len(bags), "bags_failed": len({f.get("path") for f in failed}),
         "frames": sum(b["frames"] for b in bags), "frames_skipped": sum(b["frames_skipped"] for b in bags),
         "hours": round(sum(b["seconds"] for b in bags) / 3600, 6),
-        "anomalies": table.num_rows, "anomalies_per_name": dict(sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "anomalies": sum(reported), "dropped_by_naming": len(reported) - sum(reported),
+        "anomalies_per_name": dict(sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))),
         "shards": {"planned": sum(len(p.shards) for p in plans), "committed": len(records),
                    "committed_of_plan": len(covered & set(records)), "from_earlier_runs": len(records) - len(
                        covered & set(records)), "failed": len(shard_failures),

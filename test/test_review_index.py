@@ -72,3 +72,20 @@ def test_regions_naming_dropped_are_rows_not_reported(shard, tmp_path):
     assert np.array_equal(masks.decode(index.rows[0]["mask"]),
                           masks.decode(next(r for r in rows if r["candidate_id"] == index.rows[0]["candidate_id"])[
                               "mask"]))
+
+
+def test_an_index_partitioned_by_bag_and_content_id_reads_the_id_as_text(tmp_path):
+    import pyarrow.dataset as ds
+    from review_fixtures import SCHEMA, write_mined
+
+    rows = write_mined(tmp_path, count=3, frames=False)
+    for row in rows:
+        row["bag_id"] = "0123456789012345"                      # digits alone: inferred, it would be a number
+    folder = tmp_path / "anomalies.parquet"
+    for part in folder.rglob("*.parquet"):
+        part.unlink()
+    ds.write_dataset(pa.Table.from_pylist(rows, schema=SCHEMA), folder, format="parquet", existing_data_behavior=
+                     "overwrite_or_ignore", partitioning=ds.partitioning(
+                         pa.schema([("bag", pa.string()), ("bag_id", pa.string())]), flavor="hive"))
+    index = load_index(tmp_path)
+    assert {row["bag_id"] for row in index.rows} == {"0123456789012345"} and len(index.rows) == 3

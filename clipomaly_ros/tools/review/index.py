@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 
 from ...core.config import CITYSCAPES_CLASSES, ClipomalyConfig
@@ -53,7 +54,7 @@ def load_index(folder: Path) -> MinedIndex:
     parquet = folder / INDEX_FOLDER
     if not parquet.is_dir():
         raise MinedFolderError(f"{folder} has no {INDEX_FOLDER}: give the OUT_DIR of 'clipomaly mine'")
-    dataset = ds.dataset(parquet, format="parquet", partitioning="hive")
+    dataset = ds.dataset(parquet, format="parquet", partitioning=_partitioning(parquet))
     missing = [name for name in NEEDED if name not in dataset.schema.names]
     if missing:
         raise MinedFolderError(f"{parquet} lacks the column(s) {', '.join(missing)}: it was mined by an older version; "
@@ -72,6 +73,14 @@ def load_index(folder: Path) -> MinedIndex:
     names = tuple(sorted({*dictionary, *vocabulary, *(row["name"] for row in rows)} - set(known)))
     version = "clipomaly-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return MinedIndex(folder, rows, by_id, known, names, version)
+
+
+def _partitioning(parquet: Path) -> ds.Partitioning:
+    """The index's hive partitioning (``bag=<name>/``, and ``bag_id=<id>/`` where mining writes it) with every key a
+    string: inferred, a content id of digits alone would be read as a number."""
+    first = next(parquet.rglob("*.parquet"), None)
+    keys = [part.split("=", 1)[0] for part in first.relative_to(parquet).parts[:-1]] if first else []
+    return ds.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive")
 
 
 def shipped_dictionary() -> list[str]:

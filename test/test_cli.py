@@ -224,3 +224,14 @@ def test_the_command_line_module_only_declares_dispatches_and_reports_errors():
                and getattr(node.func, "attr", "") == "add_argument"]
     assert len(options) == 1  # --verbose: every verb's own options live in its module
 
+
+
+def test_the_ground_accuracy_check_measures_located_objects_and_says_when_one_is_missed():
+    from clipomaly_ros.tools.ground_accuracy import format_ground_errors, ground_errors
+
+    said = []
+    errors = ground_errors(said.append, ranges=(10.0, 300.0), laterals=(-1.5,))  # at 300 m: a few pixels, not found
+    assert errors["10 m"]["distance_error_pct"] < 3 and errors["10 m"]["lateral_error_m"] < 0.2
+    assert errors["300 m"]["distance_error_pct"] == float("inf")
+    assert said == ["ground check: nothing located at 300.0 m"]
+    assert "10 m: distance" in format_ground_errors(errors)

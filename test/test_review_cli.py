@@ -62,3 +62,29 @@ def test_frames_are_read_back_from_the_bag(tmp_path, capsys):
     (tmp_path / "frames" / f"{frame_key(rows[0])}.png").unlink()
     assert main(["frames", str(tmp_path), "-o", str(tmp_path / "frames"), "--no-unreported"]) == 0
     assert "wrote 1 frame(s) to" in capsys.readouterr().out
+
+
+def test_the_page_reads_a_frame_from_its_bag_when_none_was_extracted(tmp_path):
+    import threading
+    import urllib.request
+
+    from clipomaly_ros.tools.review.frames import extract_frames
+    from clipomaly_ros.tools.review.index import load_index
+    from clipomaly_ros.tools.review.server import ReviewServer
+
+    rows = write_mined(tmp_path, count=2, bags=1, frames=False)
+    images = [np.random.default_rng(n).integers(0, 255, (48, 64, 3), dtype=np.uint8) for n in range(2)]
+    write_image_bag(tmp_path / "bags" / "drive0", images)
+    server = ReviewServer(load_index(tmp_path), "ann", frame_reader=extract_frames)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host, port = server.server_address[:2]
+        request = urllib.request.Request(f"http://{host}:{port}/frame/{rows[1]['candidate_id']}",
+                                         headers={"X-Review-Token": server.token})
+        png = urllib.request.urlopen(request, timeout=60).read()
+    finally:
+        server.shutdown()
+        server.server_close()
+    decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(decoded, images[1])
+    assert (tmp_path / "frames" / f"{frame_key(rows[1])}.png").is_file()      # kept for the next view

@@ -198,9 +198,9 @@ def test_each_verb_is_a_module_with_add_parser_and_run_in_the_registry_order(cap
     from clipomaly_ros.tools.cli import build_parser
 
     modules = {path.stem for path in Path(commands.__file__).parent.glob("*.py")} - {"__init__", "options"}
-    assert set(commands.VERBS) == modules and len(commands.VERBS) == len(modules)
+    assert {commands.module_name(verb) for verb in commands.VERBS} == modules and len(commands.VERBS) == len(modules)
     for verb in commands.VERBS:
-        module = importlib.import_module(f"clipomaly_ros.tools.commands.{verb}")
+        module = importlib.import_module(f"clipomaly_ros.tools.commands.{commands.module_name(verb)}")
         assert callable(module.run), verb
         parser = module.add_parser(argparse.ArgumentParser().add_subparsers())
         assert isinstance(parser, argparse.ArgumentParser) and parser.prog.endswith(f" {verb}"), verb

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ..core.config import ConfigError
 from ..core.interrupt import EXIT_INTERRUPTED
-from .commands import VERBS
+from .commands import VERBS, module_name
 
 EXIT_USER_ERROR = 2
 """The exit status of a run stopped by what the user gave it (as argparse's for a bad option)."""
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for verb in VERBS:
-        module = importlib.import_module(f"{__package__}.commands.{verb}")
+        module = importlib.import_module(f"{__package__}.commands.{module_name(verb)}")
         module.add_parser(subparsers).set_defaults(run=module.run)
     return parser
 

@@ -1,6 +1,6 @@
 """The fleet loop on a generated fleet whose truth is known: synthetic drives with garden gnomes (a name no naming
-dictionary holds, so today they are dropped as unnamed regions), their reviewed index built from the truth, a
-scripted reviewer that answers from the truth with a stated error rate, a release, and the release measured
+dictionary holds, so today they are dropped as unnamed regions), mined with ``clipomaly mine`` (or, for tests that
+need every kind of decision, an index built from the truth), a scripted reviewer that answers from the truth with a stated error rate, a release, and the release measured
 against its parent on other generated drives (toy backend; data and a measurement, not runtime code).
 
 ``python -m clipomaly_ros.tools.release.trial OUT_DIR`` runs it and prints the figures.
@@ -87,6 +87,25 @@ def truth_index(out_dir: Path, bags: list[Path], config: ClipomalyConfig) -> dic
     return truth
 
 
+def mined_truth(rows: dict[str, dict]) -> dict[str, str]:
+    """Each mined candidate's true name: the trial fleet's object in view in its bag at its best frame whose box
+    overlaps the candidate's most, or "" (a false alarm)."""
+    period = round(1e9 / RATE_HZ)
+    truth = {}
+    for candidate, row in rows.items():
+        index = (int(row["best_stamp_ns"]) - FIRST_STAMP_NS) // period
+        x0, y0, x1, y1 = row["box"]
+        best, name = 0, ""
+        for item in (a for a in TRIAL_FLEET if a.bag == row["bag"] and a.first <= index <= a.last):
+            shift = index - item.first
+            overlap = (max(0, min(x1 + 1, item.box[2] + shift) - max(x0, item.box[0] + shift))
+                       * max(0, min(y1 + 1, item.box[3]) - max(y0, item.box[1])))
+            if overlap > best:
+                best, name = overlap, item.name
+        truth[candidate] = name
+    return truth
+
+
 def scripted_reviews(truth: dict[str, str], error_rate: float, seed: int = 0, reviewer: str = "script") -> list[dict]:
     """One decision per candidate from the ``truth``: accept or rename to the true name, known_class for a known
     class, reject for nothing; for ``error_rate`` of the candidates (rounded, chosen at random by ``seed``) a wrong
@@ -143,15 +162,23 @@ TRIAL_CONFIG = dict(backend="toy", inference_size=SIZE[0])
 """The parent's settings: the toy backend at the drives' own size, its shipped vocabulary (no gnome)."""
 
 
-def prepare_trial(folder: Path, error_rate: float = 0.1, seed: int = 0,
-                  held_out: tuple[int, int] = (3, 4)) -> tuple[Path, Path, ClipomalyConfig]:
-    """In ``folder``: the trial fleet's bags, its reviewed index (``mined/``, reviewed by the script with
-    ``error_rate`` wrong) and ``held_out`` (drives, frames each) other drives (``held_out/``); returns those two
-    folders and the parent's settings."""
+def prepare_trial(folder: Path, error_rate: float = 0.1, seed: int = 0, held_out: tuple[int, int] = (3, 4),
+                  mine: bool = True) -> tuple[Path, Path, ClipomalyConfig]:
+    """In ``folder``: the trial fleet's bags, its reviewed index (``mined/``: ``clipomaly mine``'s own output, or
+    with ``mine`` false :func:`truth_index`'s; reviewed by the script with ``error_rate`` wrong) and ``held_out``
+    (drives, frames each) other drives (``held_out/``); returns those two folders and the parent's settings."""
     config = ClipomalyConfig(**TRIAL_CONFIG)
     bags = write_fleet(folder / "bags", TRIAL_FLEET, TRIAL_FRAMES)
     mined = folder / "mined"
-    write_reviews(mined, scripted_reviews(truth_index(mined, bags, config), error_rate, seed))
+    if mine:
+        from ..mining.driver import run_mine
+        from .inputs import read_index
+
+        run_mine(bags, mined, config, workers=1, progress=False, log=lambda message: None)
+        truth = mined_truth(read_index(mined))
+    else:
+        truth = truth_index(mined, bags, config)
+    write_reviews(mined, scripted_reviews(truth, error_rate, seed))
     return mined, held_out_drives(folder / "held_out", *held_out), config
 
 

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -219,7 +221,7 @@ def test_the_command_line_module_only_declares_dispatches_and_reports_errors():
 
     tree = ast.parse(Path(cli.__file__).read_text())
     functions = sorted(node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef)))
-    assert functions == ["build_parser", "main"]
+    assert functions == ["_loaded", "build_parser", "is_user_error", "main"]
     options = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
                and getattr(node.func, "attr", "") == "add_argument"]
     assert len(options) == 1  # --verbose: every verb's own options live in its module
@@ -235,3 +237,13 @@ def test_the_ground_accuracy_check_measures_located_objects_and_says_when_one_is
     assert errors["300 m"]["distance_error_pct"] == float("inf")
     assert said == ["ground check: nothing located at 300.0 m"]
     assert "10 m: distance" in format_ground_errors(errors)
+
+
+def test_a_verb_that_never_touches_the_model_keeps_torch_out_of_its_process(tmp_path):
+    """The shared error handling must not import the model to catch its errors: `review`'s server would carry
+    torch's half a gigabyte for nothing."""
+    code = ("import sys; from clipomaly_ros.tools import cli; "
+            f"status = cli.main(['review', {str(tmp_path)!r}]); print(status, 'torch' in sys.modules)")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert completed.stdout.split() == ["2", "False"], completed.stdout + completed.stderr
+    assert "has no anomalies.parquet" in completed.stderr

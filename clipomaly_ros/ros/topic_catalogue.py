@@ -141,7 +141,7 @@ SERVICES = (
 """The node's own services (rclpy adds the standard parameter and lifecycle services)."""
 
 
-def topic(name: str) -> Topic:
+def catalogue_entry(name: str) -> Topic:
     """The catalogue entry called ``name``; a name not in it is a ``KeyError`` that lists the names."""
     for entry in TOPICS:
         if entry.name == name:

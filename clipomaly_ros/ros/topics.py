@@ -11,7 +11,7 @@ from tf2_msgs.msg import TFMessage
 from ..core.config import ConfigError
 from .image_input import ImageInput
 from .messages import ros_type
-from .topic_catalogue import Topic, camera_outputs, topic
+from .topic_catalogue import Topic, camera_outputs, catalogue_entry
 from .transforms import add_transforms
 
 
@@ -34,7 +34,7 @@ class NodeTopics:
         for name, camera in self.cameras.items():
             info_topic = self.resolve_topic_name(f"{camera.prefix}camera_info")
             self.camera_info_subscriptions[name] = self.create_subscription(
-                CameraInfo, info_topic, camera.camera_info_arrived, qos_profile(topic("camera_info")))
+                CameraInfo, info_topic, camera.camera_info_arrived, qos_profile(catalogue_entry("camera_info")))
             topic = f"{camera.prefix}image/compressed" if compressed else f"{camera.prefix}image"
             self.image_inputs[name] = ImageInput(
                 self, self.input_type, self.resolve_topic_name(topic), self.input_reliability,
@@ -42,7 +42,7 @@ class NodeTopics:
             camera.image_input = self.image_inputs[name]
         # as tf2's listener reads them: /tf_static latched, /tf reliable
         self.transform_subscriptions = [
-            self.create_subscription(TFMessage, name, self._on_transforms, qos_profile(topic(name)))
+            self.create_subscription(TFMessage, name, self._on_transforms, qos_profile(catalogue_entry(name)))
             for name in ("/tf_static", "/tf")]
         self.topic_check_timer = self.create_timer(2.0, self._check_input_topics)
         self.active = True

@@ -54,8 +54,7 @@ def workspace(tmp_path_factory) -> Path:
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
         copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                             if (REPO / name).is_dir() else {}))
-    environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                   "AMENT_PREFIX_PATH": sys.prefix}
+    environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     built = subprocess.run([colcon(), "build", "--event-handlers", "console_direct-"], cwd=root, env=environment,
                            capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
@@ -63,14 +62,20 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def sourced(workspace: Path, command: str) -> list[str]:
-    """``command`` run by bash after ``source install/setup.bash``, as a user runs it; the tests' own source
-    folder is taken off PYTHONPATH, so only the install tree provides clipomaly_ros."""
-    return ["bash", "-c", f"unset PYTHONPATH; source {workspace}/install/setup.bash && {command}"]
+    """``command`` run by bash after ``source install/setup.bash``, as a user runs it (with
+    :func:`ros_environment`, so that only the install tree provides clipomaly_ros)."""
+    return ["bash", "-c", f"source {workspace}/install/setup.bash && {command}"]
 
 
 def ros_environment() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "AMENT_PREFIX_PATH": sys.prefix,
-            "ROS_DOMAIN_ID": DOMAIN_ID, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "PYTHONUNBUFFERED": "1",
+    """This process's environment with the venv's tools first, DDS kept on this machine, and the repository taken
+    off PYTHONPATH (a ROS installation's own entries there stay)."""
+    python_path = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                   if entry and Path(entry).resolve() != REPO]
+    # AMENT_PREFIX_PATH is the conftest's (the venv) unless a ROS installation set it
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": os.pathsep.join(python_path), "ROS_DOMAIN_ID": DOMAIN_ID,
+            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "PYTHONUNBUFFERED": "1",
             "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
 
 

@@ -109,12 +109,28 @@ def test_the_install_tree_holds_the_node_the_launch_file_and_the_data(workspace)
     assert version == manifest().findtext("version") and dictionary == "True"
 
 
+def stop(process: subprocess.Popen) -> int:
+    """SIGINT, as Ctrl-C sends it; the exit status, or -9 when the process group had to be killed after 60 s (no
+    process of it is left behind either way)."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        return -9
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
 def test_the_installed_node_reports_ready_publishes_with_the_catalogues_qos_and_stops_on_sigint(workspace):
-    node = subprocess.Popen(
-        sourced(workspace, "exec ros2 run clipomaly_ros clipomaly_node --ros-args -p backend:=toy "
-                           "-r __ns:=/colcon_check" if shutil.which("ros2") else
-                "exec clipomaly_node --ros-args -p backend:=toy -r __ns:=/colcon_check"),
-        env=ros_environment(), cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the entry point itself, as colcon installed it (lib/clipomaly_ros is on no PATH: ros2 run finds it there)
+    executable = workspace / "install" / "clipomaly_ros" / "lib" / "clipomaly_ros" / "clipomaly_node"
+    node = subprocess.Popen(sourced(workspace, f"exec {executable} --ros-args -p backend:=toy -r __ns:=/colcon_check"),
+                            env=ros_environment(), cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
     try:
         output = read_until(node, "active: listening on", timeout=180)
         assert "ready: toy colour backend" in output and "active: listening on /colcon_check/image" in output, output
@@ -122,12 +138,7 @@ def test_the_installed_node_reports_ready_publishes_with_the_catalogues_qos_and_
                              text=True, timeout=120)
         assert qos.returncode == 0, qos.stdout + qos.stderr
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            code = node.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            code = node.wait()
+        code = stop(node)
     assert code == 130, f"exit status {code}: {node.stdout.read()[-2000:]}"
 
 
@@ -169,16 +180,14 @@ def test_ros2_launch_starts_the_node_from_the_install_tree(workspace):
                     "test_docs.py, and the node itself above")
     launch = subprocess.Popen(sourced(workspace, "exec ros2 launch clipomaly_ros clipomaly.launch.py backend:=toy "
                                                  "namespace:=colcon_launch"),
-                              env=ros_environment(), cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              env=ros_environment(), cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
     try:
         output = read_until(launch, "active: listening on", timeout=180)
+        assert "section(s) /**/clipomaly, backend:=toy" in output, output
         assert "active: listening on /colcon_launch/image" in output, output
     finally:
-        launch.send_signal(signal.SIGINT)
-        try:
-            launch.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            launch.kill()
+        stop(launch)
 
 
 def test_setup_py_the_package_and_package_xml_give_one_version():

@@ -286,3 +286,25 @@ def test_the_model_side_runs_without_opencv_and_scipy_as_on_a_bare_gpu_machine(t
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip().endswith("(8, 12, 32)")
+
+
+def write_run(path: Path, device: str, rows: list[dict], planned=None) -> Path:
+    """A JSONL as a run leaves it: its plan record (``planned`` row names, else those of ``rows``), then rows."""
+    names = planned or [row["row"] for row in rows]
+    plan_record = {"kind": "plan", "started": "2026-01-01 00:00:00 UTC", "device": device, "model": "ViT-B-16",
+                   "size": "1280x720", "rows": [{"name": name, "cuda_only": False} for name in names]}
+    path.write_text("".join(json.dumps(record) + "\n" for record in [plan_record]
+                            + [{"kind": "row", **row} for row in rows]))
+    return path
+
+
+def test_the_check_and_its_naming_path_import_and_table_without_opencv_and_scipy(tmp_path):
+    """A bare GPU machine has neither: the runner, the rows and the naming path must import, and --table work."""
+    jsonl = write_run(tmp_path / "rows.jsonl", "cuda", [{"row": "versions", "status": "ok", "versions": {
+        "torch": "2.7.0", "GPU": "H100, 79.1 GiB"}}])
+    code = ("import sys; sys.modules.update(cv2=None, scipy=None); "
+            "from clipomaly_ros.tools.gpu_check import naming_path, rows, runner; "
+            f"sys.exit(runner.main(['--table', {str(jsonl)!r}, '--out', {str(tmp_path / 'out')!r}]))")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "GPU H100, 79.1 GiB" in completed.stdout and "gpu check passed: all 1 rows ok" in completed.stdout

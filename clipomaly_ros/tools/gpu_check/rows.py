@@ -16,7 +16,6 @@ from statistics import median
 import numpy as np
 
 from .environment import tensorrt_load_error, tensorrt_major, tensorrt_version, versions
-from .naming_path import CpuNaming, check_frames, device_crop_embeddings
 from .plan import CAMERA_COUNTS, Row
 from .serving import CompileWatch, ServingThread
 
@@ -93,11 +92,14 @@ class Subject:
     whole pipeline. Made, warmed up and served on the serving thread."""
 
     def __init__(self, config, precision: str, full: bool):
-        from ...core.method.pipeline import Clipomaly
         from ...core.model.open_clip_backend import OpenClipBackend
 
         self.backend = OpenClipBackend(config, precision)
-        self.pipeline = Clipomaly(config, backend=self.backend) if full else None
+        self.pipeline = None
+        if full:  # the pipeline needs opencv and scipy, which a bare GPU machine may lack
+            from ...core.method.pipeline import Clipomaly
+
+            self.pipeline = Clipomaly(config, backend=self.backend)
         self.backend.clock.synchronize = True  # the device's time for the backbone, not the launch's
 
     def warm_up(self, image_size: tuple[int, int]) -> None:
@@ -218,6 +220,8 @@ def runtime_row(row: Row, settings: Settings, deadline: float) -> dict:
     """One runtime, precision and layout, served as the node serves it: figures, what ran, and its dense features,
     crop embeddings and names against eager fp32."""
     import torch
+
+    from .naming_path import CpuNaming, check_frames, device_crop_embeddings  # here: the table needs no model side
 
     if row.runtime == "onnx":
         from ...core.model.runtimes import onnx_unavailable

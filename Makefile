@@ -37,8 +37,11 @@ $(ROS_READY): $(CORE_READY) scripts/setup_ros.sh
 	bash scripts/setup_ros.sh
 	touch $@
 
+# exit 0 only if every planned row passed; the CPU rehearsal's 3 ("rows not run: no CUDA", and no failure) is
+# accepted for DEVICE=cpu alone; any other code is passed on
 gpu-check:
-	$(GPU_PYTHON) scripts/gpu_check.py --device $(DEVICE) $(GPU_CHECK_ARGS)
+	@$(GPU_PYTHON) scripts/gpu_check.py --device $(DEVICE) $(GPU_CHECK_ARGS); code=$$?; \
+	if [ "$(DEVICE)" = cpu ] && [ $$code -eq 3 ]; then exit 0; fi; exit $$code
 
 gpu-wheels: $(CORE_READY)
 	bash scripts/gpu_wheels.sh

@@ -71,13 +71,14 @@ def test_make_gpu_check_on_the_cpu_runs_the_plan_and_marks_the_cuda_rows_not_run
         assert record["compiled_while_serving"] == [] and "after a restart" in record["serving"]
         naming = record["naming"]
         assert naming["names_equal"] and naming["staging_waits"] >= 1 and naming["crops"] == 20
-        assert naming["crop_cosine_min"] >= 0.9999
+        assert naming["crop_cosine_min"] >= 0.9999 and record["cameras_cosine_min"] >= 0.999
         if not row.is_reference:
             assert record["cosine_vs_fp32"] >= 0.9999, record
     assert rows["official onnx fp32"]["providers_used"]["windows"] == ["CPUExecutionProvider"]
     assert rows["official compile fp32"]["ran_on"].startswith("torch.compile")
     assert rows["versions"]["versions"]["torch"] and "TensorRT" in rows["versions"]["versions"]
-    assert "rehearsal passed on the CPU: 4 rows ok, 7 not run: no CUDA" in completed.stdout
+    assert "gpu check rehearsal: 4 rows ok, 7 rows not run: no CUDA (exit 3" in completed.stdout
+    assert any((tmp_path / "out" / "cache").rglob("*.onnx"))  # the export cache is kept for the next run
     written = readme.read_text()
     assert "| official onnx fp32 |" in written and "not measured" not in written and written.endswith("after\n")
 
@@ -119,9 +120,13 @@ def test_a_row_past_its_budget_is_killed_with_what_it_started_and_the_next_rows_
     hang = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
             f"time.sleep(600)']); open({str(started)!r}, 'w').write(str(p.pid)); time.sleep(600)")
 
-    def command(row, settings, result, limit_s):
-        if row.name == "versions":
-            return [sys.executable, "-c", hang]
+    deadlines = []
+
+    def command(row, settings, result, deadline):
+        deadlines.append(deadline - time.monotonic())  # the parent's clock: the child's imports count
+        if row.name == "versions":  # it says how far it got, then hangs
+            reached = json.dumps({"load_s": 1.5, "stage": "timed; comparing with eager fp32 next"})
+            return [sys.executable, "-c", f"open({str(result)!r} + '.progress', 'w').write({reached!r}); {hang}"]
         record = json.dumps({"status": "ok", "detail": "stood in"})
         return [sys.executable, "-c", f"open({str(result)!r}, 'w').write({record!r})"]
 
@@ -131,7 +136,9 @@ def test_a_row_past_its_budget_is_killed_with_what_it_started_and_the_next_rows_
                         "--jsonl", str(jsonl), "--out", str(tmp_path)])
     assert code == 1
     rows = rows_of(jsonl)
-    assert rows["versions"]["status"] == "FAIL" and rows["versions"]["reason"].startswith("timed out after 8 s")
+    assert rows["versions"]["status"] == "FAIL" and rows["versions"]["reason"].startswith(
+        "timed out after 8 s, timed; comparing with eager fp32 next")
+    assert rows["versions"]["load_s"] == 1.5 and 0 < deadlines[0] <= 7.5
     assert rows["official torch fp32"]["status"] == "ok"
     grandchild = int(started.read_text())
     for _ in range(100):  # the row's whole process group was killed, not only its first process
@@ -148,7 +155,7 @@ def test_a_terminated_check_records_the_row_it_was_in_as_killed_and_ends_with_th
                                                                                         capsys):
     import threading
 
-    monkeypatch.setattr(runner, "row_command", lambda row, settings, result, limit_s: [
+    monkeypatch.setattr(runner, "row_command", lambda row, settings, result, deadline: [
         sys.executable, "-c", "import time; time.sleep(600)"])
     jsonl = tmp_path / "rows.jsonl"
     timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))  # what `timeout` sends
@@ -177,7 +184,10 @@ def test_an_older_torch_is_refused_in_one_line_at_start(tmp_path, monkeypatch, c
     assert runner.main(["--device", "cpu", "--jsonl", str(tmp_path / "rows.jsonl"), "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1 and "torch 2.7 or newer" in error
-    assert not (tmp_path / "rows.jsonl").exists()
+    refused = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [record["kind"] for record in refused] == ["plan", "refused"]  # what the folder copied back tells
+    assert runner.main(["--table", str(tmp_path / "rows.jsonl"), "--out", str(tmp_path)]) == 2
+    assert "gpu check refused to start: " in capsys.readouterr().out
     with pytest.raises(ModelLoadError, match=r"needs torch 2\.7 or newer .* install torch>=2\.7"):
         OpenClipBackend(ClipomalyConfig(model=tiny_model_name, random_weights=True, device="cpu", runtime="compile",
                                         cache_dir=str(tmp_path)))
@@ -238,11 +248,13 @@ def test_not_run_is_no_pass_and_only_the_rehearsal_excuses_the_cuda_rows():
     planned = {"rows": [{"name": "versions"}, {"name": "official torch fp16"}, {"name": "official torch fp32"}]}
     rows = [{"row": "versions", "status": "ok"}, {"row": "official torch fp16", "status": "not run",
                                                     "reason": "no CUDA"}]
-    assert verdict({**planned, "device": "cpu"}, rows)[0] is False  # a row never finished
+    assert verdict({**planned, "device": "cpu"}, rows)[0] == 1  # a row never finished
     finished = rows + [{"row": "official torch fp32", "status": "ok"}]
     assert verdict({**planned, "device": "cpu"}, finished) == (
-        True, "gpu check rehearsal passed on the CPU: 2 rows ok, 1 not run: no CUDA (this is no GPU pass)")
-    assert verdict({**planned, "device": "cuda"}, finished)[0] is False
+        3, "gpu check rehearsal: 2 rows ok, 1 rows not run: no CUDA (exit 3: no failure found, and no GPU pass)")
+    assert verdict({**planned, "device": "cuda"}, finished)[0] == 1
+    passed = [{**row, "status": "ok", "reason": ""} for row in finished]
+    assert verdict({**planned, "device": "cpu"}, passed)[0] == 0  # only a run in which every row passed
 
 
 def test_only_the_wheels_this_python_lacks_are_unpacked(tmp_path):
@@ -308,3 +320,51 @@ def test_the_check_and_its_naming_path_import_and_table_without_opencv_and_scipy
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "GPU H100, 79.1 GiB" in completed.stdout and "gpu check passed: all 1 rows ok" in completed.stdout
+
+
+def stand_in_rows(monkeypatch, statuses: dict) -> None:
+    """Rows that write ``statuses[row name]`` as their record at once (no model)."""
+    def command(row, settings, result, deadline):
+        record = json.dumps({"status": statuses[row.name], "detail": "stood in"})
+        return [sys.executable, "-c", f"open({str(result)!r}, 'w').write({record!r})"]
+
+    monkeypatch.setattr(runner, "row_command", command)
+
+
+def test_a_rerun_of_a_few_rows_appends_and_the_table_and_markdown_merge_the_latest_of_each_row(tmp_path,
+                                                                                                monkeypatch, capsys):
+    jsonl, page = tmp_path / "rows.jsonl", tmp_path / "measurements.md"
+    page.write_text(f"{TABLE_BEGIN}\nnot measured\n{TABLE_END}\n")
+    common = ["--device", "cpu", "--jsonl", str(jsonl), "--out", str(tmp_path)]
+    stand_in_rows(monkeypatch, {"versions": "ok", "official torch fp32": "FAIL"})
+    assert runner.main(common + ["--only", "versions,official torch fp32"]) == 1
+    stand_in_rows(monkeypatch, {"official torch fp32": "ok"})
+    assert runner.main(common + ["--only", "official torch fp32", "--markdown", str(page)]) == 0
+    assert [json.loads(line)["kind"] for line in jsonl.read_text().splitlines()] == ["plan", "row", "row", "plan",
+                                                                                     "row"]
+    capsys.readouterr()
+    assert runner.main(["--table", str(jsonl), "--out", str(tmp_path)]) == 0
+    assert "gpu check passed: all 2 rows ok" in capsys.readouterr().out
+    written = page.read_text()
+    assert "| versions | " in written and "| official torch fp32 | " in written and "2 runs merged" in written
+    stand_in_rows(monkeypatch, {"versions": "ok"})  # other settings: a table of its own
+    assert runner.main(common + ["--only", "versions", "--size", "640x360"]) == 0
+    assert [row["row"] for row in runner.read_jsonl(jsonl)[1]] == ["versions"]
+
+
+def test_a_stop_signal_is_ignored_once_stopping_and_held_back_while_a_record_is_written(tmp_path, monkeypatch):
+    previous = {each: signal.getsignal(each) for each in runner.STOP_SIGNALS}
+    try:
+        with pytest.raises(runner.Stopped):
+            runner.stop(signal.SIGTERM, None)
+        assert all(signal.getsignal(each) == signal.SIG_IGN for each in runner.STOP_SIGNALS)
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+    held = []
+    fsync = os.fsync
+    monkeypatch.setattr(runner.os, "fsync", lambda fd: held.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+                        or fsync(fd))
+    runner.RowLog(tmp_path / "rows.jsonl").write({"kind": "row"})
+    assert set(runner.STOP_SIGNALS) <= held[0]
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])

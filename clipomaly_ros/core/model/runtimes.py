@@ -107,6 +107,8 @@ class CompiledRuntime:
     per bucket)."""
 
     name = "compile"
+    CUDA_GRAPH_WARM_UP_RUNS = 2
+    """Calls per batch size under CUDA graph trees: the first runs eagerly (warm-up), the second records."""
 
     def __init__(self, encoder: DenseVisionEncoder, image_encoder: DenseVisionEncoder, device: torch.device):
         missing = compile_features_missing()
@@ -167,10 +169,15 @@ class CompiledRuntime:
         return self._run(self._embed, self._eager.embed, crops)
 
     def warm_up(self, dense_batches: Iterable[int], crop_batches: Iterable[int], window: int, crop: int) -> None:
+        """Each bucket of each graph run on this thread: once on a CPU (compiled), twice with CUDA graphs, whose
+        first call at a size is an eager warm-up run and whose second records the graph (otherwise the first
+        served frame would record it)."""
         device = self.encoder.weight.device
+        runs = self.CUDA_GRAPH_WARM_UP_RUNS if self.cuda_graphs else 1
         for run, sizes, side in ((self.dense, dense_batches, window), (self.embed, crop_batches, crop)):
             for size in sorted({bucket(n) for n in sizes if n > 0}):
-                run(torch.zeros(size, 3, side, side, device=device))
+                for _ in range(runs):
+                    run(torch.zeros(size, 3, side, side, device=device))
 
 
 def onnx_unavailable(device: str) -> str:

@@ -368,3 +368,19 @@ def test_a_stop_signal_is_ignored_once_stopping_and_held_back_while_a_record_is_
     runner.RowLog(tmp_path / "rows.jsonl").write({"kind": "row"})
     assert set(runner.STOP_SIGNALS) <= held[0]
     assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_names_compared_on_fewer_than_half_the_crops_do_not_pass():
+    import torch
+
+    from clipomaly_ros.tools.gpu_check.naming_path import NAMES, CpuNaming
+
+    naming = object.__new__(CpuNaming)  # compare() needs only the names' text embeddings
+    naming.text = torch.eye(len(NAMES))
+    decided = torch.eye(len(NAMES))[:4]  # each crop one name, far ahead of the next
+    assert naming.compare(decided, decided, "fp32", waits=1)["problems"] == []
+    tied = torch.ones(4, len(NAMES)) + torch.eye(len(NAMES))[:4] * torch.tensor([[1.0], [0], [0], [0]])
+    compared = naming.compare(tied, tied, "fp32", waits=1)
+    assert compared["crops_decided"] == 1 and compared["names_equal"]
+    assert compared["problems"] == ["only 1 of 4 crops have a decided best name on the CPU (a lead over the next "
+                                    "of more than 0.001): too few to compare"]

@@ -150,6 +150,9 @@ class CpuNaming:
             problems.append(f"names differ from the CPU's on crops {unequal}: {device_names} against {cpu_names}")
         if not cosine >= MIN_CROP_COSINE[precision]:  # NaN fails too
             problems.append(f"a crop embedding's cosine to the CPU's is {cosine:.6f} < {MIN_CROP_COSINE[precision]}")
+        if int(decided.sum()) < len(names_cpu) // 2:  # names compared on a few crops prove little
+            problems.append(f"only {int(decided.sum())} of {len(names_cpu)} crops have a decided best name on the "
+                            f"CPU (a lead over the next of more than {DECIDED[precision]}): too few to compare")
         if waits < 1:
             problems.append(f"the staging ring never found a copy pending when it wrapped ({FRAMES} frames): its wait "
                             "for a copy was not exercised")

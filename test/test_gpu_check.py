@@ -217,7 +217,8 @@ def test_the_compile_watch_counts_a_recompile_and_nothing_on_a_warmed_shape():
     assert any(event.startswith("dynamo frames compiled +") for event in new_shape.events), new_shape.events
 
 
-def test_a_tensorrt_row_that_ran_without_tensorrt_or_untyped_fails_with_its_reason(monkeypatch):
+def test_a_tensorrt_row_that_ran_without_tensorrt_or_untyped_or_built_no_engine_fails_with_its_reason(monkeypatch,
+                                                                                                     tmp_path):
     from types import SimpleNamespace
 
     from clipomaly_ros.tools.gpu_check import rows
@@ -225,8 +226,11 @@ def test_a_tensorrt_row_that_ran_without_tensorrt_or_untyped_fails_with_its_reas
     trt_row = next(row for row in plan.PLAN if row.name == "official onnx/TensorRT fp16")
     fp32_row = next(row for row in plan.PLAN if row.name == "official onnx fp32")
 
+    engines = tmp_path / "tensorrt"
+    engines.mkdir()
+
     def backend(providers):
-        graph = SimpleNamespace(providers=providers)
+        graph = SimpleNamespace(providers=providers, tensorrt_cache=engines)
         return SimpleNamespace(runtime=SimpleNamespace(windows=graph, crops=graph))
 
     fallback = backend(["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -238,10 +242,30 @@ def test_a_tensorrt_row_that_ran_without_tensorrt_or_untyped_fails_with_its_reas
     assert rows.ran_on(fallback, fp32_row, cuda=True)["problems"] == []  # fp32: CUDA is a run, with a note
     tensorrt = backend(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(rows, "tensorrt_version", lambda: "8.6.1")
-    assert "strongly typed" in rows.ran_on(tensorrt, trt_row, cuda=True)["problems"][0]
+    assert "strongly typed" in rows.ran_on(tensorrt, trt_row, cuda=True)["problems"][-1]
     monkeypatch.setattr(rows, "tensorrt_version", lambda: "10.3.0")
+    found = rows.ran_on(tensorrt, trt_row, cuda=True)  # registered, but no engine was built
+    assert len(found["problems"]) == 1 and "built no engine for the windows and crops graph" in found["problems"][0]
+    (engines / "TensorrtExecutionProvider_TRTKernel_graph_main_0_sm90.engine").write_bytes(b"engine")
     found = rows.ran_on(tensorrt, trt_row, cuda=True)
     assert found["problems"] == [] and "strongly typed (TensorRT 10.3.0)" in found["typing"]
+    # fp32 under TensorRT may be TF32: its crops are held to fp16's tolerances, and the row says so
+    record = {"providers_used": {"windows": ["TensorrtExecutionProvider"]}}
+    assert rows.tolerance(fp32_row, record) == "tf32" and "TF32" in record["note"]
+    assert rows.tolerance(fp32_row, {"providers_used": {"windows": ["CUDAExecutionProvider"]}}) == "fp32"
+
+
+def test_the_check_turns_tf32_off_in_onnx_runtimes_cuda_provider(monkeypatch):
+    import torch
+
+    from clipomaly_ros.core.model import runtimes
+
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert runtimes.choose_providers(cuda, torch.device("cuda"), None, 8, 64)[0] == (
+        "CUDAExecutionProvider", {"device_id": 0})  # the node keeps the provider's default
+    monkeypatch.setitem(runtimes.CUDA_PROVIDER_OPTIONS, "use_tf32", 0)  # as the check's rows set it
+    assert runtimes.choose_providers(cuda, torch.device("cuda"), None, 8, 64)[0] == (
+        "CUDAExecutionProvider", {"device_id": 0, "use_tf32": 0})
 
 
 def test_not_run_is_no_pass_and_only_the_rehearsal_excuses_the_cuda_rows():

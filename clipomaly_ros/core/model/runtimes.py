@@ -225,6 +225,11 @@ def tensorrt_cache_dir(cache_dir: Path, engine: Path) -> Path:
     return cache_dir / "tensorrt" / key
 
 
+CUDA_PROVIDER_OPTIONS: dict[str, object] = {}
+"""Options added to ONNX Runtime's CUDA provider in this process, like torch's TF32 flags a process-wide choice:
+the GPU check sets ``use_tf32`` to 0 so that its fp32 rows compute in fp32 (the provider's default allows TF32)."""
+
+
 def choose_providers(available: list[str], device: torch.device, trt_cache: Path | None, max_batch: int,
                      side: int) -> list:
     """ONNX Runtime's providers in order of preference, TensorRT, CUDA, CPU, among ``available``; on a CPU device
@@ -248,7 +253,7 @@ def choose_providers(available: list[str], device: torch.device, trt_cache: Path
                 "trt_profile_opt_shapes": f"windows:{min(max_batch, 32)}x3x{side}x{side}",  # one camera's
                 "trt_profile_max_shapes": f"windows:{max_batch}x3x{side}x{side}"}))
         if "CUDAExecutionProvider" in available:
-            chosen.append(("CUDAExecutionProvider", {"device_id": device_id}))
+            chosen.append(("CUDAExecutionProvider", {"device_id": device_id, **CUDA_PROVIDER_OPTIONS}))
     chosen.append("CPUExecutionProvider")
     return chosen
 
@@ -269,6 +274,8 @@ class OnnxGraphRuntime:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused providers are not the user's business
         trt_cache = tensorrt_cache_dir(cache_dir, engine) if device.type == "cuda" else None
+        self.tensorrt_cache = trt_cache
+        """Where TensorRT's engines for this graph are cached (None off CUDA)."""
         providers = choose_providers(ort.get_available_providers(), device, trt_cache, max_batch, expected.window)
         try:
             self.session = ort.InferenceSession(str(engine), options, providers=providers)

@@ -408,3 +408,23 @@ def test_names_compared_on_fewer_than_half_the_crops_do_not_pass():
     assert compared["crops_decided"] == 1 and compared["names_equal"]
     assert compared["problems"] == ["only 1 of 4 crops have a decided best name on the CPU (a lead over the next "
                                     "of more than 0.001): too few to compare"]
+
+
+def test_the_naming_paths_ring_on_the_cpu_waits_for_pending_copies_and_sends_each_frames_own_crops(tiny_model_name,
+                                                                                                   tmp_path):
+    """The rehearsal's stand-in copies stay pending until waited on: a ring that refilled a buffer without waiting
+    would cut two frames' crops from later frames' pixels, and its waits are counted."""
+    import torch
+
+    from clipomaly_ros import ClipomalyConfig
+    from clipomaly_ros.core.model.open_clip_backend import OpenClipBackend
+    from clipomaly_ros.tools.gpu_check.naming_path import CpuNaming, check_frames, device_crop_embeddings
+    from clipomaly_ros.tools.gpu_check.rows import test_frame
+
+    config = ClipomalyConfig(model=tiny_model_name, random_weights=True, device="cpu", cache_dir=str(tmp_path),
+                             window_size=128)
+    frames = check_frames(test_frame((320, 180), with_scene=False))
+    on_device, waits = device_crop_embeddings(OpenClipBackend(config, precision="fp32"), config, frames)
+    reference = CpuNaming(config, on_cuda=False).crop_embeddings(frames)
+    assert waits == 2  # 10 frames through 8 buffers
+    assert float(torch.nn.functional.cosine_similarity(on_device, reference, dim=-1).min()) >= 0.9999

@@ -428,3 +428,46 @@ def test_the_naming_paths_ring_on_the_cpu_waits_for_pending_copies_and_sends_eac
     reference = CpuNaming(config, on_cuda=False).crop_embeddings(frames)
     assert waits == 2  # 10 frames through 8 buffers
     assert float(torch.nn.functional.cosine_similarity(on_device, reference, dim=-1).min()) >= 0.9999
+
+
+def test_serving_is_watched_right_after_each_warm_up_with_one_and_eight_different_cameras(monkeypatch):
+    """Nothing served outside a watch: a size left to the first served frame (a CUDA graph's recording) is seen on
+    the first thread as on the restarted one."""
+    import numpy as np
+
+    from clipomaly_ros.tools.gpu_check import rows
+    from clipomaly_ros.tools.gpu_check.serving import ServingThread
+
+    log = []
+
+    class Watch:
+        events = []
+
+        def __enter__(self):
+            log.append("watch")
+            return self
+
+        def __exit__(self, *exc):
+            log.append("end")
+
+    class StandIn:
+        backend = type("Backend", (), {"device": type("Device", (), {"type": "cpu"})()})()
+
+        def warm_up(self, image_size):
+            log.append("warm up")
+
+        def batch(self, images):
+            log.append(f"{len(images)} cameras, {len({int(image[0, 0, 0]) for image in images})} frames")
+            return 1.0, 0.5
+
+    monkeypatch.setattr(rows, "CompileWatch", Watch)
+    frames = [np.full((4, 4, 3), index, np.uint8) for index in range(10)]
+    serving = ServingThread()
+    try:
+        record = rows.serve(serving, StandIn(), frames, 2, until=0.0)
+    finally:
+        serving.close()
+    assert log == ["warm up", "watch", "1 cameras, 1 frames", "8 cameras, 8 frames", "end", "warm up", "watch",
+                   "1 cameras, 1 frames", "8 cameras, 8 frames", "1 cameras, 1 frames", "1 cameras, 1 frames",
+                   "8 cameras, 8 frames", "8 cameras, 8 frames", "end"]
+    assert record["compiled_while_serving"] == [] and serving.restarts == 1

@@ -9,6 +9,10 @@ Two Python environments, as the authors' code needs packages this project does n
     .venv/bin/python scripts/ram_plus_equality.py --authors-python /tmp/ramenv/bin/python \\
         --authors-repo /tmp/recognize-anything --work /tmp/ram_check IMAGE...
 
+(The recorded figures were made with a lighter authors' environment that reuses this project's torch, timm,
+torchvision and PIL: a venv whose site-packages hold a ``.pth`` file naming ``.venv``'s site-packages, and
+``pip install --no-deps 'transformers==4.55.4' 'tokenizers<0.22' 'huggingface_hub<1.0' fairscale`` into it.)
+
 The file a user downloads differs from the authors' ``state_dict`` in two keys. Each ``--layouts`` entry is one file:
 
 - ``release``: as released: an extra scalar ``logit_scale`` (written as log 100, which would change every probability
@@ -32,7 +36,11 @@ Full size (IMAGE... given):
 in both layouts with its frames; the authors' code builds a model of the fixture's size (its Swin and head sizes,
 tag list and thresholds given to their constructor through their own config files, in a folder their
 ``CONFIG_PATH`` is pointed at), loads each file with their loader and tags the frames. Their probabilities go to
-OUT.json, which ``test/test_tagger.py`` compares ours with.
+OUT.json, which ``test/test_tagger.py`` compares ours with:
+
+    .venv/bin/python scripts/ram_plus_equality.py --authors-python /tmp/ramenv/bin/python \\
+        --authors-repo /tmp/recognize-anything --authors-commit "recognize-anything 7cb804a" \\
+        --work /tmp/ram_tiny --tiny-reference test/ram_plus_tiny_reference.json
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ SWIN_BUFFERS = ("relative_position_index", "attn_mask")
 """Buffers their loader drops from a file and their Swin recomputes (so it reports them missing)."""
 
 
-# --- the authors' side (their environment: torch, timm, transformers, fairscale; not this package) ---------------------
+# --- the authors' side (their environment: torch, timm, transformers, fairscale; not this package) --------------------
 def authors_module(repo: Path):
     """Their ``ram.models.ram_plus`` module, with the tokenizer reduced to its one use at inference (its length),
     and their loader wrapped to keep the missing and unexpected keys it reports."""

@@ -192,14 +192,18 @@ def test_the_model_is_a_timm_swin_and_a_plain_head():
 
 # --- in the pipeline (the toy backend's text space: synonyms share an axis) -----------------------------------------
 def toy_tagger_file(tmp_path, fired, names=("mattress", "automobile", "street", "road", "abacus", "deer")):
-    """A tiny tagger over ``names`` whose ``fired`` names always fire (threshold 0) and the others never (1)."""
+    """A tiny tagger over ``names`` whose ``fired`` names always fire (threshold 0) and the others never (1); the
+    open-set names (the default ``anomaly_vocabulary``) stay below the default ``tagger_threshold``."""
     import dataclasses
 
     from clipomaly_ros.core.model.toy_backend import ToyColourBackend
 
     tags = TagList(tuple(names), np.array([0.0 if name in fired else 1.0 for name in names], dtype=np.float32))
     architecture = dataclasses.replace(TINY, tags=len(names), width=ToyColourBackend().embed_dim)
-    return write_checkpoint(tmp_path / "ram.pth", tiny_model(architecture=architecture, tags=tags)), tags
+    model = tiny_model(architecture=architecture, tags=tags)
+    with torch.no_grad():  # every probability far below 0.5 (yet above 0): open-set names fire only when asked to
+        model.fc.bias.fill_(-8.0)
+    return write_checkpoint(tmp_path / "ram.pth", model), tags
 
 
 def toy_pipeline(monkeypatch, weights, tags, **settings):

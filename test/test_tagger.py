@@ -47,6 +47,7 @@ def test_a_release_layout_file_loads_strictly_and_gives_the_same_probabilities(t
     assert 0 < float(expected.min()) and float(expected.max()) < 1
     (line,) = [record.getMessage() for record in caplog.records]
     assert "logit_scale 4.605 ignored" in line and "reweight_scale absent" in line and "log(1/0.07)" in line
+    assert line.endswith("; ".join(loaded.load_notes)) and len(loaded.load_notes) == 2
 
 
 @pytest.mark.parametrize("logit_scale", [RELEASE_LOGIT_SCALE, 0.0, -3.0, 50.0])

@@ -190,6 +190,8 @@ class RamPlus(nn.Module):
         self.fc = nn.Linear(architecture.hidden, 1)
         self.register_buffer("open_set_embed", torch.zeros(0, architecture.width), persistent=False)
         self.open_set_names: tuple[str, ...] = ()
+        self.load_notes: tuple[str, ...] = ()
+        """What :func:`load_tagger` did with the file's differences from the authors' ``state_dict`` (logged too)."""
 
     def set_open_set(self, names: tuple[str, ...], embeddings: torch.Tensor) -> None:
         """Tag ``names`` too, each by its (K, width) text embedding (unit vectors of the CLIP space that the
@@ -315,8 +317,8 @@ def load_tagger(path: str | Path, tags: TagList | None = None, device: str | tor
     """The RAM++ model of ``path``, strictly: every tensor of the file fills a parameter of ours (or equals a
     buffer timm computes), every parameter is filled, every shape agrees; otherwise one
     :class:`TaggerLoadError` line names the first offending key. The release's two differences from that are
-    recognised by name (:func:`settle_release_differences`) and logged in one line. ``tags``: the tag list
-    (default the released 4,585)."""
+    recognised by name (:func:`settle_release_differences`), logged in one line and kept as the model's
+    ``load_notes``. ``tags``: the tag list (default the released 4,585)."""
     tags = tags or TagList.released()
     release, notes = settle_release_differences(read_checkpoint(path), path)
     state = {release_to_ours(key): value for key, value in release.items()}
@@ -345,6 +347,7 @@ def load_tagger(path: str | Path, tags: TagList | None = None, device: str | tor
             raise TaggerLoadError(f"buffer {_release_name(key, release)} in {path} differs from the Swin's own: "
                                   "another window arrangement or input size")
     model.load_state_dict(state, strict=True)
+    model.load_notes = tuple(notes)
     LOG.info("tagger weights %s: %s", path, "; ".join(notes))
     return model.eval().requires_grad_(False).to(device)
 

@@ -192,6 +192,8 @@ class ClipomalyNode(NodeParameters, NodeTopics, InferenceLoop, NodeDiagnostics, 
         self.get_logger().info("loading the toy backend ..." if config.backend == "toy" else
                                f"loading {config.model} ({config.checkpoint or config.pretrained}) ...")
         self.pipeline = Clipomaly(config)
+        if self.pipeline.tagger is not None:  # how the RAM++ file's layout was read (the release's unused keys)
+            self.get_logger().info(f"tagger {config.tagger_weights}: {'; '.join(self.pipeline.tagger.model.load_notes)}")
         if self.pipeline.finetuned is not None:
             self.get_logger().info(f"checkpoint {config.checkpoint}: {describe_sidecar(self.pipeline.finetuned)}")
             if self.pipeline.finetuned.get("dense_method") != config.dense_method:

@@ -19,7 +19,13 @@ from .bags import camera_info_connections, transform_connections
 from .decoding import BadRecordedFrame, decode_recorded, deserialize_recorded
 from .frame_step import FrameStep
 from .messages import stamp_ns
-from .transforms import MountingFinder, add_transforms, recorded_static_transforms
+from .transforms import FrameTree, MountingFinder, add_transforms
+
+
+TF_LOOK_BACK_NS = 10 * 10**9
+"""How far before a window its /tf is read (ns): tf2's default buffer length, 10 s."""
+CAMERA_INFO_LOOK_BACK_NS = 10**9
+"""The first step back in the search for the camera_info in force at a window's start (ns)."""
 
 
 @dataclass
@@ -55,6 +61,11 @@ class RecordedDrive:
     (``camera_info_topic``, default the image topic's sibling) and the bag's /tf_static (read whole at once: static
     transforms hold over the whole recording) and /tf (applied in recorded order).
 
+    A pass over a window reads only that window and a bounded look-back before it: the /tf of the
+    :data:`TF_LOOK_BACK_NS` before it (tf2's default buffer length) and the newest camera_info, searched backwards in
+    growing steps (the window before it when camera_info is recorded beside every frame), so a window's cost does
+    not grow with its place in the bag.
+
     ``report`` gets one line for each thing left out on the way: a skipped frame, a damaged camera_info or /tf
     message, an unusable transform. ``guard`` wraps the bag's message iterator (how the caller wants a storage
     failure midway reported)."""
@@ -69,7 +80,7 @@ class RecordedDrive:
         self.static, self.dynamic = transform_connections(reader)
         self.report = report
         self.guard = guard
-        self.tree = recorded_static_transforms(reader, self.static, report)
+        self.tree = self._static_tree()
         self.finder = MountingFinder(self.tree, "the bag's /tf_static and /tf")
         self.counts = DriveCounts()
         self._latest_info: tuple[bytes, str] | None = None
@@ -92,15 +103,13 @@ class RecordedDrive:
                stop_requested: Callable[[], bool] = lambda: False, **outputs) -> Iterator[ProcessedFrame]:
         """Every frame of the drive recorded in ``[start, stop)`` (ns of log time; whole drive by default) through
         ``pipeline`` and ``step``, which also gets ``outputs`` (``wanted``, ``autoware``). The newest camera_info
-        and the /tf recorded before ``start`` are in force at its first frame. ``rate_hz``: at most that many
+        and the /tf recorded before ``start`` (see the class) are in force at its first frame. ``rate_hz``: at most that many
         frames a second of the images' stamps; the others are counted as thinned and not decoded.
         ``on_message(connection, timestamp, raw)`` sees every message read (frames, camera_info, /tf and, with it,
         /tf_static too), before the frame it may belong to is processed. The pass ends early once
         ``stop_requested()`` is true, before the next message."""
         if start and (self.infos or self.dynamic):
-            for connection, _, raw in self.guard(self.reader.messages(connections=self.infos + self.dynamic,
-                                                                      stop=start)):
-                self._take_state(connection, raw)
+            self._look_back(start)
         last_stamp: int | None = None
         self.stopped_early = False
         window = self.reader.messages(connections=self._connections(on_message is not None), start=start,
@@ -128,6 +137,39 @@ class RecordedDrive:
                 continue
             last_stamp = stamp
             yield self._step(pipeline, step, message.header, timestamp, image, outputs)
+
+    def _static_tree(self) -> FrameTree:
+        """The transforms of the bag's /tf_static; a message that does not deserialise is reported and left out."""
+        tree = FrameTree()
+        if not self.static:
+            return tree
+        for connection, timestamp, raw in self.guard(self.reader.messages(connections=self.static)):
+            try:
+                problems = add_transforms(tree, deserialize_recorded(self.reader, raw, connection.msgtype))
+            except BadRecordedFrame as error:
+                problems = [f"/tf_static message at {timestamp} ns: {error}"]
+            for problem in problems:
+                self.report(f"left out a recorded {problem}")
+        return tree
+
+    def _look_back(self, start: int) -> None:
+        """The state in force at ``start``: the /tf of the :data:`TF_LOOK_BACK_NS` before it, then the newest
+        camera_info before it, searched in windows growing fourfold from one second back to the bag's start."""
+        if self.dynamic:
+            for connection, _, raw in self.guard(self.reader.messages(
+                    connections=self.dynamic, start=max(0, start - TF_LOOK_BACK_NS), stop=start)):
+                self._take_state(connection, raw)
+        span, bag_start = CAMERA_INFO_LOOK_BACK_NS, getattr(self.reader, "start_time", 0)
+        while self.infos:
+            begin = max(bag_start, start - span)
+            found = list(self.guard(self.reader.messages(connections=self.infos, start=begin, stop=start)))
+            if found:
+                connection, _, raw = max(found, key=lambda item: item[1])
+                self._take_state(connection, raw)
+                return
+            if begin <= bag_start:
+                return
+            span *= 4
 
     def _step(self, pipeline, step: FrameStep, header, timestamp: int, image: np.ndarray,
               outputs: dict) -> ProcessedFrame:

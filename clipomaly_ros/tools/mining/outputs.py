@@ -45,11 +45,12 @@ def superseded_shards(records: dict[str, dict], plans) -> dict[str, str]:
     bytes, but another content id: a bag whose end moved), by id, with the planned bag's name: their rows are
     replaced by the new version's, never added to."""
     current = {bag.lineage: bag for bag in plans if bag.lineage and not bag.failure}
+    planned_ids = {bag.bag_id for bag in plans if not bag.failure}
     found = {}
     for shard_id, record in records.items():
         shard = record["shard"]
         bag = current.get(shard.get("lineage", ""))
-        if bag is not None and shard.get("bag_id") != bag.bag_id:
+        if bag is not None and shard.get("bag_id") not in planned_ids:
             found[shard_id] = bag.name
     return found
 

@@ -67,11 +67,17 @@ def shards_of(*bags, window_s: float = 2.0):
     return [shard for bag in plans for shard in bag.shards]
 
 
+def cut_copy(bag: Path, folder: Path, share: float = 0.8) -> Path:
+    """``bag`` copied to ``folder`` with its MCAP file cut to ``share`` of its bytes, as a recorder killed
+    mid-write leaves it."""
+    shutil.copytree(bag, folder)
+    (recording,) = folder.glob("*.mcap")
+    recording.write_bytes(recording.read_bytes()[: int(recording.stat().st_size * share)])
+    return folder
+
+
 def test_a_cut_vehicle_bag_keeps_its_rows_before_the_cut_marked_truncated(vehicle, ray_started, tmp_path):
-    cut = tmp_path / "cut" / "drive_a"
-    shutil.copytree(vehicle / "drive_a", cut)
-    (recording,) = cut.glob("*.mcap")
-    recording.write_bytes(recording.read_bytes()[: int(recording.stat().st_size * 0.8)])
+    cut = cut_copy(vehicle / "drive_a", tmp_path / "cut" / "drive_a")
     result = run_mine([cut], tmp_path / "out", ClipomalyConfig(**TOY), **QUIET)
     assert result.exit_code == 0, result.table
     summary = result.summary
@@ -153,41 +159,33 @@ def test_a_second_run_into_a_held_out_dir_refuses_at_once_naming_the_holder(vehi
     assert json.loads((out / "summary.json").read_text())["shards"]["committed"] == 2  # the holder finished
 
 
+def eio_on_first_call(function, calls: list):
+    """``function`` that raises EIO on its first call (counted in ``calls``), as a flaky mount does."""
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return function(*args, **kwargs)
+
+    return flaky
+
+
 def test_an_io_error_while_planning_is_retried_and_the_bag_not_shortened(vehicle, tmp_path, monkeypatch):
     from rosbags.highlevel import AnyReader
 
     from clipomaly_ros.ros import bags
 
-    clean = shards_of(vehicle / "drive_a")
-    original, calls = AnyReader.open, []
-
-    def flaky_open(self):
-        calls.append(1)
-        if len(calls) == 1:
-            raise OSError(errno.EIO, "Input/output error")
-        return original(self)
-
-    monkeypatch.setattr(AnyReader, "open", flaky_open)
+    clean, opened = shards_of(vehicle / "drive_a"), []
+    monkeypatch.setattr(AnyReader, "open", eio_on_first_call(AnyReader.open, opened))
     plans, _ = plan([vehicle / "drive_a"], None, 2.0, backoff_s=0.0)
-    assert not plans[0].failure and list(plans[0].shards) == clean and len(calls) == 2
-    # a cut file whose first scan meets EIO halfway: the cut is where the second, whole scan finds it
-    cut = tmp_path / "drive_a"
-    shutil.copytree(vehicle / "drive_a", cut)
-    (recording,) = cut.glob("*.mcap")
-    recording.write_bytes(recording.read_bytes()[: int(recording.stat().st_size * 0.8)])
-    whole = shards_of(cut)
+    assert not plans[0].failure and list(plans[0].shards) == clean and len(opened) == 2
+    # a cut file whose first scan meets EIO: the cut is where the later, whole scans find it
+    cut = cut_copy(vehicle / "drive_a", tmp_path / "drive_a")
+    whole, scans = shards_of(cut), []
     bags._CUT_INDEXES.clear()
-    scan, scans = bags.index_cut_mcap, []
-
-    def eio_once(file):
-        scans.append(1)
-        if len(scans) == 1:
-            raise OSError(errno.EIO, "Input/output error")
-        return scan(file)
-
-    monkeypatch.setattr(bags, "index_cut_mcap", eio_once)
+    monkeypatch.setattr(bags, "index_cut_mcap", eio_on_first_call(bags.index_cut_mcap, scans))
     plans, _ = plan([cut], None, 2.0, backoff_s=0.0)
-    assert not plans[0].failure and list(plans[0].shards) == whole
+    assert not plans[0].failure and list(plans[0].shards) == whole and len(scans) == 2
 
 
 def test_a_full_disk_while_writing_the_index_exits_1_named(vehicle, tmp_path, monkeypatch, capsys):

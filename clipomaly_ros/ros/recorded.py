@@ -24,6 +24,8 @@ from .transforms import FrameTree, MountingFinder, add_transforms
 
 TF_LOOK_BACK_NS = 10 * 10**9
 """How far before a window its /tf is read (ns): tf2's default buffer length, 10 s."""
+STATIC_FIRST_SPAN_NS = 10 * 10**9
+"""The first window of the bag (from its start, ns) read for /tf_static, where a recorder writes it."""
 CAMERA_INFO_LOOK_BACK_NS = 10**9
 """The first step back in the search for the camera_info in force at a window's start (ns)."""
 
@@ -139,18 +141,31 @@ class RecordedDrive:
             yield self._step(pipeline, step, message.header, timestamp, image, outputs)
 
     def _static_tree(self) -> FrameTree:
-        """The transforms of the bag's /tf_static; a message that does not deserialise is reported and left out."""
+        """The transforms of the bag's /tf_static, read from the bag's start in windows growing fourfold from
+        :data:`STATIC_FIRST_SPAN_NS` until all of its messages were met (one step where the recorder wrote them once
+        at the start, as it does); a message that does not deserialise is reported and left out."""
         tree = FrameTree()
-        if not self.static:
-            return tree
-        for connection, timestamp, raw in self.guard(self.reader.messages(connections=self.static)):
-            try:
-                problems = add_transforms(tree, deserialize_recorded(self.reader, raw, connection.msgtype))
-            except BadRecordedFrame as error:
-                problems = [f"/tf_static message at {timestamp} ns: {error}"]
-            for problem in problems:
-                self.report(f"left out a recorded {problem}")
+        expected = sum(connection.msgcount for connection in self.static)
+        bag_start, bag_end = getattr(self.reader, "start_time", 0), getattr(self.reader, "end_time", None)
+        begin, span, met = bag_start, STATIC_FIRST_SPAN_NS, 0
+        while met < expected and (bag_end is None or begin <= bag_end):
+            stop = None if bag_end is None else begin + span
+            for connection, timestamp, raw in self.guard(self.reader.messages(connections=self.static, start=begin,
+                                                                              stop=stop)):
+                met += 1
+                self._add_static(tree, connection, timestamp, raw)
+            if stop is None:
+                break
+            begin, span = stop, span * 4
         return tree
+
+    def _add_static(self, tree: FrameTree, connection, timestamp: int, raw: bytes) -> None:
+        try:
+            problems = add_transforms(tree, deserialize_recorded(self.reader, raw, connection.msgtype))
+        except BadRecordedFrame as error:
+            problems = [f"/tf_static message at {timestamp} ns: {error}"]
+        for problem in problems:
+            self.report(f"left out a recorded {problem}")
 
     def _look_back(self, start: int) -> None:
         """The state in force at ``start``: the /tf of the :data:`TF_LOOK_BACK_NS` before it, then the newest

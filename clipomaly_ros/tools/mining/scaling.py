@@ -93,12 +93,15 @@ LONG_BAG_SIZE = (24, 32)
 
 
 def shard_cost_by_position(config: ClipomalyConfig, folder: Path, minutes: float = LONG_BAG_MINUTES,
-                           window_s: float = 10.0, repeats: int = 2,
+                           window_s: float = 60.0, repeats: int = 3, rate_hz: float | None = 0.01,
                            log=lambda message: print(message, file=sys.stderr)) -> dict:
     """Seconds to mine the first and the last shard of a long vehicle bag (``minutes`` at 10 frames/s, written
-    into ``folder`` as mcap and sqlite3 when missing, and a copy of the mcap one cut at 90 %): the least of
-    ``repeats`` runs each, after one warm-up (a cut file's index is built once a process). A shard reads only its
-    window and its look-back, so the two should cost the same wherever they lie in the bag."""
+    into ``folder`` as mcap and sqlite3 when missing, and a copy of the mcap one cut at 90 %, whose last whole
+    shard is taken): the least of ``repeats`` runs each, first and last taken in turn, after one warm-up (a cut
+    file's index is built once a process). ``rate_hz`` 0.01 thins each window to one frame through the pipeline
+    (the others are read and thinned), so the figure is the shard's reading, which is what could grow with its
+    place in the bag; None runs every frame through the pipeline. A shard reads only its window and its look-back,
+    so the two should cost the same wherever they lie in the bag."""
     from ...core.method.pipeline import Clipomaly
     from .synthetic import write_vehicle_bag
 
@@ -118,15 +121,15 @@ def shard_cost_by_position(config: ClipomalyConfig, folder: Path, minutes: float
     for name, path in bags.items():
         (bag,) = plan([path], None, window_s)[0]
         ends = {"first": bag.shards[0], "last": bag.shards[-2 if name == "cut mcap" else -1]}
-        mine_shard(pipeline, ends["last"])  # warm-up: model caches, the cut file's index
-        seconds = {end: min(_timed(pipeline, shard) for _ in range(repeats)) for end, shard in ends.items()}
+        mine_shard(pipeline, ends["last"], rate_hz)  # warm-up: model caches, the cut file's index
+        times: dict[str, list[float]] = {"first": [], "last": []}
+        for _ in range(repeats):
+            for end, shard in ends.items():
+                started = time.perf_counter()
+                mine_shard(pipeline, shard, rate_hz)
+                times[end].append(time.perf_counter() - started)
+        seconds = {end: round(min(values), 3) for end, values in times.items()}
         figures[name] = seconds | {"last / first": round(seconds["last"] / seconds["first"], 3),
-                                   "frames": ends["first"].frames}
+                                   "messages": 3 * ends["first"].frames}
         log(f"{name}: {figures[name]}")
-    return {"minutes": minutes, "window_s": window_s, "figures": figures}
-
-
-def _timed(pipeline, shard) -> float:
-    started = time.perf_counter()
-    mine_shard(pipeline, shard)
-    return round(time.perf_counter() - started, 3)
+    return {"minutes": minutes, "window_s": window_s, "rate_hz": rate_hz, "figures": figures}

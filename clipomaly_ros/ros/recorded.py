@@ -22,8 +22,9 @@ from .messages import stamp_ns
 from .transforms import FrameTree, MountingFinder, add_transforms
 
 
-TF_LOOK_BACK_NS = 10 * 10**9
-"""How far before a window its /tf is read (ns): tf2's default buffer length, 10 s."""
+LOOK_BACK_NS = 2 * 10**9
+"""How far before a window a pass starts reading (ns), for the /tf and camera_info in force at its start: the
+window's own read begins that much earlier (one pass, the same chunks), and those messages only set the state."""
 STATIC_FIRST_SPAN_NS = 10 * 10**9
 """The first window of the bag (from its start, ns) read for /tf_static, where a recorder writes it."""
 CAMERA_INFO_LOOK_BACK_NS = 10**9
@@ -63,10 +64,10 @@ class RecordedDrive:
     (``camera_info_topic``, default the image topic's sibling) and the bag's /tf_static (read whole at once: static
     transforms hold over the whole recording) and /tf (applied in recorded order).
 
-    A pass over a window reads only that window and a bounded look-back before it: the /tf of the
-    :data:`TF_LOOK_BACK_NS` before it (tf2's default buffer length) and the newest camera_info, searched backwards in
-    growing steps (the window before it when camera_info is recorded beside every frame), so a window's cost does
-    not grow with its place in the bag.
+    A pass over a window reads only that window and a bounded look-back before it, so its cost does not grow with
+    its place in the bag: it starts reading :data:`LOOK_BACK_NS` before the window, in the same pass, for the /tf
+    and camera_info in force at its start; only when no camera_info was recorded in that time is an older one
+    searched backwards in growing steps (one recorded once, at the start).
 
     ``report`` gets one line for each thing left out on the way: a skipped frame, a damaged camera_info or /tf
     message, an unusable transform. ``guard`` wraps the bag's message iterator (how the caller wants a storage
@@ -110,13 +111,20 @@ class RecordedDrive:
         ``on_message(connection, timestamp, raw)`` sees every message read (frames, camera_info, /tf and, with it,
         /tf_static too), before the frame it may belong to is processed. The pass ends early once
         ``stop_requested()`` is true, before the next message."""
-        if start and (self.infos or self.dynamic):
-            self._look_back(start)
         last_stamp: int | None = None
         self.stopped_early = False
-        window = self.reader.messages(connections=self._connections(on_message is not None), start=start,
+        begin = self._look_back_start(start)
+        window = self.reader.messages(connections=self._connections(on_message is not None), start=begin,
                                       stop=stop)
+        looking_back = begin != start
         for connection, timestamp, raw in self.guard(window):
+            if looking_back and timestamp < start:  # before the window: its state only, nothing else
+                if connection in self.infos or connection in self.dynamic:
+                    self._take_state(connection, raw)
+                continue
+            if looking_back:
+                looking_back = False
+                self._older_camera_info(begin)
             if stop_requested():
                 self.stopped_early = True
                 return
@@ -167,24 +175,27 @@ class RecordedDrive:
         for problem in problems:
             self.report(f"left out a recorded {problem}")
 
-    def _look_back(self, start: int) -> None:
-        """The state in force at ``start``: the /tf of the :data:`TF_LOOK_BACK_NS` before it, then the newest
-        camera_info before it, searched in windows growing fourfold from one second back to the bag's start."""
-        if self.dynamic:
-            for connection, _, raw in self.guard(self.reader.messages(
-                    connections=self.dynamic, start=max(0, start - TF_LOOK_BACK_NS), stop=start)):
-                self._take_state(connection, raw)
+    def _look_back_start(self, start: int | None) -> int | None:
+        """Where a pass over a window starting at ``start`` begins reading: :data:`LOOK_BACK_NS` before it (not
+        before the bag's start) when the drive has camera_info or /tf, else at ``start``."""
+        if not start or not (self.infos or self.dynamic):
+            return start
+        return max(getattr(self.reader, "start_time", 0), start - LOOK_BACK_NS)
+
+    def _older_camera_info(self, before: int | None) -> None:
+        """When no camera_info was read since ``before``: the newest one before it, searched back in windows
+        growing fourfold from one second to the bag's start (a camera_info recorded once, at the start)."""
+        if not self.infos or self._latest_info is not None or before is None:
+            return
         span, bag_start = CAMERA_INFO_LOOK_BACK_NS, getattr(self.reader, "start_time", 0)
-        while self.infos:
-            begin = max(bag_start, start - span)
-            found = list(self.guard(self.reader.messages(connections=self.infos, start=begin, stop=start)))
+        while before > bag_start:
+            begin = max(bag_start, before - span)
+            found = list(self.guard(self.reader.messages(connections=self.infos, start=begin, stop=before)))
             if found:
                 connection, _, raw = max(found, key=lambda item: item[1])
                 self._take_state(connection, raw)
                 return
-            if begin <= bag_start:
-                return
-            span *= 4
+            before, span = begin, span * 4
 
     def _step(self, pipeline, step: FrameStep, header, timestamp: int, image: np.ndarray,
               outputs: dict) -> ProcessedFrame:

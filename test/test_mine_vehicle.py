@@ -243,3 +243,42 @@ def test_a_topic_whose_every_frame_is_skipped_is_a_named_failure(vehicle):
     assert "undecodable" in failure_line({"failed": [failure]})
     records[bag.shards[0].id]["frames_processed"] = 1
     assert undecodable_topics([bag], records) == []
+
+
+def test_damage_met_once_is_read_again_and_counts_only_where_it_is_met_twice(vehicle, tmp_path):
+    import sqlite3
+
+    from clipomaly_ros.tools.mining.shard import ShardOutcome, truncation
+
+    class DamagedOnce(ShardMiner):
+        """The first read meets a checksum mismatch (a flaky disk); later reads as ``damage`` says."""
+
+        damage: list = ["Chunk checksum mismatch. (after 12 messages)", None]
+
+        def mine(self, shard):
+            reads = getattr(self, "reads", 0)
+            self.reads = reads + 1
+            return ShardOutcome(frames_read=20, frames_processed=20, truncated=self.damage[min(reads, 1)])
+
+    (shard,) = shards_of(vehicle / "drive_a", window_s=10.0)
+    answers = DamagedOnce(ClipomalyConfig(**TOY).as_dict(), str(tmp_path / "a"), backoff_s=0.0)(batch([shard]))
+    assert answers["outcome"] == ["committed"] and answers["attempts"] == [2]  # the disk, not the bag
+    DamagedOnce.damage = ["Chunk checksum mismatch. (after 12 messages)"] * 2
+    answers = DamagedOnce(ClipomalyConfig(**TOY).as_dict(), str(tmp_path / "b"), backoff_s=0.0)(batch([shard]))
+    assert answers["outcome"] == ["truncated"] and answers["attempts"] == [2]  # met twice at one place: damage
+    assert not truncation(sqlite3.OperationalError("disk I/O error"))  # tried again, never damage
+
+
+def test_a_local_dir_model_is_fingerprinted_by_its_weight_files(tmp_path):
+    from clipomaly_ros.core.fingerprint import model_fingerprint
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "open_clip_model.safetensors").write_bytes(b"one")
+    (folder / "README.md").write_text("not a weight file")
+    before = model_fingerprint(f"local-dir:{folder}")
+    (folder / "README.md").write_text("edited")
+    assert model_fingerprint(f"local-dir:{folder}") == before
+    (folder / "open_clip_model.safetensors").write_bytes(b"two")
+    assert model_fingerprint(f"local-dir:{folder}") != before
+    assert model_fingerprint("ViT-B-16") == "ViT-B-16"

@@ -2,8 +2,9 @@
 #   make demo   the ROS 2 node on a synthetic drive: prints its anomalies, writes demo_out/drive.gif
 #   make test   the whole test suite (what CI runs)
 # Real weights for the demo: make demo DEMO_ARGS="--checkpoint /opt/models/vit_b16.safetensors"
-# On a bare CUDA machine (Python + PyTorch, no network): make gpu-check; its wheels come from make gpu-wheels
-# (run on a connected machine). make gpu-check DEVICE=cpu runs the same check here with a few frames.
+# On a bare CUDA machine (Python + PyTorch >= 2.7, no network): make gpu-check; its wheels come from make gpu-wheels
+# (run on a connected machine). It runs 11 rows in 8 minutes, each under its own limit, and appends each row to
+# gpu-check.jsonl ($OUT, else gpu_check_out/) as it ends. make gpu-check DEVICE=cpu rehearses the same plan here.
 PYTHON ?= python3.11
 VENV := .venv
 CORE_READY := $(VENV)/.core-ready

@@ -23,7 +23,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(where=os.path.relpath(HERE), exclude=["test", "test.*"]),
     package_data={PACKAGE: ["data/*.txt", "data/*.xml", "data/*/msg/*.msg", "data/model_configs/*.json",
-                           "data/ram_plus/*"]},
+                           "data/ram_plus/*", "tools/review/static/*.html"]},
     data_files=[
         ("share/ament_index/resource_index/packages", files(f"resource/{PACKAGE}")),
         (f"share/{PACKAGE}", files("package.xml")),
@@ -33,7 +33,7 @@ setup(
     ],
     install_requires=[
         "numpy>=1.24",
-        "torch>=2.1",
+        "torch>=2.7",  # runtime compile: dynamo's recompile_limit and FailOnRecompileLimitHit (2.7)
         "open_clip_torch>=2.24",
         "opencv-python-headless>=4.8",
         "scipy>=1.10",
@@ -45,11 +45,15 @@ setup(
         "pillow>=9",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn>=1.3"],
+        # selenium drives Debian's chromium and chromium-driver (scripts/setup.sh installs those) in the review test
+        "test": ["pytest>=7", "scikit-learn>=1.3", "selenium>=4.20"],
         # runtime: onnx and `clipomaly export`; on a GPU machine install onnxruntime-gpu instead of onnxruntime
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
-        # `clipomaly mine`: Ray Data runs it on one machine or a cluster; pyarrow writes the Parquet index
-        "mine": ["ray[data]>=2.50,<3", "pyarrow>=14"],
+        # `clipomaly mine`: Ray Data runs it on one machine or a cluster; pyarrow writes the Parquet index, pycocotools
+        # its masks
+        "mine": ["ray[data]>=2.50,<3", "pyarrow>=14", "pycocotools>=2.0.7"],
+        # `clipomaly review`, `export MINED --format`, `import`: masks as COCO RLE, the index read with pyarrow
+        "review": ["pycocotools>=2.0.7", "pyarrow>=14"],
     },
     zip_safe=True,
     entry_points={

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fill .gpu-wheels (git-ignored) on a connected machine with what `make gpu-check` needs on a bare CUDA machine
-# that has Python and PyTorch (and torchvision) but no network, for the device's Python (GPU_PY, default 3.12).
+# that has Python and PyTorch 2.7 or newer (and torchvision) but no network, for the device's Python
+# (GPU_PY, default 3.12).
 # Torch, numpy and the NVIDIA libraries are the device's own and are left out. Kept under 60 MB: the model side
 # always; then, each only if it still fits, the ONNX exporter and scipy (the pipeline's host side also needs
 # opencv, about 56 MB, which never fits: where the device lacks it, the check times the dense pass alone).

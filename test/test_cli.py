@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -198,9 +200,9 @@ def test_each_verb_is_a_module_with_add_parser_and_run_in_the_registry_order(cap
     from clipomaly_ros.tools.cli import build_parser
 
     modules = {path.stem for path in Path(commands.__file__).parent.glob("*.py")} - {"__init__", "options"}
-    assert set(commands.VERBS) == modules and len(commands.VERBS) == len(modules)
+    assert {commands.module_name(verb) for verb in commands.VERBS} == modules and len(commands.VERBS) == len(modules)
     for verb in commands.VERBS:
-        module = importlib.import_module(f"clipomaly_ros.tools.commands.{verb}")
+        module = importlib.import_module(f"clipomaly_ros.tools.commands.{commands.module_name(verb)}")
         assert callable(module.run), verb
         parser = module.add_parser(argparse.ArgumentParser().add_subparsers())
         assert isinstance(parser, argparse.ArgumentParser) and parser.prog.endswith(f" {verb}"), verb
@@ -219,8 +221,29 @@ def test_the_command_line_module_only_declares_dispatches_and_reports_errors():
 
     tree = ast.parse(Path(cli.__file__).read_text())
     functions = sorted(node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef)))
-    assert functions == ["build_parser", "main"]
+    assert functions == ["_loaded", "build_parser", "is_user_error", "main"]
     options = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
                and getattr(node.func, "attr", "") == "add_argument"]
     assert len(options) == 1  # --verbose: every verb's own options live in its module
 
+
+
+def test_the_ground_accuracy_check_measures_located_objects_and_says_when_one_is_missed():
+    from clipomaly_ros.tools.ground_accuracy import format_ground_errors, ground_errors
+
+    said = []
+    errors = ground_errors(said.append, ranges=(10.0, 300.0), laterals=(-1.5,))  # at 300 m: a few pixels, not found
+    assert errors["10 m"]["distance_error_pct"] < 3 and errors["10 m"]["lateral_error_m"] < 0.2
+    assert errors["300 m"]["distance_error_pct"] == float("inf")
+    assert said == ["ground check: nothing located at 300.0 m"]
+    assert "10 m: distance" in format_ground_errors(errors)
+
+
+def test_a_verb_that_never_touches_the_model_keeps_torch_out_of_its_process(tmp_path):
+    """The shared error handling must not import the model to catch its errors: `review`'s server would carry
+    torch's half a gigabyte for nothing."""
+    code = ("import sys; from clipomaly_ros.tools import cli; "
+            f"status = cli.main(['review', {str(tmp_path)!r}]); print(status, 'torch' in sys.modules)")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert completed.stdout.split() == ["2", "False"], completed.stdout + completed.stderr
+    assert "has no anomalies.parquet" in completed.stderr

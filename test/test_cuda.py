@@ -128,3 +128,38 @@ def test_the_ram_tagger_on_the_gpu_gives_the_cpus_probabilities_and_tags_a_pipel
     assert next(pipeline.tagger.model.parameters()).device.type == "cuda"
     result = pipeline(image)
     assert result.tags.fresh and set(result.tags.names) == {"mattress", "deer"}
+
+
+def test_a_compiled_runtime_warmed_on_a_restarted_thread_records_nothing_on_the_frames_it_serves(tiny_model_name,
+                                                                                                  tmp_path):
+    """As the node and `make gpu-check` serve: warm-up for 1 and 8 cameras on a serving thread, a restart of that
+    thread and a second warm-up there; then no compile and no CUDA graph recorded on served frames, while a batch
+    size never warmed up is seen recording by the same counters."""
+    from clipomaly_ros.core.model.open_clip_backend import OpenClipBackend
+    from clipomaly_ros.core.model.runtimes import bucket
+    from clipomaly_ros.tools.gpu_check.serving import CompileWatch, ServingThread
+
+    image, _ = render_street_scene(360, 640, planted="mattress")
+    config = ClipomalyConfig(model=tiny_model_name, random_weights=True, device="cuda", runtime="compile",
+                             window_size=128, inference_size=256, cache_dir=str(tmp_path))
+    serving = ServingThread()
+    backend = serving.call(OpenClipBackend, config)
+    try:
+        for _ in range(2):  # the first thread, then the restarted one
+            for cameras in (1, 8):
+                serving.call(backend.warm_up, image.shape[:2], cameras)
+            if not serving.restarts:
+                serving.restart()
+        with CompileWatch() as served:
+            for cameras in (1, 8, 1):
+                serving.call(backend.dense_features_batch, [image] * cameras)
+        assert served.events == []
+        windows = len(backend.layout_for(image.shape[:2]).origins)
+        unwarmed = [c for c in range(2, 8) if bucket(c * windows) not in {bucket(windows), bucket(8 * windows)}]
+        if unwarmed:
+            with CompileWatch() as cold:
+                serving.call(backend.dense_features_batch, [image] * unwarmed[0])
+            assert cold.events, "a batch size never warmed up recorded nothing the watch could see"
+    finally:
+        serving.call(backend.runtime.close)
+        serving.close()

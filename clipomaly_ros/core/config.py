@@ -3,7 +3,8 @@
 Every setting is a :class:`Setting` in :data:`SETTINGS`: its default, type, allowed range or choices, whether it
 can change while running (``live``) and which layer reads it (``core`` for the ROS-free pipeline, ``node`` for the
 ROS node only). The library, the command line tool and the node all read the same ROS 2 parameter file
-(``/**/clipomaly: ros__parameters: ...``), so a setting means the same everywhere.
+(``/**/clipomaly: ros__parameters: ...``), so a setting means the same everywhere. Which sections of such a file
+apply to a node is rcl's rule, kept in :mod:`.parameter_files`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import yaml
+
+from .parameter_files import (ParameterFileError, is_ros_standard_parameter, no_section_message, read_document,
+                              select_section)
 
 CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -337,16 +341,6 @@ def per_camera_setting(name: str) -> tuple[str, Setting] | None:
     return None
 
 
-def flatten_parameters(parameters: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested parameter mappings joined with dots, as rcl reads a parameter file: ``{front: {camera_x: 1}}`` ->
-    ``{"front.camera_x": 1}``."""
-    flat: dict[str, Any] = {}
-    for key, value in parameters.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten_parameters(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 CORE_SETTINGS = tuple(s.name for s in SETTINGS if s.scope == "core")
 LIVE_SETTINGS = frozenset(s.name for s in SETTINGS if s.live)
 
@@ -417,58 +411,11 @@ class ClipomalyConfig(_ClipomalyConfigBase):
         return {name: (list(v) if isinstance(v := getattr(self, name), tuple) else v) for name in CORE_SETTINGS}
 
 
-ROS_STANDARD_PARAMETERS = ("use_sim_time", "start_type_description_service")
-"""Parameters every ROS 2 node has; a parameter file (``ros2 param dump`` writes them) may hold them."""
-
-
-def is_ros_standard_parameter(name: str) -> bool:
-    return name in ROS_STANDARD_PARAMETERS or name.startswith("qos_overrides.")
-
-
-def node_fqn(node_name: str, namespace: str = "/") -> str:
-    """``/front/clipomaly`` for node ``clipomaly`` in namespace ``front`` (or ``/front``)."""
-    namespace = "/" + namespace.strip("/") if namespace.strip("/") else ""
-    return f"{namespace}/{node_name}"
-
-
-def _key_pattern(key: str) -> re.Pattern:
-    """A parameter-file key as rcl reads it: ``*`` is one name token, ``/**`` any number of them."""
-    key = key if key.startswith("/") else "/" + key
-    pattern = re.escape(key).replace(r"/\*\*", "(/[^/]+)*").replace(r"\*", "[^/]+")
-    return re.compile(pattern + "$")
-
-
-def section_matches(key: str, fqn: str) -> bool:
-    """Whether the parameter-file key ``key`` applies to the node ``fqn`` as rcl decides it: a key without a
-    leading slash is taken from the root (``clipomaly`` is ``/clipomaly``), ``*`` is one name token and ``/**``
-    any number of them."""
-    return bool(_key_pattern(key).match(fqn))
-
-
-def select_section(document: Mapping, node_name: str = NODE_NAME,
-                   namespace: str = "/") -> tuple[list[str], dict[str, Any]]:
-    """The ``ros__parameters`` that rcl gives node ``node_name`` in ``namespace``, and the keys they came from.
-
-    As rcl reads a parameter file: every section whose key matches the node (its full name ``/front/clipomaly``,
-    wildcards such as ``/**/clipomaly``, ``/*/clipomaly`` or ``/**``, a plain ``clipomaly`` for a node in the root
-    namespace), merged in file order, a later section overriding an earlier one. Sections for other nodes are
-    ignored.
-    """
-    fqn = node_fqn(node_name, namespace)
-    chosen = [key for key in map(str, document) if section_matches(key, fqn)]
-    parameters: dict[str, Any] = {}
-    for key in chosen:
-        section = document[key]
-        if not isinstance(section, Mapping) or "ros__parameters" not in section:
-            raise ConfigError(f"section {key!r} has no 'ros__parameters'")
-        parameters.update(flatten_parameters(section["ros__parameters"] or {}))
-    return chosen, parameters
-
-
 def read_parameter_file(path: str | Path, node_name: str = NODE_NAME, namespace: str = "/",
                         sections: list | None = None) -> dict[str, Any]:
-    """Read the ``ros__parameters`` of ``node_name`` in ``namespace`` from a ROS 2 parameter file
-    (:func:`select_section`); the keys used are appended to ``sections`` when given.
+    """Read the ``ros__parameters`` of ``node_name`` in ``namespace`` from a ROS 2 parameter file, the sections
+    chosen as rcl chooses them (:func:`~.parameter_files.select_section`); the keys used are appended to
+    ``sections`` when given.
 
     Standard ROS parameters (``use_sim_time``, ``qos_overrides.*``, ...) and per-camera mountings
     (``front.camera_x``, see :data:`MOUNTING_SETTINGS`) pass through. Raises
@@ -476,23 +423,15 @@ def read_parameter_file(path: str | Path, node_name: str = NODE_NAME, namespace:
     """
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"parameter file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"parameter file {path} is a folder: give a .yaml file") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"parameter file {path} is not valid YAML: {error}") from None
-    if not isinstance(document, Mapping):
-        raise ConfigError(f"parameter file {path} must map node names to 'ros__parameters'")
+        document = read_document(path)
+    except ParameterFileError as error:
+        raise ConfigError(str(error)) from None
     try:
         chosen, parameters = select_section(document, node_name, namespace)
-    except ConfigError as error:
+    except ParameterFileError as error:
         raise ConfigError(f"{path}: {error}") from None
     if not chosen and document:
-        raise ConfigError(f"{path}: no section for node {node_fqn(node_name, namespace)} (expected "
-                          f"'/**/{node_name}:' for any namespace, '{node_fqn(node_name, namespace)}:', or a plain "
-                          f"'{node_name}:' for the root namespace only, with 'ros__parameters:')")
+        raise ConfigError(f"{path}: {no_section_message(node_name, namespace)}")
     if sections is not None:
         sections.extend(chosen)
     unknown = sorted(name for name in set(parameters) - set(SETTINGS_BY_NAME)

@@ -38,7 +38,7 @@ from ..images import check_image, on_host
 from .maps import FrameMaps, road_fraction
 from .naming import RegionNamer
 from .pamr import PixelAdaptiveRefinement
-from .results import AnomalyRecord, SegmentationResult
+from .results import AnomalyRecord, DroppedRegion, SegmentationResult
 from .tagging import FrameTagger, FrameTags
 from .unknown import class_logits, class_statistics, coarse_size, find_unknown_regions, resample
 from .vocabulary import TextEmbedder, Vocabulary, VocabularyManager, read_name_list
@@ -345,8 +345,16 @@ class Clipomaly:
             rejected=[verdict.name for verdict in named if verdict.is_known], timings_ms=timings,
             maps=FrameMaps(known_logits, output_size, [instance.mask for instance in instances]))
         result.tags = tags
+        result.dropped = dropped_regions(named, kept_names, output_size)
         lap("output")
         return result
+
+
+def dropped_regions(named: list, kept_names: list[str], image_size: tuple[int, int]) -> list[DroppedRegion]:
+    """The naming verdicts that became no anomaly: a known class was the best name, or no pixel took the name."""
+    kept = set(kept_names)
+    return [DroppedRegion(verdict.name, verdict.score, verdict.is_known, verdict.candidates, verdict.region.mask,
+                          tuple(image_size)) for verdict in named if verdict.is_known or verdict.name not in kept]
 
 
 def new_names_of(named: list) -> tuple[list[str], torch.Tensor | None]:

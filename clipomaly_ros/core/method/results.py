@@ -106,6 +106,36 @@ class AnomalyRecord:
         return record
 
 
+@dataclass(frozen=True)
+class DroppedRegion:
+    """An unknown region that naming dropped, so the node never publishes it: its best ``name`` was a known class
+    (``known`` true: explained after all), or no pixel of the frame landed on its name when the frame was segmented
+    again (``known`` false: no name fitted). What a reviewer should still see: the vocabulary's gaps and the
+    detector's false alarms.
+
+    ``score`` is the best name's probability, ``candidates`` the best (name, probability) pairs, best first;
+    ``coarse_mask`` ``(h, w)`` bool on the coarse map the region was found on, ``image_size`` the frame's (H, W)."""
+
+    name: str
+    score: float
+    known: bool
+    candidates: tuple[tuple[str, float], ...]
+    coarse_mask: np.ndarray
+    image_size: tuple[int, int]
+
+    def mask(self) -> np.ndarray:
+        """The region at the frame's resolution: ``(H, W)`` bool (nearest-neighbour from the coarse map)."""
+        height, width = self.image_size
+        rows = np.minimum(np.arange(height) * self.coarse_mask.shape[0] // height, self.coarse_mask.shape[0] - 1)
+        cols = np.minimum(np.arange(width) * self.coarse_mask.shape[1] // width, self.coarse_mask.shape[1] - 1)
+        return self.coarse_mask[rows[:, None], cols[None, :]]
+
+    def box(self) -> tuple[int, int, int, int]:
+        """(x_min, y_min, x_max, y_max), inclusive, in frame pixels."""
+        ys, xs = np.nonzero(self.mask())
+        return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+
+
 class SegmentationResult:
     """Everything the pipeline says about one frame, at the input resolution (H x W).
 
@@ -115,6 +145,8 @@ class SegmentationResult:
     - ``labels``: known classes first, then the names given to anomalies in this frame;
     - ``known_count``: how many leading ``labels`` are known classes;
     - ``rejected``: names of unknown regions whose best name was a known class (explained, not anomalies);
+    - ``dropped``: those regions and the ones whose name no pixel took (:class:`DroppedRegion`): never published,
+      kept for review (mining indexes them with ``reported`` false);
     - ``timings_ms``: milliseconds per stage; ``image_size``: (H, W).
 
     Made on the model's device the first time they are read (a consumer that wants only the records pays for
@@ -140,6 +172,7 @@ class SegmentationResult:
                  instances: np.ndarray | None = None, image: np.ndarray | None = None):
         self.labels = labels
         self.image = image
+        self.dropped: list[DroppedRegion] = []
         self.tags = None
         """The frame's RAM++ tags (:class:`~.tagging.FrameTags`) when the tagger named its regions, else None."""
         self.anomalies = anomalies

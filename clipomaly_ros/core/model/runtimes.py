@@ -84,6 +84,23 @@ def bucket(count: int) -> int:
     return 1 << max(0, count - 1).bit_length()
 
 
+MIN_TORCH_FOR_COMPILE = "2.7"
+"""The first torch release with dynamo's ``recompile_limit`` and ``FailOnRecompileLimitHit`` (renamed from the
+cache-size limit in 2.7), which :class:`CompiledRuntime` sets and catches."""
+
+
+def compile_features_missing() -> str:
+    """Why ``runtime: compile`` cannot run with this torch (one line naming the version to install), or ""."""
+    dynamo = getattr(torch, "_dynamo", None)
+    config, exc = getattr(dynamo, "config", None), getattr(dynamo, "exc", None)
+    if (hasattr(config, "recompile_limit") and hasattr(config, "fail_on_recompile_limit_hit")
+            and hasattr(exc, "FailOnRecompileLimitHit")):
+        return ""
+    return (f"runtime 'compile' needs torch {MIN_TORCH_FOR_COMPILE} or newer (its recompile limit and "
+            f"FailOnRecompileLimitHit); this is torch {torch.__version__}: install torch>={MIN_TORCH_FOR_COMPILE}, "
+            "or set runtime to torch")
+
+
 class CompiledRuntime:
     """``torch.compile`` of the eager graphs (``runtime: compile``): CUDA graphs on a GPU (mode
     ``reduce-overhead``), a dynamic batch axis, batches padded to :func:`bucket` sizes (a CUDA graph is recorded
@@ -92,6 +109,9 @@ class CompiledRuntime:
     name = "compile"
 
     def __init__(self, encoder: DenseVisionEncoder, image_encoder: DenseVisionEncoder, device: torch.device):
+        missing = compile_features_missing()
+        if missing:
+            raise ModelLoadError(missing)
         self.encoder = encoder
         self.cuda_graphs = device.type == "cuda"
         mode = "reduce-overhead" if self.cuda_graphs else None
@@ -378,4 +398,5 @@ def cached_export(encoder: DenseVisionEncoder, spec: ExportedGraph, cache_dir: P
 
 
 __all__ = ["WindowRuntime", "EagerRuntime", "CompiledRuntime", "OnnxGraphRuntime", "OnnxGraphPair", "create_runtime",
-           "bucket", "choose_providers", "tensorrt_cache_dir", "import_onnxruntime", "onnx_unavailable"]
+           "bucket", "choose_providers", "tensorrt_cache_dir", "import_onnxruntime", "onnx_unavailable",
+           "compile_features_missing", "MIN_TORCH_FOR_COMPILE"]

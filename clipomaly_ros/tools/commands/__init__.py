@@ -6,5 +6,13 @@ A new verb is one new module here plus its name in :data:`VERBS`. The modules im
 the top, so building the whole parser (``clipomaly --help``) stays cheap; the work is imported inside ``run``."""
 
 VERBS = ("segment", "tag", "scene", "dataset", "finetune", "demo", "play", "replay", "evaluate", "calibrate", "bench",
-         "export", "mine", "defaults")
-"""Every verb, in the order ``clipomaly --help`` lists them; each names its module in this package."""
+         "export", "mine", "review", "import", "frames", "defaults")
+"""Every verb, in the order ``clipomaly --help`` lists them; each names its module in this package (a verb that
+is a Python keyword, ``import``, its module with a trailing underscore: see :func:`module_name`)."""
+
+
+def module_name(verb: str) -> str:
+    """The module of ``verb`` in this package: the verb itself, with ``_`` after a Python keyword."""
+    import keyword
+
+    return f"{verb}_" if keyword.iskeyword(verb) else verb

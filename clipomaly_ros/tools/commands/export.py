@@ -1,4 +1,5 @@
-"""``clipomaly export``: the dense image encoder, or the RAM++ tagger, as ONNX, checked against eager PyTorch."""
+"""``clipomaly export``: the dense image encoder, or the RAM++ tagger, as ONNX, checked against eager PyTorch; or,
+given a mined folder, its candidates in a labelling tool's format (``--format``)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,22 @@ from .options import add_model_options, config_from_args
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "export", help="write the dense image encoder as ONNX (for runtime: onnx, TensorRT or a Jetson)",
+        "export", help="write the dense image encoder as ONNX (for runtime: onnx, TensorRT or a Jetson), or a mined "
+                       "folder's candidates for a labelling tool (MINED --format)",
         description="Writes the configured dense method's window encoder (windows of RGB pixels in; CLIP's pooled "
                     "embedding and the per-patch features out; batch size dynamic; opset 18; attention as matmul "
                     "and softmax) with metadata that ties it to the model, its weights, the dense method and the "
-                    "window. An fp32 export is checked against eager PyTorch with ONNX Runtime when installed.")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+                    "window. An fp32 export is checked against eager PyTorch with ONNX Runtime when installed. "
+                    "Given MINED (the OUT_DIR of 'clipomaly mine') and --format, writes its candidates with their "
+                    "masks and the latest review decisions instead: COCO instances JSON, Label Studio tasks JSON (with "
+                    "its labelling config beside), CVAT for images 1.1 XML, or a FiftyOne dataset (named by -o) when "
+                    "fiftyone is installed.")
+    parser.add_argument("mined", type=Path, nargs="?", metavar="MINED",
+                        help="a mined folder to export for a labelling tool (needs --format)")
+    parser.add_argument("--format", choices=("coco", "label-studio", "cvat", "fiftyone"),
+                        help="the labelling tool's format for MINED")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="the .onnx file to write; with MINED, the file (or FiftyOne dataset name) to write")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                         help="precision of the weights and the input (fp16 for TensorRT on a GPU; LayerNorm and "
                              "softmax stay fp32 inside)")
@@ -32,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from ...core.model.export import describe_graph, export_onnx
     from ...core.model.open_clip_backend import OpenClipBackend
 
+    if args.mined is not None or args.format is not None:
+        return run_mined(args)
     if args.tagger:
         return run_tagger(args)
     config = config_from_args(args, runtime="torch")  # the export itself traces the eager graph
@@ -54,6 +67,18 @@ def run(args: argparse.Namespace) -> int:
         cosine = torch.nn.functional.cosine_similarity(engine.dense(windows), eager, dim=-1).min()
         print(f"check: ONNX Runtime (CPU) against eager PyTorch on 2 random windows, per-patch cosine >= "
               f"{float(cosine):.6f}")
+    return 0
+
+
+def run_mined(args: argparse.Namespace) -> int:
+    """``clipomaly export MINED --format F -o OUT``: the mined candidates for a labelling tool."""
+    from ..review.exchange import export
+    from ..review.index import load_index
+
+    if args.mined is None or args.format is None:
+        raise ValueError("exporting for a labelling tool needs both MINED and --format (coco, label-studio, cvat "
+                         "or fiftyone)")
+    print(export(load_index(args.mined), args.format, args.output))
     return 0
 
 

@@ -94,3 +94,11 @@ def write_json(path: Path | None, report: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {path}")
+
+
+def add_reviewer_option(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """``--reviewer``: the name review decisions are signed with (default: the user name)."""
+    from ..review.decisions import default_reviewer
+
+    parser.add_argument("--reviewer", default=default_reviewer(),
+                        help=f"the name decisions are signed with{when} (default: the user name)")

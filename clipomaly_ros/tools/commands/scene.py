@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ...core.model.toy_backend import TOY_LEXICON
+    from ...core.model.toy_lexicon import TOY_LEXICON
 
     parser = subparsers.add_parser("scene", help="write a synthetic street scene with a planted object (for "
                                                  "trying the toy backend)")

@@ -27,6 +27,12 @@ ROW_SCHEMA = pa.schema([
     ("tags", pa.list_(pa.string())), ("bag_id", pa.string()), ("source_path", pa.string()),
 ])
 """One row per anomaly track per shard; docs/mining.md documents every column."""
+ROW_SCHEMA = pa.schema(list(ROW_SCHEMA) + [
+    ("candidate_id", pa.string()), ("reported", pa.bool_()),
+    ("mask", pa.struct([("size", pa.list_(pa.int64())), ("counts", pa.string())])),
+])
+"""With the review's columns: ``candidate_id`` (stable over runs), ``reported`` (false for a region naming dropped)
+and ``mask`` (COCO compressed RLE of the best frame's mask, full-frame pixels)."""
 
 
 PARTITIONING = ds.partitioning(pa.schema([("bag", pa.string()), ("bag_id", pa.string())]), flavor="hive")
@@ -151,12 +157,14 @@ def summarise(plans, input_problems, records: dict[str, dict], shard_failures: l
     truncated = [{"bag": record["shard"]["bag_name"], "shard": shard_id, "topic": record["shard"]["topic"],
                   "reason": record.get("truncated") or record.get("failure")}
                  for shard_id, record in sorted(records.items()) if record.get("truncated") or record.get("failure")]
-    names = collections.Counter(table.column("name").to_pylist())
+    reported = [flag is not False for flag in table.column("reported").to_pylist()]  # null: mined before the column
+    names = collections.Counter(name for name, flag in zip(table.column("name").to_pylist(), reported) if flag)
     return {
         "bags": len(bags), "bags_failed": len({f.get("path") for f in failed}),
         "frames": sum(b["frames"] for b in bags), "frames_skipped": sum(b["frames_skipped"] for b in bags),
         "hours": round(sum(b["seconds"] for b in bags) / 3600, 6),
-        "anomalies": table.num_rows, "anomalies_per_name": dict(sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "anomalies": sum(reported), "dropped_by_naming": len(reported) - sum(reported),
+        "anomalies_per_name": dict(sorted(names.items(), key=lambda kv: (-kv[1], kv[0]))),
         "shards": {"planned": sum(len(p.shards) for p in plans), "committed": len(records),
                    "committed_of_plan": len(covered & set(records)), "from_earlier_runs": len(records) - len(
                        covered & set(records)), "failed": len(shard_failures),
@@ -193,6 +201,8 @@ header {{ display: flex; gap: 1em; align-items: center; flex-wrap: wrap; margin-
 <label>name <select id="name"><option value="">all</option>{options}</select></label>
 <label>on the road <select id="road"><option value="">any</option><option value="true">on the road</option>
 <option value="false">off the road</option></select></label>
+<label>kind <select id="reported"><option value="true">reported by the node</option>
+<option value="false">dropped by naming</option><option value="">both</option></select></label>
 <label>search <input id="search" type="search" placeholder="name, bag or topic"></label>
 <span id="count"></span>
 </header>
@@ -200,19 +210,19 @@ header {{ display: flex; gap: 1em; align-items: center; flex-wrap: wrap; margin-
 {cards}
 </div>
 <script>
-const controls = ["name", "road", "search"].map(id => document.getElementById(id));
+const controls = ["name", "road", "search", "reported"].map(id => document.getElementById(id));
 function apply() {{
-  const [name, road, search] = controls.map(c => c.value.toLowerCase());
+  const [name, road, search, reported] = controls.map(c => c.value.toLowerCase());
   let shown = 0;
   for (const card of document.querySelectorAll(".card")) {{
     const ok = (!name || card.dataset.name === name) && (!road || card.dataset.road === road)
-      && (!search || card.dataset.text.includes(search));
+      && (!search || card.dataset.text.includes(search)) && (!reported || card.dataset.reported === reported);
     card.style.display = ok ? "" : "none";
     shown += ok;
   }}
   document.getElementById("count").textContent = shown + " shown";
 }}
-controls.forEach(c => c.addEventListener("input", apply));
+controls.forEach(c => ["input", "change"].forEach(kind => c.addEventListener(kind, apply)));
 apply();
 </script>
 </body></html>
@@ -227,7 +237,8 @@ def stamp_text(stamp_ns: int) -> str:
 
 def report_html(table: pa.Table, summary: dict) -> str:
     """A static page (no server, no network) with a gallery of every track sorted by peak score: its thumbnail,
-    name, score, bag, topic, stamp, road and distance; filters by name and road and a search box."""
+    name, score, bag, topic, stamp, road and distance; filters by name, road and kind (reported by the node, the
+    default, or dropped by naming) and a search box."""
     rows = sorted(table.to_pylist(), key=lambda r: (-r["peak_score"], r["bag"], r["best_stamp_ns"]))
     cards = []
     for row in rows:
@@ -238,6 +249,7 @@ def report_html(table: pa.Table, summary: dict) -> str:
         text = f"{row['name']} {row['bag']} {row['topic']}".lower()
         cards.append(
             f'<div class="card" data-name="{html.escape(row["name"].lower())}" data-road="{road}" '
+            f'data-reported="{str(row.get("reported") is not False).lower()}" '
             f'data-text="{html.escape(text)}">'
             f'<img src="{html.escape(row["thumbnail"])}" alt="{html.escape(row["name"])}">'
             f'<h3>{html.escape(row["name"])} {row["peak_score"]:.2f}</h3>'

@@ -10,6 +10,7 @@ bag's own beginning or end). One object crossing a border is therefore two rows,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import numpy as np
 
 from ...core.config import ClipomalyConfig
 from ...core.scene.planning import AnomalyFollower
-from ...core.method.results import AnomalyRecord
+from ...core.method.results import AnomalyRecord, DroppedRegion
 from ...ros.bags import BagError, CutMcapReader, open_bag
 from ...ros.frame_step import FrameStep
 from ...ros.messages import stamp_ns
@@ -31,6 +32,10 @@ from ...ros.recorded import RecordedDrive
 from .plan import Shard
 
 SHARDS_FOLDER = "shards"
+DROPPED_TRACK_BASE = 1_000_000
+"""Ids of the chains of dropped regions (see :func:`_gather_dropped`) start here, clear of the tracker's."""
+DROPPED_MIN_IOU = 0.3
+"""Box overlap (intersection over union) that links a dropped region to one in the frame before."""
 THUMBNAIL_SIDE = 256
 """Longest side of a thumbnail, in pixels."""
 
@@ -53,6 +58,12 @@ class TrackSummary:
     thumbnail: bytes = b""
     seen_first_frame: bool = False
     seen_last_frame: bool = False
+    mask: dict | None = None
+    """The best frame's mask, COCO compressed RLE in full-frame pixels."""
+    dropped: DroppedRegion | None = None
+    """For a chain of regions naming dropped (``reported`` false in the index): its best region; else None."""
+    dropped_box: tuple[int, int, int, int] | None = None
+    """That chain's box in the last frame it was seen in (x0, y0, x1, y1), to link the next frame's regions."""
 
 
 @dataclass
@@ -222,25 +233,85 @@ def _gather(tracks: dict[int, TrackSummary], records: list[AnomalyRecord], resul
         if record.score > summary.best_score:
             summary.best_score, summary.best_ns, summary.best = float(record.score), stamp, record
             summary.best_tags = result.tags.names if getattr(result, "tags", None) is not None else ()
-            summary.thumbnail = thumbnail(image, *result.instance_mask(record.id))
+            box, pixels = result.instance_mask(record.id)
+            summary.thumbnail = thumbnail(image, box, pixels)
+            summary.mask = full_frame_rle(image.shape[:2], box, pixels)
+    seen |= _gather_dropped(tracks, getattr(result, "dropped", ()), result, image, stamp, first_frame)
     return seen
 
 
+def full_frame_rle(size: tuple[int, int], box: tuple[int, int, int, int], pixels: np.ndarray) -> dict:
+    """COCO compressed RLE (``{"size": [h, w], "counts": str}``) of a mask given as its box (y0, y1, x0, x1) and
+    the bool pixels inside it, placed in a frame of ``size`` (h, w)."""
+    from ..review.masks import encode
+
+    mask = np.zeros(size, dtype=bool)
+    mask[box[0]:box[1], box[2]:box[3]] = pixels
+    return encode(mask)
+
+
+def _gather_dropped(tracks: dict[int, TrackSummary], regions, result, image, stamp: int,
+                    first_frame: bool) -> set[int]:
+    """Chain the frame's dropped regions (never tracked by the node) to those of the frame before whose box
+    overlaps by :data:`DROPPED_MIN_IOU`, else start a chain; each chain keeps its best-scoring region. A chain
+    becomes a row whatever its length (``confirmed`` set): naming's gaps are what a reviewer wants to see."""
+    seen: set[int] = set()
+    for region in regions:
+        mask = region.mask()
+        if not mask.any():
+            continue
+        x0, y0, x1, y1 = region.box()
+        box = (x0, y0, x1, y1)
+        near = [t for t in tracks.values() if t.dropped is not None and t.track_id not in seen
+                and t.dropped.known == region.known and _iou(t.dropped_box, box) >= DROPPED_MIN_IOU]
+        summary = max(near, key=lambda t: _iou(t.dropped_box, box), default=None)
+        if summary is None:
+            track_id = DROPPED_TRACK_BASE + sum(1 for t in tracks.values() if t.dropped is not None)
+            summary = tracks[track_id] = TrackSummary(track_id, first_ns=stamp, seen_first_frame=first_frame,
+                                                      confirmed=True)
+        seen.add(summary.track_id)
+        summary.last_ns, summary.frames, summary.dropped_box = stamp, summary.frames + 1, box
+        summary.scores.append(float(region.score))
+        if region.score > summary.best_score or summary.dropped is None:
+            summary.best_score, summary.best_ns, summary.dropped = region.score, stamp, region
+            summary.name = region.name
+            summary.best_tags = result.tags.names if getattr(result, "tags", None) is not None else ()
+            summary.thumbnail = thumbnail(image, (y0, y1 + 1, x0, x1 + 1), mask[y0:y1 + 1, x0:x1 + 1])
+            summary.mask = full_frame_rle(mask.shape, (0, mask.shape[0], 0, mask.shape[1]), mask)
+    return seen
+
+
+def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two inclusive pixel boxes (x0, y0, x1, y1)."""
+    width = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    height = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    if width <= 0 or height <= 0:
+        return 0.0
+    areas = [(box[2] - box[0] + 1) * (box[3] - box[1] + 1) for box in (a, b)]
+    return width * height / (sum(areas) - width * height)
+
+
 def _row(shard: Shard, track: TrackSummary, key: str) -> dict:
-    best = track.best
-    ground = best.ground
+    """The index row of a track (``reported``) or of a chain of regions naming dropped (not ``reported``)."""
+    best = track.best if track.dropped is None else track.dropped
+    ground = getattr(best, "ground", None)
+    box = best.bbox if track.dropped is None else best.box()
+    identity = getattr(shard, "bag_id", "") or getattr(shard, "bag", shard.bag_name)  # the content id where known
     return {
         "bag": shard.bag_name, "topic": shard.topic, "shard": shard.id, "track": track.track_id,
         "first_stamp_ns": track.first_ns, "last_stamp_ns": track.last_ns, "best_stamp_ns": track.best_ns,
         "frames": track.frames, "name": track.name,
         "candidates": [{"name": name, "score": float(score)} for name, score in best.candidates],
         "peak_score": float(max(track.scores)), "mean_score": float(np.mean(track.scores)),
-        "box": [int(v) for v in best.bbox], "on_road": best.on_road,
+        "box": [int(v) for v in box], "on_road": getattr(best, "on_road", None),
         "distance_m": None if ground is None else float(ground.distance),
         "lateral_m": None if ground is None else float(ground.y),
         "cut_at_start": track.seen_first_frame and not shard.first,
         "cut_at_end": track.seen_last_frame and not shard.last,
         "thumbnail": f"thumbnails/{key}.jpg", "tags": list(track.best_tags),
+        "candidate_id": hashlib.sha1(f"{identity}|{shard.topic}|{track.track_id}|{track.best_ns}".encode())
+        .hexdigest()[:20],
+        "reported": track.dropped is None, "mask": track.mask,
         "bag_id": shard.bag_id, "source_path": shard.bag,
     }
 

@@ -1,0 +1,84 @@
+"""What the labelling tools' formats share: the frame of a candidate, the name a review gives it, a tool's label
+read back as a decision, and what an import found (:mod:`.exchange` picks the format).
+
+An import turns a tool's reviewed annotations into decision lines appended to ``reviews.jsonl`` (``source`` says
+which tool). A mask the tool changed becomes the decision's ``mask``; the index keeps the original beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import decisions, masks
+from .index import MinedIndex, frame_key
+
+class FormatError(ValueError):
+    """A file that is not the format it should be (one line: what is wrong)."""
+
+
+@dataclass
+class ImportOutcome:
+    """What an import found: the decision lines to append, and what it could not use, counted with a reason."""
+
+    lines: list[dict] = field(default_factory=list)
+    corrected_masks: int = 0
+    without_decision: int = 0
+    unknown_candidates: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self, path: Path) -> str:
+        parts = [f"imported {len(self.lines)} decision(s) from {path} ({self.corrected_masks} with a corrected "
+                 f"mask)"]
+        if self.without_decision:
+            parts.append(f"{self.without_decision} annotation(s) carried no decision and were left out")
+        if self.unknown_candidates:
+            parts.append(f"{len(self.unknown_candidates)} named no candidate of this index (first: "
+                         f"{self.unknown_candidates[0]!r}) and were left out")
+        if self.problems:
+            parts.append(f"{len(self.problems)} could not be read (first: {self.problems[0]})")
+        return "; ".join(parts)
+
+
+def frame_file(row: dict) -> str:
+    """Where a candidate's full frame is, relative to the mined folder (``clipomaly frames MINED -o MINED/frames``
+    writes it there)."""
+    return f"frames/{frame_key(row)}.png"
+
+
+def reviewed_name(row: dict, decision: dict | None) -> str:
+    """The name a candidate carries after review: the new name of a rename, the known class of known_class, else
+    the name mining gave it."""
+    if decision and decision["decision"] == "rename":
+        return decision["name"]
+    if decision and decision["decision"] == "known_class":
+        return decision["known_class"]
+    return row["name"]
+
+
+def decision_from_label(index: MinedIndex, row: dict, label: str, reviewer: str, time: str | None, **extra) -> dict:
+    """A tool's label on a candidate as a decision: a known class is known_class, the candidate's own name accept,
+    any other name rename."""
+    if label in index.known_classes:
+        return decisions.make_decision(row["candidate_id"], "known_class", known_class=label, reviewer=reviewer,
+                                       time=time, **extra)
+    kind = "accept" if label == row["name"] else "rename"
+    return decisions.make_decision(row["candidate_id"], kind, name=label, reviewer=reviewer, time=time, **extra)
+
+
+def with_mask(outcome: ImportOutcome, line: dict, row: dict, mask: np.ndarray | None) -> dict:
+    """``line`` with the tool's ``mask`` when it differs from the index's (the index keeps the original)."""
+    if mask is not None and not np.array_equal(mask, masks.decode(row["mask"])):
+        outcome.corrected_masks += 1
+        line["mask"] = masks.encode(mask)
+    return line
+
+
+def load_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise FormatError(f"{path} is not JSON ({error})") from None

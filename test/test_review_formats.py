@@ -1,0 +1,183 @@
+"""The labelling tools' formats both ways: masks with holes and islands come back pixel-identical, reviewed
+annotations come back as decisions, and a mask a tool corrected replaces ours in the decision while the index
+keeps the original. Label Studio's brush encoding is checked against the output of its own SDK."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import numpy as np
+import pytest
+from review_fixtures import island_mask, write_mined
+
+from clipomaly_ros.tools.review import decisions, masks
+from clipomaly_ros.tools.review.exchange import detect, export, import_file
+from clipomaly_ros.tools.review.formats import FormatError
+from clipomaly_ros.tools.review.index import load_index
+
+EXAMPLE = Path(__file__).parent / "data" / "label_studio_brush.json"
+
+
+@pytest.fixture
+def mined(tmp_path):
+    write_mined(tmp_path / "mined", count=9)
+    return load_index(tmp_path / "mined")
+
+
+def corrected(mask: np.ndarray) -> np.ndarray:
+    """A reviewer's edit: a third island, and the hole filled."""
+    mask = mask.copy()
+    mask[30:34, 2:6] = True
+    mask[12:16, 10:16] = True
+    return mask
+
+
+def test_brush_rle_equals_label_studio_sdk_output():
+    example = json.loads(EXAMPLE.read_text())   # written by the SDK's own mask2rle (label-studio-sdk 2.1.2)
+    mask = np.array([[c == "1" for c in row] for row in example["mask_rows"]])
+    assert masks.brush_encode(mask) == example["rle"]
+    assert np.array_equal(masks.brush_decode(example["rle"], example["height"], example["width"]), mask)
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_every_mask_form_round_trips_pixel_identical(index):
+    mask = island_mask(index)
+    assert np.array_equal(masks.decode(masks.encode(mask)), mask)
+    assert np.array_equal(masks.brush_decode(masks.brush_encode(mask), *mask.shape), mask)
+    runs, box = masks.box_runs(mask)
+    assert np.array_equal(masks.from_box_runs(runs, box, *mask.shape), mask)
+    big = np.zeros((300, 400), bool)
+    big[:, :] = True   # one run longer than the brush's longest run field (2 ** 16 values)
+    big[5, 7] = False
+    assert np.array_equal(masks.brush_decode(masks.brush_encode(big), 300, 400), big)
+
+
+def exported_masks(kind: str, path: Path, index) -> dict[str, np.ndarray]:
+    """Each candidate's mask as the exported file holds it."""
+    if kind == "coco":
+        return {a["candidate_id"]: masks.decode(a["segmentation"]) for a in json.loads(path.read_text())["annotations"]}
+    if kind == "label-studio":
+        return {t["data"]["candidate_id"]: masks.brush_decode(t["predictions"][0]["result"][0]["value"]["rle"], 48, 64)
+                for t in json.loads(path.read_text())}
+    found = {}
+    for image in ElementTree.parse(path).getroot().iter("image"):
+        for element in image.iter("mask"):
+            runs = [int(v) for v in element.get("rle").split(",")]
+            box = tuple(int(element.get(k)) for k in ("left", "top", "width", "height"))
+            found[element.find("attribute[@name='candidate_id']").text] = masks.from_box_runs(runs, box, 48, 64)
+    return found
+
+
+@pytest.mark.parametrize("kind, suffix", [("coco", "json"), ("label-studio", "json"), ("cvat", "xml")])
+def test_export_holds_every_mask_pixel_identical(mined, tmp_path, kind, suffix):
+    path = tmp_path / f"out.{suffix}"
+    export(mined, kind, path)
+    assert detect(path) == kind
+    found = exported_masks(kind, path, mined)
+    assert set(found) == set(mined.by_id)
+    for candidate, row in mined.by_id.items():
+        assert np.array_equal(found[candidate], masks.decode(row["mask"])), candidate
+
+
+def fresh_copy(index, tmp_path):
+    """The same mined folder without its reviews, as another reviewer's machine holds it."""
+    target = tmp_path / "elsewhere"
+    shutil.copytree(index.folder, target, ignore=shutil.ignore_patterns(decisions.REVIEWS_FILE))
+    return load_index(target)
+
+
+@pytest.mark.parametrize("kind, suffix", [("coco", "json"), ("cvat", "xml")])
+def test_reviewed_export_imports_back_as_the_same_decisions(mined, tmp_path, kind, suffix):
+    fixed = corrected(masks.decode(mined.by_id["c00004"]["mask"]))
+    decisions.append(mined.folder, [
+        decisions.make_decision("c00001", "rename", name="sofa", reviewer="ann"),
+        decisions.make_decision("c00002", "known_class", known_class="car", reviewer="ann"),
+        decisions.make_decision("c00003", "reject", reviewer="ann"),
+        decisions.make_decision("c00004", "accept", name=mined.by_id["c00004"]["name"], reviewer="ann",
+                                mask=masks.encode(fixed))])
+    path = tmp_path / f"reviewed.{suffix}"
+    export(mined, kind, path)
+    elsewhere = fresh_copy(mined, tmp_path)
+    outcome = import_file(elsewhere, path, None, "importer")
+    got = {line["candidate_id"]: line for line in outcome.lines}
+    assert {c: (line["decision"], line["name"], line["known_class"]) for c, line in got.items()} == {
+        "c00001": ("rename", "sofa", None), "c00002": ("known_class", None, "car"), "c00003": ("reject", None, None),
+        "c00004": ("accept", mined.by_id["c00004"]["name"], None)}
+    assert outcome.without_decision == 5 and outcome.corrected_masks == 1
+    assert np.array_equal(masks.decode(got["c00004"]["mask"]), fixed)
+    assert np.array_equal(masks.decode(elsewhere.by_id["c00004"]["mask"]), island_mask(4))   # the original stays
+    assert all("mask" not in line for c, line in got.items() if c != "c00004")
+
+
+def test_label_studio_review_imports_with_reviewer_time_and_lead_time(mined, tmp_path):
+    path = tmp_path / "tasks.json"
+    export(mined, "label-studio", path)
+    assert "<BrushLabels" in path.with_suffix(".label_config.xml").read_text()
+    tasks = json.loads(path.read_text())
+    by_id = {task["data"]["candidate_id"]: task for task in tasks}
+    fixed = corrected(island_mask(5))
+
+    def annotate(candidate, result, **extra):
+        by_id[candidate]["annotations"] = [{"id": 1, "completed_by": {"email": "ann@example.org"},
+                                            "created_at": "2026-12-01T09:00:00.000000Z",
+                                            "updated_at": "2026-12-01T10:15:30.250000+01:00", "lead_time": 12.5,
+                                            "result": result, **extra}]
+
+    brush = by_id["c00001"]["predictions"][0]["result"]
+    annotate("c00001", brush)                                                             # accepted as it is
+    renamed = json.loads(json.dumps(brush))
+    renamed[0]["value"]["brushlabels"] = ["sofa"]
+    renamed[0]["value"]["rle"] = masks.brush_encode(fixed)
+    annotate("c00005", renamed)                                                           # renamed, mask redrawn
+    known = json.loads(json.dumps(by_id["c00002"]["predictions"][0]["result"]))
+    known[0]["value"]["brushlabels"] = ["car"]
+    annotate("c00002", known)                                                             # a known class
+    annotate("c00003", [{"type": "choices", "from_name": "decision", "to_name": "image",
+                         "value": {"choices": ["reject"]}}])
+    annotate("c00006", [], was_cancelled=True)
+    reviewed = tmp_path / "reviewed.json"
+    reviewed.write_text(json.dumps(tasks))
+    outcome = import_file(mined, reviewed, None, "importer")
+    got = {line["candidate_id"]: line for line in outcome.lines}
+    assert {c: (line["decision"], line["name"], line["known_class"]) for c, line in got.items()} == {
+        "c00001": ("accept", mined.by_id["c00001"]["name"], None), "c00005": ("rename", "sofa", None),
+        "c00002": ("known_class", None, "car"), "c00003": ("reject", None, None), "c00006": ("skip", None, None)}
+    assert got["c00005"]["reviewer"] == "ann@example.org" and got["c00005"]["time"] == "2026-12-01T09:15:30.250Z"
+    assert got["c00005"]["lead_time"] == 12.5 and got["c00005"]["seconds"] == 12.5
+    assert np.array_equal(masks.decode(got["c00005"]["mask"]), fixed) and "mask" not in got["c00001"]
+    assert outcome.without_decision == 4 and outcome.corrected_masks == 1
+
+
+def test_imports_report_what_they_cannot_use(mined, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(FormatError, match="is not JSON"):
+        import_file(mined, bad, None, "ann")
+    bad.write_text(json.dumps({"something": 1}))
+    with pytest.raises(FormatError, match="give --format"):
+        import_file(mined, bad, None, "ann")
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"images": [], "annotations": [
+        {"candidate_id": "nobody", "review": {"decision": "reject"}},
+        {"candidate_id": "c00001", "review": {"decision": "maybe"}}]}))
+    outcome = import_file(mined, other, None, "ann")
+    assert outcome.unknown_candidates == ["nobody"] and "decision must be one of" in outcome.problems[0]
+    assert not outcome.lines and "1 named no candidate" in outcome.summary(other)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fiftyone") is not None, reason="fiftyone is installed: see below")
+def test_fiftyone_export_says_what_it_needs(mined, tmp_path):
+    with pytest.raises(FormatError, match="needs the fiftyone package"):
+        export(mined, "fiftyone", tmp_path / "dataset")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fiftyone") is None,
+                    reason="fiftyone is not installed: its database needs a download when installed, so it is no "
+                           "test dependency (docs/review.md)")
+def test_fiftyone_export_builds_a_dataset(mined, tmp_path):
+    message = export(mined, "fiftyone", tmp_path / "clipomaly-test")
+    assert "9 detections" in message

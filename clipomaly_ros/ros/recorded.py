@@ -106,8 +106,8 @@ class RecordedDrive:
                stop_requested: Callable[[], bool] = lambda: False, **outputs) -> Iterator[ProcessedFrame]:
         """Every frame of the drive recorded in ``[start, stop)`` (ns of log time; whole drive by default) through
         ``pipeline`` and ``step``, which also gets ``outputs`` (``wanted``, ``autoware``). The newest camera_info
-        and the /tf recorded before ``start`` (see the class) are in force at its first frame. ``rate_hz``: at most that many
-        frames a second of the images' stamps; the others are counted as thinned and not decoded.
+        and the /tf recorded before ``start`` (see the class) are in force at its first frame. ``rate_hz``: at most
+        that many frames a second of the images' stamps; the others are counted as thinned and not decoded.
         ``on_message(connection, timestamp, raw)`` sees every message read (frames, camera_info, /tf and, with it,
         /tf_static too), before the frame it may belong to is processed. The pass ends early once
         ``stop_requested()`` is true, before the next message."""

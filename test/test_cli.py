@@ -187,3 +187,40 @@ def test_bench_host_time_leaves_out_the_transformer_that_the_pipeline_clocks_fra
     table = host_ms_per_frame(pipeline, np.zeros((8, 8, 3), np.uint8), 2, 2, outputs, "cpu")
     for row in table.values():  # wall time was >= 200 ms a frame, all of it inside the transformer
         assert set(row) == {"1 camera", "2 cameras"} and all(0 <= ms < 100 for ms in row.values()), row
+
+
+def test_each_verb_is_a_module_with_add_parser_and_run_in_the_registry_order(capsys):
+    import argparse
+    import importlib
+    from pathlib import Path
+
+    from clipomaly_ros.tools import commands
+    from clipomaly_ros.tools.cli import build_parser
+
+    modules = {path.stem for path in Path(commands.__file__).parent.glob("*.py")} - {"__init__", "options"}
+    assert set(commands.VERBS) == modules and len(commands.VERBS) == len(modules)
+    for verb in commands.VERBS:
+        module = importlib.import_module(f"clipomaly_ros.tools.commands.{verb}")
+        assert callable(module.run), verb
+        parser = module.add_parser(argparse.ArgumentParser().add_subparsers())
+        assert isinstance(parser, argparse.ArgumentParser) and parser.prog.endswith(f" {verb}"), verb
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert tuple(subparsers.choices) == commands.VERBS
+    assert build_parser().parse_args(["defaults"]).run is importlib.import_module(
+        "clipomaly_ros.tools.commands.defaults").run
+
+
+def test_the_command_line_module_only_declares_dispatches_and_reports_errors():
+    import ast
+    from pathlib import Path
+
+    from clipomaly_ros.tools import cli
+
+    tree = ast.parse(Path(cli.__file__).read_text())
+    functions = sorted(node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef)))
+    assert functions == ["build_parser", "main"]
+    options = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+               and getattr(node.func, "attr", "") == "add_argument"]
+    assert len(options) == 1  # --verbose: every verb's own options live in its module
+

@@ -77,7 +77,8 @@ def cli_reference_page() -> str:
     try:
         parser = build_parser()
         parts = ["# `clipomaly` command line reference", "",
-                 "<!-- made by `python -m clipomaly_ros.tools.docs` from clipomaly_ros/tools/cli.py: do not edit -->",
+                 "<!-- made by `python -m clipomaly_ros.tools.docs` from the verbs of clipomaly_ros/tools/commands/: "
+                 "do not edit -->",
                  "", "What each command is for, with examples, is in [cli.md](cli.md).", "", "```text",
                  parser.format_help().rstrip(), "```"]
         for name, subparser in _subparsers(parser).items():

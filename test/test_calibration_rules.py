@@ -48,11 +48,18 @@ def single_objects(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def shared_calibrator(tmp_path_factory):
+    """One calibrator for every seed and objective: an image is segmented once per setting."""
+    folder = tmp_path_factory.mktemp("shared")
+    return Calibrator(toy_pipeline(folder), folder / "features")
+
+
 @pytest.mark.parametrize("objective", ["f1", "siou"])
-def test_frames_paired_with_other_frames_labels_keep_the_start_in_19_of_20_seeds(single_objects, tmp_path,
+def test_frames_paired_with_other_frames_labels_keep_the_start_in_19_of_20_seeds(single_objects, shared_calibrator,
                                                                                  objective):
     samples = find_samples(single_objects)
-    calibrator = Calibrator(toy_pipeline(tmp_path), tmp_path / "features")
+    calibrator = shared_calibrator
     kept = 0
     for seed in range(SEEDS):
         rng = np.random.default_rng(seed)

@@ -55,6 +55,7 @@ class Calibrator:
         self._segmented = BoundedCache(self.budget)  # (image digest, settings) -> anomaly mask fingerprint
         self._masks = BoundedCache(self.budget)  # fingerprint -> (packed anomaly mask, (H, W))
         self._scores = BoundedCache(self.budget)  # (fingerprint, label digest, ids) -> (STATISTICS,) sums
+        self._score_maps = BoundedCache(self.budget)  # image digest -> the published anomaly score (H, W)
         self.loads = 0
         """Images read from their files (more than one a frame: frames past the budget were read again)."""
         self.segmentations = 0
@@ -94,9 +95,13 @@ class Calibrator:
         """AUPRC, FPR95 and AUROC of the published continuous anomaly score over ``frames``."""
         pixels = PixelScores()
         for frame in frames:
-            prepared = self.prepared(frame)
-            is_anomaly, void = self.truth(frame, prepared.image.shape[:2])
-            pixels.add(banded_anomaly_score(prepared.known.logits, prepared.image.shape[:2]), is_anomaly, ~void)
+            score = self._score_maps.get(frame.digest)
+            if score is None:
+                prepared = self.prepared(frame)
+                score = banded_anomaly_score(prepared.known.logits, prepared.image.shape[:2])
+                self._score_maps[frame.digest] = score
+            is_anomaly, void = self.truth(frame, score.shape)
+            pixels.add(score, is_anomaly, ~void)
         try:
             pixel = pixels.summary()
         except MetricError as error:

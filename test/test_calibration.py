@@ -197,7 +197,7 @@ def test_the_command_writes_a_parameter_file_the_search_and_curves_and_reports_h
     tuned, out, plots = tuned
     assert "held-out, chosen" in out and "settings on 6 images" in out
     text = tuned.read_text()
-    assert "# Objective: f1" in text and "# Held-out data:" in text and "toy colour backend" in text
+    assert "# Objective: f1" in text and "# Held-out data (--val):" in text and "toy colour backend" in text
     parameters = yaml.safe_load(text)["/**/clipomaly"]["ros__parameters"]
     assert u_decoy - 0.05 <= parameters["uncertainty_threshold"] <= u_object + 0.05
     assert parameters["backend"] == "toy" and parameters["inference_size"] == 64

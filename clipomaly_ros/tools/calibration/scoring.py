@@ -53,7 +53,7 @@ class Calibrator:
         self._truths = BoundedCache(self.budget)  # (label digest, ids, size) -> (is_anomaly, void)
         self._stages = BoundedCache(self.budget)  # (image digest, the pipeline's key) -> naming verdict, extension
         self._segmented = BoundedCache(self.budget)  # (image digest, settings) -> anomaly mask fingerprint
-        self._masks = BoundedCache(self.budget)  # fingerprint -> (packed anomaly mask, (H, W))
+        self._masks = BoundedCache(self.budget)  # fingerprint -> (instances (box, pixels), (H, W))
         self._scores = BoundedCache(self.budget)  # (fingerprint, label digest, ids) -> (STATISTICS,) sums
         self._score_maps = BoundedCache(self.budget)  # image digest -> the published anomaly score (H, W)
         self.loads = 0
@@ -130,13 +130,11 @@ class Calibrator:
                 return scores
         stored = self._masks.get(fingerprint) if fingerprint is not None else None
         if stored is None:
-            mask = self.segment(frame, setting)
-            fingerprint = mask_fingerprint(mask)
+            instances, size = self.segment(frame, setting)
+            fingerprint = instances_fingerprint(instances, size)
             self._segmented[(frame.digest, tuple(setting[name] for name in SEARCHED))] = fingerprint
-            self._masks[fingerprint] = (np.packbits(mask), mask.shape)
-        else:
-            packed, shape = stored
-            mask = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+            self._masks[fingerprint] = stored = (instances, size)
+        mask = paste(*stored)
         is_anomaly, void = self.truth(frame, mask.shape)
         components = ComponentScores()
         components.add(mask, is_anomaly, void)
@@ -144,8 +142,9 @@ class Calibrator:
         self._scores[(fingerprint, *label_key)] = scores
         return scores
 
-    def segment(self, frame: LabelledFrame, setting: dict) -> np.ndarray:
-        """The ``(H, W)`` bool anomaly mask the pipeline gives ``frame`` under ``setting``."""
+    def segment(self, frame: LabelledFrame, setting: dict) -> tuple[list, tuple[int, int]]:
+        """The anomaly instances the pipeline gives ``frame`` under ``setting``, each ``(box (y0, y1, x0, x1), bool
+        pixels)``, and the frame's size (H, W): the whole-frame mask is made only when it is scored."""
         prepared = self.prepared(frame)
         pipeline = self.pipeline
         config = pipeline.config.replace(**setting)
@@ -154,12 +153,24 @@ class Calibrator:
             result = pipeline.segment_from_known(prepared.image, prepared.features, prepared.known, config,
                                                  pipeline.vocabulary.current, prepared.tags,
                                                  memo=FrameMemo(self._stages, frame.digest))
-        return result.anomaly_mask
+        return [result.instance_mask(anomaly.id) for anomaly in result.anomalies], result.image_size
 
 
-def mask_fingerprint(mask: np.ndarray) -> bytes:
-    """16 bytes that tell one ``(H, W)`` bool mask from another."""
-    return hashlib.blake2b(np.packbits(mask).tobytes() + str(mask.shape).encode(), digest_size=16).digest()
+def instances_fingerprint(instances: list, size: tuple[int, int]) -> bytes:
+    """16 bytes that tell one frame's anomaly pixels from another's (``instances`` as :meth:`Calibrator.segment`
+    gives them)."""
+    digest = hashlib.blake2b(str(tuple(size)).encode(), digest_size=16)
+    for box, pixels in sorted(instances, key=lambda instance: instance[0]):
+        digest.update(str(box).encode() + np.packbits(pixels).tobytes())
+    return digest.digest()
+
+
+def paste(instances: list, size: tuple[int, int]) -> np.ndarray:
+    """The ``(H, W)`` bool mask of ``instances`` (what a result's ``anomaly_mask`` holds)."""
+    mask = np.zeros(size, bool)
+    for (y0, y1, x0, x1), pixels in instances:
+        mask[y0:y1, x0:x1] |= pixels
+    return mask
 
 
 SCORE_BAND_ROWS = 64

@@ -60,9 +60,13 @@ class Calibrator:
         """Images read from their files (more than one a frame: frames past the budget were read again)."""
         self.segmentations = 0
         """Settings run through the pipeline on a frame (the rest were known)."""
+        self._current: tuple[str, PreparedFrame] | None = None
+        """The frame being scored, held outside the budget while its settings run (the frames are the outer loop)."""
 
     def prepared(self, frame: LabelledFrame) -> PreparedFrame:
         """The frame's fixed work (module docstring), kept within the budget."""
+        if self._current is not None and self._current[0] == frame.digest:
+            return self._current[1]
         prepared = self._prepared.get(frame.digest)
         if prepared is None:
             image = frame.load_image()
@@ -73,6 +77,7 @@ class Calibrator:
                 known = self.pipeline.known_scores(features, config, vocabulary)
             prepared = PreparedFrame(image, features, known, self.pipeline.tags_of_still(image, config))
             self._prepared[frame.digest] = prepared
+        self._current = (frame.digest, prepared)
         return prepared
 
     def truth(self, frame: LabelledFrame, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

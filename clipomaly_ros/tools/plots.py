@@ -97,3 +97,49 @@ def write_instance_plot(recall: dict[str, dict], out_dir: Path, title: str = "")
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def plot_calibration_curves(report, path: Path) -> Path:
+    """Each objective of a calibration ``report`` against the threshold: the sweep at the chosen area and radius,
+    and the best over every other setting at each threshold (dashed); the chosen setting starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from .calibration.statistics import OBJECTIVES
+
+    chosen = report.chosen
+    figure, axes = plt.subplots(2, 2, figsize=(9, 7), dpi=110)
+    for axis, (name, (_, key, direction, _)) in zip(axes.ravel(), OBJECTIVES.items()):
+        # the threshold sweep at the chosen area and radius, as the grid ran it (with the starting crop weight)
+        at_chosen = sorted((t["uncertainty_threshold"], t[key]) for t in report.trials
+                           if t["min_region_area"] == chosen["min_region_area"] and t[key] is not None
+                           and t["cleanup_radius"] == chosen["cleanup_radius"]
+                           and t["crop_weight"] == report.default["crop_weight"])
+        best: dict[float, float] = {}
+        for t in report.trials:
+            if t[key] is not None:
+                pick = max if direction == "higher" else min
+                threshold = t["uncertainty_threshold"]
+                best[threshold] = pick(best.get(threshold, t[key]), t[key])
+        if best:
+            xs = sorted(best)
+            axis.plot(xs, [best[x] for x in xs], "--", color="grey", linewidth=1, label="best over the other settings")
+        if at_chosen:
+            axis.plot(*zip(*at_chosen), "-o", markersize=3, color="tab:blue", label="at the chosen area and radius")
+        if chosen.get(key) is not None:
+            axis.plot([chosen["uncertainty_threshold"]], [chosen[key]], "*", markersize=14, color="tab:red",
+                      label="chosen" + (f" ({report.objective})" if name == report.objective else ""))
+        axis.set(xlabel="uncertainty_threshold", ylabel=key,
+                 title=f"{name} ({direction} is better){' - the objective' if name == report.objective else ''}")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle(f"clipomaly calibrate on {Path(report.data).name} ({report.images} images): area "
+                    f"{chosen['min_region_area']}, radius {chosen['cleanup_radius']}, crop weight "
+                    f"{chosen['crop_weight']}", fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path

@@ -19,6 +19,8 @@ device until a consumer reads it.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import threading
 import time
@@ -225,8 +227,8 @@ class Clipomaly:
             results = []
             for index, (image, frame_features) in enumerate(zip(host_images, features)):
                 timings = {"features": features_ms, "tagging": tagging_ms, "unknown": unknown_ms[index]}
-                result = self._segment(image, frame_features, config, vocabulary, timings, knowns[index],
-                                       regions[index], tags[index])
+                result = self.segment_from_known(image, frame_features, knowns[index], config, vocabulary,
+                                                 tags[index], regions[index], timings)
                 result.image = image  # the one host copy: the caller's outputs read it, never copy the frame again
                 timings["backbone"] = features_backbone_ms + (clock.take() if clock is not None else 0.0)
                 timings["total"] = (time.perf_counter() - start) * 1000.0
@@ -292,6 +294,24 @@ class Clipomaly:
             reported=config.candidates_reported, tagged=tagged,
             use_dictionary=config.naming_source != "tagger" or tags is None)
 
+    def _named(self, image, grid: torch.Tensor, regions: list, config: ClipomalyConfig, vocabulary: Vocabulary,
+               tags: FrameTags | None, memo) -> list:
+        """:meth:`name_regions`, with each region's verdict taken from ``memo`` when it holds one (kept without the
+        region's masks, which the later stages do not read)."""
+        if memo is None:
+            return self.name_regions(image, grid, regions, config, vocabulary, tags)
+        reads = (config.naming_top_k, config.logit_scale, config.crop_margin, config.crop_background,
+                 config.crop_weight, config.candidates_reported, config.naming_source, tags)
+        keys = [("named", region_fingerprint(region), reads) for region in regions]
+        verdicts = [memo.get(key) for key in keys]
+        missing = [index for index, verdict in enumerate(verdicts) if verdict is None]
+        if missing:
+            fresh = self.name_regions(image, grid, [regions[i] for i in missing], config, vocabulary, tags)
+            for index, verdict in zip(missing, fresh):
+                verdicts[index] = memo[keys[index]] = dataclasses.replace(
+                    verdict, region=None, embedding=verdict.embedding.clone())
+        return verdicts
+
     def extended_instances(self, features, known: KnownScores, new_names: list[str],
                            embeddings: torch.Tensor | None, config: ClipomalyConfig, vocabulary: Vocabulary,
                            output_size: tuple[int, int]) -> tuple[list, list]:
@@ -301,9 +321,29 @@ class Clipomaly:
                       config.logit_scale, len(vocabulary.known), config.min_region_area, config.max_regions,
                       known.refine)
 
-    def _segment(self, image: np.ndarray, features, config: ClipomalyConfig, vocabulary: Vocabulary,
-                 timings: dict[str, float], known: KnownScores | None = None, regions: list | None = None,
-                 tags: FrameTags | None = None) -> SegmentationResult:
+    def tags_of_still(self, image: np.ndarray, config: ClipomalyConfig) -> FrameTags | None:
+        """The tags a still ``image`` (RGB uint8 ``(H, W, 3)``) gets under ``config``: the tagger's own run on it,
+        as a camera's first frame gets (:meth:`segment_batch` tags that frame at once); None when the naming does
+        not ask the tagger (no ``tagger_weights``, or ``naming_source: dictionary``)."""
+        if self.tagger is None or config.naming_source == "dictionary":
+            return None
+        with torch.inference_mode():
+            (tags,) = self.tagger.tag(["still"], [image])
+        return FrameTags(tags.names, tags.scores, tags.fresh)  # without the (T,) probabilities: a tool may keep many
+
+    def segment_from_known(self, image: np.ndarray, features, known: KnownScores, config: ClipomalyConfig,
+                           vocabulary: Vocabulary, tags: FrameTags | None = None, regions: list | None = None,
+                           timings: dict[str, float] | None = None, memo=None) -> SegmentationResult:
+        """Segment a frame whose dense ``features`` and known-class scores ``known`` (:meth:`known_scores`) are
+        already computed: the stages that the searched settings of ``clipomaly calibrate`` change (unknown
+        regions, naming, extension, the records), as :meth:`segment_batch` runs them. ``image``: the host RGB
+        uint8 ``(H, W, 3)`` frame; ``tags``: its tagger's tags under a tagging ``naming_source``; ``timings``
+        (ms) gets each stage's time added.
+
+        ``memo`` (optional, ``get(key)`` and ``memo[key] = value``, for this one frame and ``vocabulary``) keeps a
+        region's naming verdict and an extension's instances, keyed by everything they read, so that a caller
+        trying many settings on one frame names a region and extends a set of names once."""
+        timings = timings if timings is not None else {}
         clock = time.perf_counter()
 
         def lap(stage: str) -> None:  # adds to a stage begun before (the unknown regions of a batch)
@@ -313,33 +353,34 @@ class Clipomaly:
             clock = now
 
         output_size = image.shape[:2]
-        grid = features.grid
-        known = known if known is not None else self.known_scores(features, config, vocabulary)
         known_logits = known.logits
         regions = regions if regions is not None else self.unknown_regions(features, known, config, output_size)
         lap("unknown")
 
         frame = getattr(features, "frame", None)  # the frame where the model runs, when it was put there
-        named = self.name_regions(image if frame is None else frame, grid, regions, config, vocabulary, tags)
+        named = self._named(image if frame is None else frame, features.grid, regions, config, vocabulary, tags, memo)
         lap("naming")
 
         new_names, embeddings = new_names_of(named)
-        instances, kept_names = self.extended_instances(features, known, new_names, embeddings, config,
-                                                        vocabulary, output_size)
+        extension_key = ("extended", tuple(new_names), config.min_region_area, config.max_regions, config.logit_scale)
+        extended = memo.get(extension_key) if memo is not None else None
+        if extended is None:
+            extended = self.extended_instances(features, known, new_names, embeddings, config, vocabulary,
+                                               output_size)
+            if memo is not None:
+                memo[extension_key] = extended
+        instances, kept_names = extended
         lap("extension")
 
-        candidates_of: dict[str, tuple] = {}
-        for verdict in named:
-            candidates_of.setdefault(verdict.name, verdict.candidates)
         drivable = [vocabulary.known.index(name) for name in config.drivable_classes if name in vocabulary.known]
-        records = []
-        for instance in instances:
-            fraction = (road_fraction(known_logits, output_size, instance.mask, drivable, config.road_band)
-                        if drivable else None)
-            records.append(AnomalyRecord(
-                id=instance.mask.id, name=instance.name, score=instance.score, bbox=instance.bbox,
-                area=instance.area, centroid=instance.centroid, candidates=candidates_of.get(instance.name, ()),
-                road_fraction=fraction, on_road=None if fraction is None else fraction >= config.on_road_fraction))
+        road_key = ("road", extension_key, tuple(drivable), config.road_band)
+        fractions = memo.get(road_key) if memo is not None else None
+        if fractions is None:
+            fractions = [road_fraction(known_logits, output_size, instance.mask, drivable, config.road_band)
+                         if drivable else None for instance in instances]
+            if memo is not None:
+                memo[road_key] = fractions
+        records = anomaly_records(instances, named, fractions, config)
         result = SegmentationResult(
             labels=list(vocabulary.known) + kept_names, anomalies=records, known_count=len(vocabulary.known),
             rejected=[verdict.name for verdict in named if verdict.is_known], timings_ms=timings,
@@ -355,6 +396,25 @@ def dropped_regions(named: list, kept_names: list[str], image_size: tuple[int, i
     kept = set(kept_names)
     return [DroppedRegion(verdict.name, verdict.score, verdict.is_known, verdict.candidates, verdict.region.mask,
                           tuple(image_size)) for verdict in named if verdict.is_known or verdict.name not in kept]
+
+
+def anomaly_records(instances: list, named: list, fractions: list, config: ClipomalyConfig) -> list[AnomalyRecord]:
+    """One record per extension instance: its name's candidates from the naming verdicts ``named``, and whether
+    it stands on the road (``fractions``: each instance's drivable share of its band, or None)."""
+    candidates_of: dict[str, tuple] = {}
+    for verdict in named:
+        candidates_of.setdefault(verdict.name, verdict.candidates)
+    return [AnomalyRecord(id=instance.mask.id, name=instance.name, score=instance.score, bbox=instance.bbox,
+                          area=instance.area, centroid=instance.centroid,
+                          candidates=candidates_of.get(instance.name, ()), road_fraction=fraction,
+                          on_road=None if fraction is None else fraction >= config.on_road_fraction)
+            for instance, fraction in zip(instances, fractions)]
+
+
+def region_fingerprint(region) -> bytes:
+    """What names a region: its mask on the coarse map (its box and area follow from it), as 16 bytes."""
+    return hashlib.blake2b(np.packbits(region.mask).tobytes() + str(region.mask.shape).encode(),
+                           digest_size=16).digest()
 
 
 def new_names_of(named: list) -> tuple[list[str], torch.Tensor | None]:

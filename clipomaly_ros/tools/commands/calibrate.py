@@ -16,9 +16,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Searches uncertainty_threshold, min_region_area, cleanup_radius and crop_weight on DATA "
                     "(images/ + labels/, as evaluate reads) for the --objective, with the dense features computed "
                     "once per image; writes OUT.yaml (a parameter file for the node and every command) and OUT.json "
-                    "(the whole search). The current settings are always a candidate and win ties; another setting "
-                    "is chosen only when it beats them by more than the noise margin (the spread over 200 bootstrap "
-                    "resamples of the frames), and the output says which happened.")
+                    "(the whole search). The current settings are always a candidate and win ties. Another setting "
+                    "is chosen only when its lead exceeds the lead the best of all settings reaches by chance "
+                    "(bootstrap of the maximum) and the search, re-run by cross-validation over drives, gains on the "
+                    "frames that did not choose it (the lower end of the 95 % interval above 0); the output and the "
+                    "file say which happened, the expected gain on unseen frames and its interval. Under "
+                    "--naming-source tagger or both, regions are named from each frame's RAM++ tags, as the node "
+                    "names them.")
     parser.add_argument("dataset", type=Path, metavar="DATA")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="TUNED.yaml")
     parser.add_argument("--objective", choices=tuple(OBJECTIVES), default="f1",
@@ -27,7 +31,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "and the run says so)")
     parser.add_argument("--val", type=Path, metavar="DATA2", help="held-out frames: the chosen settings' figures "
                                                                   "on data the search did not see (refused when "
-                                                                  "an image of it is also in DATA)")
+                                                                  "a frame of it is one of DATA's: the same bytes, "
+                                                                  "a re-encoded or resized copy, or the same drive "
+                                                                  "within 5 s by the names or EXIF stamps)")
     parser.add_argument("--anomaly-id", type=int, default=1, help="label value of anomaly pixels (default 1)")
     parser.add_argument("--ignore-id", type=int, default=255, help="label value of ignored pixels (default 255)")
     parser.add_argument("--limit", type=int, help="only the first N images (of DATA and of DATA2)")
@@ -40,9 +46,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--crop-weights", type=number_list(float),
                         help="crop_weight values (default 0,0.25,0.5,0.75,1)")
     parser.add_argument("--memory-budget", type=float, default=2048.0, metavar="MB",
-                        help="what the run keeps in memory, in MB: images, labels, known-class scores and dense "
-                             "features (default 2048); frames beyond it are read again from their files and the "
-                             "disk cache for each setting (slower, same result)")
+                        help="what the run keeps in memory, in MB: every cache (images, labels, dense features, "
+                             "known-class scores, crop embeddings on the model's device, named regions, each "
+                             "setting's result and each frame's scores; default 2048); what does not fit is computed "
+                             "or read again when needed (slower, same result)")
     add_model_options(parser)
     return parser
 

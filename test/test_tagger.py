@@ -120,6 +120,9 @@ def test_the_swin_keys_of_the_release_map_onto_timm_by_renaming_only():
     (lambda s: s.update({"logit_scale": torch.ones(2)}), "key logit_scale in"),
     (lambda s: s.update({"reweight_scale": torch.ones(1, 1)}), "key reweight_scale in"),
     (lambda s: s.update({"tagging_head.logit_scale": torch.ones(())}), "unexpected key tagging_head.logit_scale"),
+    (lambda s: s.update({"logit_scale": torch.ones(1, 1)}), "key logit_scale in"),
+    (lambda s: s.update({key.replace("tagging_head.", "vision_multi."): value + 1.0 for key, value in s.items()
+                         if key.startswith("tagging_head.encoder.layer.0.")}), "are the same weight"),
 ])
 def test_a_missing_extra_or_misshaped_key_is_refused_in_one_line_naming_it(tmp_path, damage, message):
     state = release_state(tiny_model())  # the release layout: logit_scale present, reweight_scale absent
@@ -410,7 +413,8 @@ def test_mining_rows_carry_the_best_frames_tags(tmp_path, monkeypatch):
     records = [dataclasses.replace(record, track_id=7) for record in result.anomalies]
     tracks = {}
     _gather(tracks, records, result, image, 1_000, True)
-    shard = type("Shard", (), {"bag_name": "drive", "topic": "/cam", "id": "s1", "first": True, "last": True})()
+    shard = type("Shard", (), {"bag_name": "drive", "bag": "/bags/drive", "bag_id": "b1", "topic": "/cam", "id": "s1",
+                               "first": True, "last": True})()
     row = _row(shard, tracks[7], "s1-7")
     assert row["tags"] == list(result.tags.names) and set(row["tags"]) == {"mattress", "deer"}
     assert set(row) == set(ROW_SCHEMA.names)

@@ -322,6 +322,10 @@ def load_tagger(path: str | Path, tags: TagList | None = None, device: str | tor
     tags = tags or TagList.released()
     release, notes = settle_release_differences(read_checkpoint(path), path)
     state = {release_to_ours(key): value for key, value in release.items()}
+    if len(state) != len(release):  # two of the file's keys name one weight: one would be dropped unread
+        twins = _keys_landing_twice(release)
+        raise TaggerLoadError(f"keys {twins[0]} and {twins[1]} in {path} are the same weight of the model (saved "
+                              "twice, under two layouts): not a RAM++ checkpoint of one layout")
     derived = {key: value for key, value in state.items() if DERIVED_BUFFERS.search(key)}
     state = {key: value for key, value in state.items() if key not in derived}
     if "label_embed" in state and state["label_embed"].shape[0] % len(tags.names):
@@ -352,6 +356,17 @@ def load_tagger(path: str | Path, tags: TagList | None = None, device: str | tor
     return model.eval().requires_grad_(False).to(device)
 
 
+def _keys_landing_twice(release: dict) -> tuple[str, str]:
+    """The first two keys of ``release`` that :func:`release_to_ours` renames to one name."""
+    seen: dict[str, str] = {}
+    for key in release:
+        ours = release_to_ours(key)
+        if ours in seen:
+            return seen[ours], key
+        seen[ours] = key
+    raise ValueError("no two keys land on one name")
+
+
 def settle_release_differences(release: dict[str, torch.Tensor], path: str | Path
                                ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``release`` (a file's state, the authors' key names) with the released file's differences from the authors'
@@ -367,7 +382,7 @@ def settle_release_differences(release: dict[str, torch.Tensor], path: str | Pat
         if key not in state:
             continue
         value = state.pop(key)
-        if value.numel() != 1:
+        if value.dim() != 0:
             raise TaggerLoadError(f"key {key} in {path} has shape {tuple(value.shape)}, the release's is a scalar: "
                                   "not a RAM++ checkpoint of the released layout")
         notes.append(f"{key} {float(value):.4g} ignored (the release's unused scalar; the temperature is "

@@ -15,14 +15,25 @@ Objectives (the metrics of ``clipomaly evaluate``):
   setting changes that score, so under these objectives the search says so and keeps the current values.
 """
 
-from .caches import FEATURE_SETTINGS, CachedCrops, FeatureStore, MemoryBudget, feature_key
-from .frames import CalibrationError, LabelledFrame, check_disjoint, content_hash, read_frames
-from .parameter_file import format_report, tuned_parameter_file, write_outputs
-from .scoring import Calibrator
-from .search import CalibrationReport, SearchSpace, calibrate
-from .statistics import OBJECTIVES, RULE, SEARCHED, decide
+import importlib
 
-__all__ = ["FEATURE_SETTINGS", "OBJECTIVES", "RULE", "SEARCHED", "CachedCrops", "CalibrationError",
-           "CalibrationReport", "Calibrator", "FeatureStore", "LabelledFrame", "MemoryBudget", "SearchSpace",
-           "calibrate", "check_disjoint", "content_hash", "decide", "feature_key", "format_report", "read_frames",
-           "tuned_parameter_file", "write_outputs"]
+_ROOMS = {
+    "caches": ("FEATURE_SETTINGS", "CachedCrops", "FeatureStore", "MemoryBudget", "feature_key"),
+    "frames": ("CalibrationError", "LabelledFrame", "check_disjoint", "content_hash", "read_frames"),
+    "parameter_file": ("format_report", "tuned_parameter_file", "write_outputs"),
+    "scoring": ("Calibrator",),
+    "search": ("CalibrationReport", "SearchSpace", "calibrate"),
+    "statistics": ("OBJECTIVES", "RULE", "SEARCHED", "decide"),
+}
+_ROOM_OF = {name: room for room, names in _ROOMS.items() for name in names}
+__all__ = sorted(_ROOM_OF)
+
+
+def __getattr__(name: str):
+    """The public names, each imported from its room when first asked for: the command line reads
+    ``OBJECTIVES`` (numpy only) for its choices without importing the model's rooms, and so torch."""
+    if name not in _ROOM_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_ROOM_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -181,3 +181,16 @@ def test_fiftyone_export_says_what_it_needs(mined, tmp_path):
 def test_fiftyone_export_builds_a_dataset(mined, tmp_path):
     message = export(mined, "fiftyone", tmp_path / "clipomaly-test")
     assert "9 detections" in message
+
+
+def test_imports_refuse_damaged_mask_counts(mined, tmp_path):
+    short = masks.encode(np.zeros((48, 63), bool))["counts"]   # a column short of the 48 x 64 frame
+    path = tmp_path / "damaged.json"
+    path.write_text(json.dumps({"images": [], "annotations": [
+        {"candidate_id": "c00001", "review": {"decision": "accept"}, "segmentation": {"size": [48, 64],
+                                                                                       "counts": short}},
+        {"candidate_id": "c00002", "review": {"decision": "reject"},
+         "segmentation": {"size": [48, 64], "counts": short + "1"}}]}))
+    outcome = import_file(mined, path, None, "ann")
+    assert not outcome.lines and len(outcome.problems) == 2
+    assert "counts add up to 3024 pixels" in outcome.problems[0]

@@ -9,12 +9,16 @@ import json
 import os
 import threading
 
+import numpy as np
 import pytest
 from review_fixtures import write_mined
 
-from clipomaly_ros.tools.review import decisions
+from clipomaly_ros.tools.review import decisions, masks
 from clipomaly_ros.tools.review.index import load_index
 from clipomaly_ros.tools.review.server import MAX_BODY, ReviewServer
+
+SHORT_COUNTS = {"size": [48, 64], "counts": masks.encode(np.zeros((48, 63), bool))["counts"]}
+"""A 48 x 63 mask's counts under a 48 x 64 size: well formed, a column short."""
 
 
 @pytest.fixture
@@ -101,8 +105,14 @@ def test_files_inside_are_served(server):
     ({"candidate_id": "c00001", "decision": "rename"}, 400, "name is required"),
     ({"candidate_id": "c00001", "decision": "known_class", "known_class": "boat"}, 400, "not one of the known"),
     ({"candidate_id": "c00001", "decision": "reject", "reviewer": "mallory"}, 400, "unknown key"),
-    ({"candidate_id": "c00001", "decision": "reject", "mask": {"size": [2, 2], "counts": "0"}}, 400, "frame's size"),
+    ({"candidate_id": "c00001", "decision": "reject", "mask": masks.encode(np.ones((2, 2), bool))}, 400,
+     "frame's size"),
     ({"candidate_id": "c00001", "decision": "reject", "seconds": "soon"}, 400, "seconds"),
+    ({"candidate_id": "c00001", "decision": "reject", "mask": SHORT_COUNTS}, 400, "counts add up to 3024"),
+    ({"candidate_id": "c00001", "decision": "reject", "mask": {"size": [48, 64], "counts": "0o"}}, 400,
+     "end in the middle of a run"),
+    ({"candidate_id": "c00001", "decision": "reject", "mask": {"size": [48, 64], "counts": "0 "}}, 400,
+     "which no compressed RLE holds"),
     (["c00001", "accept"], 400, "JSON object"),
     (b"{\"candidate_id\": \"c00001\", \"deci", 400, "not JSON"),
     (b"\xff\xfe", 400, "not JSON"),

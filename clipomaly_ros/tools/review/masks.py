@@ -42,8 +42,8 @@ def decode(rle: dict) -> np.ndarray:
 
 
 def checked(rle) -> dict:
-    """``rle`` if it has the shape of a COCO RLE (``size`` two positive ints, ``counts`` a string or a list of
-    non-negative ints summing to h * w); else :class:`MaskError` saying what is wrong."""
+    """``rle`` if it is a whole COCO RLE (``size`` two positive ints, ``counts`` a compressed string or a list of
+    non-negative ints, the runs either way summing to h * w); else :class:`MaskError` saying what is wrong."""
     if not isinstance(rle, dict) or set(rle) - {"size", "counts"} or "size" not in rle or "counts" not in rle:
         raise MaskError("a mask must be a COCO RLE object with exactly 'size' [h, w] and 'counts'")
     size = rle["size"]
@@ -56,7 +56,42 @@ def checked(rle) -> dict:
             raise MaskError("a mask's uncompressed counts must be non-negative runs adding up to height * width")
     elif not isinstance(counts, str) or not counts.isascii():
         raise MaskError("a mask's counts must be a string (compressed RLE) or a list of runs")
+    elif (pixels := sum(compressed_runs(counts))) != size[0] * size[1]:
+        raise MaskError(f"a mask's counts add up to {pixels} pixels, its size {size[0]} x {size[1]} has "
+                        f"{size[0] * size[1]}: the counts are damaged")
     return {"size": [int(size[0]), int(size[1])], "counts": counts}
+
+
+MAX_RUN_DIGITS = 8
+"""Most characters one run of a compressed RLE takes (40 bits: far more than any frame's pixel count)."""
+
+
+def compressed_runs(counts: str) -> list[int]:
+    """The run lengths (column-major, background first) a compressed COCO ``counts`` string holds. Each run is
+    written as 5-bit digits, least significant first, each character ``48 + digit`` with 0x20 set while more
+    digits follow and 0x10 of the last one the sign; from the third run on, the value is the difference to the run
+    two before. Raises :class:`MaskError` on a character outside the alphabet, a cut run or a negative run."""
+    found: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, digits, more = 0, 0, True
+        while more:
+            if position >= len(counts) or digits == MAX_RUN_DIGITS:
+                raise MaskError("a mask's counts end in the middle of a run, or a run is too long")
+            code = ord(counts[position]) - 48
+            if not 0 <= code < 64:
+                raise MaskError(f"a mask's counts hold {counts[position]!r}, which no compressed RLE holds")
+            value |= (code & 0x1F) << (5 * digits)
+            more = bool(code & 0x20)
+            position, digits = position + 1, digits + 1
+            if not more and code & 0x10:
+                value -= 1 << (5 * digits)
+        if len(found) > 2:
+            value += found[-2]
+        if value < 0:
+            raise MaskError("a mask's counts hold a negative run")
+        found.append(value)
+    return found
 
 
 def box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:

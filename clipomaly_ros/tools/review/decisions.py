@@ -45,14 +45,22 @@ def utc_now() -> str:
 
 def iso_utc(text: str) -> str:
     """An ISO 8601 time (with a zone; none means UTC) as :func:`utc_now` writes it; raises :class:`DecisionError`."""
+    return moment_of(text).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def moment_of(text: str) -> datetime.datetime:
+    """An ISO 8601 time (a zone, ``Z`` or ``z`` included; none means UTC) as an aware UTC datetime; raises
+    :class:`DecisionError`."""
+    text = str(text).strip()
+    if text[-1:] in ("Z", "z"):  # Python 3.10's fromisoformat reads no Z, and none reads RFC 3339's lowercase z
+        text = text[:-1] + "+00:00"
     try:
-        moment = datetime.datetime.fromisoformat(str(text))
+        moment = datetime.datetime.fromisoformat(text)
     except ValueError:
         raise DecisionError(f"time {str(text)[:40]!r} is not ISO 8601") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
-    moment = moment.astimezone(datetime.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(datetime.timezone.utc)
 
 
 def default_reviewer() -> str:

@@ -194,3 +194,22 @@ def test_imports_refuse_damaged_mask_counts(mined, tmp_path):
     outcome = import_file(mined, path, None, "ann")
     assert not outcome.lines and len(outcome.problems) == 2
     assert "counts add up to 3024 pixels" in outcome.problems[0]
+
+
+def test_an_import_never_overrides_a_later_decision(mined, tmp_path):
+    decisions.append(mined.folder, [
+        decisions.make_decision("c00001", "rename", name="sofa", reviewer="ann", time="2026-12-01T09:00:00Z"),
+        decisions.make_decision("c00002", "reject", reviewer="ann", time="2026-12-01T09:00:00Z")])
+    path = tmp_path / "reviewed.json"
+    export(mined, "coco", path)
+    again = import_file(mined, path, None, "importer")            # the same decisions, read back
+    assert again.lines == [] and again.not_newer == 2 and "2 were already recorded" in again.summary(path)
+    decisions.append(mined.folder, [decisions.make_decision("c00001", "accept", name=mined.by_id["c00001"]["name"],
+                                                            reviewer="bob", time="2026-12-02T09:00:00Z")])
+    document = json.loads(path.read_text())
+    for annotation in document["annotations"]:
+        if annotation["candidate_id"] in ("c00001", "c00002"):   # changed in the tool, before or after bob
+            annotation["review"] |= {"reviewer": "cem", "time": "2026-12-01T12:00:00+00:00"}
+    path.write_text(json.dumps(document))
+    outcome = import_file(mined, path, None, "importer")
+    assert [line["candidate_id"] for line in outcome.lines] == ["c00002"] and outcome.not_newer == 1

@@ -29,6 +29,24 @@ class ImportOutcome:
     without_decision: int = 0
     unknown_candidates: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    not_newer: int = 0
+
+    def keep_newer(self, log: decisions.ReviewLog) -> None:
+        """Leave out (and count) each line that repeats one already in ``log`` or is not later, by its ``time``,
+        than the latest decision recorded on its candidate: importing a file again, or an export older than the
+        reviews made since, changes nothing."""
+        seen = {_identity(line) for line in log.lines}
+        latest = {candidate: _moment(line) for candidate, line in log.latest.items()}
+        kept = []
+        for line in self.lines:
+            recorded, moment = latest.get(line["candidate_id"]), _moment(line)
+            if _identity(line) in seen or (recorded and moment and moment <= recorded):
+                self.not_newer += 1
+                continue
+            kept.append(line)
+            seen.add(_identity(line))
+            latest[line["candidate_id"]] = moment
+        self.lines = kept
 
     def summary(self, path: Path) -> str:
         parts = [f"imported {len(self.lines)} decision(s) from {path} ({self.corrected_masks} with a corrected "
@@ -40,7 +58,24 @@ class ImportOutcome:
                          f"{self.unknown_candidates[0]!r}) and were left out")
         if self.problems:
             parts.append(f"{len(self.problems)} could not be read (first: {self.problems[0]})")
+        if self.not_newer:
+            parts.append(f"{self.not_newer} were already recorded or not later than the candidate's latest decision "
+                         "and were left out")
         return "; ".join(parts)
+
+
+def _identity(line: dict) -> tuple:
+    """What makes two decision lines the same decision (where it came from aside)."""
+    return (*(line.get(key) for key in decisions.FIXED_KEYS if key != "seconds"),
+            json.dumps(line.get("mask"), sort_keys=True))
+
+
+def _moment(line: dict):
+    """A line's time as an aware datetime; None when it is not a readable time."""
+    try:
+        return decisions.moment_of(line.get("time"))
+    except decisions.DecisionError:
+        return None
 
 
 def frame_file(row: dict) -> str:

@@ -17,15 +17,14 @@ from pathlib import Path
 
 import pytest
 from review_fixtures import write_mined
+from selenium import webdriver  # the test extra holds it: a missing selenium fails, as a missing browser does
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from clipomaly_ros.tools.review import decisions
 from clipomaly_ros.tools.review.index import load_index
 from clipomaly_ros.tools.review.server import ReviewServer
-
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra: pip install -e '.[test]'")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 SCREENSHOTS = os.environ.get("REVIEW_SCREENSHOTS")
 """A folder to keep the page's screenshots in (docs/ takes them from there)."""

@@ -213,3 +213,19 @@ def test_an_import_never_overrides_a_later_decision(mined, tmp_path):
     path.write_text(json.dumps(document))
     outcome = import_file(mined, path, None, "importer")
     assert [line["candidate_id"] for line in outcome.lines] == ["c00002"] and outcome.not_newer == 1
+
+
+def test_imports_refuse_masks_of_another_size_or_none(mined, tmp_path):
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({"images": [], "annotations": [
+        {"candidate_id": "c00001", "review": {"decision": "accept"},
+         "segmentation": masks.encode(np.ones((48, 63), bool))},
+        {"candidate_id": "c00002", "review": {"decision": "accept"},
+         "segmentation": masks.encode(np.zeros((48, 64), bool))},
+        {"candidate_id": "c00003", "review": {"decision": "rename", "name": "car"}}]}))
+    outcome = import_file(mined, path, None, "ann")
+    assert not outcome.lines and len(outcome.problems) == 3
+    assert "63 x 48, the candidate's frame 64 x 48" in outcome.problems[0]
+    assert "empty" in outcome.problems[1] and "use known_class" in outcome.problems[2]
+    with pytest.raises(decisions.DecisionError, match="must hold pixels"):
+        decisions.make_decision("c00001", "reject", reviewer="ann", mask=masks.encode(np.zeros((4, 4), bool)))

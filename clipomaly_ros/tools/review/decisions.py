@@ -84,8 +84,9 @@ def make_decision(candidate_id: str, decision: str, *, reviewer: str, name: str 
                   known_class: str | None = None, seconds: float | None = None, mask: dict | None = None,
                   time: str | None = None, known_classes=None, **extra) -> dict:
     """A checked decision line (a dict with :data:`FIXED_KEYS` first). ``name`` is required for rename (and for
-    accept, where it is the candidate's own name); ``known_class`` for known_class, one of ``known_classes`` when
-    given. Raises :class:`DecisionError`."""
+    accept, where it is the candidate's own name), and is no known class when ``known_classes`` are given;
+    ``known_class`` for known_class, one of ``known_classes`` when given; ``mask``, a corrected mask, must hold
+    pixels. Raises :class:`DecisionError`."""
     if not isinstance(candidate_id, str) or not candidate_id or len(candidate_id) > MAX_TEXT:
         raise DecisionError("candidate_id must be a candidate's id from the index")
     if decision not in DECISIONS:
@@ -95,6 +96,8 @@ def make_decision(candidate_id: str, decision: str, *, reviewer: str, name: str 
     if known_class is not None and known_classes is not None and known_class not in known_classes:
         raise DecisionError(f"known_class {known_class!r} is not one of the known classes "
                             f"({', '.join(known_classes)})")
+    if name is not None and known_classes is not None and name in known_classes:
+        raise DecisionError(f"{name!r} is a known class: use known_class (k) for it, not {decision}")
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                                 or not 0 <= seconds < 86_400 * 365):
         raise DecisionError("seconds must be a non-negative number")
@@ -104,6 +107,8 @@ def make_decision(candidate_id: str, decision: str, *, reviewer: str, name: str 
     if mask is not None:
         try:
             line["mask"] = masks.checked(mask)
+            if not masks.area(mask):
+                raise masks.MaskError("a corrected mask must hold pixels: reject the candidate instead")
         except masks.MaskError as error:
             raise DecisionError(str(error)) from None
     return line | {key: value for key, value in extra.items() if value is not None}

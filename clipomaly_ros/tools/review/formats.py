@@ -105,8 +105,17 @@ def decision_from_label(index: MinedIndex, row: dict, label: str, reviewer: str,
 
 
 def with_mask(outcome: ImportOutcome, line: dict, row: dict, mask: np.ndarray | None) -> dict:
-    """``line`` with the tool's ``mask`` when it differs from the index's (the index keeps the original)."""
-    if mask is not None and not np.array_equal(mask, masks.decode(row["mask"])):
+    """``line`` with the tool's ``mask`` when it differs from the index's (the index keeps the original). A mask of
+    another size than the candidate's frame, or an empty one, raises :class:`~.masks.MaskError`."""
+    if mask is None:
+        return line
+    height, width = row["mask"]["size"]
+    if mask.shape != (height, width):
+        raise masks.MaskError(f"the corrected mask is {mask.shape[1]} x {mask.shape[0]}, the candidate's frame "
+                              f"{width} x {height}: draw it on the exported frame")
+    if not mask.any():
+        raise masks.MaskError("the corrected mask is empty: reject the candidate instead")
+    if not np.array_equal(mask, masks.decode(row["mask"])):
         outcome.corrected_masks += 1
         line["mask"] = masks.encode(mask)
     return line

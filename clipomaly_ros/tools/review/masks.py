@@ -62,6 +62,12 @@ def checked(rle) -> dict:
     return {"size": [int(size[0]), int(size[1])], "counts": counts}
 
 
+def area(rle: dict) -> int:
+    """The pixels inside a COCO RLE (checked first: raises :class:`MaskError`), without decoding it."""
+    counts = checked(rle)["counts"]
+    return sum((counts if isinstance(counts, list) else compressed_runs(counts))[1::2])
+
+
 MAX_RUN_DIGITS = 8
 """Most characters one run of a compressed RLE takes (40 bits: far more than any frame's pixel count)."""
 

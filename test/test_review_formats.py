@@ -229,3 +229,15 @@ def test_imports_refuse_masks_of_another_size_or_none(mined, tmp_path):
     assert "empty" in outcome.problems[1] and "use known_class" in outcome.problems[2]
     with pytest.raises(decisions.DecisionError, match="must hold pixels"):
         decisions.make_decision("c00001", "reject", reviewer="ann", mask=masks.encode(np.zeros((4, 4), bool)))
+
+
+def test_label_configs_offer_every_name_the_page_offers(mined, tmp_path):
+    export(mined, "label-studio", tmp_path / "tasks.json")
+    config = (tmp_path / "tasks.label_config.xml").read_text()
+    export(mined, "cvat", tmp_path / "task.xml")
+    root = ElementTree.parse(tmp_path / "task.xml").getroot()
+    cvat_labels = {label.findtext("name") for label in root.iter("label")}
+    assert "rock" not in {row["name"] for row in mined.rows}            # from the vocabulary alone
+    for name in {"rock", mined.names[0], "car", *(row["name"] for row in mined.rows)}:
+        assert f'<Label value="{name}"/>' in config and name in cvat_labels, name
+    assert cvat_labels == set(mined.names) | set(mined.known_classes)

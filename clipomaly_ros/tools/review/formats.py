@@ -84,6 +84,12 @@ def frame_file(row: dict) -> str:
     return f"frames/{frame_key(row)}.png"
 
 
+def label_names(index: MinedIndex) -> list[str]:
+    """The labels a tool offers for renaming, as the review page does: the names in the index, the naming
+    dictionary, the anomaly vocabulary (all in ``index.names``) and the known classes."""
+    return sorted(set(index.names) | set(index.known_classes))
+
+
 def reviewed_name(row: dict, decision: dict | None) -> str:
     """The name a candidate carries after review: the new name of a rename, the known class of known_class, else
     the name mining gave it."""

@@ -101,6 +101,11 @@ def test_reviewed_export_imports_back_as_the_same_decisions(mined, tmp_path, kin
                                 mask=masks.encode(fixed))])
     path = tmp_path / f"reviewed.{suffix}"
     export(mined, kind, path)
+    if kind == "coco":
+        document = json.loads(path.read_text())
+        category = {c["id"]: c["name"] for c in document["categories"]}
+        named = {a["candidate_id"]: category[a["category_id"]] for a in document["annotations"]}
+        assert named["c00003"] == "rejected" and named["c00001"] == "sofa" and named["c00002"] == "car"
     elsewhere = fresh_copy(mined, tmp_path)
     outcome = import_file(elsewhere, path, None, "importer")
     got = {line["candidate_id"]: line for line in outcome.lines}

@@ -4,7 +4,9 @@ keeps the original. Label Studio's brush encoding is checked against the output 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import shutil
 import xml.etree.ElementTree as ElementTree
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pycocotools.coco import COCO
 from review_fixtures import island_mask, write_mined
 
 from clipomaly_ros.tools.review import decisions, masks
@@ -43,6 +46,13 @@ def test_brush_rle_equals_label_studio_sdk_output():
     assert np.array_equal(masks.brush_decode(example["rle"], example["height"], example["width"]), mask)
 
 
+def test_brush_rle_of_whole_bytes_ends_in_a_zero_byte_as_the_sdks():
+    mask = np.array([[False, False, False, True, False, False]])   # runs of 12, 4 and 8 values: 53 + 43 = 96 bits
+    rle = masks.brush_encode(mask)
+    assert len(rle) == 96 // 8 + 1 and rle[-1] == 0   # the SDK pads with 8 - bits % 8 zero bits, so 8 here
+    assert np.array_equal(masks.brush_decode(rle, 1, 6), mask)
+
+
 @pytest.mark.parametrize("index", range(4))
 def test_every_mask_form_round_trips_pixel_identical(index):
     mask = island_mask(index)
@@ -58,8 +68,10 @@ def test_every_mask_form_round_trips_pixel_identical(index):
 
 def exported_masks(kind: str, path: Path, index) -> dict[str, np.ndarray]:
     """Each candidate's mask as the exported file holds it."""
-    if kind == "coco":
-        return {a["candidate_id"]: masks.decode(a["segmentation"]) for a in json.loads(path.read_text())["annotations"]}
+    if kind == "coco":   # read by pycocotools' own reader, as a training pipeline reads it
+        with contextlib.redirect_stdout(io.StringIO()):   # it prints its progress
+            document = COCO(str(path))
+        return {a["candidate_id"]: document.annToMask(a).astype(bool) for a in document.dataset["annotations"]}
     if kind == "label-studio":
         return {t["data"]["candidate_id"]: masks.brush_decode(t["predictions"][0]["result"][0]["value"]["rle"], 48, 64)
                 for t in json.loads(path.read_text())}

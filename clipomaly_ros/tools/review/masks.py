@@ -206,7 +206,7 @@ class _BitWriter:
         for value, width in self.words:
             number = (number << width) | value
             total += width
-        padding = -total % 8
+        padding = 8 - total % 8  # a whole zero byte when the bits fill whole bytes, as the SDK's encoder writes
         return list((number << padding).to_bytes((total + padding) // 8, "big"))
 
 

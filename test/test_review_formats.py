@@ -13,10 +13,12 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from pycocotools.coco import COCO
-from review_fixtures import island_mask, write_mined
+from review_fixtures import SCHEMA, island_mask, write_mined
 
+from clipomaly_ros.tools.mining.report import write_index
 from clipomaly_ros.tools.review import decisions, masks
 from clipomaly_ros.tools.review.exchange import detect, export, import_file
 from clipomaly_ros.tools.review.formats import FormatError
@@ -258,3 +260,15 @@ def test_label_configs_offer_every_name_the_page_offers(mined, tmp_path):
     for name in {"rock", mined.names[0], "car", *(row["name"] for row in mined.rows)}:
         assert f'<Label value="{name}"/>' in config and name in cvat_labels, name
     assert cvat_labels == set(mined.names) | set(mined.known_classes)
+    assert root.findtext("meta/task/size") == str(len(list(root.iter("image")))) == str(len(mined.rows))
+
+
+def test_cvat_task_size_counts_frames_not_candidates(tmp_path):
+    rows = write_mined(tmp_path / "shared", count=4, bags=1)
+    for row in rows:
+        row["best_stamp_ns"] = rows[0]["best_stamp_ns"]   # four candidates seen in one frame
+    shutil.rmtree(tmp_path / "shared" / "anomalies.parquet")
+    write_index(tmp_path / "shared", pa.Table.from_pylist(rows, schema=SCHEMA))
+    export(load_index(tmp_path / "shared"), "cvat", tmp_path / "task.xml")
+    root = ElementTree.parse(tmp_path / "task.xml").getroot()
+    assert len(list(root.iter("mask"))) == 4 and root.findtext("meta/task/size") == "1"

@@ -25,7 +25,7 @@ def cvat_document(index: MinedIndex, latest: dict[str, dict]) -> ElementTree.Ele
     ElementTree.SubElement(root, "version").text = "1.1"
     task = ElementTree.SubElement(ElementTree.SubElement(root, "meta"), "task")
     ElementTree.SubElement(task, "name").text = f"clipomaly review of {index.folder.name}"
-    ElementTree.SubElement(task, "size").text = str(len(index.rows))
+    size = ElementTree.SubElement(task, "size")   # CVAT's task size counts frames (images), set below
     labels = ElementTree.SubElement(task, "labels")
     for name in label_names(index):
         label = ElementTree.SubElement(labels, "label")
@@ -54,6 +54,7 @@ def cvat_document(index: MinedIndex, latest: dict[str, dict]) -> ElementTree.Ele
                   decision["decision"] if decision else "")
         for name, value in zip(ATTRIBUTES, values):
             ElementTree.SubElement(element, "attribute", {"name": name}).text = value
+    size.text = str(len(images))
     return ElementTree.ElementTree(root)
 
 

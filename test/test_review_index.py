@@ -14,7 +14,7 @@ from clipomaly_ros.tools.mining.report import ROW_SCHEMA, report_html, summarise
 from clipomaly_ros.tools.mining.shard import mine_shard
 from clipomaly_ros.tools.mining.synthetic import Appearance, write_fleet
 from clipomaly_ros.tools.review import masks
-from clipomaly_ros.tools.review.index import load_index
+from clipomaly_ros.tools.review.index import MinedFolderError, load_index
 
 DRIVE = (Appearance("drive_a", "/front/image_raw", "mattress", 1, 4, (120, 150, 200, 200)),
          Appearance("drive_a", "/front/image_raw", "deer", 6, 9, (90, 140, 150, 210)))
@@ -89,3 +89,21 @@ def test_an_index_partitioned_by_bag_and_content_id_reads_the_id_as_text(tmp_pat
                          pa.schema([("bag", pa.string()), ("bag_id", pa.string())]), flavor="hive"))
     index = load_index(tmp_path)
     assert {row["bag_id"] for row in index.rows} == {"0123456789012345"} and len(index.rows) == 3
+
+
+def test_rows_of_shards_mined_by_an_older_version_are_reported(tmp_path):
+    import pyarrow.parquet as pq
+    from review_fixtures import SCHEMA, write_mined
+
+    from clipomaly_ros.tools.mining.report import read_rows
+
+    rows = write_mined(tmp_path, count=4, frames=False)
+    older = [name for name in ROW_SCHEMA.names if name not in ("candidate_id", "reported", "mask")]
+    for shard, part in (("old", rows[:2]), ("new", rows[2:])):       # a run that resumed an older run's shards
+        (tmp_path / "shards" / shard).mkdir(parents=True)
+        table = pa.Table.from_pylist(part, schema=SCHEMA)
+        pq.write_table(table.select(older) if shard == "old" else table, tmp_path / "shards" / shard / "rows.parquet")
+    write_index(tmp_path, read_rows(tmp_path, ["old", "new"]))
+    with pytest.raises(MinedFolderError, match="2 of 4 rows have no candidate_id or mask: .* older version; mine "
+                                               "again"):
+        load_index(tmp_path)

@@ -272,3 +272,13 @@ def test_cvat_task_size_counts_frames_not_candidates(tmp_path):
     export(load_index(tmp_path / "shared"), "cvat", tmp_path / "task.xml")
     root = ElementTree.parse(tmp_path / "task.xml").getroot()
     assert len(list(root.iter("mask"))) == 4 and root.findtext("meta/task/size") == "1"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_compressed_counts_parse_to_the_masks_runs(seed):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((37, 53)) < 0.3
+    mask[:, 20:] = True                                          # long runs, so later runs are coded as differences
+    rle = masks.encode(mask)
+    assert masks.compressed_runs(rle["counts"]).tolist() == masks.runs(mask.T.ravel())
+    assert masks.area(rle) == mask.sum()

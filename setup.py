@@ -1,4 +1,5 @@
 import os
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -8,6 +9,12 @@ PACKAGE = "clipomaly_ros"
 HERE = Path(__file__).resolve().parent
 
 
+# package.xml is the one place the version, the maintainer and the addresses are written
+MANIFEST = ElementTree.parse(HERE / "package.xml").getroot()
+MAINTAINER = MANIFEST.find("maintainer")
+URLS = {url.get("type"): url.text.strip() for url in MANIFEST.iter("url")}
+
+
 def files(pattern: str) -> list[str]:
     """The package's files matching ``pattern``, as paths relative to the working directory."""
     return sorted(os.path.relpath(path) for path in HERE.glob(pattern))
@@ -15,11 +22,15 @@ def files(pattern: str) -> list[str]:
 
 setup(
     name=PACKAGE,
-    version="0.1.0",
+    version=MANIFEST.findtext("version").strip(),
     description="Open-vocabulary road anomaly segmentation and naming with CLIP (Clipomaly) as a ROS 2 node",
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
-    license="Apache-2.0",
+    license=MANIFEST.findtext("license").strip(),
+    maintainer=MAINTAINER.text.strip(),
+    maintainer_email=MAINTAINER.get("email"),
+    url=URLS["website"],
+    project_urls={"Bug Tracker": URLS["bugtracker"], "Source": URLS["repository"]},
     python_requires=">=3.10",
     packages=find_packages(where=os.path.relpath(HERE), exclude=["test", "test.*"]),
     package_data={PACKAGE: ["data/*.txt", "data/*.xml", "data/*/msg/*.msg", "data/model_configs/*.json",

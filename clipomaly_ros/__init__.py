@@ -10,7 +10,23 @@ __all__ = [
     "CITYSCAPES_CLASSES", "Clipomaly", "ClipomalyConfig", "ConfigError", "load_config", "AnomalyRecord",
     "SegmentationResult",
 ]
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    # package.xml holds the version: beside the sources in a checkout; an installed copy has it in its metadata,
+    # which setup.py wrote from the same file
+    import xml.etree.ElementTree as ElementTree
+    from pathlib import Path
+
+    manifest = Path(__file__).resolve().parent.parent / "package.xml"
+    if manifest.is_file():
+        return ElementTree.parse(manifest).getroot().findtext("version").strip()
+    from importlib.metadata import version
+
+    return version("clipomaly_ros")
+
+
+__version__ = _version()
 
 
 def __getattr__(name):

@@ -22,6 +22,9 @@ done
     ros-jazzy-ament-cmake-ros ros-jazzy-ament-cmake-include-directories ros-jazzy-ament-cmake-gmock \
     ros-jazzy-ament-cmake-gtest ros-jazzy-ament-cmake-pytest ros-jazzy-python-cmake-module \
     ros-jazzy-ament-package catkin-pkg
+# colcon builds the package into a workspace's install tree as a ROS user does (test/test_colcon_install.py);
+# a failure here is a failed set-up, never a skipped test
+"$VENV/bin/pip" install --quiet --disable-pip-version-check colcon-common-extensions
 
 export AMENT_PREFIX_PATH=$VENV
 # The wheels' CMake exports name the include dirs of the machine they were built on; point them here.
@@ -91,3 +94,5 @@ build_messages vision_msgs 4.1.1 std_msgs geometry_msgs
 build_messages tf2_msgs 0.36.4 geometry_msgs
 build_messages autoware_perception_msgs 1.12.0 builtin_interfaces geometry_msgs std_msgs unique_identifier_msgs
 "$PY" -c "import rclpy, rclpy.lifecycle, lifecycle_msgs.srv, vision_msgs.msg, visualization_msgs.msg, sensor_msgs.msg, std_srvs.srv, diagnostic_msgs.msg, tf2_msgs.msg, autoware_perception_msgs.msg; print('ROS 2 ready: rclpy', rclpy.__file__)"
+"$VENV/bin/colcon" --help >/dev/null  # the command itself runs, not only its modules
+echo "colcon ready: $("$VENV/bin/python" -c 'import colcon_core; print(colcon_core.__version__)')"

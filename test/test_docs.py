@@ -37,7 +37,7 @@ def test_the_readme_is_a_landing_page_that_opens_with_the_two_commands():
     assert (REPO / ".ci" / "run").read_text().strip().endswith("make test")
 
 
-@pytest.mark.parametrize("name", ["parameters.md", "cli-reference.md"])
+@pytest.mark.parametrize("name", ["parameters.md", "cli-reference.md", "ros-reference.md"])
 def test_the_generated_reference_pages_are_current(name):
     from clipomaly_ros.tools.docs import PAGES as GENERATED
 
@@ -64,3 +64,86 @@ def test_every_link_between_the_pages_leads_somewhere(page):
         assert linked.exists(), f"{page.name}: {target} does not exist"
         if anchor and linked.suffix == ".md":
             assert anchor in anchors(linked), f"{page.name}: {target}: no heading with that anchor"
+
+
+def table_cells(page: Path):
+    """``(line number, cell text)`` of every Markdown table cell on ``page`` (code blocks left out)."""
+    fenced = False
+    for number, line in enumerate(page.read_text().splitlines(), start=1):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.lstrip().startswith("|"):
+            for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]:
+                yield number, cell.strip()
+
+
+LONG_CELLS_TO_FOLD = {
+    "design.md": "the room table's ros/ and tools/ rows, rewritten with the command split by its owner",
+    "mining.md": "one 41-word cell of the outputs table, on a page with another owner",
+}
+"""Pages whose long cells are known and left to the page's owner: strict, so the mark must go once they are fixed."""
+
+
+@pytest.mark.parametrize("page", [
+    pytest.param(page, marks=pytest.mark.xfail(strict=True, reason=LONG_CELLS_TO_FOLD[page.name]))
+    if page.name in LONG_CELLS_TO_FOLD else page for page in PAGES], ids=lambda page: page.name)
+def test_no_table_cell_holds_more_than_forty_words(page):
+    from clipomaly_ros.tools.docs import TABLE_CELL_WORDS
+
+    long_cells = [f"{page.name}:{number}: {len(cell.split())} words: {cell[:60]}..."
+                  for number, cell in table_cells(page) if len(cell.split()) > TABLE_CELL_WORDS]
+    assert not long_cells, "move the detail below the table:\n" + "\n".join(long_cells)
+
+
+def test_the_table_cell_check_sees_a_long_cell_and_an_escaped_bar(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("| a | b |\n| --- | --- |\n| `x \\| y` | " + "word " * 41 + "|\n```\n| " + "w " * 50 + "|\n```\n")
+    cells = dict(table_cells(page))
+    assert len(cells[3].split()) == 41 and ("`x \\| y`" in [cell for _, cell in table_cells(page)])
+    assert all(number != 5 for number, _ in table_cells(page))
+
+
+def test_the_topic_table_is_the_catalogue_the_node_publishes_from():
+    from clipomaly_ros.ros.messages import OPTIONAL_OUTPUTS, OUTPUT_TYPES, PRIVATE_OUTPUTS
+    from clipomaly_ros.ros.topic_catalogue import TOPICS, camera_outputs
+
+    assert list(OUTPUT_TYPES) == [entry.name for entry in camera_outputs()]
+    assert set(OPTIONAL_OUTPUTS) == {"anomalies_objects", "anomaly_markers"} and PRIVATE_OUTPUTS == ("tags",)
+    page = (REPO / "docs" / "ros-reference.md").read_text()
+    for entry in TOPICS:
+        name = f"~/{entry.name}" if entry.private else entry.name
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
+        assert entry.type in row and entry.qos in row, row
+
+
+def test_the_launch_arguments_on_the_page_are_the_ones_the_launch_file_declares(monkeypatch):
+    """The launch file run against stand-ins for launch and launch_ros (neither is on the package index): what it
+    declares is the table the page is made from, in order, with the same defaults and descriptions."""
+    import importlib.util
+    import sys
+    import types
+
+    from clipomaly_ros.ros.launch_logic import LAUNCH_ARGUMENTS
+
+    declared = []
+
+    def record(*args, **kwargs):
+        declared.append((args, kwargs))
+        return ("declared", args, kwargs)
+
+    fakes = {"launch": {"LaunchDescription": list}, "launch.actions": {
+        "DeclareLaunchArgument": record, "LogInfo": object, "OpaqueFunction": lambda function: ("opaque", function)},
+        "launch.substitutions": {"LaunchConfiguration": object}, "launch_ros.actions": {"Node": object},
+        "launch_ros": {}, "ament_index_python.packages": {"get_package_share_directory": lambda name: f"/share/{name}"}}
+    for name, attributes in fakes.items():
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attributes))
+    spec = importlib.util.spec_from_file_location("clipomaly_launch", REPO / "launch" / "clipomaly.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    assert description[-1][0] == "opaque"
+    assert [(args[0], kwargs["default_value"], kwargs["description"]) for args, kwargs in declared] == [
+        (argument.name, "/share/clipomaly_ros/config/clipomaly.yaml" if argument.default is None else argument.default,
+         argument.description) for argument in LAUNCH_ARGUMENTS]
+    page = (REPO / "docs" / "ros-reference.md").read_text()
+    assert all(f"| `{argument.name}` |" in page for argument in LAUNCH_ARGUMENTS)

@@ -98,3 +98,16 @@ def test_the_image_topic_is_a_base_topic_as_in_image_transport():
     assert image_remappings("", "raw", "/calib/info") == [("camera_info", "/calib/info")]
     with pytest.raises(ValueError, match="base topic /cam/image_raw"):
         image_remappings("/cam/image_raw/compressed", "compressed")
+
+
+def test_the_launch_logic_imports_neither_rosbags_nor_torch_nor_rclpy():
+    # `ros2 launch` imports it in the launch process: a bag library or torch there would only slow every launch
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, clipomaly_ros.ros.launch_logic; "
+         "print(' '.join(sorted({name.split('.')[0] for name in sys.modules})))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert "clipomaly_ros" in loaded
+    assert not {"rosbags", "torch", "rclpy", "numpy", "cv2", "mcap"} & set(loaded), loaded

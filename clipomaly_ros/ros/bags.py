@@ -10,6 +10,8 @@ from typing import Iterator
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from .topic_catalogue import camera_info_topic_for  # noqa: F401 - the bag tools' name for it
+
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
@@ -160,13 +162,6 @@ def image_connections(reader: AnyReader, topic: str | None):
 
 
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-
-
-def camera_info_topic_for(image_topic: str) -> str:
-    """The camera_info topic next to an image topic, as image_transport names it: ``/cam/image_raw`` and
-    ``/cam/image_raw/compressed`` -> ``/cam/camera_info``."""
-    topic = image_topic.removesuffix("/compressed")
-    return topic.rsplit("/", 1)[0] + "/camera_info"
 
 
 def camera_info_connections(reader: AnyReader, image_topic: str, topic: str | None = None):

@@ -4,11 +4,12 @@ and camera_info topics are remapped."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..core.config import NODE_NAME, read_parameter_file
-from .bags import camera_info_topic_for
+from .topic_catalogue import camera_info_topic_for
 
 
 def parse_bool(text: str, argument: str) -> bool:
@@ -20,6 +21,38 @@ def parse_bool(text: str, argument: str) -> bool:
         return False
     raise ValueError(f"launch argument {argument}:={text!r} must be true or false")
 
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    """One argument of ``launch/clipomaly.launch.py``: its ``name``, ``default`` (``None``: the package's
+    config/clipomaly.yaml, found at launch time) and ``description`` (what ``ros2 launch --show-args`` prints)."""
+
+    name: str
+    default: str | None
+    description: str
+
+
+AS_THE_FILE = "empty: as the parameter file says"
+LAUNCH_ARGUMENTS = (
+    LaunchArgument("namespace", "", "namespace of this camera's node"),
+    LaunchArgument("image_topic", "", "the camera's base image topic (compressed input adds /compressed)"),
+    LaunchArgument("camera_info_topic", "", "the camera's CameraInfo topic (default: image_topic's sibling "
+                   "camera_info)"),
+    LaunchArgument("compressed", "", f"true: CompressedImage input; {AS_THE_FILE}"),
+    LaunchArgument("params_file", None, "ROS 2 parameter file (default: the package's config/clipomaly.yaml)"),
+    LaunchArgument("use_sim_time", "", f"true: use /clock (bag replay); {AS_THE_FILE}"),
+    LaunchArgument("managed", "", "true: start as a lifecycle node, unconfigured, for a lifecycle manager; "
+                   + AS_THE_FILE),
+    LaunchArgument("backend", "", f"open_clip or toy; {AS_THE_FILE}"),
+    LaunchArgument("device", "", f"auto, cpu, cuda or cuda:N; {AS_THE_FILE}"),
+    LaunchArgument("checkpoint", "", f"local weights file; {AS_THE_FILE}"),
+    LaunchArgument("tagger_weights", "", "RAM++ checkpoint (ram_plus_swin_large_14m.pth) for tag-named anomalies; "
+                   + AS_THE_FILE),
+    LaunchArgument("naming_source", "", f"dictionary, tagger or both; {AS_THE_FILE}"),
+    LaunchArgument("tagger_period", "", f"frames per camera between tagger runs; {AS_THE_FILE}"),
+)
+"""The launch file's arguments, declared from this table in this order (``docs/ros-reference.md`` is made from
+it)."""
 
 LAUNCH_OVERRIDES = ("compressed", "use_sim_time", "managed", "backend", "device", "checkpoint", "tagger_weights",
                     "naming_source", "tagger_period")

@@ -24,6 +24,7 @@ from .autoware import (ORIENTATION_UNAVAILABLE, SHAPE_TYPES, AutowareLabels, exi
                        position_covariance)
 from .image_messages import (MAP_OUTPUTS, OUTPUT_DTYPES, ImageFields, array_to_image_fields,  # noqa: F401 - and
                              map_image, published_instances, share_data, uint8_array)  # importable from here
+from .topic_catalogue import camera_outputs
 
 
 class MessageFactory:
@@ -269,28 +270,13 @@ def detection_id(record: AnomalyRecord) -> str:
     return str(record.track_id if record.track_id is not None else record.id)
 
 
-OPTIONAL_OUTPUTS = ("anomalies_objects", "anomaly_markers")
+OUTPUT_TYPES = {entry.name: entry.type for entry in camera_outputs()}
+"""The node's per-frame output topics (relative names; :data:`PRIVATE_OUTPUTS` in the node's private namespace) and
+their message types, from the topic catalogue (:mod:`.topic_catalogue`)."""
+OPTIONAL_OUTPUTS = tuple(entry.name for entry in camera_outputs() if entry.optional)
 """Outputs whose message package (autoware_perception_msgs, visualization_msgs) the node can run without: an
 output whose type is not installed is off, with one warning."""
-OUTPUT_TYPES = {
-    "anomalies": "vision_msgs/msg/Detection2DArray",
-    "anomalies_on_road": "vision_msgs/msg/Detection2DArray",
-    "anomalies_3d": "vision_msgs/msg/Detection3DArray",
-    "anomaly_markers": "visualization_msgs/msg/MarkerArray",
-    "anomaly_points": "sensor_msgs/msg/PointCloud2",
-    "anomalies_objects": "autoware_perception_msgs/msg/DetectedObjects",
-    "semantic": "sensor_msgs/msg/Image",
-    "label_info": "vision_msgs/msg/LabelInfo",
-    "anomaly_score": "sensor_msgs/msg/Image",
-    "anomaly_mask": "sensor_msgs/msg/Image",
-    "anomaly_instances": "sensor_msgs/msg/Image",
-    "overlay": "sensor_msgs/msg/Image",
-    "semantic_color": "sensor_msgs/msg/Image",
-    "tags": "vision_msgs/msg/Classification",
-}
-"""The node's per-frame output topics (relative names; :data:`PRIVATE_OUTPUTS` in the node's private namespace) and
-their message types."""
-PRIVATE_OUTPUTS = ("tags",)
+PRIVATE_OUTPUTS = tuple(entry.name for entry in camera_outputs() if entry.private)
 """Outputs under ``~/`` (the node's own namespace): the frame's RAM++ tags, a view of the node's working."""
 
 ON_DEMAND_OUTPUTS = ("overlay", "semantic_color")

@@ -5,7 +5,7 @@ stamped with the input's header: ``anomalies`` and ``anomalies_on_road`` (vision
 detection per confirmed track), ``label_info``; with a camera_info ``anomalies_3d``, ``anomaly_markers``,
 ``anomaly_points`` and ``anomalies_objects`` in ``base_frame``; the label and score images only while subscribed;
 ``/diagnostics``; the service ``~/enable``. With ``cameras: [front, rear]`` one model serves several cameras, their
-waiting frames in one batch. docs/ros.md has every topic, its QoS and the lifecycle.
+waiting frames in one batch. docs/ros-reference.md has every topic and its QoS (from :mod:`.topic_catalogue`).
 
 A lifecycle node: with ``managed: false`` (the default) it configures and activates itself at start; with
 ``managed: true`` it waits for a lifecycle manager. Configure loads the model, activate subscribes, deactivate

@@ -10,12 +10,18 @@ from tf2_msgs.msg import TFMessage
 
 from ..core.config import ConfigError
 from .image_input import ImageInput
-from .messages import OPTIONAL_OUTPUTS, OUTPUT_TYPES, PRIVATE_OUTPUTS, ros_type
+from .messages import ros_type
+from .topic_catalogue import Topic, camera_outputs, catalogue_entry
 from .transforms import add_transforms
 
-PLANNER_OUTPUTS = ("anomalies", "anomalies_on_road", "anomalies_3d", "anomaly_markers", "anomaly_points",
-                   "anomalies_objects")
-"""Small per-frame messages a planner acts on: their publishers keep more history than the images'."""
+
+def qos_profile(entry: Topic) -> QoSProfile:
+    """The QoS the catalogue gives ``entry`` (its image input, whose reliability follows a setting, excepted)."""
+    return QoSProfile(depth=entry.depth,
+                      reliability={"reliable": ReliabilityPolicy.RELIABLE,
+                                   "best_effort": ReliabilityPolicy.BEST_EFFORT}[entry.reliability],
+                      durability={"volatile": DurabilityPolicy.VOLATILE,
+                                  "transient_local": DurabilityPolicy.TRANSIENT_LOCAL}[entry.durability])
 
 
 class NodeTopics:
@@ -28,8 +34,7 @@ class NodeTopics:
         for name, camera in self.cameras.items():
             info_topic = self.resolve_topic_name(f"{camera.prefix}camera_info")
             self.camera_info_subscriptions[name] = self.create_subscription(
-                CameraInfo, info_topic, camera.camera_info_arrived,
-                QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
+                CameraInfo, info_topic, camera.camera_info_arrived, qos_profile(catalogue_entry("camera_info")))
             topic = f"{camera.prefix}image/compressed" if compressed else f"{camera.prefix}image"
             self.image_inputs[name] = ImageInput(
                 self, self.input_type, self.resolve_topic_name(topic), self.input_reliability,
@@ -37,11 +42,8 @@ class NodeTopics:
             camera.image_input = self.image_inputs[name]
         # as tf2's listener reads them: /tf_static latched, /tf reliable
         self.transform_subscriptions = [
-            self.create_subscription(TFMessage, "/tf_static", self._on_transforms,
-                                     QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                                                reliability=ReliabilityPolicy.RELIABLE)),
-            self.create_subscription(TFMessage, "/tf", self._on_transforms,
-                                     QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))]
+            self.create_subscription(TFMessage, name, self._on_transforms, qos_profile(catalogue_entry(name)))
+            for name in ("/tf_static", "/tf")]
         self.topic_check_timer = self.create_timer(2.0, self._check_input_topics)
         self.active = True
         topics = ", ".join(f"{image_input.topic} ({image_input.qos_reason})"
@@ -69,33 +71,24 @@ class NodeTopics:
                                       throttle_duration_sec=10.0)
 
     def _create_outputs(self, prefix: str) -> dict:
-        # reliable, with room for a few frames: a lost fragment is re-sent only after the writer's next
-        # heartbeat, and a shorter history would already have let the sample go by then
+        # each with the QoS of its catalogue entry: planners' messages reliable with room for a few frames,
+        # label_info latched so that a late subscriber's first message is the mapping in force now
         publishers = {}
-        for topic, type_name in OUTPUT_TYPES.items():
-            if topic == "label_info":
-                continue
+        for entry in camera_outputs():
             try:
-                message_type = ros_type(type_name)
+                message_type = ros_type(entry.type)
             except (ImportError, AttributeError) as error:
-                if topic not in OPTIONAL_OUTPUTS:
-                    raise ConfigError(f"the message type {type_name} of output '{topic}' is not installed "
+                if not entry.optional:
+                    raise ConfigError(f"the message type {entry.type} of output '{entry.name}' is not installed "
                                       f"({error}): install its package") from None
-                if topic not in self._outputs_off:
-                    self._outputs_off.add(topic)
-                    self.get_logger().warning(f"output '{topic}' is off: its message type {type_name} is not "
-                                              f"installed ({type(error).__name__}: {error}); install "
-                                              f"{type_name.split('/')[0]} to have it")
+                if entry.name not in self._outputs_off:
+                    self._outputs_off.add(entry.name)
+                    self.get_logger().warning(f"output '{entry.name}' is off: its message type {entry.type} is "
+                                              f"not installed ({type(error).__name__}: {error}); install "
+                                              f"{entry.type.split('/')[0]} to have it")
                 continue
-            name = ("~/" if topic in PRIVATE_OUTPUTS else "") + prefix + topic
-            publishers[topic] = self.create_publisher(message_type, name,
-                                                      10 if topic in PLANNER_OUTPUTS else 5)
-        # latched: transient local with a depth of 1, so a late subscriber's first message is the mapping in force
-        # now, never an older vocabulary
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                             reliability=ReliabilityPolicy.RELIABLE)
-        publishers["label_info"] = self.create_publisher(ros_type(OUTPUT_TYPES["label_info"]), prefix + "label_info",
-                                                         latched)
+            name = ("~/" if entry.private else "") + prefix + entry.name
+            publishers[entry.name] = self.create_publisher(message_type, name, qos_profile(entry))
         return publishers
 
     def _on_enable(self, request, response):

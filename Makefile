@@ -2,9 +2,10 @@
 #   make demo   the ROS 2 node on a synthetic drive: prints its anomalies, writes demo_out/drive.gif
 #   make test   the whole test suite (what CI runs)
 # Real weights for the demo: make demo DEMO_ARGS="--checkpoint /opt/models/vit_b16.safetensors"
-# On a bare CUDA machine (Python + PyTorch >= 2.7, no network): make gpu-check; its wheels come from make gpu-wheels
-# (run on a connected machine). It runs 11 rows in 8 minutes, each under its own limit, and appends each row to
-# gpu-check.jsonl ($OUT, else gpu_check_out/) as it ends. make gpu-check DEVICE=cpu rehearses the same plan here.
+# On a bare CUDA machine (Python + PyTorch >= 2.7, no network): make gpu-check, or python3 scripts/gpu_check.py for
+# its own exit code; its wheels come from make gpu-wheels (run on a connected machine). It runs 11 rows in 8 minutes,
+# each under its own limit, and appends each row to gpu-check.jsonl ($OUT, else gpu_check_out/) as it ends.
+# make gpu-check DEVICE=cpu rehearses the same plan here (docs/engine.md#on-a-gpu).
 PYTHON ?= python3.11
 VENV := .venv
 CORE_READY := $(VENV)/.core-ready
@@ -37,8 +38,11 @@ $(ROS_READY): $(CORE_READY) scripts/setup_ros.sh
 	bash scripts/setup_ros.sh
 	touch $@
 
+# exit 0 only if every planned row passed; the CPU rehearsal's 3 ("rows not run: no CUDA", and no failure) is
+# accepted for DEVICE=cpu alone; any other code is passed on
 gpu-check:
-	$(GPU_PYTHON) scripts/gpu_check.py --device $(DEVICE) $(GPU_CHECK_ARGS)
+	@$(GPU_PYTHON) scripts/gpu_check.py --device $(DEVICE) $(GPU_CHECK_ARGS); code=$$?; \
+	if [ "$(DEVICE)" = cpu ] && [ $$code -eq 3 ]; then exit 0; fi; exit $$code
 
 gpu-wheels: $(CORE_READY)
 	bash scripts/gpu_wheels.sh

@@ -19,6 +19,20 @@ class FailingBag(ShardMiner):
         return super().mine(shard)
 
 
+class ExitingOnBag(ShardMiner):
+    """The worker process dies (``os._exit``, as the OOM killer or a segfault in native code ends it) whenever it
+    reads a shard of the bag named ``drive_b``."""
+
+    failing_bag = "drive_b"
+
+    def mine(self, shard):
+        if shard.bag_name == self.failing_bag:
+            import os
+
+            os._exit(137)
+        return super().mine(shard)
+
+
 class RaisingOnceAtFrame(ShardMiner):
     """The pipeline raises once, on the ``frame``-th frame it is given, then works (a passing CUDA out of memory)."""
 

@@ -8,38 +8,7 @@ import pytest
 import torch
 
 from clipomaly_ros.core.model.staging import PinnedStaging
-
-
-class LateCopy:
-    """A queued copy that reads its source only when the device gets to it (``run``), as CUDA's do."""
-
-    def __init__(self, source: torch.Tensor, target: torch.Tensor):
-        self.source, self.target, self.ran = source, target, False
-
-    def synchronize(self) -> None:
-        if not self.ran:
-            self.target.copy_(self.source)
-            self.ran = True
-
-
-class LateCopyEngine:
-    """A device whose copies complete late: nothing is read from a buffer until its copy is waited on, or until
-    :meth:`drain` (the device catching up with its queue)."""
-
-    def __init__(self):
-        self.queued: list[LateCopy] = []
-
-    def pinned(self, nbytes: int) -> torch.Tensor:
-        return torch.empty(nbytes, dtype=torch.uint8)
-
-    def copy(self, source: torch.Tensor):
-        target = torch.full_like(source, 7)  # what the device memory held before
-        self.queued.append(LateCopy(source, target))
-        return target, self.queued[-1]
-
-    def drain(self) -> None:
-        for copy in self.queued:
-            copy.synchronize()
+from clipomaly_ros.tools.gpu_check.naming_path import HostCopyEngine as LateCopyEngine  # copies that finish late
 
 
 def crops(count: int, shape=(40, 30, 3)) -> list[np.ndarray]:
@@ -55,6 +24,19 @@ def test_a_copy_that_completes_late_still_carries_its_own_image():
     for image, tensor in zip(images, uploaded):
         assert torch.equal(tensor, torch.from_numpy(image))
     assert staging.waits >= len(images) - 2  # every upload after the ring wrapped waited for the copy before
+
+
+def test_only_a_wrap_that_finds_its_copy_pending_counts_as_a_wait():
+    engine = LateCopyEngine()
+    staging = PinnedStaging(engine, ring_size=2)
+    for image in crops(2):
+        staging.upload(image)
+    engine.drain()  # the device caught up: the wrap finds both copies done
+    for image in crops(2):
+        staging.upload(image)
+    assert staging.waits == 0
+    staging.upload(crops(1)[0])  # the copy from this buffer is still queued
+    assert staging.waits == 1
 
 
 def test_the_late_device_would_corrupt_a_shared_buffer():

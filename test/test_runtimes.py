@@ -138,6 +138,21 @@ def test_compile_equals_eager_and_pads_batches_to_powers_of_two(tiny):
     assert [bucket(n) for n in (1, 2, 3, 5, 32, 33)] == [1, 2, 4, 8, 32, 64]
 
 
+def test_under_cuda_graphs_the_warm_up_calls_each_batch_size_twice_so_a_served_frame_records_nothing(tiny):
+    """CUDA graph trees run a new batch size eagerly on its first call and record it on the second: a warm-up that
+    called each size once would leave the recording to the first served frame."""
+    compiled = create_runtime("compile", tiny.encoder, tiny.image_encoder, torch.device("cpu"))
+    calls = []
+    compiled.dense = lambda batch: calls.append(("dense", batch.shape[0], batch.shape[-1]))
+    compiled.embed = lambda batch: calls.append(("embed", batch.shape[0], batch.shape[-1]))
+    compiled.warm_up([3, 8], [1], TINY_WINDOW, 64)
+    assert calls == [("dense", 4, TINY_WINDOW), ("dense", 8, TINY_WINDOW), ("embed", 1, 64)]  # compiled once
+    calls.clear()
+    compiled.cuda_graphs = True  # as on a GPU
+    compiled.warm_up([3, 8], [1], TINY_WINDOW, 64)
+    assert calls == [("dense", 4, TINY_WINDOW)] * 2 + [("dense", 8, TINY_WINDOW)] * 2 + [("embed", 1, 64)] * 2
+
+
 def named_regions(runtime: str, model: str, cache_dir) -> list[list[tuple]]:
     """Each frame's anomalies on a short synthetic drive: name, box, and every candidate name with its score."""
     from clipomaly_ros.core.method.pipeline import Clipomaly

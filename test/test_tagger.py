@@ -1,19 +1,30 @@
 """The RAM++ tagger: strict loading of the release's layout, each refusal in one line, open-set names."""
 
+import json
+import math
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from clipomaly_ros.core.model.tagger import (RamPlus, TaggerLoadError, TagList, load_tagger, release_to_ours,
-                                             tagger_input)
-from tagger_fixture import TINY, release_state, tiny_model, tiny_tags, write_checkpoint
+from clipomaly_ros.core.model.tagger import (INITIAL_REWEIGHT_SCALE, RamPlus, TaggerLoadError, TagList, load_tagger,
+                                             release_to_ours, tagger_input)
+from tagger_fixture import (FINETUNED_REWEIGHT_SCALE, RELEASE_LOGIT_SCALE, TINY, reference_frames, release_state,
+                            tiny_model, tiny_tags, write_checkpoint)
+
+TINY_REFERENCE = Path(__file__).parent / "ram_plus_tiny_reference.json"
 
 
 def frames(count=2, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (count, 180, 320, 3), dtype=torch.uint8, generator=generator)
+
+
+def probabilities(model, images):
+    with torch.no_grad():
+        return model(images)
 
 
 def test_the_released_tag_list_has_4585_tags_with_thresholds():
@@ -22,15 +33,68 @@ def test_the_released_tag_list_has_4585_tags_with_thresholds():
     assert tags.thresholds.dtype == np.float32 and 0.4 < tags.thresholds.min() < tags.thresholds.max() <= 1.0
 
 
-def test_a_release_layout_file_loads_strictly_and_gives_the_same_probabilities(tmp_path):
+def test_a_release_layout_file_loads_strictly_and_gives_the_same_probabilities(tmp_path, caplog):
     model = tiny_model()
-    loaded = load_tagger(write_checkpoint(tmp_path / "ram.pth", model), tiny_tags())
+    state = release_state(model)
+    assert "logit_scale" in state and "reweight_scale" not in state  # the released file's two differences
+    with caplog.at_level("INFO", logger="clipomaly_ros.core.model.tagger"):
+        loaded = load_tagger(write_checkpoint(tmp_path / "ram.pth", state=state), tiny_tags())
     assert loaded.architecture == TINY and not any(p.requires_grad for p in loaded.parameters())
+    assert float(loaded.reweight_scale) == pytest.approx(INITIAL_REWEIGHT_SCALE) == math.log(1 / 0.07)
     images = tagger_input(frames())
-    with torch.no_grad():
-        expected = model(images)
+    expected = probabilities(model, images)
     assert torch.equal(loaded(images), expected) and expected.shape == (2, TINY.tags)
     assert 0 < float(expected.min()) and float(expected.max()) < 1
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert "logit_scale 4.605 ignored" in line and "reweight_scale absent" in line and "log(1/0.07)" in line
+    assert line.endswith("; ".join(loaded.load_notes)) and len(loaded.load_notes) == 2
+
+
+@pytest.mark.parametrize("logit_scale", [RELEASE_LOGIT_SCALE, 0.0, -3.0, 50.0])
+def test_the_releases_logit_scale_is_never_the_temperature_whatever_its_value(tmp_path, logit_scale):
+    state = release_state(tiny_model())
+    state["logit_scale"] = torch.tensor(logit_scale)
+    loaded = load_tagger(write_checkpoint(tmp_path / "ram.pth", state=state), tiny_tags())
+    images = tagger_input(frames())
+    default = probabilities(tiny_model(), images)
+    assert torch.equal(loaded(images), default)
+    # had it been taken for the temperature, every probability would have moved
+    as_temperature = probabilities(tiny_model(reweight_scale=logit_scale), images)
+    assert bool(((as_temperature - default).abs() > 1e-4).all())
+
+
+def test_a_fine_tuned_files_reweight_scale_is_used(tmp_path, caplog):
+    finetuned = tiny_model(reweight_scale=FINETUNED_REWEIGHT_SCALE)
+    state = release_state(finetuned, layout="finetuned")
+    assert "logit_scale" not in state and float(state["reweight_scale"]) == pytest.approx(math.log(30))
+    with caplog.at_level("INFO", logger="clipomaly_ros.core.model.tagger"):
+        loaded = load_tagger(write_checkpoint(tmp_path / "ram.pth", state=state), tiny_tags())
+    assert "reweight_scale 3.401 from the file" in caplog.text and "logit_scale" not in caplog.text
+    images = tagger_input(frames())
+    assert torch.equal(loaded(images), probabilities(finetuned, images))
+    assert bool(((loaded(images) - probabilities(tiny_model(), images)).abs() > 1e-4).all())
+    state["logit_scale"] = torch.tensor(RELEASE_LOGIT_SCALE)  # both present: the file's reweight_scale still rules
+    both = load_tagger(write_checkpoint(tmp_path / "both.pth", state=state), tiny_tags())
+    assert torch.equal(both(images), probabilities(finetuned, images))
+    with pytest.raises(ValueError, match="use layout='finetuned'"):  # the fixture cannot drop what it needs
+        release_state(finetuned)
+
+
+@pytest.mark.parametrize("layout", ["release", "finetuned"])
+def test_the_tiny_fixtures_probabilities_equal_the_authors_code_on_the_same_file(tmp_path, layout):
+    """The authors' RAM++ code, built at the fixture's size and loaded by their own loader (strict=False), gave the
+    recorded probabilities on these files (scripts/ram_plus_equality.py --tiny-reference)."""
+    reference = json.loads(TINY_REFERENCE.read_text())
+    theirs = torch.tensor(reference["probabilities"][layout])
+    scale = FINETUNED_REWEIGHT_SCALE if layout == "finetuned" else INITIAL_REWEIGHT_SCALE
+    weights = write_checkpoint(tmp_path / "ram.pth", tiny_model(reweight_scale=scale), layout=layout)
+    images = tagger_input(reference_frames())
+    ours = probabilities(load_tagger(weights, tiny_tags()), images)
+    assert ours.shape == theirs.shape == (3, TINY.tags)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    if layout == "release":  # the reference tells the two readings of logit_scale apart
+        misread = probabilities(tiny_model(reweight_scale=RELEASE_LOGIT_SCALE), images)
+        assert bool(((misread - theirs).abs() > 1e-4).all())
 
 
 def test_the_swin_keys_of_the_release_map_onto_timm_by_renaming_only():
@@ -53,9 +117,12 @@ def test_the_swin_keys_of_the_release_map_onto_timm_by_renaming_only():
      "unexpected key visual_encoder.layers.0.blocks.0.attn_mask"),
     (lambda s: s.update({"label_embed": torch.zeros(TINY.tags * TINY.descriptions + 1, TINY.width)}),
      "not a multiple of the 6 tags"),
+    (lambda s: s.update({"logit_scale": torch.ones(2)}), "key logit_scale in"),
+    (lambda s: s.update({"reweight_scale": torch.ones(1, 1)}), "key reweight_scale in"),
+    (lambda s: s.update({"tagging_head.logit_scale": torch.ones(())}), "unexpected key tagging_head.logit_scale"),
 ])
 def test_a_missing_extra_or_misshaped_key_is_refused_in_one_line_naming_it(tmp_path, damage, message):
-    state = release_state(tiny_model())
+    state = release_state(tiny_model())  # the release layout: logit_scale present, reweight_scale absent
     damage(state)
     with pytest.raises(TaggerLoadError) as refused:
         load_tagger(write_checkpoint(tmp_path / "ram.pth", state=state), tiny_tags())
@@ -89,7 +156,7 @@ def test_a_truncated_foreign_or_missing_file_is_one_clear_line(tmp_path, write, 
 def test_a_file_with_a_different_tag_count_needs_its_tag_list(tmp_path):
     path = write_checkpoint(tmp_path / "ram.pth")
     with pytest.raises(TaggerLoadError, match="not a multiple of the 4585 tags"):
-        load_tagger(path)  # the released list: 6 x 3 rows is not a multiple of 4585
+        load_tagger(path)  # the released list: 6 x 51 rows is not a multiple of 4585
 
 
 def test_open_set_names_are_tagged_from_their_text_embedding_without_changing_the_released_tags():
@@ -106,7 +173,7 @@ def test_open_set_names_are_tagged_from_their_text_embedding_without_changing_th
     torch.testing.assert_close(both[:, :TINY.tags], released)  # the queries do not see each other
     torch.testing.assert_close(both[:, TINY.tags + 1], released[:, 2])  # the same query, the same probability
     assert not torch.allclose(both[:, TINY.tags], released[:, 2])
-    with pytest.raises(ValueError, match="must be the tagger's 16"):
+    with pytest.raises(ValueError, match="must be the tagger's 512"):
         model.set_open_set(("x",), torch.zeros(1, 32))
 
 
@@ -126,14 +193,18 @@ def test_the_model_is_a_timm_swin_and_a_plain_head():
 
 # --- in the pipeline (the toy backend's text space: synonyms share an axis) -----------------------------------------
 def toy_tagger_file(tmp_path, fired, names=("mattress", "automobile", "street", "road", "abacus", "deer")):
-    """A tiny tagger over ``names`` whose ``fired`` names always fire (threshold 0) and the others never (1)."""
+    """A tiny tagger over ``names`` whose ``fired`` names always fire (threshold 0) and the others never (1); the
+    open-set names (the default ``anomaly_vocabulary``) stay below the default ``tagger_threshold``."""
     import dataclasses
 
     from clipomaly_ros.core.model.toy_backend import ToyColourBackend
 
     tags = TagList(tuple(names), np.array([0.0 if name in fired else 1.0 for name in names], dtype=np.float32))
     architecture = dataclasses.replace(TINY, tags=len(names), width=ToyColourBackend().embed_dim)
-    return write_checkpoint(tmp_path / "ram.pth", tiny_model(architecture=architecture, tags=tags)), tags
+    model = tiny_model(architecture=architecture, tags=tags)
+    with torch.no_grad():  # every probability far below 0.5 (yet above 0): open-set names fire only when asked to
+        model.fc.bias.fill_(-8.0)
+    return write_checkpoint(tmp_path / "ram.pth", model), tags
 
 
 def toy_pipeline(monkeypatch, weights, tags, **settings):
@@ -263,7 +334,7 @@ def test_clipomaly_tag_prints_a_json_line_per_image_and_writes_every_probability
                                                                                   dtype=np.float32))
     monkeypatch.setattr(tagger.TagList, "released", classmethod(lambda cls: tags))
     model = tiny_model(tags=tags)
-    weights = write_checkpoint(tmp_path / "ram.pth", model)
+    weights = write_checkpoint(tmp_path / "ram.pth", model)  # the released layout
     paths = []
     for index in range(2):
         paths.append(tmp_path / f"street{index}.png")

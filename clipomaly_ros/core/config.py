@@ -324,6 +324,9 @@ SETTINGS: tuple[Setting, ...] = (
             "bool", scope="node", live=True),
     Setting("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", "float", scope="node",
             minimum=0.1, maximum=60.0),
+    Setting("release_id", "", "The release this parameter file is (written by 'clipomaly release'): logged at start "
+            "and reported in /diagnostics, so a recording shows which release ran. Empty: none.", "str",
+            scope="node"),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -10,8 +10,12 @@ from typing import Iterable
 
 from .config import CORE_SETTINGS, ClipomalyConfig
 
-FILE_SETTINGS = ("checkpoint", "onnx_model", "naming_dictionary")
+FILE_SETTINGS = ("checkpoint", "onnx_model", "naming_dictionary", "tagger_weights", "tagger_onnx_model")
 """Settings whose value is a file: the fingerprint holds the hash of its bytes."""
+WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".json", ".onnx")
+"""The files of a ``local-dir:`` folder or an ``hf-hub:`` snapshot that make the model: weights and configuration."""
+HF_WEIGHT_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+"""The files open_clip loads for an ``hf-hub:`` model, looked up in the Hugging Face cache."""
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
@@ -48,9 +52,69 @@ def settings_fingerprint(config: ClipomalyConfig, leave_out: Iterable[str] = ())
                 raise FileNotFoundError(f"{name} {value}: {error.strerror or error}: give a file that exists") \
                     from None
         fingerprint[name] = value
+    if "model" in fingerprint:
+        fingerprint["model"] = model_fingerprint(values["model"])
     return fingerprint
+
+
+def model_fingerprint(model: str) -> str:
+    """``model`` as the fingerprint holds it: an architecture name as it is; a ``local-dir:`` folder or an
+    ``hf-hub:`` repository by the hashes of its weight and configuration files (:data:`WEIGHT_SUFFIXES`; for
+    ``hf-hub:``, those of :data:`HF_WEIGHT_FILES` in the local Hugging Face cache), so that other weights under the
+    same name are another model. A ``local-dir:`` folder that does not exist raises ``FileNotFoundError``."""
+    if model.startswith("local-dir:"):
+        folder = Path(model[len("local-dir:"):]).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model {model}: no such folder: give a folder that exists")
+        files = {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*"))
+                 if path.is_file() and path.suffix in WEIGHT_SUFFIXES}
+    elif model.startswith("hf-hub:"):
+        files = _hf_cached_files(model[len("hf-hub:"):])
+    else:
+        return model
+    digests = ",".join(f"{name}={file_digest(path)}" for name, path in sorted(files.items()))
+    return f"{model} [{digests or 'no weight files found'}]"
+
+
+def _hf_cached_files(repository: str) -> dict[str, Path]:
+    """The files of :data:`HF_WEIGHT_FILES` of ``repository`` in the local Hugging Face cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return {}
+    found = {}
+    for name in HF_WEIGHT_FILES:
+        cached = try_to_load_from_cache(repository, name)
+        if isinstance(cached, str):
+            found[name] = Path(cached)
+    return found
+
+
+def numeric_precision(device: str, cuda: bool) -> str:
+    """The weights' precision a run on ``device`` gets: fp16 on CUDA (``auto`` where ``cuda`` is available), fp32
+    on the CPU."""
+    return "fp16" if device.startswith("cuda") or (device == "auto" and cuda) else "fp32"
 
 
 def differences(earlier: dict, now: dict) -> list[str]:
     """The names whose values differ between two fingerprints (also those only one of them has)."""
     return sorted(name for name in set(earlier) | set(now) if earlier.get(name) != now.get(name))
+
+
+def files_differing(config: ClipomalyConfig, fingerprint: dict) -> list[str]:
+    """The :data:`FILE_SETTINGS` (and ``model``) of ``config`` whose files, here, do not hash to what
+    ``fingerprint`` (a :func:`settings_fingerprint` made elsewhere) holds: a machine with other files at the same
+    paths. A file missing here differs too."""
+    values = config.as_dict()
+    differing = []
+    for name in (*FILE_SETTINGS, "model"):
+        if name not in fingerprint:
+            continue
+        try:
+            here = model_fingerprint(values[name]) if name == "model" else (
+                file_digest(values[name]) if values[name] else values[name])
+        except OSError:
+            here = None
+        if here != fingerprint[name]:
+            differing.append(name)
+    return differing

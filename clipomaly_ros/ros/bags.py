@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
+import io
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
@@ -37,12 +40,15 @@ def bag_directory(path: str | Path) -> Path:
 @contextmanager
 def open_bag(path: str | Path) -> Iterator[AnyReader]:
     """``with open_bag(path) as reader:`` an opened ``AnyReader``; a missing, unreadable or damaged bag raises
-    :class:`BagError`. A single-file MCAP bag whose file ends early (a recorder killed mid-write leaves no summary,
-    and rosbags refuses it) opens as a :class:`CutMcapReader`: its messages up to the cut, in file order."""
+    :class:`BagError`, an I/O error (``OSError``: EIO, a vanished mount) passes as it is, for the caller to try
+    again. A single-file MCAP bag whose file ends early (a recorder killed mid-write leaves no summary, and rosbags
+    refuses it) opens as a :class:`CutMcapReader`: its messages up to the cut, by time."""
     folder = bag_directory(path)
     reader = AnyReader([folder], default_typestore=get_typestore(Stores.ROS2_JAZZY))
     try:
         reader.open()
+    except OSError:
+        raise
     except Exception as error:  # rosbags raises several types for broken bags
         cut = CutMcapReader.for_folder(folder)
         if cut is None:
@@ -55,70 +61,140 @@ def open_bag(path: str | Path) -> Iterator[AnyReader]:
         reader.close()
 
 
-class CutMcapReader:
-    """The part of ``AnyReader`` the offline tools use, over one MCAP file that ends early: its records are read in
-    file order with the ``mcap`` library's stream reader, which needs no summary. Opening scans the file once for
-    its connections, message counts and times; :meth:`messages` ends at the cut by raising what the stream reader
-    raises there (``mcap.exceptions.EndOfFile``), so readers can tell a cut from an end."""
+@dataclass(frozen=True)
+class RecordGroup:
+    """Complete records of a cut MCAP file, read together: one chunk, or one message outside any chunk. The bytes
+    ``[begin, end)`` of the file; the log times of its messages ``[first_ns, last_ns]``; its messages per channel."""
 
-    def __init__(self, file: Path):
-        from mcap.records import Channel, Message, Schema
+    begin: int
+    end: int
+    first_ns: int
+    last_ns: int
+    counts: dict
 
-        self.file = file
-        self.cut = None
-        schemas: dict[int, str] = {}
-        channels: dict[int, tuple[str, str]] = {}
-        counts: dict[int, int] = {}
-        first = last = None
+
+@dataclass
+class CutIndex:
+    """What one scan of a cut MCAP file found up to its cut: topic and type per channel, the :class:`RecordGroup`
+    list in file order, the byte offset where the complete records end (``cut_offset``) and what the reader raised
+    there (``cut``)."""
+
+    channels: dict
+    groups: list
+    cut_offset: int
+    cut: str
+
+
+def index_cut_mcap(file: Path) -> CutIndex:
+    """Scan ``file`` once, chunk by chunk (each decompressed and its checksum checked once), up to the first record
+    that cannot be read. An ``OSError`` (the disk, not the file) propagates: the caller tries again."""
+    from mcap.records import Channel, Chunk, Message, Schema
+    from mcap.stream_reader import StreamReader, breakup_chunk
+
+    schemas: dict[int, str] = {}
+    channels: dict[int, tuple[str, str]] = {}
+    groups: list[RecordGroup] = []
+    with file.open("rb") as stream:
+        offset, cut = stream.tell(), ""
         try:
-            for record in self._records():
-                if isinstance(record, Schema):
-                    schemas[record.id] = record.name
-                elif isinstance(record, Channel):
-                    channels[record.id] = (record.topic, schemas.get(record.schema_id, ""))
-                elif isinstance(record, Message):
-                    counts[record.channel_id] = counts.get(record.channel_id, 0) + 1
-                    first = record.log_time if first is None else min(first, record.log_time)
-                    last = record.log_time if last is None else max(last, record.log_time)
+            for record in StreamReader(stream, emit_chunks=True).records:
+                inner = breakup_chunk(record, validate_crc=True) if isinstance(record, Chunk) else [record]
+                messages = [r for r in inner if isinstance(r, Message)]
+                for item in inner:
+                    if isinstance(item, Schema):
+                        schemas[item.id] = item.name
+                    elif isinstance(item, Channel):
+                        channels[item.id] = (item.topic, schemas.get(item.schema_id, ""))
+                if messages:
+                    counts: dict[int, int] = {}
+                    for message in messages:
+                        counts[message.channel_id] = counts.get(message.channel_id, 0) + 1
+                    times = [message.log_time for message in messages]
+                    groups.append(RecordGroup(offset, stream.tell(), min(times), max(times), counts))
+                offset = stream.tell()
+        except OSError:
+            raise
         except Exception as error:  # noqa: BLE001 - where the file ends: what came before it is readable
-            self.cut = f"{type(error).__name__}: {error}".rstrip(": ")
-        if self.cut is None or first is None:
-            raise ValueError(f"{file}: not a cut MCAP file with messages")
+            cut = f"{type(error).__name__}: {error}".rstrip(": ")
+    return CutIndex(channels, groups, offset, cut)
+
+
+_CUT_INDEXES: dict[tuple[str, int, int], CutIndex] = {}
+
+
+class CutMcapReader:
+    """The part of ``AnyReader`` the offline tools use, over one MCAP file that ends early: no summary, so the file
+    is indexed by one scan (:func:`index_cut_mcap`, once a process per file version) and :meth:`messages` then
+    reads only the chunks that hold the asked times and channels, never past the cut. ``cut`` says what the reader
+    met at the cut; ``cut_offset`` is where the complete records end."""
+
+    def __init__(self, file: Path, index: CutIndex | None = None):
         from rosbags.interfaces import Connection, ConnectionExtRosbag2
 
+        self.file = file
+        status = file.stat()
+        key = (str(file.resolve()), status.st_size, status.st_mtime_ns)
+        if index is None:
+            index = _CUT_INDEXES.get(key) or index_cut_mcap(file)
+        if not index.cut or not index.groups:
+            raise ValueError(f"{file}: not a cut MCAP file with messages")
+        _CUT_INDEXES[key] = index
+        self.index, self.cut, self.cut_offset = index, index.cut, index.cut_offset
+        counts: dict[int, int] = {}
+        for group in index.groups:
+            for channel, count in group.counts.items():
+                counts[channel] = counts.get(channel, 0) + count
         self.connections = [Connection(id=channel, topic=topic, msgtype=msgtype, msgdef=None, digest="",
                                        msgcount=counts.get(channel, 0), ext=ConnectionExtRosbag2("cdr", []),
-                                       owner=self) for channel, (topic, msgtype) in sorted(channels.items())]
-        self.start_time, self.end_time = first, last
+                                       owner=self) for channel, (topic, msgtype) in sorted(index.channels.items())]
+        self.start_time = min(group.first_ns for group in index.groups)
+        self.end_time = max(group.last_ns for group in index.groups)
         self._store = typestore_with_built_msgs()
 
     @classmethod
     def for_folder(cls, folder: Path) -> "CutMcapReader | None":
-        """The reader of ``folder``'s single MCAP file when it is a cut one, else None."""
+        """The reader of ``folder``'s single MCAP file when it is a cut one, else None. An ``OSError`` propagates."""
         files = sorted(folder.glob("*.mcap"))
         if len(files) != 1:
             return None
         try:
             return cls(files[0])
+        except OSError:
+            raise
         except Exception:  # noqa: BLE001 - not a cut file we can read: the caller reports the original error
             return None
 
-    def _records(self):
-        from mcap.stream_reader import StreamReader
-
-        with self.file.open("rb") as stream:
-            yield from StreamReader(stream).records
-
     def messages(self, connections=(), start: int | None = None, stop: int | None = None):
-        """``(connection, log time in ns, raw bytes)`` of ``connections`` (all when empty) in
-        ``[start, stop)``, in file order; at the cut, the stream reader's error is raised."""
-        from mcap.records import Message
-
+        """``(connection, log time in ns, raw bytes)`` of ``connections`` (all when empty) in ``[start, stop)``, by
+        log time; only the chunks that overlap the window and hold one of the channels are read."""
         wanted = {c.id: c for c in (connections or self.connections)}
-        for record in self._records():
-            if isinstance(record, Message) and record.channel_id in wanted:
-                if (start is None or record.log_time >= start) and (stop is None or record.log_time < stop):
-                    yield wanted[record.channel_id], record.log_time, record.data
+        low = -1 if start is None else start
+        high = 1 << 64 if stop is None else stop
+        groups = [g for g in self.index.groups if g.last_ns >= low and g.first_ns < high
+                  and any(channel in wanted for channel in g.counts)]
+        with self.file.open("rb") as stream:
+            sources = [self._group_messages(stream, group, wanted, low, high) for group in groups]
+            for log_time, _, channel, data in heapq.merge(*sources):
+                yield wanted[channel], log_time, data
+
+    @staticmethod
+    def _group_messages(stream, group: RecordGroup, wanted: dict, low: int, high: int) -> list:
+        """The wanted messages of one group in ``[low, high)`` as ``(log time, offset, channel, data)``, sorted."""
+        from mcap.data_stream import ReadDataStream
+        from mcap.opcode import Opcode
+        from mcap.records import Chunk, Message
+        from mcap.stream_reader import breakup_chunk
+
+        stream.seek(group.begin)
+        records = ReadDataStream(io.BytesIO(stream.read(group.end - group.begin)))
+        opcode, length = records.read1(), records.read8()
+        if opcode == Opcode.CHUNK:
+            inner = breakup_chunk(Chunk.read(records), validate_crc=True)
+        else:
+            inner = [Message.read(records, length)]
+        found = [(r.log_time, group.begin, r.channel_id, r.data) for r in inner
+                 if isinstance(r, Message) and r.channel_id in wanted and low <= r.log_time < high]
+        return sorted(found, key=lambda item: item[0])
 
     def deserialize(self, raw: bytes, msgtype: str):
         return self._store.deserialize_cdr(raw, msgtype)

@@ -186,10 +186,14 @@ class ClipomalyNode(NodeParameters, NodeTopics, InferenceLoop, NodeDiagnostics, 
         self.max_input_pixels = values["max_input_pixels"]
         self.stall_timeout = values["stall_timeout"]
         config = ClipomalyConfig(**{s.name: values[s.name] for s in SETTINGS if s.scope == "core"})
+        self.release_id = values["release_id"] or "none"  # which release runs: in the log and /diagnostics
+        self.get_logger().info(f"release {self.release_id}")
         autoware_style(config)  # an autoware_labels section the dictionary lacks: said now, not per frame
         self.get_logger().info("loading the toy backend ..." if config.backend == "toy" else
                                f"loading {config.model} ({config.checkpoint or config.pretrained}) ...")
         self.pipeline = Clipomaly(config)
+        if self.pipeline.tagger is not None:  # how the RAM++ file's layout was read (the release's unused keys)
+            self.get_logger().info(f"tagger {config.tagger_weights}: {'; '.join(self.pipeline.tagger.model.load_notes)}")
         if self.pipeline.finetuned is not None:
             self.get_logger().info(f"checkpoint {config.checkpoint}: {describe_sidecar(self.pipeline.finetuned)}")
             if self.pipeline.finetuned.get("dense_method") != config.dense_method:

@@ -17,7 +17,7 @@ class NodeDiagnostics:
         runtime_health.update(getattr(self._decode, "health", dict)())
         common = {"known classes": len(vocabulary.known), "anomaly vocabulary": len(vocabulary.anomaly),
                   "dictionary names": len(vocabulary.dictionary), "device": self.device, "enabled": self.enabled,
-                  "lifecycle state": "active" if self.active else "inactive",
+                  "lifecycle state": "active" if self.active else "inactive", "release": self.release_id,
                   "inference thread restarts": self.worker_restarts, "transforms known": len(self.frame_tree),
                   "transforms left out": self.transforms_rejected,
                   "outputs off (message type not installed)": ", ".join(sorted(self._outputs_off)) or "none",

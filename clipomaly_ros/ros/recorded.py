@@ -19,7 +19,16 @@ from .bags import camera_info_connections, transform_connections
 from .decoding import BadRecordedFrame, decode_recorded, deserialize_recorded
 from .frame_step import FrameStep
 from .messages import stamp_ns
-from .transforms import MountingFinder, add_transforms, recorded_static_transforms
+from .transforms import FrameTree, MountingFinder, add_transforms
+
+
+LOOK_BACK_NS = 2 * 10**9
+"""How far before a window a pass starts reading (ns), for the /tf and camera_info in force at its start: the
+window's own read begins that much earlier (one pass, the same chunks), and those messages only set the state."""
+STATIC_FIRST_SPAN_NS = 10 * 10**9
+"""The first window of the bag (from its start, ns) read for /tf_static, where a recorder writes it."""
+CAMERA_INFO_LOOK_BACK_NS = 10**9
+"""The first step back in the search for the camera_info in force at a window's start (ns)."""
 
 
 @dataclass
@@ -55,6 +64,11 @@ class RecordedDrive:
     (``camera_info_topic``, default the image topic's sibling) and the bag's /tf_static (read whole at once: static
     transforms hold over the whole recording) and /tf (applied in recorded order).
 
+    A pass over a window reads only that window and a bounded look-back before it, so its cost does not grow with
+    its place in the bag: it starts reading :data:`LOOK_BACK_NS` before the window, in the same pass, for the /tf
+    and camera_info in force at its start; only when no camera_info was recorded in that time is an older one
+    searched backwards in growing steps (one recorded once, at the start).
+
     ``report`` gets one line for each thing left out on the way: a skipped frame, a damaged camera_info or /tf
     message, an unusable transform. ``guard`` wraps the bag's message iterator (how the caller wants a storage
     failure midway reported)."""
@@ -69,7 +83,7 @@ class RecordedDrive:
         self.static, self.dynamic = transform_connections(reader)
         self.report = report
         self.guard = guard
-        self.tree = recorded_static_transforms(reader, self.static, report)
+        self.tree = self._static_tree()
         self.finder = MountingFinder(self.tree, "the bag's /tf_static and /tf")
         self.counts = DriveCounts()
         self._latest_info: tuple[bytes, str] | None = None
@@ -92,20 +106,25 @@ class RecordedDrive:
                stop_requested: Callable[[], bool] = lambda: False, **outputs) -> Iterator[ProcessedFrame]:
         """Every frame of the drive recorded in ``[start, stop)`` (ns of log time; whole drive by default) through
         ``pipeline`` and ``step``, which also gets ``outputs`` (``wanted``, ``autoware``). The newest camera_info
-        and the /tf recorded before ``start`` are in force at its first frame. ``rate_hz``: at most that many
-        frames a second of the images' stamps; the others are counted as thinned and not decoded.
+        and the /tf recorded before ``start`` (see the class) are in force at its first frame. ``rate_hz``: at most
+        that many frames a second of the images' stamps; the others are counted as thinned and not decoded.
         ``on_message(connection, timestamp, raw)`` sees every message read (frames, camera_info, /tf and, with it,
         /tf_static too), before the frame it may belong to is processed. The pass ends early once
         ``stop_requested()`` is true, before the next message."""
-        if start and (self.infos or self.dynamic):
-            for connection, _, raw in self.guard(self.reader.messages(connections=self.infos + self.dynamic,
-                                                                      stop=start)):
-                self._take_state(connection, raw)
         last_stamp: int | None = None
         self.stopped_early = False
-        window = self.reader.messages(connections=self._connections(on_message is not None), start=start,
+        begin = self._look_back_start(start)
+        window = self.reader.messages(connections=self._connections(on_message is not None), start=begin,
                                       stop=stop)
+        looking_back = begin != start
         for connection, timestamp, raw in self.guard(window):
+            if looking_back and timestamp < start:  # before the window: its state only, nothing else
+                if connection in self.infos or connection in self.dynamic:
+                    self._take_state(connection, raw)
+                continue
+            if looking_back:
+                looking_back = False
+                self._older_camera_info(begin)
             if stop_requested():
                 self.stopped_early = True
                 return
@@ -128,6 +147,55 @@ class RecordedDrive:
                 continue
             last_stamp = stamp
             yield self._step(pipeline, step, message.header, timestamp, image, outputs)
+
+    def _static_tree(self) -> FrameTree:
+        """The transforms of the bag's /tf_static, read from the bag's start in windows growing fourfold from
+        :data:`STATIC_FIRST_SPAN_NS` until all of its messages were met (one step where the recorder wrote them once
+        at the start, as it does); a message that does not deserialise is reported and left out."""
+        tree = FrameTree()
+        expected = sum(connection.msgcount for connection in self.static)
+        bag_start, bag_end = getattr(self.reader, "start_time", 0), getattr(self.reader, "end_time", None)
+        begin, span, met = bag_start, STATIC_FIRST_SPAN_NS, 0
+        while met < expected and (bag_end is None or begin <= bag_end):
+            stop = None if bag_end is None else begin + span
+            for connection, timestamp, raw in self.guard(self.reader.messages(connections=self.static, start=begin,
+                                                                              stop=stop)):
+                met += 1
+                self._add_static(tree, connection, timestamp, raw)
+            if stop is None:
+                break
+            begin, span = stop, span * 4
+        return tree
+
+    def _add_static(self, tree: FrameTree, connection, timestamp: int, raw: bytes) -> None:
+        try:
+            problems = add_transforms(tree, deserialize_recorded(self.reader, raw, connection.msgtype))
+        except BadRecordedFrame as error:
+            problems = [f"/tf_static message at {timestamp} ns: {error}"]
+        for problem in problems:
+            self.report(f"left out a recorded {problem}")
+
+    def _look_back_start(self, start: int | None) -> int | None:
+        """Where a pass over a window starting at ``start`` begins reading: :data:`LOOK_BACK_NS` before it (not
+        before the bag's start) when the drive has camera_info or /tf, else at ``start``."""
+        if not start or not (self.infos or self.dynamic):
+            return start
+        return max(getattr(self.reader, "start_time", 0), start - LOOK_BACK_NS)
+
+    def _older_camera_info(self, before: int | None) -> None:
+        """When no camera_info was read since ``before``: the newest one before it, searched back in windows
+        growing fourfold from one second to the bag's start (a camera_info recorded once, at the start)."""
+        if not self.infos or self._latest_info is not None or before is None:
+            return
+        span, bag_start = CAMERA_INFO_LOOK_BACK_NS, getattr(self.reader, "start_time", 0)
+        while before > bag_start:
+            begin = max(bag_start, before - span)
+            found = list(self.guard(self.reader.messages(connections=self.infos, start=begin, stop=before)))
+            if found:
+                connection, _, raw = max(found, key=lambda item: item[1])
+                self._take_state(connection, raw)
+                return
+            before, span = begin, span * 4
 
     def _step(self, pipeline, step: FrameStep, header, timestamp: int, image: np.ndarray,
               outputs: dict) -> ProcessedFrame:

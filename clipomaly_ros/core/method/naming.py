@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -40,6 +39,8 @@ class RegionName:
 
 def mask_pooled_embedding(features: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
     """Mean of the ``(h, w, D)`` features under an ``(H, W)`` mask of any resolution, normalised: ``(D,)``."""
+    import cv2  # here, not at import: the model side (the GPU check's naming path) runs without opencv
+
     grid_h, grid_w = features.shape[:2]
     weights = cv2.resize(mask.astype(np.float32), (grid_w, grid_h), interpolation=cv2.INTER_AREA)
     if weights.sum() <= 0:
@@ -105,6 +106,8 @@ def _resized_on_host(frame: np.ndarray, boxes: np.ndarray, side: int, keep: np.n
                      fill: tuple[int, int, int]) -> torch.Tensor:
     """Each box of the (H, W, 3) uint8 ``frame`` resized to ``side`` and faded where ``keep`` ((N, side, side)
     bool) is false, in 8 bits: (N, 3, side, side) float32."""
+    import cv2  # here, not at import: a GPU cuts its crops with roi_align and needs no opencv
+
     crops = np.empty((len(boxes), side, side, 3), dtype=np.uint8)
     blank = np.full((side, side, 3), fill, dtype=np.uint8)
     for crop, inside, (left, top, right, bottom) in zip(crops, keep.view(np.uint8), boxes):

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 COARSE_CELL = 8
 """Side in working pixels of a coarse cell for a ViT-B/16 (half a patch); smaller patches give smaller cells."""
@@ -125,6 +124,8 @@ def clean_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
 def connected_regions(mask: np.ndarray, min_area: int, max_regions: int) -> list[CandidateRegion]:
     """8-connected components of an ``(h, w)`` bool mask with at least ``min_area`` cells, largest first, at most
     ``max_regions``."""
+    from scipy import ndimage  # here, not at import: the model side (the GPU check) runs without scipy
+
     labels, count = ndimage.label(mask, structure=CONNECTIVITY)
     if count == 0:
         return []

@@ -107,6 +107,8 @@ class CompiledRuntime:
     per bucket)."""
 
     name = "compile"
+    CUDA_GRAPH_WARM_UP_RUNS = 2
+    """Calls per batch size under CUDA graph trees: the first runs eagerly (warm-up), the second records."""
 
     def __init__(self, encoder: DenseVisionEncoder, image_encoder: DenseVisionEncoder, device: torch.device):
         missing = compile_features_missing()
@@ -167,10 +169,15 @@ class CompiledRuntime:
         return self._run(self._embed, self._eager.embed, crops)
 
     def warm_up(self, dense_batches: Iterable[int], crop_batches: Iterable[int], window: int, crop: int) -> None:
+        """Each bucket of each graph run on this thread: once on a CPU (compiled), twice with CUDA graphs, whose
+        first call at a size is an eager warm-up run and whose second records the graph (otherwise the first
+        served frame would record it)."""
         device = self.encoder.weight.device
+        runs = self.CUDA_GRAPH_WARM_UP_RUNS if self.cuda_graphs else 1
         for run, sizes, side in ((self.dense, dense_batches, window), (self.embed, crop_batches, crop)):
             for size in sorted({bucket(n) for n in sizes if n > 0}):
-                run(torch.zeros(size, 3, side, side, device=device))
+                for _ in range(runs):
+                    run(torch.zeros(size, 3, side, side, device=device))
 
 
 def onnx_unavailable(device: str) -> str:
@@ -218,6 +225,11 @@ def tensorrt_cache_dir(cache_dir: Path, engine: Path) -> Path:
     return cache_dir / "tensorrt" / key
 
 
+CUDA_PROVIDER_OPTIONS: dict[str, object] = {}
+"""Options added to ONNX Runtime's CUDA provider in this process, like torch's TF32 flags a process-wide choice:
+the GPU check sets ``use_tf32`` to 0 so that its fp32 rows compute in fp32 (the provider's default allows TF32)."""
+
+
 def choose_providers(available: list[str], device: torch.device, trt_cache: Path | None, max_batch: int,
                      side: int) -> list:
     """ONNX Runtime's providers in order of preference, TensorRT, CUDA, CPU, among ``available``; on a CPU device
@@ -241,7 +253,7 @@ def choose_providers(available: list[str], device: torch.device, trt_cache: Path
                 "trt_profile_opt_shapes": f"windows:{min(max_batch, 32)}x3x{side}x{side}",  # one camera's
                 "trt_profile_max_shapes": f"windows:{max_batch}x3x{side}x{side}"}))
         if "CUDAExecutionProvider" in available:
-            chosen.append(("CUDAExecutionProvider", {"device_id": device_id}))
+            chosen.append(("CUDAExecutionProvider", {"device_id": device_id, **CUDA_PROVIDER_OPTIONS}))
     chosen.append("CPUExecutionProvider")
     return chosen
 
@@ -262,6 +274,8 @@ class OnnxGraphRuntime:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused providers are not the user's business
         trt_cache = tensorrt_cache_dir(cache_dir, engine) if device.type == "cuda" else None
+        self.tensorrt_cache = trt_cache
+        """Where TensorRT's engines for this graph are cached (None off CUDA)."""
         providers = choose_providers(ort.get_available_providers(), device, trt_cache, max_batch, expected.window)
         try:
             self.session = ort.InferenceSession(str(engine), options, providers=providers)

@@ -18,6 +18,9 @@ import torch
 
 
 class CopyDone(Protocol):
+    def query(self) -> bool:
+        """Whether the copy is complete, without waiting."""
+
     def synchronize(self) -> None:
         """Block until the copy is complete (its source buffer may then be reused)."""
 
@@ -68,7 +71,8 @@ class PinnedStaging:
         self._next = 0
         self._lock = threading.Lock()
         self.waits = 0
-        """How many uploads had to wait for an earlier copy from their buffer (the ring wrapped)."""
+        """How many uploads found the earlier copy from their buffer still pending and waited for it (the ring
+        wrapped faster than the device copied)."""
 
     def upload(self, image: np.ndarray) -> torch.Tensor:
         """``image`` on the device, as a uint8 tensor of the same shape. Its copy may still be in flight when this
@@ -78,9 +82,10 @@ class PinnedStaging:
             slot = self._slots[self._next]
             self._next = (self._next + 1) % len(self._slots)
             if slot.done is not None:
+                if not slot.done.query():  # counted only where there is something to wait for
+                    self.waits += 1
                 slot.done.synchronize()  # the device has read this buffer: only now may it be overwritten
                 slot.done = None
-                self.waits += 1
             if slot.buffer is None or slot.buffer.numel() < image.nbytes:
                 slot.buffer = self.engine.pinned(image.nbytes)
             staged = slot.buffer[:image.nbytes].view(image.shape)

@@ -14,11 +14,14 @@ Open set: names the release does not know get one query each from a CLIP text em
 ensemble), as the authors' open-set mode does; the queries do not see each other, so they leave the released tags'
 probabilities unchanged.
 
-Loading is strict (:func:`load_tagger`): every tensor of the file is used, every parameter filled.
+Loading is strict (:func:`load_tagger`): every tensor of the file is used, every parameter filled, with the two
+differences of the released file from the authors' ``state_dict`` (:data:`UNUSED_RELEASE_KEYS`,
+:data:`INITIAL_REWEIGHT_SCALE`) each recognised by name.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import zipfile
@@ -34,6 +37,7 @@ from torch import nn
 
 from .backend import ModelLoadError
 
+LOG = logging.getLogger(__name__)
 TAGGER_IMAGE_SIZE = 384
 """The released model's input side in pixels."""
 HEAD_ATTENTION_HEADS = 4
@@ -42,6 +46,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SWIN_LARGE = "swin_large_patch4_window12_384"
 """The timm architecture the release's image encoder is (checked against the file's shapes when loading)."""
+INITIAL_REWEIGHT_SCALE = math.log(1 / 0.07)
+"""The authors' model's initial ``reweight_scale`` (a softmax temperature of 1/0.07, about 14.3 once exponentiated).
+The released file does not hold the parameter: their loader (``strict=False``) leaves it at this value, which is
+what the release's published tags were made with. A fine-tuned file holds its own, which is used."""
+UNUSED_RELEASE_KEYS = ("logit_scale",)
+"""Scalars the released file holds that RAM++'s inference never reads (the temperature is ``reweight_scale``):
+recognised by name and dropped, whatever their value."""
 
 
 class TaggerLoadError(ModelLoadError):
@@ -170,7 +181,7 @@ class RamPlus(nn.Module):
         self.image_proj = nn.Linear(architecture.vision_width, architecture.width)
         self.label_embed = nn.Parameter(torch.zeros(architecture.tags * architecture.descriptions,
                                                     architecture.width))
-        self.reweight_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.reweight_scale = nn.Parameter(torch.tensor(INITIAL_REWEIGHT_SCALE))
         self.wordvec_proj = nn.Linear(architecture.width, architecture.hidden)
         self.head = nn.Module()
         self.head.layers = nn.ModuleList(
@@ -179,6 +190,8 @@ class RamPlus(nn.Module):
         self.fc = nn.Linear(architecture.hidden, 1)
         self.register_buffer("open_set_embed", torch.zeros(0, architecture.width), persistent=False)
         self.open_set_names: tuple[str, ...] = ()
+        self.load_notes: tuple[str, ...] = ()
+        """What :func:`load_tagger` did with the file's differences from the authors' ``state_dict`` (logged too)."""
 
     def set_open_set(self, names: tuple[str, ...], embeddings: torch.Tensor) -> None:
         """Tag ``names`` too, each by its (K, width) text embedding (unit vectors of the CLIP space that the
@@ -303,10 +316,11 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def load_tagger(path: str | Path, tags: TagList | None = None, device: str | torch.device = "cpu") -> RamPlus:
     """The RAM++ model of ``path``, strictly: every tensor of the file fills a parameter of ours (or equals a
     buffer timm computes), every parameter is filled, every shape agrees; otherwise one
-    :class:`TaggerLoadError` line names the first offending key. ``tags``: the tag list (default the released
-    4,585)."""
+    :class:`TaggerLoadError` line names the first offending key. The release's two differences from that are
+    recognised by name (:func:`settle_release_differences`), logged in one line and kept as the model's
+    ``load_notes``. ``tags``: the tag list (default the released 4,585)."""
     tags = tags or TagList.released()
-    release = read_checkpoint(path)
+    release, notes = settle_release_differences(read_checkpoint(path), path)
     state = {release_to_ours(key): value for key, value in release.items()}
     derived = {key: value for key, value in state.items() if DERIVED_BUFFERS.search(key)}
     state = {key: value for key, value in state.items() if key not in derived}
@@ -333,7 +347,40 @@ def load_tagger(path: str | Path, tags: TagList | None = None, device: str | tor
             raise TaggerLoadError(f"buffer {_release_name(key, release)} in {path} differs from the Swin's own: "
                                   "another window arrangement or input size")
     model.load_state_dict(state, strict=True)
+    model.load_notes = tuple(notes)
+    LOG.info("tagger weights %s: %s", path, "; ".join(notes))
     return model.eval().requires_grad_(False).to(device)
+
+
+def settle_release_differences(release: dict[str, torch.Tensor], path: str | Path
+                               ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``release`` (a file's state, the authors' key names) with the released file's differences from the authors'
+    ``state_dict`` settled, and one note on each for the log line:
+
+    - :data:`UNUSED_RELEASE_KEYS` (``logit_scale``) dropped, whatever its value: never the temperature. Only a
+      scalar is taken for it; another shape is refused.
+    - a missing ``reweight_scale`` set to :data:`INITIAL_REWEIGHT_SCALE`, as the authors' loader leaves it; a
+      present one (a fine-tuned file) kept, checked like every other key.
+    """
+    state, notes = dict(release), []
+    for key in UNUSED_RELEASE_KEYS:
+        if key not in state:
+            continue
+        value = state.pop(key)
+        if value.numel() != 1:
+            raise TaggerLoadError(f"key {key} in {path} has shape {tuple(value.shape)}, the release's is a scalar: "
+                                  "not a RAM++ checkpoint of the released layout")
+        notes.append(f"{key} {float(value):.4g} ignored (the release's unused scalar; the temperature is "
+                     "reweight_scale)")
+    if "reweight_scale" in state:
+        scale = state["reweight_scale"]
+        notes.append(f"reweight_scale {float(scale):.4g} from the file (a fine-tuned file's format)"
+                     if scale.numel() == 1 else "reweight_scale from the file")
+    else:
+        state["reweight_scale"] = torch.tensor(INITIAL_REWEIGHT_SCALE)
+        notes.append(f"reweight_scale absent (as released): the authors' initial log(1/0.07) = "
+                     f"{INITIAL_REWEIGHT_SCALE:.4f} taken")
+    return state, notes
 
 
 def _release_name(key: str, release: dict) -> str:

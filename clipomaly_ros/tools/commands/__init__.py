@@ -6,7 +6,7 @@ A new verb is one new module here plus its name in :data:`VERBS`. The modules im
 the top, so building the whole parser (``clipomaly --help``) stays cheap; the work is imported inside ``run``."""
 
 VERBS = ("segment", "tag", "scene", "dataset", "finetune", "demo", "play", "replay", "evaluate", "calibrate", "bench",
-         "export", "mine", "review", "import", "frames", "defaults")
+         "export", "mine", "review", "import", "frames", "release", "defaults")
 """Every verb, in the order ``clipomaly --help`` lists them; each names its module in this package (a verb that
 is a Python keyword, ``import``, its module with a trailing underscore: see :func:`module_name`)."""
 

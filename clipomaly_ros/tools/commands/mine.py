@@ -15,14 +15,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "mine", help="find anomalies in many recorded drives with Ray Data (one machine or a cluster)",
         description="Cut bags into shards (one bag, one image topic, one time window), mine them on a Ray Data "
                     "actor pool with one model per worker, and write a Parquet index, thumbnails, summary.json and "
-                    "report.html from every shard committed in OUT_DIR. A shard is committed whole or not at all; "
-                    "one that raises (an I/O error, out of memory, a lost worker) is tried again --retries times, "
-                    "then reported as failed and left for the next run. Shards already committed are not mined "
-                    "again: after an interruption or a failure, run the same command. A bag whose file ends early "
-                    "(rosbags finds it cut) keeps its rows up to the cut, marked truncated in summary.json.",
-        epilog="exit status: 0 every planned shard committed; 1 some input, bag or shard failed (the last line "
-               "names them); 2 the run could not start (Ray, the model, the settings, or an OUT_DIR mined with "
-               "other settings)")
+                    "report.html from every shard committed in OUT_DIR. One run at a time holds OUT_DIR; a second "
+                    "refuses. A shard is committed whole or not at all. One that raises (an I/O error, out of "
+                    "memory) is tried again --retries times; a worker that dies is restarted, and its shard handed "
+                    "on, at most --retries times; then the shard is reported as failed and left for the next run. "
+                    "Shards already committed are not mined again, also after the bags were moved or remounted (a "
+                    "bag is known by its content): after an interruption or a failure, run the same command. A "
+                    "single-file MCAP bag cut mid-write keeps its rows up to the cut, marked truncated in "
+                    "summary.json, once two reads find the cut at the same byte.",
+        epilog="exit status: 0 every planned shard committed; 1 some input, bag, shard or output failed, or a topic "
+               "had no frame that decodes (the last line names them); 2 the run could not start (Ray, the model, "
+               "the settings, another run holding OUT_DIR, or an OUT_DIR mined with other settings)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="bag folders, their .mcap/.db3 files, or folders "
                                                                   "searched recursively for bags")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
@@ -37,7 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--gpus-per-worker", type=float, metavar="F",
                         help="GPUs per actor (default: the cluster's GPUs shared out, at most 1; 0 without GPUs)")
     parser.add_argument("--retries", type=int, default=2, metavar="N",
-                        help="attempts after the first at a shard that raised, 1 s apart and doubling (default 2)")
+                        help="attempts after the first at a shard that raised, 1 s apart and doubling; also how "
+                             "often Ray restarts a dead worker and hands its shard on, and how often an I/O error "
+                             "while planning a bag is tried again (default 2)")
     parser.add_argument("--force-new", action="store_true",
                         help="delete the outputs of an earlier run in OUT_DIR (shards, index, thumbnails, summary, "
                              "report) and start afresh, even with other settings")
@@ -59,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"clipomaly: error: {error}", file=sys.stderr)
         return EXIT_NOT_STARTED
     print(result.table)
-    print(f"wrote {args.output}/anomalies.parquet, thumbnails/, summary.json and report.html")
+    if not any(failure.get("kind") == "output" for failure in result.summary["failed"]):
+        print(f"wrote {args.output}/anomalies.parquet, thumbnails/, summary.json and report.html")
     last = failure_line(result.summary)
     if last:
         print(last)

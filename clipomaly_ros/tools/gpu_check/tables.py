@@ -11,9 +11,20 @@ TABLE_END = "<!-- gpu-check table: end -->"
 NOT_FINISHED = "not finished: the run ended before this row did"
 
 
+REHEARSAL_EXIT = 3
+"""The exit code of a CPU rehearsal whose only rows that did not pass are the CUDA-only ones ("not run: no
+CUDA"): no failure found, and no pass either (0 is for a run in which every planned row passed)."""
+SAME_RUN = ("device", "model", "size")
+"""A rerun (``--only``) merges into the run before it in the same file only where these settings are equal."""
+
+
 def read_jsonl(path: Path) -> tuple[dict, list[dict], int]:
-    """The plan record, the row records in order, and how many lines could not be read (a line a kill cut
-    short). Refuses a file without a plan record, in one line."""
+    """The plan, the row records in order, and how many lines could not be read (a line a kill cut short).
+
+    A file may hold several runs, each starting with its plan record: a rerun of a few rows (``--only``, its plan
+    marked ``rerun``) on the same settings is merged into the run before it (the planned rows are the union, a
+    row's latest record counts); any other plan starts the table anew. Refuses a file without a plan record, in
+    one line."""
     plan, rows, unreadable = None, [], 0
     for line in Path(path).read_text().splitlines():
         if not line.strip():
@@ -24,12 +35,25 @@ def read_jsonl(path: Path) -> tuple[dict, list[dict], int]:
             unreadable += 1
             continue
         if record.get("kind") == "plan":
-            plan = record
+            plan, rows = merged_plan(plan, record, rows)
+        elif record.get("kind") == "refused" and plan is not None:
+            plan["refused"] = record.get("reason", "")
         elif record.get("kind") == "row":
             rows.append(record)
     if plan is None:
         raise ValueError(f"{path} holds no plan record: it was not written by the gpu check")
     return plan, rows, unreadable
+
+
+def merged_plan(plan: dict | None, record: dict, rows: list[dict]) -> tuple[dict, list[dict]]:
+    """The plan after ``record`` (a plan record) and the rows that still count."""
+    if plan is None or not record.get("rerun") or any(plan.get(k) != record.get(k) for k in SAME_RUN):
+        return {**record, "runs": 1}, []
+    names = {row["name"] for row in plan["rows"]}
+    added = [row for row in record["rows"] if row["name"] not in names]
+    plan = {**plan, "rows": plan["rows"] + added, "runs": plan["runs"] + 1, "rerun_started": record["started"]}
+    plan.pop("refused", None)
+    return plan, rows
 
 
 def every_row(plan: dict, rows: list[dict]) -> list[dict]:
@@ -40,22 +64,25 @@ def every_row(plan: dict, rows: list[dict]) -> list[dict]:
 
 
 def excused(plan: dict, row: dict) -> bool:
-    """A CUDA-only row on a machine without CUDA: the rehearsal marks it and does not count it."""
+    """A CUDA-only row on a machine without CUDA: the rehearsal marks it and does not count it as a failure."""
     return plan["device"] == "cpu" and row["status"] == "not run" and row.get("reason") == "no CUDA"
 
 
-def verdict(plan: dict, rows: list[dict]) -> tuple[bool, str]:
-    """Whether every planned row passed ("not run" is no pass; on a CPU the CUDA-only rows are excused), and the
-    line that says so."""
+def verdict(plan: dict, rows: list[dict]) -> tuple[int, str]:
+    """The exit code and the line that says it: 0 only if every planned row passed ("not run" is no pass);
+    :data:`REHEARSAL_EXIT` for a CPU rehearsal whose only other rows are its CUDA-only ones, not run; 2 for a
+    check that refused to start; else 1."""
+    if plan.get("refused"):
+        return 2, f"gpu check refused to start: {plan['refused']}"
     complete = every_row(plan, rows)
     failing = [row["row"] for row in complete if row["status"] != "ok" and not excused(plan, row)]
     excused_count = sum(excused(plan, row) for row in complete)
     if failing:
-        return False, f"gpu check FAILED: {len(failing)} of {len(complete)} rows did not pass ({', '.join(failing)})"
-    if plan["device"] == "cpu":
-        return True, (f"gpu check rehearsal passed on the CPU: {len(complete) - excused_count} rows ok, "
-                      f"{excused_count} not run: no CUDA (this is no GPU pass)")
-    return True, f"gpu check passed: all {len(complete)} rows ok"
+        return 1, f"gpu check FAILED: {len(failing)} of {len(complete)} rows did not pass ({', '.join(failing)})"
+    if excused_count:
+        return REHEARSAL_EXIT, (f"gpu check rehearsal: {len(complete) - excused_count} rows ok, {excused_count} rows "
+                                f"not run: no CUDA (exit {REHEARSAL_EXIT}: no failure found, and no GPU pass)")
+    return 0, f"gpu check passed: all {len(complete)} rows ok"
 
 
 def header(plan: dict, rows: list[dict]) -> str:
@@ -65,8 +92,9 @@ def header(plan: dict, rows: list[dict]) -> str:
     else:
         machine = ", ".join(f"{name} {value}" for name, value in found.items() if name != "GPU")
         machine = f"GPU {found['GPU']}; {machine}"
-    return (f"clipomaly gpu check, {plan['started']}, device {plan['device']}: {machine}; {plan['model']} with random "
-            f"weights, {plan['size']} frames")
+    runs = f" (rows rerun {plan['rerun_started']}: {plan['runs']} runs merged)" if plan.get("runs", 1) > 1 else ""
+    return (f"clipomaly gpu check, {plan['started']}{runs}, device {plan['device']}: {machine}; {plan['model']} with "
+            f"random weights, {plan['size']} frames")
 
 
 def _figure(row: dict, key: str, digits: int = 1) -> str:
@@ -129,5 +157,5 @@ def write_into_markdown(page: Path, table: str) -> None:
     page.write_text(f"{before}{TABLE_BEGIN}\n{table}{TABLE_END}{after}")
 
 
-__all__ = ["read_jsonl", "every_row", "verdict", "text_table", "markdown_table", "write_into_markdown",
-           "TABLE_BEGIN", "TABLE_END", "NOT_FINISHED"]
+__all__ = ["read_jsonl", "every_row", "verdict", "text_table", "markdown_table", "write_into_markdown", "TABLE_BEGIN",
+           "TABLE_END", "NOT_FINISHED", "REHEARSAL_EXIT"]

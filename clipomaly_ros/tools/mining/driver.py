@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...core.config import ClipomalyConfig
-from ...core.fingerprint import differences, settings_fingerprint
+from ...core.fingerprint import differences, numeric_precision, settings_fingerprint
+from .lock import OutDirBusy, hold_out_dir
+from .outputs import MinedNow, repaired_commits, write_outputs
 from .plan import Shard, plan
-from .report import committed_shards, copy_thumbnails, read_rows, report_html, summarise, write_index
 from .shard import RETRIES, SHARDS_FOLDER, ShardMiner, _plain, one_line
 
 RUN_FILE = "run.json"
@@ -53,14 +54,23 @@ class MineResult:
         return EXIT_SHARDS_FAILED if self.summary["failed"] else EXIT_COMPLETE
 
 
-def run_fingerprint(config: ClipomalyConfig, topics, window_s: float, rate_hz: float | None) -> dict:
+def run_fingerprint(config: ClipomalyConfig, topics, window_s: float, rate_hz: float | None,
+                    gpus_per_worker: float | None = None) -> dict:
     """What must stay the same for a later run to resume into the same OUT_DIR: every setting that changes a row
-    (files by the hash of their bytes), the topics, the window and the rate."""
+    (files, and ``local-dir:``/``hf-hub:`` models, by the hash of their bytes), the package's version, the numeric
+    precision the workers get (fp16 on CUDA, fp32 on the CPU; ``auto`` counts as CUDA where ``--gpus-per-worker``
+    gives GPUs, or, without it, where this machine has one), the topics, the window and the rate."""
+    import torch
+
+    from ... import __version__
+
     try:
         settings = settings_fingerprint(config, NOT_IN_ROWS)
     except FileNotFoundError as error:
         raise MineError(str(error)) from None
-    return settings | {"topics": sorted(topics) if topics else None, "window_s": window_s, "rate_hz": rate_hz}
+    cuda = bool(gpus_per_worker) if gpus_per_worker is not None else torch.cuda.is_available()
+    return settings | {"package_version": __version__, "precision": numeric_precision(config.device, cuda),
+                       "topics": sorted(topics) if topics else None, "window_s": window_s, "rate_hz": rate_hz}
 
 
 def _check_run_file(out_dir: Path, fingerprint: dict) -> None:
@@ -92,15 +102,30 @@ def _clear_outputs(out_dir: Path, log) -> None:
         log(f"--force-new: removed the earlier run's {', '.join(removed)} from {out_dir}")
 
 
+@dataclass(frozen=True)
+class MineOptions:
+    """How a run mines: see :func:`run_mine`."""
+
+    topics: list[str] | None
+    rate_hz: float | None
+    workers: int
+    gpus_per_worker: float | None
+    address: str | None
+    window_s: float
+    progress: bool
+    retries: int
+
+
 def run_mine(inputs, out_dir, config: ClipomalyConfig, topics: list[str] | None = None, rate_hz: float | None = None,
              workers: int = 2, gpus_per_worker: float | None = None, address: str | None = None,
              window_s: float = 60.0, progress: bool = True, retries: int = RETRIES, force_new: bool = False,
              log=lambda message: print(message, file=sys.stderr), miner=None) -> MineResult:
-    """Mine ``inputs`` into ``out_dir`` (see the module docstring). Shards already committed there are not done
-    again. A shard whose every attempt fails (``retries`` after the first) is not committed, is named in the
-    summary's ``failed`` and is mined by the next run; the others go on. ``miner`` is the worker class
-    (:class:`~.shard.ShardMiner` by default). Raises :class:`MineError` when the run cannot start or no worker
-    can load the model."""
+    """Mine ``inputs`` into ``out_dir`` (see the module docstring), holding OUT_DIR's lock for the whole run (a
+    second run refuses at once). Shards already committed there are not done again. A bag that cannot be opened
+    or planned is tried again ``retries`` times; so is a shard whose attempt fails; one whose every attempt fails
+    is not committed, is named in the summary's ``failed`` and is mined by the next run; the others go on.
+    ``miner`` is the worker class (:class:`~.shard.ShardMiner` by default). Raises :class:`MineError` when the run
+    cannot start (another run holds OUT_DIR, bad settings) or no worker can load the model."""
     if workers < 1:
         raise MineError(f"--workers must be at least 1, got {workers}")
     if window_s <= 0:
@@ -109,18 +134,30 @@ def run_mine(inputs, out_dir, config: ClipomalyConfig, topics: list[str] | None 
         raise MineError(f"--retries must be 0 or more, got {retries}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = run_fingerprint(config, topics, window_s, rate_hz)
+    options = MineOptions(topics, rate_hz, workers, gpus_per_worker, address, window_s, progress, retries)
+    try:
+        with hold_out_dir(out_dir) as run_id:
+            return _run_holding(inputs, out_dir, run_id, config, options, force_new, log, miner or ShardMiner)
+    except OutDirBusy as error:
+        raise MineError(str(error)) from None
+
+
+def _run_holding(inputs, out_dir: Path, run_id: str, config: ClipomalyConfig, options: MineOptions,
+                 force_new: bool, log, miner) -> MineResult:
+    """:func:`run_mine` once OUT_DIR is held."""
+    fingerprint = run_fingerprint(config, options.topics, options.window_s, options.rate_hz, options.gpus_per_worker)
     if force_new:
         _clear_outputs(out_dir, log)
     _check_run_file(out_dir, fingerprint)
-    plans, problems = plan(inputs, topics, window_s)
+    (out_dir / "summary.json").unlink(missing_ok=True)  # an earlier run's summary never looks like this run's
+    plans, problems = plan(inputs, options.topics, options.window_s, options.retries)
     for path, reason in problems:
         log(f"skipped input {path}: {reason}")
     for bag in plans:
         if bag.failure:
             log(f"skipped a bag: {bag.failure}")
     shards = [shard for bag in plans for shard in bag.shards]
-    done = committed_shards(out_dir)
+    done = repaired_commits(out_dir, run_id, log)
     todo = [shard for shard in shards if shard.id not in done]
     log(f"{len(plans)} bag(s), {len(shards)} shard(s): {len(shards) - len(todo)} already committed, "
         f"{len(todo)} to mine")
@@ -128,54 +165,22 @@ def run_mine(inputs, out_dir, config: ClipomalyConfig, topics: list[str] | None 
     answers: dict[str, dict] = {}
     startup, stopped = 0.0, None
     if todo:
-        answers, startup, stopped = _mine_on_ray(todo, out_dir, config, rate_hz, workers, gpus_per_worker, address,
-                                                 progress, retries, miner or ShardMiner, log)
-    seconds = time.perf_counter() - started
-    records = committed_shards(out_dir)
-    failures = _shard_failures(todo, records, answers, stopped)
-    planned = {shard.id for shard in shards}
-    earlier = sorted(set(records) - planned)
-    if earlier:
-        bags = sorted({records[shard]["shard"]["bag_name"] for shard in earlier})
-        log(f"kept {len(earlier)} committed shard(s) of earlier runs that this run's inputs do not cover (bags "
-            f"{', '.join(bags)}): their rows stay in the index and the report")
-    table = read_rows(out_dir, list(records))
-    write_index(out_dir, table)
-    copy_thumbnails(out_dir, list(records))
-    frames_now = sum(records[s.id]["frames_processed"] for s in todo if s.id in records)
-    run = {"mined": len([s for s in todo if s.id in records]), "resumed": len(shards) - len(todo),
-           "frames_per_second": round(frames_now / seconds, 3) if frames_now and seconds else 0.0,
-           "seconds": round(seconds, 3), "ray_startup_s": round(startup, 3),
-           "settings": fingerprint | {"workers": workers, "retries": retries}}
-    summary = summarise(plans, problems, records, failures, table, run)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    (out_dir / "report.html").write_text(report_html(table, summary))
-    return MineResult(summary, run["mined"], final_table(summary))
+        answers, startup, stopped = _mine_on_ray(todo, out_dir, config, fingerprint, options, miner, log)
+    mined = MinedNow(todo, answers, startup, stopped, time.perf_counter() - started)
+    settings = fingerprint | {"workers": options.workers, "retries": options.retries}
+    summary, table = write_outputs(out_dir, run_id, plans, problems, mined, settings, log)
+    return MineResult(summary, summary["shards"]["mined_this_run"], final_table(summary))
 
 
-def _shard_failures(todo: list[Shard], records: dict, answers: dict[str, dict], stopped: str | None) -> list[dict]:
-    """A record per shard of ``todo`` that is not committed: the failure its worker reported, or why none did."""
-    failures = []
-    for shard in todo:
-        if shard.id in records:
-            continue
-        answer = answers.get(shard.id)
-        if answer is not None:
-            reason = f"{answer['failure']} ({answer['attempts']} attempt(s))" if answer["attempts"] else \
-                answer["failure"]
-        else:
-            reason = f"not mined: {stopped or 'no worker answered for it'}"
-        failures.append({"bag": shard.bag_name, "path": shard.bag, "shard": shard.id, "topic": shard.topic,
-                         "start_ns": shard.start_ns, "stop_ns": shard.stop_ns, "reason": reason})
-    return failures
+def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, fingerprint: dict,
+                 options: MineOptions, miner, log) -> tuple[dict[str, dict], float, str | None]:
+    """Mine ``todo`` with a Ray Data actor pool of ``options.workers``; returns each answered shard's answer by id,
+    the seconds until the first shard came back less that shard's own time (Ray's start, the workers' start and
+    model loads), and why the run stopped early (a lost cluster), or None.
 
-
-def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, rate_hz, workers: int,
-                 gpus_per_worker, address, progress: bool, retries: int, miner, log
-                 ) -> tuple[dict[str, dict], float, str | None]:
-    """Mine ``todo`` with a Ray Data actor pool of ``workers``; returns each answered shard's answer by id, the
-    seconds until the first shard came back less that shard's own time (Ray's start, the workers' start and model
-    loads), and why the run stopped early (a lost cluster), or None."""
+    A worker that dies (the OOM killer, a crash in native code) is restarted, and its batch handed on, at most
+    ``options.retries`` times each, never Ray's unbounded default; a shard whose every try killed its worker is
+    left unanswered (Ray Data drops its block, up to every block) and is named failed while the others go on."""
     try:
         import ray
         import ray.data
@@ -184,20 +189,22 @@ def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, rate
                         "(or pip install 'ray[data]' pyarrow)") from None
 
     started = time.perf_counter()
-    started_here = _start_ray(ray, address)
+    started_here = _start_ray(ray, options.address)
     answers: dict[str, dict] = {}
     startup = [0.0]
     try:
-        pool = _pool_settings(ray, workers, gpus_per_worker, address, log)
+        pool = _pool_settings(ray, options.workers, options.gpus_per_worker, options.address, log)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours counts frames, Ray's would count shards
+        context.max_errored_blocks = len(todo)  # a shard that kills its workers fails alone, named by its absence
         dataset = ray.data.from_items([shard.as_dict() for shard in todo], override_num_blocks=len(todo))
         mined = dataset.map_batches(
-            miner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=pool["cpus"],
-            num_gpus=pool["gpus"], fn_constructor_kwargs={
-                "config": config.as_dict(), "out_dir": str(out_dir.resolve()), "rate_hz": rate_hz,
-                "threads": pool["threads"], "retries": retries})
-        _collect(mined, sum(s.frames for s in todo), answers, startup, started, progress, log)
+            miner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.workers), num_cpus=pool["cpus"],
+            num_gpus=pool["gpus"], max_restarts=options.retries, max_task_retries=options.retries,
+            fn_constructor_kwargs={
+                "config": config.as_dict(), "out_dir": str(out_dir.resolve()), "rate_hz": options.rate_hz,
+                "threads": pool["threads"], "retries": options.retries, "fingerprint": fingerprint})
+        _collect(mined, sum(s.frames for s in todo), answers, startup, started, options.progress, log)
     except Exception as error:  # noqa: BLE001 - a lost worker or cluster: what was committed stays
         stopped = f"mining stopped early ({one_line(error)[:300]})"
         log(f"{stopped}; the shards committed so far are kept: run the same command again to mine the rest")
@@ -290,10 +297,16 @@ def failure_line(summary: dict) -> str | None:
     if not failed:
         return None
     shards: dict[str, list[str]] = {}
+    others: dict[str, str] = {}
     for failure in failed:
-        shards.setdefault(failure.get("bag", failure["path"]), []).extend(
-            [failure["shard"]] if "shard" in failure else [])
-    named = "; ".join(f"{bag} ({'shards ' + ', '.join(ids) if ids else 'not read'})" for bag, ids in shards.items())
+        bag = failure.get("bag", failure["path"])
+        shards.setdefault(bag, []).extend([failure["shard"]] if "shard" in failure else [])
+        if failure.get("kind") == "undecodable":
+            others[bag] = f"every frame of {failure['topic']} undecodable"
+        elif failure.get("kind") == "output":
+            others[bag] = failure["reason"]
+    named = "; ".join(f"{bag} ({'shards ' + ', '.join(ids) if ids else others.get(bag, 'not read')})"
+                      for bag, ids in shards.items())
     count = sum(len(ids) for ids in shards.values())
     return (f"FAILED: {named}: {count} shard(s) not committed. Run the same command again to retry them alone "
             "(committed shards are kept)")

@@ -24,7 +24,7 @@ ROW_SCHEMA = pa.schema([
     ("peak_score", pa.float64()), ("mean_score", pa.float64()), ("box", pa.list_(pa.int64())),
     ("on_road", pa.bool_()), ("distance_m", pa.float64()), ("lateral_m", pa.float64()),
     ("cut_at_start", pa.bool_()), ("cut_at_end", pa.bool_()), ("thumbnail", pa.string()),
-    ("tags", pa.list_(pa.string())),
+    ("tags", pa.list_(pa.string())), ("bag_id", pa.string()), ("source_path", pa.string()),
 ])
 """One row per anomaly track per shard; docs/mining.md documents every column."""
 ROW_SCHEMA = pa.schema(list(ROW_SCHEMA) + [
@@ -35,16 +35,29 @@ ROW_SCHEMA = pa.schema(list(ROW_SCHEMA) + [
 and ``mask`` (COCO compressed RLE of the best frame's mask, full-frame pixels)."""
 
 
-def committed_shards(out_dir: Path) -> dict[str, dict]:
-    """The committed shards in ``OUT_DIR/shards`` by id: each one's ``shard.json``."""
+PARTITIONING = ds.partitioning(pa.schema([("bag", pa.string()), ("bag_id", pa.string())]), flavor="hive")
+"""``anomalies.parquet/bag=<name>/bag_id=<content id>/``: two bags of one folder name never share a partition."""
+
+
+def committed_shards(out_dir: Path, damaged: list | None = None) -> dict[str, dict]:
+    """The committed shards in ``OUT_DIR/shards`` by id: each one's ``shard.json``. A committed folder whose
+    ``shard.json`` or ``rows.parquet`` is missing, empty or does not parse (a disk that lost a write) is left out,
+    and ``(id, reason)`` appended to ``damaged`` when given."""
     folder = Path(out_dir) / "shards"
     if not folder.is_dir():
         return {}
     found = {}
     for entry in sorted(folder.iterdir()):
-        record = entry / "shard.json"
-        if entry.is_dir() and not entry.name.startswith(".") and record.is_file():
-            found[entry.name] = json.loads(record.read_text())
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        try:
+            record = json.loads((entry / "shard.json").read_text())
+            pq.read_metadata(entry / "rows.parquet")
+        except (OSError, ValueError, pa.ArrowException) as error:
+            if damaged is not None:
+                damaged.append((entry.name, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"))
+            continue
+        found[entry.name] = record
     return found
 
 
@@ -57,25 +70,45 @@ def read_rows(out_dir: Path, shard_ids) -> pa.Table:
                           ("track", "ascending")])
 
 
-def write_index(out_dir: Path, table: pa.Table) -> None:
-    """``anomalies.parquet``: a Parquet dataset partitioned by bag (``bag=<name>/part-0.parquet``), replaced whole."""
+def write_index(out_dir: Path, table: pa.Table, run_id: str = "") -> None:
+    """``anomalies.parquet``: a Parquet dataset partitioned by bag name and content id (:data:`PARTITIONING`),
+    written into a staging folder of this run (``run_id``) and put in place whole."""
     target = Path(out_dir) / "anomalies.parquet"
-    staging = Path(out_dir) / ".anomalies.parquet.new"
+    staging = Path(out_dir) / f".anomalies.parquet.{run_id or 'new'}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    if table.num_rows:
-        ds.write_dataset(table, staging, format="parquet", partitioning=ds.partitioning(
-            pa.schema([("bag", pa.string())]), flavor="hive"), basename_template="part-{i}.parquet")
+    try:
+        if table.num_rows:
+            ds.write_dataset(table, staging, format="parquet", partitioning=PARTITIONING,
+                             basename_template="part-{i}.parquet")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(target, ignore_errors=True)
     os.rename(staging, target)
 
 
+def write_staged(path: Path, text: str, run_id: str) -> None:
+    """``text`` into ``path`` through a staging file of this run (``run_id``), flushed and renamed into place: a
+    reader sees the old file or the new one, never a part. A failed write leaves no staging file behind."""
+    staging = path.with_name(f".{path.name}.{run_id}")
+    try:
+        with staging.open("w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.rename(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
 def read_index(out_dir: Path) -> pa.Table:
-    """``anomalies.parquet`` read back, with its ``bag`` column, sorted as :func:`read_rows` sorts."""
+    """``anomalies.parquet`` read back, with its ``bag`` and ``bag_id`` columns, sorted as :func:`read_rows` sorts."""
     folder = Path(out_dir) / "anomalies.parquet"
     if not any(folder.rglob("*.parquet")):
         return ROW_SCHEMA.empty_table()
-    table = ds.dataset(folder, format="parquet", partitioning="hive").to_table()
+    table = ds.dataset(folder, format="parquet", partitioning=PARTITIONING).to_table()
     table = table.select(ROW_SCHEMA.names).cast(ROW_SCHEMA)
     return table.sort_by([("bag", "ascending"), ("topic", "ascending"), ("first_stamp_ns", "ascending"),
                           ("track", "ascending")])
@@ -113,9 +146,10 @@ def summarise(plans, input_problems, records: dict[str, dict], shard_failures: l
     earlier: dict[str, list[dict]] = {}
     for shard_id, record in records.items():
         if shard_id not in covered:
-            earlier.setdefault(record["shard"]["bag"], []).append(record)
-    for path, mine in sorted(earlier.items()):
+            earlier.setdefault(record["shard"].get("bag_id") or record["shard"]["bag"], []).append(record)
+    for mine in (earlier[key] for key in sorted(earlier)):
         shards = [record["shard"] for record in mine]
+        path = shards[0]["bag"]
         seconds = sum(shard["stop_ns"] - shard["start_ns"] for shard in shards) / 1e9 / max(
             1, len({shard["topic"] for shard in shards}))
         bags.append(_bag_entry(shards[0]["bag_name"], path, sorted({shard["topic"] for shard in shards}), seconds,

@@ -85,3 +85,51 @@ def format_scaling(report: dict) -> str:
         lines.append(f"{name:<32} {figure['seconds']:>8.1f} {figure['frames']:>7} {figure['frames/s']:>9.1f} "
                      f"{figure['frames/s'] / base:>15.2f} {'' if startup is None else f'{startup:.1f}':>12}")
     return "\n".join(lines)
+
+
+LONG_BAG_MINUTES = 30.0
+LONG_BAG_SIZE = (24, 32)
+"""A long bag's length and its frames' size (height, width): 18,000 small frames at 10 frames/s."""
+
+
+def shard_cost_by_position(config: ClipomalyConfig, folder: Path, minutes: float = LONG_BAG_MINUTES,
+                           window_s: float = 60.0, repeats: int = 3, rate_hz: float | None = 0.01,
+                           log=lambda message: print(message, file=sys.stderr)) -> dict:
+    """Seconds to mine the first and the last shard of a long vehicle bag (``minutes`` at 10 frames/s, written
+    into ``folder`` as mcap and sqlite3 when missing, and a copy of the mcap one cut at 90 %, whose last whole
+    shard is taken): the least of ``repeats`` runs each, first and last taken in turn, after one warm-up (a cut
+    file's index is built once a process). ``rate_hz`` 0.01 thins each window to one frame through the pipeline
+    (the others are read and thinned), so the figure is the shard's reading, which is what could grow with its
+    place in the bag; None runs every frame through the pipeline. A shard reads only its window and its look-back,
+    so the two should cost the same wherever they lie in the bag."""
+    from ...core.method.pipeline import Clipomaly
+    from .synthetic import write_vehicle_bag
+
+    folder = Path(folder)
+    frames = round(minutes * 60 * 10)
+    bags = {"mcap": folder / "long_mcap", "sqlite3": folder / "long_sqlite3", "cut mcap": folder / "long_cut"}
+    for storage in ("mcap", "sqlite3"):
+        if not (bags[storage] / "metadata.yaml").is_file():
+            log(f"writing {frames} frames of {LONG_BAG_SIZE} pixels as {storage} into {bags[storage]}")
+            write_vehicle_bag(bags[storage], frames=frames, size=LONG_BAG_SIZE, storage=storage, plain_frames=True)
+    if not bags["cut mcap"].is_dir():
+        shutil.copytree(bags["mcap"], bags["cut mcap"])
+        (recording,) = bags["cut mcap"].glob("*.mcap")
+        recording.write_bytes(recording.read_bytes()[: int(recording.stat().st_size * 0.9)])
+    pipeline = Clipomaly(config)
+    figures = {}
+    for name, path in bags.items():
+        (bag,) = plan([path], None, window_s)[0]
+        ends = {"first": bag.shards[0], "last": bag.shards[-2 if name == "cut mcap" else -1]}
+        mine_shard(pipeline, ends["last"], rate_hz)  # warm-up: model caches, the cut file's index
+        times: dict[str, list[float]] = {"first": [], "last": []}
+        for _ in range(repeats):
+            for end, shard in ends.items():
+                started = time.perf_counter()
+                mine_shard(pipeline, shard, rate_hz)
+                times[end].append(time.perf_counter() - started)
+        seconds = {end: round(min(values), 3) for end, values in times.items()}
+        figures[name] = seconds | {"last / first": round(seconds["last"] / seconds["first"], 3),
+                                   "messages": 3 * ends["first"].frames}
+        log(f"{name}: {figures[name]}")
+    return {"minutes": minutes, "window_s": window_s, "rate_hz": rate_hz, "figures": figures}

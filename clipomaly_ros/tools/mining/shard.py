@@ -25,7 +25,7 @@ import numpy as np
 from ...core.config import ClipomalyConfig
 from ...core.scene.planning import AnomalyFollower
 from ...core.method.results import AnomalyRecord, DroppedRegion
-from ...ros.bags import BagError, open_bag
+from ...ros.bags import BagError, CutMcapReader, open_bag
 from ...ros.frame_step import FrameStep
 from ...ros.messages import stamp_ns
 from ...ros.recorded import RecordedDrive
@@ -81,6 +81,8 @@ class ShardOutcome:
     skipped_reasons: list[str] = field(default_factory=list)
     seconds: float = 0.0
     truncated: str | None = None
+    cut_confirmed: bool = False
+    """Whether ``truncated`` was found at the same place twice (a cut MCAP file is checked when planned)."""
 
 
 class ShardFailed(RuntimeError):
@@ -105,9 +107,11 @@ def truncation(error: BaseException) -> bool:
     """Whether ``error``, raised while reading a bag's messages, says the bag's own data ends early or is damaged,
     as rosbags, the MCAP stream reader, the decompressors and SQLite report it. An ``OSError`` (EIO from a flaky
     file system, a vanished mount) or ``MemoryError`` is never a truncation: the bytes may be whole, only the
-    reading failed, so the shard is tried again."""
-    if isinstance(error, (OSError, MemoryError)):
-        return False
+    reading failed, so the shard is tried again; so is SQLite's "disk I/O error". A damaged chunk (a checksum
+    mismatch) is a truncation here, but :meth:`ShardMiner.attempt` accepts it only once a second read meets it at
+    the same place."""
+    if isinstance(error, (OSError, MemoryError)) or "disk i/o error" in str(error).lower():
+        return False  # SQLite says "disk I/O error" for a failed read of whole bytes: the disk, not the bag
     if isinstance(error, (EOFError, struct.error)):
         return True
     return type(error).__module__.split(".")[0] in DATA_ERROR_MODULES
@@ -148,6 +152,10 @@ def mine_shard(pipeline, shard: Shard, rate_hz: float | None = None) -> ShardOut
     try:
         with open_bag(shard.bag) as reader:
             last_frame_ids = _mine_frames(reader, pipeline, shard, rate_hz, outcome, tracks)
+            if isinstance(reader, CutMcapReader) and shard.last:  # its cut was found at one place twice when planned
+                outcome.truncated = (f"the bag's file ends early, at byte {reader.cut_offset} ({reader.cut}): its "
+                                     f"last message is at {reader.end_time} ns; the rows before it are kept")
+                outcome.cut_confirmed = True
     except BagDataError as error:
         outcome.truncated = str(error)
     except BagError as error:  # the bag would not open: a cut file is found when planning, so this is the disk
@@ -304,13 +312,15 @@ def _row(shard: Shard, track: TrackSummary, key: str) -> dict:
         "candidate_id": hashlib.sha1(f"{identity}|{shard.topic}|{track.track_id}|{track.best_ns}".encode())
         .hexdigest()[:20],
         "reported": track.dropped is None, "mask": track.mask,
+        "bag_id": shard.bag_id, "source_path": shard.bag,
     }
 
 
 def commit(out_dir: Path, shard: Shard, outcome: ShardOutcome) -> bool:
-    """Write the shard's rows (``rows.parquet``), thumbnails and ``shard.json`` into a private folder, then rename it
-    to ``OUT_DIR/shards/<id>`` in one step: a shard is committed whole or not at all. False when another run
-    committed it first (its results stand)."""
+    """Write the shard's rows (``rows.parquet``), thumbnails and ``shard.json`` into a private folder, flush them
+    and the folder to the disk (fsync), then rename it to ``OUT_DIR/shards/<id>`` in one step and flush that
+    folder: a shard is committed whole or not at all, also across a power cut. False when another run committed it
+    first (its results stand). An ``OSError`` (ENOSPC, EIO) leaves nothing committed and propagates."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -323,21 +333,40 @@ def commit(out_dir: Path, shard: Shard, outcome: ShardOutcome) -> bool:
     work = folder / f".work-{shard.id}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "thumbnails").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(outcome.rows, schema=ROW_SCHEMA), work / "rows.parquet")
-    for key, data in outcome.thumbnails.items():
-        (work / "thumbnails" / f"{key}.jpg").write_bytes(data)
-    record = {"shard": shard.as_dict(), "frames_read": outcome.frames_read,
-              "frames_processed": outcome.frames_processed, "frames_skipped": outcome.frames_skipped,
-              "frames_thinned": outcome.frames_thinned, "skipped_reasons": outcome.skipped_reasons[:20],
-              "seconds": round(outcome.seconds, 3),
-              "truncated": outcome.truncated, "rows": len(outcome.rows)}
-    (work / "shard.json").write_text(json.dumps(record, indent=1))
+    try:
+        pq.write_table(pa.Table.from_pylist(outcome.rows, schema=ROW_SCHEMA), work / "rows.parquet")
+        for key, data in outcome.thumbnails.items():
+            (work / "thumbnails" / f"{key}.jpg").write_bytes(data)
+        (work / "shard.json").write_text(json.dumps(shard_record(shard, outcome), indent=1))
+        for path in [*work.rglob("*"), work / "thumbnails", work]:
+            fsync_path(path)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     try:
         os.rename(work, final)
     except OSError:  # committed meanwhile by a worker of an earlier, interrupted run
         shutil.rmtree(work, ignore_errors=True)
         return False
+    fsync_path(folder)
     return True
+
+
+def shard_record(shard: Shard, outcome: ShardOutcome) -> dict:
+    """``shard.json``: the shard, its frame counts (skipped ones with their first reasons), seconds and cut."""
+    return {"shard": shard.as_dict(), "frames_read": outcome.frames_read,
+            "frames_processed": outcome.frames_processed, "frames_skipped": outcome.frames_skipped,
+            "frames_thinned": outcome.frames_thinned, "skipped_reasons": outcome.skipped_reasons[:20],
+            "seconds": round(outcome.seconds, 3), "truncated": outcome.truncated, "rows": len(outcome.rows)}
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's content (a folder: its entries) to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 RETRIES = 2
@@ -356,7 +385,7 @@ class ShardMiner:
     A failed attempt is tried again up to ``retries`` times, after ``backoff_s``, then twice as long each time."""
 
     def __init__(self, config: dict, out_dir: str, rate_hz: float | None = None, threads: int = 0,
-                 retries: int = RETRIES, backoff_s: float = BACKOFF_S):
+                 retries: int = RETRIES, backoff_s: float = BACKOFF_S, fingerprint: dict | None = None):
         import torch
 
         if threads:
@@ -368,7 +397,10 @@ class ShardMiner:
         self.pipeline = None
         self.load_error: str | None = None
         try:
-            self.pipeline = self.build_pipeline(ClipomalyConfig(**config))
+            settings = ClipomalyConfig(**config)
+            self.load_error = _fingerprint_refusal(settings, fingerprint)
+            if self.load_error is None:
+                self.pipeline = self.build_pipeline(settings)
         except Exception as error:  # noqa: BLE001 - said to the driver, which ends the run with it
             self.load_error = one_line(error)
 
@@ -383,11 +415,15 @@ class ShardMiner:
 
     def attempt(self, shard: Shard) -> tuple[str, ShardOutcome | None, str, int]:
         """``(outcome, what was mined or None, failure, attempts)`` for ``shard``: mined and committed, or every
-        attempt failed."""
-        failure = ""
+        attempt failed. Damage met while reading (a checksum mismatch, say) counts only once a second read meets it
+        at the same place: a different place, or none, was the disk, and the shard is read again."""
+        failure, damage = "", None
         for attempt in range(self.retries + 1):
             try:
                 outcome = self.mine(shard)
+                if outcome.truncated and not outcome.cut_confirmed and outcome.truncated != damage:
+                    damage = outcome.truncated
+                    raise ShardFailed(f"{outcome.truncated} (read again to tell damage from the disk)")
                 commit(self.out_dir, shard, outcome)
                 return ("truncated" if outcome.truncated else "committed"), outcome, "", attempt + 1
             except Exception as error:  # noqa: BLE001 - a failed attempt: nothing of it was committed
@@ -413,6 +449,28 @@ class ShardMiner:
                                ("attempts", attempts), ("seconds", outcome.seconds if outcome else 0.0)):
                 answers[key].append(value)
         return answers
+
+
+def _fingerprint_refusal(config: ClipomalyConfig, fingerprint: dict | None) -> str | None:
+    """Why this worker refuses to mine, or None: the files it would load (weights, ONNX models, dictionary) do not
+    hash to the driver's ``fingerprint``, or it would run at another numeric precision, or another version."""
+    if fingerprint is None:
+        return None
+    import torch
+
+    from ... import __version__
+    from ...core.fingerprint import files_differing, numeric_precision
+
+    differing = files_differing(config, fingerprint)
+    if "precision" in fingerprint and numeric_precision(config.device, torch.cuda.is_available()) != \
+            fingerprint["precision"]:
+        differing.append("precision (give --device, or --gpus-per-worker, to say where the workers run)")
+    if fingerprint.get("package_version", __version__) != __version__:
+        differing.append(f"package_version ({__version__} here)")
+    if not differing:
+        return None
+    return (f"this worker's files or settings differ from the run's fingerprint: {', '.join(differing)}; every "
+            "node needs the same files at the same paths and the same package version")
 
 
 def one_line(error: BaseException) -> str:

@@ -153,3 +153,87 @@ def _camera_info(types, header):
         header=header, height=camera.height, width=camera.width, distortion_model="plumb_bob", d=np.zeros(5),
         k=camera.k.ravel(), r=np.eye(3).ravel(), p=np.zeros(12), binning_x=0, binning_y=0,
         roi=types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+
+
+VEHICLE_TOPIC = "/front/image_raw"
+VEHICLE_FRAMES = ("base_link", "camera_link", "camera_optical_frame")
+"""The frames a vehicle bag's /tf_static chains: base_link -> camera_link (1.5 m up, level) -> the optical frame
+the images are stamped in."""
+
+
+def write_vehicle_bag(path: Path, frames: int = FRAMES, rate_hz: float = RATE_HZ, size: tuple[int, int] = SIZE,
+                      appearances=(), storage: str = "mcap", plain_frames: bool = False) -> Path:
+    """One rosbag2 folder at ``path`` as a vehicle records it: every frame an image on :data:`VEHICLE_TOPIC`
+    (``size`` (height, width) pixels, ``rate_hz`` frames a second) beside its camera_info, /tf (odom -> base_link,
+    driving at 10 m/s) at the frame rate, and /tf_static (:data:`VEHICLE_FRAMES`) once at the start. The
+    :class:`Appearance` entries of ``appearances`` on that topic are drawn as :func:`write_fleet` draws them;
+    ``plain_frames``: one rendered street for every frame (a long bag written fast). ``storage``: mcap or sqlite3."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from ...ros.bags import typestore_with_built_msgs
+
+    store = typestore_with_built_msgs()
+    period = round(1e9 / rate_hz)
+    plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
+    plain = render_street(*size, [], seed=0)[0] if plain_frames else None
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        image_topic = writer.add_connection(VEHICLE_TOPIC, "sensor_msgs/msg/Image", typestore=store)
+        info_topic = writer.add_connection(camera_info_topic_for(VEHICLE_TOPIC), "sensor_msgs/msg/CameraInfo",
+                                           typestore=store)
+        tf_topic = writer.add_connection("/tf", "tf2_msgs/msg/TFMessage", typestore=store)
+        static_topic = writer.add_connection("/tf_static", "tf2_msgs/msg/TFMessage", typestore=store)
+        writer.write(static_topic, FIRST_STAMP_NS, store.serialize_cdr(_static_transforms(store, FIRST_STAMP_NS),
+                                                                       "tf2_msgs/msg/TFMessage"))
+        for index in range(frames):
+            stamp = FIRST_STAMP_NS + index * period
+            header = _header(store, stamp, VEHICLE_FRAMES[-1])
+            objects = [(a.name, (a.box[0] + index - a.first, a.box[1], a.box[2] + index - a.first, a.box[3]))
+                       for a in appearances if a.topic == VEHICLE_TOPIC and a.first <= index <= a.last]
+            image = plain if plain is not None else render_street(*size, objects, seed=index)[0]
+            message = store.types["sensor_msgs/msg/Image"](header=header, height=size[0], width=size[1],
+                                                           encoding="rgb8", is_bigendian=0, step=size[1] * 3,
+                                                           data=image.reshape(-1).copy())
+            writer.write(info_topic, stamp, store.serialize_cdr(_sized_camera_info(store, header, size),
+                                                                "sensor_msgs/msg/CameraInfo"))
+            writer.write(image_topic, stamp, store.serialize_cdr(message, "sensor_msgs/msg/Image"))
+            writer.write(tf_topic, stamp, store.serialize_cdr(_odometry(store, stamp, index / rate_hz * 10.0),
+                                                              "tf2_msgs/msg/TFMessage"))
+    return path
+
+
+def _header(store, stamp: int, frame_id: str):
+    types = store.types
+    return types["std_msgs/msg/Header"](
+        stamp=types["builtin_interfaces/msg/Time"](sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id=frame_id)
+
+
+def _transform(store, stamp: int, parent: str, child: str, translation, quaternion):
+    types = store.types
+    return types["geometry_msgs/msg/TransformStamped"](
+        header=_header(store, stamp, parent), child_frame_id=child,
+        transform=types["geometry_msgs/msg/Transform"](
+            translation=types["geometry_msgs/msg/Vector3"](**dict(zip("xyz", map(float, translation)))),
+            rotation=types["geometry_msgs/msg/Quaternion"](**dict(zip("xyzw", map(float, quaternion))))))
+
+
+def _static_transforms(store, stamp: int):
+    base, link, optical = VEHICLE_FRAMES
+    return store.types["tf2_msgs/msg/TFMessage"](transforms=[
+        _transform(store, stamp, base, link, (0.0, 0.0, 1.5), (0.0, 0.0, 0.0, 1.0)),
+        _transform(store, stamp, link, optical, (0.0, 0.0, 0.0), (-0.5, 0.5, -0.5, 0.5))])
+
+
+def _odometry(store, stamp: int, x_m: float):
+    return store.types["tf2_msgs/msg/TFMessage"](transforms=[
+        _transform(store, stamp, "odom", VEHICLE_FRAMES[0], (x_m, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0))])
+
+
+def _sized_camera_info(store, header, size: tuple[int, int]):
+    """The camera_info of a level pinhole camera of ``size`` (height, width) pixels, focal length its width."""
+    height, width = size
+    k = np.array([[width, 0, width / 2], [0, width, height / 2], [0, 0, 1]], dtype=float)
+    types = store.types
+    return types["sensor_msgs/msg/CameraInfo"](
+        header=header, height=height, width=width, distortion_model="plumb_bob", d=np.zeros(5), k=k.ravel(),
+        r=np.eye(3).ravel(), p=np.zeros(12), binning_x=0, binning_y=0,
+        roi=types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))

@@ -1,0 +1,279 @@
+"""clipomaly release: reviewed finds to a versioned release, its provenance, bad reviews, and the loop measured on a
+generated fleet (toy backend)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipomaly_ros.core.config import read_parameter_file
+from clipomaly_ros.tools.calibration import SearchSpace
+from clipomaly_ros.tools.release.build import ReleaseOptions, build_release
+from clipomaly_ros.tools.release.inputs import REVIEWS, ReleaseError, check_same_weights, read_mined, tree_hash
+from clipomaly_ros.tools.release.trial import GNOME, prepare_trial
+from clipomaly_ros.tools.release.vocabulary import merge_vocabulary, normalise
+
+SMALL_SPACE = SearchSpace(thresholds=(0.5, 0.6), areas=(100, 400), radii=(2,), crop_weights=(0.5,))
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory):
+    """The trial fleet, indexed from its truth with false alarms (every kind of decision), reviewed by the script
+    (10 % wrong) and released once."""
+    folder = tmp_path_factory.mktemp("trial")
+    mined, held_out, config = prepare_trial(folder, error_rate=0.1, held_out=(2, 3), mine=False)
+    options = ReleaseOptions([mined], folder / "release", config, space=SMALL_SPACE, eval_data=held_out)
+    return {"folder": folder, "mined": mined, "held_out": held_out, "config": config, "options": options,
+            "record": build_release(options, log=lambda message: None)}
+
+
+def test_names_are_normalised_and_covered_names_reported_not_added():
+    assert normalise("  Garden   Gnomes ") == "garden gnome"
+    assert normalise("Boxes.") == "box" and normalise("puppies") == "puppy" and normalise("glass") == "glass"
+    assert normalise("bus") == "bus" and normalise("Dogs", known=("dogs",)) == "dogs"
+    change = merge_vocabulary(["Garden Gnomes", "garden gnome", "Tires", "car", "Mattress", "sofa"],
+                              vocabulary=("tire", "rock"), known_classes=("road", "car"),
+                              dictionary=("mattress", "dog"))
+    assert change.added == {"garden gnome": 2, "sofa": 1}
+    assert change.vocabulary == ("tire", "rock", "garden gnome", "sofa")
+    assert change.covered == {"tire": "already in anomaly_vocabulary", "car": "a known class",
+                              "mattress": "in the naming dictionary"}
+    assert change.mapping == {"Garden Gnomes": "garden gnome", "Tires": "tire", "Mattress": "mattress"}
+
+
+def test_the_release_names_the_gnome_and_beats_its_parent_on_held_out_drives(trial):
+    record, release = trial["record"], trial["folder"] / "release"
+    assert GNOME in record["vocabulary"]["added"]
+    assert record["reviews"]["lines"] == 20 and sum(record["reviews"]["decisions"].values()) == 20
+    old, new = record["comparison"]["old"], record["comparison"]["new"]
+    assert new["named_accuracy"] > old["named_accuracy"] and new["component_f1"] > old["component_f1"]
+    changelog = (release / "CHANGELOG.md").read_text()
+    assert f"added {GNOME}" in changelog
+    assert f"{100 * (new['named_accuracy'] - old['named_accuracy']):+.1f} points" in changelog
+    assert record["calibration"]["ran"] and record["labelled_frames"]["calibration/held_out"] > 0
+    assert (release / "disagreement.png").is_file()
+
+
+def test_the_parameter_file_is_taken_as_it_is_and_carries_the_release_id(trial):
+    from clipomaly_ros import load_config
+
+    path = trial["folder"] / "release" / "clipomaly.yaml"
+    parameters = read_parameter_file(path)
+    assert parameters["release_id"] == trial["record"]["release_id"]
+    config = load_config(path)
+    assert GNOME in config.anomaly_vocabulary and config.backend == "toy"
+    provenance = yaml.safe_load("\n".join(line[4:] for line in path.read_text().splitlines()
+                                          if line.startswith("#   ")))
+    assert provenance["inputs"]["mined"][0]["reviews"] == tree_hash(trial["mined"] / REVIEWS)
+    assert provenance["inputs"]["dictionary"].startswith("sha256:")
+    calibration = trial["record"]["calibration"]
+    assert provenance["calibration"]["figures"]["searched"]["chosen"] == calibration["figures"]["chosen"]["mean_f1"]
+    assert provenance["calibration"]["figures"]["held_out"]["starting"] == calibration["held_out"]["default"]["mean_f1"]
+
+
+def test_the_dvc_file_lists_every_output_with_its_md5(trial):
+    import hashlib
+
+    release = trial["folder"] / "release"
+    outs = yaml.safe_load((release / "release.dvc").read_text())["outs"]
+    files = sorted(p.relative_to(release).as_posix() for p in release.rglob("*") if p.is_file())
+    assert [out["path"] for out in outs] == [f for f in files if f != "release.dvc"]
+    for out in outs:
+        data = (release / out["path"]).read_bytes()
+        assert out["md5"] == hashlib.md5(data).hexdigest() and out["size"] == len(data)
+
+
+def test_the_same_inputs_give_the_same_id_and_identical_files(trial, tmp_path):
+    options = trial["options"]
+    again = ReleaseOptions(options.mined, tmp_path / "again", options.config, space=options.space,
+                           eval_data=options.eval_data)
+    record = build_release(again, log=lambda message: None)
+    assert record["release_id"] == trial["record"]["release_id"]
+    first, second = options.output, again.output
+    for path in sorted(p for p in first.rglob("*") if p.is_file()):
+        assert (second / path.relative_to(first)).read_bytes() == path.read_bytes(), path.name
+
+
+def test_a_child_release_made_by_the_command_names_its_parent(trial, tmp_path, capsys):
+    from clipomaly_ros.tools.cli import main
+
+    parent, child = trial["options"].output, tmp_path / "child"
+    assert main(["release", str(trial["mined"]), "-o", str(child), "--from", str(parent), "--finetune"]) == 0
+    record = json.loads((child / "release.json").read_text())
+    assert record["parent"] == trial["record"]["release_id"] != record["release_id"]
+    changelog = (child / "CHANGELOG.md").read_text()
+    assert changelog.count("## rel-") == 2 and f"parent {trial['record']['release_id']}" in changelog
+    printed = capsys.readouterr().out
+    assert f"added {GNOME}" not in printed and "already in anomaly_vocabulary" in printed  # the parent has it
+    labels = sorted((child / "finetune" / "labels").glob("*.png"))
+    assert labels and record["finetune"]["command"].startswith("clipomaly finetune child/finetune")
+    from clipomaly_ros.core.datasets import read_label
+
+    car = trial["config"].known_classes.index("car")
+    assert {int(v) for label in labels for v in set(read_label(label).ravel().tolist())} == {car, 255}
+
+
+def test_the_command_refuses_with_one_line(trial, tmp_path, capsys):
+    from clipomaly_ros.tools.cli import main
+
+    release = str(trial["options"].output)
+    for argv, expected in (
+            (["release", str(trial["mined"])], "-o RELEASE_DIR"),
+            (["release", "diff", release], "two release folders"),
+            (["release", str(trial["mined"]), "-o", str(tmp_path / "r"), "--from", release, "--config", "x.yaml"],
+             "--from and --config both given"),
+            (["release", str(tmp_path / "nowhere"), "-o", str(tmp_path / "r")], "no such folder")):
+        assert main(argv) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and expected in error[0], error
+
+
+def _copy_mined(trial, tmp_path) -> Path:
+    mined = tmp_path / "mined"
+    shutil.copytree(trial["mined"], mined)
+    return mined
+
+
+def test_bad_review_lines_are_reported_and_the_valid_ones_used(trial, tmp_path):
+    mined = _copy_mined(trial, tmp_path)
+    candidates = sorted(read_mined(mined).rows)
+    with open(mined / REVIEWS, "a") as stream:
+        stream.write(json.dumps({"candidate_id": "nowhere-9", "decision": "accept", "name": "sofa"}) + "\n")
+        stream.write(json.dumps({"candidate_id": candidates[0], "decision": "maybe"}) + "\n")
+        stream.write(json.dumps({"candidate_id": candidates[1], "decision": "reject", "reviewer": "bea"}) + "\n")
+        stream.write(json.dumps({"candidate_id": candidates[1], "decision": "accept", "name": GNOME,
+                                 "reviewer": "carl"}) + "\n")
+        stream.write('{"candidate_id": "' + candidates[2] + '", "deci')  # cut mid-line
+    run = read_mined(mined)
+    assert any("nowhere-9" in p and "not in the index" in p for p in run.problems)
+    assert any("'maybe'" in p for p in run.problems)
+    assert any("cut mid-line" in p for p in run.problems)
+    assert len(run.problems) == 3 and len(run.conflicts) == 1 and candidates[1] in run.conflicts[0]
+    assert candidates[1] not in run.decisions  # left out by default
+    assert read_mined(mined, conflicts="latest").decisions[candidates[1]].decision == "accept"
+    with pytest.raises(ReleaseError, match="conflicting decisions on"):
+        read_mined(mined, conflicts="refuse")
+    options = ReleaseOptions([mined], tmp_path / "strict", trial["config"], strict=True)
+    with pytest.raises(ReleaseError, match=r"^4 problems in the reviews \(--strict\), first "):
+        build_release(options, log=lambda message: None)
+
+
+def test_reviews_of_a_run_mined_with_other_weights_are_refused_naming_both(trial, tmp_path):
+    mined = _copy_mined(trial, tmp_path)
+    checkpoint = tmp_path / "other.safetensors"
+    checkpoint.write_bytes(b"other weights")
+    run_file = mined / "run.json"
+    content = json.loads(run_file.read_text())
+    content["fingerprint"]["checkpoint"] = "sha256:" + "ab" * 32
+    run_file.write_text(json.dumps(content))
+    first, other = read_mined(trial["mined"]), read_mined(mined)
+    with pytest.raises(ReleaseError) as refused:
+        check_same_weights([first, other], None, "")
+    assert first.weights_id in str(refused.value) and other.weights_id in str(refused.value)
+    with pytest.raises(ReleaseError, match="never mixes weights"):
+        build_release(ReleaseOptions([mined], tmp_path / "mixed", trial["config"]), log=lambda message: None)
+    line = json.dumps({"candidate_id": sorted(first.rows)[0], "decision": "reject", "weights": "weights:0123456789ab"})
+    (mined / REVIEWS).write_text(line + "\n")
+    run_file.write_text(json.dumps(json.loads((trial["mined"] / "run.json").read_text())))
+    with pytest.raises(ReleaseError, match=f"weights:0123456789ab.*{first.weights_id}"):
+        read_mined(mined)
+    line = json.dumps({"candidate_id": sorted(first.rows)[0], "decision": "reject", "model_version": "clipomaly-x"})
+    (mined / REVIEWS).write_text(line + "\n")
+    with pytest.raises(ReleaseError, match="reviewed against clipomaly-x, but .* was mined with clipomaly-"):
+        read_mined(mined)
+
+
+def test_diff_shows_the_vocabulary_the_thresholds_and_both_sides_figures(trial, tmp_path, capsys):
+    from clipomaly_ros.tools.release.report import release_diff
+
+    new = trial["options"].output
+    old = tmp_path / "old"
+    shutil.copytree(new, old)
+    parameters_file = old / "clipomaly.yaml"
+    document = yaml.safe_load(parameters_file.read_text())
+    values = document["/**/clipomaly"]["ros__parameters"]
+    values["anomaly_vocabulary"] = [n for n in values["anomaly_vocabulary"] if n != GNOME] + ["sofa"]
+    values["min_region_area"], values["release_id"] = 100, "rel-old"
+    parameters_file.write_text(yaml.safe_dump(document))
+    (old / "release.json").write_text(json.dumps({"release_id": "rel-old"}))
+    text = release_diff(old, new, trial["held_out"], tmp_path / "diff.png")
+    assert f"rel-old -> {trial['record']['release_id']}" in text
+    assert f"vocabulary added: {GNOME}" in text and "vocabulary removed: sofa" in text
+    assert f"min_region_area: 100 -> {values_of(new)['min_region_area']}" in text
+    assert "| named-anomaly accuracy |" in text and "| component F1 |" in text and "| FPR95" in text
+    assert (tmp_path / "diff.png").is_file()
+    assert "vocabulary added: none" in release_diff(new, new) and "(unchanged)" in release_diff(new, new)
+    from clipomaly_ros.tools.cli import main
+
+    assert main(["release", "diff", str(old), str(new)]) == 0
+    assert f"vocabulary added: {GNOME}" in capsys.readouterr().out
+
+
+def values_of(release: Path) -> dict:
+    return yaml.safe_load((release / "clipomaly.yaml").read_text())["/**/clipomaly"]["ros__parameters"]
+
+
+def test_labels_from_decisions_confirmed_one_known_or_rejected_zero_undecided_ignored():
+    import numpy as np
+
+    from clipomaly_ros.tools.release.frames import ReviewedFrame, calibration_label, finetune_label
+    from clipomaly_ros.tools.release.inputs import Decision
+    from clipomaly_ros.tools.release.trial import encode_mask
+
+    def square(x0: int) -> np.ndarray:
+        mask = np.zeros((20, 40), bool)
+        mask[5:15, x0:x0 + 8] = True
+        return mask
+
+    corrected = square(30)
+    corrected[5:15, 30:34] = False  # the reviewer's corrected mask: half the square
+    rows = [{"candidate_id": str(i), "mask": encode_mask(square(x0))} for i, x0 in enumerate((0, 10, 20, 30))]
+    decisions = [Decision("0", "known_class", "", "car", "ana", None), None,
+                 Decision("2", "reject", "", "", "ana", None),
+                 Decision("3", "rename", GNOME, "", "ana", encode_mask(corrected))]
+    frame = ReviewedFrame("bag", "drive", "/image", 1, list(zip(rows, decisions)))
+    label = calibration_label(frame, (20, 40))
+    assert (label[square(0)] == 0).all() and (label[square(10)] == 255).all() and (label[square(20)] == 0).all()
+    assert (label[corrected] == 1).all() and (label[square(30) & ~corrected] == 0).all()
+    assert (label == 1).sum() == corrected.sum()
+    tuned = finetune_label(frame, (20, 40), ("road", "car"))
+    assert (tuned[square(0)] == 1).all() and (tuned[~square(0)] == 255).all()
+    assert finetune_label(frame, (20, 40), ("road",)) is None  # car is no known class there: nothing to learn
+
+
+def test_an_index_without_bag_id_and_source_path_finds_its_bags_through_the_summary(trial, tmp_path):
+    import pyarrow.parquet as pq
+
+    from clipomaly_ros.tools.release.frames import read_frame_images, reviewed_frames
+
+    mined = _copy_mined(trial, tmp_path)
+    part = mined / "anomalies.parquet" / "part-0.parquet"
+    table = pq.read_table(part)
+    paths = dict(zip(table.column("bag").to_pylist(), table.column("source_path").to_pylist()))
+    pq.write_table(table.drop_columns(["bag_id", "source_path"]), part)
+    summary = json.loads((mined / "summary.json").read_text())
+    (mined / "summary.json").write_text(json.dumps(summary | {"per_bag": [{"bag": b, "path": p}
+                                                                          for b, p in paths.items()]}))
+    problems: list[str] = []
+    frames = reviewed_frames([read_mined(mined)])
+    assert len(read_frame_images(frames, problems)) == len(frames) > 0 and problems == []
+    (mined / "summary.json").write_text(json.dumps(summary))
+    problems = []
+    assert read_frame_images(reviewed_frames([read_mined(mined)]), problems) == {}
+    assert len(problems) == 1 and "no source_path" in problems[0]
+
+
+def test_the_loop_on_mined_drives_beats_its_parent_on_other_drives(tmp_path):
+    """mine -> scripted review (10 % wrong) -> release -> the release against its parent on other drives."""
+    mined, held_out, config = prepare_trial(tmp_path, error_rate=0.1, held_out=(2, 3))
+    rows = read_mined(mined).rows
+    assert any(not row["reported"] for row in rows.values())  # the gnomes: dropped by naming today
+    options = ReleaseOptions([mined], tmp_path / "release", config, space=SMALL_SPACE, eval_data=held_out)
+    record = build_release(options, log=lambda message: None)
+    assert GNOME in record["vocabulary"]["added"]
+    old, new = record["comparison"]["old"], record["comparison"]["new"]
+    assert new["named_accuracy"] > old["named_accuracy"] and new["component_f1"] > old["component_f1"]
+    assert f"{100 * (new['component_f1'] - old['component_f1']):+.1f} points" in (
+        options.output / "CHANGELOG.md").read_text()

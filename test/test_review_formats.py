@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from pycocotools.coco import COCO
-from review_fixtures import SCHEMA, island_mask, write_mined
+from review_fixtures import island_mask, write_mined
 
-from clipomaly_ros.tools.mining.report import write_index
+from clipomaly_ros.tools.mining.report import ROW_SCHEMA, write_index
 from clipomaly_ros.tools.review import decisions, masks
 from clipomaly_ros.tools.review.exchange import detect, export, import_file
 from clipomaly_ros.tools.review.formats import FormatError
@@ -268,7 +268,7 @@ def test_cvat_task_size_counts_frames_not_candidates(tmp_path):
     for row in rows:
         row["best_stamp_ns"] = rows[0]["best_stamp_ns"]   # four candidates seen in one frame
     shutil.rmtree(tmp_path / "shared" / "anomalies.parquet")
-    write_index(tmp_path / "shared", pa.Table.from_pylist(rows, schema=SCHEMA))
+    write_index(tmp_path / "shared", pa.Table.from_pylist(rows, schema=ROW_SCHEMA))
     export(load_index(tmp_path / "shared"), "cvat", tmp_path / "task.xml")
     root = ElementTree.parse(tmp_path / "task.xml").getroot()
     assert len(list(root.iter("mask"))) == 4 and root.findtext("meta/task/size") == "1"

@@ -13,7 +13,7 @@ import pytest
 from clipomaly_ros import Clipomaly, ClipomalyConfig
 from clipomaly_ros.tools.mining.plan import plan
 from clipomaly_ros.tools.mining.report import ROW_SCHEMA, report_html, summarise, write_index
-from clipomaly_ros.tools.mining.shard import mine_shard
+from clipomaly_ros.tools.mining.shard import candidate_id, mine_shard
 from clipomaly_ros.tools.mining.synthetic import Appearance, write_fleet
 from clipomaly_ros.tools.review import masks
 from clipomaly_ros.tools.review.index import MinedFolderError, load_index
@@ -61,6 +61,9 @@ def test_candidate_ids_stay_when_the_drive_is_mined_again_from_another_path(shar
     assert sorted(row["candidate_id"] for row in there) == sorted(row["candidate_id"] for row in here)
     assert {row["source_path"] for row in there} == {str(moved)} and {row["bag_id"] for row in there} == {
         row["bag_id"] for row in here}
+    # the first stamp, not the best one, which another model or threshold may move to another frame
+    assert all(row["candidate_id"] == candidate_id(row["bag_id"], row["topic"], row["track"], row["first_stamp_ns"])
+               for row in here)
 
 
 def test_regions_naming_dropped_are_rows_not_reported(shard, tmp_path):

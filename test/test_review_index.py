@@ -58,6 +58,7 @@ def test_candidate_ids_stay_when_the_drive_is_mined_again_from_another_path(shar
     (elsewhere,) = [s for bag in plans for s in bag.shards]
     assert elsewhere.bag != shard.bag
     here, there = (mine_shard(pipeline(tmp_path), s).rows for s in (shard, elsewhere))
+    assert {"bag_id", "source_path"} <= set(ROW_SCHEMA.names)             # the frame reference in the row itself
     assert sorted(row["candidate_id"] for row in there) == sorted(row["candidate_id"] for row in here)
     assert {row["source_path"] for row in there} == {str(moved)} and {row["bag_id"] for row in there} == {
         row["bag_id"] for row in here}

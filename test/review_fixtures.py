@@ -16,9 +16,6 @@ from clipomaly_ros.tools.review.index import frame_key
 
 HEIGHT, WIDTH = 48, 64
 NAMES = ("mattress", "tire", "deer", "cardboard box", "traffic cone")
-SCHEMA = pa.schema(list(ROW_SCHEMA) + [pa.field(name, pa.string()) for name in ("bag_id", "source_path")
-                                       if name not in ROW_SCHEMA.names])
-"""The index's schema with the frame reference's columns (the bag's content id and path)."""
 
 
 def island_mask(index: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
@@ -62,7 +59,7 @@ def write_mined(folder: Path, count: int = 12, bags: int = 2, frames: bool = Tru
             picture = np.full((HEIGHT, WIDTH, 3), 60, np.uint8)
             picture[mask] = (200, 120, 40)
             cv2.imwrite(str(folder / "frames" / f"{frame_key(rows[-1])}.png"), picture)
-    write_index(folder, pa.Table.from_pylist(rows, schema=SCHEMA))
+    write_index(folder, pa.Table.from_pylist(rows, schema=ROW_SCHEMA))
     (folder / "run.json").write_text(json.dumps({"fingerprint": {"model": "ViT-B-16", "known_classes": [
         "road", "sidewalk", "car", "person"], "anomaly_vocabulary": ["tire", "rock"]}}))
     return rows

@@ -17,15 +17,14 @@ from pathlib import Path
 
 import pytest
 from review_fixtures import write_mined
+from selenium import webdriver  # the test extra holds it: a missing selenium fails, as a missing browser does
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from clipomaly_ros.tools.review import decisions
 from clipomaly_ros.tools.review.index import load_index
 from clipomaly_ros.tools.review.server import ReviewServer
-
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra: pip install -e '.[test]'")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 SCREENSHOTS = os.environ.get("REVIEW_SCREENSHOTS")
 """A folder to keep the page's screenshots in (docs/ takes them from there)."""
@@ -164,3 +163,29 @@ def test_ten_thousand_candidates_key_to_next_candidate(browser, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def test_a_decision_that_fails_to_save_leaves_the_previous_one(browser, tmp_path, monkeypatch):
+    folder = tmp_path / "mined"
+    write_mined(folder, count=4)
+    server = serving(folder, "ann")
+    try:
+        open_page(browser, server.url)
+        press(browser, "a", "c00001")
+        saved_lines(folder, 1)
+        card = '.card[data-id="c00000"] .badge'
+        WebDriverWait(browser, 60).until(lambda b: b.find_element(By.CSS_SELECTOR, card).text == "accept")
+        press(browser, Keys.ARROW_LEFT, "c00000")
+
+        def broken(body):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(server, "record", broken)
+        browser.find_element(By.TAG_NAME, "body").send_keys("x")
+        WebDriverWait(browser, 60).until(lambda b: "not saved" in b.find_element(By.ID, "status").text)
+        assert browser.find_element(By.CSS_SELECTOR, card).text == "accept"      # not "reject", not nothing
+        assert browser.find_element(By.ID, "progress").text == "1 of 4 reviewed"
+        assert len(decisions.read_log(folder).lines) == 1
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -41,6 +41,8 @@ def test_export_then_import_into_another_copy(tmp_path, capsys):
 def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["review", str(tmp_path), "--port", "0"]) == 2
     assert "has no anomalies.parquet" in capsys.readouterr().err
+    assert main(["review", str(tmp_path), "--conflicts"]) == 2
+    assert "has no anomalies.parquet" in capsys.readouterr().err
     write_mined(tmp_path, count=2)
     assert main(["export", "--format", "coco", "-o", str(tmp_path / "x.json")]) == 2
     assert "needs both MINED and --format" in capsys.readouterr().err

@@ -88,3 +88,11 @@ def test_disagreements_are_listed(tmp_path):
     assert [c["candidate_id"] for c in found] == ["c1"]
     assert set(found[0]["reviewers"]) == {"ann", "bob"}
     assert "c1  bob: known_class car" in decisions.conflict_text(found)
+
+
+@pytest.mark.parametrize("given", ["2026-12-01T09:15:30.25Z", "2026-12-01T09:15:30.250000z",
+                                   "2026-12-01T10:15:30.250+01:00", "2026-12-01T09:15:30.250"])
+def test_times_with_a_zulu_zone_are_read_as_utc(given):
+    assert decisions.iso_utc(given) == "2026-12-01T09:15:30.250Z"
+    with pytest.raises(DecisionError, match="not ISO 8601"):
+        decisions.iso_utc("yesterday Z")

@@ -4,6 +4,8 @@ rows of their own."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -11,10 +13,10 @@ import pytest
 from clipomaly_ros import Clipomaly, ClipomalyConfig
 from clipomaly_ros.tools.mining.plan import plan
 from clipomaly_ros.tools.mining.report import ROW_SCHEMA, report_html, summarise, write_index
-from clipomaly_ros.tools.mining.shard import mine_shard
+from clipomaly_ros.tools.mining.shard import candidate_id, mine_shard
 from clipomaly_ros.tools.mining.synthetic import Appearance, write_fleet
 from clipomaly_ros.tools.review import masks
-from clipomaly_ros.tools.review.index import load_index
+from clipomaly_ros.tools.review.index import MinedFolderError, load_index
 
 DRIVE = (Appearance("drive_a", "/front/image_raw", "mattress", 1, 4, (120, 150, 200, 200)),
          Appearance("drive_a", "/front/image_raw", "deer", 6, 9, (90, 140, 150, 210)))
@@ -49,6 +51,22 @@ def test_rows_carry_a_stable_unique_id_and_the_best_frames_mask(shard, tmp_path)
     assert table.column("mask").type == ROW_SCHEMA.field("mask").type
 
 
+def test_candidate_ids_stay_when_the_drive_is_mined_again_from_another_path(shard, tmp_path):
+    moved = tmp_path / "archive" / "renamed_drive"
+    shutil.copytree(shard.bag, moved)                           # the same content, another path and folder name
+    plans, _ = plan([moved.parent], None, window_s=60.0)
+    (elsewhere,) = [s for bag in plans for s in bag.shards]
+    assert elsewhere.bag != shard.bag
+    here, there = (mine_shard(pipeline(tmp_path), s).rows for s in (shard, elsewhere))
+    assert {"bag_id", "source_path"} <= set(ROW_SCHEMA.names)             # the frame reference in the row itself
+    assert sorted(row["candidate_id"] for row in there) == sorted(row["candidate_id"] for row in here)
+    assert {row["source_path"] for row in there} == {str(moved)} and {row["bag_id"] for row in there} == {
+        row["bag_id"] for row in here}
+    # the first stamp, not the best one, which another model or threshold may move to another frame
+    assert all(row["candidate_id"] == candidate_id(row["bag_id"], row["topic"], row["track"], row["first_stamp_ns"])
+               for row in here)
+
+
 def test_regions_naming_dropped_are_rows_not_reported(shard, tmp_path):
     (tmp_path / "names.txt").write_text("car\nperson\n")    # nothing but known classes can name the objects
     rows = mine_shard(pipeline(tmp_path, anomaly_vocabulary=(), naming_dictionary=str(tmp_path / "names.txt")),
@@ -76,7 +94,7 @@ def test_regions_naming_dropped_are_rows_not_reported(shard, tmp_path):
 
 def test_an_index_partitioned_by_bag_and_content_id_reads_the_id_as_text(tmp_path):
     import pyarrow.dataset as ds
-    from review_fixtures import SCHEMA, write_mined
+    from review_fixtures import write_mined
 
     rows = write_mined(tmp_path, count=3, frames=False)
     for row in rows:
@@ -84,8 +102,26 @@ def test_an_index_partitioned_by_bag_and_content_id_reads_the_id_as_text(tmp_pat
     folder = tmp_path / "anomalies.parquet"
     for part in folder.rglob("*.parquet"):
         part.unlink()
-    ds.write_dataset(pa.Table.from_pylist(rows, schema=SCHEMA), folder, format="parquet", existing_data_behavior=
+    ds.write_dataset(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), folder, format="parquet", existing_data_behavior=
                      "overwrite_or_ignore", partitioning=ds.partitioning(
                          pa.schema([("bag", pa.string()), ("bag_id", pa.string())]), flavor="hive"))
     index = load_index(tmp_path)
     assert {row["bag_id"] for row in index.rows} == {"0123456789012345"} and len(index.rows) == 3
+
+
+def test_rows_of_shards_mined_by_an_older_version_are_reported(tmp_path):
+    import pyarrow.parquet as pq
+    from review_fixtures import write_mined
+
+    from clipomaly_ros.tools.mining.report import read_rows
+
+    rows = write_mined(tmp_path, count=4, frames=False)
+    older = [name for name in ROW_SCHEMA.names if name not in ("candidate_id", "reported", "mask")]
+    for shard, part in (("old", rows[:2]), ("new", rows[2:])):       # a run that resumed an older run's shards
+        (tmp_path / "shards" / shard).mkdir(parents=True)
+        table = pa.Table.from_pylist(part, schema=ROW_SCHEMA)
+        pq.write_table(table.select(older) if shard == "old" else table, tmp_path / "shards" / shard / "rows.parquet")
+    write_index(tmp_path, read_rows(tmp_path, ["old", "new"]))
+    with pytest.raises(MinedFolderError, match="2 of 4 rows have no candidate_id or mask: .* older version; mine "
+                                               "again"):
+        load_index(tmp_path)

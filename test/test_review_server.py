@@ -9,12 +9,16 @@ import json
 import os
 import threading
 
+import numpy as np
 import pytest
 from review_fixtures import write_mined
 
-from clipomaly_ros.tools.review import decisions
+from clipomaly_ros.tools.review import decisions, masks
 from clipomaly_ros.tools.review.index import load_index
-from clipomaly_ros.tools.review.server import MAX_BODY, ReviewServer
+from clipomaly_ros.tools.review.server import MAX_BODY, ReviewHandler, ReviewServer
+
+SHORT_COUNTS = {"size": [48, 64], "counts": masks.encode(np.zeros((48, 63), bool))["counts"]}
+"""A 48 x 63 mask's counts under a 48 x 64 size: well formed, a column short."""
 
 
 @pytest.fixture
@@ -101,8 +105,17 @@ def test_files_inside_are_served(server):
     ({"candidate_id": "c00001", "decision": "rename"}, 400, "name is required"),
     ({"candidate_id": "c00001", "decision": "known_class", "known_class": "boat"}, 400, "not one of the known"),
     ({"candidate_id": "c00001", "decision": "reject", "reviewer": "mallory"}, 400, "unknown key"),
-    ({"candidate_id": "c00001", "decision": "reject", "mask": {"size": [2, 2], "counts": "0"}}, 400, "frame's size"),
+    ({"candidate_id": "c00001", "decision": "reject", "mask": masks.encode(np.ones((2, 2), bool))}, 400,
+     "frame's size"),
     ({"candidate_id": "c00001", "decision": "reject", "seconds": "soon"}, 400, "seconds"),
+    ({"candidate_id": "c00001", "decision": "reject", "mask": SHORT_COUNTS}, 400, "counts add up to 3024"),
+    ({"candidate_id": "c00001", "decision": "accept", "mask": masks.encode(np.zeros((48, 64), bool))}, 400,
+     "must hold pixels"),
+    ({"candidate_id": "c00001", "decision": "rename", "name": "car"}, 400, "use known_class"),
+    ({"candidate_id": "c00001", "decision": "reject", "mask": {"size": [48, 64], "counts": "0o"}}, 400,
+     "end in the middle of a run"),
+    ({"candidate_id": "c00001", "decision": "reject", "mask": {"size": [48, 64], "counts": "0 "}}, 400,
+     "which no compressed RLE holds"),
     (["c00001", "accept"], 400, "JSON object"),
     (b"{\"candidate_id\": \"c00001\", \"deci", 400, "not JSON"),
     (b"\xff\xfe", 400, "not JSON"),
@@ -139,3 +152,50 @@ def test_decisions_are_kept_and_a_restarted_server_shows_them(server, tmp_path):
     finally:
         again.shutdown()
         again.server_close()
+
+
+@pytest.mark.parametrize("length", ["²", "12 ", "0x10"])
+def test_odd_content_lengths_get_411(server, length):
+    status, answer = request(server, "POST", "/api/decisions", b"{}", headers={"Content-Length": length})
+    assert status == 411 and "Content-Length" in answer["error"]
+    assert reviews(server) == b""
+
+
+def test_deeply_nested_json_gets_400(server):
+    status, answer = request(server, "POST", "/api/decisions", b"[" * 200_000 + b"]" * 200_000)
+    assert status == 400 and "not JSON" in answer["error"]
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_get_405(server, method):
+    status, answer = request(server, method, "/api/decisions", {"candidate_id": "c00001", "decision": "skip"})
+    assert status == 405 and method in answer["error"]
+    assert reviews(server) == b""
+
+
+def test_head_gets_405_without_a_body(server):
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+    connection.request("HEAD", "/", headers={"X-Review-Token": server.token})
+    answer = connection.getresponse()
+    assert answer.status == 405 and answer.read() == b""
+    connection.close()
+
+
+def test_a_body_shorter_than_its_length_frees_the_thread(server, monkeypatch):
+    monkeypatch.setattr(ReviewHandler, "timeout", 1)   # 30 s in use; a short wait here
+    status, answer = request(server, "POST", "/api/decisions", b'{"candidate_id"',
+                             headers={"Content-Length": "400"})
+    assert status == 408 and "stopped short" in answer["error"]
+    assert ReviewHandler.timeout == 1 and reviews(server) == b""
+
+
+def test_the_servers_own_failures_answer_500_in_json(server, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(server, "record", broken)
+    monkeypatch.setattr(server, "frame_png", broken)
+    status, answer = request(server, "POST", "/api/decisions", {"candidate_id": "c00001", "decision": "skip"})
+    assert status == 500 and "OSError: disk full" in answer["error"]
+    status, answer = request(server, "GET", "/frame/c00001")
+    assert status == 500 and "nothing was recorded" in answer["error"]

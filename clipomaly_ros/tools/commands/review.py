@@ -32,9 +32,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..review import decisions
     from ..review.frames import extract_frames
+    from ..review.index import load_index
     from ..review.service import serve
 
     if args.conflicts:
+        load_index(args.mined)  # a folder that is no mined output is the user's mistake, not "no disagreements"
         log = decisions.read_log(args.mined)
         print(decisions.conflict_text(decisions.conflicts(log)))
         if log.problems():

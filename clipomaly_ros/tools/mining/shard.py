@@ -291,12 +291,18 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     return width * height / (sum(areas) - width * height)
 
 
+def candidate_id(bag_id: str, topic: str, track: int, first_stamp_ns: int) -> str:
+    """A row's ``candidate_id``, 20 hex digits: from the bag's content identity (not its path or name), the topic,
+    the track and the stamp it was first seen at, so the drive mined again from anywhere (or with a model that
+    picks another best frame) gives its candidates the same ids and their reviews still apply."""
+    return hashlib.sha1(f"{bag_id}|{topic}|{track}|{first_stamp_ns}".encode()).hexdigest()[:20]
+
+
 def _row(shard: Shard, track: TrackSummary, key: str) -> dict:
     """The index row of a track (``reported``) or of a chain of regions naming dropped (not ``reported``)."""
     best = track.best if track.dropped is None else track.dropped
     ground = getattr(best, "ground", None)
     box = best.bbox if track.dropped is None else best.box()
-    identity = getattr(shard, "bag_id", "") or getattr(shard, "bag", shard.bag_name)  # the content id where known
     return {
         "bag": shard.bag_name, "topic": shard.topic, "shard": shard.id, "track": track.track_id,
         "first_stamp_ns": track.first_ns, "last_stamp_ns": track.last_ns, "best_stamp_ns": track.best_ns,
@@ -309,8 +315,7 @@ def _row(shard: Shard, track: TrackSummary, key: str) -> dict:
         "cut_at_start": track.seen_first_frame and not shard.first,
         "cut_at_end": track.seen_last_frame and not shard.last,
         "thumbnail": f"thumbnails/{key}.jpg", "tags": list(track.best_tags),
-        "candidate_id": hashlib.sha1(f"{identity}|{shard.topic}|{track.track_id}|{track.best_ns}".encode())
-        .hexdigest()[:20],
+        "candidate_id": candidate_id(shard.bag_id, shard.topic, track.track_id, track.first_ns),
         "reported": track.dropped is None, "mask": track.mask,
         "bag_id": shard.bag_id, "source_path": shard.bag,
     }

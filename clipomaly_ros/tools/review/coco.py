@@ -1,6 +1,7 @@
 """COCO instances JSON with RLE masks, both ways. One image per full frame (``frames/<key>.png``), one category per
-reviewed name, one annotation per candidate carrying ``candidate_id``, ``name`` (mining's), ``score``,
-``model_version``, ``reported`` and, when reviewed, ``review`` (the latest decision line)."""
+reviewed name (the rejected candidates under :data:`REJECTED`, never as positives of a name), one annotation per
+candidate carrying ``candidate_id``, ``name`` (mining's), ``score``, ``model_version``, ``reported`` and, when
+reviewed, ``review`` (the latest decision line)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from pycocotools import mask as coco_mask
 from . import decisions, masks
 from .formats import FormatError, ImportOutcome, frame_file, reviewed_name, with_mask
 from .index import MinedIndex
+
+REJECTED = "rejected"
+"""The category of the candidates a reviewer rejected (nothing there): kept for the round trip, never a positive of
+an anomaly's name."""
 
 
 def coco_document(index: MinedIndex, latest: dict[str, dict]) -> dict:
@@ -25,7 +30,8 @@ def coco_document(index: MinedIndex, latest: dict[str, dict]) -> dict:
             "id": len(images) + 1, "file_name": frame_file(row), "height": height, "width": width,
             "bag": row["bag"], "topic": row["topic"], "stamp_ns": row["best_stamp_ns"]})
         decision = latest.get(row["candidate_id"])
-        category = categories.setdefault(reviewed_name(row, decision), len(categories) + 1)
+        rejected = bool(decision) and decision["decision"] == "reject"
+        category = categories.setdefault(REJECTED if rejected else reviewed_name(row, decision), len(categories) + 1)
         mask = masks.decode((decision or {}).get("mask") or row["mask"])
         left, top, box_width, box_height = masks.box_of(mask) or (0, 0, 0, 0)
         annotation = {"id": len(annotations) + 1, "image_id": image["id"], "category_id": category,
@@ -39,7 +45,7 @@ def coco_document(index: MinedIndex, latest: dict[str, dict]) -> dict:
     return {"info": {"description": f"candidates mined by clipomaly ({index.folder.name})",
                      "version": index.model_version, "date_created": decisions.utc_now()},
             "images": list(images.values()),
-            "categories": [{"id": number, "name": name, "supercategory": "anomaly"}
+            "categories": [{"id": number, "name": name, "supercategory": REJECTED if name == REJECTED else "anomaly"}
                            for name, number in categories.items()],
             "annotations": annotations}
 

@@ -13,7 +13,8 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 from . import decisions, masks
-from .formats import FormatError, ImportOutcome, decision_from_label, frame_file, reviewed_name, with_mask
+from .formats import (FormatError, ImportOutcome, decision_from_label, frame_file, label_names, reviewed_name,
+                      with_mask)
 from .index import MinedIndex
 
 ATTRIBUTES = ("candidate_id", "score", "reported", "decision")
@@ -24,9 +25,9 @@ def cvat_document(index: MinedIndex, latest: dict[str, dict]) -> ElementTree.Ele
     ElementTree.SubElement(root, "version").text = "1.1"
     task = ElementTree.SubElement(ElementTree.SubElement(root, "meta"), "task")
     ElementTree.SubElement(task, "name").text = f"clipomaly review of {index.folder.name}"
-    ElementTree.SubElement(task, "size").text = str(len(index.rows))
+    size = ElementTree.SubElement(task, "size")   # CVAT's task size counts frames (images), set below
     labels = ElementTree.SubElement(task, "labels")
-    for name in sorted({row["name"] for row in index.rows} | set(index.known_classes)):
+    for name in label_names(index):
         label = ElementTree.SubElement(labels, "label")
         ElementTree.SubElement(label, "name").text = name
         ElementTree.SubElement(label, "type").text = "mask"
@@ -53,6 +54,7 @@ def cvat_document(index: MinedIndex, latest: dict[str, dict]) -> ElementTree.Ele
                   decision["decision"] if decision else "")
         for name, value in zip(ATTRIBUTES, values):
             ElementTree.SubElement(element, "attribute", {"name": name}).text = value
+    size.text = str(len(images))
     return ElementTree.ElementTree(root)
 
 

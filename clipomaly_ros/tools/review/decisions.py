@@ -45,14 +45,22 @@ def utc_now() -> str:
 
 def iso_utc(text: str) -> str:
     """An ISO 8601 time (with a zone; none means UTC) as :func:`utc_now` writes it; raises :class:`DecisionError`."""
+    return moment_of(text).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def moment_of(text: str) -> datetime.datetime:
+    """An ISO 8601 time (a zone, ``Z`` or ``z`` included; none means UTC) as an aware UTC datetime; raises
+    :class:`DecisionError`."""
+    text = str(text).strip()
+    if text[-1:] in ("Z", "z"):  # Python 3.10's fromisoformat reads no Z, and none reads RFC 3339's lowercase z
+        text = text[:-1] + "+00:00"
     try:
-        moment = datetime.datetime.fromisoformat(str(text))
+        moment = datetime.datetime.fromisoformat(text)
     except ValueError:
         raise DecisionError(f"time {str(text)[:40]!r} is not ISO 8601") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
-    moment = moment.astimezone(datetime.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(datetime.timezone.utc)
 
 
 def default_reviewer() -> str:
@@ -76,8 +84,9 @@ def make_decision(candidate_id: str, decision: str, *, reviewer: str, name: str 
                   known_class: str | None = None, seconds: float | None = None, mask: dict | None = None,
                   time: str | None = None, known_classes=None, **extra) -> dict:
     """A checked decision line (a dict with :data:`FIXED_KEYS` first). ``name`` is required for rename (and for
-    accept, where it is the candidate's own name); ``known_class`` for known_class, one of ``known_classes`` when
-    given. Raises :class:`DecisionError`."""
+    accept, where it is the candidate's own name), and is no known class when ``known_classes`` are given;
+    ``known_class`` for known_class, one of ``known_classes`` when given; ``mask``, a corrected mask, must hold
+    pixels. Raises :class:`DecisionError`."""
     if not isinstance(candidate_id, str) or not candidate_id or len(candidate_id) > MAX_TEXT:
         raise DecisionError("candidate_id must be a candidate's id from the index")
     if decision not in DECISIONS:
@@ -87,6 +96,8 @@ def make_decision(candidate_id: str, decision: str, *, reviewer: str, name: str 
     if known_class is not None and known_classes is not None and known_class not in known_classes:
         raise DecisionError(f"known_class {known_class!r} is not one of the known classes "
                             f"({', '.join(known_classes)})")
+    if name is not None and known_classes is not None and name in known_classes:
+        raise DecisionError(f"{name!r} is a known class: use known_class (k) for it, not {decision}")
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                                 or not 0 <= seconds < 86_400 * 365):
         raise DecisionError("seconds must be a non-negative number")
@@ -96,6 +107,8 @@ def make_decision(candidate_id: str, decision: str, *, reviewer: str, name: str 
     if mask is not None:
         try:
             line["mask"] = masks.checked(mask)
+            if not masks.area(mask):
+                raise masks.MaskError("a corrected mask must hold pixels: reject the candidate instead")
         except masks.MaskError as error:
             raise DecisionError(str(error)) from None
     return line | {key: value for key, value in extra.items() if value is not None}

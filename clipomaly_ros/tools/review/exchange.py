@@ -44,15 +44,19 @@ def detect(path: Path) -> str:
 
 
 def import_file(index: MinedIndex, path: Path, kind: str | None, reviewer: str) -> ImportOutcome:
-    """Read a tool's file into decision lines (not yet appended)."""
+    """Read a tool's file into decision lines (not yet appended), leaving out those not later than what
+    ``reviews.jsonl`` already holds on their candidate (:meth:`ImportOutcome.keep_newer`)."""
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path} is not a file: give the file the labelling tool exported")
     kind = kind or detect(path)
     if kind == "coco":
-        return import_coco(index, load_json(path), reviewer)
-    if kind == "label-studio":
-        return import_tasks(index, load_json(path), reviewer)
-    if kind == "cvat":
-        return import_cvat(index, path, reviewer)
-    raise FormatError(f"import reads coco, label-studio or cvat, not {kind!r}")
+        outcome = import_coco(index, load_json(path), reviewer)
+    elif kind == "label-studio":
+        outcome = import_tasks(index, load_json(path), reviewer)
+    elif kind == "cvat":
+        outcome = import_cvat(index, path, reviewer)
+    else:
+        raise FormatError(f"import reads coco, label-studio or cvat, not {kind!r}")
+    outcome.keep_newer(decisions.read_log(index.folder))
+    return outcome

@@ -49,7 +49,8 @@ class MinedIndex:
 
 def load_index(folder: Path) -> MinedIndex:
     """Read ``folder/anomalies.parquet`` (and ``run.json`` when there). Raises :class:`MinedFolderError` when the folder
-    is no mined output, or was mined before the index carried candidate ids and masks."""
+    is no mined output, or was mined (wholly, or in some shards a later run resumed) before the index carried
+    candidate ids and masks."""
     folder = Path(folder)
     parquet = folder / INDEX_FOLDER
     if not parquet.is_dir():
@@ -61,6 +62,10 @@ def load_index(folder: Path) -> MinedIndex:
                           "mine the drives again into a new OUT_DIR (or with --force-new)")
     columns = [name for name in dataset.schema.names if name in set(NEEDED) | set(SHOWN) | {"source_path"}]
     rows = dataset.to_table(columns=columns).to_pylist()
+    older = sum(1 for row in rows if not row["candidate_id"] or not row["mask"])
+    if older:
+        raise MinedFolderError(f"{parquet}: {older} of {len(rows)} rows have no candidate_id or mask: their shards "
+                               "were mined by an older version; mine again into a new OUT_DIR (or with --force-new)")
     rows.sort(key=lambda row: (-(row["peak_score"] or 0.0), row["candidate_id"]))
     by_id = {row["candidate_id"]: row for row in rows}
     if len(by_id) != len(rows):

@@ -16,7 +16,8 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from . import decisions, masks
-from .formats import FormatError, ImportOutcome, decision_from_label, frame_file, reviewed_name, with_mask
+from .formats import (FormatError, ImportOutcome, decision_from_label, frame_file, label_names, reviewed_name,
+                      with_mask)
 from .index import MinedIndex
 
 BRUSH, IMAGE, CHOICE = "label", "image", "decision"
@@ -43,10 +44,9 @@ def tasks(index: MinedIndex, latest: dict[str, dict]) -> list[dict]:
 
 
 def label_config(index: MinedIndex) -> str:
-    """The labelling configuration for the exported tasks: a brush per name (the index's names and the known
-    classes) and the reject / skip choices."""
-    names = sorted({row["name"] for row in index.rows} | set(index.known_classes))
-    labels = "\n".join(f"    <Label value={quoteattr(name)}/>" for name in names)
+    """The labelling configuration for the exported tasks: a brush per name (:func:`~.formats.label_names`) and the
+    reject / skip choices."""
+    labels = "\n".join(f"    <Label value={quoteattr(name)}/>" for name in label_names(index))
     return (f'<View>\n  <Image name="{IMAGE}" value="${IMAGE}"/>\n  <BrushLabels name="{BRUSH}" toName="{IMAGE}">\n'
             f'{labels}\n  </BrushLabels>\n  <Choices name="{CHOICE}" toName="{IMAGE}">\n'
             f'    <Choice value="reject"/>\n    <Choice value="skip"/>\n  </Choices>\n</View>\n')

@@ -42,8 +42,8 @@ def decode(rle: dict) -> np.ndarray:
 
 
 def checked(rle) -> dict:
-    """``rle`` if it has the shape of a COCO RLE (``size`` two positive ints, ``counts`` a string or a list of
-    non-negative ints summing to h * w); else :class:`MaskError` saying what is wrong."""
+    """``rle`` if it is a whole COCO RLE (``size`` two positive ints, ``counts`` a compressed string or a list of
+    non-negative ints, the runs either way summing to h * w); else :class:`MaskError` saying what is wrong."""
     if not isinstance(rle, dict) or set(rle) - {"size", "counts"} or "size" not in rle or "counts" not in rle:
         raise MaskError("a mask must be a COCO RLE object with exactly 'size' [h, w] and 'counts'")
     size = rle["size"]
@@ -56,7 +56,49 @@ def checked(rle) -> dict:
             raise MaskError("a mask's uncompressed counts must be non-negative runs adding up to height * width")
     elif not isinstance(counts, str) or not counts.isascii():
         raise MaskError("a mask's counts must be a string (compressed RLE) or a list of runs")
+    elif (pixels := int(compressed_runs(counts).sum())) != size[0] * size[1]:
+        raise MaskError(f"a mask's counts add up to {pixels} pixels, its size {size[0]} x {size[1]} has "
+                        f"{size[0] * size[1]}: the counts are damaged")
     return {"size": [int(size[0]), int(size[1])], "counts": counts}
+
+
+def area(rle: dict) -> int:
+    """The pixels inside a COCO RLE (checked first: raises :class:`MaskError`), without decoding it."""
+    counts = checked(rle)["counts"]
+    return int(sum((counts if isinstance(counts, list) else compressed_runs(counts))[1::2]))
+
+
+MAX_RUN_DIGITS = 8
+"""Most characters one run of a compressed RLE takes (40 bits: far more than any frame's pixel count)."""
+
+
+def compressed_runs(counts: str) -> np.ndarray:
+    """The run lengths (int64, column-major, background first) a compressed COCO ``counts`` string holds. Each run
+    is written as 5-bit digits, least significant first, each character ``48 + digit`` with 0x20 set while more
+    digits follow and 0x10 of the last one the sign; from the third run on, the value is the difference to the run
+    two before. Raises :class:`MaskError` on a character outside the alphabet, a cut run or a negative run."""
+    codes = np.frombuffer(counts.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    if not codes.size:
+        return codes
+    if codes.min() < 0 or codes.max() > 63:
+        bad = counts[int(np.flatnonzero((codes < 0) | (codes > 63))[0])]
+        raise MaskError(f"a mask's counts hold {bad!r}, which no compressed RLE holds")
+    ends = np.flatnonzero((codes & 0x20) == 0)
+    if not ends.size or ends[-1] != codes.size - 1:
+        raise MaskError("a mask's counts end in the middle of a run")
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    digits = ends - starts + 1
+    if digits.max() > MAX_RUN_DIGITS:
+        raise MaskError("a mask's counts hold a run too long for any frame")
+    place = np.arange(codes.size) - np.repeat(starts, digits)
+    values = np.add.reduceat((codes & 0x1F) << (5 * place), starts)
+    values = values - np.where(codes[ends] & 0x10, np.left_shift(1, 5 * digits), 0)
+    # from the third run on, each is written as its difference to the run two before: undo by running sums
+    values[3::2] = np.cumsum(values[1::2])[1:]
+    values[2::2] = np.cumsum(values[2::2])
+    if (values < 0).any():
+        raise MaskError("a mask's counts hold a negative run")
+    return values
 
 
 def box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -165,7 +207,7 @@ class _BitWriter:
         for value, width in self.words:
             number = (number << width) | value
             total += width
-        padding = -total % 8
+        padding = 8 - total % 8  # a whole zero byte when the bits fill whole bytes, as the SDK's encoder writes
         return list((number << padding).to_bytes((total + padding) // 8, "big"))
 
 

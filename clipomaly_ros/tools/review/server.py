@@ -122,6 +122,9 @@ class ReviewHandler(BaseHTTPRequestHandler):
     server: ReviewServer
     server_version = "clipomaly-review"
     protocol_version = "HTTP/1.1"
+    timeout = 30
+    """Seconds a connection may stay silent (a body shorter than its Content-Length) before it is dropped, so no
+    client holds a thread forever."""
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         pass  # a line per thumbnail would bury the start-up line; errors reach the page as JSON
@@ -132,12 +135,24 @@ class ReviewHandler(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         self._answer(self._post)
 
+    def do_HEAD(self):  # noqa: N802
+        self._answer(self._not_allowed)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD
+
+    def _not_allowed(self, path: str):
+        raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not served: GET pages and files, "
+                                                          "POST /api/decisions")
+
     def _answer(self, route) -> None:
         try:
             parsed = urllib.parse.urlsplit(self.path)
             self._check_token(parsed.query)
             status, kind, body = route(urllib.parse.unquote(parsed.path))
-        except RequestError as error:
+        except Exception as error:  # noqa: BLE001 - whatever went wrong, the page gets one line in JSON
+            if not isinstance(error, RequestError):
+                error = RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"the server failed on this request "
+                                     f"({type(error).__name__}: {str(error)[:120]}); nothing was recorded")
             status, kind = error.status, "application/json"
             body = json.dumps({"error": error.message}).encode()
             self.close_connection = True  # a body it sent may be unread: the connection cannot be reused
@@ -149,7 +164,8 @@ class ReviewHandler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a HEAD answer has headers only
+            self.wfile.write(body)
 
     def _check_token(self, query: str) -> None:
         given = self.headers.get(TOKEN_HEADER) or urllib.parse.parse_qs(query).get("token", [""])[0]
@@ -189,15 +205,21 @@ class ReviewHandler(BaseHTTPRequestHandler):
         if path != "/api/decisions":
             raise RequestError(HTTPStatus.NOT_FOUND, f"no route {path[:80]!r} to post to")
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not (length.isascii() and length.isdigit()):  # "²" is a digit to isdigit() alone
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "a decision needs a Content-Length")
         if int(length) > MAX_BODY:
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a decision is at most {MAX_BODY} bytes")
-        raw = self.rfile.read(int(length))
+        try:
+            raw = self.rfile.read(int(length))
+        except TimeoutError:
+            raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the body stopped short of its Content-Length for "
+                                                           f"{self.timeout} s") from None
+        if len(raw) != int(length):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "the body is shorter than its Content-Length")
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise RequestError(HTTPStatus.BAD_REQUEST, "the body is not JSON") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "the body is not JSON (or is nested too deep)") from None
         try:
             line = self.server.record(body)
         except (decisions.DecisionError, masks.MaskError) as error:

@@ -44,6 +44,7 @@ class GracefulStop:
         self.signal_number: int | None = None
         self.signals_received = 0
         self.raising = False
+        self.reported = False  # set by whoever says why the command stopped, so that it is said once
         self._announce = announce
         self._escalate = escalate
         self._on_stop = on_stop

@@ -337,10 +337,12 @@ def spin_until_stopped(stop: GracefulStop, args=None) -> int:
             executor.shutdown(timeout_sec=0.5)
         if node is not None:
             node.shut_down(f"{stop.signal_name} received" if stop.requested else "ROS shut down")
+            stop.reported = True
             node.destroy_node()
         elif stop.requested:
             print(f"clipomaly_node: stopping: {stop.signal_name} received while starting", file=sys.stderr,
                   flush=True)
+            stop.reported = True
         rclpy.try_shutdown()
         # deletes the DDS participant now (peers see the node leave), not in Python's finalization, which is skipped
         rclpy.get_default_context().destroy()

@@ -14,12 +14,13 @@ The teardown is bounded. The process ends with ``os._exit`` once the node, its e
 destroyed: Python's own finalization (torch, DDS libraries, every module) took 4.4 s after the last log line on
 a loaded 2-core machine, longer than ``ros2 launch`` waits before it escalates, and a second signal cannot cut
 it short. And :data:`TEARDOWN_LIMIT_S` after the first signal the process ends with its exit status wherever the
-teardown is (a join, a DDS call that does not return).
+teardown is (a join, a DDS call that does not return), or the start-up, should a signal have been lost in it.
+The deadline's thread needs the interpreter: native code that holds it (a library loaded while torch is imported
+on a loaded machine) delays it.
 """
 
 from __future__ import annotations
 
-import faulthandler
 import os
 import signal
 import sys
@@ -31,40 +32,41 @@ from ..core.interrupt import GracefulStop, StopRequested
 TEARDOWN_LIMIT_S = 4.0
 """Seconds from the first signal to the end of the process at the latest: under ``ros2 launch``'s 5 s from its
 SIGINT to its SIGTERM (which would not change the exit status) and far under its SIGKILL 5 s after that."""
-BACKSTOP_S = 8.0
-"""Seconds from the first signal after which a thread outside Python (faulthandler's) prints every thread's stack
-and ends the process with 1: for a teardown stuck in native code that holds the interpreter, so that
-:data:`TEARDOWN_LIMIT_S` cannot act. Still before ``ros2 launch`` kills the node."""
 
 
 class TeardownDeadline:
-    """Ends the process with the stop's exit status :data:`TEARDOWN_LIMIT_S` after the first signal. The thread
-    that waits is started before any signal can come: one started inside a signal handler could wait for a lock
-    of ``threading`` that the interrupted main thread holds."""
+    """Ends the process with the stop's exit status :data:`TEARDOWN_LIMIT_S` after the first signal, saying why
+    when the node has not said it yet. The thread that waits is started before any signal can come: one started
+    inside a signal handler could wait for a lock of ``threading`` that the interrupted main thread holds."""
 
-    def __init__(self, limit_s: float = TEARDOWN_LIMIT_S, backstop_s: float = BACKSTOP_S):
-        self.limit_s, self.backstop_s = limit_s, backstop_s
-        self.exit_code = 0
+    def __init__(self, limit_s: float = TEARDOWN_LIMIT_S):
+        self.limit_s = limit_s
         self._armed = threading.Event()
+        self._stop: GracefulStop | None = None
+
+    def watch(self, stop: GracefulStop) -> None:
+        self._stop = stop
         threading.Thread(target=self._watch, name="clipomaly-teardown-deadline", daemon=True).start()
 
     def arm(self, signal_number: int) -> None:
         """Called by the signal handler, once, with the first signal's number."""
-        self.exit_code = 128 + signal_number
         self._armed.set()
 
     def _watch(self) -> None:
         self._armed.wait()
-        faulthandler.dump_traceback_later(self.backstop_s, exit=True)
         time.sleep(self.limit_s)
-        print(f"clipomaly_node: the teardown did not end within {self.limit_s:g} s of the signal; exiting with "
-              f"{self.exit_code} now", file=sys.stderr, flush=True)
-        end_process(self.exit_code)
+        stop = self._stop
+        why = "" if stop.reported else f"stopping: {stop.signal_name} received; "
+        print(f"clipomaly_node: {why}the teardown did not end within {self.limit_s:g} s of the signal; exiting "
+              f"with {stop.exit_code} now", file=sys.stderr, flush=True)
+        end_process(stop.exit_code)
 
 
 def main(args=None) -> int:
     deadline = TeardownDeadline()
-    stop = GracefulStop(announce=None, escalate=False, on_stop=deadline.arm).install()
+    stop = GracefulStop(announce=None, escalate=False, on_stop=deadline.arm)
+    deadline.watch(stop)
+    stop.install()
     stop.raising = True
     try:
         from .node import spin_until_stopped  # torch, rclpy and the model code: seconds to import
@@ -72,6 +74,7 @@ def main(args=None) -> int:
         code = spin_until_stopped(stop, args)
     except StopRequested:  # before the node existed: nothing to tear down
         print(f"clipomaly_node: stopping: {stop.signal_name} received while starting", file=sys.stderr, flush=True)
+        stop.reported = True
         code = stop.exit_code
     finally:
         stop.raising = False

@@ -20,6 +20,7 @@ import pytest
 
 from clipomaly_ros.core.interrupt import GracefulStop
 
+from test_colcon_install import read_until
 from test_ros_node import ROS_ENV
 
 ROS2RUN_LIKE_PARENT = """
@@ -69,16 +70,11 @@ def start_in_own_session(command: list[str]) -> subprocess.Popen:
                             env={**os.environ, **ROS_ENV}, start_new_session=True)
 
 
-def read_until_active(process: subprocess.Popen, timeout: float = 180.0) -> str:
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "active: listening on" in line:
-            return "".join(lines)
-    pytest.fail("the node did not become active: " + "".join(lines)[-3000:])
+def read_until_active(process: subprocess.Popen) -> str:
+    output = read_until(process, "active: listening on", timeout=180)
+    if "active: listening on" not in output:
+        pytest.fail("the node did not become active: " + output[-3000:])
+    return output
 
 
 def finish(process: subprocess.Popen, timeout: float = 60.0) -> tuple[int | str, str]:

@@ -33,18 +33,21 @@ class GracefulStop:
     handlers cannot be installed) it never requests a stop.
 
     ``announce`` is called once, with the first signal's name; None announces nothing (a signal handler of a node
-    must not print: the node logs why it stopped). While ``raising`` is True, a signal raises
+    must not print: the node logs why it stopped). ``on_stop`` is called once, with the first signal's number,
+    from the handler (the node starts its teardown deadline there). While ``raising`` is True, a signal raises
     :class:`StopRequested` where the main thread is."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, announce: Callable[[str], None] | None = lambda text: print(text, file=sys.stderr),
-                 escalate: bool = True):
+                 escalate: bool = True, on_stop: Callable[[int], None] | None = None):
         self.signal_number: int | None = None
         self.signals_received = 0
         self.raising = False
+        self.reported = False  # set by whoever says why the command stopped, so that it is said once
         self._announce = announce
         self._escalate = escalate
+        self._on_stop = on_stop
         self._previous: dict[int, object] = {}
         self._wakeup: tuple[int, int] | None = None
 
@@ -71,6 +74,8 @@ class GracefulStop:
         if self._announce is not None:
             self._announce(f"{self.signal_name}: stopping after the current item and closing the output "
                            "(Ctrl-C again to stop at once)")
+        if self._on_stop is not None:
+            self._on_stop(self.signal_number)
         if self.raising:
             self.raising = False
             raise StopRequested(self.signal_name)

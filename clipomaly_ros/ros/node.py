@@ -322,7 +322,7 @@ def spin_until_stopped(stop: GracefulStop, args=None) -> int:
     """Start the node and spin it until ``stop`` is requested or ROS shuts down, then tear it down; returns the
     exit status (see :func:`clipomaly_ros.ros.process.main`). ``stop.raising`` is on while the node starts."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
+    node = executor = None
     try:
         node = ClipomalyNode(autostart=False)
         node.start()
@@ -337,12 +337,18 @@ def spin_until_stopped(stop: GracefulStop, args=None) -> int:
         pass
     finally:
         stop.raising = False
+        if executor is not None:
+            executor.shutdown(timeout_sec=0.5)
         if node is not None:
             node.shut_down(f"{stop.signal_name} received" if stop.requested else "ROS shut down")
+            stop.reported = True
             node.destroy_node()
         elif stop.requested:
             print(f"clipomaly_node: stopping: {stop.signal_name} received while starting", file=sys.stderr,
                   flush=True)
+            stop.reported = True
         rclpy.try_shutdown()
+        # deletes the DDS participant now (peers see the node leave), not in Python's finalization, which is skipped
+        rclpy.get_default_context().destroy()
     return stop.exit_code
 

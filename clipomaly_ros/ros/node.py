@@ -34,7 +34,6 @@ from std_srvs.srv import SetBool
 from ..core.config import NODE_NAME, SETTINGS, SETTINGS_BY_NAME, ClipomalyConfig, ConfigError
 from ..core.scene.frames import FrameTree
 from ..core.interrupt import GracefulStop, StopRequested
-from ..core.model.adaptation import describe_sidecar
 from ..core.model.backend import ModelLoadError
 from ..core.method.pipeline import Clipomaly
 from ..core.scene.planning import AnomalyFollower
@@ -44,7 +43,7 @@ from .camera import CameraStream, LatestFrames, Watchdog
 from .decoding import DECODERS, DeviceDecoder
 from .inference import InferenceLoop
 from .messages import MessageFactory, ros_type, uint8_array
-from .node_diagnostics import NodeDiagnostics
+from .node_diagnostics import NodeDiagnostics, log_loaded_weights
 from .parameters import NodeParameters
 from .topics import NodeTopics
 from .transforms import MountingFinder
@@ -192,14 +191,7 @@ class ClipomalyNode(NodeParameters, NodeTopics, InferenceLoop, NodeDiagnostics, 
         self.get_logger().info("loading the toy backend ..." if config.backend == "toy" else
                                f"loading {config.model} ({config.checkpoint or config.pretrained}) ...")
         self.pipeline = Clipomaly(config)
-        if self.pipeline.tagger is not None:  # how the RAM++ file's layout was read (the release's unused keys)
-            self.get_logger().info(f"tagger {config.tagger_weights}: {'; '.join(self.pipeline.tagger.model.load_notes)}")
-        if self.pipeline.finetuned is not None:
-            self.get_logger().info(f"checkpoint {config.checkpoint}: {describe_sidecar(self.pipeline.finetuned)}")
-            if self.pipeline.finetuned.get("dense_method") != config.dense_method:
-                self.get_logger().warning(f"the checkpoint was fine-tuned with dense_method "
-                                          f"{self.pipeline.finetuned.get('dense_method')} but this node runs "
-                                          f"{config.dense_method}: its accuracy is the trained method's only with it")
+        log_loaded_weights(self.get_logger(), config, self.pipeline)
         self.mountings = mountings
         self.factory = MessageFactory(ros_type, byte_array=uint8_array, data_by_reference=True)
         self.device = str(getattr(self.pipeline.backend, "device", "cpu"))

@@ -1,10 +1,13 @@
 """The node's ``/diagnostics``: one status per camera with its counters, rates and latencies, what the runtime
-gave up on, and the checks that input topics exist and the inference thread lives."""
+gave up on, and the checks that input topics exist and the inference thread lives; and the start-up lines on
+the loaded weights."""
 
 from __future__ import annotations
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import CompressedImage
+
+from ..core.model.adaptation import describe_sidecar
 
 
 class NodeDiagnostics:
@@ -66,3 +69,16 @@ class NodeDiagnostics:
                 self.get_logger().warning(
                     f"{topic} carries {', '.join(found)}, but this node reads {expected} there: check "
                     "input_transport (compressed input reads <image>/compressed) and the image_topic remapping")
+
+
+def log_loaded_weights(logger, config, pipeline) -> None:
+    """Say at start what the loaded weights are: how the RAM++ file's layout was read (the release's unused keys)
+    and a fine-tuned checkpoint's record, warning when it was trained with another dense method."""
+    if pipeline.tagger is not None:
+        logger.info(f"tagger {config.tagger_weights}: {'; '.join(pipeline.tagger.model.load_notes)}")
+    if pipeline.finetuned is not None:
+        logger.info(f"checkpoint {config.checkpoint}: {describe_sidecar(pipeline.finetuned)}")
+        trained = pipeline.finetuned.get("dense_method")
+        if trained != config.dense_method:
+            logger.warning(f"the checkpoint was fine-tuned with dense_method {trained} but this node runs "
+                           f"{config.dense_method}: its accuracy is the trained method's only with it")

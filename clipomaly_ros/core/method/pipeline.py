@@ -296,8 +296,8 @@ class Clipomaly:
 
     def _named(self, image, grid: torch.Tensor, regions: list, config: ClipomalyConfig, vocabulary: Vocabulary,
                tags: FrameTags | None, memo) -> list:
-        """:meth:`name_regions`, with each region's verdict taken from ``memo`` when it holds one (kept without the
-        region's masks, which the later stages do not read)."""
+        """:meth:`name_regions`, with each region's verdict taken from ``memo`` when it holds one (kept there without
+        the region's masks, and given this frame's region back: the dropped regions are read from it)."""
         if memo is None:
             return self.name_regions(image, grid, regions, config, vocabulary, tags)
         reads = (config.naming_top_k, config.logit_scale, config.crop_margin, config.crop_background,
@@ -310,7 +310,7 @@ class Clipomaly:
             for index, verdict in zip(missing, fresh):
                 verdicts[index] = memo[keys[index]] = dataclasses.replace(
                     verdict, region=None, embedding=verdict.embedding.clone())
-        return verdicts
+        return [dataclasses.replace(verdict, region=region) for verdict, region in zip(verdicts, regions)]
 
     def extended_instances(self, features, known: KnownScores, new_names: list[str],
                            embeddings: torch.Tensor | None, config: ClipomalyConfig, vocabulary: Vocabulary,

@@ -277,3 +277,34 @@ def test_the_loop_on_mined_drives_beats_its_parent_on_other_drives(tmp_path):
     assert new["named_accuracy"] > old["named_accuracy"] and new["component_f1"] > old["component_f1"]
     assert f"{100 * (new['component_f1'] - old['component_f1']):+.1f} points" in (
         options.output / "CHANGELOG.md").read_text()
+
+
+def test_reviews_made_on_the_review_page_are_refused_in_a_folder_mined_with_other_weights(trial, tmp_path):
+    from clipomaly_ros.tools.review.index import load_index
+    from clipomaly_ros.tools.review.server import ReviewServer
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    reviewed = _copy_mined(trial, tmp_path)
+    (reviewed / REVIEWS).unlink()
+    part = reviewed / "anomalies.parquet" / "part-0.parquet"
+    table = pq.read_table(part)
+    for column in ("candidates", "on_road", "distance_m", "lateral_m", "thumbnail", "frames"):  # what mining adds
+        table = table.append_column(column, pa.nulls(len(table)))
+    pq.write_table(table, part)
+    server = ReviewServer(load_index(reviewed), "ana")
+    try:
+        line = server.record({"candidate_id": sorted(read_mined(trial["mined"]).rows)[0], "decision": "reject"})
+    finally:
+        server.server_close()
+    other = tmp_path / "other"
+    shutil.copytree(trial["mined"], other)
+    content = json.loads((other / "run.json").read_text())
+    content["fingerprint"]["checkpoint"] = "sha256:" + "ab" * 32
+    (other / "run.json").write_text(json.dumps(content))
+    shutil.copy(reviewed / REVIEWS, other / REVIEWS)
+    with pytest.raises(ReleaseError, match=f"reviewed against {line['model_version']}, but .*other was mined with "
+                                           "clipomaly-"):
+        read_mined(other)
+    assert read_mined(reviewed).decisions  # in its own folder the line is used

@@ -16,14 +16,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..run_identity import model_version, run_fingerprint, weights_of_fingerprint
+
 INDEX = "anomalies.parquet"
 REVIEWS = "reviews.jsonl"
 RUN_FILE = "run.json"
 DECISIONS = ("accept", "rename", "known_class", "reject", "skip")
 CONFIRMED = ("accept", "rename")
 """Decisions that say a candidate is a real anomaly, with its name."""
-WEIGHTS_KEYS = ("backend", "model", "pretrained", "checkpoint", "random_weights")
-"""The run fingerprint's entries that say which weights mined it (the checkpoint by the hash of its bytes)."""
 CONFLICT_POLICIES = ("leave-out", "latest", "refuse")
 INDEX_COLUMNS = ("candidate_id", "mask", "bag", "topic", "best_stamp_ns")
 """The index columns a release needs: the candidate, its mask, and where its frame is (bag, topic, stamp). The bag's
@@ -115,15 +115,11 @@ def _bag_paths(folder: Path) -> dict[str, str]:
 def read_fingerprint(folder: Path) -> dict:
     """The run fingerprint of ``MINED`` (``run.json``, else ``summary.json``'s settings): every setting that changes a
     row, files by the hash of their bytes."""
-    for name in (RUN_FILE, "summary.json"):
-        path = folder / name
-        if path.is_file():
-            content = json.loads(path.read_text())
-            fingerprint = content.get("fingerprint") or content.get("settings")
-            if fingerprint:
-                return fingerprint
-    raise ReleaseError(f"{folder}: no run fingerprint ({RUN_FILE}): cannot tell which weights mined it, and a "
-                       "release never mixes weights; give the folder clipomaly mine wrote")
+    fingerprint = run_fingerprint(folder)
+    if fingerprint is None:
+        raise ReleaseError(f"{folder}: no run fingerprint ({RUN_FILE}): cannot tell which weights mined it, and a "
+                           "release never mixes weights; give the folder clipomaly mine wrote")
+    return fingerprint
 
 
 def _parse(line: str, number: int, last: bool, rows: dict, problems: list[str]) -> dict | None:
@@ -215,10 +211,9 @@ def read_mined(folder: Path, conflicts: str = "leave-out") -> MinedRun:
         raise ReleaseError(f"{folder}: no such folder; give the OUT_DIR of clipomaly mine")
     rows = read_index(folder)
     fingerprint = read_fingerprint(folder)
-    run = MinedRun(folder, rows, {}, {key: fingerprint.get(key) for key in WEIGHTS_KEYS}, tree_hash(folder / INDEX), "")
-    model_version = "clipomaly-" + hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    run = MinedRun(folder, rows, {}, weights_of_fingerprint(fingerprint), tree_hash(folder / INDEX), "")
     entries, run.problems, run.lines = read_reviews(folder, rows, {"weights": run.weights_id,
-                                                                   "model_version": model_version})
+                                                                   "model_version": model_version(fingerprint)})
     run.reviews_hash = tree_hash(folder / REVIEWS)
     run.decisions, run.conflicts = decisions_in_force(entries, conflicts)
     counts: dict = {"decisions": collections.Counter(), "reviewers": collections.Counter()}

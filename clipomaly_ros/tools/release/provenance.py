@@ -15,7 +15,8 @@ import yaml
 
 from ...core.config import CORE_SETTINGS, NODE_NAME, SETTINGS_BY_NAME, ClipomalyConfig
 from ...core.fingerprint import file_digest, settings_fingerprint
-from .inputs import WEIGHTS_KEYS, MinedRun, tree_hash
+from ..run_identity import weights_of_fingerprint
+from .inputs import MinedRun, tree_hash
 
 PARAMETER_FILE, RELEASE_FILE, CHANGELOG, DVC_FILE = "clipomaly.yaml", "release.json", "CHANGELOG.md", "release.dvc"
 ALWAYS_WRITTEN = ("anomaly_vocabulary", "uncertainty_threshold", "min_region_area", "cleanup_radius", "crop_weight")
@@ -30,8 +31,7 @@ def package_version() -> str:
 
 def weights_of(config: ClipomalyConfig) -> dict:
     """Which weights ``config`` runs, as a mining run's fingerprint records them (the checkpoint by its bytes)."""
-    fingerprint = settings_fingerprint(config)
-    return {key: fingerprint.get(key) for key in WEIGHTS_KEYS}
+    return weights_of_fingerprint(settings_fingerprint(config))
 
 
 def dictionary_digest(config: ClipomalyConfig) -> str:

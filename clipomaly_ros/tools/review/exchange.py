@@ -50,9 +50,13 @@ def import_file(index: MinedIndex, path: Path, kind: str | None, reviewer: str) 
         raise FormatError(f"{path} is not a file: give the file the labelling tool exported")
     kind = kind or detect(path)
     if kind == "coco":
-        return import_coco(index, load_json(path), reviewer)
-    if kind == "label-studio":
-        return import_tasks(index, load_json(path), reviewer)
-    if kind == "cvat":
-        return import_cvat(index, path, reviewer)
-    raise FormatError(f"import reads coco, label-studio or cvat, not {kind!r}")
+        outcome = import_coco(index, load_json(path), reviewer)
+    elif kind == "label-studio":
+        outcome = import_tasks(index, load_json(path), reviewer)
+    elif kind == "cvat":
+        outcome = import_cvat(index, path, reviewer)
+    else:
+        raise FormatError(f"import reads coco, label-studio or cvat, not {kind!r}")
+    # Each line says which weights' candidates it decided, so a release can refuse it in another run's folder.
+    outcome.lines = [line | {"model_version": index.model_version} for line in outcome.lines]
+    return outcome

@@ -308,3 +308,24 @@ def test_reviews_made_on_the_review_page_are_refused_in_a_folder_mined_with_othe
                                            "clipomaly-"):
         read_mined(other)
     assert read_mined(reviewed).decisions  # in its own folder the line is used
+
+
+def test_the_release_file_keeps_the_parents_own_node_parameters(trial, tmp_path):
+    from clipomaly_ros import load_config
+    from clipomaly_ros.tools.cli import main
+
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    shutil.copytree(trial["options"].output, parent)
+    document = yaml.safe_load((parent / "clipomaly.yaml").read_text())
+    document["/**/clipomaly"]["ros__parameters"] |= {
+        "cameras": ["front", "rear"], "input_transport": "compressed", "use_sim_time": True,
+        "front": {"camera_x": 1.5, "camera_z": 1.2}, "rear": {"camera_x": -0.5, "camera_yaw": 3.14}}
+    (parent / "clipomaly.yaml").write_text(yaml.safe_dump(document))
+    assert main(["release", str(trial["mined"]), "-o", str(child), "--from", str(parent)]) == 0
+    parameters = read_parameter_file(child / "clipomaly.yaml")
+    assert parameters["cameras"] == ["front", "rear"] and parameters["input_transport"] == "compressed"
+    assert parameters["use_sim_time"] is True
+    assert parameters["front.camera_x"] == 1.5 and parameters["front.camera_z"] == 1.2
+    assert parameters["rear.camera_x"] == -0.5 and parameters["rear.camera_yaw"] == 3.14
+    assert parameters["release_id"] == json.loads((child / "release.json").read_text())["release_id"]
+    assert GNOME in load_config(child / "clipomaly.yaml").anomaly_vocabulary

@@ -47,6 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..release.build import ReleaseOptions, build_release, parent_release
     from ..release.inputs import ReleaseError
+    from ..release.provenance import node_parameters
     from ..release.report import changelog_entry, release_diff
 
     if args.inputs[0] == "diff":
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     args.config = parent_file or args.config
     options = ReleaseOptions([Path(p) for p in args.inputs], args.output, config_from_args(args), parent=args.parent,
                              finetune=args.finetune, conflicts=args.conflicts, strict=args.strict,
-                             eval_data=args.eval)
+                             eval_data=args.eval, node_parameters=node_parameters(args.config))
     record = build_release(options, log=lambda message: None)
     for problem in record["problems"]:
         print(f"clipomaly: reported: {problem}", file=sys.stderr)

@@ -32,7 +32,8 @@ class ReleaseOptions:
     """What ``clipomaly release`` was asked: the mined folders, the output folder, the parent release (or None),
     the settings it starts from, whether to write fine-tuning data, what to do with conflicting decisions, whether
     any bad review line refuses the release, the calibration's search space and objective, and labelled frames to
-    measure the release against its parent on (else its own held-out drives)."""
+    measure the release against its parent on (else its own held-out drives), and the starting file's own node
+    parameters (dotted names, :func:`~.provenance.node_parameters`) the release's file carries."""
 
     mined: list[Path]
     output: Path
@@ -44,12 +45,14 @@ class ReleaseOptions:
     space: SearchSpace = field(default_factory=SearchSpace)
     objective: str = "f1"
     eval_data: Path | None = None
+    node_parameters: dict = field(default_factory=dict)
 
     def hashed(self) -> dict:
         """The options that change what is built (part of the release id)."""
         from .inputs import tree_hash
 
         return {"finetune": self.finetune, "conflicts": self.conflicts, "strict": self.strict,
+                "node_parameters": self.node_parameters,
                 "eval": tree_hash(self.eval_data) if self.eval_data and self.eval_data.exists() else None,
                 "objective": self.objective, "space": [list(v) for v in (
                     self.space.thresholds, self.space.areas, self.space.radii, self.space.crop_weights)]}
@@ -103,7 +106,8 @@ def build_release(options: ReleaseOptions, log=print) -> dict:
         "calibration": calibration, "labelled_frames": _frame_counts(out), "comparison": comparison,
         "finetune": _finetune_note(out, options.finetune),
     }
-    (out / PARAMETER_FILE).write_text(parameter_file(released, identity, _provenance(record)))
+    (out / PARAMETER_FILE).write_text(parameter_file(released, identity, _provenance(record),
+                                                     options.node_parameters))
     (out / CHANGELOG).write_text(changelog(record, options.parent))
     (out / RELEASE_FILE).write_text(json.dumps(record, indent=1, sort_keys=True, default=float) + "\n")
     (out / DVC_FILE).write_text(dvc_file(out))

@@ -63,10 +63,36 @@ def release_id(hashes: dict, config: ClipomalyConfig, parent_id: str | None, opt
     return "rel-" + hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def parameter_values(config: ClipomalyConfig, identity: str) -> dict:
-    """The ``ros__parameters`` of a release: every core setting that differs from its default, the ones a release
-    changes (:data:`ALWAYS_WRITTEN`), and ``release_id``."""
-    values = {}
+def node_parameters(path: Path | None) -> dict:
+    """The parameters of the starting file's ``clipomaly`` section that are no core setting (``cameras``, each
+    camera's ``<cam>.camera_*`` mounting, ``input_transport``, ROS's own ...), by their dotted names; a release
+    carries them as they are. Empty without a file."""
+    from ...core.config import read_parameter_file
+
+    if path is None:
+        return {}
+    return {name: value for name, value in sorted(read_parameter_file(path).items())
+            if name not in CORE_SETTINGS and name != "release_id"}
+
+
+def nested(flat: dict) -> dict:
+    """Dotted parameter names as the nested mappings a parameter file writes: ``{"front.camera_x": 1}`` ->
+    ``{"front": {"camera_x": 1}}``."""
+    tree: dict = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split(".")
+        branch = tree
+        for part in parents:
+            branch = branch.setdefault(part, {})
+        branch[leaf] = value
+    return tree
+
+
+def parameter_values(config: ClipomalyConfig, identity: str, carried: dict | None = None) -> dict:
+    """The ``ros__parameters`` of a release: the starting file's own node parameters (``carried``, dotted names,
+    see :func:`node_parameters`), every core setting that differs from its default, the ones a release changes
+    (:data:`ALWAYS_WRITTEN`), and ``release_id``."""
+    values = nested(carried or {})
     for name in CORE_SETTINGS:
         value = getattr(config, name)
         if name in ALWAYS_WRITTEN or value != SETTINGS_BY_NAME[name].default:
@@ -75,7 +101,7 @@ def parameter_values(config: ClipomalyConfig, identity: str) -> dict:
     return values
 
 
-def parameter_file(config: ClipomalyConfig, identity: str, provenance: dict) -> str:
+def parameter_file(config: ClipomalyConfig, identity: str, provenance: dict, carried: dict | None = None) -> str:
     """The release's parameter file: ``/**/clipomaly`` with :func:`parameter_values`, its provenance as YAML in
     comments above it (rcl and :func:`~clipomaly_ros.core.config.read_parameter_file` read only the section)."""
     header = [f"# Release {identity} of clipomaly_ros {package_version()}, made by clipomaly release.",
@@ -83,7 +109,7 @@ def parameter_file(config: ClipomalyConfig, identity: str, provenance: dict) -> 
               "# The node logs release_id at start and reports it in /diagnostics. Everything else is in release.json.",
               "# provenance:"]
     comment = yaml.safe_dump(provenance, sort_keys=True, default_flow_style=False, width=1000)
-    body = yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": parameter_values(config, identity)}},
+    body = yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": parameter_values(config, identity, carried)}},
                           sort_keys=False, default_flow_style=False, width=1000)
     return "\n".join(header + [f"#   {line}" for line in comment.splitlines()]) + "\n" + body
 

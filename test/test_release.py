@@ -85,15 +85,33 @@ def test_the_dvc_file_lists_every_output_with_its_md5(trial):
         assert out["md5"] == hashlib.md5(data).hexdigest() and out["size"] == len(data)
 
 
-def test_the_same_inputs_give_the_same_id_and_identical_files(trial, tmp_path):
+def test_the_same_inputs_give_the_same_id_and_identical_files(trial, tmp_path, monkeypatch):
+    """Paths given relative or absolute, in another order, with one bad line and another output name: the same id;
+    written under the same name: the same files."""
+    first = _copy_mined(trial, tmp_path)
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    with open(second / REVIEWS, "a") as stream:
+        stream.write("not json\n")
     options = trial["options"]
-    again = ReleaseOptions(options.mined, tmp_path / "again", options.config, space=options.space,
-                           eval_data=options.eval_data)
-    record = build_release(again, log=lambda message: None)
-    assert record["release_id"] == trial["record"]["release_id"]
-    first, second = options.output, again.output
-    for path in sorted(p for p in first.rglob("*") if p.is_file()):
-        assert (second / path.relative_to(first)).read_bytes() == path.read_bytes(), path.name
+
+    def build(mined: list[Path], output: Path) -> dict:
+        again = ReleaseOptions(mined, output, options.config, space=options.space, eval_data=options.eval_data,
+                               finetune=True)
+        return build_release(again, log=lambda message: None)
+
+    monkeypatch.chdir(tmp_path)
+    one = build([first, second], tmp_path / "a" / "release")
+    two = build([Path("second"), Path("mined")], Path("b") / "release")
+    three = build([second, first], tmp_path / "other-name")
+    assert one["release_id"] == two["release_id"] == three["release_id"] != trial["record"]["release_id"]
+    assert one["problems"] == ["second/reviews.jsonl line 21: not JSON"] and one["finetune"]["command"]
+    written = sorted(p.relative_to(tmp_path / "a" / "release") for p in (tmp_path / "a" / "release").rglob("*")
+                     if p.is_file())
+    for path in written:
+        assert (tmp_path / "b" / "release" / path).read_bytes() == (tmp_path / "a" / "release" / path).read_bytes()
+    assert sorted(p.relative_to(tmp_path / "b" / "release") for p in (tmp_path / "b" / "release").rglob("*")
+                  if p.is_file()) == written
 
 
 def test_a_child_release_made_by_the_command_names_its_parent(trial, tmp_path, capsys):
@@ -108,7 +126,7 @@ def test_a_child_release_made_by_the_command_names_its_parent(trial, tmp_path, c
     printed = capsys.readouterr().out
     assert f"added {GNOME}" not in printed and "already in anomaly_vocabulary" in printed  # the parent has it
     labels = sorted((child / "finetune" / "labels").glob("*.png"))
-    assert labels and record["finetune"]["command"].startswith("clipomaly finetune child/finetune")
+    assert labels and record["finetune"]["command"].startswith("clipomaly finetune finetune ")
     from clipomaly_ros.core.datasets import read_label
 
     car = trial["config"].known_classes.index("car")
@@ -329,3 +347,17 @@ def test_the_release_file_keeps_the_parents_own_node_parameters(trial, tmp_path)
     assert parameters["rear.camera_x"] == -0.5 and parameters["rear.camera_yaw"] == 3.14
     assert parameters["release_id"] == json.loads((child / "release.json").read_text())["release_id"]
     assert GNOME in load_config(child / "clipomaly.yaml").anomaly_vocabulary
+
+
+def test_the_tagger_files_are_hashed_by_their_bytes_in_the_settings_fingerprint(tmp_path):
+    from clipomaly_ros.core.config import ClipomalyConfig
+    from clipomaly_ros.core.fingerprint import settings_fingerprint
+
+    weights, graph = tmp_path / "ram.pth", tmp_path / "ram.onnx"
+    weights.write_bytes(b"tagger weights")
+    graph.write_bytes(b"tagger graph")
+    fingerprint = settings_fingerprint(ClipomalyConfig(tagger_weights=str(weights), tagger_onnx_model=str(graph)))
+    assert fingerprint["tagger_weights"].startswith("sha256:") and fingerprint["tagger_onnx_model"].startswith("sha256:")
+    weights.write_bytes(b"other tagger weights")  # overwritten in place: other weights, another fingerprint
+    changed = settings_fingerprint(ClipomalyConfig(tagger_weights=str(weights), tagger_onnx_model=str(graph)))
+    assert changed["tagger_weights"] != fingerprint["tagger_weights"]

@@ -10,7 +10,7 @@ from typing import Iterable
 
 from .config import CORE_SETTINGS, ClipomalyConfig
 
-FILE_SETTINGS = ("checkpoint", "onnx_model", "naming_dictionary")
+FILE_SETTINGS = ("checkpoint", "onnx_model", "naming_dictionary", "tagger_weights", "tagger_onnx_model")
 """Settings whose value is a file: the fingerprint holds the hash of its bytes."""
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}

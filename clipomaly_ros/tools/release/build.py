@@ -8,6 +8,7 @@ by drive) and, with ``--finetune``, ``finetune/`` in the layout ``clipomaly fine
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -75,7 +76,9 @@ def build_release(options: ReleaseOptions, log=print) -> dict:
         raise ReleaseError(f"--conflicts {options.conflicts}: choose one of {', '.join(CONFLICT_POLICIES)}")
     config = options.config
     _, parent_id = parent_release(options.parent)
-    runs = [read_mined(folder, options.conflicts) for folder in options.mined]
+    # By content, not by the order or the paths given: the same inputs give the same release.
+    runs = sorted((read_mined(folder, options.conflicts) for folder in options.mined),
+                  key=lambda run: (run.index_hash, run.reviews_hash, run.folder.name))
     check_same_weights(runs, weights_of(config), str(options.parent or "the settings given"))
     problems = _problems(runs, config)
     if options.strict and problems:
@@ -85,8 +88,6 @@ def build_release(options: ReleaseOptions, log=print) -> dict:
         raise ReleaseError("no usable decision in the reviews of " + ", ".join(str(r.folder) for r in runs)
                            + (f" ({len(problems)} problems, first {problems[0]})" if problems else "")
                            + ": review candidates first (clipomaly review MINED)")
-    hashes = input_hashes(config, runs)
-    identity = release_id(hashes, config, parent_id, options.hashed())
     from ...core.method.vocabulary import read_name_list
 
     change = merge_vocabulary([d.name for run in runs for d in run.decisions.values() if d.decision in CONFIRMED],
@@ -95,6 +96,8 @@ def build_release(options: ReleaseOptions, log=print) -> dict:
     out = _fresh_folder(options.output)
     frames = reviewed_frames(runs)
     held_out = _write_frames(out, frames, config, options.finetune, problems)
+    hashes = input_hashes(config, runs) | {"labelled_frames": _frames_digest(out)}
+    identity = release_id(hashes, config, parent_id, options.hashed())
     released = config.replace(anomaly_vocabulary=change.vocabulary)
     calibration = _calibrate(released, out, options, held_out)
     released = released.replace(**calibration.pop("settings"))
@@ -119,9 +122,9 @@ def _problems(runs: list[MinedRun], config: ClipomalyConfig) -> list[str]:
     """Every problem of the reviews, one line each, naming its folder: bad lines, conflicts, unknown classes."""
     problems = []
     for run in runs:
-        problems += [f"{run.folder}/reviews.jsonl {p}" for p in run.problems]
-        problems += [f"{run.folder}: conflicting decisions on {c}" for c in run.conflicts]
-        problems += [f"{run.folder}: candidate {d.candidate_id} called known class {d.known_class!r}, which is not "
+        problems += [f"{run.folder.name}/reviews.jsonl {p}" for p in run.problems]
+        problems += [f"{run.folder.name}: conflicting decisions on {c}" for c in run.conflicts]
+        problems += [f"{run.folder.name}: candidate {d.candidate_id} called known class {d.known_class!r}, which is not "
                      "among known_classes; it gives normal pixels only" for d in run.decisions.values()
                      if d.decision == "known_class" and d.known_class not in config.known_classes]
     return problems
@@ -234,6 +237,18 @@ def _review_counts(runs: list[MinedRun]) -> dict:
     return counts
 
 
+def _frames_digest(out: Path) -> str:
+    """``md5:<hex>`` of every labelled frame written (calibration and fine-tuning): the bags are read, not hashed,
+    so a frame missing or decoded otherwise gives another release id."""
+    from .inputs import tree_hash
+
+    digest = hashlib.md5()
+    for folder in ("calibration", FINETUNE):
+        if (out / folder).is_dir():
+            digest.update(f"{folder}\0{tree_hash(out / folder)}\0".encode())
+    return "md5:" + digest.hexdigest()
+
+
 def _frame_counts(out: Path) -> dict:
     return {folder: len(list((out / folder / "images").glob("*.png"))) for folder in (SEARCH, HELD_OUT, FINETUNE)}
 
@@ -242,8 +257,9 @@ def _finetune_note(out: Path, asked: bool) -> dict | None:
     if not asked:
         return None
     frames = len(list((out / FINETUNE / "images").glob("*.png")))
-    return {"frames": frames, "command": f"clipomaly finetune {out.name}/{FINETUNE} -o finetuned.pt --config "
-                                         f"{out.name}/{PARAMETER_FILE}" if frames else None}
+    # Relative to the release folder, so that the release's files do not depend on where it was written.
+    return {"frames": frames, "run_in": "the release folder",
+            "command": f"clipomaly finetune {FINETUNE} -o finetuned.pt --config {PARAMETER_FILE}" if frames else None}
 
 
 def _provenance(record: dict) -> dict:

@@ -130,10 +130,10 @@ def read_frame_images(frames: list[ReviewedFrame], problems: list[str]) -> dict[
                         if stem is not None and stem not in images:
                             images[stem] = decode_recorded(message, connection.msgtype)
         except (BagError, BadRecordedFrame) as error:
-            problems.append(f"bag {bag}: {error}; its {len(wanted)} reviewed frames are left out")
+            problems.append(f"bag {Path(bag).name}: {error}; its {len(wanted)} reviewed frames are left out")
             unreadable.add(bag)
     for frame in (f for f in frames if f.stem not in images and f.bag not in unreadable):
-        problems.append(f"bag {frame.bag}: no {frame.topic} frame stamped {frame.stamp_ns}; left out")
+        problems.append(f"bag {Path(frame.bag).name}: no {frame.topic} frame stamped {frame.stamp_ns}; left out")
     return images
 
 

@@ -361,3 +361,42 @@ def test_the_tagger_files_are_hashed_by_their_bytes_in_the_settings_fingerprint(
     weights.write_bytes(b"other tagger weights")  # overwritten in place: other weights, another fingerprint
     changed = settings_fingerprint(ClipomalyConfig(tagger_weights=str(weights), tagger_onnx_model=str(graph)))
     assert changed["tagger_weights"] != fingerprint["tagger_weights"]
+
+
+def test_bad_candidate_ids_and_masks_are_reported_and_a_failed_build_keeps_the_earlier_release(trial, tmp_path,
+                                                                                                monkeypatch):
+    from clipomaly_ros.tools.release import build
+    from clipomaly_ros.tools.release.trial import encode_mask
+
+    mined = _copy_mined(trial, tmp_path)
+    run = read_mined(mined)
+    candidate = sorted(run.rows)[0]
+    height, width = run.rows[candidate]["mask"]["size"]
+    import numpy as np
+
+    with open(mined / REVIEWS, "a") as stream:
+        for entry in ({"candidate_id": ["not", "text"], "decision": "reject"},
+                      {"candidate_id": {"a": 1}, "decision": ["accept"]},
+                      {"candidate_id": candidate, "decision": "rename", "name": "sofa", "mask": {"counts": 3}},
+                      {"candidate_id": candidate, "decision": "rename", "name": "sofa",
+                       "mask": encode_mask(np.ones((height + 1, width), bool))}):
+            stream.write(json.dumps(entry) + "\n")
+    problems = read_mined(mined).problems
+    assert len(problems) == 4, problems
+    assert "not in the index" in problems[0] and "is none of" in problems[1]
+    assert "no COCO RLE" in problems[2] and f"not the frame's size [{height}, {width}]" in problems[3]
+    assert read_mined(mined).decisions[candidate].name != "sofa"  # the bad masks' lines are left out
+    earlier = tmp_path / "release"
+    shutil.copytree(trial["options"].output, earlier)
+    before = {p: p.read_bytes() for p in earlier.rglob("*") if p.is_file()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("calibration broke")
+
+    monkeypatch.setattr(build, "_calibrate", broken)
+    with pytest.raises(RuntimeError):
+        build_release(ReleaseOptions([mined], earlier, trial["config"]), log=lambda message: None)
+    assert {p: p.read_bytes() for p in earlier.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mined", "release"]
+    with pytest.raises(ReleaseError, match="is the parent release"):
+        build_release(ReleaseOptions([mined], earlier, trial["config"], parent=earlier), log=lambda message: None)

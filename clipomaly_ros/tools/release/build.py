@@ -93,7 +93,23 @@ def build_release(options: ReleaseOptions, log=print) -> dict:
     change = merge_vocabulary([d.name for run in runs for d in run.decisions.values() if d.decision in CONFIRMED],
                               config.anomaly_vocabulary, config.known_classes,
                               read_name_list(config.naming_dictionary or None))
-    out = _fresh_folder(options.output)
+    out = _building_folder(options.output, options.parent)
+    try:
+        record = _build_into(out, options, runs, change, problems, parent_id)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(options.output, ignore_errors=True)  # an earlier release, replaced only once this one is whole
+    out.rename(options.output)
+    log(f"release {record['release_id']} in {options.output}: {len(change.added)} names added, {len(problems)} "
+        "problems reported")
+    return record
+
+
+def _build_into(out: Path, options: ReleaseOptions, runs: list[MinedRun], change, problems: list[str],
+                parent_id: str | None) -> dict:
+    """Write the release's files into ``out``; returns ``release.json``'s content."""
+    config = options.config
     frames = reviewed_frames(runs)
     held_out = _write_frames(out, frames, config, options.finetune, problems)
     hashes = input_hashes(config, runs) | {"labelled_frames": _frames_digest(out)}
@@ -114,7 +130,6 @@ def build_release(options: ReleaseOptions, log=print) -> dict:
     (out / CHANGELOG).write_text(changelog(record, options.parent))
     (out / RELEASE_FILE).write_text(json.dumps(record, indent=1, sort_keys=True, default=float) + "\n")
     (out / DVC_FILE).write_text(dvc_file(out))
-    log(f"release {identity} in {out}: {len(change.added)} names added, {len(problems)} problems reported")
     return record
 
 
@@ -130,14 +145,20 @@ def _problems(runs: list[MinedRun], config: ClipomalyConfig) -> list[str]:
     return problems
 
 
-def _fresh_folder(output: Path) -> Path:
-    """``output`` emptied of an earlier release (only a release folder, or an empty one, is replaced)."""
-    if output.exists() and any(output.iterdir()) and not (output / RELEASE_FILE).is_file():
+def _building_folder(output: Path, parent: Path | None) -> Path:
+    """A new empty folder beside ``output`` to build in (renamed to ``output`` once the release is whole, so a
+    failed build leaves an earlier release there as it was). Only a release folder, or an empty one, may be
+    replaced, and never the parent release."""
+    output = Path(output)
+    if parent is not None and output.resolve() == Path(parent).resolve():
+        raise ReleaseError(f"-o {output} is the parent release (--from): write the new release to another folder")
+    if output.exists() and (not output.is_dir() or any(output.iterdir()) and not (output / RELEASE_FILE).is_file()):
         raise ReleaseError(f"-o {output}: the folder holds other files; give a new or empty folder, or an earlier "
                            "release to replace")
-    shutil.rmtree(output, ignore_errors=True)
-    output.mkdir(parents=True)
-    return output
+    building = output.parent / f".{output.name}.building"
+    shutil.rmtree(building, ignore_errors=True)  # left by a build that was killed
+    building.mkdir(parents=True)
+    return building
 
 
 def _write_frames(out: Path, frames: list[ReviewedFrame], config: ClipomalyConfig, finetune: bool,

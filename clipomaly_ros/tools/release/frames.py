@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .inputs import CONFIRMED, Decision, MinedRun
+from .inputs import CONFIRMED, Decision, MinedRun, decode_mask
 
 ANOMALY, NORMAL, IGNORE = 1, 0, 255
 FRAME_READ_WINDOW_NS = 2_000_000_000
@@ -39,15 +39,6 @@ class ReviewedFrame:
     def stem(self) -> str:
         """A file stem that names the frame: drive, topic and stamp."""
         return f"{self.drive[:12]}_{re.sub(r'[^A-Za-z0-9]+', '_', self.topic).strip('_')}_{self.stamp_ns}"
-
-
-def decode_mask(rle: dict) -> np.ndarray:
-    """An ``(H, W)`` bool mask from COCO compressed RLE (``size`` [H, W], ``counts`` a string)."""
-    from pycocotools import mask as coco_mask
-
-    counts = rle["counts"]
-    return coco_mask.decode({"size": [int(v) for v in rle["size"]],
-                             "counts": counts.encode() if isinstance(counts, str) else counts}).astype(bool)
 
 
 def reviewed_frames(runs: list[MinedRun]) -> list[ReviewedFrame]:

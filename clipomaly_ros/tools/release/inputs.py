@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..run_identity import model_version, run_fingerprint, weights_of_fingerprint
 
 INDEX = "anomalies.parquet"
@@ -135,16 +137,43 @@ def _parse(line: str, number: int, last: bool, rows: dict, problems: list[str]) 
         problems.append(f"{where}: not a JSON object")
         return None
     candidate, decision = entry.get("candidate_id"), entry.get("decision")
-    if decision not in DECISIONS:
-        problems.append(f"{where}: decision {decision!r} is none of {', '.join(DECISIONS)}")
-    elif candidate not in rows:
+    if not isinstance(decision, str) or decision not in DECISIONS:
+        problems.append(f"{where}: decision {str(decision)[:40]!r} is none of {', '.join(DECISIONS)}")
+    elif not isinstance(candidate, str) or candidate not in rows:
         problems.append(f"{where}: candidate {candidate!r} is not in the index")
     elif decision in CONFIRMED and not str(entry.get("name") or "").strip():
         problems.append(f"{where}: {decision} without a name")
     elif decision == "known_class" and not str(entry.get("known_class") or "").strip():
         problems.append(f"{where}: known_class without the class")
+    elif entry.get("mask") is not None and (why := _mask_problem(entry["mask"], rows[candidate]["mask"])):
+        problems.append(f"{where}: the corrected mask {why}; the line is left out")
     else:
         return entry
+    return None
+
+
+def decode_mask(rle: dict) -> np.ndarray:
+    """An ``(H, W)`` bool mask from COCO compressed RLE (``size`` [H, W], ``counts`` a string)."""
+    from pycocotools import mask as coco_mask
+
+    counts = rle["counts"]
+    return coco_mask.decode({"size": [int(v) for v in rle["size"]],
+                             "counts": counts.encode() if isinstance(counts, str) else counts}).astype(bool)
+
+
+def _mask_problem(mask, original: dict) -> str | None:
+    """Why a reviewer's corrected mask cannot be used (not COCO RLE, not decodable, not the size of the candidate's
+    own mask ``original``), or None."""
+    if not isinstance(mask, dict) or not isinstance(mask.get("counts"), str) or not isinstance(mask.get("size"), list):
+        return "is no COCO RLE (size [H, W] and counts as text)"
+    if [int(v) for v in original["size"]] != mask["size"]:
+        return f"is {mask['size']}, not the frame's size {list(original['size'])}"
+    try:
+        decoded = decode_mask(mask)
+    except (ValueError, TypeError, KeyError, OverflowError):
+        decoded = None
+    if decoded is None or list(decoded.shape) != mask["size"]:
+        return "cannot be decoded"
     return None
 
 

@@ -400,3 +400,13 @@ def test_bad_candidate_ids_and_masks_are_reported_and_a_failed_build_keeps_the_e
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mined", "release"]
     with pytest.raises(ReleaseError, match="is the parent release"):
         build_release(ReleaseOptions([mined], earlier, trial["config"], parent=earlier), log=lambda message: None)
+
+
+def test_frames_recorded_far_from_their_stamp_are_found_by_reading_the_whole_topic(trial, monkeypatch):
+    from clipomaly_ros.tools.release import frames as frames_module
+
+    # A window that holds no message: every frame is as if recorded long after its stamp.
+    monkeypatch.setattr(frames_module, "FRAME_READ_WINDOW_NS", -10**15)
+    problems: list[str] = []
+    wanted = frames_module.reviewed_frames([read_mined(trial["mined"])])
+    assert len(frames_module.read_frame_images(wanted, problems)) == len(wanted) > 0 and problems == []

@@ -168,8 +168,8 @@ def _write_frames(out: Path, frames: list[ReviewedFrame], config: ClipomalyConfi
     images = read_frame_images(frames, problems)
     usable = [f for f in frames if f.stem in images]
     search, held_out = split_by_drive(usable)
-    searched = {images[frame.stem].tobytes() for frame in search}
-    repeated = [frame for frame in held_out if images[frame.stem].tobytes() in searched]
+    searched = {_digest(images[frame.stem]) for frame in search}
+    repeated = [frame for frame in held_out if _digest(images[frame.stem]) in searched]
     problems += [f"held-out frame {frame.stem} is the same image as a searched one; left out of the held-out figure"
                  for frame in repeated]
     held_out = [frame for frame in held_out if frame not in repeated]
@@ -188,6 +188,12 @@ def _write_frames(out: Path, frames: list[ReviewedFrame], config: ClipomalyConfi
         if label is not None:
             _write_pair(out / FINETUNE, frame.stem, images[frame.stem], label)
     return bool(held_out)
+
+
+def _digest(image: np.ndarray) -> bytes:
+    """The sha256 of an image's shape and pixels: compared instead of the pixels, so a frame's bytes are not kept
+    twice."""
+    return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).digest()
 
 
 def _write_instances(path: Path, frame: ReviewedFrame, shape: tuple[int, int]) -> dict[str, str]:

@@ -112,14 +112,19 @@ def read_frame_images(frames: list[ReviewedFrame], problems: list[str]) -> dict[
                 for topic in sorted({f.topic for f in wanted}):
                     stamps = {f.stamp_ns: f.stem for f in wanted if f.topic == topic}
                     connections = [c for c in reader.connections if c.topic == topic]
-                    messages = reader.messages(connections=connections,
-                                               start=min(stamps) - FRAME_READ_WINDOW_NS,
-                                               stop=max(stamps) + FRAME_READ_WINDOW_NS)
-                    for connection, _, raw in messages:
-                        message = deserialize_recorded(reader, raw, connection.msgtype)
-                        stem = stamps.get(stamp_ns(message.header))
-                        if stem is not None and stem not in images:
-                            images[stem] = decode_recorded(message, connection.msgtype)
+                    # Frames are looked for near their stamp first; one recorded much later than stamped (a
+                    # delayed camera) is found by reading the whole topic once.
+                    for window in ((min(stamps) - FRAME_READ_WINDOW_NS, max(stamps) + FRAME_READ_WINDOW_NS),
+                                   (None, None)):
+                        missing = {t: stem for t, stem in stamps.items() if stem not in images}
+                        if not missing:
+                            break
+                        for connection, _, raw in reader.messages(connections=connections, start=window[0],
+                                                                  stop=window[1]):
+                            message = deserialize_recorded(reader, raw, connection.msgtype)
+                            stem = missing.get(stamp_ns(message.header))
+                            if stem is not None and stem not in images:
+                                images[stem] = decode_recorded(message, connection.msgtype)
         except (BagError, BadRecordedFrame) as error:
             problems.append(f"bag {Path(bag).name}: {error}; its {len(wanted)} reviewed frames are left out")
             unreadable.add(bag)

@@ -357,7 +357,8 @@ def test_the_tagger_files_are_hashed_by_their_bytes_in_the_settings_fingerprint(
     weights.write_bytes(b"tagger weights")
     graph.write_bytes(b"tagger graph")
     fingerprint = settings_fingerprint(ClipomalyConfig(tagger_weights=str(weights), tagger_onnx_model=str(graph)))
-    assert fingerprint["tagger_weights"].startswith("sha256:") and fingerprint["tagger_onnx_model"].startswith("sha256:")
+    assert fingerprint["tagger_weights"].startswith("sha256:")
+    assert fingerprint["tagger_onnx_model"].startswith("sha256:")
     weights.write_bytes(b"other tagger weights")  # overwritten in place: other weights, another fingerprint
     changed = settings_fingerprint(ClipomalyConfig(tagger_weights=str(weights), tagger_onnx_model=str(graph)))
     assert changed["tagger_weights"] != fingerprint["tagger_weights"]
@@ -410,3 +411,28 @@ def test_frames_recorded_far_from_their_stamp_are_found_by_reading_the_whole_top
     problems: list[str] = []
     wanted = frames_module.reviewed_frames([read_mined(trial["mined"])])
     assert len(frames_module.read_frame_images(wanted, problems)) == len(wanted) > 0 and problems == []
+
+
+def test_tracks_alive_at_a_reviewed_frame_are_ignored_in_their_box_not_called_normal(trial):
+    import numpy as np
+
+    from clipomaly_ros.tools.release.frames import calibration_label, reviewed_frames
+    from clipomaly_ros.tools.release.inputs import Decision
+    from clipomaly_ros.tools.release.trial import encode_mask
+
+    mask = np.zeros((20, 40), bool)
+    mask[2:6, 2:6] = True
+    rows = {"seen": {"candidate_id": "seen", "bag_id": "d", "source_path": "b", "topic": "/t", "best_stamp_ns": 10,
+                     "first_stamp_ns": 10, "last_stamp_ns": 10, "mask": encode_mask(mask), "box": [2, 2, 5, 5]},
+            "passing": {"candidate_id": "passing", "bag_id": "d", "source_path": "b", "topic": "/t",
+                        "best_stamp_ns": 30, "first_stamp_ns": 5, "last_stamp_ns": 40, "mask": encode_mask(mask),
+                        "box": [20, 10, 29, 14]},
+            "other topic": {"candidate_id": "other topic", "bag_id": "d", "source_path": "b", "topic": "/u",
+                            "best_stamp_ns": 30, "first_stamp_ns": 5, "last_stamp_ns": 40, "mask": encode_mask(mask),
+                            "box": [30, 0, 39, 4]}}
+    run = read_mined(trial["mined"])
+    run.rows, run.decisions = rows, {"seen": Decision("seen", "reject", "", "", "ana", None)}
+    frame = next(f for f in reviewed_frames([run]) if f.stamp_ns == 10)
+    label = calibration_label(frame, (20, 40))
+    assert (label[10:15, 20:30] == 255).all() and (label[mask] == 0).all()
+    assert (label[0:5, 30:40] == 0).all() and (label == 255).sum() == 50

@@ -139,8 +139,8 @@ def _problems(runs: list[MinedRun], config: ClipomalyConfig) -> list[str]:
     for run in runs:
         problems += [f"{run.folder.name}/reviews.jsonl {p}" for p in run.problems]
         problems += [f"{run.folder.name}: conflicting decisions on {c}" for c in run.conflicts]
-        problems += [f"{run.folder.name}: candidate {d.candidate_id} called known class {d.known_class!r}, which is not "
-                     "among known_classes; it gives normal pixels only" for d in run.decisions.values()
+        problems += [f"{run.folder.name}: candidate {d.candidate_id} called known class {d.known_class!r}, which is "
+                     "not among known_classes; it gives normal pixels only" for d in run.decisions.values()
                      if d.decision == "known_class" and d.known_class not in config.known_classes]
     return problems
 

@@ -3,7 +3,8 @@
 
 Calibration labels (``labels/<stem>.png``, as ``clipomaly evaluate`` and ``calibrate`` read them): 1 where a
 candidate was accepted or renamed (a real anomaly), 0 where it was a known class or rejected, 255 (ignored) on the
-other candidates of the frame that have no decision in force, 0 elsewhere. Fine-tuning labels: the known class's
+other candidates of the frame that have no decision in force and in the boxes of tracks passing through the frame
+(alive at its stamp, their best frame another), 0 elsewhere. Fine-tuning labels: the known class's
 index where a candidate was called a known class, 255 elsewhere (``clipomaly finetune``'s layout).
 """
 
@@ -34,6 +35,9 @@ class ReviewedFrame:
     topic: str
     stamp_ns: int
     candidates: list[tuple[dict, Decision | None]] = field(default_factory=list)
+    passing: list[list[int]] = field(default_factory=list)
+    """Boxes ``[x0, y0, x1, y1]`` (pixels, inclusive) of the other tracks alive at this stamp (seen before and
+    after it, their best frame elsewhere): where they are here is not known, so it is no evidence either way."""
 
     @property
     def stem(self) -> str:
@@ -52,12 +56,24 @@ def reviewed_frames(runs: list[MinedRun]) -> list[ReviewedFrame]:
             decision = run.decisions.get(candidate_id)
             frame.candidates.append((row, decision if decision and decision.decision != "skip" else None))
     decided = [f for f in frames.values() if any(d is not None for _, d in f.candidates)]
+    for frame in decided:
+        frame.passing = [row["box"] for run in runs for row in run.rows.values() if _passes(row, frame)]
     return sorted(decided, key=lambda f: (f.drive, f.topic, f.stamp_ns))
+
+
+def _passes(row: dict, frame: ReviewedFrame) -> bool:
+    """Whether the track ``row`` is alive at ``frame``'s stamp without its best frame being this one."""
+    first, last = row.get("first_stamp_ns"), row.get("last_stamp_ns")
+    return (row["bag_id"] == frame.drive and row["topic"] == frame.topic and int(row["best_stamp_ns"]) != frame.stamp_ns
+            and first is not None and last is not None and int(first) <= frame.stamp_ns <= int(last)
+            and row.get("box") is not None)
 
 
 def calibration_label(frame: ReviewedFrame, shape: tuple[int, int]) -> np.ndarray:
     """The ``(H, W)`` uint8 calibration label of ``frame`` (see the module docstring)."""
     label = np.full(shape, NORMAL, dtype=np.uint8)
+    for x0, y0, x1, y1 in frame.passing:
+        label[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = IGNORE
     layers = {None: [], NORMAL: [], ANOMALY: []}
     for row, decision in frame.candidates:
         value = None if decision is None else ANOMALY if decision.decision in CONFIRMED else NORMAL

@@ -41,7 +41,8 @@ def changelog_entry(record: dict) -> str:
         lines += ["", f"Measured against the parent on {comparison['data']}:", "",
                   figures_table(comparison, "parent", "this release")]
     if record.get("finetune") and record["finetune"]["command"]:
-        lines += ["", f"Fine-tuning data: {record['finetune']['frames']} frames; in the release folder run `{record['finetune']['command']}`"
+        lines += ["", f"Fine-tuning data: {record['finetune']['frames']} frames; in the release folder run "
+                      f"`{record['finetune']['command']}`"
                       " (a GPU job) to use it."]
     return "\n".join(lines) + "\n"
 

@@ -33,8 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--eval", type=Path, metavar="DATA", help="labelled frames (images/ + labels/, names in "
                                                                   "instances/ + names.json) to measure on; a release "
                                                                   "without it measures on its held-out drives")
-    parser.add_argument("--picture", type=Path, metavar="PNG", help="diff: where to draw the frames the two "
-                                                                    "releases disagree on (default NEW/diff.png)")
+    parser.add_argument("--picture", type=Path, metavar="PNG",
+                        help="diff: where to draw the frames the two releases disagree on (default diff.png in the "
+                             "current folder, so a release folder stays as its release.dvc lists it)")
     parser.add_argument("--conflicts", choices=CONFLICT_POLICIES, default="leave-out",
                         help="reviewers who disagree on a candidate: leave it out (default), take the latest "
                              "decision, or refuse the release")

@@ -72,8 +72,9 @@ class MinedRun:
 
 
 def tree_hash(path: Path) -> str:
-    """``md5:<hex>`` of a file's bytes, or of a folder's files (relative paths and bytes, in sorted order): DVC's
-    own hash kind, so a ``.dvc`` file can reuse it."""
+    """``md5:<hex>`` of a file's bytes (the md5 DVC records for a file, so a ``.dvc`` file can reuse it), or of a
+    folder's files (relative paths and bytes, in sorted order): this package's own digest, not DVC's ``.dir``
+    hash."""
     digest = hashlib.md5()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:

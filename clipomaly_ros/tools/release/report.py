@@ -97,6 +97,6 @@ def release_diff(old: Path, new: Path, eval_data: Path | None = None, picture: P
     pipelines = [Clipomaly(load_config(Path(folder) / PARAMETER_FILE)) for folder in (old, new)]
     figures, worst = compare(*pipelines, eval_data)
     text = diff_text(old, new, figures)
-    written = disagreement_picture(worst, picture or Path(new) / "diff.png", Path(old).name, Path(new).name)
+    written = disagreement_picture(worst, picture or Path("diff.png"), Path(old).name, Path(new).name)
     return text + (f"\nthe frames where they disagree most: {written}" if written else
                    "\nthe two releases agree on every frame")

@@ -436,3 +436,16 @@ def test_tracks_alive_at_a_reviewed_frame_are_ignored_in_their_box_not_called_no
     label = calibration_label(frame, (20, 40))
     assert (label[10:15, 20:30] == 255).all() and (label[mask] == 0).all()
     assert (label[0:5, 30:40] == 0).all() and (label == 255).sum() == 50
+
+
+def test_the_machine_settings_are_written_only_when_the_starting_file_set_them(tmp_path):
+    from clipomaly_ros.core.config import ClipomalyConfig
+    from clipomaly_ros.tools.release.provenance import node_parameters, parameter_values
+
+    config = ClipomalyConfig(backend="toy", device="cpu", cache_dir=str(tmp_path / "cache"))
+    assert "device" not in parameter_values(config, "rel-x") and "cache_dir" not in parameter_values(config, "rel-x")
+    starting = tmp_path / "start.yaml"
+    starting.write_text(yaml.safe_dump({"/**/clipomaly": {"ros__parameters": {"device": "cuda:1", "cameras": ["a"]}}}))
+    carried = node_parameters(starting)
+    assert carried == {"device": "cuda:1", "cameras": ["a"]}
+    assert parameter_values(config, "rel-x", carried)["device"] == "cuda:1"

@@ -19,6 +19,9 @@ from ..run_identity import weights_of_fingerprint
 from .inputs import MinedRun, tree_hash
 
 PARAMETER_FILE, RELEASE_FILE, CHANGELOG, DVC_FILE = "clipomaly.yaml", "release.json", "CHANGELOG.md", "release.dvc"
+MACHINE_SETTINGS = ("device", "cache_dir")
+"""Settings of the machine a release was built on, not of the release: written only when the starting file set
+them."""
 ALWAYS_WRITTEN = ("anomaly_vocabulary", "uncertainty_threshold", "min_region_area", "cleanup_radius", "crop_weight")
 """Settings the release's parameter file always states, default or not: what a release changes."""
 
@@ -65,14 +68,14 @@ def release_id(hashes: dict, config: ClipomalyConfig, parent_id: str | None, opt
 
 def node_parameters(path: Path | None) -> dict:
     """The parameters of the starting file's ``clipomaly`` section that are no core setting (``cameras``, each
-    camera's ``<cam>.camera_*`` mounting, ``input_transport``, ROS's own ...), by their dotted names; a release
-    carries them as they are. Empty without a file."""
+    camera's ``<cam>.camera_*`` mounting, ``input_transport``, ROS's own ...), and the :data:`MACHINE_SETTINGS` it
+    sets, by their dotted names; a release carries them as they are. Empty without a file."""
     from ...core.config import read_parameter_file
 
     if path is None:
         return {}
     return {name: value for name, value in sorted(read_parameter_file(path).items())
-            if name not in CORE_SETTINGS and name != "release_id"}
+            if name not in CORE_SETTINGS and name != "release_id" or name in MACHINE_SETTINGS}
 
 
 def nested(flat: dict) -> dict:
@@ -95,6 +98,8 @@ def parameter_values(config: ClipomalyConfig, identity: str, carried: dict | Non
     values = nested(carried or {})
     for name in CORE_SETTINGS:
         value = getattr(config, name)
+        if name in MACHINE_SETTINGS:
+            continue  # only as the starting file set them (in ``carried``)
         if name in ALWAYS_WRITTEN or value != SETTINGS_BY_NAME[name].default:
             values[name] = list(value) if isinstance(value, tuple) else value
     values["release_id"] = identity

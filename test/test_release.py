@@ -169,6 +169,8 @@ def test_bad_review_lines_are_reported_and_the_valid_ones_used(trial, tmp_path):
     assert any("'maybe'" in p for p in run.problems)
     assert any("cut mid-line" in p for p in run.problems)
     assert len(run.problems) == 3 and len(run.conflicts) == 1 and candidates[1] in run.conflicts[0]
+    assert run.counts["valid_line_reviewers"]["bea"] == run.counts["valid_line_reviewers"]["carl"] == 1
+    assert sum(run.counts["valid_line_decisions"].values()) == 22 and "bea" not in run.counts["reviewers"]
     assert candidates[1] not in run.decisions  # left out by default
     assert read_mined(mined, conflicts="latest").decisions[candidates[1]].decision == "accept"
     with pytest.raises(ReleaseError, match="conflicting decisions on"):

@@ -256,9 +256,11 @@ def _compare(parent: ClipomalyConfig, released: ClipomalyConfig, data: Path | No
 
 
 def _review_counts(runs: list[MinedRun]) -> dict:
-    counts: dict = {"lines": sum(r.lines for r in runs), "decisions": {}, "reviewers": {}}
+    """The review lines, and per decision and per reviewer the decisions in force and every valid line."""
+    keys = ("decisions", "reviewers", "valid_line_decisions", "valid_line_reviewers")
+    counts: dict = {"lines": sum(r.lines for r in runs)} | {key: {} for key in keys}
     for run in runs:
-        for key in ("decisions", "reviewers"):
+        for key in keys:
             for name, value in run.counts[key].items():
                 counts[key][name] = counts[key].get(name, 0) + value
     return counts

@@ -246,10 +246,15 @@ def read_mined(folder: Path, conflicts: str = "leave-out") -> MinedRun:
                                                                    "model_version": model_version(fingerprint)})
     run.reviews_hash = tree_hash(folder / REVIEWS)
     run.decisions, run.conflicts = decisions_in_force(entries, conflicts)
-    counts: dict = {"decisions": collections.Counter(), "reviewers": collections.Counter()}
+    # In force (what the release uses) and every valid line (the reviewers' work, superseded lines included).
+    counts: dict = {key: collections.Counter() for key in ("decisions", "reviewers", "valid_line_decisions",
+                                                          "valid_line_reviewers")}
     for decision in run.decisions.values():
         counts["decisions"][decision.decision] += 1
         counts["reviewers"][decision.reviewer] += 1
+    for entry in entries:
+        counts["valid_line_decisions"][entry["decision"]] += 1
+        counts["valid_line_reviewers"][str(entry.get("reviewer") or "")] += 1
     run.counts = {key: dict(sorted(value.items())) for key, value in counts.items()}
     return run
 

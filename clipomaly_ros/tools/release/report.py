@@ -31,8 +31,10 @@ def changelog_entry(record: dict) -> str:
     calibration = record["calibration"]
     lines.append(f"- Calibration: {calibration['decision']}." if calibration.get("ran") else
                  f"- Calibration: not run ({calibration.get('why_not')}).")
-    lines.append(f"- Reviews: {reviews['lines']} lines; decisions " + _counts(reviews["decisions"])
-                 + "; reviewers " + _counts(reviews["reviewers"]) + ".")
+    lines.append(f"- Reviews: {reviews['lines']} lines; decisions in force " + _counts(reviews["decisions"])
+                 + "; reviewers " + _counts(reviews["reviewers"]) + "; every valid line: decisions "
+                 + _counts(reviews.get("valid_line_decisions", {})) + ", reviewers "
+                 + _counts(reviews.get("valid_line_reviewers", {})) + ".")
     if record["problems"]:
         lines.append(f"- Problems reported ({len(record['problems'])}), left out of the release: "
                      + "; ".join(record["problems"][:5]) + (" ..." if len(record["problems"]) > 5 else "") + ".")

@@ -15,6 +15,7 @@ import yaml
 
 from ...core.config import CORE_SETTINGS, NODE_NAME, SETTINGS_BY_NAME, ClipomalyConfig
 from ...core.fingerprint import file_digest, settings_fingerprint
+from ...core.parameter_files import nest_parameters
 from ..run_identity import weights_of_fingerprint
 from .inputs import MinedRun, tree_hash
 
@@ -78,24 +79,11 @@ def node_parameters(path: Path | None) -> dict:
             if name not in CORE_SETTINGS and name != "release_id" or name in MACHINE_SETTINGS}
 
 
-def nested(flat: dict) -> dict:
-    """Dotted parameter names as the nested mappings a parameter file writes: ``{"front.camera_x": 1}`` ->
-    ``{"front": {"camera_x": 1}}``."""
-    tree: dict = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split(".")
-        branch = tree
-        for part in parents:
-            branch = branch.setdefault(part, {})
-        branch[leaf] = value
-    return tree
-
-
 def parameter_values(config: ClipomalyConfig, identity: str, carried: dict | None = None) -> dict:
     """The ``ros__parameters`` of a release: the starting file's own node parameters (``carried``, dotted names,
     see :func:`node_parameters`), every core setting that differs from its default, the ones a release changes
     (:data:`ALWAYS_WRITTEN`), and ``release_id``."""
-    values = nested(carried or {})
+    values = nest_parameters(carried or {})
     for name in CORE_SETTINGS:
         value = getattr(config, name)
         if name in MACHINE_SETTINGS:

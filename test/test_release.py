@@ -85,15 +85,33 @@ def test_the_dvc_file_lists_every_output_with_its_md5(trial):
         assert out["md5"] == hashlib.md5(data).hexdigest() and out["size"] == len(data)
 
 
-def test_the_same_inputs_give_the_same_id_and_identical_files(trial, tmp_path):
+def test_the_same_inputs_give_the_same_id_and_identical_files(trial, tmp_path, monkeypatch):
+    """Paths given relative or absolute, in another order, with one bad line and another output name: the same id;
+    written under the same name: the same files."""
+    first = _copy_mined(trial, tmp_path)
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    with open(second / REVIEWS, "a") as stream:
+        stream.write("not json\n")
     options = trial["options"]
-    again = ReleaseOptions(options.mined, tmp_path / "again", options.config, space=options.space,
-                           eval_data=options.eval_data)
-    record = build_release(again, log=lambda message: None)
-    assert record["release_id"] == trial["record"]["release_id"]
-    first, second = options.output, again.output
-    for path in sorted(p for p in first.rglob("*") if p.is_file()):
-        assert (second / path.relative_to(first)).read_bytes() == path.read_bytes(), path.name
+
+    def build(mined: list[Path], output: Path) -> dict:
+        again = ReleaseOptions(mined, output, options.config, space=options.space, eval_data=options.eval_data,
+                               finetune=True)
+        return build_release(again, log=lambda message: None)
+
+    monkeypatch.chdir(tmp_path)
+    one = build([first, second], tmp_path / "a" / "release")
+    two = build([Path("second"), Path("mined")], Path("b") / "release")
+    three = build([second, first], tmp_path / "other-name")
+    assert one["release_id"] == two["release_id"] == three["release_id"] != trial["record"]["release_id"]
+    assert one["problems"] == ["second/reviews.jsonl line 21: not JSON"] and one["finetune"]["command"]
+    written = sorted(p.relative_to(tmp_path / "a" / "release") for p in (tmp_path / "a" / "release").rglob("*")
+                     if p.is_file())
+    for path in written:
+        assert (tmp_path / "b" / "release" / path).read_bytes() == (tmp_path / "a" / "release" / path).read_bytes()
+    assert sorted(p.relative_to(tmp_path / "b" / "release") for p in (tmp_path / "b" / "release").rglob("*")
+                  if p.is_file()) == written
 
 
 def test_a_child_release_made_by_the_command_names_its_parent(trial, tmp_path, capsys):
@@ -108,7 +126,7 @@ def test_a_child_release_made_by_the_command_names_its_parent(trial, tmp_path, c
     printed = capsys.readouterr().out
     assert f"added {GNOME}" not in printed and "already in anomaly_vocabulary" in printed  # the parent has it
     labels = sorted((child / "finetune" / "labels").glob("*.png"))
-    assert labels and record["finetune"]["command"].startswith("clipomaly finetune child/finetune")
+    assert labels and record["finetune"]["command"].startswith("clipomaly finetune finetune ")
     from clipomaly_ros.core.datasets import read_label
 
     car = trial["config"].known_classes.index("car")
@@ -151,6 +169,8 @@ def test_bad_review_lines_are_reported_and_the_valid_ones_used(trial, tmp_path):
     assert any("'maybe'" in p for p in run.problems)
     assert any("cut mid-line" in p for p in run.problems)
     assert len(run.problems) == 3 and len(run.conflicts) == 1 and candidates[1] in run.conflicts[0]
+    assert run.counts["valid_line_reviewers"]["bea"] == run.counts["valid_line_reviewers"]["carl"] == 1
+    assert sum(run.counts["valid_line_decisions"].values()) == 22 and "bea" not in run.counts["reviewers"]
     assert candidates[1] not in run.decisions  # left out by default
     assert read_mined(mined, conflicts="latest").decisions[candidates[1]].decision == "accept"
     with pytest.raises(ReleaseError, match="conflicting decisions on"):
@@ -277,3 +297,157 @@ def test_the_loop_on_mined_drives_beats_its_parent_on_other_drives(tmp_path):
     assert new["named_accuracy"] > old["named_accuracy"] and new["component_f1"] > old["component_f1"]
     assert f"{100 * (new['component_f1'] - old['component_f1']):+.1f} points" in (
         options.output / "CHANGELOG.md").read_text()
+
+
+def test_reviews_made_on_the_review_page_are_refused_in_a_folder_mined_with_other_weights(trial, tmp_path):
+    from clipomaly_ros.tools.review.index import load_index
+    from clipomaly_ros.tools.review.server import ReviewServer
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    reviewed = _copy_mined(trial, tmp_path)
+    (reviewed / REVIEWS).unlink()
+    part = reviewed / "anomalies.parquet" / "part-0.parquet"
+    table = pq.read_table(part)
+    for column in ("candidates", "on_road", "distance_m", "lateral_m", "thumbnail", "frames"):  # what mining adds
+        table = table.append_column(column, pa.nulls(len(table)))
+    pq.write_table(table, part)
+    server = ReviewServer(load_index(reviewed), "ana")
+    try:
+        line = server.record({"candidate_id": sorted(read_mined(trial["mined"]).rows)[0], "decision": "reject"})
+    finally:
+        server.server_close()
+    other = tmp_path / "other"
+    shutil.copytree(trial["mined"], other)
+    content = json.loads((other / "run.json").read_text())
+    content["fingerprint"]["checkpoint"] = "sha256:" + "ab" * 32
+    (other / "run.json").write_text(json.dumps(content))
+    shutil.copy(reviewed / REVIEWS, other / REVIEWS)
+    with pytest.raises(ReleaseError, match=f"reviewed against {line['model_version']}, but .*other was mined with "
+                                           "clipomaly-"):
+        read_mined(other)
+    assert read_mined(reviewed).decisions  # in its own folder the line is used
+
+
+def test_the_release_file_keeps_the_parents_own_node_parameters(trial, tmp_path):
+    from clipomaly_ros import load_config
+    from clipomaly_ros.tools.cli import main
+
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    shutil.copytree(trial["options"].output, parent)
+    document = yaml.safe_load((parent / "clipomaly.yaml").read_text())
+    document["/**/clipomaly"]["ros__parameters"] |= {
+        "cameras": ["front", "rear"], "input_transport": "compressed", "use_sim_time": True,
+        "front": {"camera_x": 1.5, "camera_z": 1.2}, "rear": {"camera_x": -0.5, "camera_yaw": 3.14}}
+    (parent / "clipomaly.yaml").write_text(yaml.safe_dump(document))
+    assert main(["release", str(trial["mined"]), "-o", str(child), "--from", str(parent)]) == 0
+    parameters = read_parameter_file(child / "clipomaly.yaml")
+    assert parameters["cameras"] == ["front", "rear"] and parameters["input_transport"] == "compressed"
+    assert parameters["use_sim_time"] is True
+    assert parameters["front.camera_x"] == 1.5 and parameters["front.camera_z"] == 1.2
+    assert parameters["rear.camera_x"] == -0.5 and parameters["rear.camera_yaw"] == 3.14
+    assert parameters["release_id"] == json.loads((child / "release.json").read_text())["release_id"]
+    assert GNOME in load_config(child / "clipomaly.yaml").anomaly_vocabulary
+
+
+def test_the_tagger_files_are_hashed_by_their_bytes_in_the_settings_fingerprint(tmp_path):
+    from clipomaly_ros.core.config import ClipomalyConfig
+    from clipomaly_ros.core.fingerprint import settings_fingerprint
+
+    weights, graph = tmp_path / "ram.pth", tmp_path / "ram.onnx"
+    weights.write_bytes(b"tagger weights")
+    graph.write_bytes(b"tagger graph")
+    fingerprint = settings_fingerprint(ClipomalyConfig(tagger_weights=str(weights), tagger_onnx_model=str(graph)))
+    assert fingerprint["tagger_weights"].startswith("sha256:")
+    assert fingerprint["tagger_onnx_model"].startswith("sha256:")
+    weights.write_bytes(b"other tagger weights")  # overwritten in place: other weights, another fingerprint
+    changed = settings_fingerprint(ClipomalyConfig(tagger_weights=str(weights), tagger_onnx_model=str(graph)))
+    assert changed["tagger_weights"] != fingerprint["tagger_weights"]
+
+
+def test_bad_candidate_ids_and_masks_are_reported_and_a_failed_build_keeps_the_earlier_release(trial, tmp_path,
+                                                                                                monkeypatch):
+    from clipomaly_ros.tools.release import build
+    from clipomaly_ros.tools.release.trial import encode_mask
+
+    mined = _copy_mined(trial, tmp_path)
+    run = read_mined(mined)
+    candidate = sorted(run.rows)[0]
+    height, width = run.rows[candidate]["mask"]["size"]
+    import numpy as np
+
+    with open(mined / REVIEWS, "a") as stream:
+        for entry in ({"candidate_id": ["not", "text"], "decision": "reject"},
+                      {"candidate_id": {"a": 1}, "decision": ["accept"]},
+                      {"candidate_id": candidate, "decision": "rename", "name": "sofa", "mask": {"counts": 3}},
+                      {"candidate_id": candidate, "decision": "rename", "name": "sofa",
+                       "mask": encode_mask(np.ones((height + 1, width), bool))}):
+            stream.write(json.dumps(entry) + "\n")
+    problems = read_mined(mined).problems
+    assert len(problems) == 4, problems
+    assert "not in the index" in problems[0] and "is none of" in problems[1]
+    assert "no COCO RLE" in problems[2] and f"not the frame's size [{height}, {width}]" in problems[3]
+    assert read_mined(mined).decisions[candidate].name != "sofa"  # the bad masks' lines are left out
+    earlier = tmp_path / "release"
+    shutil.copytree(trial["options"].output, earlier)
+    before = {p: p.read_bytes() for p in earlier.rglob("*") if p.is_file()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("calibration broke")
+
+    monkeypatch.setattr(build, "_calibrate", broken)
+    with pytest.raises(RuntimeError):
+        build_release(ReleaseOptions([mined], earlier, trial["config"]), log=lambda message: None)
+    assert {p: p.read_bytes() for p in earlier.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mined", "release"]
+    with pytest.raises(ReleaseError, match="is the parent release"):
+        build_release(ReleaseOptions([mined], earlier, trial["config"], parent=earlier), log=lambda message: None)
+
+
+def test_frames_recorded_far_from_their_stamp_are_found_by_reading_the_whole_topic(trial, monkeypatch):
+    from clipomaly_ros.tools.release import frames as frames_module
+
+    # A window that holds no message: every frame is as if recorded long after its stamp.
+    monkeypatch.setattr(frames_module, "FRAME_READ_WINDOW_NS", -10**15)
+    problems: list[str] = []
+    wanted = frames_module.reviewed_frames([read_mined(trial["mined"])])
+    assert len(frames_module.read_frame_images(wanted, problems)) == len(wanted) > 0 and problems == []
+
+
+def test_tracks_alive_at_a_reviewed_frame_are_ignored_in_their_box_not_called_normal(trial):
+    import numpy as np
+
+    from clipomaly_ros.tools.release.frames import calibration_label, reviewed_frames
+    from clipomaly_ros.tools.release.inputs import Decision
+    from clipomaly_ros.tools.release.trial import encode_mask
+
+    mask = np.zeros((20, 40), bool)
+    mask[2:6, 2:6] = True
+    rows = {"seen": {"candidate_id": "seen", "bag_id": "d", "source_path": "b", "topic": "/t", "best_stamp_ns": 10,
+                     "first_stamp_ns": 10, "last_stamp_ns": 10, "mask": encode_mask(mask), "box": [2, 2, 5, 5]},
+            "passing": {"candidate_id": "passing", "bag_id": "d", "source_path": "b", "topic": "/t",
+                        "best_stamp_ns": 30, "first_stamp_ns": 5, "last_stamp_ns": 40, "mask": encode_mask(mask),
+                        "box": [20, 10, 29, 14]},
+            "other topic": {"candidate_id": "other topic", "bag_id": "d", "source_path": "b", "topic": "/u",
+                            "best_stamp_ns": 30, "first_stamp_ns": 5, "last_stamp_ns": 40, "mask": encode_mask(mask),
+                            "box": [30, 0, 39, 4]}}
+    run = read_mined(trial["mined"])
+    run.rows, run.decisions = rows, {"seen": Decision("seen", "reject", "", "", "ana", None)}
+    frame = next(f for f in reviewed_frames([run]) if f.stamp_ns == 10)
+    label = calibration_label(frame, (20, 40))
+    assert (label[10:15, 20:30] == 255).all() and (label[mask] == 0).all()
+    assert (label[0:5, 30:40] == 0).all() and (label == 255).sum() == 50
+
+
+def test_the_machine_settings_are_written_only_when_the_starting_file_set_them(tmp_path):
+    from clipomaly_ros.core.config import ClipomalyConfig
+    from clipomaly_ros.tools.release.provenance import node_parameters, parameter_values
+
+    config = ClipomalyConfig(backend="toy", device="cpu", cache_dir=str(tmp_path / "cache"))
+    assert "device" not in parameter_values(config, "rel-x") and "cache_dir" not in parameter_values(config, "rel-x")
+    starting = tmp_path / "start.yaml"
+    starting.write_text(yaml.safe_dump({"/**/clipomaly": {"ros__parameters": {"device": "cuda:1", "cameras": ["a"]}}}))
+    carried = node_parameters(starting)
+    assert carried == {"device": "cuda:1", "cameras": ["a"]}
+    assert parameter_values(config, "rel-x", carried)["device"] == "cuda:1"

@@ -116,14 +116,9 @@ def test_the_launch_logic_reads_a_parameter_file_as_a_real_node_does(client, tmp
 
 def dump(values: dict, fqn: str) -> dict:
     """What `ros2 param dump` writes: the node's full name, then its parameters nested at the dots."""
-    nested: dict = {}
-    for name, value in values.items():
-        *parents, leaf = name.split(".")
-        level = nested
-        for parent in parents:
-            level = level.setdefault(parent, {})
-        level[leaf] = value
-    return {fqn: {"ros__parameters": nested}}
+    from clipomaly_ros.core.parameter_files import nest_parameters
+
+    return {fqn: {"ros__parameters": nest_parameters(values)}}
 
 
 def test_param_dump_of_a_single_camera_node_is_complete_and_starts_the_same_node(client, tmp_path):

@@ -58,6 +58,19 @@ def flatten_parameters(parameters: Mapping[str, Any], prefix: str = "") -> dict[
     return flat
 
 
+def nest_parameters(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`flatten_parameters`, as a parameter file writes them: ``{"front.camera_x": 1}`` ->
+    ``{"front": {"camera_x": 1}}``."""
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split(".")
+        branch = tree
+        for part in parents:
+            branch = branch.setdefault(part, {})
+        branch[leaf] = value
+    return tree
+
+
 def select_section(document: Mapping, node_name: str, namespace: str = "/") -> tuple[list[str], dict[str, Any]]:
     """The ``ros__parameters`` that rcl gives node ``node_name`` in ``namespace``, and the keys they came from.
 

@@ -33,8 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--eval", type=Path, metavar="DATA", help="labelled frames (images/ + labels/, names in "
                                                                   "instances/ + names.json) to measure on; a release "
                                                                   "without it measures on its held-out drives")
-    parser.add_argument("--picture", type=Path, metavar="PNG", help="diff: where to draw the frames the two "
-                                                                    "releases disagree on (default NEW/diff.png)")
+    parser.add_argument("--picture", type=Path, metavar="PNG",
+                        help="diff: where to draw the frames the two releases disagree on (default diff.png in the "
+                             "current folder, so a release folder stays as its release.dvc lists it)")
     parser.add_argument("--conflicts", choices=CONFLICT_POLICIES, default="leave-out",
                         help="reviewers who disagree on a candidate: leave it out (default), take the latest "
                              "decision, or refuse the release")
@@ -47,6 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..release.build import ReleaseOptions, build_release, parent_release
     from ..release.inputs import ReleaseError
+    from ..release.provenance import node_parameters
     from ..release.report import changelog_entry, release_diff
 
     if args.inputs[0] == "diff":
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     args.config = parent_file or args.config
     options = ReleaseOptions([Path(p) for p in args.inputs], args.output, config_from_args(args), parent=args.parent,
                              finetune=args.finetune, conflicts=args.conflicts, strict=args.strict,
-                             eval_data=args.eval)
+                             eval_data=args.eval, node_parameters=node_parameters(args.config))
     record = build_release(options, log=lambda message: None)
     for problem in record["problems"]:
         print(f"clipomaly: reported: {problem}", file=sys.stderr)

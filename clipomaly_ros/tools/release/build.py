@@ -8,6 +8,7 @@ by drive) and, with ``--finetune``, ``finetune/`` in the layout ``clipomaly fine
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ class ReleaseOptions:
     """What ``clipomaly release`` was asked: the mined folders, the output folder, the parent release (or None),
     the settings it starts from, whether to write fine-tuning data, what to do with conflicting decisions, whether
     any bad review line refuses the release, the calibration's search space and objective, and labelled frames to
-    measure the release against its parent on (else its own held-out drives)."""
+    measure the release against its parent on (else its own held-out drives), and the starting file's own node
+    parameters (dotted names, :func:`~.provenance.node_parameters`) the release's file carries."""
 
     mined: list[Path]
     output: Path
@@ -44,12 +46,14 @@ class ReleaseOptions:
     space: SearchSpace = field(default_factory=SearchSpace)
     objective: str = "f1"
     eval_data: Path | None = None
+    node_parameters: dict = field(default_factory=dict)
 
     def hashed(self) -> dict:
         """The options that change what is built (part of the release id)."""
         from .inputs import tree_hash
 
         return {"finetune": self.finetune, "conflicts": self.conflicts, "strict": self.strict,
+                "node_parameters": self.node_parameters,
                 "eval": tree_hash(self.eval_data) if self.eval_data and self.eval_data.exists() else None,
                 "objective": self.objective, "space": [list(v) for v in (
                     self.space.thresholds, self.space.areas, self.space.radii, self.space.crop_weights)]}
@@ -72,7 +76,9 @@ def build_release(options: ReleaseOptions, log=print) -> dict:
         raise ReleaseError(f"--conflicts {options.conflicts}: choose one of {', '.join(CONFLICT_POLICIES)}")
     config = options.config
     _, parent_id = parent_release(options.parent)
-    runs = [read_mined(folder, options.conflicts) for folder in options.mined]
+    # By content, not by the order or the paths given: the same inputs give the same release.
+    runs = sorted((read_mined(folder, options.conflicts) for folder in options.mined),
+                  key=lambda run: (run.index_hash, run.reviews_hash, run.folder.name))
     check_same_weights(runs, weights_of(config), str(options.parent or "the settings given"))
     problems = _problems(runs, config)
     if options.strict and problems:
@@ -82,16 +88,32 @@ def build_release(options: ReleaseOptions, log=print) -> dict:
         raise ReleaseError("no usable decision in the reviews of " + ", ".join(str(r.folder) for r in runs)
                            + (f" ({len(problems)} problems, first {problems[0]})" if problems else "")
                            + ": review candidates first (clipomaly review MINED)")
-    hashes = input_hashes(config, runs)
-    identity = release_id(hashes, config, parent_id, options.hashed())
     from ...core.method.vocabulary import read_name_list
 
     change = merge_vocabulary([d.name for run in runs for d in run.decisions.values() if d.decision in CONFIRMED],
                               config.anomaly_vocabulary, config.known_classes,
                               read_name_list(config.naming_dictionary or None))
-    out = _fresh_folder(options.output)
+    out = _building_folder(options.output, options.parent)
+    try:
+        record = _build_into(out, options, runs, change, problems, parent_id)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(options.output, ignore_errors=True)  # an earlier release, replaced only once this one is whole
+    out.rename(options.output)
+    log(f"release {record['release_id']} in {options.output}: {len(change.added)} names added, {len(problems)} "
+        "problems reported")
+    return record
+
+
+def _build_into(out: Path, options: ReleaseOptions, runs: list[MinedRun], change, problems: list[str],
+                parent_id: str | None) -> dict:
+    """Write the release's files into ``out``; returns ``release.json``'s content."""
+    config = options.config
     frames = reviewed_frames(runs)
     held_out = _write_frames(out, frames, config, options.finetune, problems)
+    hashes = input_hashes(config, runs) | {"labelled_frames": _frames_digest(out)}
+    identity = release_id(hashes, config, parent_id, options.hashed())
     released = config.replace(anomaly_vocabulary=change.vocabulary)
     calibration = _calibrate(released, out, options, held_out)
     released = released.replace(**calibration.pop("settings"))
@@ -103,11 +125,11 @@ def build_release(options: ReleaseOptions, log=print) -> dict:
         "calibration": calibration, "labelled_frames": _frame_counts(out), "comparison": comparison,
         "finetune": _finetune_note(out, options.finetune),
     }
-    (out / PARAMETER_FILE).write_text(parameter_file(released, identity, _provenance(record)))
+    (out / PARAMETER_FILE).write_text(parameter_file(released, identity, _provenance(record),
+                                                     options.node_parameters))
     (out / CHANGELOG).write_text(changelog(record, options.parent))
     (out / RELEASE_FILE).write_text(json.dumps(record, indent=1, sort_keys=True, default=float) + "\n")
     (out / DVC_FILE).write_text(dvc_file(out))
-    log(f"release {identity} in {out}: {len(change.added)} names added, {len(problems)} problems reported")
     return record
 
 
@@ -115,22 +137,28 @@ def _problems(runs: list[MinedRun], config: ClipomalyConfig) -> list[str]:
     """Every problem of the reviews, one line each, naming its folder: bad lines, conflicts, unknown classes."""
     problems = []
     for run in runs:
-        problems += [f"{run.folder}/reviews.jsonl {p}" for p in run.problems]
-        problems += [f"{run.folder}: conflicting decisions on {c}" for c in run.conflicts]
-        problems += [f"{run.folder}: candidate {d.candidate_id} called known class {d.known_class!r}, which is not "
-                     "among known_classes; it gives normal pixels only" for d in run.decisions.values()
+        problems += [f"{run.folder.name}/reviews.jsonl {p}" for p in run.problems]
+        problems += [f"{run.folder.name}: conflicting decisions on {c}" for c in run.conflicts]
+        problems += [f"{run.folder.name}: candidate {d.candidate_id} called known class {d.known_class!r}, which is "
+                     "not among known_classes; it gives normal pixels only" for d in run.decisions.values()
                      if d.decision == "known_class" and d.known_class not in config.known_classes]
     return problems
 
 
-def _fresh_folder(output: Path) -> Path:
-    """``output`` emptied of an earlier release (only a release folder, or an empty one, is replaced)."""
-    if output.exists() and any(output.iterdir()) and not (output / RELEASE_FILE).is_file():
+def _building_folder(output: Path, parent: Path | None) -> Path:
+    """A new empty folder beside ``output`` to build in (renamed to ``output`` once the release is whole, so a
+    failed build leaves an earlier release there as it was). Only a release folder, or an empty one, may be
+    replaced, and never the parent release."""
+    output = Path(output)
+    if parent is not None and output.resolve() == Path(parent).resolve():
+        raise ReleaseError(f"-o {output} is the parent release (--from): write the new release to another folder")
+    if output.exists() and (not output.is_dir() or any(output.iterdir()) and not (output / RELEASE_FILE).is_file()):
         raise ReleaseError(f"-o {output}: the folder holds other files; give a new or empty folder, or an earlier "
                            "release to replace")
-    shutil.rmtree(output, ignore_errors=True)
-    output.mkdir(parents=True)
-    return output
+    building = output.parent / f".{output.name}.building"
+    shutil.rmtree(building, ignore_errors=True)  # left by a build that was killed
+    building.mkdir(parents=True)
+    return building
 
 
 def _write_frames(out: Path, frames: list[ReviewedFrame], config: ClipomalyConfig, finetune: bool,
@@ -140,8 +168,8 @@ def _write_frames(out: Path, frames: list[ReviewedFrame], config: ClipomalyConfi
     images = read_frame_images(frames, problems)
     usable = [f for f in frames if f.stem in images]
     search, held_out = split_by_drive(usable)
-    searched = {images[frame.stem].tobytes() for frame in search}
-    repeated = [frame for frame in held_out if images[frame.stem].tobytes() in searched]
+    searched = {_digest(images[frame.stem]) for frame in search}
+    repeated = [frame for frame in held_out if _digest(images[frame.stem]) in searched]
     problems += [f"held-out frame {frame.stem} is the same image as a searched one; left out of the held-out figure"
                  for frame in repeated]
     held_out = [frame for frame in held_out if frame not in repeated]
@@ -160,6 +188,12 @@ def _write_frames(out: Path, frames: list[ReviewedFrame], config: ClipomalyConfi
         if label is not None:
             _write_pair(out / FINETUNE, frame.stem, images[frame.stem], label)
     return bool(held_out)
+
+
+def _digest(image: np.ndarray) -> bytes:
+    """The sha256 of an image's shape and pixels: compared instead of the pixels, so a frame's bytes are not kept
+    twice."""
+    return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).digest()
 
 
 def _write_instances(path: Path, frame: ReviewedFrame, shape: tuple[int, int]) -> dict[str, str]:
@@ -222,12 +256,26 @@ def _compare(parent: ClipomalyConfig, released: ClipomalyConfig, data: Path | No
 
 
 def _review_counts(runs: list[MinedRun]) -> dict:
-    counts: dict = {"lines": sum(r.lines for r in runs), "decisions": {}, "reviewers": {}}
+    """The review lines, and per decision and per reviewer the decisions in force and every valid line."""
+    keys = ("decisions", "reviewers", "valid_line_decisions", "valid_line_reviewers")
+    counts: dict = {"lines": sum(r.lines for r in runs)} | {key: {} for key in keys}
     for run in runs:
-        for key in ("decisions", "reviewers"):
+        for key in keys:
             for name, value in run.counts[key].items():
                 counts[key][name] = counts[key].get(name, 0) + value
     return counts
+
+
+def _frames_digest(out: Path) -> str:
+    """``md5:<hex>`` of every labelled frame written (calibration and fine-tuning): the bags are read, not hashed,
+    so a frame missing or decoded otherwise gives another release id."""
+    from .inputs import tree_hash
+
+    digest = hashlib.md5()
+    for folder in ("calibration", FINETUNE):
+        if (out / folder).is_dir():
+            digest.update(f"{folder}\0{tree_hash(out / folder)}\0".encode())
+    return "md5:" + digest.hexdigest()
 
 
 def _frame_counts(out: Path) -> dict:
@@ -238,8 +286,9 @@ def _finetune_note(out: Path, asked: bool) -> dict | None:
     if not asked:
         return None
     frames = len(list((out / FINETUNE / "images").glob("*.png")))
-    return {"frames": frames, "command": f"clipomaly finetune {out.name}/{FINETUNE} -o finetuned.pt --config "
-                                         f"{out.name}/{PARAMETER_FILE}" if frames else None}
+    # Relative to the release folder, so that the release's files do not depend on where it was written.
+    return {"frames": frames, "run_in": "the release folder",
+            "command": f"clipomaly finetune {FINETUNE} -o finetuned.pt --config {PARAMETER_FILE}" if frames else None}
 
 
 def _provenance(record: dict) -> dict:

@@ -3,7 +3,8 @@
 
 Calibration labels (``labels/<stem>.png``, as ``clipomaly evaluate`` and ``calibrate`` read them): 1 where a
 candidate was accepted or renamed (a real anomaly), 0 where it was a known class or rejected, 255 (ignored) on the
-other candidates of the frame that have no decision in force, 0 elsewhere. Fine-tuning labels: the known class's
+other candidates of the frame that have no decision in force and in the boxes of tracks passing through the frame
+(alive at its stamp, their best frame another), 0 elsewhere. Fine-tuning labels: the known class's
 index where a candidate was called a known class, 255 elsewhere (``clipomaly finetune``'s layout).
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .inputs import CONFIRMED, Decision, MinedRun
+from .inputs import CONFIRMED, Decision, MinedRun, decode_mask
 
 ANOMALY, NORMAL, IGNORE = 1, 0, 255
 FRAME_READ_WINDOW_NS = 2_000_000_000
@@ -34,20 +35,14 @@ class ReviewedFrame:
     topic: str
     stamp_ns: int
     candidates: list[tuple[dict, Decision | None]] = field(default_factory=list)
+    passing: list[list[int]] = field(default_factory=list)
+    """Boxes ``[x0, y0, x1, y1]`` (pixels, inclusive) of the other tracks alive at this stamp (seen before and
+    after it, their best frame elsewhere): where they are here is not known, so it is no evidence either way."""
 
     @property
     def stem(self) -> str:
         """A file stem that names the frame: drive, topic and stamp."""
         return f"{self.drive[:12]}_{re.sub(r'[^A-Za-z0-9]+', '_', self.topic).strip('_')}_{self.stamp_ns}"
-
-
-def decode_mask(rle: dict) -> np.ndarray:
-    """An ``(H, W)`` bool mask from COCO compressed RLE (``size`` [H, W], ``counts`` a string)."""
-    from pycocotools import mask as coco_mask
-
-    counts = rle["counts"]
-    return coco_mask.decode({"size": [int(v) for v in rle["size"]],
-                             "counts": counts.encode() if isinstance(counts, str) else counts}).astype(bool)
 
 
 def reviewed_frames(runs: list[MinedRun]) -> list[ReviewedFrame]:
@@ -61,12 +56,24 @@ def reviewed_frames(runs: list[MinedRun]) -> list[ReviewedFrame]:
             decision = run.decisions.get(candidate_id)
             frame.candidates.append((row, decision if decision and decision.decision != "skip" else None))
     decided = [f for f in frames.values() if any(d is not None for _, d in f.candidates)]
+    for frame in decided:
+        frame.passing = [row["box"] for run in runs for row in run.rows.values() if _passes(row, frame)]
     return sorted(decided, key=lambda f: (f.drive, f.topic, f.stamp_ns))
+
+
+def _passes(row: dict, frame: ReviewedFrame) -> bool:
+    """Whether the track ``row`` is alive at ``frame``'s stamp without its best frame being this one."""
+    first, last = row.get("first_stamp_ns"), row.get("last_stamp_ns")
+    return (row["bag_id"] == frame.drive and row["topic"] == frame.topic and int(row["best_stamp_ns"]) != frame.stamp_ns
+            and first is not None and last is not None and int(first) <= frame.stamp_ns <= int(last)
+            and row.get("box") is not None)
 
 
 def calibration_label(frame: ReviewedFrame, shape: tuple[int, int]) -> np.ndarray:
     """The ``(H, W)`` uint8 calibration label of ``frame`` (see the module docstring)."""
     label = np.full(shape, NORMAL, dtype=np.uint8)
+    for x0, y0, x1, y1 in frame.passing:
+        label[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = IGNORE
     layers = {None: [], NORMAL: [], ANOMALY: []}
     for row, decision in frame.candidates:
         value = None if decision is None else ANOMALY if decision.decision in CONFIRMED else NORMAL
@@ -121,19 +128,24 @@ def read_frame_images(frames: list[ReviewedFrame], problems: list[str]) -> dict[
                 for topic in sorted({f.topic for f in wanted}):
                     stamps = {f.stamp_ns: f.stem for f in wanted if f.topic == topic}
                     connections = [c for c in reader.connections if c.topic == topic]
-                    messages = reader.messages(connections=connections,
-                                               start=min(stamps) - FRAME_READ_WINDOW_NS,
-                                               stop=max(stamps) + FRAME_READ_WINDOW_NS)
-                    for connection, _, raw in messages:
-                        message = deserialize_recorded(reader, raw, connection.msgtype)
-                        stem = stamps.get(stamp_ns(message.header))
-                        if stem is not None and stem not in images:
-                            images[stem] = decode_recorded(message, connection.msgtype)
+                    # Frames are looked for near their stamp first; one recorded much later than stamped (a
+                    # delayed camera) is found by reading the whole topic once.
+                    for window in ((min(stamps) - FRAME_READ_WINDOW_NS, max(stamps) + FRAME_READ_WINDOW_NS),
+                                   (None, None)):
+                        missing = {t: stem for t, stem in stamps.items() if stem not in images}
+                        if not missing:
+                            break
+                        for connection, _, raw in reader.messages(connections=connections, start=window[0],
+                                                                  stop=window[1]):
+                            message = deserialize_recorded(reader, raw, connection.msgtype)
+                            stem = missing.get(stamp_ns(message.header))
+                            if stem is not None and stem not in images:
+                                images[stem] = decode_recorded(message, connection.msgtype)
         except (BagError, BadRecordedFrame) as error:
-            problems.append(f"bag {bag}: {error}; its {len(wanted)} reviewed frames are left out")
+            problems.append(f"bag {Path(bag).name}: {error}; its {len(wanted)} reviewed frames are left out")
             unreadable.add(bag)
     for frame in (f for f in frames if f.stem not in images and f.bag not in unreadable):
-        problems.append(f"bag {frame.bag}: no {frame.topic} frame stamped {frame.stamp_ns}; left out")
+        problems.append(f"bag {Path(frame.bag).name}: no {frame.topic} frame stamped {frame.stamp_ns}; left out")
     return images
 
 

@@ -16,14 +16,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from ..run_identity import model_version, run_fingerprint, weights_of_fingerprint
+
 INDEX = "anomalies.parquet"
 REVIEWS = "reviews.jsonl"
 RUN_FILE = "run.json"
 DECISIONS = ("accept", "rename", "known_class", "reject", "skip")
 CONFIRMED = ("accept", "rename")
 """Decisions that say a candidate is a real anomaly, with its name."""
-WEIGHTS_KEYS = ("backend", "model", "pretrained", "checkpoint", "random_weights")
-"""The run fingerprint's entries that say which weights mined it (the checkpoint by the hash of its bytes)."""
 CONFLICT_POLICIES = ("leave-out", "latest", "refuse")
 INDEX_COLUMNS = ("candidate_id", "mask", "bag", "topic", "best_stamp_ns")
 """The index columns a release needs: the candidate, its mask, and where its frame is (bag, topic, stamp). The bag's
@@ -70,8 +72,9 @@ class MinedRun:
 
 
 def tree_hash(path: Path) -> str:
-    """``md5:<hex>`` of a file's bytes, or of a folder's files (relative paths and bytes, in sorted order): DVC's
-    own hash kind, so a ``.dvc`` file can reuse it."""
+    """``md5:<hex>`` of a file's bytes (the md5 DVC records for a file, so a ``.dvc`` file can reuse it), or of a
+    folder's files (relative paths and bytes, in sorted order): this package's own digest, not DVC's ``.dir``
+    hash."""
     digest = hashlib.md5()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
@@ -115,15 +118,11 @@ def _bag_paths(folder: Path) -> dict[str, str]:
 def read_fingerprint(folder: Path) -> dict:
     """The run fingerprint of ``MINED`` (``run.json``, else ``summary.json``'s settings): every setting that changes a
     row, files by the hash of their bytes."""
-    for name in (RUN_FILE, "summary.json"):
-        path = folder / name
-        if path.is_file():
-            content = json.loads(path.read_text())
-            fingerprint = content.get("fingerprint") or content.get("settings")
-            if fingerprint:
-                return fingerprint
-    raise ReleaseError(f"{folder}: no run fingerprint ({RUN_FILE}): cannot tell which weights mined it, and a "
-                       "release never mixes weights; give the folder clipomaly mine wrote")
+    fingerprint = run_fingerprint(folder)
+    if fingerprint is None:
+        raise ReleaseError(f"{folder}: no run fingerprint ({RUN_FILE}): cannot tell which weights mined it, and a "
+                           "release never mixes weights; give the folder clipomaly mine wrote")
+    return fingerprint
 
 
 def _parse(line: str, number: int, last: bool, rows: dict, problems: list[str]) -> dict | None:
@@ -139,16 +138,43 @@ def _parse(line: str, number: int, last: bool, rows: dict, problems: list[str]) 
         problems.append(f"{where}: not a JSON object")
         return None
     candidate, decision = entry.get("candidate_id"), entry.get("decision")
-    if decision not in DECISIONS:
-        problems.append(f"{where}: decision {decision!r} is none of {', '.join(DECISIONS)}")
-    elif candidate not in rows:
+    if not isinstance(decision, str) or decision not in DECISIONS:
+        problems.append(f"{where}: decision {str(decision)[:40]!r} is none of {', '.join(DECISIONS)}")
+    elif not isinstance(candidate, str) or candidate not in rows:
         problems.append(f"{where}: candidate {candidate!r} is not in the index")
     elif decision in CONFIRMED and not str(entry.get("name") or "").strip():
         problems.append(f"{where}: {decision} without a name")
     elif decision == "known_class" and not str(entry.get("known_class") or "").strip():
         problems.append(f"{where}: known_class without the class")
+    elif entry.get("mask") is not None and (why := _mask_problem(entry["mask"], rows[candidate]["mask"])):
+        problems.append(f"{where}: the corrected mask {why}; the line is left out")
     else:
         return entry
+    return None
+
+
+def decode_mask(rle: dict) -> np.ndarray:
+    """An ``(H, W)`` bool mask from COCO compressed RLE (``size`` [H, W], ``counts`` a string)."""
+    from pycocotools import mask as coco_mask
+
+    counts = rle["counts"]
+    return coco_mask.decode({"size": [int(v) for v in rle["size"]],
+                             "counts": counts.encode() if isinstance(counts, str) else counts}).astype(bool)
+
+
+def _mask_problem(mask, original: dict) -> str | None:
+    """Why a reviewer's corrected mask cannot be used (not COCO RLE, not decodable, not the size of the candidate's
+    own mask ``original``), or None."""
+    if not isinstance(mask, dict) or not isinstance(mask.get("counts"), str) or not isinstance(mask.get("size"), list):
+        return "is no COCO RLE (size [H, W] and counts as text)"
+    if [int(v) for v in original["size"]] != mask["size"]:
+        return f"is {mask['size']}, not the frame's size {list(original['size'])}"
+    try:
+        decoded = decode_mask(mask)
+    except (ValueError, TypeError, KeyError, OverflowError):
+        decoded = None
+    if decoded is None or list(decoded.shape) != mask["size"]:
+        return "cannot be decoded"
     return None
 
 
@@ -215,16 +241,20 @@ def read_mined(folder: Path, conflicts: str = "leave-out") -> MinedRun:
         raise ReleaseError(f"{folder}: no such folder; give the OUT_DIR of clipomaly mine")
     rows = read_index(folder)
     fingerprint = read_fingerprint(folder)
-    run = MinedRun(folder, rows, {}, {key: fingerprint.get(key) for key in WEIGHTS_KEYS}, tree_hash(folder / INDEX), "")
-    model_version = "clipomaly-" + hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    run = MinedRun(folder, rows, {}, weights_of_fingerprint(fingerprint), tree_hash(folder / INDEX), "")
     entries, run.problems, run.lines = read_reviews(folder, rows, {"weights": run.weights_id,
-                                                                   "model_version": model_version})
+                                                                   "model_version": model_version(fingerprint)})
     run.reviews_hash = tree_hash(folder / REVIEWS)
     run.decisions, run.conflicts = decisions_in_force(entries, conflicts)
-    counts: dict = {"decisions": collections.Counter(), "reviewers": collections.Counter()}
+    # In force (what the release uses) and every valid line (the reviewers' work, superseded lines included).
+    counts: dict = {key: collections.Counter() for key in ("decisions", "reviewers", "valid_line_decisions",
+                                                          "valid_line_reviewers")}
     for decision in run.decisions.values():
         counts["decisions"][decision.decision] += 1
         counts["reviewers"][decision.reviewer] += 1
+    for entry in entries:
+        counts["valid_line_decisions"][entry["decision"]] += 1
+        counts["valid_line_reviewers"][str(entry.get("reviewer") or "")] += 1
     run.counts = {key: dict(sorted(value.items())) for key, value in counts.items()}
     return run
 

@@ -15,9 +15,14 @@ import yaml
 
 from ...core.config import CORE_SETTINGS, NODE_NAME, SETTINGS_BY_NAME, ClipomalyConfig
 from ...core.fingerprint import file_digest, settings_fingerprint
-from .inputs import WEIGHTS_KEYS, MinedRun, tree_hash
+from ...core.parameter_files import nest_parameters
+from ..run_identity import weights_of_fingerprint
+from .inputs import MinedRun, tree_hash
 
 PARAMETER_FILE, RELEASE_FILE, CHANGELOG, DVC_FILE = "clipomaly.yaml", "release.json", "CHANGELOG.md", "release.dvc"
+MACHINE_SETTINGS = ("device", "cache_dir")
+"""Settings of the machine a release was built on, not of the release: written only when the starting file set
+them."""
 ALWAYS_WRITTEN = ("anomaly_vocabulary", "uncertainty_threshold", "min_region_area", "cleanup_radius", "crop_weight")
 """Settings the release's parameter file always states, default or not: what a release changes."""
 
@@ -30,8 +35,7 @@ def package_version() -> str:
 
 def weights_of(config: ClipomalyConfig) -> dict:
     """Which weights ``config`` runs, as a mining run's fingerprint records them (the checkpoint by its bytes)."""
-    fingerprint = settings_fingerprint(config)
-    return {key: fingerprint.get(key) for key in WEIGHTS_KEYS}
+    return weights_of_fingerprint(settings_fingerprint(config))
 
 
 def dictionary_digest(config: ClipomalyConfig) -> str:
@@ -63,19 +67,34 @@ def release_id(hashes: dict, config: ClipomalyConfig, parent_id: str | None, opt
     return "rel-" + hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def parameter_values(config: ClipomalyConfig, identity: str) -> dict:
-    """The ``ros__parameters`` of a release: every core setting that differs from its default, the ones a release
-    changes (:data:`ALWAYS_WRITTEN`), and ``release_id``."""
-    values = {}
+def node_parameters(path: Path | None) -> dict:
+    """The parameters of the starting file's ``clipomaly`` section that are no core setting (``cameras``, each
+    camera's ``<cam>.camera_*`` mounting, ``input_transport``, ROS's own ...), and the :data:`MACHINE_SETTINGS` it
+    sets, by their dotted names; a release carries them as they are. Empty without a file."""
+    from ...core.config import read_parameter_file
+
+    if path is None:
+        return {}
+    return {name: value for name, value in sorted(read_parameter_file(path).items())
+            if name not in CORE_SETTINGS and name != "release_id" or name in MACHINE_SETTINGS}
+
+
+def parameter_values(config: ClipomalyConfig, identity: str, carried: dict | None = None) -> dict:
+    """The ``ros__parameters`` of a release: the starting file's own node parameters (``carried``, dotted names,
+    see :func:`node_parameters`), every core setting that differs from its default, the ones a release changes
+    (:data:`ALWAYS_WRITTEN`), and ``release_id``."""
+    values = nest_parameters(carried or {})
     for name in CORE_SETTINGS:
         value = getattr(config, name)
+        if name in MACHINE_SETTINGS:
+            continue  # only as the starting file set them (in ``carried``)
         if name in ALWAYS_WRITTEN or value != SETTINGS_BY_NAME[name].default:
             values[name] = list(value) if isinstance(value, tuple) else value
     values["release_id"] = identity
     return values
 
 
-def parameter_file(config: ClipomalyConfig, identity: str, provenance: dict) -> str:
+def parameter_file(config: ClipomalyConfig, identity: str, provenance: dict, carried: dict | None = None) -> str:
     """The release's parameter file: ``/**/clipomaly`` with :func:`parameter_values`, its provenance as YAML in
     comments above it (rcl and :func:`~clipomaly_ros.core.config.read_parameter_file` read only the section)."""
     header = [f"# Release {identity} of clipomaly_ros {package_version()}, made by clipomaly release.",
@@ -83,7 +102,7 @@ def parameter_file(config: ClipomalyConfig, identity: str, provenance: dict) -> 
               "# The node logs release_id at start and reports it in /diagnostics. Everything else is in release.json.",
               "# provenance:"]
     comment = yaml.safe_dump(provenance, sort_keys=True, default_flow_style=False, width=1000)
-    body = yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": parameter_values(config, identity)}},
+    body = yaml.safe_dump({f"/**/{NODE_NAME}": {"ros__parameters": parameter_values(config, identity, carried)}},
                           sort_keys=False, default_flow_style=False, width=1000)
     return "\n".join(header + [f"#   {line}" for line in comment.splitlines()]) + "\n" + body
 

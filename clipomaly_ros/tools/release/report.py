@@ -31,8 +31,10 @@ def changelog_entry(record: dict) -> str:
     calibration = record["calibration"]
     lines.append(f"- Calibration: {calibration['decision']}." if calibration.get("ran") else
                  f"- Calibration: not run ({calibration.get('why_not')}).")
-    lines.append(f"- Reviews: {reviews['lines']} lines; decisions " + _counts(reviews["decisions"])
-                 + "; reviewers " + _counts(reviews["reviewers"]) + ".")
+    lines.append(f"- Reviews: {reviews['lines']} lines; decisions in force " + _counts(reviews["decisions"])
+                 + "; reviewers " + _counts(reviews["reviewers"]) + "; every valid line: decisions "
+                 + _counts(reviews.get("valid_line_decisions", {})) + ", reviewers "
+                 + _counts(reviews.get("valid_line_reviewers", {})) + ".")
     if record["problems"]:
         lines.append(f"- Problems reported ({len(record['problems'])}), left out of the release: "
                      + "; ".join(record["problems"][:5]) + (" ..." if len(record["problems"]) > 5 else "") + ".")
@@ -41,7 +43,8 @@ def changelog_entry(record: dict) -> str:
         lines += ["", f"Measured against the parent on {comparison['data']}:", "",
                   figures_table(comparison, "parent", "this release")]
     if record.get("finetune") and record["finetune"]["command"]:
-        lines += ["", f"Fine-tuning data: {record['finetune']['frames']} frames; run `{record['finetune']['command']}`"
+        lines += ["", f"Fine-tuning data: {record['finetune']['frames']} frames; in the release folder run "
+                      f"`{record['finetune']['command']}`"
                       " (a GPU job) to use it."]
     return "\n".join(lines) + "\n"
 
@@ -96,6 +99,6 @@ def release_diff(old: Path, new: Path, eval_data: Path | None = None, picture: P
     pipelines = [Clipomaly(load_config(Path(folder) / PARAMETER_FILE)) for folder in (old, new)]
     figures, worst = compare(*pipelines, eval_data)
     text = diff_text(old, new, figures)
-    written = disagreement_picture(worst, picture or Path(new) / "diff.png", Path(old).name, Path(new).name)
+    written = disagreement_picture(worst, picture or Path("diff.png"), Path(old).name, Path(new).name)
     return text + (f"\nthe frames where they disagree most: {written}" if written else
                    "\nthe two releases agree on every frame")

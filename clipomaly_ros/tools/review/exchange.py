@@ -59,4 +59,6 @@ def import_file(index: MinedIndex, path: Path, kind: str | None, reviewer: str) 
     else:
         raise FormatError(f"import reads coco, label-studio or cvat, not {kind!r}")
     outcome.keep_newer(decisions.read_log(index.folder))
+    # Each line says which weights' candidates it decided, so a release can refuse it in another run's folder.
+    outcome.lines = [line | {"model_version": index.model_version} for line in outcome.lines]
     return outcome

@@ -4,8 +4,6 @@ names offered for renaming (the naming dictionary, the anomaly vocabulary and th
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -14,6 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from ...core.config import CITYSCAPES_CLASSES, ClipomalyConfig
+from ..run_identity import model_version, run_fingerprint
 
 INDEX_FOLDER = "anomalies.parquet"
 NEEDED = ("candidate_id", "mask", "name", "candidates", "peak_score", "bag", "topic", "best_stamp_ns", "box",
@@ -76,8 +75,7 @@ def load_index(folder: Path) -> MinedIndex:
     vocabulary = tuple(settings.get("anomaly_vocabulary") or ClipomalyConfig().anomaly_vocabulary)
     dictionary = shipped_dictionary()
     names = tuple(sorted({*dictionary, *vocabulary, *(row["name"] for row in rows)} - set(known)))
-    version = "clipomaly-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return MinedIndex(folder, rows, by_id, known, names, version)
+    return MinedIndex(folder, rows, by_id, known, names, model_version(run_fingerprint(folder)))
 
 
 def _partitioning(parquet: Path) -> ds.Partitioning:
@@ -96,11 +94,7 @@ def shipped_dictionary() -> list[str]:
 
 
 def _run_settings(folder: Path) -> dict:
-    path = folder / "run.json"
-    try:
-        return json.loads(path.read_text()).get("fingerprint", {}) if path.is_file() else {}
-    except ValueError:
-        return {}
+    return run_fingerprint(folder) or {}
 
 
 def frame_key(row: dict) -> str:

@@ -83,7 +83,8 @@ class ReviewServer(ThreadingHTTPServer):
         line = decisions.make_decision(
             row["candidate_id"], body.get("decision"), reviewer=self.reviewer, name=name,
             known_class=body.get("known_class"), seconds=body.get("seconds"), mask=body.get("mask"),
-            known_classes=self.index.known_classes, source="review page")
+            known_classes=self.index.known_classes, source="review page",
+            model_version=self.index.model_version)
         decisions.append(self.index.folder, [line])
         return line
 

@@ -77,16 +77,7 @@ def table_cells(page: Path):
                 yield number, cell.strip()
 
 
-LONG_CELLS_TO_FOLD = {
-    "design.md": "the room table's ros/ and tools/ rows, rewritten with the command split by its owner",
-    "mining.md": "one 41-word cell of the outputs table, on a page with another owner",
-}
-"""Pages whose long cells are known and left to the page's owner: strict, so the mark must go once they are fixed."""
-
-
-@pytest.mark.parametrize("page", [
-    pytest.param(page, marks=pytest.mark.xfail(strict=True, reason=LONG_CELLS_TO_FOLD[page.name]))
-    if page.name in LONG_CELLS_TO_FOLD else page for page in PAGES], ids=lambda page: page.name)
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
 def test_no_table_cell_holds_more_than_forty_words(page):
     from clipomaly_ros.tools.docs import TABLE_CELL_WORDS
 

@@ -36,6 +36,8 @@ DOMAIN_ID = str(random.Random(os.getpid()).randint(1, 101))
 ROS_ENV = {"ROS_DOMAIN_ID": DOMAIN_ID, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
            "AMENT_PREFIX_PATH": sys.prefix, "PYTHONUNBUFFERED": "1", "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
 os.environ.update(ROS_ENV)  # this process too: set before rclpy.init
+# a profile file that turns the builtin transports off would make Fast DDS ignore FASTDDS_BUILTIN_TRANSPORTS
+os.environ.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)
 
 PARAMS = """/**/clipomaly:
   ros__parameters:

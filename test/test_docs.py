@@ -96,7 +96,7 @@ def test_the_table_cell_check_sees_a_long_cell_and_an_escaped_bar(tmp_path):
 
 def test_the_topic_table_is_the_catalogue_the_node_publishes_from():
     from clipomaly_ros.ros.messages import OPTIONAL_OUTPUTS, OUTPUT_TYPES, PRIVATE_OUTPUTS
-    from clipomaly_ros.ros.topic_catalogue import TOPICS, camera_outputs
+    from clipomaly_ros.ros.topic_catalogue import SERVICES, TOPICS, camera_outputs
 
     assert list(OUTPUT_TYPES) == [entry.name for entry in camera_outputs()]
     assert set(OPTIONAL_OUTPUTS) == {"anomalies_objects", "anomaly_markers"} and PRIVATE_OUTPUTS == ("tags",)
@@ -105,6 +105,36 @@ def test_the_topic_table_is_the_catalogue_the_node_publishes_from():
         name = f"~/{entry.name}" if entry.private else entry.name
         row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
         assert entry.type in row and entry.qos in row, row
+    for service in SERVICES:
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{service.name}` |"))
+        assert service.type in row, row
+
+
+NODE_MODULES = ("node.py", "topics.py", "image_input.py")
+"""The modules that make the node's subscriptions, publishers and service."""
+
+
+def test_the_node_takes_every_topic_name_and_depth_from_the_catalogue():
+    """No topic or service name and no history depth written into the node's modules as a literal: each comes from
+    the catalogue, so the page generated from it is what the node does."""
+    import ast
+
+    from clipomaly_ros.ros.topic_catalogue import SERVICES, TOPICS
+
+    names = {entry.name for entry in TOPICS} | {service.name for service in SERVICES}
+    literals = []
+    for module in NODE_MODULES:
+        path = REPO / "clipomaly_ros" / "ros" / module
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
+                    "create_publisher", "create_subscription", "create_service", "resolve_topic_name", "QoSProfile"):
+                for argument in [*node.args, *(keyword.value for keyword in node.keywords)]:
+                    for part in ast.walk(argument):
+                        text = part.value if isinstance(part, ast.Constant) else None
+                        if (isinstance(text, str) and text.rstrip("/").split("/", 1)[-1] in names | {"compressed"}
+                                or text in names or isinstance(text, int) and not isinstance(text, bool)):
+                            literals.append(f"{module}:{part.lineno}: {text!r}")
+    assert not literals, "take these from clipomaly_ros/ros/topic_catalogue.py:\n" + "\n".join(literals)
 
 
 def test_the_launch_arguments_on_the_page_are_the_ones_the_launch_file_declares(monkeypatch):

@@ -168,3 +168,23 @@ def test_the_launch_arguments_on_the_page_are_the_ones_the_launch_file_declares(
          argument.description) for argument in LAUNCH_ARGUMENTS]
     page = (REPO / "docs" / "ros-reference.md").read_text()
     assert all(f"| `{argument.name}` |" in page for argument in LAUNCH_ARGUMENTS)
+
+
+def test_the_ros2_run_line_starts_the_node_the_launch_example_starts():
+    """The getting-started page's ``ros2 run`` line against its ``ros2 launch`` line: the same namespace, the
+    parameter file the launch file defaults to (the installed share folder), the same remappings."""
+    from clipomaly_ros.ros.launch_logic import image_remappings
+
+    page = (REPO / "docs" / "ros.md").read_text()
+    launch = re.search(r"ros2 launch clipomaly_ros clipomaly\.launch\.py (.*)", page).group(1).split()
+    arguments = dict(argument.split(":=", 1) for argument in launch)
+    run_line = re.search(r"ros2 run clipomaly_ros clipomaly_node (.*?)\n```", page, re.S).group(1)
+    words = run_line.replace("\\\n", " ").split()
+    remaps = dict(words[index + 1].split(":=", 1) for index, word in enumerate(words) if word == "-r")
+    assert words[:1] == ["--ros-args"], words
+    assert remaps.pop("__ns") == "/" + arguments["namespace"]
+    assert remaps == dict(image_remappings(arguments["image_topic"], "raw"))
+    params = " ".join(words[words.index("--params-file") + 1:words.index("--params-file") + 5])
+    assert params == "$(ros2 pkg prefix clipomaly_ros)/share/clipomaly_ros/config/clipomaly.yaml"
+    launch_file = (REPO / "launch" / "clipomaly.launch.py").read_text()
+    assert 'get_package_share_directory("clipomaly_ros"), "config", "clipomaly.yaml"' in launch_file

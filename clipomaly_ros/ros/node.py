@@ -46,8 +46,8 @@ from .inference import InferenceLoop
 from .messages import MessageFactory, ros_type, uint8_array
 from .node_diagnostics import NodeDiagnostics
 from .parameters import NodeParameters
-from .topic_catalogue import CAMERA_INFO, DIAGNOSTICS, ENABLE_SERVICE, catalogue_entry
-from .topics import NodeTopics, qos_profile
+from .topic_catalogue import CAMERA_INFO, DIAGNOSTICS, ENABLE_SERVICE
+from .topics import NodeTopics, catalogue_qos
 from .transforms import MountingFinder
 
 FINAL_COUNTS = ("frames received", "frames processed", "frames dropped", "bad inputs", "failed frames",
@@ -229,8 +229,7 @@ class ClipomalyNode(NodeParameters, NodeTopics, InferenceLoop, NodeDiagnostics, 
             self.cameras[name] = CameraStream(name, self._create_outputs(prefix), self.factory,
                                               AnomalyFollower(self.pipeline.name_embeddings, info_topic),
                                               values["expected_rate"])
-        diagnostics_qos = qos_profile(catalogue_entry(DIAGNOSTICS))
-        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, DIAGNOSTICS, diagnostics_qos)
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, DIAGNOSTICS, catalogue_qos(DIAGNOSTICS))
         self.enable_service = self.create_service(SetBool, ENABLE_SERVICE, self._on_enable)
         self.diagnostics_timer = self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
         self._warned_topics: set[str] = set()

@@ -24,6 +24,11 @@ def qos_profile(entry: Topic) -> QoSProfile:
                                   "transient_local": DurabilityPolicy.TRANSIENT_LOCAL}[entry.durability])
 
 
+def catalogue_qos(name: str) -> QoSProfile:
+    """The QoS of the catalogue's entry called ``name``."""
+    return qos_profile(catalogue_entry(name))
+
+
 class NodeTopics:
     """The topic side of :class:`~clipomaly_ros.ros.node.ClipomalyNode` (a mixin of it)."""
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from vision_msgs.msg import LabelInfo  # noqa: E402
 from test_ros_edges import SECOND  # noqa: E402
 from test_ros_input import diagnostics_of  # noqa: E402
 from test_ros_node import ROS_ENV, _header, set_parameter, wait_for  # noqa: E402
-from test_ros_params import RunningNode  # noqa: E402
+from test_ros_params import RunningNode, spinning_probe  # noqa: E402
 
 FINAL_LINE = re.compile(r"stopping: (SIG\w+) received; image: (.*)$", re.MULTILINE)
 
@@ -278,15 +279,12 @@ def test_play_loop_stopped_by_a_signal_exits_with_its_code_and_no_traceback(numb
 
 
 def test_label_info_is_republished_when_only_the_threshold_changes(tmp_path):
-    from rclpy.executors import SingleThreadedExecutor
-
     namespace = "/itest_labels"
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    probe = rclpy.create_node("itest_labels_probe", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(probe)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    with spinning_probe("itest_labels_probe") as probe:
+        label_info_follows_the_threshold(probe, namespace, tmp_path)
+
+
+def label_info_follows_the_threshold(probe, namespace: str, tmp_path: Path) -> None:
     received: list = []
     latched = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     probe.create_subscription(LabelInfo, f"{namespace}/label_info", received.append, latched)
@@ -309,9 +307,6 @@ def test_label_info_is_republished_when_only_the_threshold_changes(tmp_path):
             assert [c.class_name for c in received[-1].class_map] == [c.class_name for c in received[0].class_map]
     finally:
         camera.close()
-        executor.shutdown()
-        probe.destroy_node()
-        rclpy.try_shutdown(context=context)
 
 
 def test_a_camera_that_loses_half_its_frames_from_the_first_is_reported_at_half(tmp_path):

@@ -73,7 +73,9 @@ def ros_environment() -> dict[str, str]:
     python_path = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                    if entry and Path(entry).resolve() != REPO]
     # AMENT_PREFIX_PATH is the conftest's (the venv) unless a ROS installation set it
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    # without a profile file: one that turns the builtin transports off makes Fast DDS ignore the UDPv4 choice
+    inherited = {name: value for name, value in os.environ.items() if name != "FASTRTPS_DEFAULT_PROFILES_FILE"}
+    return {**inherited, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONPATH": os.pathsep.join(python_path), "ROS_DOMAIN_ID": DOMAIN_ID,
             "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "PYTHONUNBUFFERED": "1",
             "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}

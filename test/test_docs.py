@@ -77,16 +77,7 @@ def table_cells(page: Path):
                 yield number, cell.strip()
 
 
-LONG_CELLS_TO_FOLD = {
-    "design.md": "the room table's ros/ and tools/ rows, rewritten with the command split by its owner",
-    "mining.md": "one 41-word cell of the outputs table, on a page with another owner",
-}
-"""Pages whose long cells are known and left to the page's owner: strict, so the mark must go once they are fixed."""
-
-
-@pytest.mark.parametrize("page", [
-    pytest.param(page, marks=pytest.mark.xfail(strict=True, reason=LONG_CELLS_TO_FOLD[page.name]))
-    if page.name in LONG_CELLS_TO_FOLD else page for page in PAGES], ids=lambda page: page.name)
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
 def test_no_table_cell_holds_more_than_forty_words(page):
     from clipomaly_ros.tools.docs import TABLE_CELL_WORDS
 
@@ -105,7 +96,7 @@ def test_the_table_cell_check_sees_a_long_cell_and_an_escaped_bar(tmp_path):
 
 def test_the_topic_table_is_the_catalogue_the_node_publishes_from():
     from clipomaly_ros.ros.messages import OPTIONAL_OUTPUTS, OUTPUT_TYPES, PRIVATE_OUTPUTS
-    from clipomaly_ros.ros.topic_catalogue import TOPICS, camera_outputs
+    from clipomaly_ros.ros.topic_catalogue import SERVICES, TOPICS, camera_outputs
 
     assert list(OUTPUT_TYPES) == [entry.name for entry in camera_outputs()]
     assert set(OPTIONAL_OUTPUTS) == {"anomalies_objects", "anomaly_markers"} and PRIVATE_OUTPUTS == ("tags",)
@@ -114,6 +105,36 @@ def test_the_topic_table_is_the_catalogue_the_node_publishes_from():
         name = f"~/{entry.name}" if entry.private else entry.name
         row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
         assert entry.type in row and entry.qos in row, row
+    for service in SERVICES:
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{service.name}` |"))
+        assert service.type in row, row
+
+
+NODE_MODULES = ("node.py", "topics.py", "image_input.py")
+"""The modules that make the node's subscriptions, publishers and service."""
+
+
+def test_the_node_takes_every_topic_name_and_depth_from_the_catalogue():
+    """No topic or service name and no history depth written into the node's modules as a literal: each comes from
+    the catalogue, so the page generated from it is what the node does."""
+    import ast
+
+    from clipomaly_ros.ros.topic_catalogue import SERVICES, TOPICS
+
+    names = {entry.name for entry in TOPICS} | {service.name for service in SERVICES}
+    literals = []
+    for module in NODE_MODULES:
+        path = REPO / "clipomaly_ros" / "ros" / module
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
+                    "create_publisher", "create_subscription", "create_service", "resolve_topic_name", "QoSProfile"):
+                for argument in [*node.args, *(keyword.value for keyword in node.keywords)]:
+                    for part in ast.walk(argument):
+                        text = part.value if isinstance(part, ast.Constant) else None
+                        if (isinstance(text, str) and text.rstrip("/").split("/", 1)[-1] in names | {"compressed"}
+                                or text in names or isinstance(text, int) and not isinstance(text, bool)):
+                            literals.append(f"{module}:{part.lineno}: {text!r}")
+    assert not literals, "take these from clipomaly_ros/ros/topic_catalogue.py:\n" + "\n".join(literals)
 
 
 def test_the_launch_arguments_on_the_page_are_the_ones_the_launch_file_declares(monkeypatch):
@@ -147,3 +168,23 @@ def test_the_launch_arguments_on_the_page_are_the_ones_the_launch_file_declares(
          argument.description) for argument in LAUNCH_ARGUMENTS]
     page = (REPO / "docs" / "ros-reference.md").read_text()
     assert all(f"| `{argument.name}` |" in page for argument in LAUNCH_ARGUMENTS)
+
+
+def test_the_ros2_run_line_starts_the_node_the_launch_example_starts():
+    """The getting-started page's ``ros2 run`` line against its ``ros2 launch`` line: the same namespace, the
+    parameter file the launch file defaults to (the installed share folder), the same remappings."""
+    from clipomaly_ros.ros.launch_logic import image_remappings
+
+    page = (REPO / "docs" / "ros.md").read_text()
+    launch = re.search(r"ros2 launch clipomaly_ros clipomaly\.launch\.py (.*)", page).group(1).split()
+    arguments = dict(argument.split(":=", 1) for argument in launch)
+    run_line = re.search(r"ros2 run clipomaly_ros clipomaly_node (.*?)\n```", page, re.S).group(1)
+    words = run_line.replace("\\\n", " ").split()
+    remaps = dict(words[index + 1].split(":=", 1) for index, word in enumerate(words) if word == "-r")
+    assert words[:1] == ["--ros-args"], words
+    assert remaps.pop("__ns") == "/" + arguments["namespace"]
+    assert remaps == dict(image_remappings(arguments["image_topic"], "raw"))
+    params = " ".join(words[words.index("--params-file") + 1:words.index("--params-file") + 5])
+    assert params == "$(ros2 pkg prefix clipomaly_ros)/share/clipomaly_ros/config/clipomaly.yaml"
+    launch_file = (REPO / "launch" / "clipomaly.launch.py").read_text()
+    assert 'get_package_share_directory("clipomaly_ros"), "config", "clipomaly.yaml"' in launch_file

@@ -87,6 +87,40 @@ def probe():
     created.close()
 
 
+class AnsweredCamera:
+    """A camera publisher on ``<namespace>/image`` and a reader of ``<namespace>/anomalies``, on the probe's node,
+    that sends the two toy frames and checks whether the node answered them. ``log``: the node's log, shown when
+    an answer is missing."""
+
+    def __init__(self, node, namespace: str, log: Path):
+        self.log = log
+        self.received: list = []
+        node.create_subscription(Detection2DArray, f"{namespace}/anomalies", self.received.append,
+                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+        self.publisher = node.create_publisher(Image, f"{namespace}/image",
+                                               QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        self.frames = [image for image, _, _ in toy_frames(2, 240, 320)]
+
+    def send_until_answered(self, base: int) -> list[int]:
+        """Frames until each gets its anomalies; the stamps sent (ns)."""
+        stamps = []
+        for index, image in enumerate(self.frames):
+            stamp = base + index * 100_000_000
+            stamps.append(stamp)
+            for _ in range(3):
+                publish_frame(self.publisher, image, stamp)
+                if wait_for(lambda: any(stamp_ns(m.header) == stamp for m in self.received), 5):
+                    break
+            assert any(stamp_ns(m.header) == stamp for m in self.received), self.log.read_text()
+        return stamps
+
+    def send_unanswered(self, base: int) -> None:
+        for index, image in enumerate(self.frames):
+            publish_frame(self.publisher, image, base + index * 100_000_000)
+        time.sleep(2.0)  # a node that processed them would have answered by now (it does in < 1 s when active)
+        assert not [m for m in self.received if stamp_ns(m.header) >= base], "published while not active"
+
+
 def test_every_transition_with_outputs_only_while_active(tmp_path, probe):
     params = tmp_path / "managed.yaml"
     params.write_text(MANAGED_PARAMS)
@@ -94,31 +128,10 @@ def test_every_transition_with_outputs_only_while_active(tmp_path, probe):
     node, name = probe.node, "/lc/clipomaly"
     try:
         assert probe.state(name) == "unconfigured", (tmp_path / "node.log").read_text()
-        received: list = []
-        node.create_subscription(Detection2DArray, "/lc/anomalies", received.append,
-                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-        camera = node.create_publisher(Image, "/lc/image", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+        sender = AnsweredCamera(node, "/lc", tmp_path / "node.log")
+        camera, send_until_answered, send_unanswered = sender.publisher, sender.send_until_answered, \
+            sender.send_unanswered
         assert node.count_publishers("/lc/anomalies") == 0  # unconfigured: nothing made yet
-        frames = [image for image, _, _ in toy_frames(2, 240, 320)]
-
-        def send_until_answered(base: int) -> list[int]:
-            """Frames until each gets its anomalies; the stamps sent."""
-            stamps = []
-            for index, image in enumerate(frames):
-                stamp = base + index * 100_000_000
-                stamps.append(stamp)
-                for _ in range(3):
-                    publish_frame(camera, image, stamp)
-                    if wait_for(lambda: any(stamp_ns(m.header) == stamp for m in received), 5):
-                        break
-                assert any(stamp_ns(m.header) == stamp for m in received), (tmp_path / "node.log").read_text()
-            return stamps
-
-        def send_unanswered(base: int) -> None:
-            for index, image in enumerate(frames):
-                publish_frame(camera, image, base + index * 100_000_000)
-            time.sleep(2.0)  # a node that processed them would have answered by now (it does in < 1 s when active)
-            assert not [m for m in received if stamp_ns(m.header) >= base], "published while not active"
 
         assert probe.change(name, Transition.TRANSITION_CONFIGURE)
         assert probe.state(name) == "inactive"
@@ -221,18 +234,57 @@ def test_cleanup_frees_the_model_and_a_new_configure_loads_it_again(tiny_model_n
         probe.close()
 
 
+def diagnosed_mountings(diagnostics: list, camera_prefix: str) -> list[str]:
+    """The ``mounting`` values of the statuses whose name starts with ``camera_prefix``, oldest first."""
+    return [kv.value for array in diagnostics for status in array.status if status.name.startswith(camera_prefix)
+            for kv in status.values if kv.key == "mounting"]
+
+
+def publish_static_mounting(node, mounting):
+    """Publish ``mounting`` as robot_state_publisher does (latched on /tf_static, base_link -> camera_link ->
+    camera_optical_frame) from the probe's ``node``; the publisher, kept alive by the caller."""
+    from rclpy.serialization import deserialize_message
+    from tf2_msgs.msg import TFMessage
+
+    from helpers import STORE, static_transforms
+
+    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+    publisher = node.create_publisher(TFMessage, "/tf_static", latched)
+    # built by rosbags, sent by rclpy: the same bytes
+    publisher.publish(deserialize_message(STORE.serialize_cdr(static_transforms(mounting),
+                                                              "tf2_msgs/msg/TFMessage").tobytes(), TFMessage))
+    return publisher
+
+
+def footprints_checked(objects: list, truth: dict) -> int:
+    """How many detected objects of the drive's frames were checked against ``truth`` (stamp in ns -> object name
+    -> ground position (x, y) in m): each footprint's front edge within 5 % of the range of the nearest true
+    object, labelled ANIMAL for the deer and HAZARD otherwise (a failed check is an assertion)."""
+    from clipomaly_ros.ros.autoware import OBJECT_LABELS
+
+    checked = 0
+    for array in objects:
+        if stamp_ns(array.header) not in truth:  # a frame before the drive, published late
+            continue
+        for detected in array.objects:
+            pose = detected.kinematics.pose_with_covariance.pose.position
+            corners = np.array([[p.x + pose.x, p.y + pose.y] for p in detected.shape.footprint.points])
+            front = corners[np.argsort(np.hypot(*corners.T))[:2]].mean(axis=0)
+            name, (x, y) = min(truth[stamp_ns(array.header)].items(), key=lambda item: np.hypot(*(front - item[1])))
+            assert np.hypot(*(front - (x, y))) < 0.05 * np.hypot(x, y), (name, front, (x, y))
+            assert OBJECT_LABELS[detected.classification[0].label] == ("ANIMAL" if name == "deer" else "HAZARD")
+            checked += 1
+    return checked
+
+
 def test_a_node_takes_its_mounting_from_tf_static_and_says_so(tmp_path, probe):
     """A real publisher of a static transform chain (base_link -> camera_link -> camera_optical_frame), latched on
     /tf_static as robot_state_publisher sends it; the node's camera_* parameters are left at their defaults,
     which are far from the mounting. Distances against the drive's truth."""
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import CameraInfo
-    from tf2_msgs.msg import TFMessage
 
-    from clipomaly_ros.ros.autoware import OBJECT_LABELS
-
-    from helpers import STORE, mounted_drive, static_transforms
+    from helpers import mounted_drive
 
     autoware = pytest.importorskip("autoware_perception_msgs.msg")
     params = tmp_path / "node.yaml"
@@ -247,12 +299,7 @@ def test_a_node_takes_its_mounting_from_tf_static_and_says_so(tmp_path, probe):
         node.create_subscription(autoware.DetectedObjects, "/tfcam/anomalies_objects", objects.append,
                                  QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
         node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
-        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                             reliability=ReliabilityPolicy.RELIABLE)
-        tf_publisher = node.create_publisher(TFMessage, "/tf_static", latched)
-        # built by rosbags, sent by rclpy: the same bytes
-        tf_publisher.publish(deserialize_message(STORE.serialize_cdr(static_transforms(mounting),
-                                                                     "tf2_msgs/msg/TFMessage").tobytes(), TFMessage))
+        tf_publisher = publish_static_mounting(node, mounting)
         camera = node.create_publisher(Image, "/tfcam/image", QoSProfile(depth=5,
                                                                          reliability=ReliabilityPolicy.RELIABLE))
         info = node.create_publisher(CameraInfo, "/tfcam/camera_info", 1)
@@ -262,8 +309,7 @@ def test_a_node_takes_its_mounting_from_tf_static_and_says_so(tmp_path, probe):
                              k=camera_model.k.ravel().tolist())
 
         def mounting_says(prefix: str) -> bool:
-            return any(kv.value.startswith(prefix) for array in diagnostics for status in array.status
-                       if status.name.startswith("/tfcam/") for kv in status.values if kv.key == "mounting")
+            return any(value.startswith(prefix) for value in diagnosed_mountings(diagnostics, "/tfcam/"))
 
         # the latched transforms may reach the node after its first frame, which then uses the parameters (and says
         # so): frames 10 s before the drive until /diagnostics says the mounting comes from /tf_static
@@ -281,23 +327,9 @@ def test_a_node_takes_its_mounting_from_tf_static_and_says_so(tmp_path, probe):
                 if wait_for(lambda: any(stamp_ns(m.header) == stamp for m in objects), 5):
                     break
         truth = {stamp: objects_truth for stamp, _, objects_truth in drive}
-        checked = 0
-        for array in objects:
-            if stamp_ns(array.header) not in truth:  # a frame before the drive, published late
-                continue
-            for detected in array.objects:
-                pose = detected.kinematics.pose_with_covariance.pose.position
-                corners = np.array([[p.x + pose.x, p.y + pose.y] for p in detected.shape.footprint.points])
-                front = corners[np.argsort(np.hypot(*corners.T))[:2]].mean(axis=0)
-                name, (x, y) = min(truth[stamp_ns(array.header)].items(),
-                                   key=lambda item: np.hypot(*(front - item[1])))
-                assert np.hypot(*(front - (x, y))) < 0.05 * np.hypot(x, y), (name, front, (x, y))
-                assert OBJECT_LABELS[detected.classification[0].label] == ("ANIMAL" if name == "deer" else "HAZARD")
-                checked += 1
-        assert checked >= 5, log.read_text()
-        mine = [kv for array in diagnostics for status in array.status if status.name.startswith("/tfcam/")
-                for kv in status.values if kv.key == "mounting"]
-        assert mine and mine[-1].value == "/tf_static, /tf: base_link <- camera_link <- camera_optical_frame"
+        assert footprints_checked(objects, truth) >= 5, log.read_text()
+        mine = diagnosed_mountings(diagnostics, "/tfcam/")
+        assert mine and mine[-1] == "/tf_static, /tf: base_link <- camera_link <- camera_optical_frame"
         assert "image: camera mounting from /tf_static, /tf: base_link <- camera_link <- camera_optical_frame" \
             in log.read_text()
     finally:

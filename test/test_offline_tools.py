@@ -258,3 +258,20 @@ def test_known_classes_miou_reads_the_cityscapes_layout(tmp_path, capsys):
     (tmp_path / "cs" / "gtFine" / "val" / "munster" / "munster_000000_000011_gtFine_labelTrainIds.png").unlink()
     assert main(["evaluate", str(tmp_path / "cs"), "--known-classes-miou"] + TOY) == 2
     assert "no *_gtFine_labelTrainIds.png for munster_000000_000011_leftImg8bit.png" in capsys.readouterr().err
+
+
+def test_evaluate_checks_the_ground_estimates_with_or_without_a_data_set(tmp_path, capsys, monkeypatch):
+    from clipomaly_ros.tools import ground_accuracy
+
+    full_check = ground_accuracy.ground_errors
+    monkeypatch.setattr(ground_accuracy, "ground_errors", lambda: full_check(ranges=(10.0,), laterals=(-1.5,)))
+    assert main(["evaluate", "--ground-check", "--json", str(tmp_path / "ground.json")]) == 0
+    assert "10 m: distance" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ground.json").read_text())["ground_errors"]["10 m"]["distance_error_pct"] < 3
+    make_dataset(tmp_path / "set")
+    assert main(["evaluate", str(tmp_path / "set"), "--limit", "1", "--ground-check",
+                 "--json", str(tmp_path / "both.json")] + TOY) == 0
+    both = json.loads((tmp_path / "both.json").read_text())
+    assert "ground_errors" in both and "config" in both
+    assert main(["evaluate"]) == 2
+    assert "DATASET_DIR" in capsys.readouterr().err

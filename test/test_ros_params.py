@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -52,18 +53,27 @@ class RunningNode:
             self.process.kill()
 
 
-@pytest.fixture(scope="module")
-def client():
+@contextlib.contextmanager
+def spinning_probe(name: str):
+    """An rclpy node called ``name`` in a context of its own, spun on a daemon thread until the block ends."""
     context = rclpy.Context()
     rclpy.init(context=context)
-    node = rclpy.create_node("itest_param_client", context=context)
+    node = rclpy.create_node(name, context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
-    yield node
-    executor.shutdown()
-    node.destroy_node()
-    rclpy.try_shutdown(context=context)
+    try:
+        yield node
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with spinning_probe("itest_param_client") as node:
+        yield node
 
 
 def node_values(client, running: RunningNode, timeout: float = 60.0) -> dict:

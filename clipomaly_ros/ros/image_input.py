@@ -26,6 +26,8 @@ from typing import Any, Callable
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+from .topic_catalogue import image_input_entry
+
 GRAPH_RECHECK_S = 0.05
 GRAPH_LAG_S = 2.0
 """How long the graph may lag behind a matched publisher before the poll is left to catch up."""
@@ -46,14 +48,16 @@ def matching_reliability(setting: str, publishers: list) -> tuple[ReliabilityPol
 
 
 class ImageInput:
-    """The image subscription of one camera on ``topic`` (depth 1: only the newest frame matters), passing each
-    frame once to ``on_image(message)``. ``reliability`` is the ``input_reliability`` setting; ``log(text)``
-    says when the reliability changes. ``qos_reason`` says what the reader uses now and why (/diagnostics)."""
+    """The image subscription of one camera on ``topic`` (the catalogue's depth, 1: only the newest frame matters),
+    passing each frame once to ``on_image(message)``. ``reliability`` is the ``input_reliability`` setting;
+    ``log(text)`` says when the reliability changes. ``qos_reason`` says what the reader uses now and why
+    (/diagnostics)."""
 
     def __init__(self, node: Any, message_type: type, topic: str, reliability: str,
                  on_image: Callable[[Any], None], log: Callable[[str], None]):
         self.node = node
         self.message_type = message_type
+        self.depth = image_input_entry(message_type.__name__ == "CompressedImage").depth
         self.topic = topic
         self.reliability = reliability
         self.on_image = on_image
@@ -104,7 +108,7 @@ class ImageInput:
         callbacks = SubscriptionEventCallbacks(
             matched=lambda status: self._on_matched(holder[0] if holder else None, status, publishers))
         subscription = self.node.create_subscription(self.message_type, self.topic, self._deliver,
-                                                     QoSProfile(depth=1, reliability=policy),
+                                                     QoSProfile(depth=self.depth, reliability=policy),
                                                      event_callbacks=callbacks)
         holder.append(subscription)
         return subscription

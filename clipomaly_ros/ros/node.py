@@ -45,7 +45,8 @@ from .inference import InferenceLoop
 from .messages import MessageFactory, ros_type, uint8_array
 from .node_diagnostics import NodeDiagnostics, log_loaded_weights
 from .parameters import NodeParameters
-from .topics import NodeTopics
+from .topic_catalogue import CAMERA_INFO, DIAGNOSTICS, ENABLE_SERVICE
+from .topics import NodeTopics, catalogue_qos
 from .transforms import MountingFinder
 
 FINAL_COUNTS = ("frames received", "frames processed", "frames dropped", "bad inputs", "failed frames",
@@ -216,12 +217,12 @@ class ClipomalyNode(NodeParameters, NodeTopics, InferenceLoop, NodeDiagnostics, 
         self.topic_check_timer = None
         for name in values["cameras"] or ("",):
             prefix = f"{name}/" if name else ""
-            info_topic = self.resolve_topic_name(f"{prefix}camera_info")
+            info_topic = self.resolve_topic_name(f"{prefix}{CAMERA_INFO}")
             self.cameras[name] = CameraStream(name, self._create_outputs(prefix), self.factory,
                                               AnomalyFollower(self.pipeline.name_embeddings, info_topic),
                                               values["expected_rate"])
-        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.enable_service = self.create_service(SetBool, "~/enable", self._on_enable)
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, DIAGNOSTICS, catalogue_qos(DIAGNOSTICS))
+        self.enable_service = self.create_service(SetBool, ENABLE_SERVICE, self._on_enable)
         self.diagnostics_timer = self.create_timer(values["diagnostics_period"], self._publish_diagnostics)
         self._warned_topics: set[str] = set()
         self._running = True

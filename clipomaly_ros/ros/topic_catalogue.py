@@ -45,6 +45,15 @@ class Topic:
         return ", ".join(parts + [f"depth {self.depth}"])
 
 
+IMAGE = "image"
+IMAGE_COMPRESSED = "image/compressed"
+CAMERA_INFO = "camera_info"
+TF_STATIC = "/tf_static"
+TF = "/tf"
+DIAGNOSTICS = "/diagnostics"
+ENABLE_SERVICE = "~/enable"
+"""The names the node makes its subscriptions, publishers and service with (outputs are named by their entries)."""
+
 PLANNER_DEPTH = 10
 """History of the small per-frame messages a planner acts on: a lost fragment of a reliable sample is re-sent only
 after the writer's next heartbeat, and a shorter history would already have let the sample go by then."""
@@ -52,7 +61,7 @@ IMAGE_DEPTH = 5
 """History of the image outputs (large, for people and tools): a few frames."""
 
 TOPICS = (
-    Topic("image", "sensor_msgs/msg/Image", "in", "input_reliability", 1, "with input_transport raw",
+    Topic(IMAGE, "sensor_msgs/msg/Image", "in", "input_reliability", 1, "with input_transport raw",
           "The camera's frames (rgb8, bgr8, rgba8, bgra8, mono8, mono16); only the newest is processed.",
           detail="`input_reliability: auto` (the default) matches the publishers as `ros2 topic echo` does: "
                  "reliable when every publisher is reliable, so a large frame that lost a fragment is sent again, "
@@ -60,16 +69,16 @@ TOPICS = (
                  "the old one goes, and a frame both deliver counts once. A best-effort publisher that joins "
                  "reliable ones is seen by a check every 2 s. `/diagnostics` names the QoS in force (`input qos`) "
                  "and estimates the frames missing from the input from gaps in the header stamps."),
-    Topic("image/compressed", "sensor_msgs/msg/CompressedImage", "in", "input_reliability", 1,
+    Topic(IMAGE_COMPRESSED, "sensor_msgs/msg/CompressedImage", "in", "input_reliability", 1,
           "with input_transport compressed", "JPEG or PNG frames, as image_transport's compressed plugin sends "
           "them; checked against `max_input_pixels` before decoding."),
-    Topic("camera_info", "sensor_msgs/msg/CameraInfo", "in", "best_effort", 1, "always; the newest is kept",
+    Topic(CAMERA_INFO, "sensor_msgs/msg/CameraInfo", "in", "best_effort", 1, "always; the newest is kept",
           "Intrinsics and distortion (plumb_bob, rational_polynomial, equidistant) for the 3D outputs; an image "
           "that is a resize of it is handled."),
-    Topic("/tf_static", "tf2_msgs/msg/TFMessage", "in", "reliable", 100, "always (as tf2's listener reads it)",
+    Topic(TF_STATIC, "tf2_msgs/msg/TFMessage", "in", "reliable", 100, "always (as tf2's listener reads it)",
           "The robot's static transforms: the camera's mounting is the chain from `base_frame` to the image's "
           "`header.frame_id`.", durability="transient_local", per_camera=False),
-    Topic("/tf", "tf2_msgs/msg/TFMessage", "in", "reliable", 100, "always (as tf2's listener reads it)",
+    Topic(TF, "tf2_msgs/msg/TFMessage", "in", "reliable", 100, "always (as tf2's listener reads it)",
           "The robot's moving transforms, for a mounting that changes.", per_camera=False),
     Topic("anomalies", "vision_msgs/msg/Detection2DArray", "out", "reliable", PLANNER_DEPTH, "every processed frame",
           "One detection per confirmed anomaly track: bbox in pixels, hypotheses best first (the track's voted "
@@ -116,7 +125,7 @@ TOPICS = (
           "every processed frame with `tagger_weights` and `naming_source` tagger or both",
           "The RAM++ tags the frame's regions were named from (fresh, or the camera's last between runs), best "
           "first with their probabilities.", private=True),
-    Topic("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", "out", "reliable", 10,
+    Topic(DIAGNOSTICS, "diagnostic_msgs/msg/DiagnosticArray", "out", "reliable", 10,
           "every `diagnostics_period` seconds, and once when the node stops",
           "One status per camera: rates, latencies (mean and p95), frame counts (received, processed, dropped, "
           "bad, failed, dropped at shutdown), messages per topic, vocabulary sizes, device, outputs off.",
@@ -135,7 +144,7 @@ class Service:
 
 
 SERVICES = (
-    Service("~/enable", "std_srvs/srv/SetBool", "false pauses processing (frames are counted as skipped, the model "
+    Service(ENABLE_SERVICE, "std_srvs/srv/SetBool", "false pauses processing (frames are counted as skipped, the model "
             "stays loaded); true resumes it."),
 )
 """The node's own services (rclpy adds the standard parameter and lifecycle services)."""
@@ -147,6 +156,12 @@ def catalogue_entry(name: str) -> Topic:
         if entry.name == name:
             return entry
     raise KeyError(f"no topic {name!r} in the catalogue: {', '.join(entry.name for entry in TOPICS)}")
+
+
+def image_input_entry(compressed: bool) -> Topic:
+    """The image input's entry: ``image/compressed`` when ``compressed`` (input_transport compressed), else
+    ``image``."""
+    return catalogue_entry(IMAGE_COMPRESSED if compressed else IMAGE)
 
 
 def camera_outputs() -> tuple[Topic, ...]:

@@ -11,7 +11,7 @@ from tf2_msgs.msg import TFMessage
 from ..core.config import ConfigError
 from .image_input import ImageInput
 from .messages import ros_type
-from .topic_catalogue import Topic, camera_outputs, catalogue_entry
+from .topic_catalogue import CAMERA_INFO, TF, TF_STATIC, Topic, camera_outputs, catalogue_entry, image_input_entry
 from .transforms import add_transforms
 
 
@@ -24,6 +24,11 @@ def qos_profile(entry: Topic) -> QoSProfile:
                                   "transient_local": DurabilityPolicy.TRANSIENT_LOCAL}[entry.durability])
 
 
+def catalogue_qos(name: str) -> QoSProfile:
+    """The QoS of the catalogue's entry called ``name``."""
+    return qos_profile(catalogue_entry(name))
+
+
 class NodeTopics:
     """The topic side of :class:`~clipomaly_ros.ros.node.ClipomalyNode` (a mixin of it)."""
 
@@ -32,10 +37,10 @@ class NodeTopics:
         processed and published."""
         compressed = self.input_type is CompressedImage
         for name, camera in self.cameras.items():
-            info_topic = self.resolve_topic_name(f"{camera.prefix}camera_info")
+            info_topic = self.resolve_topic_name(f"{camera.prefix}{CAMERA_INFO}")
             self.camera_info_subscriptions[name] = self.create_subscription(
-                CameraInfo, info_topic, camera.camera_info_arrived, qos_profile(catalogue_entry("camera_info")))
-            topic = f"{camera.prefix}image/compressed" if compressed else f"{camera.prefix}image"
+                CameraInfo, info_topic, camera.camera_info_arrived, qos_profile(catalogue_entry(CAMERA_INFO)))
+            topic = f"{camera.prefix}{image_input_entry(compressed).name}"
             self.image_inputs[name] = ImageInput(
                 self, self.input_type, self.resolve_topic_name(topic), self.input_reliability,
                 lambda msg, camera=camera: self._on_image(camera, msg), self.get_logger().info)
@@ -43,7 +48,7 @@ class NodeTopics:
         # as tf2's listener reads them: /tf_static latched, /tf reliable
         self.transform_subscriptions = [
             self.create_subscription(TFMessage, name, self._on_transforms, qos_profile(catalogue_entry(name)))
-            for name in ("/tf_static", "/tf")]
+            for name in (TF_STATIC, TF)]
         self.topic_check_timer = self.create_timer(2.0, self._check_input_topics)
         self.active = True
         topics = ", ".join(f"{image_input.topic} ({image_input.qos_reason})"

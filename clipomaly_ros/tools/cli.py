@@ -1,8 +1,9 @@
 """The ``clipomaly`` command line tool: it declares the verbs and dispatches to them.
 
-Each verb is a module of :mod:`clipomaly_ros.tools.commands`, listed in ``commands.VERBS``, with ``add_parser(subparsers)`` and ``run(args) -> int``. This module
-builds the parser from that registry, sets up logging, and turns the errors that are the user's to fix (bad
-settings, vocabulary, bag, data, weights) into one line on stderr and exit status 2; an interrupt exits 130.
+Each verb is a module of :mod:`clipomaly_ros.tools.commands`, listed in ``commands.VERBS``, with
+``add_parser(subparsers)`` and ``run(args) -> int``. This module builds the parser from that registry, sets up
+logging, and turns the errors that are the user's to fix (bad settings, vocabulary, bag, data, weights) into one
+line on stderr and exit status 2; an interrupt exits 130.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def is_user_error(error: BaseException) -> bool:
     and its kind (every refusal of input in the package), or one of :data:`USER_RUNTIME_ERRORS`."""
     return isinstance(error, (ValueError, ConfigError)) or any(
         isinstance(error, _loaded(qualified)) for qualified in USER_RUNTIME_ERRORS)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -148,7 +148,7 @@ def run_demo(out_dir: Path, seconds: float = 4.0, rate_hz: float = 10.0, model_p
     out_dir.mkdir(parents=True, exist_ok=True)
     environment = local_ros_environment()
     os.environ.update(environment)  # before rclpy is imported: this process joins the same local domain
-    os.environ.pop("FASTDDS_BUILTIN_TRANSPORTS", None)  # it would replace the profile's transports
+    os.environ.pop("FASTDDS_BUILTIN_TRANSPORTS", None)  # the profile below chooses the transports alone
     params = out_dir / "demo_params.yaml"
     params.write_text(demo_parameters(model_parameters or {}))
     frames = perspective_drive(seconds=seconds, rate_hz=rate_hz)

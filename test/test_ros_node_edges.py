@@ -179,8 +179,10 @@ def test_a_signal_during_the_warm_up_exits_130_without_an_abort(until, tmp_path)
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, **ROS_ENV})
     try:
-        assert process.stdout.readline().startswith("[INFO]")  # loading the toy backend
-        assert process.stdout.readline().strip() == "WARMING UP"
+        line = process.stdout.readline()
+        while line.startswith("[INFO]"):  # the start-up lines: the release, loading the toy backend
+            line = process.stdout.readline()
+        assert line.strip() == "WARMING UP"
         process.send_signal(signal.SIGINT)
         signalled = time.monotonic()
         output, _ = process.communicate(timeout=60)

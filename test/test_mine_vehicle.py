@@ -118,16 +118,18 @@ def test_a_moved_archive_mines_nothing_again_and_a_grown_bag_replaces_its_rows(v
     assert len(partitions) == 2 and all(p.startswith("bag=drive_") and "/bag_id=" in p for p in partitions)
 
 
-def test_a_worker_that_dies_on_one_bag_fails_it_by_name_and_commits_the_others(vehicle, ray_started, tmp_path):
+def test_a_worker_that_dies_on_the_first_bag_fails_it_by_name_and_commits_the_others(vehicle, ray_started,
+                                                                                   tmp_path):
+    # drive_a's shards are handed out first: its killed workers must not use up the restarts drive_b's need
     started = time.monotonic()
     result = run_mine([vehicle], tmp_path / "out", ClipomalyConfig(**TOY), **(QUIET | {"retries": 1}),
-                      miner=mining_faults.ExitingOnBag)
+                      miner=mining_faults.ExitingOnFirstBag)
     assert time.monotonic() - started < 600  # bounded: never a hang (tens of seconds here)
     assert result.exit_code == 1
     last = failure_line(result.summary)
-    assert last.startswith("FAILED: drive_b (shards ") and "drive_a" not in last
+    assert last.startswith("FAILED: drive_a (shards ") and "drive_b" not in last
     assert all("no worker answered" in f["reason"] for f in result.summary["failed"])
-    assert {row["bag"] for row in rows(tmp_path / "out")} == {"drive_a"}
+    assert {row["bag"] for row in rows(tmp_path / "out")} == {"drive_b"}
 
 
 def holder_said(lock: Path) -> bool:

@@ -178,9 +178,10 @@ def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, fing
     the seconds until the first shard came back less that shard's own time (Ray's start, the workers' start and
     model loads), and why the run stopped early (a lost cluster), or None.
 
-    A worker that dies (the OOM killer, a crash in native code) is restarted, and its batch handed on, at most
-    ``options.retries`` times each, never Ray's unbounded default; a shard whose every try killed its worker is
-    left unanswered (Ray Data drops its block, up to every block) and is named failed while the others go on."""
+    A worker that dies (the OOM killer, a crash in native code) is restarted and its shard (each worker holds one
+    at a time) tried again, at most ``options.retries`` times per shard and ``(retries + 1) * len(todo)`` restarts
+    per worker, never Ray's unbounded default; a shard whose every try killed its worker is left unanswered (Ray
+    Data drops its block, up to every block) and is named failed while the others go on."""
     try:
         import ray
         import ray.data
@@ -199,8 +200,12 @@ def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, fing
         context.max_errored_blocks = len(todo)  # a shard that kills its workers fails alone, named by its absence
         dataset = ray.data.from_items([shard.as_dict() for shard in todo], override_num_blocks=len(todo))
         mined = dataset.map_batches(
-            miner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.workers), num_cpus=pool["cpus"],
-            num_gpus=pool["gpus"], max_restarts=options.retries, max_task_retries=options.retries,
+            miner, batch_size=1, num_cpus=pool["cpus"], num_gpus=pool["gpus"],
+            # one shard in flight per worker: a shard that kills its worker takes no other shard's task with it
+            compute=ray.data.ActorPoolStrategy(size=options.workers, max_tasks_in_flight_per_actor=1),
+            # Ray Data never replaces an actor past max_restarts: the budget covers every try of every shard
+            # (bounded, never Ray's unbounded default), so a killer shard cannot leave healthy ones unworked
+            max_restarts=(options.retries + 1) * len(todo), max_task_retries=options.retries,
             fn_constructor_kwargs={
                 "config": config.as_dict(), "out_dir": str(out_dir.resolve()), "rate_hz": options.rate_hz,
                 "threads": pool["threads"], "retries": options.retries, "fingerprint": fingerprint})

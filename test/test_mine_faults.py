@@ -153,6 +153,27 @@ def test_a_truly_cut_bag_is_truncated_with_its_earlier_rows(fleet, clean, tmp_pa
     assert "EndOfFile" in record["truncated"]
 
 
+def test_a_worker_whose_scan_of_a_cut_file_differs_from_planning_fails_the_attempt_and_rescans(fleet, tmp_path):
+    import dataclasses
+
+    from clipomaly_ros.ros import bags
+    from clipomaly_ros.tools.mining.plan import survey_bag
+
+    cut = cut_copy(fleet, tmp_path / "drive_a", 0.75)
+    (shard,) = shards_of(cut, window_s=10.0)
+    assert shard.cut_offset > 0
+    (key,) = [key for key in bags._CUT_INDEXES if key[0] == str(next(cut.glob("*.mcap")).resolve())]
+    good = bags._CUT_INDEXES[key]
+    bad = dataclasses.replace(good, cut_offset=good.cut_offset - 100)  # a read that failed early, kept
+    bags._CUT_INDEXES[key] = bad
+    with pytest.raises(ShardFailed, match="planning read them up to byte"):
+        mine_shard(Clipomaly(ClipomalyConfig(**TOY)), shard)
+    assert key not in bags._CUT_INDEXES  # dropped: the next attempt scans the file again
+    assert mine_shard(Clipomaly(ClipomalyConfig(**TOY)), shard).truncated
+    bags._CUT_INDEXES[key] = bad  # planning's retry scans afresh too, not the kept bad scan
+    assert survey_bag(cut, retries=1, backoff_s=0.0).cut_offset == good.cut_offset
+
+
 def test_mining_places_anomalies_with_the_bags_own_tf_static(tmp_path):
     from test_planner_outputs import write_drive_bag
 

@@ -139,6 +139,7 @@ class CutMcapReader:
         if not index.cut or not index.groups:
             raise ValueError(f"{file}: not a cut MCAP file with messages")
         _CUT_INDEXES[key] = index
+        self._key = key
         self.index, self.cut, self.cut_offset = index, index.cut, index.cut_offset
         counts: dict[int, int] = {}
         for group in index.groups:
@@ -163,6 +164,11 @@ class CutMcapReader:
             raise
         except Exception:  # noqa: BLE001 - not a cut file we can read: the caller reports the original error
             return None
+
+    def forget_index(self) -> None:
+        """Drop this file's kept index, so the next reader scans the file again (its scan read differently from
+        another's: the disk, not the file)."""
+        _CUT_INDEXES.pop(self._key, None)
 
     def messages(self, connections=(), start: int | None = None, stop: int | None = None):
         """``(connection, log time in ns, raw bytes)`` of ``connections`` (all when empty) in ``[start, stop)``, by

@@ -27,7 +27,9 @@ class Shard:
     recorded times ``[start_ns, stop_ns)``. ``bag_name`` names the bag in the outputs; ``bag_id`` is its content
     identity and ``lineage`` that of its beginning (see :func:`bag_identity`); ``first`` and ``last`` say whether
     the window starts at the bag's beginning or ends at its end (a track seen at a window's edge elsewhere was cut
-    there); ``frames`` estimates its image messages, for the progress bar."""
+    there); ``frames`` estimates its image messages, for the progress bar; ``cut_offset`` is the byte where a cut
+    MCAP file's complete records end as planning found it (-1: the bag is whole), which the worker's own scan must
+    match."""
 
     bag: str
     bag_name: str
@@ -40,6 +42,7 @@ class Shard:
     frames: int
     bag_id: str
     lineage: str
+    cut_offset: int = -1
 
     @property
     def id(self) -> str:
@@ -53,7 +56,7 @@ class Shard:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Shard":
-        return cls(**{key: values[key] for key in cls.__dataclass_fields__})
+        return cls(**{key: values[key] for key in cls.__dataclass_fields__ if key in values})
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ def bag_names(paths: list[Path], ids: dict[Path, str]) -> dict[Path, str]:
 @dataclass(frozen=True)
 class BagSurvey:
     """What planning needs from an opened bag: its recorded ``[start, stop)`` (ns), its image connections by
-    topic, each topic's message count, and its identity (:func:`bag_identity`)."""
+    topic, each topic's message count, its identity (:func:`bag_identity`) and, for a cut MCAP file, where its
+    complete records end (``cut_offset``, -1 for a whole bag)."""
 
     start: int
     stop: int
@@ -132,6 +136,7 @@ class BagSurvey:
     counts: dict
     bag_id: str
     lineage: str
+    cut_offset: int = -1
 
 
 def survey_bag(path: Path, retries: int = 2, backoff_s: float = 1.0) -> BagSurvey:
@@ -142,16 +147,20 @@ def survey_bag(path: Path, retries: int = 2, backoff_s: float = 1.0) -> BagSurve
     for attempt in range(retries + 1):
         try:
             with open_bag(path) as reader:
+                cut_offset = -1
                 if isinstance(reader, CutMcapReader):
                     again = index_cut_mcap(reader.file)
+                    cut_offset = reader.cut_offset
                     if again.cut_offset != reader.cut_offset:
+                        reader.forget_index()  # the next attempt scans afresh, not the kept first scan
                         raise OSError(f"{reader.file}: the file reads differently twice (cut at byte "
                                       f"{reader.cut_offset}, then {again.cut_offset}): an I/O problem, not a cut")
                 images = {c.topic: c for c in reader.connections if c.msgtype in IMAGE_TYPES}
                 counts = {topic: sum(c.msgcount for c in reader.connections if c.topic == topic)
                           for topic in images}
                 bag_id, lineage = bag_identity(bag_directory(path), reader)
-                return BagSurvey(reader.start_time, reader.end_time + 1, images, counts, bag_id, lineage)
+                return BagSurvey(reader.start_time, reader.end_time + 1, images, counts, bag_id, lineage,
+                                 cut_offset)
         except OSError:
             if attempt == retries:
                 raise
@@ -186,7 +195,7 @@ def plan_bag(path: Path, topics: list[str] | None, window_s: float, retries: int
             begin, end = start + index * window_ns, min(stop, start + (index + 1) * window_ns)
             shards.append(Shard(str(path), name, topic, images[topic].msgtype, begin, end, index == 0,
                                 index == count - 1, max(1, round(bag.counts[topic] * (end - begin) / (stop - start))),
-                                bag.bag_id, bag.lineage))
+                                bag.bag_id, bag.lineage, bag.cut_offset))
     return BagPlan(str(path), name, bag.bag_id, bag.lineage, (stop - start) / 1e9, tuple(wanted), tuple(shards))
 
 

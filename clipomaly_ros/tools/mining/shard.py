@@ -151,6 +151,7 @@ def mine_shard(pipeline, shard: Shard, rate_hz: float | None = None) -> ShardOut
     last_frame_ids: set[int] = set()
     try:
         with open_bag(shard.bag) as reader:
+            _check_cut(reader, shard)
             last_frame_ids = _mine_frames(reader, pipeline, shard, rate_hz, outcome, tracks)
             if isinstance(reader, CutMcapReader) and shard.last:  # its cut was found at one place twice when planned
                 outcome.truncated = (f"the bag's file ends early, at byte {reader.cut_offset} ({reader.cut}): its "
@@ -160,6 +161,8 @@ def mine_shard(pipeline, shard: Shard, rate_hz: float | None = None) -> ShardOut
         outcome.truncated = str(error)
     except BagError as error:  # the bag would not open: a cut file is found when planning, so this is the disk
         raise ShardFailed(f"{shard.bag}: {error}") from error
+    except ShardFailed:
+        raise
     except Exception as error:  # noqa: BLE001 - whatever it is, this attempt is lost and must not be committed
         raise ShardFailed(f"{type(error).__name__} after {outcome.frames_read} frames of {shard.topic}: "
                           f"{str(error).splitlines()[0] if str(error) else '(no message)'}") from error
@@ -172,6 +175,18 @@ def mine_shard(pipeline, shard: Shard, rate_hz: float | None = None) -> ShardOut
             outcome.thumbnails[key] = summary.thumbnail
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _check_cut(reader, shard: Shard) -> None:
+    """Raise :class:`ShardFailed` (the attempt is tried again) where this worker's scan of a cut file ends its
+    records at another byte than planning's did: one of the two reads failed, so this worker's kept index is
+    dropped and the next attempt scans again."""
+    offset = reader.cut_offset if isinstance(reader, CutMcapReader) else -1
+    if offset != shard.cut_offset:
+        if isinstance(reader, CutMcapReader):
+            reader.forget_index()
+        raise ShardFailed(f"{shard.bag}: this worker reads the file's complete records up to byte {offset}, "
+                          f"planning read them up to byte {shard.cut_offset} (-1: whole): an I/O problem, not a cut")
 
 
 def _mine_frames(reader, pipeline, shard: Shard, rate_hz: float | None, outcome: ShardOutcome,

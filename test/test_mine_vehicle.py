@@ -284,3 +284,26 @@ def test_a_local_dir_model_is_fingerprinted_by_its_weight_files(tmp_path):
     (folder / "open_clip_model.safetensors").write_bytes(b"two")
     assert model_fingerprint(f"local-dir:{folder}") != before
     assert model_fingerprint("ViT-B-16") == "ViT-B-16"
+
+
+def test_a_damaged_chunk_holding_tf_static_costs_only_its_own_window(vehicle, tmp_path):
+    from clipomaly_ros.core.method.pipeline import Clipomaly
+    from clipomaly_ros.tools.mining.shard import mine_shard
+    from mcap.reader import make_reader
+
+    damaged = tmp_path / "drive_a"
+    shutil.copytree(vehicle / "drive_a", damaged)
+    (recording,) = damaged.glob("*.mcap")
+    with recording.open("rb") as stream:
+        first = make_reader(stream).get_summary().chunk_indexes[0]  # /tf_static and the first 0.4 s of frames
+    data = bytearray(recording.read_bytes())
+    crc_at = first.chunk_start_offset + 1 + 8 + 3 * 8  # after its opcode, length, start, end, uncompressed size
+    data[crc_at:crc_at + 4] = b"\x12\x34\x56\x78"  # a chunk checksum mismatch: its bytes were damaged
+    recording.write_bytes(bytes(data))
+    pipeline = Clipomaly(ClipomalyConfig(**TOY))
+    head, tail = [mine_shard(pipeline, shard) for shard in shards_of(damaged)]
+    assert "Chunk checksum mismatch" in head.truncated  # the damage lies in its own window
+    assert tail.truncated is None and tail.frames_processed == 20, tail.skipped_reasons
+    assert [row["name"] for row in tail.rows] == ["deer"]
+    said = "\n".join(tail.skipped_reasons)
+    assert "left out the recorded /tf_static" in said and "left out the look-back" in said

@@ -22,6 +22,11 @@ class BagError(ValueError):
     """A bag that cannot be read, or lacks what was asked for."""
 
 
+class BagDataError(Exception):
+    """The bag's own bytes were found cut short or damaged while reading its messages (a reader's ``guard`` raises
+    it; see the mining shard's ``truncation``)."""
+
+
 def bag_directory(path: str | Path) -> Path:
     """The rosbag2 folder for ``path`` (the folder itself, or the folder holding a .mcap/.db3 file)."""
     path = Path(path)

@@ -25,7 +25,7 @@ import numpy as np
 from ...core.config import ClipomalyConfig
 from ...core.scene.planning import AnomalyFollower
 from ...core.method.results import AnomalyRecord, DroppedRegion
-from ...ros.bags import BagError, CutMcapReader, open_bag
+from ...ros.bags import BagDataError, BagError, CutMcapReader, open_bag
 from ...ros.frame_step import FrameStep
 from ...ros.messages import stamp_ns
 from ...ros.recorded import RecordedDrive
@@ -93,9 +93,6 @@ class ShardFailed(RuntimeError):
         super().__init__(reason)
         self.reason = reason
 
-
-class BagDataError(Exception):
-    """rosbags found the bag's own bytes cut short or damaged while reading it (see :func:`truncation`)."""
 
 
 DATA_ERROR_MODULES = ("rosbags", "mcap", "zstandard", "lz4", "sqlite3")

@@ -130,8 +130,10 @@ def test_an_io_error_while_committing_commits_nothing_and_the_retry_commits_whol
 
 
 def cut_copy(fleet: Path, folder: Path, share: float) -> Path:
-    """drive_a with its MCAP file cut to ``share`` of its bytes, as a recorder killed mid-write leaves it."""
+    """drive_a with its MCAP file cut to ``share`` of its bytes and no metadata.yaml, as a recorder killed
+    mid-write leaves it."""
     shutil.copytree(fleet / "drive_a", folder)
+    (folder / "metadata.yaml").unlink()
     (recording,) = folder.glob("*.mcap")
     data = recording.read_bytes()
     recording.write_bytes(data[: int(len(data) * share)])
@@ -142,7 +144,8 @@ def test_a_truly_cut_bag_is_truncated_with_its_earlier_rows(fleet, clean, tmp_pa
     cut = cut_copy(fleet, tmp_path / "drive_a", 0.75)
     (shard,) = shards_of(cut, window_s=10.0)
     outcome = mine_shard(Clipomaly(ClipomalyConfig(**TOY)), shard)
-    assert outcome.truncated and "EndOfFile" in outcome.truncated
+    assert outcome.truncated and "EndOfFile" in outcome.truncated and "no metadata.yaml (recorder killed?)" in \
+        outcome.truncated
     assert 10 < outcome.frames_processed < 40  # the frames before the cut, not the bag's 40
     # the mattress, in view from frame 3 to 15, lies before the cut: its row is there, as in the whole bag
     names = [row["name"] for row in outcome.rows]

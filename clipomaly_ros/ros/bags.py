@@ -27,14 +27,25 @@ class BagDataError(Exception):
     it; see the mining shard's ``truncation``)."""
 
 
+NO_METADATA = "no metadata.yaml (recorder killed?)"
+"""Said of a bag folder holding one MCAP file and no metadata.yaml: a recorder killed mid-write writes none."""
+
+
+def metadata_missing(folder: Path) -> bool:
+    """Whether ``folder`` is a recording whose recorder was killed before writing metadata.yaml: it has none, and
+    exactly one .mcap file (read as a cut file by :func:`open_bag`)."""
+    return not (folder / "metadata.yaml").is_file() and len(list(folder.glob("*.mcap"))) == 1
+
+
 def bag_directory(path: str | Path) -> Path:
-    """The rosbag2 folder for ``path`` (the folder itself, or the folder holding a .mcap/.db3 file)."""
+    """The rosbag2 folder for ``path`` (the folder itself, or the folder holding a .mcap/.db3 file); a folder with
+    one .mcap file and no metadata.yaml counts (:func:`metadata_missing`)."""
     path = Path(path)
     if path.is_file():
         path = path.parent
     if not path.is_dir():
         raise BagError(f"{path}: no such bag (give a rosbag2 folder or its .mcap/.db3 file)")
-    if not (path / "metadata.yaml").is_file():
+    if not (path / "metadata.yaml").is_file() and not metadata_missing(path):
         found = sorted(p.name for p in path.iterdir())[:5]
         raise BagError(f"{path} is not a rosbag2 recording: it has no metadata.yaml ("
                        + (f"it holds {', '.join(found)}" if found else "it is empty")
@@ -49,6 +60,23 @@ def open_bag(path: str | Path) -> Iterator[AnyReader]:
     again. A single-file MCAP bag whose file ends early (a recorder killed mid-write leaves no summary, and rosbags
     refuses it) opens as a :class:`CutMcapReader`: its messages up to the cut, by time."""
     folder = bag_directory(path)
+    reader = _reader_without_metadata(folder) if metadata_missing(folder) else _opened_reader(folder)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _reader_without_metadata(folder: Path) -> "CutMcapReader":
+    reader = CutMcapReader.for_folder(folder)
+    if reader is None:
+        raise BagError(f"{folder}: {NO_METADATA}, and its .mcap file does not read as a cut recording: run "
+                       "ros2 bag reindex on the folder, or give the folder that ros2 bag record finished")
+    reader.cut = f"{NO_METADATA}; {reader.cut}"
+    return reader
+
+
+def _opened_reader(folder: Path):
     reader = AnyReader([folder], default_typestore=get_typestore(Stores.ROS2_JAZZY))
     try:
         reader.open()
@@ -59,11 +87,8 @@ def open_bag(path: str | Path) -> Iterator[AnyReader]:
         if cut is None:
             raise BagError(f"{folder}: cannot read the bag ({type(error).__name__}: {error}): it is truncated or "
                            "corrupt, or not a rosbag2 folder with metadata.yaml") from error
-        reader = cut
-    try:
-        yield reader
-    finally:
-        reader.close()
+        return cut
+    return reader
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ...ros.bags import IMAGE_TYPES, BagError, CutMcapReader, bag_directory, index_cut_mcap, open_bag
+from ...ros.bags import (IMAGE_TYPES, BagError, CutMcapReader, bag_directory, index_cut_mcap, metadata_missing,
+                         open_bag)
 
 IDENTITY_BYTES = 1 << 20
 """How much of each storage file's head and tail the bag identity hashes (1 MiB)."""
@@ -82,10 +83,12 @@ def find_bags(inputs) -> tuple[list[Path], list[tuple[str, str]]]:
     problems = []
     for given in inputs:
         path = Path(given).expanduser().resolve()
-        if path.is_dir() and not (path / "metadata.yaml").is_file():
-            inside = sorted(p.parent for p in path.rglob("metadata.yaml"))
+        if path.is_dir() and not (path / "metadata.yaml").is_file() and not metadata_missing(path):
+            inside = sorted({p.parent for p in path.rglob("metadata.yaml")}
+                            | {p.parent for p in path.rglob("*.mcap") if metadata_missing(p.parent)})
             if not inside:
-                problems.append((str(given), "no rosbag2 recording (a folder with metadata.yaml) in this folder"))
+                problems.append((str(given), "no rosbag2 recording (a folder with metadata.yaml, or one .mcap "
+                                             "file) in this folder"))
             found.update(dict.fromkeys(inside))
             continue
         try:

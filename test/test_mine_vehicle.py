@@ -69,8 +69,9 @@ def shards_of(*bags, window_s: float = 2.0):
 
 def cut_copy(bag: Path, folder: Path, share: float = 0.8) -> Path:
     """``bag`` copied to ``folder`` with its MCAP file cut to ``share`` of its bytes, as a recorder killed
-    mid-write leaves it."""
+    mid-write leaves it: without metadata.yaml."""
     shutil.copytree(bag, folder)
+    (folder / "metadata.yaml").unlink()
     (recording,) = folder.glob("*.mcap")
     recording.write_bytes(recording.read_bytes()[: int(recording.stat().st_size * share)])
     return folder
@@ -83,6 +84,7 @@ def test_a_cut_vehicle_bag_keeps_its_rows_before_the_cut_marked_truncated(vehicl
     summary = result.summary
     (truncated,) = summary["truncated"]
     assert truncated["bag"] == "drive_a" and "ends early" in truncated["reason"]
+    assert "no metadata.yaml (recorder killed?)" in truncated["reason"]
     (bag,) = summary["per_bag"]
     assert bag["shards_committed"] == bag["shards"] == 2 and 25 < bag["frames"] < 40
     mattress = [row for row in rows(tmp_path / "out") if row["name"] == "mattress"]
@@ -307,3 +309,29 @@ def test_a_damaged_chunk_holding_tf_static_costs_only_its_own_window(vehicle, tm
     assert [row["name"] for row in tail.rows] == ["deer"]
     said = "\n".join(tail.skipped_reasons)
     assert "left out the recorded /tf_static" in said and "left out the look-back" in said
+
+
+def test_a_report_that_cannot_be_written_is_named_in_the_summary_written_after_it(tmp_path, monkeypatch):
+    import clipomaly_ros.tools.mining.outputs as outputs
+
+    original = outputs.write_staged
+
+    def report_disk_full(path, text, run_id):
+        if path.name == "report.html":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(path, text, run_id)
+
+    monkeypatch.setattr(outputs, "write_staged", report_disk_full)
+    result = run_mine([], tmp_path, ClipomalyConfig(**TOY), **QUIET)
+    assert result.exit_code == 1
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert [failure["path"] for failure in on_disk["failed"]] == [str(tmp_path / "report.html")]
+
+
+def test_a_torn_run_file_is_named_and_set_aside(tmp_path):
+    (tmp_path / "run.json").write_text('{"fingerprint": {"backe')  # a run killed while writing it
+    said = []
+    result = run_mine([], tmp_path, ClipomalyConfig(**TOY), **(QUIET | {"log": said.append}))
+    assert result.exit_code == 0
+    assert any("run.json" in line and "cannot be read" in line for line in said), said
+    assert json.loads((tmp_path / "run.json").read_text())["fingerprint"]["backend"] == "toy"

@@ -21,6 +21,7 @@ from ...core.fingerprint import differences, numeric_precision, settings_fingerp
 from .lock import OutDirBusy, hold_out_dir
 from .outputs import MinedNow, repaired_commits, write_outputs
 from .plan import Shard, plan
+from .report import write_staged
 from .shard import RETRIES, SHARDS_FOLDER, ShardMiner, _plain, one_line
 
 RUN_FILE = "run.json"
@@ -29,7 +30,8 @@ NOT_IN_ROWS = ("device", "window_batch_size", "cache_dir", "publish_unconfirmed"
 """Settings that change no row: where the model runs and how many windows it takes at once, a cache's folder, and
 what only the node's messages hold (unconfirmed tracks, covariances, Autoware's classes and shapes). Every other
 setting is part of the resume guard."""
-OUTPUTS = (RUN_FILE, "anomalies.parquet", "thumbnails", "summary.json", "report.html", SHARDS_FOLDER)
+OUTPUTS = (RUN_FILE, f"{RUN_FILE}.unreadable", "anomalies.parquet", "thumbnails", "summary.json", "report.html",
+           SHARDS_FOLDER)
 """What a run writes into OUT_DIR; ``--force-new`` removes these and nothing else."""
 
 EXIT_COMPLETE, EXIT_SHARDS_FAILED, EXIT_NOT_STARTED = 0, 1, 2
@@ -73,17 +75,27 @@ def run_fingerprint(config: ClipomalyConfig, topics, window_s: float, rate_hz: f
                        "topics": sorted(topics) if topics else None, "window_s": window_s, "rate_hz": rate_hz}
 
 
-def _check_run_file(out_dir: Path, fingerprint: dict) -> None:
+def _check_run_file(out_dir: Path, fingerprint: dict, run_id: str, log) -> None:
+    """Refuse a run whose fingerprint differs from the one OUT_DIR's run.json holds; write it where there is none.
+    A run.json that does not parse (a run killed while writing it before it was written staged) is named, set
+    aside as run.json.unreadable and written afresh."""
     path = out_dir / RUN_FILE
+    earlier = None
     if path.is_file():
-        earlier = json.loads(path.read_text()).get("fingerprint", {})
+        try:
+            earlier = json.loads(path.read_text())["fingerprint"]
+        except (ValueError, KeyError, TypeError) as error:
+            log(f"{path} cannot be read ({one_line(error)}): set aside as {RUN_FILE}.unreadable; this run's "
+                "settings are written in its place (give --force-new if the committed shards are of other settings)")
+            path.replace(path.with_name(f"{RUN_FILE}.unreadable"))
+    if earlier is not None:
         changed = differences(earlier, fingerprint)
         if changed:
             raise MineError(f"{out_dir} holds a run with other settings ({', '.join(changed)} differ): its shards "
                             "would not match this run's rows; mine into a new OUT_DIR, or give --force-new to "
                             "delete that run's outputs and start again")
     else:
-        path.write_text(json.dumps({"fingerprint": fingerprint}, indent=1, default=str))
+        write_staged(path, json.dumps({"fingerprint": fingerprint}, indent=1, default=str), run_id)
 
 
 def _clear_outputs(out_dir: Path, log) -> None:
@@ -148,7 +160,7 @@ def _run_holding(inputs, out_dir: Path, run_id: str, config: ClipomalyConfig, op
     fingerprint = run_fingerprint(config, options.topics, options.window_s, options.rate_hz, options.gpus_per_worker)
     if force_new:
         _clear_outputs(out_dir, log)
-    _check_run_file(out_dir, fingerprint)
+    _check_run_file(out_dir, fingerprint, run_id, log)
     (out_dir / "summary.json").unlink(missing_ok=True)  # an earlier run's summary never looks like this run's
     plans, problems = plan(inputs, options.topics, options.window_s, options.retries)
     for path, reason in problems:

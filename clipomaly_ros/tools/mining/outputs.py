@@ -114,10 +114,11 @@ def write_outputs(out_dir: Path, run_id: str, plans, problems, mined: MinedNow, 
            "frames_per_second": round(frames_now / mined.seconds, 3) if frames_now and mined.seconds else 0.0,
            "seconds": round(mined.seconds, 3), "ray_startup_s": round(mined.startup, 3), "settings": settings}
     summary = summarise(plans, problems, records, failures, table, run)
-    summary["failed"] += _written(lambda: write_staged(out_dir / "summary.json", json.dumps(
-        summary, indent=1, default=str), run_id), out_dir / "summary.json")
+    # the summary last: it marks the run's outputs finished, and names a report that could not be written
     summary["failed"] += _written(lambda: write_staged(out_dir / "report.html", report_html(table, summary), run_id),
                                   out_dir / "report.html")
+    summary["failed"] += _written(lambda: write_staged(out_dir / "summary.json", json.dumps(
+        summary, indent=1, default=str), run_id), out_dir / "summary.json")
     if not summary["failed"]:
         for shard_id in superseded:
             shutil.rmtree(Path(out_dir) / SHARDS_FOLDER / shard_id, ignore_errors=True)

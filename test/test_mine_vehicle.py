@@ -335,3 +335,10 @@ def test_a_torn_run_file_is_named_and_set_aside(tmp_path):
     assert result.exit_code == 0
     assert any("run.json" in line and "cannot be read" in line for line in said), said
     assert json.loads((tmp_path / "run.json").read_text())["fingerprint"]["backend"] == "toy"
+
+
+def test_a_grown_db3_bag_keeps_its_lineage_and_gets_another_id(tmp_path):
+    (short,), _ = plan([write_vehicle_bag(tmp_path / "short" / "drive_b", frames=10, storage="sqlite3")], None, 2.0)
+    (grown,), _ = plan([write_vehicle_bag(tmp_path / "grown" / "drive_b", frames=14, storage="sqlite3")], None, 2.0)
+    # SQLite rewrites its header and b-tree pages at the file's start as rows are added: no lineage of bytes
+    assert grown.lineage == short.lineage and grown.bag_id != short.bag_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import time
@@ -102,7 +103,8 @@ def bag_identity(folder: Path, reader) -> tuple[str, str]:
     """``(bag_id, lineage)``, 16 hex digits each, from the bag's content, not its path: ``bag_id`` from the
     recording's start time, its topics, types and message counts, and a hash of the first and last
     :data:`IDENTITY_BYTES` of each storage file with its size; ``lineage`` from the start time and the first file's
-    head only. A bag whose end moved (recovered, grown, still uploading) keeps its lineage and gets another id."""
+    head only (for .db3, its first messages: see :func:`_first_messages_hash`). A bag whose end moved (recovered,
+    grown, still uploading) keeps its lineage and gets another id."""
     files = sorted(p for p in folder.iterdir() if p.suffix in (".mcap", ".db3") and p.is_file())
     ends = []
     for file in files:
@@ -113,9 +115,25 @@ def bag_identity(folder: Path, reader) -> tuple[str, str]:
             ends.append((size, head, hashlib.sha256(stream.read()).hexdigest()))
     topics = sorted((c.topic, c.msgtype, c.msgcount) for c in reader.connections)
     first_head = ends[0][1] if ends else ""
+    if files and files[0].suffix == ".db3":
+        first_head = _first_messages_hash(reader)
     content = json.dumps([reader.start_time, topics, ends])
     return (hashlib.sha1(content.encode()).hexdigest()[:16],
             hashlib.sha1(f"{reader.start_time}|{first_head}".encode()).hexdigest()[:16])
+
+
+LINEAGE_MESSAGES = 16
+"""How many of a .db3 bag's first messages its lineage hashes."""
+
+
+def _first_messages_hash(reader) -> str:
+    """The hash of a bag's first :data:`LINEAGE_MESSAGES` messages (topic, time, bytes). A .db3 file's first bytes
+    are no lineage: SQLite rewrites its header and b-tree pages near the file's start as rows are added."""
+    digest = hashlib.sha256()
+    for connection, timestamp, raw in itertools.islice(reader.messages(), LINEAGE_MESSAGES):
+        digest.update(f"{connection.topic}|{timestamp}|".encode())
+        digest.update(bytes(raw))
+    return digest.hexdigest()
 
 
 def bag_names(paths: list[Path], ids: dict[Path, str]) -> dict[Path, str]:

@@ -342,3 +342,17 @@ def test_a_grown_db3_bag_keeps_its_lineage_and_gets_another_id(tmp_path):
     (grown,), _ = plan([write_vehicle_bag(tmp_path / "grown" / "drive_b", frames=14, storage="sqlite3")], None, 2.0)
     # SQLite rewrites its header and b-tree pages at the file's start as rows are added: no lineage of bytes
     assert grown.lineage == short.lineage and grown.bag_id != short.bag_id
+
+
+def test_an_io_error_that_rosbags_wraps_while_opening_is_retried_not_called_damage(vehicle, monkeypatch):
+    original, calls = Path.read_text, []
+
+    def eio_once(self, *args, **kwargs):
+        if self.name == "metadata.yaml" and not calls:
+            calls.append(self)
+            raise OSError(errno.EIO, "Input/output error")  # rosbags turns it into "Could not read metadata"
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", eio_once)
+    (bag,), _ = plan([vehicle / "drive_b"], None, 2.0, backoff_s=0.0)
+    assert calls and not bag.failure and len(bag.shards) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import heapq
 import io
 from contextlib import contextmanager
@@ -56,8 +57,8 @@ def bag_directory(path: str | Path) -> Path:
 @contextmanager
 def open_bag(path: str | Path) -> Iterator[AnyReader]:
     """``with open_bag(path) as reader:`` an opened ``AnyReader``; a missing, unreadable or damaged bag raises
-    :class:`BagError`, an I/O error (``OSError``: EIO, a vanished mount) passes as it is, for the caller to try
-    again. A single-file MCAP bag whose file ends early (a recorder killed mid-write leaves no summary, and rosbags
+    :class:`BagError`, an I/O error (``OSError``: EIO, a vanished mount; also one rosbags wrapped, see
+    :func:`read_failed`) passes as an ``OSError``, for the caller to try again. A single-file MCAP bag whose file ends early (a recorder killed mid-write leaves no summary, and rosbags
     refuses it) opens as a :class:`CutMcapReader`: its messages up to the cut, by time."""
     folder = bag_directory(path)
     reader = _reader_without_metadata(folder) if metadata_missing(folder) else _opened_reader(folder)
@@ -83,12 +84,26 @@ def _opened_reader(folder: Path):
     except OSError:
         raise
     except Exception as error:  # rosbags raises several types for broken bags
+        if read_failed(error):
+            raise OSError(errno.EIO, f"{folder}: {type(error).__name__}: {error}") from error
         cut = CutMcapReader.for_folder(folder)
         if cut is None:
             raise BagError(f"{folder}: cannot read the bag ({type(error).__name__}: {error}): it is truncated or "
                            "corrupt, or not a rosbag2 folder with metadata.yaml") from error
         return cut
     return reader
+
+
+def read_failed(error: BaseException) -> bool:
+    """Whether ``error``, as rosbags raised it, wraps a failed read (an ``OSError`` among its causes and contexts,
+    or SQLite's "disk I/O error"): the disk, not the bag, so the caller may try again."""
+    seen = 0
+    while error is not None and seen < 8:
+        text = str(error).lower()
+        if isinstance(error, OSError) or "disk i/o error" in text or "could not read metadata" in text:
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 @dataclass(frozen=True)

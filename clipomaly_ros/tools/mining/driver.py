@@ -325,5 +325,8 @@ def failure_line(summary: dict) -> str | None:
     named = "; ".join(f"{bag} ({'shards ' + ', '.join(ids) if ids else others.get(bag, 'not read')})"
                       for bag, ids in shards.items())
     count = sum(len(ids) for ids in shards.values())
+    undecodable = any(failure.get("kind") == "undecodable" for failure in failed)
+    if undecodable and len(others) == len(shards) and not count:  # running again reads the same frames
+        return f"FAILED: {named}: no frame decodes; check the topic's encoding (running again gives the same)"
     return (f"FAILED: {named}: {count} shard(s) not committed. Run the same command again to retry them alone "
             "(committed shards are kept)")

@@ -291,3 +291,19 @@ def test_a_checkpoint_no_worker_can_load_exits_2_in_one_line(fleet, tmp_path, ca
     assert code == 2, error
     (line,) = [line for line in error if line.startswith("clipomaly: error:")]
     assert "no worker could load the model" in line and "broken.pt" in line and "Traceback" not in "\n".join(error)
+
+
+def test_a_failed_rename_into_place_is_an_error_not_a_commit_by_another(fleet, tmp_path, monkeypatch):
+    import os
+
+    from clipomaly_ros.tools.mining.shard import ShardOutcome, commit
+
+    shard = shards_of(fleet / "drive_a")[0]
+
+    def eio(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "rename", eio)
+    with pytest.raises(OSError, match="Input/output error"):
+        commit(tmp_path, shard, ShardOutcome())
+    assert not (tmp_path / "shards" / shard.id).exists() and not list((tmp_path / "shards").iterdir())

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import struct
 import time
 from dataclasses import dataclass, field
@@ -342,7 +343,7 @@ def commit(out_dir: Path, shard: Shard, outcome: ShardOutcome) -> bool:
     final = folder / shard.id
     if final.exists():
         return False
-    work = folder / f".work-{shard.id}-{os.getpid()}"
+    work = folder / f".work-{shard.id}-{socket.gethostname()}-{os.getpid()}"  # process ids repeat across nodes
     shutil.rmtree(work, ignore_errors=True)
     (work / "thumbnails").mkdir(parents=True)
     try:
@@ -357,8 +358,10 @@ def commit(out_dir: Path, shard: Shard, outcome: ShardOutcome) -> bool:
         raise
     try:
         os.rename(work, final)
-    except OSError:  # committed meanwhile by a worker of an earlier, interrupted run
+    except OSError:  # committed meanwhile by a worker of an earlier, interrupted run; else the disk failed
         shutil.rmtree(work, ignore_errors=True)
+        if not final.exists():
+            raise
         return False
     fsync_path(folder)
     return True

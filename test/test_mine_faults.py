@@ -307,3 +307,21 @@ def test_a_failed_rename_into_place_is_an_error_not_a_commit_by_another(fleet, t
     with pytest.raises(OSError, match="Input/output error"):
         commit(tmp_path, shard, ShardOutcome())
     assert not (tmp_path / "shards" / shard.id).exists() and not list((tmp_path / "shards").iterdir())
+
+
+def test_the_cut_reader_decompresses_a_window_group_by_group(fleet, tmp_path, monkeypatch):
+    from clipomaly_ros.ros.bags import CutMcapReader, open_bag
+
+    cut = cut_copy(fleet, tmp_path / "drive_a", 0.75)
+    read = []
+    original = CutMcapReader._group_messages
+
+    def counted(stream, group, *args):
+        read.append(group.begin)
+        return original(stream, group, *args)
+
+    monkeypatch.setattr(CutMcapReader, "_group_messages", staticmethod(counted))
+    with open_bag(cut) as reader:
+        assert isinstance(reader, CutMcapReader) and len(reader.index.groups) > 2
+        next(iter(reader.messages()))
+    assert len(read) == 1  # the first group only, not the whole window at once

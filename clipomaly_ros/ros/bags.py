@@ -224,9 +224,16 @@ class CutMcapReader:
         groups = [g for g in self.index.groups if g.last_ns >= low and g.first_ns < high
                   and any(channel in wanted for channel in g.counts)]
         with self.file.open("rb") as stream:
-            sources = [self._group_messages(stream, group, wanted, low, high) for group in groups]
+            sources = [self._lazy_group(stream, group, wanted, low, high) for group in groups]
             for log_time, _, channel, data in heapq.merge(*sources):
-                yield wanted[channel], log_time, data
+                if channel is not None:  # not a group's marker
+                    yield wanted[channel], log_time, data
+
+    def _lazy_group(self, stream, group: RecordGroup, wanted: dict, low: int, high: int):
+        """A marker at the group's first time, then its messages: ``heapq.merge`` reads and decompresses a group
+        only once the merge reaches its time, so a window holds the groups that overlap in time, not all of them."""
+        yield max(group.first_ns, low), -1 - group.begin, None, None
+        yield from self._group_messages(stream, group, wanted, low, high)
 
     @staticmethod
     def _group_messages(stream, group: RecordGroup, wanted: dict, low: int, high: int) -> list:

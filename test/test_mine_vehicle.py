@@ -357,3 +357,14 @@ def test_an_io_error_that_rosbags_wraps_while_opening_is_retried_not_called_dama
     monkeypatch.setattr(Path, "read_text", eio_once)
     (bag,), _ = plan([vehicle / "drive_b"], None, 2.0, backoff_s=0.0)
     assert calls and not bag.failure and len(bag.shards) == 2
+
+
+def test_an_hf_hub_model_not_in_the_cache_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    config = ClipomalyConfig(**(TOY | {"backend": "open_clip"}), model="hf-hub:nobody/no-model")
+    with pytest.raises(MineError, match="not in the local Hugging Face cache.*download"):
+        run_mine([], tmp_path / "out", config, **QUIET)

@@ -325,3 +325,14 @@ def test_the_cut_reader_decompresses_a_window_group_by_group(fleet, tmp_path, mo
         assert isinstance(reader, CutMcapReader) and len(reader.index.groups) > 2
         next(iter(reader.messages()))
     assert len(read) == 1  # the first group only, not the whole window at once
+
+
+def test_two_committed_versions_of_a_bag_not_planned_now_keep_only_the_newest(fleet):
+    from clipomaly_ros.tools.mining.outputs import superseded_shards
+
+    def record(bag_id, stop_ns):
+        return {"shard": {"bag_name": "drive_b", "lineage": "L", "bag_id": bag_id, "stop_ns": stop_ns}}
+
+    records = {"old": record("a", 10), "new": record("b", 20), "other": {"shard": {
+        "bag_name": "drive_c", "lineage": "M", "bag_id": "c", "stop_ns": 5}}}
+    assert superseded_shards(records, []) == {"old": "drive_b"}

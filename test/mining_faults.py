@@ -33,6 +33,12 @@ class ExitingOnBag(ShardMiner):
         return super().mine(shard)
 
 
+class ExitingOnFirstBag(ExitingOnBag):
+    """:class:`ExitingOnBag` on ``drive_a``, whose shards Ray hands out first: the healthy ones come after them."""
+
+    failing_bag = "drive_a"
+
+
 class RaisingOnceAtFrame(ShardMiner):
     """The pipeline raises once, on the ``frame``-th frame it is given, then works (a passing CUDA out of memory)."""
 

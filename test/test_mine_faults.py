@@ -130,8 +130,10 @@ def test_an_io_error_while_committing_commits_nothing_and_the_retry_commits_whol
 
 
 def cut_copy(fleet: Path, folder: Path, share: float) -> Path:
-    """drive_a with its MCAP file cut to ``share`` of its bytes, as a recorder killed mid-write leaves it."""
+    """drive_a with its MCAP file cut to ``share`` of its bytes and no metadata.yaml, as a recorder killed
+    mid-write leaves it."""
     shutil.copytree(fleet / "drive_a", folder)
+    (folder / "metadata.yaml").unlink()
     (recording,) = folder.glob("*.mcap")
     data = recording.read_bytes()
     recording.write_bytes(data[: int(len(data) * share)])
@@ -142,7 +144,8 @@ def test_a_truly_cut_bag_is_truncated_with_its_earlier_rows(fleet, clean, tmp_pa
     cut = cut_copy(fleet, tmp_path / "drive_a", 0.75)
     (shard,) = shards_of(cut, window_s=10.0)
     outcome = mine_shard(Clipomaly(ClipomalyConfig(**TOY)), shard)
-    assert outcome.truncated and "EndOfFile" in outcome.truncated
+    assert outcome.truncated and "EndOfFile" in outcome.truncated and "no metadata.yaml (recorder killed?)" in \
+        outcome.truncated
     assert 10 < outcome.frames_processed < 40  # the frames before the cut, not the bag's 40
     # the mattress, in view from frame 3 to 15, lies before the cut: its row is there, as in the whole bag
     names = [row["name"] for row in outcome.rows]
@@ -151,6 +154,27 @@ def test_a_truly_cut_bag_is_truncated_with_its_earlier_rows(fleet, clean, tmp_pa
     assert answers["outcome"] == ["truncated"]
     record = json.loads((tmp_path / "out" / "shards" / shard.id / "shard.json").read_text())
     assert "EndOfFile" in record["truncated"]
+
+
+def test_a_worker_whose_scan_of_a_cut_file_differs_from_planning_fails_the_attempt_and_rescans(fleet, tmp_path):
+    import dataclasses
+
+    from clipomaly_ros.ros import bags
+    from clipomaly_ros.tools.mining.plan import survey_bag
+
+    cut = cut_copy(fleet, tmp_path / "drive_a", 0.75)
+    (shard,) = shards_of(cut, window_s=10.0)
+    assert shard.cut_offset > 0
+    (key,) = [key for key in bags._CUT_INDEXES if key[0] == str(next(cut.glob("*.mcap")).resolve())]
+    good = bags._CUT_INDEXES[key]
+    bad = dataclasses.replace(good, cut_offset=good.cut_offset - 100)  # a read that failed early, kept
+    bags._CUT_INDEXES[key] = bad
+    with pytest.raises(ShardFailed, match="planning read them up to byte"):
+        mine_shard(Clipomaly(ClipomalyConfig(**TOY)), shard)
+    assert key not in bags._CUT_INDEXES  # dropped: the next attempt scans the file again
+    assert mine_shard(Clipomaly(ClipomalyConfig(**TOY)), shard).truncated
+    bags._CUT_INDEXES[key] = bad  # planning's retry scans afresh too, not the kept bad scan
+    assert survey_bag(cut, retries=1, backoff_s=0.0).cut_offset == good.cut_offset
 
 
 def test_mining_places_anomalies_with_the_bags_own_tf_static(tmp_path):
@@ -267,3 +291,48 @@ def test_a_checkpoint_no_worker_can_load_exits_2_in_one_line(fleet, tmp_path, ca
     assert code == 2, error
     (line,) = [line for line in error if line.startswith("clipomaly: error:")]
     assert "no worker could load the model" in line and "broken.pt" in line and "Traceback" not in "\n".join(error)
+
+
+def test_a_failed_rename_into_place_is_an_error_not_a_commit_by_another(fleet, tmp_path, monkeypatch):
+    import os
+
+    from clipomaly_ros.tools.mining.shard import ShardOutcome, commit
+
+    shard = shards_of(fleet / "drive_a")[0]
+
+    def eio(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "rename", eio)
+    with pytest.raises(OSError, match="Input/output error"):
+        commit(tmp_path, shard, ShardOutcome())
+    assert not (tmp_path / "shards" / shard.id).exists() and not list((tmp_path / "shards").iterdir())
+
+
+def test_the_cut_reader_decompresses_a_window_group_by_group(fleet, tmp_path, monkeypatch):
+    from clipomaly_ros.ros.bags import CutMcapReader, open_bag
+
+    cut = cut_copy(fleet, tmp_path / "drive_a", 0.75)
+    read = []
+    original = CutMcapReader._group_messages
+
+    def counted(stream, group, *args):
+        read.append(group.begin)
+        return original(stream, group, *args)
+
+    monkeypatch.setattr(CutMcapReader, "_group_messages", staticmethod(counted))
+    with open_bag(cut) as reader:
+        assert isinstance(reader, CutMcapReader) and len(reader.index.groups) > 2
+        next(iter(reader.messages()))
+    assert len(read) == 1  # the first group only, not the whole window at once
+
+
+def test_two_committed_versions_of_a_bag_not_planned_now_keep_only_the_newest(fleet):
+    from clipomaly_ros.tools.mining.outputs import superseded_shards
+
+    def record(bag_id, stop_ns):
+        return {"shard": {"bag_name": "drive_b", "lineage": "L", "bag_id": bag_id, "stop_ns": stop_ns}}
+
+    records = {"old": record("a", 10), "new": record("b", 20), "other": {"shard": {
+        "bag_name": "drive_c", "lineage": "M", "bag_id": "c", "stop_ns": 5}}}
+    assert superseded_shards(records, []) == {"old": "drive_b"}

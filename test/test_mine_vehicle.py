@@ -69,8 +69,9 @@ def shards_of(*bags, window_s: float = 2.0):
 
 def cut_copy(bag: Path, folder: Path, share: float = 0.8) -> Path:
     """``bag`` copied to ``folder`` with its MCAP file cut to ``share`` of its bytes, as a recorder killed
-    mid-write leaves it."""
+    mid-write leaves it: without metadata.yaml."""
     shutil.copytree(bag, folder)
+    (folder / "metadata.yaml").unlink()
     (recording,) = folder.glob("*.mcap")
     recording.write_bytes(recording.read_bytes()[: int(recording.stat().st_size * share)])
     return folder
@@ -83,6 +84,7 @@ def test_a_cut_vehicle_bag_keeps_its_rows_before_the_cut_marked_truncated(vehicl
     summary = result.summary
     (truncated,) = summary["truncated"]
     assert truncated["bag"] == "drive_a" and "ends early" in truncated["reason"]
+    assert "no metadata.yaml (recorder killed?)" in truncated["reason"]
     (bag,) = summary["per_bag"]
     assert bag["shards_committed"] == bag["shards"] == 2 and 25 < bag["frames"] < 40
     mattress = [row for row in rows(tmp_path / "out") if row["name"] == "mattress"]
@@ -118,16 +120,18 @@ def test_a_moved_archive_mines_nothing_again_and_a_grown_bag_replaces_its_rows(v
     assert len(partitions) == 2 and all(p.startswith("bag=drive_") and "/bag_id=" in p for p in partitions)
 
 
-def test_a_worker_that_dies_on_one_bag_fails_it_by_name_and_commits_the_others(vehicle, ray_started, tmp_path):
+def test_a_worker_that_dies_on_the_first_bag_fails_it_by_name_and_commits_the_others(vehicle, ray_started,
+                                                                                   tmp_path):
+    # drive_a's shards are handed out first: its killed workers must not use up the restarts drive_b's need
     started = time.monotonic()
     result = run_mine([vehicle], tmp_path / "out", ClipomalyConfig(**TOY), **(QUIET | {"retries": 1}),
-                      miner=mining_faults.ExitingOnBag)
+                      miner=mining_faults.ExitingOnFirstBag)
     assert time.monotonic() - started < 600  # bounded: never a hang (tens of seconds here)
     assert result.exit_code == 1
     last = failure_line(result.summary)
-    assert last.startswith("FAILED: drive_b (shards ") and "drive_a" not in last
+    assert last.startswith("FAILED: drive_a (shards ") and "drive_b" not in last
     assert all("no worker answered" in f["reason"] for f in result.summary["failed"])
-    assert {row["bag"] for row in rows(tmp_path / "out")} == {"drive_a"}
+    assert {row["bag"] for row in rows(tmp_path / "out")} == {"drive_b"}
 
 
 def holder_said(lock: Path) -> bool:
@@ -241,6 +245,7 @@ def test_a_topic_whose_every_frame_is_skipped_is_a_named_failure(vehicle):
     (failure,) = undecodable_topics([bag], records)
     assert failure["bag"] == "drive_a" and "all 40 frames of /front/image_raw skipped" in failure["reason"]
     assert "undecodable" in failure_line({"failed": [failure]})
+    assert "Run the same command again" not in failure_line({"failed": [failure]})  # it would fail alike
     records[bag.shards[0].id]["frames_processed"] = 1
     assert undecodable_topics([bag], records) == []
 
@@ -282,3 +287,84 @@ def test_a_local_dir_model_is_fingerprinted_by_its_weight_files(tmp_path):
     (folder / "open_clip_model.safetensors").write_bytes(b"two")
     assert model_fingerprint(f"local-dir:{folder}") != before
     assert model_fingerprint("ViT-B-16") == "ViT-B-16"
+
+
+def test_a_damaged_chunk_holding_tf_static_costs_only_its_own_window(vehicle, tmp_path):
+    from clipomaly_ros.core.method.pipeline import Clipomaly
+    from clipomaly_ros.tools.mining.shard import mine_shard
+    from mcap.reader import make_reader
+
+    damaged = tmp_path / "drive_a"
+    shutil.copytree(vehicle / "drive_a", damaged)
+    (recording,) = damaged.glob("*.mcap")
+    with recording.open("rb") as stream:
+        first = make_reader(stream).get_summary().chunk_indexes[0]  # /tf_static and the first 0.4 s of frames
+    data = bytearray(recording.read_bytes())
+    crc_at = first.chunk_start_offset + 1 + 8 + 3 * 8  # after its opcode, length, start, end, uncompressed size
+    data[crc_at:crc_at + 4] = b"\x12\x34\x56\x78"  # a chunk checksum mismatch: its bytes were damaged
+    recording.write_bytes(bytes(data))
+    pipeline = Clipomaly(ClipomalyConfig(**TOY))
+    head, tail = [mine_shard(pipeline, shard) for shard in shards_of(damaged)]
+    assert "Chunk checksum mismatch" in head.truncated  # the damage lies in its own window
+    assert tail.truncated is None and tail.frames_processed == 20, tail.skipped_reasons
+    assert [row["name"] for row in tail.rows] == ["deer"]
+    said = "\n".join(tail.skipped_reasons)
+    assert "left out the recorded /tf_static" in said and "left out the look-back" in said
+
+
+def test_a_report_that_cannot_be_written_is_named_in_the_summary_written_after_it(tmp_path, monkeypatch):
+    import clipomaly_ros.tools.mining.outputs as outputs
+
+    original = outputs.write_staged
+
+    def report_disk_full(path, text, run_id):
+        if path.name == "report.html":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(path, text, run_id)
+
+    monkeypatch.setattr(outputs, "write_staged", report_disk_full)
+    result = run_mine([], tmp_path, ClipomalyConfig(**TOY), **QUIET)
+    assert result.exit_code == 1
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert [failure["path"] for failure in on_disk["failed"]] == [str(tmp_path / "report.html")]
+
+
+def test_a_torn_run_file_is_named_and_set_aside(tmp_path):
+    (tmp_path / "run.json").write_text('{"fingerprint": {"backe')  # a run killed while writing it
+    said = []
+    result = run_mine([], tmp_path, ClipomalyConfig(**TOY), **(QUIET | {"log": said.append}))
+    assert result.exit_code == 0
+    assert any("run.json" in line and "cannot be read" in line for line in said), said
+    assert json.loads((tmp_path / "run.json").read_text())["fingerprint"]["backend"] == "toy"
+
+
+def test_a_grown_db3_bag_keeps_its_lineage_and_gets_another_id(tmp_path):
+    (short,), _ = plan([write_vehicle_bag(tmp_path / "short" / "drive_b", frames=10, storage="sqlite3")], None, 2.0)
+    (grown,), _ = plan([write_vehicle_bag(tmp_path / "grown" / "drive_b", frames=14, storage="sqlite3")], None, 2.0)
+    # SQLite rewrites its header and b-tree pages at the file's start as rows are added: no lineage of bytes
+    assert grown.lineage == short.lineage and grown.bag_id != short.bag_id
+
+
+def test_an_io_error_that_rosbags_wraps_while_opening_is_retried_not_called_damage(vehicle, monkeypatch):
+    original, calls = Path.read_text, []
+
+    def eio_once(self, *args, **kwargs):
+        if self.name == "metadata.yaml" and not calls:
+            calls.append(self)
+            raise OSError(errno.EIO, "Input/output error")  # rosbags turns it into "Could not read metadata"
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", eio_once)
+    (bag,), _ = plan([vehicle / "drive_b"], None, 2.0, backoff_s=0.0)
+    assert calls and not bag.failure and len(bag.shards) == 2
+
+
+def test_an_hf_hub_model_not_in_the_cache_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    config = ClipomalyConfig(**(TOY | {"backend": "open_clip"}), model="hf-hub:nobody/no-model")
+    with pytest.raises(MineError, match="not in the local Hugging Face cache.*download"):
+        run_mine([], tmp_path / "out", config, **QUIET)

@@ -61,7 +61,8 @@ def model_fingerprint(model: str) -> str:
     """``model`` as the fingerprint holds it: an architecture name as it is; a ``local-dir:`` folder or an
     ``hf-hub:`` repository by the hashes of its weight and configuration files (:data:`WEIGHT_SUFFIXES`; for
     ``hf-hub:``, those of :data:`HF_WEIGHT_FILES` in the local Hugging Face cache), so that other weights under the
-    same name are another model. A ``local-dir:`` folder that does not exist raises ``FileNotFoundError``."""
+    same name are another model. A ``local-dir:`` folder that does not exist, or an ``hf-hub:`` model not in the
+    cache, raises ``FileNotFoundError``."""
     if model.startswith("local-dir:"):
         folder = Path(model[len("local-dir:"):]).expanduser()
         if not folder.is_dir():
@@ -70,6 +71,10 @@ def model_fingerprint(model: str) -> str:
                  if path.is_file() and path.suffix in WEIGHT_SUFFIXES}
     elif model.startswith("hf-hub:"):
         files = _hf_cached_files(model[len("hf-hub:"):])
+        if not files:  # unhashed, other weights under this name later would resume into this run's rows
+            raise FileNotFoundError(f"model {model}: not in the local Hugging Face cache, so its weights cannot be "
+                                    f"fingerprinted: download it first (huggingface-cli download "
+                                    f"{model[len('hf-hub:'):]})")
     else:
         return model
     digests = ",".join(f"{name}={file_digest(path)}" for name, path in sorted(files.items()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import heapq
 import io
 from contextlib import contextmanager
@@ -22,14 +23,30 @@ class BagError(ValueError):
     """A bag that cannot be read, or lacks what was asked for."""
 
 
+class BagDataError(Exception):
+    """The bag's own bytes were found cut short or damaged while reading its messages (a reader's ``guard`` raises
+    it; see the mining shard's ``truncation``)."""
+
+
+NO_METADATA = "no metadata.yaml (recorder killed?)"
+"""Said of a bag folder holding one MCAP file and no metadata.yaml: a recorder killed mid-write writes none."""
+
+
+def metadata_missing(folder: Path) -> bool:
+    """Whether ``folder`` is a recording whose recorder was killed before writing metadata.yaml: it has none, and
+    exactly one .mcap file (read as a cut file by :func:`open_bag`)."""
+    return not (folder / "metadata.yaml").is_file() and len(list(folder.glob("*.mcap"))) == 1
+
+
 def bag_directory(path: str | Path) -> Path:
-    """The rosbag2 folder for ``path`` (the folder itself, or the folder holding a .mcap/.db3 file)."""
+    """The rosbag2 folder for ``path`` (the folder itself, or the folder holding a .mcap/.db3 file); a folder with
+    one .mcap file and no metadata.yaml counts (:func:`metadata_missing`)."""
     path = Path(path)
     if path.is_file():
         path = path.parent
     if not path.is_dir():
         raise BagError(f"{path}: no such bag (give a rosbag2 folder or its .mcap/.db3 file)")
-    if not (path / "metadata.yaml").is_file():
+    if not (path / "metadata.yaml").is_file() and not metadata_missing(path):
         found = sorted(p.name for p in path.iterdir())[:5]
         raise BagError(f"{path} is not a rosbag2 recording: it has no metadata.yaml ("
                        + (f"it holds {', '.join(found)}" if found else "it is empty")
@@ -40,25 +57,53 @@ def bag_directory(path: str | Path) -> Path:
 @contextmanager
 def open_bag(path: str | Path) -> Iterator[AnyReader]:
     """``with open_bag(path) as reader:`` an opened ``AnyReader``; a missing, unreadable or damaged bag raises
-    :class:`BagError`, an I/O error (``OSError``: EIO, a vanished mount) passes as it is, for the caller to try
-    again. A single-file MCAP bag whose file ends early (a recorder killed mid-write leaves no summary, and rosbags
+    :class:`BagError`, an I/O error (``OSError``: EIO, a vanished mount; also one rosbags wrapped, see
+    :func:`read_failed`) passes as an ``OSError``, for the caller to try again. A single-file MCAP bag whose file ends early (a recorder killed mid-write leaves no summary, and rosbags
     refuses it) opens as a :class:`CutMcapReader`: its messages up to the cut, by time."""
     folder = bag_directory(path)
+    reader = _reader_without_metadata(folder) if metadata_missing(folder) else _opened_reader(folder)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _reader_without_metadata(folder: Path) -> "CutMcapReader":
+    reader = CutMcapReader.for_folder(folder)
+    if reader is None:
+        raise BagError(f"{folder}: {NO_METADATA}, and its .mcap file does not read as a cut recording: run "
+                       "ros2 bag reindex on the folder, or give the folder that ros2 bag record finished")
+    reader.cut = f"{NO_METADATA}; {reader.cut}"
+    return reader
+
+
+def _opened_reader(folder: Path):
     reader = AnyReader([folder], default_typestore=get_typestore(Stores.ROS2_JAZZY))
     try:
         reader.open()
     except OSError:
         raise
     except Exception as error:  # rosbags raises several types for broken bags
+        if read_failed(error):
+            raise OSError(errno.EIO, f"{folder}: {type(error).__name__}: {error}") from error
         cut = CutMcapReader.for_folder(folder)
         if cut is None:
             raise BagError(f"{folder}: cannot read the bag ({type(error).__name__}: {error}): it is truncated or "
                            "corrupt, or not a rosbag2 folder with metadata.yaml") from error
-        reader = cut
-    try:
-        yield reader
-    finally:
-        reader.close()
+        return cut
+    return reader
+
+
+def read_failed(error: BaseException) -> bool:
+    """Whether ``error``, as rosbags raised it, wraps a failed read (an ``OSError`` among its causes and contexts,
+    or SQLite's "disk I/O error"): the disk, not the bag, so the caller may try again."""
+    seen = 0
+    while error is not None and seen < 8:
+        text = str(error).lower()
+        if isinstance(error, OSError) or "disk i/o error" in text or "could not read metadata" in text:
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 @dataclass(frozen=True)
@@ -139,6 +184,7 @@ class CutMcapReader:
         if not index.cut or not index.groups:
             raise ValueError(f"{file}: not a cut MCAP file with messages")
         _CUT_INDEXES[key] = index
+        self._key = key
         self.index, self.cut, self.cut_offset = index, index.cut, index.cut_offset
         counts: dict[int, int] = {}
         for group in index.groups:
@@ -164,6 +210,11 @@ class CutMcapReader:
         except Exception:  # noqa: BLE001 - not a cut file we can read: the caller reports the original error
             return None
 
+    def forget_index(self) -> None:
+        """Drop this file's kept index, so the next reader scans the file again (its scan read differently from
+        another's: the disk, not the file)."""
+        _CUT_INDEXES.pop(self._key, None)
+
     def messages(self, connections=(), start: int | None = None, stop: int | None = None):
         """``(connection, log time in ns, raw bytes)`` of ``connections`` (all when empty) in ``[start, stop)``, by
         log time; only the chunks that overlap the window and hold one of the channels are read."""
@@ -173,9 +224,16 @@ class CutMcapReader:
         groups = [g for g in self.index.groups if g.last_ns >= low and g.first_ns < high
                   and any(channel in wanted for channel in g.counts)]
         with self.file.open("rb") as stream:
-            sources = [self._group_messages(stream, group, wanted, low, high) for group in groups]
+            sources = [self._lazy_group(stream, group, wanted, low, high) for group in groups]
             for log_time, _, channel, data in heapq.merge(*sources):
-                yield wanted[channel], log_time, data
+                if channel is not None:  # not a group's marker
+                    yield wanted[channel], log_time, data
+
+    def _lazy_group(self, stream, group: RecordGroup, wanted: dict, low: int, high: int):
+        """A marker at the group's first time, then its messages: ``heapq.merge`` reads and decompresses a group
+        only once the merge reaches its time, so a window holds the groups that overlap in time, not all of them."""
+        yield max(group.first_ns, low), -1 - group.begin, None, None
+        yield from self._group_messages(stream, group, wanted, low, high)
 
     @staticmethod
     def _group_messages(stream, group: RecordGroup, wanted: dict, low: int, high: int) -> list:

@@ -15,7 +15,7 @@ import numpy as np
 from ..core.config import ClipomalyConfig
 from ..core.scene.planning import PlannerFrame
 from ..core.method.results import SegmentationResult
-from .bags import camera_info_connections, transform_connections
+from .bags import BagDataError, camera_info_connections, transform_connections
 from .decoding import BadRecordedFrame, decode_recorded, deserialize_recorded
 from .frame_step import FrameStep
 from .messages import stamp_ns
@@ -114,10 +114,9 @@ class RecordedDrive:
         last_stamp: int | None = None
         self.stopped_early = False
         begin = self._look_back_start(start)
-        window = self.reader.messages(connections=self._connections(on_message is not None), start=begin,
-                                      stop=stop)
         looking_back = begin != start
-        for connection, timestamp, raw in self.guard(window):
+        for connection, timestamp, raw in self._window(self._connections(on_message is not None), begin, start,
+                                                       stop):
             if looking_back and timestamp < start:  # before the window: its state only, nothing else
                 if connection in self.infos or connection in self.dynamic:
                     self._take_state(connection, raw)
@@ -148,11 +147,34 @@ class RecordedDrive:
             last_stamp = stamp
             yield self._step(pipeline, step, message.header, timestamp, image, outputs)
 
+    def _window(self, connections: list, begin: int | None, start: int | None, stop: int | None) -> Iterator:
+        """The guarded messages of ``connections`` in ``[begin, stop)``; where damaged data (:class:`BagDataError`)
+        is met in the look-back before ``start``, it is reported and the read starts again at ``start``, without
+        the state recorded before it."""
+        reached = begin == start
+        try:
+            for item in self.guard(self.reader.messages(connections=connections, start=begin, stop=stop)):
+                reached = reached or item[1] >= start
+                yield item
+        except BagDataError as error:
+            if reached:
+                raise
+            self.report(f"left out the look-back before {start} ns: {error}")
+            yield from self.guard(self.reader.messages(connections=connections, start=start, stop=stop))
+
     def _static_tree(self) -> FrameTree:
         """The transforms of the bag's /tf_static, read from the bag's start in windows growing fourfold from
         :data:`STATIC_FIRST_SPAN_NS` until all of its messages were met (one step where the recorder wrote them once
-        at the start, as it does); a message that does not deserialise is reported and left out."""
-        tree = FrameTree()
+        at the start, as it does); a message that does not deserialise is reported and left out, and so is the rest
+        of /tf_static where its data is damaged (the frames are mined on with what was met)."""
+        try:
+            return self._read_static_tree()
+        except BagDataError as error:
+            self.report(f"left out the recorded /tf_static from where its data is damaged: {error}")
+            return self._partial_tree
+
+    def _read_static_tree(self) -> FrameTree:
+        tree = self._partial_tree = FrameTree()
         expected = sum(connection.msgcount for connection in self.static)
         bag_start, bag_end = getattr(self.reader, "start_time", 0), getattr(self.reader, "end_time", None)
         begin, span, met = bag_start, STATIC_FIRST_SPAN_NS, 0
@@ -190,7 +212,11 @@ class RecordedDrive:
         span, bag_start = CAMERA_INFO_LOOK_BACK_NS, getattr(self.reader, "start_time", 0)
         while before > bag_start:
             begin = max(bag_start, before - span)
-            found = list(self.guard(self.reader.messages(connections=self.infos, start=begin, stop=before)))
+            try:
+                found = list(self.guard(self.reader.messages(connections=self.infos, start=begin, stop=before)))
+            except BagDataError as error:  # the search stops: the window's own camera_info comes later
+                self.report(f"left out the camera_info recorded before {before} ns: {error}")
+                return
             if found:
                 connection, _, raw = max(found, key=lambda item: item[1])
                 self._take_state(connection, raw)

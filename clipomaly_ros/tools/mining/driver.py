@@ -21,6 +21,7 @@ from ...core.fingerprint import differences, numeric_precision, settings_fingerp
 from .lock import OutDirBusy, hold_out_dir
 from .outputs import MinedNow, repaired_commits, write_outputs
 from .plan import Shard, plan
+from .report import write_staged
 from .shard import RETRIES, SHARDS_FOLDER, ShardMiner, _plain, one_line
 
 RUN_FILE = "run.json"
@@ -29,7 +30,8 @@ NOT_IN_ROWS = ("device", "window_batch_size", "cache_dir", "publish_unconfirmed"
 """Settings that change no row: where the model runs and how many windows it takes at once, a cache's folder, and
 what only the node's messages hold (unconfirmed tracks, covariances, Autoware's classes and shapes). Every other
 setting is part of the resume guard."""
-OUTPUTS = (RUN_FILE, "anomalies.parquet", "thumbnails", "summary.json", "report.html", SHARDS_FOLDER)
+OUTPUTS = (RUN_FILE, f"{RUN_FILE}.unreadable", "anomalies.parquet", "thumbnails", "summary.json", "report.html",
+           SHARDS_FOLDER)
 """What a run writes into OUT_DIR; ``--force-new`` removes these and nothing else."""
 
 EXIT_COMPLETE, EXIT_SHARDS_FAILED, EXIT_NOT_STARTED = 0, 1, 2
@@ -73,17 +75,27 @@ def run_fingerprint(config: ClipomalyConfig, topics, window_s: float, rate_hz: f
                        "topics": sorted(topics) if topics else None, "window_s": window_s, "rate_hz": rate_hz}
 
 
-def _check_run_file(out_dir: Path, fingerprint: dict) -> None:
+def _check_run_file(out_dir: Path, fingerprint: dict, run_id: str, log) -> None:
+    """Refuse a run whose fingerprint differs from the one OUT_DIR's run.json holds; write it where there is none.
+    A run.json that does not parse (a run killed while writing it before it was written staged) is named, set
+    aside as run.json.unreadable and written afresh."""
     path = out_dir / RUN_FILE
+    earlier = None
     if path.is_file():
-        earlier = json.loads(path.read_text()).get("fingerprint", {})
+        try:
+            earlier = json.loads(path.read_text())["fingerprint"]
+        except (ValueError, KeyError, TypeError) as error:
+            log(f"{path} cannot be read ({one_line(error)}): set aside as {RUN_FILE}.unreadable; this run's "
+                "settings are written in its place (give --force-new if the committed shards are of other settings)")
+            path.replace(path.with_name(f"{RUN_FILE}.unreadable"))
+    if earlier is not None:
         changed = differences(earlier, fingerprint)
         if changed:
             raise MineError(f"{out_dir} holds a run with other settings ({', '.join(changed)} differ): its shards "
                             "would not match this run's rows; mine into a new OUT_DIR, or give --force-new to "
                             "delete that run's outputs and start again")
     else:
-        path.write_text(json.dumps({"fingerprint": fingerprint}, indent=1, default=str))
+        write_staged(path, json.dumps({"fingerprint": fingerprint}, indent=1, default=str), run_id)
 
 
 def _clear_outputs(out_dir: Path, log) -> None:
@@ -148,7 +160,7 @@ def _run_holding(inputs, out_dir: Path, run_id: str, config: ClipomalyConfig, op
     fingerprint = run_fingerprint(config, options.topics, options.window_s, options.rate_hz, options.gpus_per_worker)
     if force_new:
         _clear_outputs(out_dir, log)
-    _check_run_file(out_dir, fingerprint)
+    _check_run_file(out_dir, fingerprint, run_id, log)
     (out_dir / "summary.json").unlink(missing_ok=True)  # an earlier run's summary never looks like this run's
     plans, problems = plan(inputs, options.topics, options.window_s, options.retries)
     for path, reason in problems:
@@ -178,9 +190,10 @@ def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, fing
     the seconds until the first shard came back less that shard's own time (Ray's start, the workers' start and
     model loads), and why the run stopped early (a lost cluster), or None.
 
-    A worker that dies (the OOM killer, a crash in native code) is restarted, and its batch handed on, at most
-    ``options.retries`` times each, never Ray's unbounded default; a shard whose every try killed its worker is
-    left unanswered (Ray Data drops its block, up to every block) and is named failed while the others go on."""
+    A worker that dies (the OOM killer, a crash in native code) is restarted and its shard (each worker holds one
+    at a time) tried again, at most ``options.retries`` times per shard and ``(retries + 1) * len(todo)`` restarts
+    per worker, never Ray's unbounded default; a shard whose every try killed its worker is left unanswered (Ray
+    Data drops its block, up to every block) and is named failed while the others go on."""
     try:
         import ray
         import ray.data
@@ -199,8 +212,12 @@ def _mine_on_ray(todo: list[Shard], out_dir: Path, config: ClipomalyConfig, fing
         context.max_errored_blocks = len(todo)  # a shard that kills its workers fails alone, named by its absence
         dataset = ray.data.from_items([shard.as_dict() for shard in todo], override_num_blocks=len(todo))
         mined = dataset.map_batches(
-            miner, batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.workers), num_cpus=pool["cpus"],
-            num_gpus=pool["gpus"], max_restarts=options.retries, max_task_retries=options.retries,
+            miner, batch_size=1, num_cpus=pool["cpus"], num_gpus=pool["gpus"],
+            # one shard in flight per worker: a shard that kills its worker takes no other shard's task with it
+            compute=ray.data.ActorPoolStrategy(size=options.workers, max_tasks_in_flight_per_actor=1),
+            # Ray Data never replaces an actor past max_restarts: the budget covers every try of every shard
+            # (bounded, never Ray's unbounded default), so a killer shard cannot leave healthy ones unworked
+            max_restarts=(options.retries + 1) * len(todo), max_task_retries=options.retries,
             fn_constructor_kwargs={
                 "config": config.as_dict(), "out_dir": str(out_dir.resolve()), "rate_hz": options.rate_hz,
                 "threads": pool["threads"], "retries": options.retries, "fingerprint": fingerprint})
@@ -308,5 +325,8 @@ def failure_line(summary: dict) -> str | None:
     named = "; ".join(f"{bag} ({'shards ' + ', '.join(ids) if ids else others.get(bag, 'not read')})"
                       for bag, ids in shards.items())
     count = sum(len(ids) for ids in shards.values())
+    undecodable = any(failure.get("kind") == "undecodable" for failure in failed)
+    if undecodable and len(others) == len(shards) and not count:  # running again reads the same frames
+        return f"FAILED: {named}: no frame decodes; check the topic's encoding (running again gives the same)"
     return (f"FAILED: {named}: {count} shard(s) not committed. Run the same command again to retry them alone "
             "(committed shards are kept)")

@@ -43,16 +43,31 @@ def repaired_commits(out_dir: Path, run_id: str, log) -> dict[str, dict]:
 def superseded_shards(records: dict[str, dict], plans) -> dict[str, str]:
     """The committed shards of an earlier version of a planned bag (the same lineage, i.e. start time and first
     bytes, but another content id: a bag whose end moved), by id, with the planned bag's name: their rows are
-    replaced by the new version's, never added to."""
+    replaced by the new version's, never added to; of two committed versions neither of which is planned now, the
+    earlier one's."""
     current = {bag.lineage: bag for bag in plans if bag.lineage and not bag.failure}
     planned_ids = {bag.bag_id for bag in plans if not bag.failure}
+    newest = _newest_versions(records)
     found = {}
     for shard_id, record in records.items():
         shard = record["shard"]
         bag = current.get(shard.get("lineage", ""))
         if bag is not None and shard.get("bag_id") not in planned_ids:
             found[shard_id] = bag.name
+        elif bag is None and shard.get("lineage") and newest[shard["lineage"]] != shard.get("bag_id"):
+            found[shard_id] = shard["bag_name"]  # two earlier versions, neither planned now: the newest stays
     return found
+
+
+def _newest_versions(records: dict[str, dict]) -> dict[str, str]:
+    """Per lineage among the committed shards, the ``bag_id`` of the version that records furthest (the greatest
+    window end; a bag whose end moved on)."""
+    ends: dict[str, tuple[int, str]] = {}
+    for record in records.values():
+        shard = record["shard"]
+        lineage, key = shard.get("lineage", ""), (shard["stop_ns"], shard.get("bag_id", ""))
+        ends[lineage] = max(ends.get(lineage, key), key)
+    return {lineage: bag_id for lineage, (_, bag_id) in ends.items()}
 
 
 def shard_failures(mined: MinedNow, records: dict) -> list[dict]:
@@ -114,10 +129,11 @@ def write_outputs(out_dir: Path, run_id: str, plans, problems, mined: MinedNow, 
            "frames_per_second": round(frames_now / mined.seconds, 3) if frames_now and mined.seconds else 0.0,
            "seconds": round(mined.seconds, 3), "ray_startup_s": round(mined.startup, 3), "settings": settings}
     summary = summarise(plans, problems, records, failures, table, run)
-    summary["failed"] += _written(lambda: write_staged(out_dir / "summary.json", json.dumps(
-        summary, indent=1, default=str), run_id), out_dir / "summary.json")
+    # the summary last: it marks the run's outputs finished, and names a report that could not be written
     summary["failed"] += _written(lambda: write_staged(out_dir / "report.html", report_html(table, summary), run_id),
                                   out_dir / "report.html")
+    summary["failed"] += _written(lambda: write_staged(out_dir / "summary.json", json.dumps(
+        summary, indent=1, default=str), run_id), out_dir / "summary.json")
     if not summary["failed"]:
         for shard_id in superseded:
             shutil.rmtree(Path(out_dir) / SHARDS_FOLDER / shard_id, ignore_errors=True)

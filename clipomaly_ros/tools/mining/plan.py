@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ...ros.bags import IMAGE_TYPES, BagError, CutMcapReader, bag_directory, index_cut_mcap, open_bag
+from ...ros.bags import (IMAGE_TYPES, BagError, CutMcapReader, bag_directory, index_cut_mcap, metadata_missing,
+                         open_bag)
 
 IDENTITY_BYTES = 1 << 20
 """How much of each storage file's head and tail the bag identity hashes (1 MiB)."""
@@ -27,7 +29,9 @@ class Shard:
     recorded times ``[start_ns, stop_ns)``. ``bag_name`` names the bag in the outputs; ``bag_id`` is its content
     identity and ``lineage`` that of its beginning (see :func:`bag_identity`); ``first`` and ``last`` say whether
     the window starts at the bag's beginning or ends at its end (a track seen at a window's edge elsewhere was cut
-    there); ``frames`` estimates its image messages, for the progress bar."""
+    there); ``frames`` estimates its image messages, for the progress bar; ``cut_offset`` is the byte where a cut
+    MCAP file's complete records end as planning found it (-1: the bag is whole), which the worker's own scan must
+    match."""
 
     bag: str
     bag_name: str
@@ -40,6 +44,7 @@ class Shard:
     frames: int
     bag_id: str
     lineage: str
+    cut_offset: int = -1
 
     @property
     def id(self) -> str:
@@ -53,7 +58,7 @@ class Shard:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Shard":
-        return cls(**{key: values[key] for key in cls.__dataclass_fields__})
+        return cls(**{key: values[key] for key in cls.__dataclass_fields__ if key in values})
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,12 @@ def find_bags(inputs) -> tuple[list[Path], list[tuple[str, str]]]:
     problems = []
     for given in inputs:
         path = Path(given).expanduser().resolve()
-        if path.is_dir() and not (path / "metadata.yaml").is_file():
-            inside = sorted(p.parent for p in path.rglob("metadata.yaml"))
+        if path.is_dir() and not (path / "metadata.yaml").is_file() and not metadata_missing(path):
+            inside = sorted({p.parent for p in path.rglob("metadata.yaml")}
+                            | {p.parent for p in path.rglob("*.mcap") if metadata_missing(p.parent)})
             if not inside:
-                problems.append((str(given), "no rosbag2 recording (a folder with metadata.yaml) in this folder"))
+                problems.append((str(given), "no rosbag2 recording (a folder with metadata.yaml, or one .mcap "
+                                             "file) in this folder"))
             found.update(dict.fromkeys(inside))
             continue
         try:
@@ -96,7 +103,8 @@ def bag_identity(folder: Path, reader) -> tuple[str, str]:
     """``(bag_id, lineage)``, 16 hex digits each, from the bag's content, not its path: ``bag_id`` from the
     recording's start time, its topics, types and message counts, and a hash of the first and last
     :data:`IDENTITY_BYTES` of each storage file with its size; ``lineage`` from the start time and the first file's
-    head only. A bag whose end moved (recovered, grown, still uploading) keeps its lineage and gets another id."""
+    head only (for .db3, its first messages: see :func:`_first_messages_hash`). A bag whose end moved (recovered,
+    grown, still uploading) keeps its lineage and gets another id."""
     files = sorted(p for p in folder.iterdir() if p.suffix in (".mcap", ".db3") and p.is_file())
     ends = []
     for file in files:
@@ -107,9 +115,25 @@ def bag_identity(folder: Path, reader) -> tuple[str, str]:
             ends.append((size, head, hashlib.sha256(stream.read()).hexdigest()))
     topics = sorted((c.topic, c.msgtype, c.msgcount) for c in reader.connections)
     first_head = ends[0][1] if ends else ""
+    if files and files[0].suffix == ".db3":
+        first_head = _first_messages_hash(reader)
     content = json.dumps([reader.start_time, topics, ends])
     return (hashlib.sha1(content.encode()).hexdigest()[:16],
             hashlib.sha1(f"{reader.start_time}|{first_head}".encode()).hexdigest()[:16])
+
+
+LINEAGE_MESSAGES = 16
+"""How many of a .db3 bag's first messages its lineage hashes."""
+
+
+def _first_messages_hash(reader) -> str:
+    """The hash of a bag's first :data:`LINEAGE_MESSAGES` messages (topic, time, bytes). A .db3 file's first bytes
+    are no lineage: SQLite rewrites its header and b-tree pages near the file's start as rows are added."""
+    digest = hashlib.sha256()
+    for connection, timestamp, raw in itertools.islice(reader.messages(), LINEAGE_MESSAGES):
+        digest.update(f"{connection.topic}|{timestamp}|".encode())
+        digest.update(bytes(raw))
+    return digest.hexdigest()
 
 
 def bag_names(paths: list[Path], ids: dict[Path, str]) -> dict[Path, str]:
@@ -124,7 +148,8 @@ def bag_names(paths: list[Path], ids: dict[Path, str]) -> dict[Path, str]:
 @dataclass(frozen=True)
 class BagSurvey:
     """What planning needs from an opened bag: its recorded ``[start, stop)`` (ns), its image connections by
-    topic, each topic's message count, and its identity (:func:`bag_identity`)."""
+    topic, each topic's message count, its identity (:func:`bag_identity`) and, for a cut MCAP file, where its
+    complete records end (``cut_offset``, -1 for a whole bag)."""
 
     start: int
     stop: int
@@ -132,6 +157,7 @@ class BagSurvey:
     counts: dict
     bag_id: str
     lineage: str
+    cut_offset: int = -1
 
 
 def survey_bag(path: Path, retries: int = 2, backoff_s: float = 1.0) -> BagSurvey:
@@ -142,16 +168,20 @@ def survey_bag(path: Path, retries: int = 2, backoff_s: float = 1.0) -> BagSurve
     for attempt in range(retries + 1):
         try:
             with open_bag(path) as reader:
+                cut_offset = -1
                 if isinstance(reader, CutMcapReader):
                     again = index_cut_mcap(reader.file)
+                    cut_offset = reader.cut_offset
                     if again.cut_offset != reader.cut_offset:
+                        reader.forget_index()  # the next attempt scans afresh, not the kept first scan
                         raise OSError(f"{reader.file}: the file reads differently twice (cut at byte "
                                       f"{reader.cut_offset}, then {again.cut_offset}): an I/O problem, not a cut")
                 images = {c.topic: c for c in reader.connections if c.msgtype in IMAGE_TYPES}
                 counts = {topic: sum(c.msgcount for c in reader.connections if c.topic == topic)
                           for topic in images}
                 bag_id, lineage = bag_identity(bag_directory(path), reader)
-                return BagSurvey(reader.start_time, reader.end_time + 1, images, counts, bag_id, lineage)
+                return BagSurvey(reader.start_time, reader.end_time + 1, images, counts, bag_id, lineage,
+                                 cut_offset)
         except OSError:
             if attempt == retries:
                 raise
@@ -186,7 +216,7 @@ def plan_bag(path: Path, topics: list[str] | None, window_s: float, retries: int
             begin, end = start + index * window_ns, min(stop, start + (index + 1) * window_ns)
             shards.append(Shard(str(path), name, topic, images[topic].msgtype, begin, end, index == 0,
                                 index == count - 1, max(1, round(bag.counts[topic] * (end - begin) / (stop - start))),
-                                bag.bag_id, bag.lineage))
+                                bag.bag_id, bag.lineage, bag.cut_offset))
     return BagPlan(str(path), name, bag.bag_id, bag.lineage, (stop - start) / 1e9, tuple(wanted), tuple(shards))
 
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import struct
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import numpy as np
 from ...core.config import ClipomalyConfig
 from ...core.scene.planning import AnomalyFollower
 from ...core.method.results import AnomalyRecord, DroppedRegion
-from ...ros.bags import BagError, CutMcapReader, open_bag
+from ...ros.bags import BagDataError, BagError, CutMcapReader, open_bag
 from ...ros.frame_step import FrameStep
 from ...ros.messages import stamp_ns
 from ...ros.recorded import RecordedDrive
@@ -94,9 +95,6 @@ class ShardFailed(RuntimeError):
         self.reason = reason
 
 
-class BagDataError(Exception):
-    """rosbags found the bag's own bytes cut short or damaged while reading it (see :func:`truncation`)."""
-
 
 DATA_ERROR_MODULES = ("rosbags", "mcap", "zstandard", "lz4", "sqlite3")
 """Where the errors come from that mean a bag's own bytes are cut or damaged: the readers and decompressors that
@@ -151,6 +149,7 @@ def mine_shard(pipeline, shard: Shard, rate_hz: float | None = None) -> ShardOut
     last_frame_ids: set[int] = set()
     try:
         with open_bag(shard.bag) as reader:
+            _check_cut(reader, shard)
             last_frame_ids = _mine_frames(reader, pipeline, shard, rate_hz, outcome, tracks)
             if isinstance(reader, CutMcapReader) and shard.last:  # its cut was found at one place twice when planned
                 outcome.truncated = (f"the bag's file ends early, at byte {reader.cut_offset} ({reader.cut}): its "
@@ -160,6 +159,8 @@ def mine_shard(pipeline, shard: Shard, rate_hz: float | None = None) -> ShardOut
         outcome.truncated = str(error)
     except BagError as error:  # the bag would not open: a cut file is found when planning, so this is the disk
         raise ShardFailed(f"{shard.bag}: {error}") from error
+    except ShardFailed:
+        raise
     except Exception as error:  # noqa: BLE001 - whatever it is, this attempt is lost and must not be committed
         raise ShardFailed(f"{type(error).__name__} after {outcome.frames_read} frames of {shard.topic}: "
                           f"{str(error).splitlines()[0] if str(error) else '(no message)'}") from error
@@ -172,6 +173,18 @@ def mine_shard(pipeline, shard: Shard, rate_hz: float | None = None) -> ShardOut
             outcome.thumbnails[key] = summary.thumbnail
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _check_cut(reader, shard: Shard) -> None:
+    """Raise :class:`ShardFailed` (the attempt is tried again) where this worker's scan of a cut file ends its
+    records at another byte than planning's did: one of the two reads failed, so this worker's kept index is
+    dropped and the next attempt scans again."""
+    offset = reader.cut_offset if isinstance(reader, CutMcapReader) else -1
+    if offset != shard.cut_offset:
+        if isinstance(reader, CutMcapReader):
+            reader.forget_index()
+        raise ShardFailed(f"{shard.bag}: this worker reads the file's complete records up to byte {offset}, "
+                          f"planning read them up to byte {shard.cut_offset} (-1: whole): an I/O problem, not a cut")
 
 
 def _mine_frames(reader, pipeline, shard: Shard, rate_hz: float | None, outcome: ShardOutcome,
@@ -335,7 +348,7 @@ def commit(out_dir: Path, shard: Shard, outcome: ShardOutcome) -> bool:
     final = folder / shard.id
     if final.exists():
         return False
-    work = folder / f".work-{shard.id}-{os.getpid()}"
+    work = folder / f".work-{shard.id}-{socket.gethostname()}-{os.getpid()}"  # process ids repeat across nodes
     shutil.rmtree(work, ignore_errors=True)
     (work / "thumbnails").mkdir(parents=True)
     try:
@@ -350,8 +363,10 @@ def commit(out_dir: Path, shard: Shard, outcome: ShardOutcome) -> bool:
         raise
     try:
         os.rename(work, final)
-    except OSError:  # committed meanwhile by a worker of an earlier, interrupted run
+    except OSError:  # committed meanwhile by a worker of an earlier, interrupted run; else the disk failed
         shutil.rmtree(work, ignore_errors=True)
+        if not final.exists():
+            raise
         return False
     fsync_path(folder)
     return True

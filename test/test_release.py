@@ -43,6 +43,28 @@ def test_names_are_normalised_and_covered_names_reported_not_added():
     assert change.mapping == {"Garden Gnomes": "garden gnome", "Tires": "tire", "Mattress": "mattress"}
 
 
+def test_words_that_only_look_plural_keep_their_s_and_plural_entries_cover_their_singular():
+    for word in ("canvas", "lens", "series", "news", "species"):
+        assert normalise(word) == word
+    assert normalise("buses") == "bus" and normalise("potatoes") == "potato" and normalise("boxes") == "box"
+    change = merge_vocabulary(["traffic cone", "Traffic Cones", "?!", "deer"], vocabulary=("traffic cones",),
+                              known_classes=("road",), dictionary=())
+    assert change.added == {"deer": 1}  # "traffic cones" in the vocabulary already covers "traffic cone"
+    assert change.covered["traffic cone"] == "already in anomaly_vocabulary"
+    assert "" in change.covered  # a name of punctuation alone is reported, not silently counted
+
+
+def test_a_skip_or_another_spelling_of_the_same_name_is_no_conflict():
+    from clipomaly_ros.tools.release.inputs import decisions_in_force
+
+    entries = [{"candidate_id": "c1", "decision": "accept", "name": "Garden gnomes", "reviewer": "ann"},
+               {"candidate_id": "c1", "decision": "rename", "name": "garden gnome", "reviewer": "bob"},
+               {"candidate_id": "c2", "decision": "reject", "reviewer": "ann"},
+               {"candidate_id": "c2", "decision": "skip", "reviewer": "bob"}]
+    chosen, conflicting = decisions_in_force(entries, "leave-out")
+    assert conflicting == [] and set(chosen) == {"c1", "c2"} and chosen["c2"].decision == "reject"
+
+
 def test_the_release_names_the_gnome_and_beats_its_parent_on_held_out_drives(trial):
     record, release = trial["record"], trial["folder"] / "release"
     assert GNOME in record["vocabulary"]["added"]

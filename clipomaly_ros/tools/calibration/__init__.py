@@ -19,7 +19,7 @@ import importlib
 
 _ROOMS = {
     "caches": ("FEATURE_SETTINGS", "CachedCrops", "FeatureStore", "MemoryBudget", "feature_key"),
-    "frames": ("CalibrationError", "LabelledFrame", "check_disjoint", "content_hash", "read_frames"),
+    "frames": ("CalibrationError", "LabelledFrame", "check_disjoint", "content_hash", "read_frames", "seen_frames"),
     "parameter_file": ("format_report", "tuned_parameter_file", "write_outputs"),
     "scoring": ("Calibrator",),
     "search": ("CalibrationReport", "SearchSpace", "calibrate"),

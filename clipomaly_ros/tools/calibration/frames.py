@@ -178,19 +178,28 @@ def check_disjoint(search: Sequence[LabelledFrame], held_out: Sequence[LabelledF
     """Raise :class:`CalibrationError` when a frame of ``held_out`` is one of ``search``: the same bytes, a picture
     within :data:`NEAR_COPY_BITS` and :data:`NEAR_COPY_GREY` of one (a re-encode, a resize), or a frame of the same drive within
     :data:`SAME_DRIVE_SECONDS` of one. Held-out figures must come from frames the search did not see."""
-    thumbnails = {id(frame): thumbnail(frame.load_image()) for frame in [*search, *held_out]}
-    hashes = {key: (perceptual_hash(small), small) for key, small in thumbnails.items()}
-    shared = []
-    for other in held_out:
-        for frame in search:
-            reason = _sameness(frame, other, hashes)
-            if reason:
-                shared.append(f"{other.sample.image} is {reason} {frame.sample.image}")
-                break
+    shared = [f"{other.sample.image} is {how} {frame.sample.image}" for other, how, frame in seen_frames(search,
+                                                                                                       held_out)]
     if shared:
         raise CalibrationError(f"--val holds {len(shared)} frame(s) of the searched data ({'; '.join(shared[:5])}"
                                f"{'; ...' if len(shared) > 5 else ''}): held-out frames must be other scenes, from "
                                "other drives or minutes apart")
+
+
+def seen_frames(search: Sequence[LabelledFrame], held_out: Sequence[LabelledFrame]
+                ) -> list[tuple[LabelledFrame, str, LabelledFrame]]:
+    """Each frame of ``held_out`` that is one of ``search`` (see :func:`check_disjoint`): the held-out frame, words
+    saying how, and the searched frame it repeats."""
+    thumbnails = {id(frame): thumbnail(frame.load_image()) for frame in [*search, *held_out]}
+    hashes = {key: (perceptual_hash(small), small) for key, small in thumbnails.items()}
+    seen = []
+    for other in held_out:
+        for frame in search:
+            reason = _sameness(frame, other, hashes)
+            if reason:
+                seen.append((other, reason, frame))
+                break
+    return seen
 
 
 def _sameness(frame: LabelledFrame, other: LabelledFrame, hashes: dict) -> str:

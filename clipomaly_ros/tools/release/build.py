@@ -222,7 +222,7 @@ def _calibrate(config: ClipomalyConfig, out: Path, options: ReleaseOptions, held
     found. Without frames that hold anomalies the settings are kept, and the record says why."""
     from ...core.datasets import find_samples
     from ...core.method.pipeline import Clipomaly
-    from ..calibration import calibrate, read_frames
+    from ..calibration import RULE, calibrate, read_frames, seen_frames
 
     kept = {name: getattr(config, name) for name in SEARCHED}
     try:
@@ -230,6 +230,11 @@ def _calibrate(config: ClipomalyConfig, out: Path, options: ReleaseOptions, held
         val = read_frames(find_samples(out / HELD_OUT), 1, 255) if held_out else None
     except (ValueError, CalibrationError) as error:
         return {"settings": kept, "ran": False, "why_not": str(error)}
+    # another drive past the same place can give a near copy of a searched frame: it would not be unseen
+    near = seen_frames(frames, val) if val else []
+    val = [frame for frame in val if all(frame is not other for other, _, _ in near)] or None if val else None
+    left_out = [f"held-out frame {Path(other.sample.image).name} is {how} {Path(frame.sample.image).name}: left "
+                "out of the held-out figure" for other, how, frame in near]
     report = calibrate(Clipomaly(config), frames, options.objective, options.space, data=SEARCH, val_frames=val,
                        val_data=HELD_OUT if val else "", progress=False, log=lambda message: None)
     chosen = {name: report.chosen[name] for name in SEARCHED}
@@ -237,8 +242,7 @@ def _calibrate(config: ClipomalyConfig, out: Path, options: ReleaseOptions, held
                (("chosen", report.chosen), ("starting", report.default))}
     return {"settings": chosen, "ran": True, "objective": report.objective, "decision": report.decision,
             "noise_margin": report.noise_margin, "search_frames": report.images, "settings_tried": len(report.trials),
-            "figures": figures, "held_out": report.validation, "rule": "clipomaly calibrate: the starting setting wins "
-            "unless another beats it by more than the bootstrap noise margin"}
+            "figures": figures, "held_out": report.validation, "held_out_left_out": left_out, "rule": RULE}
 
 
 def _compare(parent: ClipomalyConfig, released: ClipomalyConfig, data: Path | None, out: Path) -> dict | None:

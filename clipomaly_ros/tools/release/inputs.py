@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..run_identity import model_version, run_fingerprint, weights_of_fingerprint
+from .vocabulary import normalise
 
 INDEX = "anomalies.parquet"
 REVIEWS = "reviews.jsonl"
@@ -212,7 +213,11 @@ def decisions_in_force(entries: list[dict], conflicts: str) -> tuple[dict[str, D
         latest[entry["candidate_id"]][str(entry.get("reviewer") or "")] = (order, entry)
     chosen, conflicting = {}, []
     for candidate, by_reviewer in latest.items():
-        verdicts = {(e["decision"], _said_name(e)) for _, e in by_reviewer.values()}
+        # a skip decides nothing, and accepting "Garden gnomes" says what renaming to "garden gnome" says: neither
+        # makes a conflict
+        said = {r: pair for r, pair in by_reviewer.items() if pair[1]["decision"] != "skip"} or by_reviewer
+        verdicts = {("anomaly" if e["decision"] in CONFIRMED else e["decision"], normalise(_said_name(e)))
+                    for _, e in said.values()}
         if len(verdicts) > 1:
             conflicting.append(f"{candidate}: " + "; ".join(f"{r or '?'} said {e['decision']} {_said_name(e)}".strip()
                                                            for r, (_, e) in sorted(by_reviewer.items())))
@@ -222,7 +227,7 @@ def decisions_in_force(entries: list[dict], conflicts: str) -> tuple[dict[str, D
                                    "leave-out")
             if conflicts == "leave-out":
                 continue
-        _, entry = max(by_reviewer.values(), key=lambda pair: pair[0])
+        _, entry = max(said.values(), key=lambda pair: pair[0])
         chosen[candidate] = Decision(candidate, entry["decision"], _said_name(entry) if entry["decision"] in CONFIRMED
                                      else "", str(entry.get("known_class") or "").strip(),
                                      str(entry.get("reviewer") or ""), entry.get("mask"))

@@ -11,11 +11,22 @@ from typing import Iterable
 
 KEEP_S = ("ss", "us", "is", "ous")
 """Endings of words whose final ``s`` is no plural (glass, bus, chassis, ...)."""
+NOT_PLURAL = frozenset({"alias", "atlas", "bias", "canvas", "chaos", "debris", "gas", "lens", "news", "series",
+                        "species", "trousers"})
+"""Words ending in ``s`` that are singular (or have no singular): left as they are."""
+IRREGULAR = {"buses": "bus", "children": "child", "feet": "foot", "geese": "goose", "heroes": "hero",
+             "knives": "knife", "leaves": "leaf", "men": "man", "mice": "mouse", "people": "person",
+             "potatoes": "potato", "teeth": "tooth", "tomatoes": "tomato", "wolves": "wolf", "women": "woman"}
+"""Plurals no ending rule gets right."""
 
 
 def singular(word: str) -> str:
     """The obvious singular of an English ``word``: ``tyres`` -> ``tyre``, ``boxes`` -> ``box``, ``puppies`` ->
-    ``puppy``; anything not obviously plural is returned as it is."""
+    ``puppy``, ``buses`` -> ``bus``; a word of :data:`NOT_PLURAL`, or not obviously plural, is returned as it is."""
+    if word in IRREGULAR:
+        return IRREGULAR[word]
+    if word in NOT_PLURAL:
+        return word
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
     if len(word) > 4 and re.search(r"(ss|x|z|ch|sh)es$", word):
@@ -58,25 +69,26 @@ def merge_vocabulary(names: Iterable[str], vocabulary: Iterable[str], known_clas
     """``anomaly_vocabulary`` with the confirmed ``names`` (one per confirmed find) added, normalised (see
     :func:`normalise`); added names in order of their finds, most first, then alphabetically."""
     vocabulary, known_classes = tuple(vocabulary), tuple(known_classes)
-    dictionary_names = {n.strip().lower() for n in dictionary}
-    reference = set(vocabulary) | set(known_classes) | dictionary_names
+    # a reference entry covers the names that normalise as it does ("traffic cones" covers "traffic cone")
+    covering = {}
+    for entries, why in ((dictionary, "in the naming dictionary"), (vocabulary, "already in anomaly_vocabulary"),
+                         (known_classes, "a known class")):  # applied last: a known class is said first
+        covering.update({form: why for entry in entries for form in (entry.strip().lower(), normalise(entry))})
     counts: collections.Counter = collections.Counter()
     mapping = {}
     for raw in names:
-        name = normalise(raw, reference)
+        name = normalise(raw, covering)
         counts[name] += 1
         if raw != name:
             mapping[raw] = name
     change = VocabularyChange(vocabulary, counts=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
                               mapping=dict(sorted(mapping.items())))
     for name, finds in change.counts.items():
-        if name in known_classes:
-            change.covered[name] = "a known class"
-        elif name in vocabulary:
-            change.covered[name] = "already in anomaly_vocabulary"
-        elif name in dictionary_names:
-            change.covered[name] = "in the naming dictionary"
-        elif name:
+        if not name:
+            change.covered[name] = "no name left once normalised (punctuation only): not added"
+        elif name in covering:
+            change.covered[name] = covering[name]
+        else:
             change.added[name] = finds
     change.vocabulary = vocabulary + tuple(change.added)
     return change

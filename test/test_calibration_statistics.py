@@ -131,3 +131,17 @@ def test_the_sums_give_what_evaluate_reports_and_folds_keep_drives_whole():
     assert grouping.folds.max() + 1 == 5 and "6 drives" in grouping.text
     one_drive = group_frames(["x"] * 10, list(range(10)))  # blocks of consecutive frames
     assert list(one_drive.folds) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4] or len(set(one_drive.folds[:2])) == 1
+
+
+def test_a_cityscapes_name_gives_its_sequence_as_the_drive_and_dense_features_count_against_the_budget(tmp_path):
+    import torch
+
+    from clipomaly_ros.core.datasets import Sample
+    from clipomaly_ros.core.model.backend import DenseFeatures
+    from clipomaly_ros.tools.calibration.caches import nbytes
+    from clipomaly_ros.tools.calibration.frames import drive_and_stamp
+
+    sample = Sample("x", tmp_path / "aachen_000012_000019_leftImg8bit.png", tmp_path / "label.png")
+    assert drive_and_stamp(sample)[0] == "aachen_000012"  # not "..._000019_leftImg": the suffix's 8 is no frame
+    grid = torch.zeros(8, 16, 32)
+    assert nbytes(DenseFeatures(grid, (64, 128), image=torch.zeros(3, 64, 128))) == (8 * 16 * 32 + 3 * 64 * 128) * 4

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ...core.config import CORE_SETTINGS
+from ...core.model.backend import DenseFeatures
 
 FEATURE_SETTINGS = ("backend", "model", "pretrained", "checkpoint", "random_weights", "dense_method",
                     "window_layout", "inference_size", "window_size", "window_stride", "runtime", "onnx_model",
@@ -43,6 +44,8 @@ def nbytes(*items) -> int:
             total += sys.getsizeof(item)
         elif dataclasses.is_dataclass(item) and not isinstance(item, type):
             total += nbytes(*(getattr(item, f.name) for f in dataclasses.fields(item)))
+        elif isinstance(item, DenseFeatures):  # a plain class: its grid, image and frame are most of a frame's bytes
+            total += nbytes(item.grid, item.image, item.frame)
         elif isinstance(item, (tuple, list)):
             total += nbytes(*item)
         elif isinstance(item, dict):

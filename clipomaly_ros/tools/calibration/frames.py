@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ...core.datasets import Sample, read_label
+from ...core.datasets import CITYSCAPES_IMAGE, Sample, read_label
 
 
 class CalibrationError(ValueError):
@@ -113,7 +113,7 @@ def exif_stamp(path: Path) -> float | None:
 
 def drive_and_stamp(sample: Sample) -> tuple[str | None, float | None]:
     """The frame's drive and stamp (see the module docstring)."""
-    stem = sample.image.stem
+    stem = sample.image.stem.removesuffix(CITYSCAPES_IMAGE)  # the Cityscapes suffix holds a number of its own
     found = stamp_in_name(stem)
     stamp = found[0] if found else exif_stamp(sample.image)
     named = stem[:found[1][0]] if found else stem

@@ -473,3 +473,15 @@ def test_the_machine_settings_are_written_only_when_the_starting_file_set_them(t
     carried = node_parameters(starting)
     assert carried == {"device": "cuda:1", "cameras": ["a"]}
     assert parameter_values(config, "rel-x", carried)["device"] == "cuda:1"
+
+
+def test_replay_and_evaluate_take_the_release_file_as_it_is(trial, tmp_path):
+    from clipomaly_ros.tools.cli import main
+
+    parameters = trial["folder"] / "release" / "clipomaly.yaml"
+    assert main(["evaluate", str(trial["held_out"]), "--config", str(parameters), "--backend", "toy",
+                 "--json", str(tmp_path / "report.json")]) == 0
+    bag = sorted(path.parent for path in trial["folder"].rglob("metadata.yaml"))[0]
+    assert main(["replay", str(bag), "-o", str(tmp_path / "replayed"), "--config", str(parameters),
+                 "--backend", "toy"]) == 0
+    assert (tmp_path / "replayed" / "metadata.yaml").is_file()

@@ -8,6 +8,7 @@ the decoy too (a false positive), one above u_object misses the object: the best
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -25,7 +26,7 @@ import yaml
 from clipomaly_ros.core.config import ClipomalyConfig, load_config
 from clipomaly_ros.core.method.pipeline import Clipomaly
 from clipomaly_ros.core.model.toy_backend import TOY_LEXICON, ToyColourBackend
-from clipomaly_ros.tools.calibration import CalibrationError, SearchSpace, calibrate, read_frames
+from clipomaly_ros.tools.calibration import SEARCHED, CalibrationError, SearchSpace, calibrate, read_frames
 from clipomaly_ros.tools.cli import main
 from clipomaly_ros.tools.evaluation import find_samples
 
@@ -391,6 +392,14 @@ def test_the_best_is_not_the_first_grid_point_and_ties_never_go_to_grid_order(de
                      progress=False, log=lambda _: None)
     assert kept.kept and kept.chosen is kept.default and kept.chosen["uncertainty_threshold"] == inside
     assert "kept the current setting" in kept.decision
+    # the whole search with every grid listed backwards chooses the same setting
+    backwards = dataclasses.replace(QUICK, **{field.name: tuple(reversed(getattr(QUICK, field.name)))
+                                             for field in dataclasses.fields(QUICK)
+                                             if isinstance(getattr(QUICK, field.name), tuple)})
+    reversed_report = calibrate(toy_pipeline(tmp_path / "backwards"), frames, "f1", backwards, progress=False,
+                                log=lambda _: None)
+    assert {name: reversed_report.chosen[name] for name in SEARCHED} == {name: report.chosen[name]
+                                                                          for name in SEARCHED}
 
 
 def test_the_feature_cache_key_changes_with_everything_that_changes_features(tmp_path):

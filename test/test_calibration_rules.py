@@ -30,25 +30,6 @@ def quiet(**options):
 
 
 @pytest.fixture(scope="module")
-def single_objects(tmp_path_factory):
-    """12 road scenes, each with one object of a random shade between road and mattress (its uncertainty from
-    about 0.5 to 0.95) at a random place, and its label."""
-    folder = tmp_path_factory.mktemp("single")
-    rng = np.random.default_rng(7)
-    (folder / "images").mkdir()
-    (folder / "labels").mkdir()
-    for index in range(12):
-        image = np.broadcast_to(ROAD.astype(np.uint8), (128, 192, 3)).copy()
-        label = np.zeros((128, 192), np.uint8)
-        y, x = rng.integers(8, 88), rng.integers(8, 152)
-        image[y:y + 32, x:x + 32] = blend("mattress", float(rng.uniform(0.6, 1.0)))
-        label[y:y + 32, x:x + 32] = 1
-        cv2.imwrite(str(folder / "images" / f"{index}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(folder / "labels" / f"{index}.png"), label)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def shared_calibrator(tmp_path_factory):
     """One calibrator for every seed and objective: an image is segmented once per setting."""
     folder = tmp_path_factory.mktemp("shared")
@@ -56,22 +37,29 @@ def shared_calibrator(tmp_path_factory):
 
 
 @pytest.mark.parametrize("objective", ["f1", "siou"])
-def test_frames_paired_with_other_frames_labels_keep_the_start_in_19_of_20_seeds(single_objects, shared_calibrator,
+def test_frames_paired_with_other_frames_labels_keep_the_start_in_19_of_20_seeds(designed_pool, shared_calibrator,
                                                                                  objective):
-    samples = find_samples(single_objects)
-    calibrator = shared_calibrator
-    kept = 0
+    """The designed scenes (an object and a decoy each, so that the settings really differ) with every frame given
+    another frame's label: some setting leads the start on the searched frames in most seeds, by chance, and the
+    rule must still keep the start."""
+    folder, _, _ = designed_pool
+    samples = find_samples(folder / "all")
+    key = {"f1": "mean_f1", "siou": "mean_siou"}[objective]
+    kept = led = 0
     for seed in range(SEEDS):
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(samples))
         while (order == np.arange(len(samples))).any():  # every frame gets another frame's label
             order = rng.permutation(len(samples))
         shuffled = [Sample(sample.stem, sample.image, samples[other].label) for sample, other in zip(samples, order)]
-        report = calibrate(calibrator.pipeline, read_frames(shuffled, 1, 255), objective, SPACE,
-                           calibrator=calibrator, **quiet())
+        report = calibrate(shared_calibrator.pipeline, read_frames(shuffled, 1, 255), objective, SPACE,
+                           calibrator=shared_calibrator, **quiet())
         kept += report.kept
+        led += max(trial[key] for trial in report.trials) > report.default[key]
         assert report.kept == (report.chosen is report.default)
-    print(f"{objective}: the start kept in {kept} of {SEEDS} seeds of labels from other frames")
+    print(f"{objective}: a setting led the start by chance in {led} of {SEEDS} seeds; the start kept in {kept}")
+    if objective == "f1":  # shuffled labels leave every setting one sIoU here: the score matrices test that rule
+        assert led >= SEEDS // 2, led  # else the scenes would not put the rule to the test
     assert kept >= 0.95 * SEEDS, kept
 
 

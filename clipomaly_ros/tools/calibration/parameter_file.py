@@ -45,7 +45,7 @@ def knowledge(report: CalibrationReport) -> list[str]:
     """The comment lines that say what the calibration knows (see docs/calibration.md)."""
     _, key, direction, meaning = OBJECTIVES[report.objective]
     lines = [f"# Objective: {report.objective} ({meaning}; {direction} is better).",
-             f"# Data: {report.data}: {report.images} frames, {report.drives} drive(s); content sha256 "
+             f"# Data: {report.data}: {report.images} frames, {report.drives or 'no named'} drive(s); content sha256 "
              f"{report.data_hash}.",
              f"# On the searched frames: {_figure(report.chosen, key)} with these settings, "
              f"{_figure(report.default, key)} with the settings it started from.",

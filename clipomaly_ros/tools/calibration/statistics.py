@@ -24,6 +24,7 @@ than a false alarm), never to the grid's order.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -139,7 +140,7 @@ def group_frames(drives: Sequence[str | None], order: Sequence) -> Grouping:
     count = len(drives)
     named = {drive for drive in drives if drive is not None}
     if len(named) == 1 and all(drive is not None for drive in drives) and count > 1:
-        ranked = np.argsort(np.array([str(key) for key in order], dtype=object), kind="stable")
+        ranked = sorted(range(count), key=lambda index: natural_key(order[index]))
         units = np.empty(count, int)
         units[ranked] = np.arange(count) * min(MAX_FOLDS, count) // count
         text = f"one drive: {units.max() + 1} blocks of consecutive frames"
@@ -155,7 +156,15 @@ def group_frames(drives: Sequence[str | None], order: Sequence) -> Grouping:
     for unit in sorted(range(len(sizes)), key=lambda u: (-sizes[u], u)):  # largest first, to the emptiest fold
         fold_of_unit[unit] = int(np.argmin(filled))
         filled[fold_of_unit[unit]] += sizes[unit]
-    return Grouping(units, fold_of_unit[units], text, max(1, len(named)))
+    return Grouping(units, fold_of_unit[units], text, len(named))
+
+
+def natural_key(key) -> tuple:
+    """``key`` (a value or a tuple of them) ordered as people read it: the digit runs of a text compared as
+    numbers, so that ``frame_2`` comes before ``frame_10``."""
+    parts = key if isinstance(key, tuple) else (key,)
+    return tuple(tuple((0, int(piece), "") if piece.isdigit() else (1, 0, piece) for piece in re.split(r"(\d+)", part))
+                 if isinstance(part, str) else ((0, part, ""),) for part in parts)
 
 
 def bootstrap_weights(units: np.ndarray, rounds: int, seed: int) -> np.ndarray:

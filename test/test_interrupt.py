@@ -156,3 +156,28 @@ def test_an_interrupted_demo_writes_what_the_node_answered(tmp_path):
     from PIL import Image
 
     assert Image.open(out / "drive.gif").n_frames >= 6
+
+
+def test_a_stop_that_lands_where_python_drops_exceptions_is_raised_just_after(capfd):
+    """A signal during an import can land in the import system's weakref callback, where an exception is printed
+    as "Exception ignored" and dropped: the node then went on starting until its deadline. A ``__del__`` drops
+    exceptions alike; the stop must come out just after it, not be lost."""
+    import time
+
+    from clipomaly_ros.core.interrupt import StopRequested
+
+    class SignalledWhileDropped:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100_000):  # the handler runs here, inside __del__
+                pass
+
+    stop = GracefulStop(announce=None)
+    with stop:
+        stop.raising = True
+        with pytest.raises(StopRequested):
+            SignalledWhileDropped()  # dropped at once: its __del__ runs
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+    assert stop.signal_name == "SIGTERM" and "Exception ignored" not in capfd.readouterr().err

@@ -28,6 +28,21 @@ class StopRequested(BaseException):
     steps). A BaseException, as KeyboardInterrupt is, so that no ``except Exception`` on the way swallows it."""
 
 
+EXCEPTIONS_DROPPED = {("<frozen importlib._bootstrap>", "cb")}
+"""Code whose exceptions Python reports as "Exception ignored in" and drops: the weakref callback of the import
+system's module locks (a signal during an import can land there); every ``__del__`` besides."""
+
+
+def _drops_exceptions(frame) -> bool:
+    """Whether an exception raised in ``frame`` would pass through code that drops it."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or (code.co_filename, code.co_name) in EXCEPTIONS_DROPPED:
+            return True
+        frame = frame.f_back
+    return False
+
+
 class GracefulStop:
     """``with GracefulStop() as stop: ... if stop.requested: break``. Outside the main thread (where signal
     handlers cannot be installed) it never requests a stop.
@@ -77,8 +92,20 @@ class GracefulStop:
         if self._on_stop is not None:
             self._on_stop(self.signal_number)
         if self.raising:
-            self.raising = False
-            raise StopRequested(self.signal_name)
+            self._raise_stop(frame)
+
+    def _raise_stop(self, frame) -> None:
+        """Raise :class:`StopRequested` where the main thread is, unless it is where Python drops exceptions (a
+        ``__del__``, a weakref callback of the import system): there the stop would be lost, with a traceback
+        printed. Then it is raised 10 ms later, by an alarm, wherever the main thread is by then."""
+        if not self.raising:
+            return
+        if _drops_exceptions(frame):
+            signal.signal(signal.SIGALRM, lambda number, later: self._raise_stop(later))
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+            return
+        self.raising = False
+        raise StopRequested(self.signal_name)
 
     def _first_arrived(self, number: int) -> int:
         """The signal that came first. Python runs the handlers of signals that are pending together in the order of

@@ -31,7 +31,7 @@ class CalibrationError(ValueError):
 
 
 NEAR_COPY_BITS = 10
-"""Perceptual hashes (64 bits) this close or closer may be one picture: a re-encode or a resize moves a few bits,
+"""Perceptual hashes (63 bits) this close or closer may be one picture: a re-encode or a resize moves a few bits,
 two different photographs about half of them (but two synthetic scenes of flat colours can come this close)."""
 NEAR_COPY_GREY = 2.0
 """...so a near copy must also match in its grey 32 x 32 thumbnail within this mean difference (of 255)."""
@@ -165,8 +165,8 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
 
 
 def perceptual_hash(small: np.ndarray) -> int:
-    """A 64-bit DCT hash of a :func:`thumbnail`: its 8 x 8 lowest frequencies (less the mean), each above or below
-    their median. Re-encoding or resizing the image keeps it."""
+    """A 63-bit DCT hash of a :func:`thumbnail`: its 8 x 8 lowest frequencies less the constant term, each above or
+    below their median. Re-encoding or resizing the image keeps it."""
     from scipy.fft import dctn
 
     low = dctn(small, norm="ortho")[:8, :8].ravel()[1:]
@@ -210,7 +210,7 @@ def _sameness(frame: LabelledFrame, other: LabelledFrame, hashes: dict) -> str:
     (hash_one, small_one), (hash_two, small_two) = hashes[id(frame)], hashes[id(other)]
     distance = bin(hash_one ^ hash_two).count("1")
     if distance <= NEAR_COPY_BITS and float(np.abs(small_one - small_two).mean()) <= NEAR_COPY_GREY:
-        return f"a near copy ({distance} of 64 perceptual-hash bits differ) of"
+        return f"a near copy ({distance} of 63 perceptual-hash bits differ) of"
     # frames whose names show no drive, stamped by EXIF alone, are taken for one camera's
     if (frame.drive == other.drive and frame.stamp is not None and other.stamp is not None
             and abs(frame.stamp - other.stamp) <= SAME_DRIVE_SECONDS):

@@ -37,6 +37,21 @@ def register_tiny_model():
     return TINY_MODEL
 
 
+DDS_ENVIRONMENT = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC_PEERS", "ROS_LOCALHOST_ONLY",
+                   "FASTDDS_BUILTIN_TRANSPORTS", "FASTRTPS_DEFAULT_PROFILES_FILE", "RMW_IMPLEMENTATION")
+
+
+@pytest.fixture(autouse=True)
+def dds_environment_is_left_as_found():
+    """A test that changes this process's DDS settings and leaves them changed puts every later in-process probe in
+    another domain than the nodes it waits for (it did: one test's domain id made every later ROS test time out)."""
+    before = {name: os.environ.get(name) for name in DDS_ENVIRONMENT}
+    yield
+    after = {name: os.environ.get(name) for name in DDS_ENVIRONMENT}
+    changed = {name: (before[name], after[name]) for name in DDS_ENVIRONMENT if before[name] != after[name]}
+    assert not changed, f"the test left this process's DDS environment changed (was, now): {changed}; use monkeypatch"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_name():
     return register_tiny_model()

@@ -21,14 +21,14 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from clipomaly_ros.core.config import ClipomalyConfig  # noqa: E402
 from clipomaly_ros.tools.release.provenance import parameter_file  # noqa: E402
 
-ROS_ENV = {"ROS_DOMAIN_ID": str(random.Random(os.getpid() + 43).randint(102, 200)),
+ROS_ENV = {"ROS_DOMAIN_ID": str(random.Random(os.getpid() + 43).randint(1, 101)),
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "AMENT_PREFIX_PATH": sys.prefix, "PYTHONUNBUFFERED": "1",
            "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
 # a profile file that turns the builtin transports off would make Fast DDS ignore FASTDDS_BUILTIN_TRANSPORTS
 os.environ.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)
 
 
-def test_the_node_runs_a_release_file_and_reports_its_id(tmp_path):
+def test_the_node_runs_a_release_file_and_reports_its_id(tmp_path, monkeypatch):
     identity = "rel-0123456789abcdef"
     config = ClipomalyConfig(backend="toy", inference_size=240, anomaly_vocabulary=("tire", "garden gnome"))
     params = tmp_path / "clipomaly.yaml"
@@ -38,7 +38,8 @@ def test_the_node_runs_a_release_file_and_reports_its_id(tmp_path):
         process = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "--params-file",
                                     str(params), "-p", "diagnostics_period:=0.3", "-r", "__ns:=/itest_release"],
                                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **ROS_ENV})
-    os.environ.update(ROS_ENV)
+    for name, value in ROS_ENV.items():  # this process's probe too, and only for this test
+        monkeypatch.setenv(name, value)
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("clipomaly_release_probe", context=context)

@@ -12,6 +12,8 @@ CORE_READY := $(VENV)/.core-ready
 ROS_READY := $(VENV)/.ros-ready
 DEMO_ARGS ?=
 TEST_ARGS ?=
+# two pytest-xdist workers, a test file each at a time (its module fixtures, such as running nodes, stay in one)
+TEST_WORKERS ?= 2
 DEVICE ?= cuda
 GPU_CHECK_ARGS ?=
 # the device machine has no .venv: its own python3 with PyTorch
@@ -24,7 +26,7 @@ demo: $(ROS_READY)
 	$(VENV)/bin/clipomaly demo $(DEMO_ARGS)
 
 test: $(ROS_READY)
-	$(VENV)/bin/python -m pytest -q test $(TEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 test $(TEST_ARGS)
 
 setup: $(ROS_READY)
 

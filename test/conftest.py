@@ -2,6 +2,7 @@
 this machine."""
 
 import os
+import random
 import socket
 import sys
 import tempfile
@@ -13,6 +14,20 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)  # where scripts/setup_ros.sh put ROS 2
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="clipomaly-test-cache-")  # keep the user's cache clean
+WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+WORKER_COUNT = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKER_COUNT > 1:  # each worker's torch on one core: two workers of two threads each on 2 cores only wait on each other
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+
+def ros_domain_id(salt: int) -> str:
+    """A ``ROS_DOMAIN_ID`` for one test module's nodes and probes: drawn per process (two suites on one machine
+    rarely meet) from a slice of 1..101 that is this pytest-xdist worker's alone (two workers never meet).
+    ``salt`` tells the modules of one worker apart."""
+    width = 101 // WORKER_COUNT
+    return str(1 + WORKER_INDEX * width + random.Random(os.getpid() + salt).randrange(width))
+
 
 _connect = socket.socket.connect
 

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import ros_domain_id
 from clipomaly_ros.core.config import ClipomalyConfig, load_config
 from clipomaly_ros.core.method.pipeline import Clipomaly
 from clipomaly_ros.core.model.toy_backend import TOY_LEXICON, ToyColourBackend
@@ -277,7 +278,7 @@ def test_the_node_runs_with_the_tuned_file_and_reports_what_it_was_tuned_for(des
     assert default_names == ["dog", "mattress"]
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
-    environment = {**os.environ, "ROS_DOMAIN_ID": str(random.Random(os.getpid() + 7).randint(100, 200)),
+    environment = {**os.environ, "ROS_DOMAIN_ID": ros_domain_id(7),
                    "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4",
                    "AMENT_PREFIX_PATH": sys.prefix}
     node = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "--params-file", str(tuned),

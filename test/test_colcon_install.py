@@ -11,7 +11,6 @@ skipped where it is missing; the launch file's decisions and declarations are te
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -23,12 +22,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ros_domain_id
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE_FILES = ("setup.py", "setup.cfg", "package.xml", "README.md", "LICENSE", "resource", "clipomaly_ros",
                  "config", "launch", "foxglove")
 """What the package's source folder in a workspace needs (a clone has more: tests, docs, scripts)."""
 BIN = Path(sys.executable).parent
-DOMAIN_ID = str(random.Random(os.getpid() + 41).randint(1, 101))
+DOMAIN_ID = ros_domain_id(41)
 
 
 def manifest() -> ElementTree.Element:

@@ -329,6 +329,28 @@ def test_a_report_that_cannot_be_written_is_named_in_the_summary_written_after_i
     assert [failure["path"] for failure in on_disk["failed"]] == [str(tmp_path / "report.html")]
 
 
+def test_a_full_disk_while_writing_the_summary_exits_1_named_and_leaves_no_earlier_summary(vehicle, tmp_path,
+                                                                                          monkeypatch, capsys):
+    import clipomaly_ros.tools.mining.outputs as outputs
+
+    original = outputs.write_staged
+
+    def summary_disk_full(path, text, run_id):
+        if path.name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(path, text, run_id)
+
+    (tmp_path / "summary.json").write_text('{"failed": [], "frames": 12345}')  # an earlier run's, looking complete
+    monkeypatch.setattr(outputs, "write_staged", summary_disk_full)
+    code = main(["mine", str(vehicle / "drive_a"), "-o", str(tmp_path), "--backend", "toy", "--inference-size",
+                 "240", "--window", "2", "--no-progress"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert code == 1 and "summary.json" in last and "No space left on device" in last
+    assert not (tmp_path / "summary.json").exists()  # the earlier run's is gone, not left looking like this one's
+    assert not list(tmp_path.glob(".summary.json.*"))  # no staging left behind
+    assert (tmp_path / "anomalies.parquet").exists()  # what could be written was
+
+
 def test_a_torn_run_file_is_named_and_set_aside(tmp_path):
     (tmp_path / "run.json").write_text('{"fingerprint": {"backe')  # a run killed while writing it
     said = []

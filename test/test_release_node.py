@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import threading
 import time
 
 import pytest
+
+from conftest import ros_domain_id
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) not installed: run scripts/setup_ros.sh")
 
@@ -21,7 +22,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from clipomaly_ros.core.config import ClipomalyConfig  # noqa: E402
 from clipomaly_ros.tools.release.provenance import parameter_file  # noqa: E402
 
-ROS_ENV = {"ROS_DOMAIN_ID": str(random.Random(os.getpid() + 43).randint(1, 101)),
+ROS_ENV = {"ROS_DOMAIN_ID": ros_domain_id(43),
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "AMENT_PREFIX_PATH": sys.prefix, "PYTHONUNBUFFERED": "1",
            "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
 # a profile file that turns the builtin transports off would make Fast DDS ignore FASTDDS_BUILTIN_TRANSPORTS

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import ros_domain_id
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) not installed: run scripts/setup_ros.sh")
 pytest.importorskip("vision_msgs.msg", reason="vision_msgs not built: run scripts/setup_ros.sh")
@@ -30,7 +31,7 @@ from clipomaly_ros.ros.decoding import image_msg_to_rgb  # noqa: E402
 
 from helpers import toy_frames, write_image_bag  # noqa: E402
 
-DOMAIN_ID = str(random.Random(os.getpid()).randint(1, 101))
+DOMAIN_ID = ros_domain_id(0)
 # Fast DDS's shared-memory transport stopped delivering to a subscriber after a burst of large images here;
 # UDP on loopback does not, so the tests (which send such bursts on purpose) use it.
 ROS_ENV = {"ROS_DOMAIN_ID": DOMAIN_ID, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",

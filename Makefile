@@ -12,8 +12,9 @@ CORE_READY := $(VENV)/.core-ready
 ROS_READY := $(VENV)/.ros-ready
 DEMO_ARGS ?=
 TEST_ARGS ?=
-# two pytest-xdist workers, a test file each at a time (its module fixtures, such as running nodes, stay in one)
-TEST_WORKERS ?= 2
+# pytest-xdist workers, a test file each at a time (its module fixtures, such as running nodes, stay in one); three on
+# 2 cores, as much of the suite waits on other processes (nodes, Ray workers, DDS discovery, a browser)
+TEST_WORKERS ?= 3
 DEVICE ?= cuda
 GPU_CHECK_ARGS ?=
 # the device machine has no .venv: its own python3 with PyTorch

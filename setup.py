@@ -58,7 +58,7 @@ setup(
     extras_require={
         # catkin_pkg reads CHANGELOG.rst as the ROS release tools do; selenium drives Debian's chromium and
         # chromium-driver (scripts/setup.sh installs those) in the review test
-        "test": ["pytest>=7", "pytest-xdist>=3.5", "scikit-learn>=1.3", "selenium>=4.20", "catkin_pkg>=0.5"],
+        "test": ["pytest>=7", "pytest-xdist>=3.6.1", "scikit-learn>=1.3", "selenium>=4.20", "catkin_pkg>=0.5"],
         # runtime: onnx and `clipomaly export`; on a GPU machine install onnxruntime-gpu instead of onnxruntime
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         # `clipomaly mine`: Ray Data runs it on one machine or a cluster; pyarrow writes the Parquet index, pycocotools

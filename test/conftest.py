@@ -12,22 +12,29 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)  # where scripts/setup_ros.sh put ROS 2
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="clipomaly-test-cache-")  # keep the user's cache clean
 WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 WORKER_COUNT = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-if WORKER_COUNT > 1:  # each worker's torch on one core: two workers of two threads each on 2 cores only wait on each other
+if WORKER_COUNT > 1:  # torch on one core a worker: workers of two threads each on 2 cores only wait on each other
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 
 
 def ros_domain_id(salt: int) -> str:
     """A ``ROS_DOMAIN_ID`` for one test module's nodes and probes: drawn per process (two suites on one machine
     rarely meet) from a slice of 1..101 that is this pytest-xdist worker's alone (two workers never meet).
     ``salt`` tells the modules of one worker apart."""
-    width = 101 // WORKER_COUNT
+    width = max(1, 101 // WORKER_COUNT)
     return str(1 + WORKER_INDEX * width + random.Random(os.getpid() + salt).randrange(width))
 
+
+# The ROS tests' nodes and this process's probes (set here, before any test and before rclpy.init, so that a test
+# module imported late changes nothing). Fast DDS's shared-memory transport stopped delivering to a subscriber after
+# a burst of large images here; UDP on loopback does not, so the tests (which send such bursts on purpose) use it.
+ROS_TEST_ENVIRONMENT = {"ROS_DOMAIN_ID": ros_domain_id(0), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+                        "AMENT_PREFIX_PATH": sys.prefix, "PYTHONUNBUFFERED": "1", "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
+os.environ.update(ROS_TEST_ENVIRONMENT)
+# a profile file that turns the builtin transports off would make Fast DDS ignore FASTDDS_BUILTIN_TRANSPORTS
+os.environ.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)
 
 _connect = socket.socket.connect
 

@@ -73,7 +73,7 @@ def ros_environment() -> dict[str, str]:
     off PYTHONPATH (a ROS installation's own entries there stay)."""
     python_path = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                    if entry and Path(entry).resolve() != REPO]
-    # AMENT_PREFIX_PATH is the conftest's (the venv) unless a ROS installation set it
+    # AMENT_PREFIX_PATH is the conftest's: the venv, where scripts/setup_ros.sh put ROS 2
     # without a profile file: one that turns the builtin transports off makes Fast DDS ignore the UDPv4 choice
     inherited = {name: value for name, value in os.environ.items() if name != "FASTRTPS_DEFAULT_PROFILES_FILE"}
     return {**inherited, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import threading
 import time
@@ -331,24 +332,22 @@ def test_a_report_that_cannot_be_written_is_named_in_the_summary_written_after_i
 
 def test_a_full_disk_while_writing_the_summary_exits_1_named_and_leaves_no_earlier_summary(vehicle, tmp_path,
                                                                                           monkeypatch, capsys):
-    import clipomaly_ros.tools.mining.outputs as outputs
+    original = os.fsync
 
-    original = outputs.write_staged
-
-    def summary_disk_full(path, text, run_id):
-        if path.name == "summary.json":
+    def summary_disk_full(descriptor):  # the disk fills while summary.json's staging file is flushed
+        if os.readlink(f"/proc/self/fd/{descriptor}").rsplit("/", 1)[-1].startswith(".summary.json."):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(path, text, run_id)
+        return original(descriptor)
 
     (tmp_path / "summary.json").write_text('{"failed": [], "frames": 12345}')  # an earlier run's, looking complete
-    monkeypatch.setattr(outputs, "write_staged", summary_disk_full)
+    monkeypatch.setattr(os, "fsync", summary_disk_full)
     code = main(["mine", str(vehicle / "drive_a"), "-o", str(tmp_path), "--backend", "toy", "--inference-size",
                  "240", "--window", "2", "--no-progress"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert code == 1 and "summary.json" in last and "No space left on device" in last
     assert not (tmp_path / "summary.json").exists()  # the earlier run's is gone, not left looking like this one's
-    assert not list(tmp_path.glob(".summary.json.*"))  # no staging left behind
-    assert (tmp_path / "anomalies.parquet").exists()  # what could be written was
+    assert not list(tmp_path.glob(".summary.json.*"))  # the staging file the failure met is removed
+    assert (tmp_path / "anomalies.parquet").exists() and (tmp_path / "report.html").exists()  # the rest was written
 
 
 def test_a_torn_run_file_is_named_and_set_aside(tmp_path):

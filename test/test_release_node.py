@@ -25,8 +25,6 @@ from clipomaly_ros.tools.release.provenance import parameter_file  # noqa: E402
 ROS_ENV = {"ROS_DOMAIN_ID": ros_domain_id(43),
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "AMENT_PREFIX_PATH": sys.prefix, "PYTHONUNBUFFERED": "1",
            "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
-# a profile file that turns the builtin transports off would make Fast DDS ignore FASTDDS_BUILTIN_TRANSPORTS
-os.environ.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)
 
 
 def test_the_node_runs_a_release_file_and_reports_its_id(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ros_domain_id
+from conftest import ROS_TEST_ENVIRONMENT
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) not installed: run scripts/setup_ros.sh")
 pytest.importorskip("vision_msgs.msg", reason="vision_msgs not built: run scripts/setup_ros.sh")
@@ -31,14 +31,8 @@ from clipomaly_ros.ros.decoding import image_msg_to_rgb  # noqa: E402
 
 from helpers import toy_frames, write_image_bag  # noqa: E402
 
-DOMAIN_ID = ros_domain_id(0)
-# Fast DDS's shared-memory transport stopped delivering to a subscriber after a burst of large images here;
-# UDP on loopback does not, so the tests (which send such bursts on purpose) use it.
-ROS_ENV = {"ROS_DOMAIN_ID": DOMAIN_ID, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-           "AMENT_PREFIX_PATH": sys.prefix, "PYTHONUNBUFFERED": "1", "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
-os.environ.update(ROS_ENV)  # this process too: set before rclpy.init
-# a profile file that turns the builtin transports off would make Fast DDS ignore FASTDDS_BUILTIN_TRANSPORTS
-os.environ.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)
+ROS_ENV = ROS_TEST_ENVIRONMENT  # this process has it too (conftest.py)
+DOMAIN_ID = ROS_ENV["ROS_DOMAIN_ID"]
 
 PARAMS = """/**/clipomaly:
   ros__parameters:

@@ -202,6 +202,37 @@ def test_bad_review_lines_are_reported_and_the_valid_ones_used(trial, tmp_path):
         build_release(options, log=lambda message: None)
 
 
+def test_what_is_measured_on_the_held_out_drives_has_not_learnt_their_own_reviews(trial, tmp_path, monkeypatch):
+    """A name reviewed only on a held-out drive joins the release, but neither its calibration's held-out figure nor
+    its comparison on those drives (no --eval) may use it: they would measure what the reviewers told them."""
+    from clipomaly_ros.tools.release.frames import reviewed_frames, split_by_drive
+
+    mined = _copy_mined(trial, tmp_path)
+    _, held_out = split_by_drive(reviewed_frames([read_mined(mined)]))
+    run = read_mined(mined)
+    held_out_drives = {frame.drive for frame in held_out}
+    on_held_out = sorted(c for c, row in run.rows.items() if row["bag_id"] in held_out_drives and c in run.decisions)
+    with open(mined / REVIEWS, "a") as stream:
+        stream.write(json.dumps({"candidate_id": on_held_out[0], "decision": "rename", "name": "lost suitcase",
+                                 "reviewer": "dan"}) + "\n")
+    import clipomaly_ros.tools.release.build as build
+
+    real_calibrate, seen = build._calibrate, {}
+
+    def calibrating(config, *args, **kwargs):
+        seen.setdefault("calibrated with", config.anomaly_vocabulary)
+        return real_calibrate(config, *args, **kwargs)
+
+    monkeypatch.setattr(build, "_calibrate", calibrating)
+    record = build_release(ReleaseOptions([mined], tmp_path / "release", trial["config"], space=SMALL_SPACE,
+                                          conflicts="latest"), log=lambda message: None)
+    assert "lost suitcase" in record["vocabulary"]["added"]  # the release the cars run has it
+    assert "lost suitcase" in read_parameter_file(tmp_path / "release" / "clipomaly.yaml")["anomaly_vocabulary"]
+    assert "lost suitcase" not in seen["calibrated with"] and GNOME in seen["calibrated with"]
+    assert record["comparison"]["vocabulary"].startswith("the names reviewed on the searched drives")
+    assert "searched drives" in (tmp_path / "release" / "CHANGELOG.md").read_text()
+
+
 def test_reviews_of_a_run_mined_with_other_weights_are_refused_naming_both(trial, tmp_path):
     mined = _copy_mined(trial, tmp_path)
     checkpoint = tmp_path / "other.safetensors"

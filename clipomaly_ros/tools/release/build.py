@@ -88,11 +88,7 @@ def build_release(options: ReleaseOptions, log=print) -> dict:
         raise ReleaseError("no usable decision in the reviews of " + ", ".join(str(r.folder) for r in runs)
                            + (f" ({len(problems)} problems, first {problems[0]})" if problems else "")
                            + ": review candidates first (clipomaly review MINED)")
-    from ...core.method.vocabulary import read_name_list
-
-    change = merge_vocabulary([d.name for run in runs for d in run.decisions.values() if d.decision in CONFIRMED],
-                              config.anomaly_vocabulary, config.known_classes,
-                              read_name_list(config.naming_dictionary or None))
+    change = _merged_vocabulary(config, runs)
     out = _building_folder(options.output, options.parent)
     try:
         record = _build_into(out, options, runs, change, problems, parent_id)
@@ -111,13 +107,22 @@ def _build_into(out: Path, options: ReleaseOptions, runs: list[MinedRun], change
     """Write the release's files into ``out``; returns ``release.json``'s content."""
     config = options.config
     frames = reviewed_frames(runs)
-    held_out = _write_frames(out, frames, config, options.finetune, problems)
+    held_out_drives = _write_frames(out, frames, config, options.finetune, problems)
     hashes = input_hashes(config, runs) | {"labelled_frames": _frames_digest(out)}
     identity = release_id(hashes, config, parent_id, options.hashed())
-    released = config.replace(anomaly_vocabulary=change.vocabulary)
-    calibration = _calibrate(released, out, options, held_out)
-    released = released.replace(**calibration.pop("settings"))
-    comparison = _compare(config, released, options.eval_data or (out / HELD_OUT if held_out else None), out)
+    # what is measured on the held-out drives has not learnt from their own reviews: its names are those reviewed
+    # on the searched drives
+    measured = config.replace(anomaly_vocabulary=_merged_vocabulary(config, runs, held_out_drives).vocabulary)
+    calibration = _calibrate(measured, out, options, bool(held_out_drives))
+    settings = calibration.pop("settings")
+    released = config.replace(anomaly_vocabulary=change.vocabulary, **settings)
+    if options.eval_data:
+        comparison = _compare(config, released, options.eval_data, out)
+    else:
+        comparison = _compare(config, measured.replace(**settings), out / HELD_OUT if held_out_drives else None,
+                              out)
+    if comparison and not options.eval_data:
+        comparison["vocabulary"] = "the names reviewed on the searched drives (the held-out drives' own left out)"
     record = {
         "release_id": identity, "parent": parent_id, "package_version": package_version(), "inputs": hashes,
         "reviews": _review_counts(runs), "problems": problems, "vocabulary": change.as_dict(),
@@ -161,10 +166,21 @@ def _building_folder(output: Path, parent: Path | None) -> Path:
     return building
 
 
+def _merged_vocabulary(config: ClipomalyConfig, runs: list[MinedRun], leave_out_drives: frozenset = frozenset()):
+    """``config``'s anomaly vocabulary with the confirmed names of ``runs`` added (:func:`merge_vocabulary`),
+    leaving out the finds of the drives (``bag_id``) in ``leave_out_drives``."""
+    from ...core.method.vocabulary import read_name_list
+
+    names = [decision.name for run in runs for candidate, decision in run.decisions.items()
+             if decision.decision in CONFIRMED and run.rows.get(candidate, {}).get("bag_id") not in leave_out_drives]
+    return merge_vocabulary(names, config.anomaly_vocabulary, config.known_classes,
+                            read_name_list(config.naming_dictionary or None))
+
+
 def _write_frames(out: Path, frames: list[ReviewedFrame], config: ClipomalyConfig, finetune: bool,
-                  problems: list[str]) -> bool:
-    """The labelled frames (images, labels, named instances), split by drive, and the fine-tuning frames; whether
-    any drive was held out."""
+                  problems: list[str]) -> frozenset:
+    """The labelled frames (images, labels, named instances), split by drive, and the fine-tuning frames; the
+    drives held out (none when there is one drive)."""
     images = read_frame_images(frames, problems)
     usable = [f for f in frames if f.stem in images]
     search, held_out = split_by_drive(usable)
@@ -187,7 +203,7 @@ def _write_frames(out: Path, frames: list[ReviewedFrame], config: ClipomalyConfi
         label = finetune_label(frame, images[frame.stem].shape[:2], config.known_classes)
         if label is not None:
             _write_pair(out / FINETUNE, frame.stem, images[frame.stem], label)
-    return bool(held_out)
+    return frozenset(frame.drive for frame in held_out)
 
 
 def _digest(image: np.ndarray) -> bytes:

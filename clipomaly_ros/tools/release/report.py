@@ -40,7 +40,8 @@ def changelog_entry(record: dict) -> str:
                      + "; ".join(record["problems"][:5]) + (" ..." if len(record["problems"]) > 5 else "") + ".")
     comparison = record.get("comparison")
     if comparison:
-        lines += ["", f"Measured against the parent on {comparison['data']}:", "",
+        how = f" (this release with {comparison['vocabulary']})" if comparison.get("vocabulary") else ""
+        lines += ["", f"Measured against the parent on {comparison['data']}{how}:", "",
                   figures_table(comparison, "parent", "this release")]
     if record.get("finetune") and record["finetune"]["command"]:
         lines += ["", f"Fine-tuning data: {record['finetune']['frames']} frames; in the release folder run "

@@ -217,20 +217,28 @@ def test_what_is_measured_on_the_held_out_drives_has_not_learnt_their_own_review
                                  "reviewer": "dan"}) + "\n")
     import clipomaly_ros.tools.release.build as build
 
-    real_calibrate, seen = build._calibrate, {}
+    real_calibrate, real_compare, seen = build._calibrate, build._compare, {}
 
     def calibrating(config, *args, **kwargs):
         seen.setdefault("calibrated with", config.anomaly_vocabulary)
         return real_calibrate(config, *args, **kwargs)
 
+    def comparing(parent, release, *args, **kwargs):
+        seen.setdefault("compared", release.anomaly_vocabulary)
+        return real_compare(parent, release, *args, **kwargs)
+
     monkeypatch.setattr(build, "_calibrate", calibrating)
+    monkeypatch.setattr(build, "_compare", comparing)
     record = build_release(ReleaseOptions([mined], tmp_path / "release", trial["config"], space=SMALL_SPACE,
                                           conflicts="latest"), log=lambda message: None)
     assert "lost suitcase" in record["vocabulary"]["added"]  # the release the cars run has it
     assert "lost suitcase" in read_parameter_file(tmp_path / "release" / "clipomaly.yaml")["anomaly_vocabulary"]
-    assert "lost suitcase" not in seen["calibrated with"] and GNOME in seen["calibrated with"]
+    for measured in (seen["calibrated with"], seen["compared"]):
+        assert "lost suitcase" not in measured and GNOME in measured
     assert record["comparison"]["vocabulary"].startswith("the names reviewed on the searched drives")
-    assert "searched drives" in (tmp_path / "release" / "CHANGELOG.md").read_text()
+    assert record["names_not_measured"] == ["lost suitcase"]
+    changelog = (tmp_path / "release" / "CHANGELOG.md").read_text()
+    assert "searched drives" in changelog and "measured on those drives: lost suitcase." in changelog
 
 
 def test_reviews_of_a_run_mined_with_other_weights_are_refused_naming_both(trial, tmp_path):

@@ -123,11 +123,13 @@ def _build_into(out: Path, options: ReleaseOptions, runs: list[MinedRun], change
                               out)
     if comparison and not options.eval_data:
         comparison["vocabulary"] = "the names reviewed on the searched drives (the held-out drives' own left out)"
+    unmeasured = sorted(set(change.vocabulary) - set(measured.anomaly_vocabulary))
     record = {
         "release_id": identity, "parent": parent_id, "package_version": package_version(), "inputs": hashes,
         "reviews": _review_counts(runs), "problems": problems, "vocabulary": change.as_dict(),
         "thresholds": {name: {"from": getattr(config, name), "to": getattr(released, name)} for name in SEARCHED},
         "calibration": calibration, "labelled_frames": _frame_counts(out), "comparison": comparison,
+        "names_not_measured": unmeasured,
         "finetune": _finetune_note(out, options.finetune),
     }
     (out / PARAMETER_FILE).write_text(parameter_file(released, identity, _provenance(record),
@@ -172,7 +174,7 @@ def _merged_vocabulary(config: ClipomalyConfig, runs: list[MinedRun], leave_out_
     from ...core.method.vocabulary import read_name_list
 
     names = [decision.name for run in runs for candidate, decision in run.decisions.items()
-             if decision.decision in CONFIRMED and run.rows.get(candidate, {}).get("bag_id") not in leave_out_drives]
+             if decision.decision in CONFIRMED and run.rows[candidate]["bag_id"] not in leave_out_drives]
     return merge_vocabulary(names, config.anomaly_vocabulary, config.known_classes,
                             read_name_list(config.naming_dictionary or None))
 

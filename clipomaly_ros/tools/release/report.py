@@ -31,6 +31,9 @@ def changelog_entry(record: dict) -> str:
     calibration = record["calibration"]
     lines.append(f"- Calibration: {calibration['decision']}." if calibration.get("ran") else
                  f"- Calibration: not run ({calibration.get('why_not')}).")
+    if record.get("names_not_measured"):
+        lines.append("- Reviewed only on the held-out drives, so in the release but not in calibration nor in what "
+                     "was measured on those drives: " + ", ".join(record["names_not_measured"]) + ".")
     lines.append(f"- Reviews: {reviews['lines']} lines; decisions in force " + _counts(reviews["decisions"])
                  + "; reviewers " + _counts(reviews["reviewers"]) + "; every valid line: decisions "
                  + _counts(reviews.get("valid_line_decisions", {})) + ", reviewers "

@@ -241,6 +241,17 @@ def test_what_is_measured_on_the_held_out_drives_has_not_learnt_their_own_review
     assert "searched drives" in changelog and "measured on those drives: lost suitcase." in changelog
 
 
+def test_the_release_id_changes_when_the_recipe_does(monkeypatch):
+    from clipomaly_ros.core.config import ClipomalyConfig
+    from clipomaly_ros.tools.release import provenance
+
+    inputs = ({"mined": [{"index": "md5:1", "reviews": "md5:2"}]}, ClipomalyConfig(backend="toy"), None, {})
+    before = provenance.release_id(*inputs)
+    assert provenance.release_id(*inputs) == before
+    monkeypatch.setattr(provenance, "RELEASE_RECIPE", provenance.RELEASE_RECIPE + 1)
+    assert provenance.release_id(*inputs) != before
+
+
 def test_reviews_of_a_run_mined_with_other_weights_are_refused_naming_both(trial, tmp_path):
     mined = _copy_mined(trial, tmp_path)
     checkpoint = tmp_path / "other.safetensors"

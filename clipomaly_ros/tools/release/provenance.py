@@ -58,12 +58,17 @@ def input_hashes(config: ClipomalyConfig, runs: list[MinedRun]) -> dict:
     }
 
 
+RELEASE_RECIPE = 2
+"""Raised whenever the same inputs would give a different release (2: calibration and the held-out comparison use
+the searched drives' names only), so that two builds that differ never share an id within a package version."""
+
+
 def release_id(hashes: dict, config: ClipomalyConfig, parent_id: str | None, options: dict) -> str:
-    """``rel-<16 hex>``: the hash of the inputs' hashes, the starting settings (files by their bytes), the parent
-    and the options; nothing else."""
+    """``rel-<16 hex>``: the hash of the inputs' hashes, the starting settings (files by their bytes), the parent,
+    the options, the package version and :data:`RELEASE_RECIPE`; nothing else."""
     content = {"inputs": {**hashes, "mined": sorted((m["index"], m["reviews"]) for m in hashes["mined"])},
                "settings": settings_fingerprint(config, ("device", "cache_dir")), "parent": parent_id,
-               "options": options, "version": package_version()}
+               "options": options, "version": package_version(), "recipe": RELEASE_RECIPE}
     return "rel-" + hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -278,9 +278,7 @@ def test_the_node_runs_with_the_tuned_file_and_reports_what_it_was_tuned_for(des
     assert default_names == ["dog", "mattress"]
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
-    environment = {**os.environ, "ROS_DOMAIN_ID": ros_domain_id(7),
-                   "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4",
-                   "AMENT_PREFIX_PATH": sys.prefix}
+    environment = {**os.environ, "ROS_DOMAIN_ID": ros_domain_id(7)}  # the rest of the ROS settings are conftest's
     node = subprocess.Popen([sys.executable, "-m", "clipomaly_ros.ros.process", "--ros-args", "--params-file", str(tuned),
                              "-p", "publish_unconfirmed:=true", "-p", "input_reliability:=reliable", "-r",
                              "__ns:=/tuned"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ros_domain_id
+from conftest import ROS_TEST_ENVIRONMENT, ros_domain_id
 
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) not installed: run scripts/setup_ros.sh")
 
@@ -22,9 +22,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from clipomaly_ros.core.config import ClipomalyConfig  # noqa: E402
 from clipomaly_ros.tools.release.provenance import parameter_file  # noqa: E402
 
-ROS_ENV = {"ROS_DOMAIN_ID": ros_domain_id(43),
-           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "AMENT_PREFIX_PATH": sys.prefix, "PYTHONUNBUFFERED": "1",
-           "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
+ROS_ENV = {**ROS_TEST_ENVIRONMENT, "ROS_DOMAIN_ID": ros_domain_id(43)}  # a domain of this module's own
 
 
 def test_the_node_runs_a_release_file_and_reports_its_id(tmp_path, monkeypatch):

@@ -121,8 +121,8 @@ def _build_into(out: Path, options: ReleaseOptions, runs: list[MinedRun], change
     else:
         comparison = _compare(config, measured.replace(**settings), out / HELD_OUT if held_out_drives else None,
                               out)
-    if comparison and not options.eval_data:
-        comparison["vocabulary"] = "the names reviewed on the searched drives (the held-out drives' own left out)"
+        if comparison:
+            comparison["vocabulary"] = "the names reviewed on the searched drives (the held-out drives' own left out)"
     unmeasured = sorted(set(change.vocabulary) - set(measured.anomaly_vocabulary))
     record = {
         "release_id": identity, "parent": parent_id, "package_version": package_version(), "inputs": hashes,
